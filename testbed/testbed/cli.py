@@ -1,0 +1,125 @@
+"""`testbed`: bring the guests and the device model up, down, show them, get a shell."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from testbed import state as st
+
+
+def _add_state(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", help=f"testbed state (default $ISOSTACK_STATE_DIR or {st.DEFAULT_STATE_DIR})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="testbed",
+        description="Bring up guests under libvirt attached to the vhea device model, and take them down.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_up = sub.add_parser("up", help="build the image if needed, start the device model and the guests")
+    _add_state(p_up)
+    p_up.add_argument("--uri", help="libvirt URI (default: qemu:///embed?root=<state-dir>/libvirt, no daemon)")
+    p_up.add_argument("--guests", type=int, default=2, help="number of guests (default 2)")
+    p_up.add_argument("--vcpus", type=int, default=2, help="vCPUs per guest (default 2)")
+    p_up.add_argument("--memory", type=int, default=1024, help="MiB per guest (default 1024)")
+    p_up.add_argument("--queues", type=int, default=1, help="virtio-net queue pairs per guest (default 1)")
+    p_up.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
+                      help="auto probes KVM by booting and falls back to TCG (default auto)")
+
+    p_down = sub.add_parser("down", help="stop the guests and the device model")
+    _add_state(p_down)
+
+    p_status = sub.add_parser("status", help="show guests, accel, SSH ports and device-model ports")
+    _add_state(p_status)
+
+    p_ssh = sub.add_parser("ssh", help="open a shell in a guest, or run a command there")
+    _add_state(p_ssh)
+    p_ssh.add_argument("guest", help="guest name, e.g. iso-a")
+    p_ssh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run (default: a shell)")
+
+    p_img = sub.add_parser("image", help="guest image commands")
+    img_sub = p_img.add_subparsers(dest="image_command", required=True)
+    p_build = img_sub.add_parser("build", help="build the guest image (cached by recipe hash)")
+    p_build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    return parser
+
+
+def cmd_up(args: argparse.Namespace, console: Console) -> int:
+    from testbed.lifecycle import UpOptions, up
+
+    opts = UpOptions(state_dir=st.state_dir(args.state_dir), uri=args.uri, guests=args.guests,
+                     vcpus=args.vcpus, memory_mib=args.memory, queues=args.queues, accel=args.accel)
+    topo = up(opts, console)
+    print_status(console, args.state_dir)
+    console.print(f"topology: {st.topology_path(Path(topo.state_dir))}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, console: Console) -> int:
+    from testbed.lifecycle import down
+
+    if not down(st.state_dir(args.state_dir), console):
+        console.print("no testbed is up")
+    return 0
+
+
+def print_status(console: Console, state_dir: str | None) -> int:
+    from testbed.lifecycle import status
+
+    topo, states, counters = status(st.state_dir(state_dir))
+    table = Table(title=f"testbed ({topo.accel}, {topo.uri})")
+    for col in ("guest", "state", "accel", "vCPUs", "SSH", "data IP", "vhea port", "link"):
+        table.add_column(col)
+    ports = (counters or {}).get("ports", {})
+    for g in topo.guests:
+        link = "?" if counters is None else ("connected" if ports.get(g.port, {}).get("connected") else "down")
+        table.add_row(g.name, states[g.name], topo.accel, str(g.vcpus), f"{g.ssh_host}:{g.ssh_port}",
+                      g.data_ip, f"{g.port} ({topo.device_model.socket_dir}/{g.port}.sock)", link)
+    console.print(table)
+    dm = "running" if counters is not None else "NOT ANSWERING"
+    console.print(f"device model: pid {topo.device_model.pid}, {dm}, log {topo.device_model.log}")
+    return 0
+
+
+def cmd_ssh(args: argparse.Namespace, console: Console) -> int:
+    topo = st.Topology.load(st.topology_path(st.state_dir(args.state_dir)))
+    g = topo.guest(args.guest)
+    argv = ["ssh", "-i", topo.ssh_key, "-p", str(g.ssh_port), "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"{topo.ssh_user}@{g.ssh_host}"]
+    os.execvp("ssh", argv + args.cmd)
+
+
+def cmd_image(args: argparse.Namespace, console: Console) -> int:
+    from testbed.image import ensure_image
+
+    img = ensure_image(st.cache_root(), force=args.force, console=console)
+    console.print(f"image {img.recipe_hash}: kernel {img.kernel_version} in {img.dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False)
+    handlers = {"up": cmd_up, "down": cmd_down, "status": lambda a, c: print_status(c, a.state_dir),
+                "ssh": cmd_ssh, "image": cmd_image}
+    try:
+        return handlers[args.command](args, console)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        return 130
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        console.print(f"[red]testbed {args.command}: {msg}[/]")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Running the device model (`vhea serve`) as a background process of the testbed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class DeviceModelError(RuntimeError):
+    pass
+
+
+def vhea_command() -> list[str]:
+    """The vhea of this venv (so the testbed never picks up another install)."""
+    exe = Path(sys.executable).parent / "vhea"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "vhea.cli"]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); check its state.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start(socket_dir: Path, ports: list[str], queues: int, log: Path, timeout_s: float = 15.0) -> int:
+    """Start `vhea serve` detached (own session) and wait until every port socket exists."""
+    socket_dir.mkdir(parents=True, exist_ok=True)
+    for p in ports:
+        (socket_dir / f"{p}.sock").unlink(missing_ok=True)
+    cmd = vhea_command() + ["serve", "--socket-dir", str(socket_dir), "--ports", ",".join(ports),
+                            "--queues", str(queues)]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise DeviceModelError(f"vhea serve exited with {proc.returncode}: " + " | ".join(tail))
+        if all((socket_dir / f"{p}.sock").exists() for p in ports):
+            return proc.pid
+        time.sleep(0.1)
+    proc.terminate()
+    raise DeviceModelError(f"vhea serve did not create its sockets in {socket_dir} within {timeout_s:.0f} s")
+
+
+def is_vhea(pid: int) -> bool:
+    """Guard against a recycled PID: only signal a process that is a `vhea serve`."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(b"vhea" in a for a in argv) and b"serve" in argv
+
+
+def stop(pid: int, timeout_s: float = 5.0) -> None:
+    """SIGTERM the device model we started, SIGKILL if it does not go."""
+    if not pid_alive(pid) or not is_vhea(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+def stats(socket_dir: Path) -> dict:
+    """The device model's counters, through `vhea stats --json`."""
+    res = subprocess.run(vhea_command() + ["stats", "--socket-dir", str(socket_dir), "--json"],
+                         capture_output=True, text=True, timeout=10)
+    if res.returncode != 0:
+        raise DeviceModelError(f"vhea stats failed: {res.stderr.strip()}")
+    return json.loads(res.stdout)

@@ -1,0 +1,75 @@
+"""Domain XML for a testbed guest, rendered from a jinja2 template."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass
+class GuestSpec:
+    """Everything the domain template needs to know about one guest."""
+
+    name: str
+    accel: str  # "kvm" or "tcg"
+    vcpus: int
+    memory_mib: int
+    vcpu_pins: list[int]
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    disk: Path
+    data_mac: str
+    vhost_socket: Path
+    queues: int
+    console_log: Path
+    ssh_port: int
+    mgmt_mac: str
+    emulator: str = "/usr/bin/qemu-system-x86_64"
+
+    def validate(self) -> None:
+        if self.accel not in ("kvm", "tcg"):
+            raise ValueError(f"guest {self.name}: accel must be kvm or tcg, not {self.accel!r}")
+        if not 1 <= self.vcpus <= 64:
+            raise ValueError(f"guest {self.name}: vcpus must be 1..64, not {self.vcpus}")
+        if len(self.vcpu_pins) != self.vcpus:
+            raise ValueError(f"guest {self.name}: {self.vcpus} vCPUs but {len(self.vcpu_pins)} pins")
+        if not 128 <= self.memory_mib <= 1 << 20:
+            raise ValueError(f"guest {self.name}: memory {self.memory_mib} MiB out of range")
+        if not 1 <= self.queues <= 16:
+            raise ValueError(f"guest {self.name}: queue pairs must be 1..16, not {self.queues}")
+        if len(str(self.vhost_socket)) > 107:
+            raise ValueError(f"guest {self.name}: socket path too long for AF_UNIX: {self.vhost_socket}")
+
+
+def render_domain(spec: GuestSpec) -> str:
+    spec.validate()
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["xml", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
+    )
+    return env.get_template("guest.xml.j2").render(
+        domain_type="kvm" if spec.accel == "kvm" else "qemu",
+        name=spec.name,
+        memory_mib=spec.memory_mib,
+        vcpus=spec.vcpus,
+        vcpu_pins=spec.vcpu_pins,
+        kernel=spec.kernel,
+        initrd=spec.initrd,
+        cmdline=spec.cmdline,
+        emulator=shutil.which(spec.emulator) or spec.emulator,
+        disk=spec.disk,
+        data_mac=spec.data_mac,
+        vhost_socket=spec.vhost_socket,
+        queues=spec.queues,
+        console_log=spec.console_log,
+        ssh_port=spec.ssh_port,
+        mgmt_mac=spec.mgmt_mac,
+    )
