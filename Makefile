@@ -26,8 +26,9 @@ testbed: deps
 benchmark: testbed
 	$(VENV)/bin/fab run-benchmark --playbook $(PLAYBOOK)
 
+# pytest exits 5 when it collects no tests: not a failure of the code under test.
 test: deps
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest || [ $$? = 5 ]
 
 test-unit: deps
 	$(VENV)/bin/pytest -m "not vm"
