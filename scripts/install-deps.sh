@@ -26,6 +26,17 @@ have_all() {
   local v
   v=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || echo 0)
   dpkg --compare-versions "$v" ge 1:8 || return 1
+  getent passwd libvirt-qemu >/dev/null || return 1
+}
+
+# libvirt's QEMU driver looks up its default user and group when it initialises, even in
+# embedded mode where qemu.conf then says root. libvirt-daemon-system would create them but
+# also brings daemons, polkit and firewall rules we do not want: create just the accounts.
+ensure_qemu_accounts() {
+  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+  getent group kvm >/dev/null || groupadd --system kvm
+  getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home --home-dir /var/lib/libvirt \
+    --shell /usr/sbin/nologin -g libvirt-qemu -G kvm libvirt-qemu
 }
 
 if have_all; then
@@ -56,5 +67,6 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends -t bookworm-backports "${BACKPORTS_PACKAGES[@]}"
 apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
+ensure_qemu_accounts
 have_all || { echo "install-deps: packages still missing after install" >&2; exit 1; }
 echo "install-deps: done ($(qemu-system-x86_64 --version | head -1))"
