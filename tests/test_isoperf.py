@@ -1,0 +1,377 @@
+"""isoperf on loopback: a real server thread and a real client, short durations."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from isostack import isoperf
+from isostack.isoperf import IsoperfError, RunParams
+
+GUEST_SRC = Path(__file__).resolve().parents[1] / "isostack-guest"
+
+PROC_STAT_BEFORE = """\
+cpu  100 0 50 800 50 0 0 0 0 0
+cpu0 60 0 20 400 20 0 0 0 0 0
+cpu1 40 0 30 400 30 0 0 0 10 0
+intr 12345 0 0
+ctxt 999
+btime 1700000000
+processes 10
+"""
+PROC_STAT_AFTER = """\
+cpu  250 0 100 1000 50 0 0 0 0 0
+cpu0 160 0 40 450 20 0 0 0 0 0
+cpu1 90 0 60 550 30 0 0 0 10 0
+intr 22345 0 0
+"""
+
+
+class ServerThread:
+    """An isoperf server serving exactly one session in a thread of the test process."""
+
+    def __init__(self):
+        self.port: int | None = None
+        self.status: int | None = None
+        bound = threading.Event()
+
+        def ready(port: int) -> None:
+            self.port = port
+            bound.set()
+
+        def run() -> None:
+            self.status = isoperf.run_server("127.0.0.1", 0, once=True, ready=ready)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert bound.wait(5), "server did not start"
+
+    def join(self) -> int | None:
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        return self.status
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------ /proc/stat
+
+
+def test_parse_proc_stat_reads_every_cpu_line():
+    cpus = isoperf.parse_proc_stat(PROC_STAT_BEFORE)
+    assert set(cpus) == {"all", "cpu0", "cpu1"}
+    # total excludes guest/guest_nice (already in user): 60+20+400+20 = 500
+    assert cpus["cpu0"] == isoperf.CpuTimes(busy=80, total=500)
+    assert cpus["cpu1"] == isoperf.CpuTimes(busy=70, total=500)
+
+
+def test_cpu_busy_percent_over_interval():
+    before = isoperf.parse_proc_stat(PROC_STAT_BEFORE)
+    after = isoperf.parse_proc_stat(PROC_STAT_AFTER)
+    busy = isoperf.cpu_busy_percent(before, after)
+    # cpu0: busy +120 of total +170; cpu1: busy +80 of +230; all: +200 of +400
+    assert busy == {"all": 50.0, "cpu0": round(100 * 120 / 170, 2), "cpu1": round(100 * 80 / 230, 2)}
+
+
+def test_cpu_busy_percent_idle_interval_is_zero():
+    before = isoperf.parse_proc_stat(PROC_STAT_BEFORE)
+    assert isoperf.cpu_busy_percent(before, before)["cpu0"] == 0.0
+
+
+def test_parse_proc_stat_rejects_text_without_cpu_lines():
+    with pytest.raises(ValueError):
+        isoperf.parse_proc_stat("intr 1 2 3\n")
+
+
+def test_read_proc_stat_on_this_host():
+    cpus = isoperf.read_proc_stat()
+    assert "all" in cpus and "cpu0" in cpus
+
+
+# ------------------------------------------------------------ payload verification
+
+
+def _stream(size: int, count: int, conn: int = 0) -> bytes:
+    maker = isoperf.MessageMaker(conn, size)
+    return b"".join(maker.message(i) for i in range(count))
+
+
+def test_verifier_accepts_a_good_stream_in_odd_chunks():
+    data = _stream(40, 50)
+    v = isoperf.StreamVerifier(0, 40)
+    for i in range(0, len(data), 7):
+        v.feed(data[i : i + 7])
+    v.finish()
+    assert v.errors == []
+    assert v.next_seq == 50
+
+
+@settings(max_examples=200, deadline=None)
+@given(offset=st.integers(min_value=0, max_value=5 * 40 - 1), bit=st.integers(min_value=0, max_value=7))
+def test_verifier_catches_any_single_flipped_bit(offset, bit):
+    data = bytearray(_stream(40, 5))
+    data[offset] ^= 1 << bit
+    v = isoperf.StreamVerifier(0, 40)
+    v.feed(bytes(data))
+    v.finish()
+    assert len(v.errors) >= 1
+    assert f"message {offset // 40} " in v.errors[0]
+
+
+def test_verifier_catches_other_connections_stream():
+    v = isoperf.StreamVerifier(0, 40)
+    v.feed(_stream(40, 3, conn=1))
+    assert v.errors and "payload differs" in v.errors[0]
+
+
+def test_verifier_reports_truncated_stream():
+    v = isoperf.StreamVerifier(0, 40)
+    v.feed(_stream(40, 2)[:-3])
+    v.finish()
+    assert v.errors == ["connection 0: stream ended inside a message (37 stray bytes)"]
+
+
+# ------------------------------------------------------------ client + server on loopback
+
+
+def test_stream_counts_every_byte_sent():
+    server = ServerThread()
+    params = RunParams(size=1448, connections=1, duration=0.5, warmup=0.2)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["errors"] == []
+    assert r["server_total_bytes"] == r["client_total_bytes"] > 0
+    assert 0 < r["bytes"] <= r["server_total_bytes"]
+    assert r["duration"] == pytest.approx(0.5, abs=0.25)
+    assert r["throughput_bps"] == pytest.approx(r["bytes"] * 8 / r["duration"], rel=1e-3)
+    assert r["messages"] == r["bytes"] // 1448
+    assert r["verified"] is None
+    assert "all" in r["cpu"]["client"] and "all" in r["cpu"]["server"]
+
+
+def test_stream_with_verify_and_several_connections():
+    server = ServerThread()
+    params = RunParams(size=100, connections=3, duration=0.4, warmup=0.1, verify=True)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["errors"] == []
+    assert r["verified"] is True
+    assert r["server_total_bytes"] == r["client_total_bytes"]
+    assert r["server_total_bytes"] % 100 == 0
+
+
+def test_one_corrupted_byte_fails_the_run():
+    server = ServerThread()
+    params = RunParams(size=1000, connections=2, duration=0.3, warmup=0.1, verify=True)
+    r = isoperf.run_client("127.0.0.1", server.port, params, _corrupt_byte=3500)
+    assert server.join() == 1
+    assert r["verified"] is False
+    assert len(r["errors"]) == 1
+    assert r["errors"][0].startswith("connection 0 message 3 ")
+
+
+def test_cli_json_output_and_exit_code(capsys):
+    server = ServerThread()
+    rc = isoperf.main(
+        [
+            "client",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(server.port),
+            "--size",
+            "64",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--verify",
+            "--json",
+        ]
+    )
+    server.join()
+    text = capsys.readouterr().out  # the server thread prints its log lines to the same stdout
+    out = json.loads(text[text.index("{\n") : text.rindex("\n}") + 2])
+    assert rc == 0
+    for key in (
+        "test",
+        "size",
+        "connections",
+        "duration",
+        "bytes",
+        "messages",
+        "throughput_bps",
+        "messages_per_s",
+        "cpu",
+        "verified",
+        "errors",
+    ):
+        assert key in out
+    assert out["test"] == "stream" and out["size"] == 64 and out["verified"] is True
+
+
+def test_module_runs_as_script_with_only_the_guest_tree():
+    """As in the guests: `python3 -m isostack.isoperf` with PYTHONPATH at the uploaded copy."""
+    port = _free_port()
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(GUEST_SRC)}
+    srv = subprocess.Popen(
+        [sys.executable, "-m", "isostack.isoperf", "server", "--bind", "127.0.0.1", "--port", str(port), "--once"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "listening" in srv.stdout.readline()
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "isostack.isoperf",
+                "client",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--duration",
+                "0.3",
+                "--warmup",
+                "0",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert "Gb/s" in cli.stdout
+        assert srv.wait(10) == 0
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+
+
+def test_isoperf_imports_only_the_standard_library():
+    tree = ast.parse((GUEST_SRC / "isostack" / "isoperf.py").read_text())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules.add(node.module.split(".")[0])
+    assert modules - set(sys.stdlib_module_names) - {"__future__"} == set()
+
+
+# ------------------------------------------------------------ errors
+
+
+def test_unreachable_server_is_a_clear_error(capsys):
+    rc = isoperf.main(["client", "--host", "127.0.0.1", "--port", str(_free_port()), "--duration", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "cannot reach isoperf server at 127.0.0.1" in err
+    assert "Traceback" not in err
+
+
+def test_non_isoperf_peer_is_a_clear_error(capsys):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def answer_http() -> None:
+        conn, _ = listener.accept()
+        conn.recv(1024)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        conn.close()
+
+    t = threading.Thread(target=answer_http, daemon=True)
+    t.start()
+    rc = isoperf.main(["client", "--host", "127.0.0.1", "--port", str(listener.getsockname()[1])])
+    t.join(5)
+    listener.close()
+    assert rc == 1
+    assert "no isoperf server at 127.0.0.1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["client", "--host", "h", "--size", "0"], "--size: must be > 0"),
+        (["client", "--host", "h", "--size", "abc"], "--size: not an integer"),
+        (["client", "--host", "h", "--duration", "-1"], "--duration: must be > 0"),
+        (["client", "--host", "h", "--warmup", "nan"], "--warmup: not a finite number"),
+        (["client", "--host", "h", "--test", "bogus"], "invalid choice: 'bogus'"),
+        (["client", "--host", "h", "--port", "70000"], "not a TCP port"),
+        (["client"], "required: --host"),
+        ([], "required: command"),
+    ],
+)
+def test_bad_arguments_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        isoperf.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--size", "8", "--verify"], "verification needs size >= 13"),
+        (["--stack", "iso"], "stack 'iso' is not implemented yet"),
+        (["--connections", "1000"], "connections must be between 1 and 256"),
+    ],
+)
+def test_invalid_combinations_exit_1_without_contacting_a_server(argv, message, capsys):
+    rc = isoperf.main(["client", "--host", "127.0.0.1", "--port", str(_free_port()), *argv])
+    assert rc == 1
+    assert message in capsys.readouterr().err
+
+
+def test_server_refuses_unknown_protocol_version_and_stack():
+    for start, message in [
+        (
+            {"type": "start", "version": 99, "test": "stream", "size": 10, "connections": 1, "duration": 1},
+            "protocol version 99",
+        ),
+        (
+            {"type": "start", "version": 1, "test": "rr", "size": 10, "connections": 1, "duration": 1},
+            "test 'rr' is not implemented",
+        ),
+        (
+            {
+                "type": "start",
+                "version": 1,
+                "test": "stream",
+                "stack": "iso",
+                "size": 10,
+                "connections": 1,
+                "duration": 1,
+            },
+            "stack 'iso' is not implemented yet",
+        ),
+    ]:
+        server = ServerThread()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            ctrl = isoperf.Control(s)
+            ctrl.send(**start)
+            reply = ctrl.recv()
+        assert server.join() == 1
+        assert reply["type"] == "error" and message in reply["message"]
+
+
+def test_params_check_rejects_bad_values():
+    with pytest.raises(IsoperfError, match="duration must be > 0"):
+        RunParams(duration=0).check()
