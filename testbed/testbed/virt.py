@@ -7,10 +7,18 @@ whose cgroup tree is not ours) a qemu.conf that keeps libvirt away from cgroups.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
-import libvirt
+# libvirt logs warnings and errors to stderr by default; errors reach us as exceptions,
+# so send its log to a file unless the user chose otherwise (read when libvirt initialises).
+_LOG = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "isostack-testbed" / "libvirt.log"
+if "LIBVIRT_LOG_OUTPUTS" not in os.environ:
+    _LOG.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["LIBVIRT_LOG_OUTPUTS"] = f"3:file:{_LOG}"
+
+import libvirt  # noqa: E402
 
 # The embed root's etc/qemu.conf: run QEMU as root, no cgroups, QEMU's stdio to a file
 # (no virtlogd daemon).
