@@ -567,7 +567,7 @@ def ensure_image(cache_root: Path | None = None, force: bool = False, console: C
     images = cache_root / "images"
     final = images / digest
     if not force and _is_complete(final):
-        console.print(f"image {digest}: cached in {final}")
+        console.print(f"image {digest}: cached in {final}", soft_wrap=True)
         return GuestImage.from_dir(final)
 
     if os.geteuid() != 0:
@@ -578,12 +578,12 @@ def ensure_image(cache_root: Path | None = None, force: bool = False, console: C
     with open(images / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and _is_complete(final):
-            console.print(f"image {digest}: cached in {final}")
+            console.print(f"image {digest}: cached in {final}", soft_wrap=True)
             return GuestImage.from_dir(final)
         for stale in images.glob(".build-*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         started = time.monotonic()
-        console.print(f"[bold]Building guest image {digest}[/] into {final}")
+        console.print(f"[bold]Building guest image {digest}[/] into {final}", soft_wrap=True)
         work = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=images))
         try:
             builder = _Builder(recipe, cache_root, work, console)
@@ -600,7 +600,8 @@ def ensure_image(cache_root: Path | None = None, force: bool = False, console: C
     sizes = json.loads((final / "manifest.json").read_text())["sizes"]
     console.print(
         f"[green]image {digest} built[/] in {time.monotonic() - started:.0f} s: kernel {image.kernel_version}, "
-        f"rootfs.ext4 {sizes['rootfs.ext4'] / 2**20:.0f} MiB, initrd {sizes['initrd.img'] / 2**10:.0f} KiB"
+        f"rootfs.ext4 {sizes['rootfs.ext4'] / 2**20:.0f} MiB, initrd {sizes['initrd.img'] / 2**10:.0f} KiB",
+        soft_wrap=True,
     )
     return image
 
