@@ -1,0 +1,159 @@
+"""`vhea` command line: `serve` runs the device model, `stats` asks a running one over its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+
+from .server import Server
+
+PORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+#: sun_path is 108 bytes including the terminating NUL
+MAX_SOCKET_PATH = 107
+EXIT_USAGE = 2
+
+log = logging.getLogger("vhea")
+
+
+class UsageError(Exception):
+    """A mistake in the command line or environment, reported as one line and exit code 2."""
+
+
+def control_path(socket_dir: str) -> str:
+    return os.path.join(socket_dir, "control.sock")
+
+
+def check_serve_args(socket_dir: str, ports_arg: str, queues: int) -> list[str]:
+    if not os.path.isdir(socket_dir):
+        raise UsageError(f"socket dir {socket_dir} does not exist")
+    ports = [p.strip() for p in ports_arg.split(",")]
+    seen: set[str] = set()
+    for p in ports:
+        if not PORT_NAME.match(p) or p == "control":
+            raise UsageError(f"bad port name {p!r}: use 1-32 letters, digits, '-' or '_' (not 'control')")
+        if p in seen:
+            raise UsageError(f"port name {p!r} is used twice")
+        seen.add(p)
+    if not 1 <= queues <= 128:
+        raise UsageError(f"--queues {queues} is out of range 1..128")
+    for path in [os.path.join(socket_dir, f"{p}.sock") for p in ports] + [control_path(socket_dir)]:
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise UsageError(f"socket path {path} is {len(os.fsencode(path))} bytes, over the "
+                             f"{MAX_SOCKET_PATH}-byte limit of a unix socket; use a shorter --socket-dir")
+    return ports
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    ports = check_serve_args(args.socket_dir, args.ports, args.queues)
+    server = Server(args.socket_dir, ports, args.queues, ageing=args.ageing)
+    try:
+        server.bind()
+    except OSError as e:
+        server.close()
+        raise UsageError(f"cannot create sockets in {args.socket_dir}: {e}") from e
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.serve_forever()
+    return 0
+
+
+def query(socket_dir: str, request: dict, timeout: float = 5.0) -> dict:
+    path = control_path(socket_dir)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise UsageError(f"no device model is listening on {path} ({e.strerror}); start `vhea serve`") from e
+    except OSError as e:
+        raise UsageError(f"cannot connect to {path}: {e}") from e
+    with s:
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise UsageError(f"the device model on {path} closed the connection without an answer")
+            buf += chunk
+    return json.loads(buf)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    stats = query(args.socket_dir, {"cmd": "stats"})
+    if "error" in stats:
+        raise UsageError(stats["error"])
+    if args.json:
+        print(json.dumps(stats))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"vhea ports in {args.socket_dir}")
+    for col in ("port", "connected", "from guest frames", "from guest bytes", "to guest frames",
+                "to guest bytes", "drops"):
+        t.add_column(col, justify="right" if "frames" in col or "bytes" in col else "left")
+    for name, p in stats["ports"].items():
+        drops = ", ".join(f"{k}={v}" for k, v in p["drops"].items()) or "-"
+        t.add_row(name, "yes" if p["connected"] else "no", str(p["from_guest_frames"]),
+                  str(p["from_guest_bytes"]), str(p["to_guest_frames"]), str(p["to_guest_bytes"]), drops)
+    q = Table(title="queues")
+    for col in ("port", "queue", "frames", "bytes", "kicks", "calls"):
+        q.add_column(col, justify="right")
+    for name, p in stats["ports"].items():
+        for qs in p["queues"]:
+            kind = "rx" if qs["index"] % 2 == 0 else "tx"
+            q.add_row(name, f"{qs['index']} ({kind})", str(qs["frames"]), str(qs["bytes"]), str(qs["kicks"]),
+                      str(qs["calls"]))
+    f = Table(title="switch fdb")
+    f.add_column("mac")
+    f.add_column("port")
+    for e in stats["switch"]["fdb"]:
+        f.add_row(e["mac"], e["port"])
+    console = Console()
+    console.print(t)
+    console.print(q)
+    console.print(f)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vhea", description="virtual HEA: a vhost-user virtio-net back-end")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="run the device model")
+    s.add_argument("--socket-dir", required=True, help="directory for <port>.sock and control.sock")
+    s.add_argument("--ports", required=True, help="comma-separated port names, e.g. a,b")
+    s.add_argument("--queues", type=int, default=1, help="queue pairs per port (default 1)")
+    s.add_argument("--ageing", type=float, default=300.0, help="MAC ageing time in seconds")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+    st = sub.add_parser("stats", help="show counters of a running device model")
+    st.add_argument("--socket-dir", required=True)
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
+    st.set_defaults(func=cmd_stats)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "info").upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"vhea: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

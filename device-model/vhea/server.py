@@ -1,0 +1,425 @@
+"""The event loop: one thread, `selectors` over listening sockets, vhost-user connections, kick eventfds
+and the control socket. It owns all I/O; handler, device, rings and switch are driven from here.
+
+Nothing a guest or a front-end does may raise out of the loop: errors close that connection or stop that
+ring, with a logged reason, and the other ports keep forwarding.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import socket
+import time
+from dataclasses import dataclass, field
+
+from .connection import Connection, Disconnected
+from .handler import BackendHandler
+from .protocol import ProtocolError, Request
+from .switch import Switch
+from .vring import QueueCounters, RingError, Vring
+
+log = logging.getLogger(__name__)
+
+#: frames taken from one tx ring before other rings get a turn
+TX_BUDGET = 256
+#: idle select timeout; each timeout also polls rings in case a kick was lost
+POLL_S = 0.5
+
+
+@dataclass(eq=False)
+class Port:
+    name: str
+    path: str
+    queue_pairs: int
+    listener: socket.socket | None = None
+    conn: Connection | None = None
+    handler: BackendHandler | None = None
+    from_guest_frames: int = 0
+    from_guest_bytes: int = 0
+    to_guest_frames: int = 0
+    to_guest_bytes: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+    queue_counters: list[QueueCounters] = field(default_factory=list)
+    kick_fds: dict[int, Vring] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.queue_counters = [QueueCounters() for _ in range(2 * self.queue_pairs)]
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+    def stats(self) -> dict:
+        return {
+            "connected": self.conn is not None,
+            "from_guest_frames": self.from_guest_frames,
+            "from_guest_bytes": self.from_guest_bytes,
+            "to_guest_frames": self.to_guest_frames,
+            "to_guest_bytes": self.to_guest_bytes,
+            "drops": dict(sorted(self.drops.items())),
+            "queues": [
+                {"index": i, "frames": c.frames, "bytes": c.bytes, "kicks": c.kicks, "calls": c.calls}
+                for i, c in enumerate(self.queue_counters)
+            ],
+        }
+
+
+class Server:
+    """vhost-user back-end for a set of ports joined by a learning switch."""
+
+    def __init__(self, socket_dir: str, ports: list[str], queue_pairs: int = 1,
+                 ageing: float = 300.0) -> None:
+        self.socket_dir = socket_dir
+        self.ports = {p: Port(p, os.path.join(socket_dir, f"{p}.sock"), queue_pairs) for p in ports}
+        self.control_path = os.path.join(socket_dir, "control.sock")
+        self.switch = Switch(ports, ageing)
+        self.sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._running = False
+        self._busy: set[tuple[Port, Vring]] = set()
+        self._touched: set[tuple[Port, Vring]] = set()
+        self._control: socket.socket | None = None
+        self._bound: list[str] = []
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Create the port sockets and the control socket (the back-end is the server side)."""
+        for port in self.ports.values():
+            port.listener = self._listen(port.path)
+            self.sel.register(port.listener, selectors.EVENT_READ, ("listen", port))
+        self._control = self._listen(self.control_path)
+        self.sel.register(self._control, selectors.EVENT_READ, ("ctl-listen", None))
+        self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+
+    def _listen(self, path: str) -> socket.socket:
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale socket of a back-end that died
+            else:
+                raise OSError(f"{path} is in use by a running process")
+            finally:
+                probe.close()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(4)
+        s.setblocking(False)
+        self._bound.append(path)
+        return s
+
+    def stop(self) -> None:
+        """Ask the loop to end (safe from a signal handler or another thread)."""
+        self._running = False
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def serve_forever(self) -> None:
+        self._running = True
+        log.info("serving ports %s in %s", ", ".join(self.ports), self.socket_dir)
+        try:
+            while self._running:
+                self.run_once(0 if self._busy else POLL_S)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for port in self.ports.values():
+            self._disconnect(port, "shutting down")
+            if port.listener is not None:
+                self._unregister(port.listener)
+                port.listener.close()
+                port.listener = None
+        for key in list(self.sel.get_map().values()):
+            if key.data[0] == "ctl":
+                self._unregister(key.fileobj)
+                key.fileobj.close()
+        if self._control is not None:
+            self._unregister(self._control)
+            self._control.close()
+            self._control = None
+        for path in self._bound:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._bound = []
+        self.sel.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        log.info("stopped")
+
+    def _unregister(self, fileobj) -> None:
+        try:
+            self.sel.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    # ---- loop ----------------------------------------------------------------------------------------------
+
+    def run_once(self, timeout: float) -> None:
+        events = self.sel.select(timeout)
+        for key, _mask in events:
+            kind, obj = key.data
+            try:
+                if kind == "kick":
+                    port, ring = obj
+                    self._on_kick(port, ring, key.fd)
+                elif kind == "conn":
+                    self._on_message(obj)
+                elif kind == "listen":
+                    self._on_accept(obj)
+                elif kind == "ctl-listen":
+                    self._on_control_accept()
+                elif kind == "ctl":
+                    self._on_control(key.fileobj, obj)
+                elif kind == "wake":
+                    try:
+                        os.read(self._wake_r, 64)
+                    except OSError:
+                        pass
+            except Exception:  # the loop must survive anything; this is a bug, not a guest error
+                log.exception("internal error handling %s event", kind)
+        if self._busy:
+            busy, self._busy = self._busy, set()
+            for port, ring in busy:
+                if port.handler is not None and ring.ready:
+                    self._service_tx(port, ring)
+        elif not events:
+            self._poll_all()
+        self._flush_calls()
+
+    def _poll_all(self) -> None:
+        """Safety net for lost kicks (EVENT_IDX races): look at every ready tx ring now and then."""
+        for port in self.ports.values():
+            if port.handler is None:
+                continue
+            for ring in port.handler.device.rings[1::2]:
+                if ring.ready:
+                    self._service_tx(port, ring)
+        self.switch.expire()
+
+    # ---- vhost-user control path ---------------------------------------------------------------------------
+
+    def _on_accept(self, port: Port) -> None:
+        assert port.listener is not None
+        try:
+            sock, _ = port.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if port.conn is not None:
+            log.warning("port %s: second front-end connected while one is active; refused", port.name)
+            sock.close()
+            return
+        port.conn = Connection(sock)
+        port.handler = BackendHandler(port.name, port.queue_pairs)
+        for ring, counters in zip(port.handler.device.rings, port.queue_counters, strict=True):
+            ring.counters = counters
+        self.sel.register(port.conn.sock, selectors.EVENT_READ, ("conn", port))
+        log.info("port %s: front-end connected", port.name)
+
+    def _on_message(self, port: Port) -> None:
+        conn, handler = port.conn, port.handler
+        if conn is None or handler is None:
+            return
+        try:
+            msgs = conn.read()
+            self._unwatch_kicks(port)  # before any handler closes or replaces a kick fd (epoll keeps stale ones)
+            for msg in msgs:
+                name = Request(msg.request).name if msg.request in Request._value2member_map_ else msg.request
+                log.debug("port %s: %s size %d fds %d", port.name, name, msg.header.size, len(msg.fds))
+                reply = handler.handle(msg)
+                if reply is not None:
+                    conn.send(reply)
+            self._watch_kicks(port)
+        except Disconnected as e:
+            self._disconnect(port, f"front-end disconnected ({e})")
+        except ProtocolError as e:
+            log.warning("port %s: protocol error: %s; closing the connection", port.name, e)
+            self._disconnect(port, "protocol error")
+        except Exception:
+            log.exception("port %s: internal error in the request handler; closing the connection", port.name)
+            self._disconnect(port, "internal error")
+
+    def _unwatch_kicks(self, port: Port) -> None:
+        for fd in list(port.kick_fds):
+            self._unregister(fd)
+        port.kick_fds.clear()
+
+    def _watch_kicks(self, port: Port) -> None:
+        if port.handler is None:
+            return
+        for ring in port.handler.device.rings:
+            if ring.kick_fd is not None and ring.started and ring.error is None:
+                self.sel.register(ring.kick_fd, selectors.EVENT_READ, ("kick", (port, ring)))
+                port.kick_fds[ring.kick_fd] = ring
+                if ring.ready and ring.index % 2 == 1:
+                    self._busy.add((port, ring))  # frames may have been queued before the kick fd came
+
+    def _disconnect(self, port: Port, reason: str) -> None:
+        if port.conn is None:
+            return
+        self._unwatch_kicks(port)
+        self._unregister(port.conn.sock)
+        self._busy = {(p, r) for p, r in self._busy if p is not port}
+        self._touched = {(p, r) for p, r in self._touched if p is not port}
+        if port.handler is not None:
+            port.handler.close()
+        port.conn.close()
+        port.conn = None
+        port.handler = None
+        self.switch.forget_port(port.name)
+        log.info("port %s: %s; waiting for a new front-end", port.name, reason)
+
+    # ---- data path -----------------------------------------------------------------------------------------
+
+    def _stop_ring(self, port: Port, ring: Vring, reason: str) -> None:
+        ring.stop(reason)
+        log.warning("port %s: queue %d stopped: %s", port.name, ring.index, reason)
+        if ring.kick_fd is not None and ring.kick_fd in port.kick_fds:
+            self._unregister(ring.kick_fd)
+            del port.kick_fds[ring.kick_fd]
+        if ring.err_fd is not None:
+            try:
+                os.eventfd_write(ring.err_fd, 1)
+            except OSError:
+                pass
+
+    def _on_kick(self, port: Port, ring: Vring, fd: int) -> None:
+        try:
+            os.eventfd_read(fd)
+        except (BlockingIOError, OSError):
+            pass
+        ring.counters.kicks += 1
+        if port.handler is None or not ring.ready:
+            return
+        if ring.index % 2 == 1:
+            self._service_tx(port, ring)
+        # a kick on an rx ring only says buffers were posted; frames are not queued for later (yet)
+
+    def _service_tx(self, port: Port, ring: Vring) -> None:
+        assert port.handler is not None
+        device = port.handler.device
+        frames: list[bytes] = []
+        try:
+            device.pull_tx(ring, frames, port.drops, TX_BUDGET)
+            more = ring.pending() > 0
+        except RingError as e:
+            self._stop_ring(port, ring, str(e))
+            more = False
+        if more:
+            self._busy.add((port, ring))
+        if ring.error is None:
+            self._touched.add((port, ring))
+        for frame in frames:
+            port.from_guest_frames += 1
+            port.from_guest_bytes += len(frame)
+            self._forward(port, frame)
+
+    def _forward(self, ingress: Port, frame: bytes) -> None:
+        dsts = self.switch.destinations(frame, ingress.name)
+        if not dsts:
+            ingress.drop("dst_is_ingress_port")
+            return
+        for name in dsts:
+            self._deliver(self.ports[name], frame)
+
+    def _deliver(self, port: Port, frame: bytes) -> None:
+        if port.handler is None:
+            port.drop("not_connected")
+            return
+        device = port.handler.device
+        ring = device.rx_ring()
+        if ring is None:
+            port.drop("rx_queue_not_ready")
+            return
+        try:
+            reason = device.push_rx(ring, frame)
+        except RingError as e:
+            self._stop_ring(port, ring, str(e))
+            port.drop("rx_ring_error")
+            return
+        if reason is not None:
+            port.drop(reason)
+            return
+        port.to_guest_frames += 1
+        port.to_guest_bytes += len(frame)
+        self._touched.add((port, ring))
+
+    def _flush_calls(self) -> None:
+        """One call per touched ring per loop turn: the simplest form of interrupt coalescing."""
+        touched, self._touched = self._touched, set()
+        for _port, ring in touched:
+            if ring.error is None and ring.mapped:
+                try:
+                    ring.call()
+                except Exception:
+                    log.exception("call on ring %d", ring.index)
+
+    # ---- control socket ------------------------------------------------------------------------------------
+
+    def _on_control_accept(self) -> None:
+        assert self._control is not None
+        try:
+            sock, _ = self._control.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        self.sel.register(sock, selectors.EVENT_READ, ("ctl", bytearray()))
+
+    def _on_control(self, sock: socket.socket, buf: bytearray) -> None:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data or len(buf) > 1 << 20:
+            self._unregister(sock)
+            sock.close()
+            return
+        buf += data
+        while b"\n" in buf:
+            line, _, rest = bytes(buf).partition(b"\n")
+            buf[:] = rest
+            reply = self.control_request(line)
+            try:
+                sock.setblocking(True)
+                sock.settimeout(2.0)
+                sock.sendall(json.dumps(reply).encode() + b"\n")
+                sock.setblocking(False)
+            except OSError:
+                self._unregister(sock)
+                sock.close()
+                return
+
+    def control_request(self, line: bytes) -> dict:
+        try:
+            req = json.loads(line)
+        except ValueError as e:
+            return {"error": f"bad JSON: {e}"}
+        if not isinstance(req, dict):
+            return {"error": "request must be a JSON object"}
+        cmd = req.get("cmd")
+        if cmd == "stats":
+            return self.stats()
+        if cmd == "ping":
+            return {"ok": True, "time": time.time()}
+        return {"error": f"unknown cmd {cmd!r}"}
+
+    def stats(self) -> dict:
+        return {
+            "ports": {name: p.stats() for name, p in self.ports.items()},
+            "switch": {"fdb": self.switch.table()},
+        }

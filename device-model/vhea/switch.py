@@ -1,0 +1,69 @@
+"""A learning Ethernet switch between ports: MAC learning with ageing, flooding, no hairpin.
+
+Pure logic: it decides where a frame goes; the server does the delivery.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+DEFAULT_AGEING_S = 300.0
+
+
+def mac_str(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+@dataclass(slots=True)
+class FdbEntry:
+    port: str
+    seen: float
+
+
+class Switch:
+    def __init__(self, ports: list[str], ageing: float = DEFAULT_AGEING_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ports = list(ports)
+        self.ageing = ageing
+        self.clock = clock
+        self.fdb: dict[bytes, FdbEntry] = {}
+
+    def learn(self, src: bytes, port: str, now: float) -> None:
+        if src[0] & 1:
+            return  # a multicast source address is bogus; never learn it
+        e = self.fdb.get(src)
+        if e is None:
+            self.fdb[src] = FdbEntry(port, now)
+        else:
+            e.port = port
+            e.seen = now
+
+    def destinations(self, frame: bytes, ingress: str) -> list[str]:
+        """Learn the source and return the egress ports (never the ingress port)."""
+        now = self.clock()
+        src = frame[6:12]
+        dst = frame[0:6]
+        self.learn(src, ingress, now)
+        if not dst[0] & 1:
+            e = self.fdb.get(dst)
+            if e is not None:
+                if now - e.seen <= self.ageing:
+                    return [] if e.port == ingress else [e.port]
+                del self.fdb[dst]
+        return [p for p in self.ports if p != ingress]
+
+    def forget_port(self, port: str) -> None:
+        """Flush the entries of a port whose guest went away."""
+        for mac in [m for m, e in self.fdb.items() if e.port == port]:
+            del self.fdb[mac]
+
+    def expire(self) -> None:
+        now = self.clock()
+        for mac in [m for m, e in self.fdb.items() if now - e.seen > self.ageing]:
+            del self.fdb[mac]
+
+    def table(self) -> list[dict[str, str]]:
+        self.expire()
+        return [{"mac": mac_str(m), "port": e.port} for m, e in sorted(self.fdb.items())]

@@ -1,0 +1,244 @@
+"""Split virtqueue: per-ring state (as libvhost-user's VuVirtq) and a checked walk avail -> chain -> used.
+
+Knows nothing about networking (Snabb's virtq_device vs net_device split). Every index, address, length,
+chain length and indirect table from the guest is checked; a violation raises RingError and the caller
+stops the ring.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+
+from .memory import AddressError, GuestMemory
+from .protocol import VringAddr
+
+DESC = struct.Struct("<QIHH")
+U16 = struct.Struct("<H")
+USED_ELEM = struct.Struct("<II")
+
+VRING_DESC_F_NEXT = 1
+VRING_DESC_F_WRITE = 2
+VRING_DESC_F_INDIRECT = 4
+VRING_AVAIL_F_NO_INTERRUPT = 1
+VRING_USED_F_NO_NOTIFY = 1
+
+MAX_RING_SIZE = 32768
+#: Upper bound on an indirect table (Linux uses at most MAX_SKB_FRAGS + 2 entries for net).
+MAX_INDIRECT = 1024
+
+
+class RingError(Exception):
+    """The guest broke the ring's rules; the ring must stop."""
+
+
+@dataclass(slots=True)
+class Segment:
+    view: memoryview
+    writable: bool
+
+
+@dataclass(slots=True)
+class QueueCounters:
+    frames: int = 0
+    bytes: int = 0
+    kicks: int = 0
+    calls: int = 0
+
+
+@dataclass(eq=False)
+class Vring:
+    """One virtqueue: configuration from vhost-user messages plus the ring walking state."""
+
+    index: int
+    num: int = 0
+    addr: VringAddr | None = None
+    kick_fd: int | None = None
+    call_fd: int | None = None
+    err_fd: int | None = None
+    enabled: bool = False
+    started: bool = False
+    error: str | None = None
+    event_idx: bool = False
+    indirect: bool = False
+    last_avail_idx: int = 0
+    used_idx: int = 0
+    signalled_used: int = 0
+    signalled_used_valid: bool = False
+    counters: QueueCounters = field(default_factory=QueueCounters)
+    _desc: memoryview | None = None
+    _avail: memoryview | None = None
+    _used: memoryview | None = None
+
+    # ---- configuration -------------------------------------------------------------------------------------
+
+    def set_num(self, num: int) -> None:
+        if num == 0 or num > MAX_RING_SIZE or num & (num - 1):
+            raise RingError(f"ring size {num} is not a power of two in 1..{MAX_RING_SIZE}")
+        self.num = num
+
+    def map(self, mem: GuestMemory) -> None:
+        """Translate the ring addresses (front-end virtual) into views of guest memory."""
+        if self.addr is None or self.num == 0:
+            return
+        self.unmap()
+        n = self.num
+        try:
+            self._desc = mem.uva(self.addr.desc_user_addr, 16 * n)
+            self._avail = mem.uva(self.addr.avail_user_addr, 6 + 2 * n)
+            self._used = mem.uva(self.addr.used_user_addr, 6 + 8 * n)
+        except AddressError as e:
+            self.unmap()
+            raise RingError(f"ring {self.index}: {e}") from e
+
+    def unmap(self) -> None:
+        for v in (self._desc, self._avail, self._used):
+            if v is not None:
+                v.release()
+        self._desc = self._avail = self._used = None
+
+    @property
+    def mapped(self) -> bool:
+        return self._desc is not None
+
+    @property
+    def ready(self) -> bool:
+        """Walkable: started (kick received), enabled, mapped and not stopped by an error."""
+        return self.started and self.enabled and self.error is None and self._desc is not None
+
+    def stop(self, reason: str) -> None:
+        """Stop the ring because the guest misbehaved (kept until the front-end reconfigures it)."""
+        self.error = reason
+
+    def close_fds(self) -> None:
+        for name in ("kick_fd", "call_fd", "err_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, None)
+
+    def reset(self) -> None:
+        self.close_fds()
+        self.unmap()
+        counters = self.counters
+        self.__init__(self.index)  # type: ignore[misc]
+        self.counters = counters
+
+    def sync_used_idx(self) -> None:
+        """Take the used index from the ring itself, and resume from it (as libvhost-user does)."""
+        assert self._used is not None
+        self.used_idx = U16.unpack_from(self._used, 2)[0]
+        if self.last_avail_idx != self.used_idx:
+            self.last_avail_idx = self.used_idx
+        self.signalled_used_valid = False
+
+    # ---- walking -------------------------------------------------------------------------------------------
+
+    def avail_idx(self) -> int:
+        return U16.unpack_from(self._avail, 2)[0]
+
+    def pending(self) -> int:
+        """How many heads the guest has made available; a jump larger than the ring is a guest bug."""
+        n = (self.avail_idx() - self.last_avail_idx) & 0xFFFF
+        if n > self.num:
+            raise RingError(f"avail idx moved {n} entries past last_avail {self.last_avail_idx}; "
+                            f"ring has {self.num}")
+        return n
+
+    def head_at(self, offset: int) -> int:
+        """The descriptor index at avail position last_avail_idx + offset (not consumed)."""
+        slot = (self.last_avail_idx + offset) % self.num
+        head = U16.unpack_from(self._avail, 4 + 2 * slot)[0]
+        if head >= self.num:
+            raise RingError(f"avail ring slot {slot} names descriptor {head}, ring has {self.num}")
+        return head
+
+    def consume(self, count: int) -> None:
+        self.last_avail_idx = (self.last_avail_idx + count) & 0xFFFF
+
+    def chain(self, head: int, mem: GuestMemory) -> list[Segment]:
+        """Walk a descriptor chain (following one indirect table) into bounds-checked segments."""
+        table = self._desc
+        table_len = self.num
+        idx = head
+        count = 0
+        in_indirect = False
+        segs: list[Segment] = []
+        while True:
+            if idx >= table_len:
+                raise RingError(f"descriptor index {idx} out of range {table_len} (chain from {head})")
+            addr, length, flags, nxt = DESC.unpack_from(table, 16 * idx)
+            if flags & VRING_DESC_F_INDIRECT:
+                if not self.indirect:
+                    raise RingError("indirect descriptor but INDIRECT_DESC was not negotiated")
+                if in_indirect:
+                    raise RingError("nested indirect descriptor")
+                if flags & VRING_DESC_F_NEXT:
+                    raise RingError("indirect descriptor with NEXT set")
+                if length == 0 or length % 16 or length // 16 > MAX_INDIRECT:
+                    raise RingError(f"indirect table length {length} invalid")
+                try:
+                    table = mem.gpa(addr, length)
+                except AddressError as e:
+                    raise RingError(f"indirect table: {e}") from e
+                table_len = length // 16
+                idx = 0
+                count = 0
+                in_indirect = True
+                continue
+            count += 1
+            if count > table_len:
+                raise RingError(f"descriptor chain from {head} longer than its table ({table_len}): loop?")
+            try:
+                view = mem.gpa(addr, length)
+            except AddressError as e:
+                raise RingError(f"descriptor {idx}: {e}") from e
+            segs.append(Segment(view, bool(flags & VRING_DESC_F_WRITE)))
+            if not flags & VRING_DESC_F_NEXT:
+                return segs
+            idx = nxt
+
+    def put_used(self, head: int, length: int) -> None:
+        """Add a used element (not yet visible to the guest: see publish_used)."""
+        slot = self.used_idx % self.num
+        USED_ELEM.pack_into(self._used, 4 + 8 * slot, head, length)
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+
+    def publish_used(self) -> None:
+        """Make used elements visible (x86 keeps stores in order, so the elements land before the index)."""
+        U16.pack_into(self._used, 2, self.used_idx)
+        if self.event_idx:
+            # Ask for a kick when anything past what we consumed becomes available.
+            U16.pack_into(self._used, 4 + 8 * self.num, self.last_avail_idx)
+
+    def request_kicks(self) -> None:
+        """Tell the guest (EVENT_IDX) which avail index should make it kick us next."""
+        if self.event_idx and self._used is not None:
+            U16.pack_into(self._used, 4 + 8 * self.num, self.last_avail_idx)
+
+    def need_call(self) -> bool:
+        """Whether to signal the call eventfd now (EVENT_IDX used_event, else NO_INTERRUPT)."""
+        if self.event_idx:
+            used_event = U16.unpack_from(self._avail, 4 + 2 * self.num)[0]
+            old, new = self.signalled_used, self.used_idx
+            valid = self.signalled_used_valid
+            self.signalled_used, self.signalled_used_valid = new, True
+            if not valid:
+                return True
+            return ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+        return not U16.unpack_from(self._avail, 0)[0] & VRING_AVAIL_F_NO_INTERRUPT
+
+    def call(self) -> bool:
+        """Signal the guest if it wants it; returns whether the call eventfd was written."""
+        if self.call_fd is None or not self.need_call():
+            return False
+        try:
+            os.eventfd_write(self.call_fd, 1)
+        except OSError:
+            return False
+        self.counters.calls += 1
+        return True
