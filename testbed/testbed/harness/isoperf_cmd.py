@@ -1,0 +1,123 @@
+"""isoperf command lines for the guests and the parse of what the client prints.
+
+Apart from any I/O (as Flent separates a runner's `parse(output)` from the process), so both are tested on
+canned text.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+
+from testbed.harness.playbook import Case
+
+# Keys the harness reads from `isoperf client --json`; a missing one means an incompatible isoperf.
+REQUIRED_KEYS = (
+    "test",
+    "size",
+    "connections",
+    "duration",
+    "bytes",
+    "messages",
+    "throughput_bps",
+    "messages_per_s",
+    "cpu",
+    "verified",
+    "errors",
+)
+
+
+@dataclass(frozen=True)
+class GuestLayout:
+    """Where the package lives in a guest and which interpreter runs it."""
+
+    remote_root: str = "/opt"
+    python: str = "python3"
+    log_dir: str = "/tmp"
+
+    def module(self) -> str:
+        return f"PYTHONPATH={shlex.quote(self.remote_root)} {self.python} -m isostack.isoperf"
+
+
+def server_log(layout: GuestLayout, port: int) -> str:
+    return f"{layout.log_dir}/isoperf-server-{port}.log"
+
+
+def server_start_command(layout: GuestLayout, bind: str, port: int) -> str:
+    """Start a one-session server detached from the SSH session; prints its PID."""
+    log = shlex.quote(server_log(layout, port))
+    return (
+        f"nohup env {layout.module()} server --bind {shlex.quote(bind)} --port {port} --once"
+        f" > {log} 2>&1 < /dev/null & echo $!"
+    )
+
+
+def server_ready_command(layout: GuestLayout, port: int, pid: int) -> str:
+    """Exit 0 once the server listens, 3 if it died (its log then says why), 1 if not yet."""
+    log = shlex.quote(server_log(layout, port))
+    return f"grep -q 'listening' {log} && exit 0; kill -0 {pid} 2>/dev/null || exit 3; exit 1"
+
+
+def server_stop_command(pid: int) -> str:
+    return f"kill {pid} 2>/dev/null; true"
+
+
+def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:
+    args = [
+        "client",
+        "--host",
+        server_ip,
+        "--port",
+        str(case.spec.port),
+        "--test",
+        case.spec.test,
+        "--stack",
+        case.stack,
+        "--size",
+        str(case.size),
+        "--connections",
+        str(case.connections),
+        "--duration",
+        _num(case.spec.duration),
+        "--warmup",
+        _num(case.spec.warmup),
+        "--json",
+    ]
+    if case.spec.verify:
+        args.append("--verify")
+    return f"{layout.module()} {' '.join(shlex.quote(a) for a in args)}"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def client_timeout(case: Case) -> float:
+    """Generous: connection set-up and the result exchange add to warm-up + duration under TCG."""
+    return case.spec.warmup + case.spec.duration + 90.0
+
+
+class IsoperfOutputError(RuntimeError):
+    pass
+
+
+def parse_client_output(exit_code: int, stdout: str, stderr: str) -> dict:
+    """The client's JSON result, or IsoperfOutputError with its error message when there is none.
+
+    A run with verification errors still returns its JSON (exit 1): the caller records the errors.
+    """
+    text = stdout.strip()
+    if text:
+        try:
+            result = json.loads(text)
+        except json.JSONDecodeError:
+            result = None
+        if isinstance(result, dict):
+            missing = [k for k in REQUIRED_KEYS if k not in result]
+            if missing:
+                raise IsoperfOutputError(f"isoperf JSON lacks {', '.join(missing)} (version mismatch?)")
+            return result
+    lines = [ln for ln in (stderr.strip() or text).splitlines() if ln.strip()]
+    tail = " | ".join(lines[-3:]) or "no output"
+    raise IsoperfOutputError(f"isoperf client exited {exit_code}: {tail}")

@@ -1,0 +1,342 @@
+"""Playbooks: YAML experiment descriptions, validated strictly into dataclasses.
+
+Strict because a typo in a benchmark file (``sise: 64``) must not silently run the default: every unknown
+key, wrong type or missing required key is an error naming the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PLAYBOOK_VERSION = 1
+SUPPORTED_TESTS = ("stream",)  # isoperf's TESTS; maerts/rr/crr follow when isoperf has them
+SUPPORTED_STACKS = ("legacy",)  # "iso" once the IsoStack front-end exists
+KNOWN_STACKS = ("legacy", "iso")
+
+
+class PlaybookError(ValueError):
+    """A playbook that cannot be run; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """One entry of `tests:`; size/connections/stack may be lists, expanded into cases (a matrix)."""
+
+    __test__ = False  # not a pytest class
+
+    name: str
+    test: str
+    sizes: tuple[int, ...]
+    connections: tuple[int, ...]
+    stacks: tuple[str, ...]
+    duration: float
+    warmup: float
+    verify: bool
+    repeats: int
+    client: str | None
+    server: str | None
+    port: int
+
+
+@dataclass(frozen=True)
+class Case:
+    """One isoperf run: a point of a test's matrix, one repeat."""
+
+    spec: TestSpec
+    stack: str
+    size: int
+    connections: int
+    repeat: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name} {self.stack} size={self.size} conns={self.connections} #{self.repeat + 1}"
+
+
+@dataclass(frozen=True)
+class Playbook:
+    path: Path
+    name: str
+    description: str
+    tests: tuple[TestSpec, ...]
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def cases(self) -> list[Case]:
+        out = []
+        for spec in self.tests:
+            for stack, size, conns in itertools.product(spec.stacks, spec.sizes, spec.connections):
+                out.extend(Case(spec, stack, size, conns, r) for r in range(spec.repeats))
+        return out
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+class _Mapping(dict):
+    """A dict that remembers the line of each key (1-based) and of itself."""
+
+    line: int = 0
+    key_lines: dict
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> _Mapping:
+    loader.flatten_mapping(node)
+    mapping = _Mapping()
+    mapping.line = node.start_mark.line + 1
+    mapping.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in mapping:
+            raise _DuplicateKey(line, f"duplicate key {key!r} (first at line {mapping.key_lines[key]})")
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.key_lines[key] = line
+    return mapping
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+# ---------------------------------------------------------------- validation
+
+_TOP_KEYS = {"version": True, "name": True, "description": False, "defaults": False, "tests": True}
+# key -> required (after defaults are applied)
+_TEST_KEYS = {
+    "name": True,
+    "test": True,
+    "size": True,
+    "connections": False,
+    "stack": False,
+    "duration": True,
+    "warmup": False,
+    "verify": False,
+    "repeats": False,
+    "client": False,
+    "server": False,
+    "port": False,
+}
+_DEFAULTS_KEYS = {k: False for k in _TEST_KEYS if k != "name"}
+
+
+class _Checker:
+    """Validation helpers that know the file name, so every message can say where."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, line: int | None, where: str, message: str) -> PlaybookError:
+        loc = f"{self.path}:{line}" if line else str(self.path)
+        return PlaybookError(f"{loc}: {where}: {message}" if where else f"{loc}: {message}")
+
+    def mapping(self, value, where: str, line: int | None) -> _Mapping:
+        if not isinstance(value, _Mapping):
+            raise self.fail(line, where, f"expected a mapping, got {_type_name(value)}")
+        return value
+
+    def keys(self, m: _Mapping, allowed: dict[str, bool], where: str) -> None:
+        for key in m:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), list(allowed), n=1)
+                did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise self.fail(
+                    m.key_lines[key],
+                    where,
+                    f"unknown key {key!r} (allowed: {', '.join(allowed)}){did_you_mean}",
+                )
+        for key, required in allowed.items():
+            if required and key not in m:
+                raise self.fail(m.line, where, f"missing required key {key!r}")
+
+
+def _type_name(value) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {
+        dict: "a mapping",
+        _Mapping: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
+
+
+def load_playbook(path: str | Path) -> Playbook:
+    """Read and validate a playbook file; raises PlaybookError with file:line for every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise PlaybookError(f"{path}: cannot read playbook: {e.strerror or e}") from None
+    return parse_playbook(text, path)
+
+
+def parse_playbook(text: str, path: str | Path = "<playbook>") -> Playbook:
+    path = Path(path)
+    check = _Checker(path)
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _DuplicateKey as e:
+        raise check.fail(e.line, "", str(e)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(e, "problem", None) or str(e)
+        raise check.fail(line, "", f"not valid YAML: {problem}") from None
+    if data is None:
+        raise check.fail(None, "", "the playbook is empty")
+    top = check.mapping(data, "top level", 1)
+    check.keys(top, _TOP_KEYS, "top level")
+
+    version = top["version"]
+    if version != PLAYBOOK_VERSION or isinstance(version, bool):
+        raise check.fail(top.key_lines["version"], "version", f"must be {PLAYBOOK_VERSION}, got {version!r}")
+    name = _string(check, top, "name", "top level")
+    description = _string(check, top, "description", "top level") if "description" in top else ""
+
+    defaults = _Mapping()
+    defaults.key_lines = {}
+    if "defaults" in top:
+        defaults = check.mapping(top["defaults"], "defaults", top.key_lines["defaults"])
+        check.keys(defaults, _DEFAULTS_KEYS, "defaults")
+
+    tests_raw = top["tests"]
+    if not isinstance(tests_raw, list) or not tests_raw:
+        raise check.fail(top.key_lines["tests"], "tests", f"expected a non-empty list, got {_type_name(tests_raw)}")
+    tests: list[TestSpec] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(tests_raw):
+        where = f"tests[{i}]"
+        entry = check.mapping(raw, where, top.key_lines["tests"])
+        check.keys(entry, {k: False for k in _TEST_KEYS}, where)
+        merged = _merge(defaults, entry)
+        for key, required in _TEST_KEYS.items():
+            if required and key not in merged:
+                raise check.fail(entry.line, where, f"missing required key {key!r} (not in defaults either)")
+        spec = _test_spec(check, merged, where)
+        if spec.name in seen:
+            raise check.fail(merged.key_lines["name"], where, f"duplicate test name {spec.name!r}")
+        seen[spec.name] = i
+        tests.append(spec)
+    return Playbook(path=path, name=name, description=description, tests=tuple(tests), text=text)
+
+
+def _merge(defaults: _Mapping, entry: _Mapping) -> _Mapping:
+    merged = _Mapping({**defaults, **entry})
+    merged.line = entry.line
+    merged.key_lines = {**defaults.key_lines, **entry.key_lines}
+    return merged
+
+
+def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
+    name = _string(check, m, "name", where)
+    test = _string(check, m, "test", where)
+    if test not in SUPPORTED_TESTS:
+        raise check.fail(
+            m.key_lines["test"], where, f"test {test!r} is not supported (supported: {', '.join(SUPPORTED_TESTS)})"
+        )
+    stacks = _list_of(check, m, "stack", where, str, default=("legacy",))
+    for s in stacks:
+        if s not in KNOWN_STACKS:
+            raise check.fail(
+                m.key_lines["stack"], where, f"unknown stack {s!r} (choose from {', '.join(KNOWN_STACKS)})"
+            )
+        if s not in SUPPORTED_STACKS:
+            raise check.fail(m.key_lines["stack"], where, f"stack {s!r} is not implemented yet")
+    sizes = _list_of(check, m, "size", where, int)
+    _range(check, m, "size", where, sizes, 1, 1 << 20)
+    conns = _list_of(check, m, "connections", where, int, default=(1,))
+    _range(check, m, "connections", where, conns, 1, 256)
+    duration = _number(check, m, "duration", where)
+    if duration <= 0:
+        raise check.fail(m.key_lines["duration"], where, f"duration must be > 0 seconds, got {duration}")
+    warmup = _number(check, m, "warmup", where, default=1.0)
+    if warmup < 0:
+        raise check.fail(m.key_lines["warmup"], where, f"warmup must be >= 0 seconds, got {warmup}")
+    verify = m.get("verify", False)
+    if not isinstance(verify, bool):
+        raise check.fail(m.key_lines["verify"], where, f"'verify' must be true or false, got {_type_name(verify)}")
+    if verify and min(sizes) < 13:
+        raise check.fail(m.key_lines["size"], where, "verify needs size >= 13 (sequence number + crc32)")
+    (repeats,) = _list_of(check, m, "repeats", where, int, default=(1,), allow_list=False)
+    _range(check, m, "repeats", where, (repeats,), 1, 1000)
+    (port,) = _list_of(check, m, "port", where, int, default=(5701,), allow_list=False)
+    _range(check, m, "port", where, (port,), 1, 65535)
+    client = _string(check, m, "client", where) if "client" in m else None
+    server = _string(check, m, "server", where) if "server" in m else None
+    if client is not None and client == server:
+        raise check.fail(m.key_lines["server"], where, f"client and server are the same guest {client!r}")
+    return TestSpec(
+        name=name,
+        test=test,
+        sizes=sizes,
+        connections=conns,
+        stacks=stacks,
+        duration=duration,
+        warmup=warmup,
+        verify=verify,
+        repeats=repeats,
+        client=client,
+        server=server,
+        port=port,
+    )
+
+
+def _string(check: _Checker, m: _Mapping, key: str, where: str) -> str:
+    value = m[key]
+    if not isinstance(value, str) or not value.strip():
+        raise check.fail(m.key_lines[key], where, f"{key!r} must be a non-empty string, got {_type_name(value)}")
+    return value
+
+
+def _number(check: _Checker, m: _Mapping, key: str, where: str, default: float | None = None) -> float:
+    value = m.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise check.fail(m.key_lines[key], where, f"{key!r} must be a number, got {_type_name(value)}")
+    return float(value)
+
+
+def _list_of(
+    check: _Checker, m: _Mapping, key: str, where: str, kind: type, default: tuple = (), allow_list: bool = True
+) -> tuple:
+    if key not in m:
+        return default
+    value = m[key]
+    items = value if isinstance(value, list) and allow_list else [value]
+    noun = {int: "an integer", str: "a string"}[kind]
+    what = f"{noun} or a list of them" if allow_list else noun
+    if not items:
+        raise check.fail(m.key_lines[key], where, f"{key!r} must be {what}, got an empty list")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, kind):
+            raise check.fail(m.key_lines[key], where, f"{key!r} must be {what}, got {_type_name(item)}")
+    if len(set(items)) != len(items):
+        raise check.fail(m.key_lines[key], where, f"{key!r} lists a value twice: {items}")
+    return tuple(items)
+
+
+def _range(check: _Checker, m: _Mapping, key: str, where: str, values: tuple[int, ...], lo: int, hi: int) -> None:
+    for v in values:
+        if not lo <= v <= hi:
+            raise check.fail(m.key_lines[key], where, f"{key!r} must be between {lo} and {hi}, got {v}")

@@ -1,0 +1,159 @@
+"""Run directories: results/<UTC timestamp>/run.json (everything) and samples.csv (one row per case).
+
+run.json is rewritten after every case, so an interrupted run still leaves what it measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+RUN_FORMAT = 1
+RUN_FILE = "run.json"
+SAMPLES_FILE = "samples.csv"
+
+SAMPLE_COLUMNS = [
+    "test_name",
+    "test",
+    "stack",
+    "size",
+    "connections",
+    "repeat",
+    "status",
+    "duration_s",
+    "bytes",
+    "throughput_bps",
+    "messages_per_s",
+    "cpu_client_pct",
+    "cpu_server_pct",
+    "verified",
+    "dm_client_port",
+    "dm_server_port",
+    "dm_c2s_frames",
+    "dm_c2s_bytes",
+    "dm_s2c_frames",
+    "dm_s2c_bytes",
+    "dm_drops",
+    "crossed_device_model",
+    "error",
+]
+
+
+class ResultsError(RuntimeError):
+    pass
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_run_dir(results_dir: Path, now: datetime) -> Path:
+    """results/<YYYYmmddTHHMMSSZ>, with -2, -3... if two runs start in the same second."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    base = now.strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 1000):
+        path = results_dir / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ResultsError(f"cannot create a run directory under {results_dir}")
+
+
+class RunStore:
+    """One run directory being written."""
+
+    def __init__(self, path: Path, header: dict):
+        self.path = path
+        self.run = {"format": RUN_FORMAT, "run_id": path.name, **header, "cases": []}
+        with open(path / SAMPLES_FILE, "w", newline="") as f:
+            csv.writer(f).writerow(SAMPLE_COLUMNS)
+        self._write()
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / RUN_FILE
+
+    def add_case(self, case: dict) -> None:
+        self.run["cases"].append(case)
+        with open(self.path / SAMPLES_FILE, "a", newline="") as f:
+            csv.writer(f).writerow([sample_row(case).get(c, "") for c in SAMPLE_COLUMNS])
+        self._write()
+
+    def finish(self, ended_at: str) -> None:
+        self.run["ended_at"] = ended_at
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.run_json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.run, indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, self.run_json)
+
+
+def sample_row(case: dict) -> dict:
+    """Flatten one case record into the CSV columns (empty where a value does not exist)."""
+    r = case.get("isoperf") or {}
+    dm = case.get("device_model") or {}
+    delta = dm.get("delta") or {}
+    cport, sport = dm.get("client_port"), dm.get("server_port")
+    c2s, s2c = delta.get(cport) or {}, delta.get(sport) or {}
+    cpu = r.get("cpu") or {}
+    drops = sum(sum(p.get("drops", {}).values()) for p in delta.values()) if delta else ""
+    return {
+        "test_name": case.get("test_name"),
+        "test": case.get("test"),
+        "stack": case.get("stack"),
+        "size": case.get("size"),
+        "connections": case.get("connections"),
+        "repeat": case.get("repeat"),
+        "status": case.get("status"),
+        "duration_s": r.get("duration", ""),
+        "bytes": r.get("bytes", ""),
+        "throughput_bps": r.get("throughput_bps", ""),
+        "messages_per_s": r.get("messages_per_s", ""),
+        "cpu_client_pct": (cpu.get("client") or {}).get("all", ""),
+        "cpu_server_pct": (cpu.get("server") or {}).get("all", ""),
+        "verified": "" if r.get("verified") is None else r.get("verified"),
+        "dm_client_port": cport or "",
+        "dm_server_port": sport or "",
+        "dm_c2s_frames": c2s.get("from_guest_frames", ""),
+        "dm_c2s_bytes": c2s.get("from_guest_bytes", ""),
+        "dm_s2c_frames": s2c.get("from_guest_frames", ""),
+        "dm_s2c_bytes": s2c.get("from_guest_bytes", ""),
+        "dm_drops": drops,
+        "crossed_device_model": "" if dm.get("crossed") is None else dm.get("crossed"),
+        "error": case.get("error") or "",
+    }
+
+
+def resolve_run(path: str | Path | None, results_dir: Path) -> Path:
+    """A run.json from a run dir, a run.json path, or (None) the newest run under results_dir."""
+    if path is None:
+        runs = sorted(p for p in results_dir.glob("*/" + RUN_FILE)) if results_dir.is_dir() else []
+        if not runs:
+            raise ResultsError(f"no runs under {results_dir}")
+        return runs[-1]
+    p = Path(path)
+    if p.is_dir():
+        p = p / RUN_FILE
+    if not p.is_file():
+        raise ResultsError(f"no run at {path} ({p} does not exist)")
+    return p
+
+
+def load_run(run_json: Path) -> dict:
+    try:
+        run = json.loads(run_json.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ResultsError(f"cannot read {run_json}: {e}") from None
+    if not isinstance(run, dict) or run.get("format") != RUN_FORMAT or not isinstance(run.get("cases"), list):
+        raise ResultsError(f"{run_json} is not a run.json of format {RUN_FORMAT}")
+    return run

@@ -1,0 +1,269 @@
+"""The benchmark loop: for each case of a playbook, run isoperf between two guests and record it.
+
+Per case: start a one-session `isoperf server` on the server guest (bound to its data IP), snapshot the
+device-model counters, run the client on the other guest against that data IP, snapshot again, store the
+isoperf JSON with the per-port deltas. The package is uploaded once per run (skipped when unchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import isostack
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from testbed import state
+from testbed.harness import dmstats, isoperf_cmd, metadata, remote, results
+from testbed.harness.isoperf_cmd import GuestLayout, IsoperfOutputError
+from testbed.harness.playbook import Case, Playbook, load_playbook
+from testbed.harness.remote import RemoteError, Shell
+
+PACKAGE_DIR = Path(isostack.__file__).resolve().parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SERVER_READY_TIMEOUT_S = 30.0
+
+StatsReader = Callable[[], dict]
+
+
+class HarnessError(RuntimeError):
+    """A run that cannot start (no testbed, bad playbook, unknown guest): one clear message."""
+
+
+class Runner:
+    """Runs cases on a topology through Shells; knows nothing about SSH or the CLI."""
+
+    def __init__(
+        self,
+        topology: state.Topology,
+        shells: dict[str, Shell],
+        layout: GuestLayout,
+        stats_reader: StatsReader | None,
+        console: Console,
+        package_dir: Path = PACKAGE_DIR,
+    ):
+        self.topology = topology
+        self.shells = shells
+        self.layout = layout
+        self.stats_reader = stats_reader
+        self.console = console
+        self.package_dir = package_dir
+        self._stats_warned = False
+
+    def pair(self, case: Case) -> tuple[state.GuestInfo, state.GuestInfo]:
+        """(client, server) guests of a case: named in the playbook or the topology's first two."""
+        guests = self.topology.guests
+        if len(guests) < 2 and not (case.spec.client and case.spec.server):
+            raise HarnessError(f"the testbed has {len(guests)} guest(s); a test needs two")
+        try:
+            client = self.topology.guest(case.spec.client) if case.spec.client else guests[0]
+            server = self.topology.guest(case.spec.server) if case.spec.server else guests[1]
+        except KeyError as e:
+            raise HarnessError(f"test {case.spec.name!r}: {e.args[0]}") from None
+        if client.name == server.name:
+            raise HarnessError(f"test {case.spec.name!r}: client and server are both {client.name!r}")
+        return client, server
+
+    def prepare(self, guest_names: list[str]) -> dict:
+        """Upload the isostack package where needed; returns per-guest metadata (kernel, python)."""
+        info = {}
+        for name in guest_names:
+            shell = self.shells[name]
+            uploaded = remote.sync_package(shell, self.package_dir, self.layout.remote_root, self.layout.python)
+            self.console.log(f"{name}: isostack package {'uploaded' if uploaded else 'unchanged, not uploaded'}")
+            out = remote.check(shell, f"uname -r; {self.layout.python} --version 2>&1")
+            lines = out.strip().splitlines() + ["", ""]
+            info[name] = {
+                "kernel": lines[0] or None,
+                "python": lines[1] or None,
+                "package_sha256": remote.package_hash(self.package_dir),
+            }
+        return info
+
+    def run_case(self, case: Case) -> dict:
+        client, server = self.pair(case)
+        record = {
+            "test_name": case.spec.name,
+            "test": case.spec.test,
+            "stack": case.stack,
+            "size": case.size,
+            "connections": case.connections,
+            "repeat": case.repeat,
+            "duration": case.spec.duration,
+            "warmup": case.spec.warmup,
+            "verify": case.spec.verify,
+            "client": client.name,
+            "server": server.name,
+            "server_ip": server.data_ip,
+            "started_at": results.iso(results.utc_now()),
+            "status": "failed",
+            "error": None,
+            "isoperf": None,
+            "device_model": None,
+            "commands": {},
+        }
+        try:
+            self._run_case(case, client, server, record)
+        except (RemoteError, IsoperfOutputError, HarnessError) as e:
+            record["error"] = str(e)
+        record["ended_at"] = results.iso(results.utc_now())
+        return record
+
+    def _run_case(self, case: Case, client: state.GuestInfo, server: state.GuestInfo, record: dict) -> None:
+        cshell, sshell = self.shells[client.name], self.shells[server.name]
+        port = case.spec.port
+        start = isoperf_cmd.server_start_command(self.layout, server.data_ip, port)
+        pid = int(remote.check(sshell, start).strip().splitlines()[-1])
+        try:
+            self._wait_server(sshell, port, pid)
+            before = self._stats()
+            cmd = isoperf_cmd.client_command(self.layout, case, server.data_ip)
+            record["commands"] = {"server": start, "client": cmd}
+            r = cshell.run(cmd, timeout_s=isoperf_cmd.client_timeout(case))
+            after = self._stats() if before is not None else None
+        finally:
+            sshell.run(isoperf_cmd.server_stop_command(pid))
+        result = isoperf_cmd.parse_client_output(r.exit_code, r.stdout, r.stderr)
+        record["isoperf"] = result
+        record["device_model"] = self._device_model(before, after, client.port, server.port, result)
+        if result["errors"]:
+            record["error"] = "; ".join(result["errors"][:3])
+        else:
+            record["status"] = "ok"
+
+    def _wait_server(self, shell: Shell, port: int, pid: int) -> None:
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
+        while True:
+            code = shell.run(isoperf_cmd.server_ready_command(self.layout, port, pid)).exit_code
+            if code == 0:
+                return
+            if code == 3 or time.monotonic() > deadline:
+                log = shell.run(f"tail -n 5 {isoperf_cmd.server_log(self.layout, port)}").stdout.strip()
+                why = "exited" if code == 3 else f"is not listening after {SERVER_READY_TIMEOUT_S:.0f} s"
+                raise HarnessError(f"{shell.name}: isoperf server {why}: {' | '.join(log.splitlines())}")
+            time.sleep(0.2)
+
+    def _stats(self) -> dict | None:
+        if self.stats_reader is None:
+            return None
+        try:
+            return self.stats_reader()
+        except dmstats.StatsError as e:
+            if not self._stats_warned:
+                self.console.log(f"[yellow]device-model counters unavailable: {e}[/yellow]")
+                self._stats_warned = True
+            return None
+
+    @staticmethod
+    def _device_model(
+        before: dict | None, after: dict | None, client_port: str, server_port: str, result: dict
+    ) -> dict:
+        out = {"client_port": client_port, "server_port": server_port, "delta": None, "crossed": None, "error": None}
+        if before is None or after is None:
+            out["error"] = "counters unavailable"
+            return out
+        try:
+            delta = dmstats.stats_delta(before, after)
+        except dmstats.StatsError as e:
+            out["error"] = str(e)
+            return out
+        out["delta"] = {name: d.to_dict() for name, d in delta.items()}
+        payload = result.get("server_total_bytes") or result.get("bytes") or 0
+        out["crossed"] = dmstats.crossed_device_model(delta, client_port, payload)
+        return out
+
+
+def run_playbook(runner: Runner, playbook: Playbook, store: results.RunStore, console: Console) -> int:
+    """Run every case with a progress bar; returns the number of failed or unproven cases."""
+    cases = playbook.cases()
+    bad = 0
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(playbook.name, total=len(cases))
+        for case in cases:
+            progress.update(task, description=case.label)
+            record = runner.run_case(case)
+            store.add_case(record)
+            if record["status"] != "ok":
+                bad += 1
+                progress.console.log(f"[red]{case.label}: {record['error']}[/red]")
+            elif (record["device_model"] or {}).get("crossed") is False:
+                bad += 1
+                progress.console.log(f"[yellow]{case.label}: the device model did not carry the data[/yellow]")
+            else:
+                gbps = record["isoperf"]["throughput_bps"] / 1e9
+                progress.console.log(f"{case.label}: {gbps:.3f} Gb/s")
+            progress.advance(task)
+        progress.update(task, description=f"{playbook.name}: done")
+    return bad
+
+
+def run_benchmark(
+    playbook_path: str | Path, state_dir: str | Path | None, results_dir: str | Path, console: Console | None = None
+) -> tuple[Path, int]:
+    """`fab run-benchmark`: load everything, connect to the guests, run, store; returns (run.json, failures)."""
+    console = console or Console()
+    try:
+        playbook = load_playbook(playbook_path)
+    except ValueError as e:
+        raise HarnessError(str(e)) from None
+    sdir = state.state_dir(state_dir)
+    try:
+        topology = state.Topology.load(state.topology_path(sdir))
+    except (FileNotFoundError, ValueError, TypeError, KeyError, json.JSONDecodeError) as e:
+        raise HarnessError(f"cannot use the testbed in {sdir}: {e}") from None
+
+    shells: dict[str, Shell] = {
+        g.name: remote.FabricShell(g.name, g.ssh_host, g.ssh_port, topology.ssh_user, topology.ssh_key)
+        for g in topology.guests
+    }
+    socket_dir = topology.device_model.socket_dir
+    runner = Runner(topology, shells, GuestLayout(), lambda: dmstats.read_stats(socket_dir), console)
+    try:
+        used = sorted({g.name for case in playbook.cases() for g in runner.pair(case)})
+        return execute(runner, playbook, Path(results_dir), used, console)
+    finally:
+        for shell in shells.values():
+            shell.close()
+
+
+def execute(
+    runner: Runner, playbook: Playbook, results_dir: Path, guests: list[str], console: Console
+) -> tuple[Path, int]:
+    """Prepare the guests, open the run directory, run the cases; shared by the CLI and tests."""
+    started = results.utc_now()
+    with console.status("preparing guests"):
+        guest_info = runner.prepare(guests)
+    host = metadata.host_metadata(REPO_ROOT)
+    host["accel"] = runner.topology.accel
+    host["guests"] = guest_info
+    host["guest_image"] = runner.topology.image
+    store = results.RunStore(
+        results.new_run_dir(results_dir, started),
+        {
+            "started_at": results.iso(started),
+            "ended_at": None,
+            "metadata": host,
+            "topology": dataclasses.asdict(runner.topology),
+            "playbook": {
+                "name": playbook.name,
+                "path": str(playbook.path),
+                "sha256": playbook.sha256,
+                "text": playbook.text,
+            },
+        },
+    )
+    bad = run_playbook(runner, playbook, store, console)
+    store.finish(results.iso(results.utc_now()))
+    return store.run_json, bad
