@@ -223,7 +223,8 @@ def parse_playbook(text: str, path: str | Path = "<playbook>") -> Playbook:
 
     tests_raw = top["tests"]
     if not isinstance(tests_raw, list) or not tests_raw:
-        raise check.fail(top.key_lines["tests"], "tests", f"expected a non-empty list, got {_type_name(tests_raw)}")
+        got = "an empty list" if tests_raw == [] else _type_name(tests_raw)
+        raise check.fail(top.key_lines["tests"], "tests", f"expected a non-empty list, got {got}")
     tests: list[TestSpec] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(tests_raw):

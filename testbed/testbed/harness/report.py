@@ -42,7 +42,7 @@ def build_table(run: dict) -> Table:
         verified = r.get("verified")
         status = case.get("status", "?")
         if case.get("error"):
-            status = f"[red]{status}: {case['error']}[/red]"
+            status = f"[red]{status} (see below)[/red]"
         elif (case.get("device_model") or {}).get("crossed") is False:
             status = "[yellow]data not seen by the device model[/yellow]"
         table.add_row(
@@ -70,6 +70,10 @@ def _ports(run: dict) -> list[str]:
 
 def print_report(run: dict, run_json: Path, console: Console) -> None:
     console.print(build_table(run))
+    for case in run.get("cases", []):
+        if case.get("error"):
+            label = f"{case.get('test_name')} size={case.get('size')} conns={case.get('connections')}"
+            console.print(f"[red]{label}:[/red] {case['error']}", highlight=False)
     git = (run.get("metadata") or {}).get("git") or {}
     if git.get("commit"):
         console.print(f"commit {git['commit'][:12]}{' (dirty)' if git.get('dirty') else ''}")

@@ -1,0 +1,127 @@
+"""The isoperf command lines the runner sends to the guests, and the parse of the client's output."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+
+import pytest
+from isostack import isoperf
+from testbed.harness import isoperf_cmd
+from testbed.harness.isoperf_cmd import GuestLayout, IsoperfOutputError
+from testbed.harness.playbook import parse_playbook
+
+PB = """\
+version: 1
+name: x
+tests:
+  - name: t
+    test: stream
+    size: 1448
+    connections: 2
+    duration: 10
+    warmup: 2.5
+    verify: true
+    port: 5702
+"""
+
+
+def _case(text: str = PB):
+    return parse_playbook(text).cases()[0]
+
+
+def test_client_command_is_a_valid_isoperf_invocation():
+    cmd = isoperf_cmd.client_command(GuestLayout(), _case(), "10.10.0.2")
+    assert cmd == (
+        "PYTHONPATH=/opt python3 -m isostack.isoperf client --host 10.10.0.2 --port 5702 --test stream "
+        "--stack legacy --size 1448 --connections 2 --duration 10 --warmup 2.5 --json --verify"
+    )
+    argv = shlex.split(cmd)[4:]
+    args = isoperf.build_parser().parse_args(argv)
+    assert (args.host, args.port, args.size, args.connections, args.duration, args.warmup, args.verify, args.json) == (
+        "10.10.0.2",
+        5702,
+        1448,
+        2,
+        10.0,
+        2.5,
+        True,
+        True,
+    )
+
+
+def test_client_command_without_verify():
+    cmd = isoperf_cmd.client_command(GuestLayout(), _case(PB.replace("verify: true", "verify: false")), "h")
+    assert "--verify" not in cmd
+
+
+def test_server_commands():
+    layout = GuestLayout(remote_root="/opt dir", python="python3", log_dir="/tmp")
+    start = isoperf_cmd.server_start_command(layout, "10.10.0.2", 5701)
+    assert start == (
+        "nohup env PYTHONPATH='/opt dir' python3 -m isostack.isoperf server --bind 10.10.0.2 --port 5701 --once"
+        " > /tmp/isoperf-server-5701.log 2>&1 < /dev/null & echo $!"
+    )
+    assert "kill -0 42" in isoperf_cmd.server_ready_command(layout, 5701, 42)
+    assert isoperf_cmd.server_stop_command(42) == "kill 42 2>/dev/null; true"
+
+
+def test_timeout_covers_warmup_and_duration():
+    assert isoperf_cmd.client_timeout(_case()) > 12.5
+
+
+GOOD_OUTPUT = {
+    "test": "stream",
+    "size": 1448,
+    "connections": 2,
+    "duration": 10.0,
+    "bytes": 1000,
+    "messages": 0,
+    "throughput_bps": 800.0,
+    "messages_per_s": 0.0,
+    "cpu": {"client": {}, "server": {}},
+    "verified": True,
+    "errors": [],
+}
+
+
+def test_parse_good_output():
+    assert isoperf_cmd.parse_client_output(0, json.dumps(GOOD_OUTPUT), "") == GOOD_OUTPUT
+
+
+def test_parse_failed_verification_keeps_the_result():
+    out = {**GOOD_OUTPUT, "verified": False, "errors": ["connection 0 message 3: checksum mismatch"]}
+    assert isoperf_cmd.parse_client_output(1, json.dumps(out), "")["errors"] == out["errors"]
+
+
+def test_parse_error_without_json_quotes_stderr():
+    with pytest.raises(IsoperfOutputError, match="exited 1: isoperf: error: cannot reach isoperf server"):
+        isoperf_cmd.parse_client_output(1, "", "isoperf: error: cannot reach isoperf server at 10.10.0.2:5701\n")
+    with pytest.raises(IsoperfOutputError, match="exited 127: sh: python3: not found"):
+        isoperf_cmd.parse_client_output(127, "", "sh: python3: not found\n")
+    with pytest.raises(IsoperfOutputError, match="exited 0: no output"):
+        isoperf_cmd.parse_client_output(0, "", "")
+
+
+def test_parse_incompatible_json():
+    with pytest.raises(IsoperfOutputError, match="lacks throughput_bps"):
+        isoperf_cmd.parse_client_output(
+            0, json.dumps({k: v for k, v in GOOD_OUTPUT.items() if k != "throughput_bps"}), ""
+        )
+
+
+def test_required_keys_are_what_isoperf_prints():
+    """The harness's expectations stay in step with the tool: run it on loopback for a moment."""
+    ports = []
+    ready = threading.Event()
+    server = threading.Thread(
+        target=isoperf.run_server,
+        args=("127.0.0.1", 0, True, lambda p: (ports.append(p), ready.set())),
+        daemon=True,
+    )
+    server.start()
+    assert ready.wait(5)
+    result = isoperf.run_client("127.0.0.1", ports[0], isoperf.RunParams(size=64, duration=0.1, warmup=0))
+    server.join(10)
+    assert set(isoperf_cmd.REQUIRED_KEYS) <= set(result)

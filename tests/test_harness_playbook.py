@@ -1,0 +1,159 @@
+"""Playbook loading: the shipped playbooks, matrices, defaults, and every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from testbed.harness.playbook import PlaybookError, load_playbook, parse_playbook
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = """\
+version: 1
+name: matrix
+description: sizes x connections
+defaults:
+  duration: 5
+  warmup: 0.5
+  verify: true
+tests:
+  - name: stream-small
+    test: stream
+    size: [64, 1448]
+    connections: [1, 4]
+    repeats: 2
+    client: iso-b
+    server: iso-a
+  - name: stream-big
+    test: stream
+    size: 65536
+    duration: 2
+    verify: false
+    port: 6000
+"""
+
+
+def test_smoke_playbook_is_valid_and_matches_the_brief():
+    pb = load_playbook(REPO / "playbooks" / "smoke.yaml")
+    (spec,) = pb.tests
+    assert (spec.test, spec.sizes, spec.connections, spec.duration, spec.warmup, spec.verify) == (
+        "stream",
+        (1448,),
+        (1,),
+        10.0,
+        2.0,
+        True,
+    )
+    assert (spec.client, spec.server) == ("iso-a", "iso-b")
+    assert len(pb.cases()) == 1
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "playbooks").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_playbook_loads(path):
+    assert load_playbook(path).cases()
+
+
+def test_defaults_matrix_and_repeats():
+    pb = parse_playbook(GOOD, "m.yaml")
+    small, big = pb.tests
+    assert small.duration == 5.0 and small.warmup == 0.5 and small.verify is True and small.port == 5701
+    assert big.duration == 2.0 and big.verify is False and big.port == 6000 and big.warmup == 0.5
+    assert big.client is None and big.stacks == ("legacy",)
+    cases = pb.cases()
+    assert len(cases) == 2 * 2 * 2 + 1
+    assert [(c.size, c.connections, c.repeat) for c in cases[:4]] == [(64, 1, 0), (64, 1, 1), (64, 4, 0), (64, 4, 1)]
+    assert cases[-1].spec.name == "stream-big"
+    assert pb.sha256 == parse_playbook(GOOD, "other.yaml").sha256
+
+
+def _error(text: str) -> str:
+    with pytest.raises(PlaybookError) as exc:
+        parse_playbook(text, "pb.yaml")
+    return str(exc.value)
+
+
+def test_unknown_key_in_a_test_names_key_file_and_line():
+    msg = _error(GOOD.replace("    repeats: 2\n", "    repeats: 2\n    sise: 64\n"))
+    assert msg.startswith("pb.yaml:14: tests[0]: unknown key 'sise'")
+    assert "did you mean 'size'?" in msg
+
+
+def test_unknown_key_at_top_level_and_in_defaults():
+    assert _error("version: 1\nname: x\ntest: []\ntests: []\n").startswith("pb.yaml:3: top level: unknown key 'test'")
+    msg = _error(GOOD.replace("  verify: true\n", "  verfy: true\n", 1))
+    assert msg.startswith("pb.yaml:7: defaults: unknown key 'verfy'")
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("version: 1\n", "version: 2\n", "pb.yaml:1: version: must be 1, got 2"),
+        ("name: matrix\n", "name: 12\n", "pb.yaml:2: top level: 'name' must be a non-empty string, got an integer"),
+        (
+            "    size: 65536\n",
+            "    size: big\n",
+            "pb.yaml:18: tests[1]: 'size' must be an integer or a list of them, got a",
+        ),
+        ("    size: 65536\n", "    size: true\n", "'size' must be an integer or a list of them, got a boolean"),
+        ("    size: 65536\n", "    size: []\n", "'size' must be an integer or a list of them, got an empty list"),
+        ("    size: 65536\n", "    size: [64, 64]\n", "'size' lists a value twice"),
+        ("    size: 65536\n", "    size: 0\n", "'size' must be between 1 and 1048576, got 0"),
+        ("    duration: 2\n", "    duration: two\n", "pb.yaml:19: tests[1]: 'duration' must be a number, got a string"),
+        ("    duration: 2\n", "    duration: 0\n", "duration must be > 0 seconds"),
+        ("  warmup: 0.5\n", "  warmup: -1\n", "warmup must be >= 0 seconds"),
+        ("    verify: false\n", "    verify: 'no'\n", "'verify' must be true or false, got a string"),
+        ("    repeats: 2\n", "    repeats: [1, 2]\n", "'repeats' must be an integer, got a list"),
+        ("    port: 6000\n", "    port: 70000\n", "'port' must be between 1 and 65535"),
+        (
+            "    test: stream\n    size: 65536",
+            "    test: crr\n    size: 65536",
+            "test 'crr' is not supported (supported: stream)",
+        ),
+        ("    repeats: 2\n", "    repeats: 2\n    stack: iso\n", "stack 'iso' is not implemented yet"),
+        ("    repeats: 2\n", "    repeats: 2\n    stack: dpdk\n", "unknown stack 'dpdk'"),
+        ("    server: iso-a\n", "    server: iso-b\n", "client and server are the same guest 'iso-b'"),
+        (
+            "  - name: stream-big\n",
+            "  - name: stream-small\n",
+            "pb.yaml:16: tests[1]: duplicate test name 'stream-small'",
+        ),
+        ("    size: 65536\n", "    size: 8\n", "verify needs size >= 13"),
+    ],
+)
+def test_bad_values(old, new, expected):
+    text = GOOD.replace(old, new)
+    assert text != GOOD
+    if "verify needs" in expected:
+        text = text.replace("    verify: false\n", "")
+    assert expected in _error(text)
+
+
+def test_missing_required_keys():
+    assert "pb.yaml:1: top level: missing required key 'tests'" in _error("version: 1\nname: x\n")
+    assert "missing required key 'version'" in _error("name: x\ntests: []\n")
+    msg = _error("version: 1\nname: x\ntests:\n  - name: t\n    test: stream\n    duration: 1\n")
+    assert "pb.yaml:4: tests[0]: missing required key 'size' (not in defaults either)" in msg
+
+
+def test_wrong_shapes():
+    assert "pb.yaml:3: tests: expected a non-empty list, got an empty list" in _error(
+        "version: 1\nname: x\ntests: []\n"
+    )
+    assert "tests: expected a non-empty list, got a mapping" in _error("version: 1\nname: x\ntests: {a: 1}\n")
+    assert "tests[0]: expected a mapping, got a string" in _error("version: 1\nname: x\ntests: [oops]\n")
+    assert "defaults: expected a mapping, got a list" in _error("version: 1\nname: x\ndefaults: []\ntests: [a]\n")
+    assert "top level: expected a mapping, got a list" in _error("- 1\n- 2\n")
+    assert "the playbook is empty" in _error("# nothing\n")
+
+
+def test_duplicate_keys_and_yaml_syntax_errors_have_lines():
+    assert _error("version: 1\nname: x\nname: y\ntests: []\n").startswith(
+        "pb.yaml:3: duplicate key 'name' (first at line 2)"
+    )
+    assert _error("version: 1\nname: [x\n").startswith("pb.yaml:3: not valid YAML")
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(PlaybookError, match="cannot read playbook"):
+        load_playbook(tmp_path / "missing.yaml")

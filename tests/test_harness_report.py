@@ -1,0 +1,84 @@
+"""The report table of a stored run, rendered to text."""
+
+from __future__ import annotations
+
+import copy
+import io
+from pathlib import Path
+
+from rich.console import Console
+from testbed.harness import report, results
+
+FIXTURE_RUN = Path(__file__).parent / "fixtures" / "harness" / "runs" / "20261126T100000Z"
+
+
+def _render(run: dict) -> str:
+    out = io.StringIO()
+    Console(file=out, width=250, color_system=None).print(report.build_table(run))
+    return out.getvalue()
+
+
+def _row(text: str, startswith: str) -> list[str]:
+    line = next(ln for ln in text.splitlines() if ln.strip("│┃ ").startswith(startswith))
+    return [cell.strip() for cell in line.replace("┃", "│").strip("│").split("│")]
+
+
+def test_table_shows_throughput_cpu_and_device_model_frames():
+    text = _render(results.load_run(FIXTURE_RUN / "run.json"))
+    assert "fixture - run 20261126T100000Z (tcg)" in text
+    header = _row(text, "test")
+    assert header[:4] == ["test", "stack", "size", "conns"]
+    assert "DM frames a→b" in header and "DM frames b→a" in header
+    ok = _row(text, "stream")
+    assert ok == [
+        "stream",
+        "legacy",
+        "1448",
+        "1",
+        "0.988",
+        "85,251",
+        "61.5",
+        "55.2",
+        "1,022,000",
+        "511,000",
+        "yes",
+        "ok",
+    ]
+
+
+def test_failed_case_shows_no_numbers_and_its_error_below_the_table():
+    text = _render(results.load_run(FIXTURE_RUN / "run.json"))
+    failed = _row(text, "stream │ legacy │   64")
+    assert failed == ["stream", "legacy", "64", "1", "-", "-", "-", "-", "n/a", "n/a", "-", "failed (see below)"]
+    out = io.StringIO()
+    report.print_report(
+        results.load_run(FIXTURE_RUN / "run.json"),
+        FIXTURE_RUN / "run.json",
+        Console(file=out, width=250, color_system=None),
+    )
+    assert "stream size=64 conns=1: isoperf client exited 1: isoperf: error: cannot reach" in out.getvalue()
+
+
+def test_verification_failure_and_uncrossed_data_are_visible():
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    run["cases"] = [run["cases"][0], copy.deepcopy(run["cases"][0])]
+    run["cases"][0]["isoperf"]["verified"] = False
+    run["cases"][1]["device_model"]["crossed"] = False
+    text = _render(run)
+    assert "NO" in text
+    assert "data not seen by the device model" in text
+
+
+def test_port_names_come_from_the_topology():
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    run["topology"]["device_model"]["ports"] = ["left", "right"]
+    assert "DM frames left→right" in _render(run)
+
+
+def test_print_report_names_the_run_json():
+    out = io.StringIO()
+    run_json = FIXTURE_RUN / "run.json"
+    report.print_report(results.load_run(run_json), run_json, Console(file=out, width=250, color_system=None))
+    text = out.getvalue()
+    assert f"results: {run_json}" in text
+    assert "commit 0123456789ab" in text

@@ -1,0 +1,194 @@
+"""The runner end to end with two local "guests" (LocalShell on this host, loopback data path), no VMs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from testbed.harness import remote, results
+from testbed.harness.isoperf_cmd import GuestLayout
+from testbed.harness.playbook import parse_playbook
+from testbed.harness.runner import PACKAGE_DIR, HarnessError, Runner, execute
+
+from testbed import state
+
+FIXTURES = Path(__file__).parent / "fixtures" / "harness"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_topology() -> state.Topology:
+    topo = state.Topology.load(FIXTURES / "topology.json")
+    for g in topo.guests:
+        g.data_ip = "127.0.0.1"
+    return topo
+
+
+class FakeStats:
+    """Canned `vhea stats` snapshots, handed out in order (before, after, before, after, ...)."""
+
+    def __init__(self, snapshots: list[dict]):
+        self.snapshots = list(snapshots)
+        self.calls = 0
+
+    def __call__(self) -> dict:
+        self.calls += 1
+        return self.snapshots.pop(0)
+
+
+def _counters(a_bytes: int, b_bytes: int) -> dict:
+    def port(n: int) -> dict:
+        return {
+            "from_guest_frames": n // 1000,
+            "from_guest_bytes": n,
+            "to_guest_frames": 0,
+            "to_guest_bytes": 0,
+            "drops": {},
+        }
+
+    return {"a": port(a_bytes), "b": port(b_bytes)}
+
+
+def _runner(tmp_path: Path, stats) -> Runner:
+    layout = GuestLayout(remote_root=str(tmp_path / "opt"), python=sys.executable, log_dir=str(tmp_path))
+    (tmp_path / "opt").mkdir()
+    shells = {"iso-a": remote.LocalShell("iso-a"), "iso-b": remote.LocalShell("iso-b")}
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=200)
+    return Runner(_local_topology(), shells, layout, stats, console)
+
+
+def _playbook(port: int, extra: str = "") -> str:
+    return f"""
+version: 1
+name: local
+tests:
+  - name: stream-local
+    test: stream
+    size: [256, 1448]
+    duration: 0.3
+    warmup: 0.1
+    verify: true
+    port: {port}
+{extra}"""
+
+
+def test_runner_runs_every_case_and_stores_results(tmp_path):
+    huge = 10**12  # the fake device model "saw" more bytes than isoperf could send in 0.3 s
+    stats = FakeStats([_counters(0, 0), _counters(huge, 1000), _counters(huge, 1000), _counters(2 * huge, 2000)])
+    runner = _runner(tmp_path, stats)
+    playbook = parse_playbook(_playbook(_free_port()), "local.yaml")
+    run_json, bad = execute(runner, playbook, tmp_path / "results", ["iso-a", "iso-b"], runner.console)
+
+    assert bad == 0
+    run = results.load_run(run_json)
+    assert [c["size"] for c in run["cases"]] == [256, 1448]
+    for case in run["cases"]:
+        assert case["status"] == "ok", case["error"]
+        assert case["client"] == "iso-a" and case["server"] == "iso-b"
+        r = case["isoperf"]
+        assert r["verified"] is True
+        assert r["server_total_bytes"] == r["client_total_bytes"] > 0
+        assert case["device_model"]["crossed"] is True
+        assert case["device_model"]["delta"]["a"]["from_guest_bytes"] == huge
+        assert "--verify" in case["commands"]["client"]
+    assert stats.calls == 4
+    assert run["playbook"]["text"] == playbook.text
+    assert run["metadata"]["accel"] == "tcg"
+    assert run["metadata"]["guests"]["iso-a"]["package_sha256"] == remote.package_hash(PACKAGE_DIR)
+    assert run["ended_at"] is not None
+    with open(run_json.parent / "samples.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["size"]) for r in rows] == [256, 1448]
+    assert rows[0]["crossed_device_model"] == "True"
+    # the package landed where the guests' PYTHONPATH points
+    assert (tmp_path / "opt" / "isostack" / "isoperf.py").read_bytes() == (PACKAGE_DIR / "isoperf.py").read_bytes()
+
+
+def test_runner_flags_data_the_device_model_did_not_carry(tmp_path):
+    # counters unchanged: the bytes went over loopback, not through the switch
+    stats = FakeStats([_counters(5, 5), _counters(5, 5)])
+    runner = _runner(tmp_path, stats)
+    playbook = parse_playbook(_playbook(_free_port()).replace("[256, 1448]", "1448"), "local.yaml")
+    run_json, bad = execute(runner, playbook, tmp_path / "results", ["iso-a", "iso-b"], runner.console)
+    case = results.load_run(run_json)["cases"][0]
+    assert case["status"] == "ok"
+    assert case["device_model"]["crossed"] is False
+    assert bad == 1
+
+
+def test_runner_reports_a_server_that_cannot_listen(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        runner = _runner(tmp_path, None)
+        playbook = parse_playbook(_playbook(busy.getsockname()[1]), "local.yaml")
+        case = runner.run_case(playbook.cases()[0])
+    finally:
+        busy.close()
+    assert case["status"] == "failed"
+    assert "isoperf server exited" in case["error"]
+    assert "cannot listen" in case["error"]
+
+
+def test_runner_records_missing_device_model_counters(tmp_path):
+    runner = _runner(tmp_path, None)
+    playbook = parse_playbook(_playbook(_free_port()).replace("[256, 1448]", "512"), "local.yaml")
+    case = runner.run_case(playbook.cases()[0])
+    assert case["status"] == "ok", case["error"]
+    assert case["device_model"]["crossed"] is None
+    assert case["device_model"]["error"] == "counters unavailable"
+
+
+def test_unknown_guest_in_playbook_is_a_harness_error(tmp_path):
+    runner = _runner(tmp_path, None)
+    playbook = parse_playbook(_playbook(5701, "    client: iso-z\n"), "local.yaml")
+    with pytest.raises(HarnessError, match="no guest named 'iso-z'"):
+        runner.pair(playbook.cases()[0])
+
+
+def test_sync_package_skips_an_unchanged_tree(tmp_path):
+    pkg = tmp_path / "src" / "isostack"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""x"""\n')
+    (pkg / "isoperf.py").write_text("print('v1')\n")
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "junk.pyc").write_bytes(b"\0")
+    root = tmp_path / "opt"
+    root.mkdir()
+    shell = remote.LocalShell("g")
+    assert remote.sync_package(shell, pkg, str(root), sys.executable) is True
+    assert sorted(p.name for p in (root / "isostack").iterdir()) == [".upload-sha256", "__init__.py", "isoperf.py"]
+    assert remote.sync_package(shell, pkg, str(root), sys.executable) is False
+    (pkg / "isoperf.py").write_text("print('v2')\n")
+    assert remote.sync_package(shell, pkg, str(root), sys.executable) is True
+    assert (root / "isostack" / "isoperf.py").read_text() == "print('v2')\n"
+    assert not (root / "isostack.upload").exists()
+
+
+def test_package_hash_depends_on_names_and_content(tmp_path):
+    pkg = tmp_path / "isostack"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("1")
+    h1 = remote.package_hash(pkg)
+    (pkg / "a.py").rename(pkg / "b.py")
+    h2 = remote.package_hash(pkg)
+    (pkg / "b.py").write_text("2")
+    assert len({h1, h2, remote.package_hash(pkg)}) == 3
+
+
+def test_run_json_is_valid_json_after_each_case(tmp_path):
+    store = results.RunStore(results.new_run_dir(tmp_path, results.utc_now()), {"started_at": "t"})
+    store.add_case({"test_name": "x", "status": "failed", "error": "boom"})
+    run = json.loads(store.run_json.read_text())
+    assert run["cases"][0]["error"] == "boom"
+    assert run.get("ended_at") is None
