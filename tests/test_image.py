@@ -350,3 +350,19 @@ def test_create_overlay_backs_onto_the_rootfs(fake_image, tmp_path):
     assert info["backing-filename"] == str(fake_image.rootfs)
     assert info["backing-filename-format"] == "raw"
     assert info["virtual-size"] == 4 * 2**20
+
+
+def test_mounts_left_in_a_build_dir_are_found_deepest_first(tmp_path):
+    build = tmp_path / "my build"
+    mountinfo = "\n".join(
+        [
+            "22 1 0:21 / / rw shared:1 - ext4 /dev/vda rw",
+            f"90 22 0:5 / {build}/rootfs/proc rw - proc proc rw".replace(" build", "\\040build"),
+            f"91 22 0:6 / {build}/rootfs/dev rw - tmpfs nodev rw".replace(" build", "\\040build"),
+            f"92 91 0:6 /null {build}/rootfs/dev/null rw - devtmpfs udev rw".replace(" build", "\\040build"),
+            f"93 22 0:7 / {tmp_path}/my buildx/proc rw - proc proc rw".replace(" buildx", "\\040buildx"),
+        ]
+    )
+    points = image._mounts_under(build, mountinfo)
+    assert points[0] == f"{build}/rootfs/dev/null"
+    assert sorted(points) == sorted(f"{build}/rootfs/{p}" for p in ("proc", "dev", "dev/null"))

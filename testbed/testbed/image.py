@@ -377,6 +377,34 @@ def _dir_size(path: Path) -> int:
     return total
 
 
+def _mounts_under(path: Path, mountinfo: str) -> list[str]:
+    """Mount points at or below ``path`` (from /proc/self/mountinfo text), deepest first."""
+    root = os.path.realpath(path)
+    points = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            # mountinfo writes space, tab, newline and backslash as octal escapes (\040 ...)
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if point == root or point.startswith(root + "/"):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a build directory, first detaching anything a killed debootstrap left mounted in it.
+
+    Without this, rmtree could descend into a bind-mounted host /dev or /proc inside the chroot.
+    """
+    if not path.exists():
+        return
+    for point in _mounts_under(path, Path("/proc/self/mountinfo").read_text()):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    if _mounts_under(path, Path("/proc/self/mountinfo").read_text()):
+        raise ImageBuildError(f"cannot remove {path}: file systems are still mounted in it")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _empty_dir(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         return
@@ -581,7 +609,7 @@ def ensure_image(cache_root: Path | None = None, force: bool = False, console: C
             console.print(f"image {digest}: cached in {final}", soft_wrap=True)
             return GuestImage.from_dir(final)
         for stale in images.glob(".build-*"):  # left by a killed build; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove_tree(stale)
         started = time.monotonic()
         console.print(f"[bold]Building guest image {digest}[/] into {final}", soft_wrap=True)
         work = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=images))
@@ -595,7 +623,7 @@ def ensure_image(cache_root: Path | None = None, force: bool = False, console: C
                 shutil.rmtree(old, ignore_errors=True)
             builder.out.rename(final)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            _remove_tree(work)
     image = GuestImage.from_dir(final)
     sizes = json.loads((final / "manifest.json").read_text())["sizes"]
     console.print(
