@@ -6,15 +6,25 @@ fab show-result [--path results/<run>] [--results-dir results]
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fabric import task
 from invoke.exceptions import Exit
+
+HERE = Path(__file__).resolve().parent
+
+
+def _path(value: str) -> Path:
+    """Relative paths are relative to the repository (where this file is), wherever fab runs from."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else HERE / p
 
 
 @task(
     help={
-        "playbook": "playbook YAML to run (default playbooks/smoke.yaml)",
+        "playbook": "playbook YAML to run (default playbooks/smoke.yaml; relative paths are from the repository root)",
         "state_dir": "testbed state dir with topology.json (default $ISOSTACK_STATE_DIR or /var/tmp/isostack-testbed)",
-        "results_dir": "where run directories are created (default results)",
+        "results_dir": "where run directories are created (default results, in the repository root)",
     }
 )
 def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_dir="results"):
@@ -26,7 +36,7 @@ def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_di
 
     console = Console()
     try:
-        run_json, bad = _run(playbook, state_dir, results_dir, console)
+        run_json, bad = _run(_path(playbook), state_dir, _path(results_dir), console)
     except HarnessError as e:
         raise Exit(f"run-benchmark: {e}", code=2) from None
     report.print_report(results.load_run(run_json), run_json, console)
@@ -42,13 +52,11 @@ def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_di
 )
 def show_result(c, path=None, results_dir="results"):
     """Print the table of a stored run."""
-    from pathlib import Path
-
     from rich.console import Console
     from testbed.harness import report, results
 
     try:
-        run_json = results.resolve_run(path, Path(results_dir))
+        run_json = results.resolve_run(_path(path) if path else None, _path(results_dir))
         run = results.load_run(run_json)
     except results.ResultsError as e:
         raise Exit(f"show-result: {e}", code=2) from None

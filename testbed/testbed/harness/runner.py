@@ -117,7 +117,10 @@ class Runner:
         cshell, sshell = self.shells[client.name], self.shells[server.name]
         port = case.spec.port
         start = isoperf_cmd.server_start_command(self.layout, server.data_ip, port)
-        pid = int(remote.check(sshell, start).strip().splitlines()[-1])
+        out = remote.check(sshell, start).strip()
+        if not out.splitlines() or not out.splitlines()[-1].isdigit():
+            raise HarnessError(f"{server.name}: starting the isoperf server printed {out!r}, not a PID")
+        pid = int(out.splitlines()[-1])
         try:
             self._wait_server(sshell, port, pid)
             before = self._stats()
@@ -244,7 +247,10 @@ def execute(
     """Prepare the guests, open the run directory, run the cases; shared by the CLI and tests."""
     started = results.utc_now()
     with console.status("preparing guests"):
-        guest_info = runner.prepare(guests)
+        try:
+            guest_info = runner.prepare(guests)
+        except RemoteError as e:
+            raise HarnessError(f"cannot prepare the guests: {e}") from None
     host = metadata.host_metadata(REPO_ROOT)
     host["accel"] = runner.topology.accel
     host["guests"] = guest_info
