@@ -82,3 +82,11 @@ def test_print_report_names_the_run_json():
     text = out.getvalue()
     assert f"results: {run_json}" in text
     assert "commit 0123456789ab" in text
+
+
+def test_markdown_report_has_one_row_per_case():
+    md = report.markdown(results.load_run(FIXTURE_RUN / "run.json"))
+    rows = [ln for ln in md.splitlines() if ln.startswith("| stream")]
+    assert rows[0] == ("| stream | legacy | 1448 | 1 | 0.988 | 85,251 | 61.5 | 55.2 | 1,022,000 | 511,000 | yes | ok |")
+    assert rows[1].startswith("| stream | legacy | 64 | 1 | - | - | - | - | n/a | n/a | - | failed: isoperf client")
+    assert "DM frames a→b" in md

@@ -109,6 +109,7 @@ def test_runner_runs_every_case_and_stores_results(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["size"]) for r in rows] == [256, 1448]
     assert rows[0]["crossed_device_model"] == "True"
+    assert "| stream-local | legacy | 256 |" in (run_json.parent / "report.md").read_text()
     # the package landed where the guests' PYTHONPATH points
     assert (tmp_path / "opt" / "isostack" / "isoperf.py").read_bytes() == (PACKAGE_DIR / "isoperf.py").read_bytes()
 
@@ -192,3 +193,14 @@ def test_run_json_is_valid_json_after_each_case(tmp_path):
     run = json.loads(store.run_json.read_text())
     assert run["cases"][0]["error"] == "boom"
     assert run.get("ended_at") is None
+
+
+def test_fabric_shell_unreachable_guest_is_a_remote_error_naming_it(tmp_path):
+    key = tmp_path / "id_ed25519"
+    key.write_text("not a key\n")
+    shell = remote.FabricShell("iso-a", "127.0.0.1", _free_port(), "root", str(key), connect_timeout_s=3)
+    try:
+        with pytest.raises(remote.RemoteError, match=r"^iso-a: 'true' failed: "):
+            shell.run("true")
+    finally:
+        shell.close()

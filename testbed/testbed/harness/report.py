@@ -78,3 +78,40 @@ def print_report(run: dict, run_json: Path, console: Console) -> None:
     if git.get("commit"):
         console.print(f"commit {git['commit'][:12]}{' (dirty)' if git.get('dirty') else ''}")
     console.print(f"results: {run_json}")
+
+
+def markdown(run: dict) -> str:
+    """The same table as Markdown, stored as report.md next to run.json for reading without tools."""
+    a, b = (_ports(run) + ["a", "b"])[:2]
+    lines = [
+        f"# {(run.get('playbook') or {}).get('name', '?')} - run {run.get('run_id', '?')}",
+        "",
+        f"accel: {(run.get('topology') or {}).get('accel', '?')}, started {run.get('started_at')}, "
+        f"ended {run.get('ended_at')}",
+        "",
+        f"| test | stack | size | conns | Gb/s | msgs/s | CPU client % | CPU server % | DM frames {a}→{b} "
+        f"| DM frames {b}→{a} | verified | status |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|:-:|---|",
+    ]
+    for case in run.get("cases", []):
+        r = case.get("isoperf") or {}
+        cpu = r.get("cpu") or {}
+        delta = (case.get("device_model") or {}).get("delta") or {}
+        verified = r.get("verified")
+        status = (case.get("status", "?") + (f": {case['error']}" if case.get("error") else "")).replace("|", "/")
+        cells = [
+            case.get("test_name", "?"),
+            case.get("stack", "?"),
+            case.get("size", "?"),
+            case.get("connections", "?"),
+            _fmt(r["throughput_bps"] / 1e9 if "throughput_bps" in r else None, ".3f"),
+            _fmt(r.get("messages_per_s"), ",.0f"),
+            _fmt((cpu.get("client") or {}).get("all"), ".1f"),
+            _fmt((cpu.get("server") or {}).get("all"), ".1f"),
+            _fmt((delta.get(a) or {}).get("from_guest_frames"), ",d", "n/a"),
+            _fmt((delta.get(b) or {}).get("from_guest_frames"), ",d", "n/a"),
+            "-" if verified is None else ("yes" if verified else "NO"),
+            status,
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from testbed import state
-from testbed.harness import dmstats, isoperf_cmd, metadata, remote, results
+from testbed.harness import dmstats, isoperf_cmd, metadata, remote, report, results
 from testbed.harness.isoperf_cmd import GuestLayout, IsoperfOutputError
 from testbed.harness.playbook import Case, Playbook, load_playbook
 from testbed.harness.remote import RemoteError, Shell
@@ -272,4 +272,5 @@ def execute(
     )
     bad = run_playbook(runner, playbook, store, console)
     store.finish(results.iso(results.utc_now()))
+    (store.path / "report.md").write_text(report.markdown(store.run))
     return store.run_json, bad
