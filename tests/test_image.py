@@ -366,3 +366,25 @@ def test_mounts_left_in_a_build_dir_are_found_deepest_first(tmp_path):
     points = image._mounts_under(build, mountinfo)
     assert points[0] == f"{build}/rootfs/dev/null"
     assert sorted(points) == sorted(f"{build}/rootfs/{p}" for p in ("proc", "dev", "dev/null"))
+
+
+def test_kernel_cmdline_extra_parameters(fake_image):
+    line = kernel_cmdline(fake_image, "g", [], extra=["isolcpus=1", "nohz_full=1", "irqaffinity=0"])
+    assert line.endswith("isolcpus=1 nohz_full=1 irqaffinity=0")
+    assert line.index("isostack.hostname=g") < line.index("isolcpus=1")
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [("a b", "one word"), ("", "one word"), ('x="y"', "one word"), ("root=/dev/sda", "override"),
+     ("isostack.hostname=x", "override"), ("console=tty0", "override")],
+)  # fmt: skip
+def test_kernel_cmdline_rejects_bad_extra_parameters(fake_image, param, message):
+    with pytest.raises(ValueError, match=message):
+        kernel_cmdline(fake_image, "g", [], extra=[param])
+
+
+def test_ensure_image_default_cache_root_follows_testbed_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("ISOSTACK_CACHE_DIR", str(tmp_path))
+    d = _fake_cached_image(tmp_path)
+    assert ensure_image(console=Console(file=io.StringIO())).dir == d

@@ -19,6 +19,7 @@ from testbed.image import create_overlay, ensure_image, kernel_cmdline
 pytestmark = pytest.mark.vm
 
 MGMT_MAC = "52:54:00:ff:00:01"
+DATA_MAC = "52:54:00:10:00:01"
 READY_TIMEOUT = 120.0
 SSH_TIMEOUT = 60.0
 
@@ -67,12 +68,15 @@ def test_boot_guest_and_ssh(tmp_path, record_property):
     overlay = create_overlay(image, tmp_path / "guest.qcow2")
     console_log = tmp_path / "console.log"
     port = _free_port()
-    cmdline = kernel_cmdline(image, "boot-test", [(MGMT_MAC, "10.0.2.15/24")])
+    cmdline = kernel_cmdline(image, "boot-test", [(MGMT_MAC, "10.0.2.15/24"), (DATA_MAC, "10.10.0.1/24")])
     cmd = [
         qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "1", "-m", "512M",
         "-nodefaults", "-no-user-config", "-display", "none",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline,
         "-drive", f"file={overlay},if=virtio,format=qcow2",
+        # The data NIC comes first on the PCI bus (so it is eth0): the guest must pick NICs by MAC.
+        "-netdev", "user,id=d,restrict=on",
+        "-device", f"virtio-net-pci,netdev=d,mac={DATA_MAC},romfile=",
         "-netdev", f"user,id=m,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", f"virtio-net-pci,netdev=m,mac={MGMT_MAC},romfile=",
         "-serial", f"file:{console_log}",
@@ -93,7 +97,15 @@ def test_boot_guest_and_ssh(tmp_path, record_property):
         assert _run(client, "python3 -c 'print(6*7)'").strip() == "42"
         assert _run(client, "iperf3 --version").startswith("iperf 3.")
         assert _run(client, "hostname").strip() == "boot-test"
-        assert "10.0.2.15/24" in _run(client, "ip -o -4 addr show")
+        addrs = {line.split()[1]: line.split()[3] for line in _run(client, "ip -o -4 addr show").splitlines()}
+        macs = dict(
+            line.split()
+            for line in _run(
+                client, "cd /sys/class/net && for d in eth*; do echo $d $(cat $d/address); done"
+            ).splitlines()
+        )
+        assert macs["eth0"] == DATA_MAC and addrs["eth0"] == "10.10.0.1/24"
+        assert macs["eth1"] == MGMT_MAC and addrs["eth1"] == "10.0.2.15/24"
         assert _run(client, "cat /proc/1/comm").strip() != "systemd"
 
         record_property("boot_to_ready_seconds", round(ready, 2))
@@ -101,6 +113,13 @@ def test_boot_guest_and_ssh(tmp_path, record_property):
         print(f"\nboot to ISOSTACK-READY: {ready:.2f} s, boot to SSH command: {ssh_ready:.2f} s")
         # Nothing but the ready line should reach the console during a normal boot.
         assert console_log.read_text().strip() == "ISOSTACK-READY boot-test"
+
+        # /usr/local/sbin/poweroff asks the init to power off: QEMU must exit by itself.
+        with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
+            client.exec_command("poweroff", timeout=5)
+        off_start = time.monotonic()
+        assert proc.wait(timeout=30) == 0
+        print(f"poweroff to QEMU exit: {time.monotonic() - off_start:.2f} s")
     finally:
         if client is not None:
             client.close()

@@ -35,7 +35,6 @@ from rich.console import Console
 BUILDER_VERSION = "1"
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "vm-images"
-DEFAULT_CACHE_ROOT = Path.home() / ".cache" / "isostack-testbed"
 
 ARTIFACTS = ("vmlinux", "vmlinuz", "initrd.img", "rootfs.ext4", "id_ed25519", "id_ed25519.pub")
 
@@ -147,8 +146,14 @@ def validate_cidr(cidr: str) -> str:
     return str(iface)
 
 
-def kernel_cmdline(image: GuestImage, hostname: str, ifaddrs: list[tuple[str, str]]) -> str:
-    """The full command line for direct kernel boot of ``image``; ifaddrs are (mac, ip/prefix) pairs."""
+def kernel_cmdline(
+    image: GuestImage, hostname: str, ifaddrs: list[tuple[str, str]], extra: list[str] | None = None
+) -> str:
+    """The full command line for direct kernel boot of ``image``.
+
+    ifaddrs are (mac, ip/prefix) pairs; ``extra`` are further kernel parameters such as
+    ``isolcpus=1 nohz_full=1`` for a dedicated core (they may not set isostack.* or root=).
+    """
     del image  # every image built by this recipe takes the same command line
     parts = [
         "console=ttyS0",
@@ -170,6 +175,12 @@ def kernel_cmdline(image: GuestImage, hostname: str, ifaddrs: list[tuple[str, st
             raise ValueError(f"MAC address {mac} given twice")
         seen.add(mac)
         parts.append(f"isostack.ifaddr={mac},{validate_cidr(cidr)}")
+    for param in extra or []:
+        if not param or any(c.isspace() for c in param) or '"' in param:
+            raise ValueError(f"invalid extra kernel parameter {param!r}: one word, no spaces or quotes")
+        if param.startswith(("isostack.", "root=", "rootfstype=", "console=")):
+            raise ValueError(f"extra kernel parameter {param!r} would override the image's own settings")
+        parts.append(param)
     return " ".join(parts)
 
 
@@ -590,7 +601,11 @@ def _is_complete(path: Path) -> bool:
 def ensure_image(cache_root: Path | None = None, force: bool = False, console: Console | None = None) -> GuestImage:
     """Return the cached image for the current recipe, building it first if it is missing (or ``force``)."""
     console = console or Console(stderr=True)
-    cache_root = Path(cache_root) if cache_root else DEFAULT_CACHE_ROOT
+    if cache_root is None:
+        from testbed.state import cache_root as default_cache_root  # honours ISOSTACK_CACHE_DIR
+
+        cache_root = default_cache_root()
+    cache_root = Path(cache_root)
     digest = recipe_hash()
     images = cache_root / "images"
     final = images / digest
