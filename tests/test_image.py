@@ -388,3 +388,11 @@ def test_ensure_image_default_cache_root_follows_testbed_state(tmp_path, monkeyp
     monkeypatch.setenv("ISOSTACK_CACHE_DIR", str(tmp_path))
     d = _fake_cached_image(tmp_path)
     assert ensure_image(console=Console(file=io.StringIO())).dir == d
+
+
+def test_ensure_image_names_missing_host_tools(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "debootstrap" else real_which(tool))
+    with pytest.raises(ImageBuildError, match="needs debootstrap on the host"):
+        ensure_image(cache_root=tmp_path, console=Console(file=io.StringIO()))

@@ -38,6 +38,9 @@ RECIPE_DIR = Path(__file__).resolve().parents[2] / "vm-images"
 
 ARTIFACTS = ("vmlinux", "vmlinuz", "initrd.img", "rootfs.ext4", "id_ed25519", "id_ed25519.pub")
 
+# Host commands a build runs (checked up front so a missing one fails before the slow steps).
+BUILD_TOOLS = ("apt-cache", "apt-get", "dpkg-deb", "debootstrap", "chroot", "ssh-keygen", "busybox", "cpio", "mke2fs")
+
 # The busybox applets the initramfs /init uses.
 INITRAMFS_APPLETS = (
     "sh", "mount", "umount", "insmod", "switch_root", "sleep", "cat", "mkdir", "echo", "basename", "tr",
@@ -615,6 +618,13 @@ def ensure_image(cache_root: Path | None = None, force: bool = False, console: C
 
     if os.geteuid() != 0:
         raise ImageBuildError("building a guest image needs root (debootstrap and chroot); run it as root")
+    missing = [tool for tool in BUILD_TOOLS if not shutil.which(tool)]
+    if missing:
+        raise ImageBuildError(
+            f"building a guest image needs {', '.join(missing)} on the host; "
+            "install them with scripts/install-deps.sh (packages debootstrap, busybox-static, cpio, e2fsprogs, "
+            "qemu-utils, openssh-client)"
+        )
     recipe = load_recipe()
     images.mkdir(parents=True, exist_ok=True)
     # One build at a time per cache: a second caller waits and then finds the finished image.
@@ -623,7 +633,7 @@ def ensure_image(cache_root: Path | None = None, force: bool = False, console: C
         if not force and _is_complete(final):
             console.print(f"image {digest}: cached in {final}", soft_wrap=True)
             return GuestImage.from_dir(final)
-        for stale in images.glob(".build-*"):  # left by a killed build; we hold the lock
+        for stale in [*images.glob(".build-*"), *images.glob(".old-*")]:  # left by a killed build
             _remove_tree(stale)
         started = time.monotonic()
         console.print(f"[bold]Building guest image {digest}[/] into {final}", soft_wrap=True)
