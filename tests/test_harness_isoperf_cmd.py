@@ -60,11 +60,14 @@ def test_server_commands():
     layout = GuestLayout(remote_root="/opt dir", python="python3", log_dir="/tmp")
     start = isoperf_cmd.server_start_command(layout, "10.10.0.2", 5701)
     assert start == (
-        "nohup env PYTHONPATH='/opt dir' python3 -m isostack.isoperf server --bind 10.10.0.2 --port 5701 --once"
+        "rm -f /tmp/isoperf-server-5701.log; nohup env PYTHONPATH='/opt dir' python3 -m isostack.isoperf server"
+        " --bind 10.10.0.2 --port 5701 --once"
         " > /tmp/isoperf-server-5701.log 2>&1 < /dev/null & echo $!"
     )
     assert "kill -0 42" in isoperf_cmd.server_ready_command(layout, 5701, 42)
-    assert isoperf_cmd.server_stop_command(42) == "kill 42 2>/dev/null; true"
+    assert isoperf_cmd.server_stop_command(42, grace_s=2) == (
+        "for i in $(seq 20); do kill -0 42 2>/dev/null || exit 0; sleep 0.1; done; kill 42 2>/dev/null; true"
+    )
 
 
 def test_timeout_covers_warmup_and_duration():

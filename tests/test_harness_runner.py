@@ -100,6 +100,7 @@ def test_runner_runs_every_case_and_stores_results(tmp_path):
         assert case["device_model"]["crossed"] is True
         assert case["device_model"]["delta"]["a"]["from_guest_bytes"] == huge
         assert "--verify" in case["commands"]["client"]
+        assert any("session from 127.0.0.1" in line for line in case["server_log"])
     assert stats.calls == 4
     assert run["playbook"]["text"] == playbook.text
     assert run["metadata"]["accel"] == "tcg"

@@ -45,10 +45,13 @@ def server_log(layout: GuestLayout, port: int) -> str:
 
 
 def server_start_command(layout: GuestLayout, bind: str, port: int) -> str:
-    """Start a one-session server detached from the SSH session; prints its PID."""
+    """Start a one-session server detached from the SSH session; prints its PID.
+
+    The log is removed first so a "listening" line from an earlier server cannot be mistaken for this one.
+    """
     log = shlex.quote(server_log(layout, port))
     return (
-        f"nohup env {layout.module()} server --bind {shlex.quote(bind)} --port {port} --once"
+        f"rm -f {log}; nohup env {layout.module()} server --bind {shlex.quote(bind)} --port {port} --once"
         f" > {log} 2>&1 < /dev/null & echo $!"
     )
 
@@ -59,8 +62,12 @@ def server_ready_command(layout: GuestLayout, port: int, pid: int) -> str:
     return f"grep -q 'listening' {log} && exit 0; kill -0 {pid} 2>/dev/null || exit 3; exit 1"
 
 
-def server_stop_command(pid: int) -> str:
-    return f"kill {pid} 2>/dev/null; true"
+def server_stop_command(pid: int, grace_s: int = 5) -> str:
+    """Let a --once server finish its session (and log it) for up to grace_s, then kill it."""
+    return (
+        f"for i in $(seq {grace_s * 10}); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.1; done;"
+        f" kill {pid} 2>/dev/null; true"
+    )
 
 
 def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:

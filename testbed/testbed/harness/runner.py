@@ -121,15 +121,17 @@ class Runner:
         if not out.splitlines() or not out.splitlines()[-1].isdigit():
             raise HarnessError(f"{server.name}: starting the isoperf server printed {out!r}, not a PID")
         pid = int(out.splitlines()[-1])
+        cmd = isoperf_cmd.client_command(self.layout, case, server.data_ip)
+        record["commands"] = {"server": start, "client": cmd}
         try:
             self._wait_server(sshell, port, pid)
             before = self._stats()
-            cmd = isoperf_cmd.client_command(self.layout, case, server.data_ip)
-            record["commands"] = {"server": start, "client": cmd}
             r = cshell.run(cmd, timeout_s=isoperf_cmd.client_timeout(case))
             after = self._stats() if before is not None else None
         finally:
             sshell.run(isoperf_cmd.server_stop_command(pid))
+            log = sshell.run(f"tail -n 20 {isoperf_cmd.server_log(self.layout, port)}")
+            record["server_log"] = log.stdout.strip().splitlines()
         result = isoperf_cmd.parse_client_output(r.exit_code, r.stdout, r.stderr)
         record["isoperf"] = result
         record["device_model"] = self._device_model(before, after, client.port, server.port, result)
