@@ -7,8 +7,6 @@ import os
 import time
 
 import pytest
-from vhea_helpers import BCAST, MAC_A, MAC_B, MAC_C, frame, frontend, receive_n, running_server, wait_for
-
 from vhea.frontend import BUF_SIZE, Frontend
 from vhea.protocol import (
     VHOST_USER_F_PROTOCOL_FEATURES,
@@ -22,6 +20,7 @@ from vhea.protocol import (
     bit,
 )
 from vhea.vring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
+from vhea_helpers import BCAST, MAC_A, MAC_B, MAC_C, frame, frontend, receive_n, running_server, wait_for
 
 
 @pytest.fixture
