@@ -498,6 +498,11 @@ class _Builder:
         ver = self.kernel_version
         modules = self.rootfs / "usr" / "lib" / "modules" / ver
         shutil.copytree(self.kernel_tree / "lib" / "modules" / ver, modules, symlinks=True)
+        for rel in self.recipe.get("modules_prune", []):
+            target = modules / "kernel" / rel
+            if ".." in Path(rel).parts or not target.is_dir():
+                raise ImageBuildError(f"modules_prune entry {rel!r} is not a directory of the modules tree")
+            shutil.rmtree(target)
         # Debian's package has no modules.dep: the postinst would make it. Use the guest's own depmod.
         _run(["chroot", str(self.rootfs), "depmod", "-a", ver], what="depmod in the rootfs")
 
