@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from testbed.harness.playbook import PlaybookError, load_playbook, parse_playbook
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +104,7 @@ def test_unknown_key_at_top_level_and_in_defaults():
         ("    duration: 2\n", "    duration: two\n", "pb.yaml:19: tests[1]: 'duration' must be a number, got a string"),
         ("    duration: 2\n", "    duration: 0\n", "duration must be > 0 seconds"),
         ("  warmup: 0.5\n", "  warmup: -1\n", "warmup must be >= 0 seconds"),
+        ("    duration: 2\n", "    duration: .nan\n", "'duration' must be a finite number, got nan"),
         ("    verify: false\n", "    verify: 'no'\n", "'verify' must be true or false, got a string"),
         ("    repeats: 2\n", "    repeats: [1, 2]\n", "'repeats' must be an integer, got a list"),
         ("    port: 6000\n", "    port: 70000\n", "'port' must be between 1 and 65535"),
@@ -157,3 +160,56 @@ def test_duplicate_keys_and_yaml_syntax_errors_have_lines():
 def test_unreadable_file(tmp_path):
     with pytest.raises(PlaybookError, match="cannot read playbook"):
         load_playbook(tmp_path / "missing.yaml")
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 70000),
+    st.floats(allow_nan=True),
+    st.text(max_size=5),
+    st.lists(st.integers(-1, 2000), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.sampled_from(
+        [
+            "version",
+            "name",
+            "tests",
+            "defaults",
+            "size",
+            "connections",
+            "stack",
+            "duration",
+            "warmup",
+            "verify",
+            "repeats",
+            "client",
+            "server",
+            "port",
+            "test",
+            "bogus",
+        ]
+    ),
+    value=_VALUES,
+    where=st.sampled_from(["top", "defaults", "test"]),
+)
+def test_any_value_anywhere_gives_a_playbook_or_a_playbook_error(key, value, where):
+    """No input makes the loader fail with anything but PlaybookError (which names the file)."""
+    import yaml
+
+    doc = yaml.safe_load(GOOD)
+    target = {"top": doc, "defaults": doc["defaults"], "test": doc["tests"][0]}[where]
+    target[key] = value
+    try:
+        pb = parse_playbook(yaml.safe_dump(doc), "fuzz.yaml")
+    except PlaybookError as e:
+        assert str(e).startswith("fuzz.yaml")
+    else:
+        for case in pb.cases():
+            assert 0 < case.spec.duration < float("inf") and 0 <= case.spec.warmup < float("inf")
+            assert case.size >= 1 and case.connections >= 1 and 1 <= case.spec.port <= 65535

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,6 +316,8 @@ def _number(check: _Checker, m: _Mapping, key: str, where: str, default: float |
     value = m.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise check.fail(m.key_lines[key], where, f"{key!r} must be a number, got {_type_name(value)}")
+    if not math.isfinite(value):
+        raise check.fail(m.key_lines[key], where, f"{key!r} must be a finite number, got {value}")
     return float(value)
 
 
