@@ -88,5 +88,14 @@ def test_markdown_report_has_one_row_per_case():
     md = report.markdown(results.load_run(FIXTURE_RUN / "run.json"))
     rows = [ln for ln in md.splitlines() if ln.startswith("| stream")]
     assert rows[0] == ("| stream | legacy | 1448 | 1 | 0.988 | 85,251 | 61.5 | 55.2 | 1,022,000 | 511,000 | yes | ok |")
-    assert rows[1].startswith("| stream | legacy | 64 | 1 | - | - | - | - | n/a | n/a | - | failed: isoperf client")
+    assert rows[1] == "| stream | legacy | 64 | 1 | - | - | - | - | n/a | n/a | - | failed |"
+    assert "- stream size=64 conns=1: isoperf client exited 1: isoperf: error: cannot reach" in md
     assert "DM frames a→b" in md
+
+
+def test_error_text_with_brackets_is_printed_verbatim():
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    run["cases"][1]["error"] = "[red] bad [/bold] markup [x]"
+    out = io.StringIO()
+    report.print_report(run, FIXTURE_RUN / "run.json", Console(file=out, width=250, color_system=None))
+    assert "[red] bad [/bold] markup [x]" in out.getvalue()
