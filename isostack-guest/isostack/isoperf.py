@@ -27,6 +27,12 @@ Control protocol (one JSON object per line on the control TCP connection, client
 MAERTS/RR/CRR add a value for "test" and their own per-connection loops; "stack": "iso" will route the data
 sockets through the IsoStack front-end. Both are refused today with a clear error.
 
+Client output (``--json``): test, stack, size, connections, duration (the server's measured interval, s),
+requested_duration, warmup, bytes (received by the server in that interval), messages (bytes // size),
+throughput_bps, messages_per_s, cpu {"client": {"all": %, "cpu0": %, ...}, "server": {...}} (busy % from
+/proc/stat over the interval), verified (null without --verify), errors (a non-empty list means exit 1),
+client_sent_bytes, client_total_bytes, server_total_bytes (whole run incl. warm-up; they must be equal).
+
 Payload verification (``--verify``): every message is ``seq (u64 BE) | pattern | crc32 (u32 BE)`` where the
 pattern is derived from the connection index and seq; the server checks order, pattern and checksum of the
 whole stream (warm-up included), so a single wrong byte fails the run.
