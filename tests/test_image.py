@@ -396,3 +396,9 @@ def test_ensure_image_names_missing_host_tools(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "debootstrap" else real_which(tool))
     with pytest.raises(ImageBuildError, match="needs debootstrap on the host"):
         ensure_image(cache_root=tmp_path, console=Console(file=io.StringIO()))
+
+
+def test_unknown_initramfs_modules_are_reported():
+    builtin = "kernel/drivers/virtio/virtio_mmio.ko\nkernel/lib/crc32.ko\n"
+    wanted = ["virtio_blk", "crc32c-intel", "virtio_mmio", "crc32", "ext5"]
+    assert image.unknown_modules(MODULES_DEP, builtin, wanted) == ["ext5"]

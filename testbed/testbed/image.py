@@ -367,6 +367,13 @@ def module_load_order(modules_dep: str, wanted: list[str]) -> list[str]:
     return order
 
 
+def unknown_modules(modules_dep: str, modules_builtin: str, wanted: list[str]) -> list[str]:
+    """Names in ``wanted`` that are neither loadable modules nor built into the kernel (recipe typos)."""
+    known = set(parse_modules_dep(modules_dep))
+    known |= {Path(line).name.split(".ko")[0].replace("-", "_") for line in modules_builtin.split()}
+    return [name for name in wanted if name.replace("-", "_") not in known]
+
+
 # --- helpers --------------------------------------------------------------------------------------------
 
 
@@ -540,7 +547,13 @@ class _Builder:
     def build_initramfs(self) -> None:
         ver = self.kernel_version
         modules_dir = self.rootfs / "usr" / "lib" / "modules" / ver
-        order = module_load_order((modules_dir / "modules.dep").read_text(), self.recipe["initramfs_modules"])
+        modules_dep = (modules_dir / "modules.dep").read_text()
+        builtin_file = modules_dir / "modules.builtin"
+        builtin = builtin_file.read_text() if builtin_file.exists() else ""
+        unknown = unknown_modules(modules_dep, builtin, self.recipe["initramfs_modules"])
+        if unknown:
+            raise ImageBuildError(f"initramfs_modules not in kernel {ver}: {', '.join(unknown)}")
+        order = module_load_order(modules_dep, self.recipe["initramfs_modules"])
         tree = self.work / "initramfs"
         for sub in ("bin", "sbin", "proc", "sys", "dev", "newroot", "lib/modules"):
             (tree / sub).mkdir(parents=True, exist_ok=True)
