@@ -212,7 +212,14 @@ def kick_without_fd(c: Frontend) -> None:
 
 def ring_addr_outside_memory(c: Frontend) -> None:
     c.call(Request.SET_VRING_NUM, VringState(0, 256).pack())
-    c.send(Request.SET_VRING_ADDR, struct.pack("<IIQQQQ", 0, 0, 1, 2, 3, 0))
+    c.send(Request.SET_VRING_ADDR, struct.pack("<IIQQQQ", 0, 0, 0x1000, 0x2000, 0x3000, 0))
+
+
+def ring_addr_misaligned(c: Frontend) -> None:
+    r = c.rx_ring()
+    c.call(Request.SET_VRING_NUM, VringState(0, 256).pack())
+    c.send(Request.SET_VRING_ADDR, struct.pack("<IIQQQQ", 0, 0, c.uva(r.desc), c.uva(r.used) + 2,
+                                               c.uva(r.avail), 0))
 
 
 def mem_table_region_bigger_than_fd(c: Frontend) -> None:
@@ -236,6 +243,7 @@ PROTO_ATTACKS = [
     (ring_size_not_power_of_two, "not a power of two"),
     (kick_without_fd, "expected 1 fd, got 0"),
     (ring_addr_outside_memory, "outside the mapped memory"),
+    (ring_addr_misaligned, "not aligned"),
     (mem_table_region_bigger_than_fd, "its fd has"),
     (unoffered_features, "did not offer"),
 ]

@@ -40,7 +40,7 @@ def frontend(server: Server, port: str, **kw) -> Iterator[Frontend]:
         fe.close()
 
 
-def wait_for(cond, timeout: float = 3.0, step: float = 0.005) -> bool:
+def wait_for(cond, timeout: float = 5.0, step: float = 0.005) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():
@@ -49,7 +49,7 @@ def wait_for(cond, timeout: float = 3.0, step: float = 0.005) -> bool:
     return cond()
 
 
-def receive_n(fe: Frontend, n: int, pair: int = 0, timeout: float = 3.0) -> list[bytes]:
+def receive_n(fe: Frontend, n: int, pair: int = 0, timeout: float = 5.0) -> list[bytes]:
     got: list[bytes] = []
     wait_for(lambda: bool(got.extend(fe.receive(pair))) or len(got) >= n, timeout)
     return got

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from .memory import GuestMemory
 from .protocol import (
     VHOST_USER_F_PROTOCOL_FEATURES,
-    VIRTIO_F_IN_ORDER,
     VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MQ,
     VIRTIO_NET_F_MRG_RXBUF,
@@ -31,15 +30,8 @@ MIN_FRAME = 14
 
 
 def offered_features(queue_pairs: int) -> int:
-    """Features offered to the front-end.
-
-    IN_ORDER costs nothing (both directions use buffers in avail order) and is what DPDK's own vhost
-    offers; without it DPDK 22.11 virtio-user's txonly crashed in about half of 3 s runs against vhea
-    (a corrupt free list in its out-of-order tx clean-up, seen only when its tx ring runs full).
-    """
     f = (
         bit(VIRTIO_F_VERSION_1)
-        | bit(VIRTIO_F_IN_ORDER)
         | bit(VIRTIO_NET_F_MRG_RXBUF)
         | bit(VIRTIO_RING_F_INDIRECT_DESC)
         | bit(VIRTIO_RING_F_EVENT_IDX)

@@ -68,8 +68,9 @@ class Vring:
     signalled_used_valid: bool = False
     counters: QueueCounters = field(default_factory=QueueCounters)
     _desc: memoryview | None = None
-    _avail: memoryview | None = None
-    _used: memoryview | None = None
+    _avail: memoryview | None = None  # as u16 (flags, idx, ring[num], used_event)
+    _used: memoryview | None = None  # as u16 (flags, idx, ..., avail_event at 2 + 4*num)
+    _used32: memoryview | None = None  # as u32 (flags|idx, then id, len pairs)
 
     # ---- configuration -------------------------------------------------------------------------------------
 
@@ -84,19 +85,25 @@ class Vring:
             return
         self.unmap()
         n = self.num
+        if self.addr.avail_user_addr % 2 or self.addr.used_user_addr % 4 or self.addr.desc_user_addr % 16:
+            raise RingError(f"ring {self.index}: ring addresses are not aligned")
         try:
             self._desc = mem.uva(self.addr.desc_user_addr, 16 * n)
-            self._avail = mem.uva(self.addr.avail_user_addr, 6 + 2 * n)
-            self._used = mem.uva(self.addr.used_user_addr, 6 + 8 * n)
+            # Typed views: an index is then loaded and stored as one 16-bit access. struct packs byte by
+            # byte, and a torn used idx (0x00ff -> 0x0000 -> 0x0100) makes a driver reclaim buffers twice.
+            self._avail = mem.uva(self.addr.avail_user_addr, 6 + 2 * n).cast("H")
+            used = mem.uva(self.addr.used_user_addr, 6 + 8 * n)
+            self._used = used.cast("H")
+            self._used32 = used[: 4 + 8 * n].cast("I")
         except AddressError as e:
             self.unmap()
             raise RingError(f"ring {self.index}: {e}") from e
 
     def unmap(self) -> None:
-        for v in (self._desc, self._avail, self._used):
+        for v in (self._desc, self._avail, self._used, self._used32):
             if v is not None:
                 v.release()
-        self._desc = self._avail = self._used = None
+        self._desc = self._avail = self._used = self._used32 = None
 
     @property
     def mapped(self) -> bool:
@@ -131,7 +138,7 @@ class Vring:
     def sync_used_idx(self) -> None:
         """Take the used index from the ring itself, and resume from it (as libvhost-user does)."""
         assert self._used is not None
-        self.used_idx = U16.unpack_from(self._used, 2)[0]
+        self.used_idx = self._used[1]
         if self.last_avail_idx != self.used_idx:
             self.last_avail_idx = self.used_idx
         self.signalled_used_valid = False
@@ -139,7 +146,7 @@ class Vring:
     # ---- walking -------------------------------------------------------------------------------------------
 
     def avail_idx(self) -> int:
-        return U16.unpack_from(self._avail, 2)[0]
+        return self._avail[1]
 
     def pending(self) -> int:
         """How many heads the guest has made available; a jump larger than the ring is a guest bug."""
@@ -152,7 +159,7 @@ class Vring:
     def head_at(self, offset: int) -> int:
         """The descriptor index at avail position last_avail_idx + offset (not consumed)."""
         slot = (self.last_avail_idx + offset) % self.num
-        head = U16.unpack_from(self._avail, 4 + 2 * slot)[0]
+        head = self._avail[2 + slot]
         if head >= self.num:
             raise RingError(f"avail ring slot {slot} names descriptor {head}, ring has {self.num}")
         return head
@@ -205,32 +212,33 @@ class Vring:
     def put_used(self, head: int, length: int) -> None:
         """Add a used element (not yet visible to the guest: see publish_used)."""
         slot = self.used_idx % self.num
-        USED_ELEM.pack_into(self._used, 4 + 8 * slot, head, length)
+        self._used32[1 + 2 * slot] = head
+        self._used32[2 + 2 * slot] = length
         self.used_idx = (self.used_idx + 1) & 0xFFFF
 
     def publish_used(self) -> None:
         """Make used elements visible (x86 keeps stores in order, so the elements land before the index)."""
-        U16.pack_into(self._used, 2, self.used_idx)
+        self._used[1] = self.used_idx
         if self.event_idx:
             # Ask for a kick when anything past what we consumed becomes available.
-            U16.pack_into(self._used, 4 + 8 * self.num, self.last_avail_idx)
+            self._used[2 + 4 * self.num] = self.last_avail_idx
 
     def request_kicks(self) -> None:
         """Tell the guest (EVENT_IDX) which avail index should make it kick us next."""
         if self.event_idx and self._used is not None:
-            U16.pack_into(self._used, 4 + 8 * self.num, self.last_avail_idx)
+            self._used[2 + 4 * self.num] = self.last_avail_idx
 
     def need_call(self) -> bool:
         """Whether to signal the call eventfd now (EVENT_IDX used_event, else NO_INTERRUPT)."""
         if self.event_idx:
-            used_event = U16.unpack_from(self._avail, 4 + 2 * self.num)[0]
+            used_event = self._avail[2 + self.num]
             old, new = self.signalled_used, self.used_idx
             valid = self.signalled_used_valid
             self.signalled_used, self.signalled_used_valid = new, True
             if not valid:
                 return True
             return ((new - used_event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-        return not U16.unpack_from(self._avail, 0)[0] & VRING_AVAIL_F_NO_INTERRUPT
+        return not self._avail[0] & VRING_AVAIL_F_NO_INTERRUPT
 
     def call(self) -> bool:
         """Signal the guest if it wants it; returns whether the call eventfd was written."""
