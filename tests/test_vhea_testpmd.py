@@ -16,8 +16,6 @@ import time
 import pytest
 from vhea import testpmd
 
-pytestmark = pytest.mark.vm
-
 CANNED = """
   ######################## NIC statistics for port 0  ########################
   RX-packets: 256        RX-missed: 0          RX-bytes:  16384
@@ -32,8 +30,7 @@ CANNED = """
 """
 
 
-@pytest.mark.parametrize("vm", [None])  # the parser needs no DPDK; keep it next to its user
-def test_parse_port_stats_on_canned_output(vm):
+def test_parse_port_stats_on_canned_output():
     st = testpmd.parse_port_stats(CANNED)
     assert st[0] == testpmd.PortStats(rx_packets=256, rx_bytes=16384, tx_packets=7, tx_bytes=448)
 
@@ -45,6 +42,7 @@ def vhea_stats(sockdir: str) -> dict:
     return json.loads(p.stdout)
 
 
+@pytest.mark.vm
 @pytest.mark.skipif(testpmd.available() is None, reason="dpdk-testpmd is not installed (apt: dpdk)")
 @pytest.mark.parametrize("queues", [1, 2])
 def test_testpmd_txonly_to_rxonly_through_vhea(queues):
