@@ -8,6 +8,7 @@ wrote. Methods for raw messages and raw descriptors let tests play a hostile gue
 from __future__ import annotations
 
 import array
+import mmap
 import os
 import select
 import socket
@@ -52,6 +53,7 @@ class DriverRing:
     bufs: int  # one BUF_SIZE slot per descriptor
     kick: int = -1
     call: int = -1
+    err: int = -1
     avail_idx: int = 0
     last_used: int = 0
     free: list[int] = field(default_factory=list)
@@ -72,8 +74,6 @@ class Frontend:
         self.mem_size = _align(2 * queue_pairs * per_ring + PAGE)
         self.memfd = os.memfd_create("vhea-frontend-guest", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, self.mem_size)
-        import mmap
-
         self.mem = mmap.mmap(self.memfd, self.mem_size, flags=mmap.MAP_SHARED)
         self.rings: list[DriverRing] = []
         off = PAGE
@@ -180,7 +180,9 @@ class Frontend:
         self.call(Request.SET_VRING_ADDR, addr.pack())
         r.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         r.call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        r.err = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.call(Request.SET_VRING_CALL, U64.pack(r.index), [r.call])
+        self.call(Request.SET_VRING_ERR, U64.pack(r.index), [r.err])
         self.call(Request.SET_VRING_KICK, U64.pack(r.index), [r.kick])
         if enable and self.features & bit(VHOST_USER_F_PROTOCOL_FEATURES):
             self.call(Request.SET_VRING_ENABLE, VringState(r.index, 1).pack())
@@ -312,10 +314,10 @@ class Frontend:
             self.sock.close()
             self.sock = None
         for r in self.rings:
-            for fd in (r.kick, r.call):
+            for fd in (r.kick, r.call, r.err):
                 if fd >= 0:
                     os.close(fd)
-            r.kick = r.call = -1
+            r.kick = r.call = r.err = -1
         try:
             self.mem.close()
         except BufferError:
