@@ -123,3 +123,35 @@ def test_serve_stats_json_and_clean_sigterm(sockdir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_stale_socket_is_replaced_but_a_live_one_is_an_error(sockdir):
+    import socket as socket_mod
+
+    stale = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    stale.bind(os.path.join(sockdir, "a.sock"))
+    stale.close()  # the file stays, nobody listens: what a killed back-end leaves behind
+    live = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    live.bind(os.path.join(sockdir, "b.sock"))
+    live.listen(1)
+    try:
+        p = run("serve", "--socket-dir", sockdir, "--ports", "a,b")
+        assert_usage_error(p, "b.sock is in use by a running process")
+        assert not os.path.exists(os.path.join(sockdir, "control.sock"))
+    finally:
+        live.close()
+    proc = subprocess.Popen([*VHEA, "serve", "--socket-dir", sockdir, "--ports", "a,b"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(os.path.join(sockdir, "control.sock")):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        assert os.listdir(sockdir) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -31,7 +31,7 @@ from .protocol import (
     bit,
     pack_message,
 )
-from .vring import DESC, U16, USED_ELEM, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+from .vring import DESC, USED_ELEM, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 
 PAGE = 4096
 BUF_SIZE = 2048
@@ -75,6 +75,8 @@ class Frontend:
         self.memfd = os.memfd_create("vhea-frontend-guest", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, self.mem_size)
         self.mem = mmap.mmap(self.memfd, self.mem_size, flags=mmap.MAP_SHARED)
+        # ring indices as single 16-bit stores/loads: the back-end may be another process (no torn idx)
+        self.mem16 = memoryview(self.mem).cast("H")
         self.rings: list[DriverRing] = []
         off = PAGE
         for i in range(2 * queue_pairs):
@@ -197,20 +199,20 @@ class Frontend:
         DESC.pack_into(self.mem, r.desc + 16 * i, addr, length, flags, nxt)
 
     def publish(self, r: DriverRing, head: int, kick: bool = True) -> None:
-        U16.pack_into(self.mem, r.avail + 4 + 2 * (r.avail_idx % r.num), head)
+        self.mem16[(r.avail + 4 + 2 * (r.avail_idx % r.num)) // 2] = head
         r.avail_idx = (r.avail_idx + 1) & 0xFFFF
-        U16.pack_into(self.mem, r.avail + 2, r.avail_idx)
+        self.mem16[(r.avail + 2) // 2] = r.avail_idx
         if kick:
             self.kick(r)
 
     def set_avail_idx(self, r: DriverRing, idx: int) -> None:
-        U16.pack_into(self.mem, r.avail + 2, idx & 0xFFFF)
+        self.mem16[(r.avail + 2) // 2] = idx & 0xFFFF
 
     def set_used_event(self, r: DriverRing, idx: int) -> None:
-        U16.pack_into(self.mem, r.avail + 4 + 2 * r.num, idx & 0xFFFF)
+        self.mem16[(r.avail + 4 + 2 * r.num) // 2] = idx & 0xFFFF
 
     def avail_event(self, r: DriverRing) -> int:
-        return U16.unpack_from(self.mem, r.used + 4 + 8 * r.num)[0]
+        return self.mem16[(r.used + 4 + 8 * r.num) // 2]
 
     def kick(self, r: DriverRing) -> None:
         os.eventfd_write(r.kick, 1)
@@ -245,7 +247,7 @@ class Frontend:
         self.publish(r, d, kick)
 
     def used_entries(self, r: DriverRing) -> list[tuple[int, int]]:
-        idx = U16.unpack_from(self.mem, r.used + 2)[0]
+        idx = self.mem16[(r.used + 2) // 2]
         out = []
         while r.last_used != idx:
             out.append(USED_ELEM.unpack_from(self.mem, r.used + 4 + 8 * (r.last_used % r.num)))
@@ -318,6 +320,7 @@ class Frontend:
                 if fd >= 0:
                     os.close(fd)
             r.kick = r.call = r.err = -1
+        self.mem16.release()
         try:
             self.mem.close()
         except BufferError:
