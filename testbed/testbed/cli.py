@@ -75,17 +75,19 @@ def print_status(console: Console, state_dir: str | None) -> int:
     from testbed.lifecycle import status
 
     topo, states, counters = status(st.state_dir(state_dir))
-    table = Table(title=f"testbed ({topo.accel}, {topo.uri})")
+    table = Table(title=f"testbed: {len(topo.guests)} guests, accel {topo.accel}")
     for col in ("guest", "state", "accel", "vCPUs", "SSH", "data IP", "vhea port", "link"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     ports = (counters or {}).get("ports", {})
     for g in topo.guests:
         link = "?" if counters is None else ("connected" if ports.get(g.port, {}).get("connected") else "down")
         table.add_row(g.name, states[g.name], topo.accel, str(g.vcpus), f"{g.ssh_host}:{g.ssh_port}",
-                      g.data_ip, f"{g.port} ({topo.device_model.socket_dir}/{g.port}.sock)", link)
+                      g.data_ip, g.port, link)
     console.print(table)
     dm = "running" if counters is not None else "NOT ANSWERING"
-    console.print(f"device model: pid {topo.device_model.pid}, {dm}, log {topo.device_model.log}")
+    console.print(f"libvirt: {topo.uri}")
+    console.print(f"device model: pid {topo.device_model.pid}, {dm}, sockets in {topo.device_model.socket_dir}, "
+                  f"log {topo.device_model.log}")
     return 0
 
 
@@ -107,7 +109,8 @@ def cmd_image(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=False)
+    # Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     handlers = {"up": cmd_up, "down": cmd_down, "status": lambda a, c: print_status(c, a.state_dir),
                 "ssh": cmd_ssh, "image": cmd_image}
     try:

@@ -6,7 +6,9 @@ failed `testbed up` leaves nothing running.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from testbed import devicemodel, image, virt
+from testbed import devicemodel, image, supervisor, virt
 from testbed.accel import choose_accel
 from testbed.domain import GuestSpec, render_domain
 from testbed.ssh import wait_for_ssh
@@ -77,10 +79,9 @@ def up(opts: UpOptions, console: Console) -> Topology:
     tpath = topology_path(sdir)
     if tpath.exists():
         console.print(f"[yellow]a testbed was up in {sdir}; taking it down first[/]")
-        down(sdir, console, uri=opts.uri)
+        down(sdir, console)
     sdir.mkdir(parents=True, exist_ok=True)
     uri = opts.uri or virt.embed_uri(sdir / "libvirt")
-    conn = virt.connect(uri)
 
     img = image.ensure_image(cache_root(), console=console)
     accel, reason = choose_accel(opts.accel, img.kernel, cache_root())
@@ -90,13 +91,13 @@ def up(opts: UpOptions, console: Console) -> Topology:
     names = guest_names(opts.guests)
     sock_dir = sdir / "vhea"
     dm_log = sdir / "vhea.log"
-    started: list[str] = []
-    dm_pid = 0
+    dm_pid = sup_pid = 0
     try:
         with console.status("starting the device model (vhea serve)"):
             dm_pid = devicemodel.start(sock_dir, [p for _, p in names], opts.queues, dm_log)
         ncpu = os.cpu_count() or 1
         guests: list[GuestInfo] = []
+        domains: list[dict] = []
         for i, (name, port) in enumerate(names):
             gdir = sdir / "guests" / name
             gdir.mkdir(parents=True, exist_ok=True)
@@ -117,18 +118,22 @@ def up(opts: UpOptions, console: Console) -> Topology:
                 queues=opts.queues, console_log=console_log, ssh_port=ssh_port, mgmt_mac=mgmt_mac,
             )
             (gdir / "domain.xml").write_text(xml := render_domain(spec))
-            virt.destroy_and_undefine(conn, name)
-            virt.start_domain(conn, xml)
-            started.append(name)
+            domains.append({"name": name, "xml": xml})
             guests.append(GuestInfo(
                 name=name, ssh_host="127.0.0.1", ssh_port=ssh_port, data_ip=data_ip, data_mac=data_mac,
                 port=port, vcpus=opts.vcpus, memory_mib=opts.memory_mib, mgmt_mac=mgmt_mac,
                 console_log=str(console_log)))
 
+        (sdir / supervisor.DOMAINS_FILE).write_text(json.dumps(domains))
+        with console.status(f"starting {len(domains)} guests through libvirt ({uri})"):
+            sup_pid = supervisor.spawn(sdir, uri)
+
+        def running(name: str) -> bool:
+            return supervisor.request(sdir, "status")["domains"].get(name) == "running"
+
         def ready(g: GuestInfo) -> tuple[str, float, float]:
-            dom = virt.find_domain(conn, g.name)
             t_boot = wait_for_console(Path(g.console_log), f"{READY_MARKER} {g.name}", opts.boot_timeout_s,
-                                      alive=lambda: dom is not None and dom.isActive())
+                                      alive=lambda: running(g.name))
             t_ssh = wait_for_ssh(g.ssh_host, g.ssh_port, "root", img.ssh_key, timeout_s=60.0)
             return g.name, t_boot, t_ssh
 
@@ -143,35 +148,51 @@ def up(opts: UpOptions, console: Console) -> Topology:
             device_model=DeviceModelInfo(socket_dir=str(sock_dir), pid=dm_pid, ports=[p for _, p in names],
                                          log=str(dm_log)),
             guests=guests,
+            supervisor_pid=sup_pid,
         )
         topo.save(tpath)
         return topo
     except BaseException:
-        for name in started:
-            try:
-                virt.destroy_and_undefine(conn, name)
-            except virt.VirtError as e:
-                console.print(f"[red]cleanup: {e}[/]")
+        if sup_pid:
+            stop_supervisor(sdir, sup_pid, console)
         if dm_pid:
             devicemodel.stop(dm_pid)
         raise
-    finally:
-        conn.close()
 
 
-def down(sdir: Path, console: Console, uri: str | None = None) -> bool:
+def kill_leftover_qemus(sdir: Path, console: Console) -> None:
+    """Last resort when the supervisor is gone: QEMUs of our embed root, by their pid files."""
+    for pidfile in (sdir / "libvirt" / "run" / "qemu").glob("*.pid"):
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"qemu-system" in cmd and str(sdir).encode() in cmd:
+            os.kill(pid, signal.SIGKILL)
+            console.print(f"killed leftover QEMU {pid} ({pidfile.stem})")
+
+
+def stop_supervisor(sdir: Path, pid: int, console: Console) -> None:
+    """Ask the supervisor to stop the guests and exit; fall back to signals and pid files."""
+    try:
+        for name in supervisor.request(sdir, "down")["stopped"]:
+            console.print(f"stopped {name}")
+    except (supervisor.SupervisorError, OSError) as e:
+        console.print(f"[yellow]{e}; stopping what is left by PID[/]")
+        kill_leftover_qemus(sdir, console)
+    deadline = time.monotonic() + 10
+    while pid and devicemodel.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def down(sdir: Path, console: Console) -> bool:
     """Stop every guest and the device model of the testbed in `sdir`; True if anything ran."""
     tpath = topology_path(sdir)
     if not tpath.exists():
         return False
     topo = Topology.load(tpath)
-    conn = virt.connect(uri or topo.uri)
-    try:
-        for g in topo.guests:
-            if virt.destroy_and_undefine(conn, g.name):
-                console.print(f"stopped {g.name}")
-    finally:
-        conn.close()
+    stop_supervisor(sdir, topo.supervisor_pid, console)
     devicemodel.stop(topo.device_model.pid)
     console.print("stopped the device model")
     tpath.unlink()
@@ -181,14 +202,10 @@ def down(sdir: Path, console: Console, uri: str | None = None) -> bool:
 def status(sdir: Path) -> tuple[Topology, dict[str, str], dict | None]:
     """The topology, each guest's libvirt state, and the device model's counters (or None)."""
     topo = Topology.load(topology_path(sdir))
-    conn = virt.connect(topo.uri)
-    states = {}
     try:
-        for g in topo.guests:
-            dom = virt.find_domain(conn, g.name)
-            states[g.name] = "running" if dom is not None and dom.isActive() else "stopped"
-    finally:
-        conn.close()
+        states = supervisor.request(sdir, "status")["domains"]
+    except supervisor.SupervisorError:
+        states = {g.name: "unknown (no supervisor)" for g in topo.guests}
     try:
         counters = devicemodel.stats(Path(topo.device_model.socket_dir))
     except (devicemodel.DeviceModelError, OSError, ValueError):

@@ -64,6 +64,7 @@ class Topology:
     image: dict
     device_model: DeviceModelInfo
     guests: list[GuestInfo] = field(default_factory=list)
+    supervisor_pid: int = 0  # the process that holds the libvirt connection (testbed.supervisor)
     version: int = TOPOLOGY_VERSION
 
     def guest(self, name: str) -> GuestInfo:

@@ -21,13 +21,16 @@ if "LIBVIRT_LOG_OUTPUTS" not in os.environ:
 import libvirt  # noqa: E402
 
 # The embed root's etc/qemu.conf: run QEMU as root, no cgroups, QEMU's stdio to a file
-# (no virtlogd daemon).
+# (no virtlogd daemon), and no ownership games on the image files (they are ours, we are
+# root; remembering owners in xattrs only produced warnings).
 EMBED_QEMU_CONF = """\
 # Written by isostack-testbed for libvirt's embedded QEMU driver.
 cgroup_controllers = [ ]
 stdio_handler = "file"
 user = "root"
 group = "root"
+dynamic_ownership = 0
+remember_owner = 0
 """
 
 _event_loop_started = False
