@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 #: frames taken from one tx ring before other rings get a turn
 TX_BUDGET = 256
 #: idle select timeout; each timeout also polls rings in case a kick was lost
-POLL_S = 0.5
+POLL_S = 0.2
 
 
 @dataclass(eq=False)
@@ -314,7 +314,7 @@ class Server:
         frames: list[bytes] = []
         try:
             device.pull_tx(ring, frames, port.drops, TX_BUDGET)
-            more = ring.pending() > 0
+            more = ring.pending(fence=True) > 0
         except RingError as e:
             self._stop_ring(port, ring, str(e))
             more = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 
 from .memory import AddressError, GuestMemory
@@ -27,6 +28,19 @@ VRING_USED_F_NO_NOTIFY = 1
 MAX_RING_SIZE = 32768
 #: Upper bound on an indirect table (Linux uses at most MAX_SKB_FRAGS + 2 entries for net).
 MAX_INDIRECT = 1024
+
+
+_fence_lock = threading.Lock()
+
+
+def memory_fence() -> None:
+    """A full barrier: acquiring a lock is a locked read-modify-write, which x86 never reorders loads across.
+
+    Needed where we store an index and then load the guest's (used idx -> used_event / flags, avail_event ->
+    avail idx): x86 may otherwise let the load pass the store, and both sides then skip the notification.
+    """
+    _fence_lock.acquire()
+    _fence_lock.release()
 
 
 class RingError(Exception):
@@ -148,8 +162,13 @@ class Vring:
     def avail_idx(self) -> int:
         return self._avail[1]
 
-    def pending(self) -> int:
-        """How many heads the guest has made available; a jump larger than the ring is a guest bug."""
+    def pending(self, fence: bool = False) -> int:
+        """How many heads the guest has made available; a jump larger than the ring is a guest bug.
+
+        fence=True after writing avail_event, so the re-check cannot miss an entry added meanwhile.
+        """
+        if fence:
+            memory_fence()
         n = (self.avail_idx() - self.last_avail_idx) & 0xFFFF
         if n > self.num:
             raise RingError(f"avail idx moved {n} entries past last_avail {self.last_avail_idx}; "
@@ -230,6 +249,7 @@ class Vring:
 
     def need_call(self) -> bool:
         """Whether to signal the call eventfd now (EVENT_IDX used_event, else NO_INTERRUPT)."""
+        memory_fence()  # our used idx store must be visible before we read what the guest asked for
         if self.event_idx:
             used_event = self._avail[2 + self.num]
             old, new = self.signalled_used, self.used_idx
