@@ -67,6 +67,13 @@ def test_status_shows_running_guests_and_connected_ports(testbed_up):
     assert topo.accel in ("kvm", "tcg")
 
 
+def test_up_again_reuses_the_running_testbed(testbed_up):
+    state, env, topo = testbed_up
+    out = run([str(BIN / "testbed"), "up"], timeout=120, env=env).stdout
+    assert "already up" in out
+    assert Topology.load(state / "topology.json").supervisor_pid == topo.supervisor_pid
+
+
 def test_stream_crosses_the_device_model(testbed_up):
     state, env, topo = testbed_up
     results = state / "results"

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--queues", type=int, default=1, help="virtio-net queue pairs per guest (default 1)")
     p_up.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
                       help="auto probes KVM by booting and falls back to TCG (default auto)")
+    p_up.add_argument("--recreate", action="store_true",
+                      help="take down a running testbed and start afresh (default: reuse it if its options match)")
 
     p_down = sub.add_parser("down", help="stop the guests and the device model")
     _add_state(p_down)
@@ -57,7 +59,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
 
     opts = UpOptions(state_dir=st.state_dir(args.state_dir), uri=args.uri, guests=args.guests,
                      vcpus=args.vcpus, memory_mib=args.memory, queues=args.queues, accel=args.accel)
-    topo = up(opts, console)
+    topo = up(opts, console, recreate=args.recreate)
     print_status(console, args.state_dir)
     console.print(f"topology: {st.topology_path(Path(topo.state_dir))}")
     return 0

@@ -38,6 +38,11 @@ class UpOptions:
     accel: str = "auto"
     boot_timeout_s: float = 180.0
 
+    def fingerprint(self) -> dict:
+        """What decides whether a running testbed can be reused for these options."""
+        return {"uri": self.uri, "guests": self.guests, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
+                "queues": self.queues, "accel": self.accel, "image": image.recipe_hash()}
+
     def validate(self) -> None:
         if not 2 <= self.guests <= 8:
             raise ValueError(f"--guests must be 2..8, not {self.guests}")
@@ -73,12 +78,27 @@ def wait_for_console(log: Path, marker: str, timeout_s: float, alive) -> float:
     raise TimeoutError(f"no {marker!r} on {log} within {timeout_s:.0f} s")
 
 
-def up(opts: UpOptions, console: Console) -> Topology:
+def healthy(sdir: Path) -> Topology | None:
+    """The running testbed of `sdir` if every guest runs and the device model answers, else None."""
+    try:
+        topo, states, counters = status(sdir)
+    except (OSError, ValueError):
+        return None
+    ok = counters is not None and all(states.get(g.name) == "running" for g in topo.guests)
+    return topo if ok else None
+
+
+def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
+    """Bring the testbed up; a healthy one started with the same options is reused unless `recreate`."""
     opts.validate()
     sdir = opts.state_dir
     tpath = topology_path(sdir)
     if tpath.exists():
-        console.print(f"[yellow]a testbed was up in {sdir}; taking it down first[/]")
+        running = None if recreate else healthy(sdir)
+        if running is not None and running.options == opts.fingerprint():
+            console.print(f"testbed already up in {sdir} with these options (--recreate starts it afresh)")
+            return running
+        console.print(f"[yellow]taking down the testbed that was up in {sdir} first[/]")
         down(sdir, console)
     sdir.mkdir(parents=True, exist_ok=True)
     uri = opts.uri or virt.embed_uri(sdir / "libvirt")
@@ -86,7 +106,7 @@ def up(opts: UpOptions, console: Console) -> Topology:
     img = image.ensure_image(cache_root(), console=console)
     accel, reason = choose_accel(opts.accel, img.kernel, cache_root())
     if accel == "tcg" and opts.accel == "auto":
-        console.print(f"[yellow]warning: KVM unusable ({reason}); guests run under TCG (slow, software emulation)[/]")
+        console.print(f"[yellow]warning: KVM unusable, using TCG (software emulation): {reason}[/]")
 
     names = guest_names(opts.guests)
     sock_dir = sdir / "vhea"
@@ -149,6 +169,7 @@ def up(opts: UpOptions, console: Console) -> Topology:
                                          log=str(dm_log)),
             guests=guests,
             supervisor_pid=sup_pid,
+            options=opts.fingerprint(),
         )
         topo.save(tpath)
         return topo

@@ -65,6 +65,7 @@ class Topology:
     device_model: DeviceModelInfo
     guests: list[GuestInfo] = field(default_factory=list)
     supervisor_pid: int = 0  # the process that holds the libvirt connection (testbed.supervisor)
+    options: dict = field(default_factory=dict)  # what `testbed up` was asked for, to reuse a running testbed
     version: int = TOPOLOGY_VERSION
 
     def guest(self, name: str) -> GuestInfo:
