@@ -7,6 +7,8 @@ import os
 import time
 
 import pytest
+from vhea_helpers import BCAST, MAC_A, MAC_B, MAC_C, frame, frontend, receive_n, running_server, wait_for
+
 from vhea.frontend import BUF_SIZE, Frontend
 from vhea.protocol import (
     VHOST_USER_F_PROTOCOL_FEATURES,
@@ -20,7 +22,6 @@ from vhea.protocol import (
     bit,
 )
 from vhea.vring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
-from vhea_helpers import BCAST, MAC_A, MAC_B, MAC_C, frame, frontend, receive_n, running_server, wait_for
 
 
 @pytest.fixture
@@ -58,16 +59,20 @@ def test_handshake_offers_and_accepts_features(sockdir):
 
 
 def test_mq_offered_with_several_pairs(sockdir):
-    with running_server(sockdir, ["a"], queue_pairs=4) as server, frontend(server, "a", queue_pairs=4) as fe:
+    with running_server(sockdir, ["a", "b"], queue_pairs=4) as server, \
+            frontend(server, "a", queue_pairs=4) as fe, frontend(server, "b", queue_pairs=4) as b:
         fe.connect()
         assert fe.get_u64(Request.GET_FEATURES) & bit(VIRTIO_NET_F_MQ)
         assert fe.get_u64(Request.GET_PROTOCOL_FEATURES) & bit(ProtocolFeature.MQ)
         assert fe.get_u64(Request.GET_QUEUE_NUM) == 4
         fe.handshake()
+        b.handshake()
+        b.post_rx(pair=0)
         assert len(server.stats()["ports"]["a"]["queues"]) == 8
-        # a frame sent on tx queue of pair 3 is forwarded too
-        with frontend(server, "a") as _:
-            pass
+        f = frame(BCAST, MAC_A, 1)
+        fe.send_frame(f, pair=3)  # tx ring 7
+        assert receive_n(b, 1, pair=0) == [f]
+        assert server.stats()["ports"]["a"]["queues"][7]["frames"] == 1
 
 
 def test_frames_arrive_byte_identical_and_counters_match(sockdir):

@@ -29,6 +29,7 @@ from .protocol import (
     VringState,
     bit,
     pack_reply,
+    request_name,
     unpack_u64,
 )
 from .vring import RingError, Vring
@@ -71,8 +72,8 @@ class BackendHandler:
             if entry is None:
                 raise ProtocolError(f"unknown or unsupported request {msg.request}")
             if entry.fds == NO_FDS and msg.fds:
-                log.warning("port %s: request %s carried %d fd(s); closed them", self.port,
-                            Request(msg.request).name, len(msg.fds))
+                log.warning("port %s: %s carried %d fd(s); closed them", self.port,
+                            request_name(msg.request), len(msg.fds))
                 msg.close_fds()
             reply = entry.method(self, msg)
         finally:

@@ -102,6 +102,13 @@ VIRTIO_F_VERSION_1 = 32
 VIRTIO_F_IN_ORDER = 35
 
 
+def request_name(request: int) -> str:
+    try:
+        return Request(request).name
+    except ValueError:
+        return f"request {request}"
+
+
 def bit(n: int) -> int:
     return 1 << n
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .connection import Connection, Disconnected
 from .handler import BackendHandler
-from .protocol import ProtocolError, Request
+from .protocol import ProtocolError, request_name
 from .switch import Switch
 from .vring import QueueCounters, RingError, Vring
 
@@ -237,8 +237,8 @@ class Server:
             msgs = conn.read()
             self._unwatch_kicks(port)  # before any handler closes or replaces a kick fd (epoll keeps stale ones)
             for msg in msgs:
-                name = Request(msg.request).name if msg.request in Request._value2member_map_ else msg.request
-                log.debug("port %s: %s size %d fds %d", port.name, name, msg.header.size, len(msg.fds))
+                log.debug("port %s: %s size %d fds %d", port.name, request_name(msg.request), msg.header.size,
+                          len(msg.fds))
                 reply = handler.handle(msg)
                 if reply is not None:
                     conn.send(reply)

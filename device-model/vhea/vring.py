@@ -143,11 +143,13 @@ class Vring:
                 setattr(self, name, None)
 
     def reset(self) -> None:
+        """Back to the state of a new ring (the front-end went away); counters are the port's and stay."""
         self.close_fds()
         self.unmap()
-        counters = self.counters
-        self.__init__(self.index)  # type: ignore[misc]
-        self.counters = counters
+        fresh = Vring(self.index, counters=self.counters)
+        for name in ("num", "addr", "enabled", "started", "error", "event_idx", "indirect", "last_avail_idx",
+                     "used_idx", "signalled_used", "signalled_used_valid"):
+            setattr(self, name, getattr(fresh, name))
 
     def sync_used_idx(self) -> None:
         """Take the used index from the ring itself, and resume from it (as libvhost-user does)."""
