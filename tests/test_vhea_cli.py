@@ -11,6 +11,7 @@ import tempfile
 import time
 
 import pytest
+
 from vhea.frontend import Frontend, ethernet
 
 VHEA = [sys.executable, "-m", "vhea.cli"]

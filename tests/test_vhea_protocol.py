@@ -7,6 +7,7 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from vhea.protocol import (
     FLAG_NEED_REPLY,
     FLAG_VERSION,

@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import pytest
+
 from vhea import testpmd
 
 CANNED = """
