@@ -1,0 +1,952 @@
+"""isostackd: the IsoStack back-end dispatcher, one process pinned to a dedicated CPU.
+
+It owns every kernel socket of the attached applications (non-blocking), and in one loop it
+  1. polls its epoll set without blocking (attach socket, application connections, kernel sockets, kick fd),
+  2. takes the commands of every socket whose bit is set in an application's pending bitmap,
+  3. drains the tx rings of the sockets it is draining straight from shared memory into send/sendmsg
+     (aggregation: everything the application queued goes in one call),
+  4. fills rx rings with recv_into/recvmsg_into on memoryviews of shared memory,
+  5. posts notifications and rings an application's doorbell only if one of its threads announced it sleeps.
+When nothing happened for --busy-poll-us it announces that it sleeps and blocks in epoll (the front-end kicks
+it through an eventfd when it posts a command meanwhile).
+
+Producers are untrusted: every entry and every index an application controls is validated; a bad one fails
+that socket (state ST_ERROR + errno, notification EV_ERR) and nothing else.  An application's sockets and
+memory are released as soon as its attach connection closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import logging
+import os
+import select
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+from collections import deque
+
+from . import native, placement
+from .attach import DEFAULT_SOCKET, MAX_MESSAGE, AttachError, encode_reply, parse_hello
+from .layout import (
+    C_ADDR_FAMILY,
+    C_ADDR_IP0,
+    C_ADDR_IP1,
+    C_ADDR_PORT,
+    C_DRAINING,
+    C_ERR,
+    C_RES_SEQ,
+    C_RES_VAL,
+    C_RX_HEAD,
+    C_RX_TAIL,
+    C_STATE,
+    C_TX_HEAD,
+    C_TX_TAIL,
+    C_TX_WANT,
+    EV_ACCEPT,
+    EV_DONE,
+    EV_EOF,
+    EV_ERR,
+    EV_RX,
+    EV_TX,
+    H_DISP_SLEEPING,
+    H_MAGIC,
+    H_NOTIF_DROPPED,
+    H_NOTIF_HEAD,
+    H_NOTIF_TAIL,
+    H_PENDING,
+    H_RUNG,
+    H_SAVED,
+    H_SLEEPERS,
+    H_VERSION,
+    MAGIC,
+    OP_NAMES,
+    ST_ACCEPTABLE,
+    ST_CLOSED,
+    ST_CONNECTED,
+    ST_CONNECTING,
+    ST_EOF,
+    ST_ERROR,
+    ST_LISTENING,
+    ST_OPEN,
+    ST_TX_SHUT,
+    VERSION,
+    BadEntry,
+    Geometry,
+    Op,
+    addr_words,
+    check_ring,
+    decode_command,
+    encode_addr,
+)
+from .queues import CORRUPT, EMPTY, CommandQueue, NotifyRing, Region, ring_views
+
+log = logging.getLogger("isostackd")
+
+U64 = (1 << 64) - 1
+TX_GRACE_LOOPS = 64  # loops a drained tx ring stays "draining" before the flag is released
+MAX_BACKLOG = 1024
+CLOSE_LINGER_S = 5.0
+EPOLL_IN = select.EPOLLIN | select.EPOLLRDHUP
+SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 2)
+
+
+class NullLock:
+    """Stands in for threading.Lock when the lock ablation is off (never called on the hot path)."""
+
+
+class Sock:
+    """Dispatcher-side state of one socket slot of one application."""
+
+    __slots__ = (
+        "app",
+        "idx",
+        "cw",
+        "cmdq",
+        "k",
+        "fd",
+        "state",
+        "tx_off",
+        "rx_off",
+        "tx_head",
+        "rx_tail",
+        "draining",
+        "idle",
+        "rx_stalled",
+        "emask",
+        "backlog",
+        "backlog_max",
+        "connect_pos",
+        "close_pos",
+        "shut_pending",
+        "shut_how",
+        "close_deadline",
+        "dead",
+    )
+
+    def __init__(self, app: App, idx: int):
+        g = app.geometry
+        self.app = app
+        self.idx = idx
+        self.cw = g.control_off(idx) // 8  # control page, u64 word index
+        self.cmdq = CommandQueue(app.region, self.cw, g.cmdq_off(idx), g.cmdq_slots)
+        self.tx_off = g.tx_off(idx)
+        self.rx_off = g.rx_off(idx)
+        self.reset()
+        self.dead = False  # queue corrupt: nothing more is read from it
+
+    def reset(self) -> None:
+        self.k: socket.socket | None = None
+        self.fd = -1
+        self.state = 0
+        self.tx_head = 0
+        self.rx_tail = 0
+        self.draining = False
+        self.idle = 0
+        self.rx_stalled = False
+        self.emask = 0
+        self.backlog: deque | None = None
+        self.backlog_max = 0
+        self.connect_pos = -1
+        self.close_pos = -1
+        self.shut_pending = -1
+        self.shut_how = 0
+        self.close_deadline = 0.0
+
+
+class App:
+    """One attached application: its region, queues, doorbell and sockets."""
+
+    def __init__(self, app_id: int, conn: socket.socket, geometry: Geometry, memfd: int, doorbell: int, pid: int):
+        self.id = app_id
+        self.conn = conn
+        self.geometry = geometry
+        self.pid = pid
+        self.region = Region(memfd, geometry.total_size)
+        os.close(memfd)
+        self.doorbell = doorbell
+        q = self.region.q
+        if q[H_MAGIC] != MAGIC or q[H_VERSION] != VERSION:
+            self.region.close()
+            raise AttachError("shared memory header has a bad magic/version")
+        self.notify = NotifyRing(self.region, geometry.notif_off, geometry.notif_slots, H_NOTIF_HEAD, H_NOTIF_TAIL,
+                                 H_NOTIF_DROPPED)
+        self.socks = [Sock(self, i) for i in range(geometry.max_sockets)]
+        self.pending_words = (geometry.max_sockets + 63) // 64
+        self.pending_addr = self.region.base + H_PENDING * 8
+        self.dirty = False  # something was posted this loop: maybe ring the doorbell
+
+
+class Dispatcher:
+    def __init__(self, path: str = DEFAULT_SOCKET, cpu: int | None = None, busy_poll_us: int = 1000,
+                 uncontended_locks: bool = False, sleep_ms: int = 100):
+        self.path = path
+        self.cpu = cpu
+        self.busy_poll_s = busy_poll_us / 1e6 if busy_poll_us >= 0 else None
+        self.sleep_ms = sleep_ms
+        self.lock = threading.Lock() if uncontended_locks else None
+        self.apps: dict[int, App] = {}  # by attach-connection fd
+        self.by_fd: dict[int, Sock] = {}  # kernel socket fd -> Sock
+        self.tx_active: set[Sock] = set()
+        self.rx_stalled: set[Sock] = set()
+        self.closing: set[Sock] = set()
+        self.next_app = 1
+        self.running = True
+        self.stats = {"loops": 0, "commands": 0, "sends": 0, "send_bytes": 0, "recvs": 0, "recv_bytes": 0,
+                      "bad_entries": 0, "sleeps": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0}
+        self.epoll = select.epoll()
+        self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.epoll.register(self.kick, select.EPOLLIN)
+        self.listener = self._listen(path)
+        self.epoll.register(self.listener.fileno(), select.EPOLLIN)
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _listen(path: str) -> socket.socket:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise SystemExit(f"isostackd: {path} exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale
+            else:
+                probe.close()
+                raise SystemExit(f"isostackd: another isostackd is listening on {path}")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        s.bind(path)
+        os.chmod(path, 0o666)
+        s.listen(64)
+        return s
+
+    def close(self) -> None:
+        for app in list(self.apps.values()):
+            self._detach(app, "dispatcher stopping")
+        self.epoll.close()
+        self.listener.close()
+        os.close(self.kick)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ attach / detach
+
+    def _accept_app(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        conn.settimeout(1.0)
+        fds: list[int] = []
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(conn, MAX_MESSAGE, 4)
+            hello = parse_hello(data, len(fds))
+            memfd, doorbell = fds
+            self._check_fds(memfd, doorbell, hello.geometry)
+            app = App(self.next_app, conn, hello.geometry, memfd, doorbell, hello.pid)
+            fds = []
+        except (AttachError, OSError, ValueError) as e:
+            log.warning("attach refused: %s", e)
+            try:
+                conn.send(encode_reply(type="error", message=str(e)))
+            except OSError:
+                pass
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            return
+        self.next_app += 1
+        socket.send_fds(conn, [encode_reply(type="attached", app=app.id, cpu=self.cpu, pid=os.getpid(),
+                                            locks=self.lock is not None)], [self.kick])
+        conn.setblocking(False)
+        self.apps[conn.fileno()] = app
+        self.epoll.register(conn.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+        self.stats["apps_attached"] += 1
+        log.info("app %d attached (pid %s, %d sockets, %d bytes shared)", app.id, app.pid,
+                 app.geometry.max_sockets, app.geometry.total_size)
+
+    @staticmethod
+    def _check_fds(memfd: int, doorbell: int, geometry: Geometry) -> None:
+        st = os.fstat(memfd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < geometry.total_size:
+            raise AttachError(f"shared memory is {st.st_size} bytes, geometry needs {geometry.total_size}")
+        seals = fcntl.fcntl(memfd, fcntl.F_GET_SEALS)
+        if not seals & SEAL_SHRINK:
+            raise AttachError("shared memory must be a memfd sealed with F_SEAL_SHRINK")
+        if os.readlink(f"/proc/self/fd/{doorbell}") != "anon_inode:[eventfd]":
+            raise AttachError("doorbell is not an eventfd")
+        os.set_blocking(doorbell, False)
+
+    def _detach(self, app: App, why: str) -> None:
+        """Close the application's kernel sockets and release its memory (called when its connection ends)."""
+        fd = app.conn.fileno()
+        self.apps.pop(fd, None)
+        try:
+            self.epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        n = 0
+        for s in app.socks:
+            if s.k is not None or s.backlog:
+                n += 1
+            self._close_kernel(s)
+        app.conn.close()
+        os.close(app.doorbell)
+        app.region.close()
+        self.stats["apps_detached"] += 1
+        log.info("app %d detached (%s): %d sockets closed", app.id, why, n)
+
+    # ------------------------------------------------------------------ socket state helpers
+
+    def _set_state(self, s: Sock, state: int) -> None:
+        s.state = state
+        s.app.region.q[s.cw + C_STATE] = state
+
+    def _post(self, s: Sock, events: int) -> None:
+        app = s.app
+        app.notify.post(s.idx, events, app.region.q[s.cw + C_RES_SEQ])
+        app.dirty = True
+
+    def _complete(self, s: Sock, pos: int, val: int) -> None:
+        q = s.app.region.q
+        q[s.cw + C_RES_VAL] = val & U64
+        q[s.cw + C_RES_SEQ] = pos + 1
+        self._post(s, EV_DONE)
+
+    def _fail(self, s: Sock, err: int, reason: str) -> None:
+        """Fail one socket: kernel socket closed, error to its owner; every other socket is untouched."""
+        log.warning("app %d socket %d failed: %s", s.app.id, s.idx, reason)
+        self._close_kernel(s)
+        q = s.app.region.q
+        q[s.cw + C_ERR] = err
+        q[s.cw + C_RES_VAL] = -err & U64
+        q[s.cw + C_RES_SEQ] = s.cmdq.head
+        self._set_state(s, (s.state | ST_ERROR) & ~ST_CLOSED)
+        self._post(s, EV_ERR)
+
+    def _register(self, s: Sock, mask: int) -> None:
+        if s.k is None or mask == s.emask:
+            return
+        if s.emask == 0:
+            self.epoll.register(s.fd, mask)
+        elif mask == 0:
+            self.epoll.unregister(s.fd)
+        else:
+            self.epoll.modify(s.fd, mask)
+        s.emask = mask
+
+    def _close_kernel(self, s: Sock) -> None:
+        if s.k is not None:
+            if s.emask:
+                try:
+                    self.epoll.unregister(s.fd)
+                except (OSError, ValueError):
+                    pass
+            self.by_fd.pop(s.fd, None)
+            s.k.close()
+            s.k = None
+            s.emask = 0
+        if s.backlog:
+            for k in s.backlog:
+                k.close()
+            s.backlog.clear()
+        self.tx_active.discard(s)
+        self.rx_stalled.discard(s)
+        self.closing.discard(s)
+
+    def _adopt(self, s: Sock, k: socket.socket, state: int) -> None:
+        """Bind a kernel socket to a free slot; ring indices restart where the front-end's are."""
+        q = s.app.region.q
+        k.setblocking(False)
+        s.k, s.fd = k, k.fileno()
+        self.by_fd[s.fd] = s
+        s.tx_head = q[s.cw + C_TX_TAIL]
+        s.rx_tail = q[s.cw + C_RX_HEAD]
+        q[s.cw + C_TX_HEAD] = s.tx_head
+        q[s.cw + C_RX_TAIL] = s.rx_tail
+        q[s.cw + C_DRAINING] = 0
+        q[s.cw + C_TX_WANT] = 0
+        q[s.cw + C_ERR] = 0
+        self._set_state(s, state)
+
+    # ------------------------------------------------------------------ commands
+
+    def _commands(self, app: App) -> bool:
+        q = app.region.q
+        did = False
+        for w in range(app.pending_words):
+            if not q[H_PENDING + w]:
+                continue
+            bits = native.xchg64(app.pending_addr + w * 8, 0)
+            while bits:
+                low = bits & -bits
+                bits ^= low
+                idx = w * 64 + low.bit_length() - 1
+                if idx < len(app.socks):
+                    did |= self._socket_commands(app.socks[idx])
+        return did
+
+    def _socket_commands(self, s: Sock) -> bool:
+        did = False
+        cmdq = s.cmdq
+        lock = self.lock
+        while not s.dead:
+            if lock:
+                lock.acquire()
+            state, view = cmdq.poll()
+            if state == EMPTY:
+                if lock:
+                    lock.release()
+                return did
+            if state == CORRUPT:
+                if lock:
+                    lock.release()
+                s.dead = True
+                self.stats["bad_entries"] += 1
+                self._fail(s, errno.EPROTO, f"command queue slot {cmdq.head} has a corrupt sequence number")
+                return True
+            try:
+                cmd = decode_command(view, cmdq.head, s.idx, s.app.geometry)
+            except BadEntry as e:
+                view.release()
+                cmdq.release()
+                if lock:
+                    lock.release()
+                self.stats["bad_entries"] += 1
+                self._fail(s, e.err, e.reason)
+                did = True
+                continue
+            view.release()
+            cmdq.release()
+            if lock:
+                lock.release()
+            self.stats["commands"] += 1
+            did = True
+            try:
+                self._execute(s, cmd)
+            except BadEntry as e:
+                self.stats["bad_entries"] += 1
+                self._fail(s, e.err, e.reason)
+        return did
+
+    def _execute(self, s: Sock, cmd) -> None:
+        op = cmd.op
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("app %d sock %d: %s %s", s.app.id, s.idx, OP_NAMES[op], cmd)
+        if op == Op.CLOSE:
+            self._op_close(s, cmd.pos)
+            return
+        if s.state & ST_ERROR:
+            self._complete(s, cmd.pos, -(s.app.region.q[s.cw + C_ERR] or errno.EBADF))
+            return
+        if op == Op.SOCKET:
+            if s.k is not None or (s.state and not s.state & ST_CLOSED):
+                raise BadEntry(errno.EBADF, "SOCKET on a slot that is in use")
+            k = socket.socket(cmd.a, cmd.b)
+            self._adopt(s, k, ST_OPEN)
+            self._complete(s, cmd.pos, 0)
+            return
+        if s.k is None:
+            raise BadEntry(errno.EBADF, f"{OP_NAMES[op]} on a socket that is not open")
+        if op == Op.SEND:
+            self._op_send(s, cmd.a)
+            return
+        try:
+            if op == Op.BIND:
+                s.k.bind((*self._addr(s, cmd),))
+                self._complete(s, cmd.pos, 0)
+            elif op == Op.LISTEN:
+                s.k.listen(cmd.a)
+                s.backlog = deque()
+                s.backlog_max = max(16, min(cmd.a, MAX_BACKLOG))
+                self._set_state(s, s.state | ST_LISTENING)
+                self._register(s, select.EPOLLIN)
+                self._complete(s, cmd.pos, 0)
+            elif op == Op.ACCEPT:
+                self._op_accept(s, cmd)
+            elif op == Op.CONNECT:
+                self._op_connect(s, cmd)
+            elif op == Op.SHUTDOWN:
+                self._op_shutdown(s, cmd)
+            elif op == Op.SETSOCKOPT:
+                s.k.setsockopt(cmd.a, cmd.b, cmd.c)
+                self._complete(s, cmd.pos, 0)
+            elif op in (Op.GETSOCKNAME, Op.GETPEERNAME):
+                addr = s.k.getsockname() if op == Op.GETSOCKNAME else s.k.getpeername()
+                self._store_addr(s, addr)
+                self._complete(s, cmd.pos, 0)
+        except OSError as e:
+            self._complete(s, cmd.pos, -(e.errno or errno.EIO))
+
+    @staticmethod
+    def _addr(s: Sock, cmd) -> tuple:
+        from .layout import decode_addr
+
+        if cmd.a != s.k.family:
+            raise BadEntry(errno.EAFNOSUPPORT, f"address family {cmd.a} on a family {s.k.family} socket")
+        return decode_addr(cmd.a, cmd.b, cmd.ip)
+
+    def _store_addr(self, s: Sock, addr: tuple) -> None:
+        fam = s.k.family if s.k is not None else socket.AF_INET
+        port, ip = encode_addr(fam, addr)
+        f, p, lo, hi = addr_words(fam, port, ip)
+        q = s.app.region.q
+        q[s.cw + C_ADDR_FAMILY], q[s.cw + C_ADDR_PORT], q[s.cw + C_ADDR_IP0], q[s.cw + C_ADDR_IP1] = f, p, lo, hi
+
+    def _op_connect(self, s: Sock, cmd) -> None:
+        if s.state & (ST_CONNECTED | ST_CONNECTING | ST_LISTENING):
+            self._complete(s, cmd.pos, -errno.EISCONN)
+            return
+        err = s.k.connect_ex(self._addr(s, cmd))
+        if err == 0:
+            self._connected(s, cmd.pos)
+        elif err == errno.EINPROGRESS:
+            s.connect_pos = cmd.pos
+            self._set_state(s, s.state | ST_CONNECTING)
+            self._register(s, select.EPOLLOUT)
+        else:
+            self._complete(s, cmd.pos, -err)
+
+    def _connected(self, s: Sock, pos: int) -> None:
+        self._set_state(s, (s.state & ~ST_CONNECTING) | ST_CONNECTED)
+        self._register(s, EPOLL_IN)
+        self._complete(s, pos, 0)
+        if s.app.region.q[s.cw + C_TX_TAIL] != s.tx_head:  # data queued while connecting
+            self._start_drain(s)
+
+    def _op_accept(self, s: Sock, cmd) -> None:
+        if not s.state & ST_LISTENING:
+            self._complete(s, cmd.pos, -errno.EINVAL)
+            return
+        new = s.app.socks[cmd.a]
+        if new.k is not None or new.dead or (new.state and not new.state & ST_CLOSED):
+            raise BadEntry(errno.EBADF, f"ACCEPT into socket {cmd.a}, which is in use")
+        self._fill_backlog(s)
+        if not s.backlog:
+            self._complete(s, cmd.pos, -errno.EAGAIN)
+            return
+        k, addr = s.backlog.popleft()
+        self._adopt(new, k, ST_OPEN | ST_CONNECTED)
+        self._store_addr(new, addr)
+        self._register(new, EPOLL_IN)
+        if not s.backlog:
+            self._set_state(s, s.state & ~ST_ACCEPTABLE)
+            self._register(s, select.EPOLLIN)
+        self._complete(s, cmd.pos, cmd.a)
+
+    def _fill_backlog(self, s: Sock) -> None:
+        while len(s.backlog) < s.backlog_max:
+            try:
+                s.backlog.append(s.k.accept())
+            except BlockingIOError:
+                break
+            except OSError as e:
+                log.info("accept on app %d socket %d: %s", s.app.id, s.idx, e)
+                break
+        if s.backlog:
+            if not s.state & ST_ACCEPTABLE:
+                self._set_state(s, s.state | ST_ACCEPTABLE)
+                self._post(s, EV_ACCEPT)
+            if len(s.backlog) >= s.backlog_max:
+                self._register(s, 0)  # stop the level-triggered wake-ups until the app accepts
+
+    def _op_shutdown(self, s: Sock, cmd) -> None:
+        if cmd.a in (socket.SHUT_WR, socket.SHUT_RDWR) and s.app.region.q[s.cw + C_TX_TAIL] != s.tx_head:
+            s.shut_pending = cmd.pos  # after the tx ring drained
+            s.shut_how = cmd.a
+            self._start_drain(s)
+            return
+        self._do_shutdown(s, cmd.a, cmd.pos)
+
+    def _do_shutdown(self, s: Sock, how: int, pos: int) -> None:
+        try:
+            s.k.shutdown(how)
+            val = 0
+        except OSError as e:
+            val = -(e.errno or errno.EIO)
+        if how != socket.SHUT_RD:
+            self._set_state(s, s.state | ST_TX_SHUT)
+        self._complete(s, pos, val)
+
+    def _op_close(self, s: Sock, pos: int) -> None:
+        """Graceful close: queued tx bytes still go out (bounded by CLOSE_LINGER_S), then the slot is free."""
+        if s.k is not None and s.state & ST_CONNECTED and not s.state & ST_ERROR:
+            try:
+                used = check_ring(s.tx_head, s.app.region.q[s.cw + C_TX_TAIL], s.app.geometry.tx_size, "tx")
+            except BadEntry:
+                used = 0
+            if used:
+                s.close_pos = pos
+                s.close_deadline = time.monotonic() + CLOSE_LINGER_S
+                self.closing.add(s)
+                self._start_drain(s)
+                return
+        self._finish_close(s, pos)
+
+    def _finish_close(self, s: Sock, pos: int) -> None:
+        self._close_kernel(s)
+        q = s.app.region.q
+        q[s.cw + C_RES_VAL] = 0
+        q[s.cw + C_RES_SEQ] = pos + 1
+        dead = s.dead
+        s.reset()
+        s.dead = dead
+        self._set_state(s, ST_CLOSED)
+        self._post(s, EV_DONE)
+
+    # ------------------------------------------------------------------ data path
+
+    def _op_send(self, s: Sock, tail_at_post: int) -> None:
+        q = s.app.region.q
+        tail = q[s.cw + C_TX_TAIL]
+        check_ring(s.tx_head, tail, s.app.geometry.tx_size, "tx")
+        if not s.tx_head - s.app.geometry.tx_size <= tail_at_post <= tail:
+            raise BadEntry(errno.EFAULT, f"SEND names tx index {tail_at_post}, ring is at {s.tx_head}..{tail}")
+        if s.state & ST_TX_SHUT:
+            raise BadEntry(errno.EPIPE, "SEND after shutdown")
+        self._start_drain(s)
+
+    def _start_drain(self, s: Sock) -> None:
+        s.draining = True
+        s.idle = 0
+        s.app.region.q[s.cw + C_DRAINING] = 1
+        if s.state & ST_CONNECTED and not s.emask & select.EPOLLOUT:
+            self.tx_active.add(s)
+
+    def _drain(self, s: Sock) -> bool:
+        """Send what the tx ring holds in one kernel call; False when there was nothing to do."""
+        app = s.app
+        q = app.region.q
+        size = app.geometry.tx_size
+        lock = self.lock
+        if lock:
+            lock.acquire()
+        tail = q[s.cw + C_TX_TAIL]
+        if lock:
+            lock.release()
+        try:
+            used = check_ring(s.tx_head, tail, size, "tx")
+        except BadEntry as e:
+            self._fail(s, e.err, e.reason)
+            return True
+        if used == 0:
+            return self._tx_idle(s)
+        views = ring_views(app.region.buf, s.tx_off, size, s.tx_head, used)
+        try:
+            n = s.k.send(views[0]) if len(views) == 1 else s.k.sendmsg(views)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            for v in views:
+                v.release()
+            self._fail(s, e.errno or errno.EIO, f"send: {e}")
+            return True
+        for v in views:
+            v.release()
+        self.stats["sends"] += 1
+        self.stats["send_bytes"] += n
+        s.tx_head += n
+        if lock:
+            lock.acquire()
+        q[s.cw + C_TX_HEAD] = s.tx_head
+        if lock:
+            lock.release()
+        s.idle = 0
+        if n and q[s.cw + C_TX_WANT]:
+            q[s.cw + C_TX_WANT] = 0
+            self._post(s, EV_TX)
+        if n < used:  # kernel buffer full: wait for EPOLLOUT instead of spinning
+            self.tx_active.discard(s)
+            self._register(s, s.emask | select.EPOLLOUT)
+        return True
+
+    def _tx_idle(self, s: Sock) -> bool:
+        if s.shut_pending >= 0:
+            pos, s.shut_pending = s.shut_pending, -1
+            self._do_shutdown(s, s.shut_how, pos)
+        if s.close_pos >= 0:
+            self._finish_close(s, s.close_pos)
+            return True
+        s.idle += 1
+        if s.idle < TX_GRACE_LOOPS:
+            return False
+        # Release the draining flag, then look again (Dekker with the front-end's store tail; xchg flag).
+        q = s.app.region.q
+        q[s.cw + C_DRAINING] = 0
+        native.fence()
+        if q[s.cw + C_TX_TAIL] != s.tx_head and native.cas64(s.app.region.base + (s.cw + C_DRAINING) * 8, 0, 1):
+            s.idle = 0
+            return True
+        s.draining = False
+        self.tx_active.discard(s)
+        return False
+
+    def _rx(self, s: Sock) -> bool:
+        """Fill the rx ring from the kernel: as much as fits, in one call (aggregation)."""
+        app = s.app
+        q = app.region.q
+        size = app.geometry.rx_size
+        try:
+            used = check_ring(q[s.cw + C_RX_HEAD], s.rx_tail, size, "rx")
+        except BadEntry as e:
+            self._fail(s, e.err, e.reason)
+            return True
+        free = size - used
+        if free == 0:
+            if not s.rx_stalled:
+                s.rx_stalled = True
+                self.rx_stalled.add(s)
+                self._register(s, s.emask & ~select.EPOLLIN & ~select.EPOLLRDHUP)
+            return False
+        views = ring_views(app.region.buf, s.rx_off, size, s.rx_tail, free)
+        try:
+            n = s.k.recv_into(views[0]) if len(views) == 1 else s.k.recvmsg_into(views)[0]
+        except BlockingIOError:
+            n = -1
+        except OSError as e:
+            for v in views:
+                v.release()
+            self._fail(s, e.errno or errno.EIO, f"recv: {e}")
+            return True
+        for v in views:
+            v.release()
+        if n < 0:
+            return False
+        self.stats["recvs"] += 1
+        if n == 0:
+            self._set_state(s, s.state | ST_EOF)
+            self._register(s, s.emask & ~select.EPOLLIN & ~select.EPOLLRDHUP)
+            self._post(s, EV_EOF)
+            return True
+        self.stats["recv_bytes"] += n
+        was_empty = used == 0
+        s.rx_tail += n
+        q[s.cw + C_RX_TAIL] = s.rx_tail
+        if was_empty:
+            self._post(s, EV_RX)
+        if s.rx_stalled and n:
+            s.rx_stalled = False
+            self.rx_stalled.discard(s)
+        return True
+
+    def _unstall(self, s: Sock) -> bool:
+        q = s.app.region.q
+        if s.k is None:
+            self.rx_stalled.discard(s)
+            return False
+        if s.rx_tail - q[s.cw + C_RX_HEAD] < s.app.geometry.rx_size:
+            s.rx_stalled = False
+            self.rx_stalled.discard(s)
+            self._register(s, s.emask | EPOLL_IN)
+            return True
+        return False
+
+    def _kernel_event(self, s: Sock, ev: int) -> bool:
+        if s.k is None:
+            return False
+        if s.state & ST_LISTENING:
+            self._fill_backlog(s)
+            return True
+        if s.state & ST_CONNECTING:
+            err = s.k.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err == 0 and ev & select.EPOLLOUT:
+                pos, s.connect_pos = s.connect_pos, -1
+                self._connected(s, pos)
+            elif err:
+                pos, s.connect_pos = s.connect_pos, -1
+                self._set_state(s, s.state & ~ST_CONNECTING)
+                self._register(s, 0)
+                self._complete(s, pos, -err)
+            return True
+        did = False
+        if ev & select.EPOLLOUT:
+            self._register(s, s.emask & ~select.EPOLLOUT)
+            if s.draining:
+                self.tx_active.add(s)
+            did = True
+        if ev & (select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP):
+            did |= self._rx(s)
+        return did
+
+    # ------------------------------------------------------------------ loop
+
+    def _doorbells(self) -> None:
+        dirty = [a for a in self.apps.values() if a.dirty]
+        if not dirty:
+            return
+        native.fence()  # our state stores before the sleepers load (Dekker with the front-end)
+        for app in dirty:
+            app.dirty = False
+            q = app.region.q
+            if q[H_SLEEPERS]:
+                try:
+                    os.eventfd_write(app.doorbell, 1)
+                except OSError:
+                    pass
+                q[H_RUNG] += 1
+                self.stats["rung"] += 1
+            else:
+                q[H_SAVED] += 1
+                self.stats["saved"] += 1
+
+    def poll_once(self, timeout: float = 0) -> bool:
+        did = False
+        for fd, ev in self.epoll.poll(timeout):
+            s = self.by_fd.get(fd)
+            if s is not None:
+                did |= self._kernel_event(s, ev)
+            elif fd == self.kick:
+                try:
+                    os.eventfd_read(self.kick)
+                except BlockingIOError:
+                    pass
+            elif fd == self.listener.fileno():
+                self._accept_app()
+                did = True
+            elif fd in self.apps:
+                app = self.apps[fd]
+                try:
+                    data = app.conn.recv(MAX_MESSAGE)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self._detach(app, "connection closed")
+                did = True
+        for app in list(self.apps.values()):
+            did |= self._commands(app)
+        for s in list(self.tx_active):
+            did |= self._drain(s)
+        for s in list(self.rx_stalled):
+            did |= self._unstall(s)
+        if self.closing:
+            now = time.monotonic()
+            for s in list(self.closing):
+                if now > s.close_deadline:
+                    log.info("app %d socket %d: close linger expired with data unsent", s.app.id, s.idx)
+                    self._finish_close(s, s.close_pos)
+        self._doorbells()
+        self.stats["loops"] += 1
+        return did
+
+    def _sleep(self) -> None:
+        """Announce sleep to every app, look once more, then block in epoll until a kick or an event."""
+        for app in self.apps.values():
+            app.region.q[H_DISP_SLEEPING] = 1
+        native.fence()
+        pending = any(app.region.q[H_PENDING + w] for app in self.apps.values() for w in range(app.pending_words))
+        if pending or self.tx_active:
+            timeout = 0.0
+        elif self.rx_stalled or self.closing:
+            timeout = 0.001  # rx credits and close linger are polled, not signalled
+        else:
+            timeout = self.sleep_ms / 1e3
+        self.stats["sleeps"] += 1
+        self.poll_once(timeout)
+        for app in self.apps.values():
+            app.region.q[H_DISP_SLEEPING] = 0
+
+    def run(self) -> None:
+        idle_since = time.monotonic()
+        busy = self.busy_poll_s
+        while self.running:
+            if self.poll_once():
+                idle_since = time.monotonic()
+            elif busy is not None and time.monotonic() - idle_since > busy:
+                self._sleep()
+                idle_since = time.monotonic()
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def online_cpus() -> set[int]:
+    try:
+        text = open("/sys/devices/system/cpu/online").read().strip()
+        return placement.parse_cpu_list(text)
+    except OSError:
+        return set(range(os.cpu_count() or 1))
+
+
+def isolated_cpus() -> set[int]:
+    try:
+        return placement.parse_cpu_list(open("/sys/devices/system/cpu/isolated").read().strip())
+    except OSError:
+        return set()
+
+
+def choose_cpu(cpu: int | None, allow_shared: bool, online: set[int], isolated: set[int]) -> int:
+    """The CPU to pin to; SystemExit with a clear message when it does not exist or is not dedicated."""
+    if cpu is None:
+        cpu = max(isolated) if isolated else max(online)
+    if cpu not in online:
+        raise SystemExit(f"isostackd: CPU {cpu} does not exist (online CPUs: {placement.format_cpu_list(online)})")
+    if cpu not in isolated and not allow_shared:
+        raise SystemExit(
+            f"isostackd: CPU {cpu} is shared with other tasks (isolated CPUs: "
+            f"{placement.format_cpu_list(isolated) or 'none'}); boot with isolcpus= or pass --allow-shared"
+        )
+    if len(online) == 1 and not allow_shared:
+        raise SystemExit("isostackd: only one CPU: the dispatcher cannot have a dedicated one (--allow-shared)")
+    return cpu
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="isostackd", description="IsoStack dispatcher on a dedicated CPU")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"attach socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: highest isolated, else highest)")
+    p.add_argument("--allow-shared", action="store_true", help="run on a CPU that is not isolated")
+    p.add_argument("--busy-poll-us", type=int, default=1000,
+                   help="busy-poll this long after the last work before sleeping in epoll; -1 never sleeps")
+    p.add_argument("--sleep-ms", type=int, default=100, help="longest epoll sleep when idle")
+    p.add_argument("--uncontended-locks", action="store_true",
+                   help="take a lock around every queue operation and socket-state access (lock ablation)")
+    p.add_argument("--no-placement", action="store_true", help="do not move NIC IRQs/RPS/XPS to our CPU")
+    p.add_argument("--interfaces", default="", help="comma-separated NICs to place (default: all virtio-net)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s isostackd %(levelname)s %(message)s")
+    cpu = choose_cpu(args.cpu, args.allow_shared, online_cpus(), isolated_cpus())
+    os.sched_setaffinity(0, {cpu})
+    log.info("pinned to CPU %d", cpu)
+    if not args.no_placement:
+        ifaces = [i for i in args.interfaces.split(",") if i] or None
+        for line in placement.place(cpu, ifaces):
+            log.info("placement: %s", line)
+    d = Dispatcher(args.socket, cpu, args.busy_poll_us, args.uncontended_locks, args.sleep_ms)
+
+    def stop(signum, _frame):
+        d.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("listening on %s (busy poll %d us, locks %s)", args.socket, args.busy_poll_us,
+             "on" if args.uncontended_locks else "off")
+    try:
+        d.run()
+    finally:
+        log.info("stats: %s", d.stats)
+        d.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
