@@ -71,7 +71,7 @@ class Toeplitz:
 
     def hash(self, data: bytes) -> int:
         h = 0
-        for t, b in zip(self.tables, data):  # zip stops at the shorter: callers never pass over max_input
+        for t, b in zip(self.tables, data, strict=False):  # inputs are at most max_input bytes
             h ^= t[b]
         return h
 
