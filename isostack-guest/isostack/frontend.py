@@ -198,17 +198,26 @@ class Stack:
         self.close()
 
     # ---------------------------------------------------------------- internals
-    def _alloc(self) -> int:
-        with self._alloc_lock:
-            if self._free:
-                return self._free.pop()
-            for idx, pos in list(self._closing.items()):
-                if self.q[self.geometry.control_off(idx) // 8 + C_RES_SEQ] > pos and (
-                    self.q[self.geometry.control_off(idx) // 8 + C_STATE] & ST_CLOSED
-                ):
+    def _alloc(self, timeout: float = 2.0) -> int:
+        """A free slot; a slot whose CLOSE is still in flight becomes free once the dispatcher finished it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._alloc_lock:
+                if self._free:
+                    return self._free.pop()
+                for idx in [i for i in self._closing if self._closed_done(i)]:
                     del self._closing[idx]
                     return idx
+                if not self._closing:
+                    break
+            if not self.wait(lambda: any(self._closed_done(i) for i in list(self._closing)), deadline):
+                break
         raise _err(errno.EMFILE, f"all {self.geometry.max_sockets} IsoStack sockets in use")
+
+    def _closed_done(self, idx: int) -> bool:
+        pos = self._closing.get(idx)
+        cw = self.geometry.control_off(idx) // 8
+        return pos is not None and self.q[cw + C_RES_SEQ] > pos and bool(self.q[cw + C_STATE] & ST_CLOSED)
 
     def _release(self, idx: int, close_pos: int | None = None) -> None:
         with self._alloc_lock:
@@ -571,7 +580,8 @@ class IsoSocket:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<IsoSocket slot={self._idx} state={self._state():#x} closed={self._closed}>"
+        state = "detached" if self._stack.closed else f"{self._state():#x}"
+        return f"<IsoSocket slot={self._idx} state={state} closed={self._closed}>"
 
 
 # ---------------------------------------------------------------- per-process default Stack

@@ -1,0 +1,262 @@
+"""Front-end semantics through a real isostackd subprocess against kernel TCP peers on 127.0.0.1."""
+
+import errno
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from isostack.frontend import Stack
+from isostack.layout import Geometry
+
+GUEST = str(Path(__file__).resolve().parent.parent / "isostack-guest")
+
+
+def start_isostackd(path, *extra):
+    env = dict(os.environ, PYTHONPATH=GUEST)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "isostack.dispatcher", "--socket", str(path), "--allow-shared", "--no-placement",
+         "--busy-poll-us", "200", "--sleep-ms", "20", *extra],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path):
+        assert p.poll() is None, p.stderr.read()
+        assert time.monotonic() < deadline, "isostackd did not start"
+        time.sleep(0.02)
+    return p
+
+
+@pytest.fixture(scope="module")
+def isostackd(tmp_path_factory):
+    path = tmp_path_factory.mktemp("iso") / "isostackd.sock"
+    p = start_isostackd(path)
+    yield str(path)
+    p.terminate()
+    p.wait(5)
+
+
+@pytest.fixture
+def stack(isostackd):
+    s = Stack(isostackd, Geometry(max_sockets=16, tx_size=1 << 16, rx_size=1 << 16))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    yield srv
+    srv.close()
+
+
+def accept_in_thread(srv):
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("c", srv.accept()[0]), daemon=True)
+    t.start()
+    return t, box
+
+
+def test_connect_send_recv_eof(stack, listener):
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    peer = box["c"]
+    assert s.getpeername() == listener.getsockname()
+    assert s.getsockname() == peer.getpeername()
+    data = os.urandom(300_000)  # > tx ring: exercises credits and the wrap
+    sender = threading.Thread(target=s.sendall, args=(data,))
+    sender.start()
+    got = bytearray()
+    while len(got) < len(data):
+        got += peer.recv(65536)
+    sender.join(5)
+    assert bytes(got) == data
+    peer.sendall(b"hello")
+    assert s.recv(100) == b"hello"
+    peer.shutdown(socket.SHUT_WR)
+    assert s.recv(100) == b""
+    assert s.recv(100) == b""  # EOF stays
+    s.shutdown(socket.SHUT_WR)
+    assert peer.recv(10) == b""
+    s.close()
+    peer.close()
+
+
+def test_many_small_sends_are_aggregated_in_order(stack, listener):
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    peer = box["c"]
+    for i in range(5000):
+        s.sendall(struct.pack("<Q", i) + bytes(56))
+    s.close()  # graceful: queued bytes still go out
+    got = bytearray()
+    while True:
+        b = peer.recv(1 << 20)
+        if not b:
+            break
+        got += b
+    assert len(got) == 5000 * 64
+    assert [struct.unpack_from("<Q", got, i * 64)[0] for i in range(5000)] == list(range(5000))
+    peer.close()
+
+
+def test_recv_timeout_and_nonblocking(stack, listener):
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    s.settimeout(0.2)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        s.recv(10)
+    assert 0.15 < time.monotonic() - t0 < 2
+    s.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        s.recv(10)
+    box["c"].sendall(b"x")
+    s.settimeout(5)
+    assert s.recv(10) == b"x"
+    s.close()
+    box["c"].close()
+
+
+def test_partial_send_when_peer_does_not_read(stack, listener):
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    s.setblocking(False)
+    total = 0
+    partial = False
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            n = s.send(bytes(50_000))
+        except BlockingIOError:
+            break
+        partial |= n < 50_000
+        total += n
+        time.sleep(0.001)
+    else:
+        pytest.fail("send never ran out of credits")
+    assert partial  # the last send that fitted took only what the ring had room for
+    assert total >= 1 << 16
+    s.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        s.sendall(bytes(1 << 20))
+    s.close()
+    box["c"].close()
+
+
+def test_reset_by_peer(stack, listener):
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    peer = box["c"]
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # RST
+    with pytest.raises(ConnectionResetError):
+        s.recv(10)
+    with pytest.raises(ConnectionResetError):
+        s.send(b"x")
+    s.close()
+
+
+def test_connection_refused(stack):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with pytest.raises(ConnectionRefusedError):
+        stack.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_listen_accept_from_kernel_client(stack):
+    srv = stack.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    addr = srv.getsockname()
+    assert addr[0] == "127.0.0.1" and addr[1] > 0
+    srv.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        srv.accept()
+    clients = [socket.create_connection(addr) for _ in range(3)]
+    srv.settimeout(5)
+    conns = [srv.accept() for _ in range(3)]
+    assert sorted(c.getsockname() for c in clients) == sorted(a for _, a in conns)
+    by_port = {a[1]: c for c, a in conns}
+    for k in clients:
+        k.sendall(b"ping%d" % k.getsockname()[1])
+        c = by_port[k.getsockname()[1]]
+        assert c.recv(100) == b"ping%d" % k.getsockname()[1]
+        c.sendall(b"pong")
+        assert k.recv(10) == b"pong"
+    srv.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        srv.accept()
+    for c, _ in conns:
+        c.close()
+    for k in clients:
+        k.close()
+    srv.close()
+
+
+def test_errors_on_misuse(stack, listener):
+    s = stack.socket()
+    with pytest.raises(OSError) as e:
+        s.send(b"x")
+    assert e.value.errno == errno.ENOTCONN
+    with pytest.raises(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 1)  # not allowed: fails the socket
+    s.close()
+    with pytest.raises(OSError) as e:
+        s.recv(1)
+    assert e.value.errno == errno.EBADF
+    s2 = stack.socket()
+    s2.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s2.bind(("127.0.0.1", 0))
+    with pytest.raises(OSError) as e:
+        s2.bind(("127.0.0.1", 0))
+    assert e.value.errno == errno.EINVAL
+    s2.close()
+
+
+def test_slots_are_reused_after_close(isostackd, listener):
+    with Stack(isostackd, Geometry(max_sockets=2, tx_size=4096, rx_size=4096)) as st:
+        for _ in range(6):
+            a, b = st.socket(), st.socket()
+            a.close()
+            b.close()
+        time.sleep(0.05)
+        c = st.socket()
+        c.close()
+
+
+def test_doorbell_rung_only_for_sleepers(stack, listener):
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    before = stack.stats()
+
+    def later():
+        time.sleep(0.3)
+        box["c"].sendall(b"wake")
+
+    threading.Thread(target=later, daemon=True).start()
+    assert s.recv(10) == b"wake"  # slept on the doorbell: it must have been rung
+    after = stack.stats()
+    assert after["doorbells_rung"] > before["doorbells_rung"]
+    assert after["doorbells_saved"] > 0
+    fd = s.fileno()
+    assert fd >= 0
+    s.close()
+    box["c"].close()
