@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from testbed.harness import remote, results
+
+from testbed import state
+from testbed.harness import dmstats, remote, results
 from testbed.harness.isoperf_cmd import GuestLayout
 from testbed.harness.playbook import parse_playbook
 from testbed.harness.runner import PACKAGE_DIR, HarnessError, Runner, execute
-
-from testbed import state
 
 FIXTURES = Path(__file__).parent / "fixtures" / "harness"
 
@@ -148,7 +148,20 @@ def test_runner_records_missing_device_model_counters(tmp_path):
     case = runner.run_case(playbook.cases()[0])
     assert case["status"] == "ok", case["error"]
     assert case["device_model"]["crossed"] is None
-    assert case["device_model"]["error"] == "counters unavailable"
+    assert case["device_model"]["error"] == "counters unavailable: no device-model counters reader"
+
+
+def test_runner_records_why_the_counters_are_unavailable(tmp_path):
+    def broken() -> dict:
+        raise dmstats.StatsError("vhea stats exited 1: ImportError")
+
+    runner = _runner(tmp_path, broken)
+    playbook = parse_playbook(_playbook(_free_port()).replace("[256, 1448]", "512"), "local.yaml")
+    case = runner.run_case(playbook.cases()[0])
+    assert case["status"] == "ok", case["error"]
+    assert case["device_model"]["crossed"] is None
+    assert case["device_model"]["error"] == "counters unavailable: vhea stats exited 1: ImportError"
+    assert "device-model counters unavailable" in (tmp_path / "console.txt").read_text()
 
 
 def test_unknown_guest_in_playbook_is_a_harness_error(tmp_path):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from testbed.harness import results
-from testbed.harness.runner import run_benchmark
 
 from testbed import state
+from testbed.harness import results
+from testbed.harness.runner import run_benchmark
 
 pytestmark = pytest.mark.vm
 
@@ -24,6 +24,7 @@ tests:
     duration: 3
     warmup: 1
     verify: true
+    port: 5799  # not the default, so a benchmark someone else runs on the same testbed does not collide
 """
 
 

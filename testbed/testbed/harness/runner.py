@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import isostack
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+import isostack
 from testbed import state
 from testbed.harness import dmstats, isoperf_cmd, metadata, remote, report, results
 from testbed.harness.isoperf_cmd import GuestLayout, IsoperfOutputError
@@ -53,6 +53,7 @@ class Runner:
         self.console = console
         self.package_dir = package_dir
         self._stats_warned = False
+        self._stats_error = "no device-model counters reader"
 
     def pair(self, case: Case) -> tuple[state.GuestInfo, state.GuestInfo]:
         """(client, server) guests of a case: named in the playbook or the topology's first two."""
@@ -135,6 +136,8 @@ class Runner:
         result = isoperf_cmd.parse_client_output(r.exit_code, r.stdout, r.stderr)
         record["isoperf"] = result
         record["device_model"] = self._device_model(before, after, client.port, server.port, result)
+        if record["device_model"]["error"] == "counters unavailable":
+            record["device_model"]["error"] = f"counters unavailable: {self._stats_error}"
         if result["errors"]:
             record["error"] = "; ".join(result["errors"][:3])
         else:
@@ -158,6 +161,7 @@ class Runner:
         try:
             return self.stats_reader()
         except dmstats.StatsError as e:
+            self._stats_error = str(e)
             if not self._stats_warned:
                 self.console.log(f"[yellow]device-model counters unavailable: {e}[/yellow]")
                 self._stats_warned = True
