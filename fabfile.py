@@ -30,6 +30,7 @@ def _path(value: str) -> Path:
 def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_dir="results"):
     """Run a playbook between the testbed guests and store results/<UTC time>/run.json + samples.csv."""
     from rich.console import Console
+
     from testbed.harness import report, results
     from testbed.harness.runner import HarnessError
     from testbed.harness.runner import run_benchmark as _run
@@ -53,6 +54,7 @@ def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_di
 def show_result(c, path=None, results_dir="results"):
     """Print the table of a stored run."""
     from rich.console import Console
+
     from testbed.harness import report, results
 
     try:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from testbed.harness import dmstats
 from testbed.harness.dmstats import PortDelta, StatsError
 

@@ -7,6 +7,7 @@ import shlex
 import threading
 
 import pytest
+
 from isostack import isoperf
 from testbed.harness import isoperf_cmd
 from testbed.harness.isoperf_cmd import GuestLayout, IsoperfOutputError

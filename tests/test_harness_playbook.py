@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from testbed.harness.playbook import PlaybookError, load_playbook, parse_playbook
 
 REPO = Path(__file__).resolve().parents[1]

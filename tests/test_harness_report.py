@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from rich.console import Console
+
 from testbed.harness import report, results
 
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "harness" / "runs" / "20261126T100000Z"

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from testbed.harness import results
 from testbed.harness.results import ResultsError
 

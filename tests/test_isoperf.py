@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from isostack import isoperf
 from isostack.isoperf import IsoperfError, RunParams
 
