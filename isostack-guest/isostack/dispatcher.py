@@ -190,6 +190,7 @@ class Dispatcher:
         self.busy_poll_s = busy_poll_us / 1e6 if busy_poll_us >= 0 else None
         self.sleep_ms = sleep_ms
         self.lock = threading.Lock() if uncontended_locks else None
+        self.membarrier = native.membarrier_supported()
         self.apps: dict[int, App] = {}  # by attach-connection fd
         self.by_fd: dict[int, Sock] = {}  # kernel socket fd -> Sock
         self.tx_active: set[Sock] = set()
@@ -270,7 +271,8 @@ class Dispatcher:
             return
         self.next_app += 1
         socket.send_fds(conn, [encode_reply(type="attached", app=app.id, cpu=self.cpu, pid=os.getpid(),
-                                            locks=self.lock is not None)], [self.kick])
+                                            locks=self.lock is not None, membarrier=self.membarrier)],
+                         [self.kick])
         conn.setblocking(False)
         self.apps[conn.fileno()] = app
         self.epoll.register(conn.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
@@ -683,10 +685,14 @@ class Dispatcher:
         s.idle += 1
         if s.idle < TX_GRACE_LOOPS:
             return False
-        # Release the draining flag, then look again (Dekker with the front-end's store tail; xchg flag).
+        # Release the draining flag, then look again (Dekker with the front-end's "store tail; load flag").
+        # With membarrier the front-end loads the flag with a plain load, so our side must fence *its* CPU.
         q = s.app.region.q
         q[s.cw + C_DRAINING] = 0
-        native.fence()
+        if self.membarrier:
+            native.membarrier()
+        else:
+            native.fence()
         if q[s.cw + C_TX_TAIL] != s.tx_head and native.cas64(s.app.region.base + (s.cw + C_DRAINING) * 8, 0, 1):
             s.idle = 0
             return True

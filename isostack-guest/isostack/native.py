@@ -82,6 +82,34 @@ fence = LIB.iso_fence
 mpsc_push = LIB.iso_mpsc_push
 
 
+# membarrier(2): the asymmetric fence.  The dispatcher pays one syscall where a Dekker handshake needs a
+# fence on its side; the front-ends (registered processes) then need none on their hot path.
+SYS_MEMBARRIER = 324  # x86-64
+MEMBARRIER_CMD_QUERY = 0
+MEMBARRIER_CMD_GLOBAL_EXPEDITED = 1 << 1
+MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED = 1 << 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_uint, ctypes.c_int]
+
+
+def membarrier_supported() -> bool:
+    mask = _syscall(SYS_MEMBARRIER, MEMBARRIER_CMD_QUERY, 0, 0)
+    return mask > 0 and bool(mask & MEMBARRIER_CMD_GLOBAL_EXPEDITED)
+
+
+def membarrier_register() -> bool:
+    """Front-end: let the dispatcher's membarrier() act as a full fence on our threads."""
+    return _syscall(SYS_MEMBARRIER, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0
+
+
+def membarrier() -> None:
+    """Dispatcher: a full memory barrier on every running thread of every registered process."""
+    if _syscall(SYS_MEMBARRIER, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) != 0:
+        fence()
+
+
 def main() -> int:
     path = build()
     print(path)

@@ -19,6 +19,15 @@ Memory-ordering argument (x86-64 only, which is what the guests and the host are
   dispatcher about to stop draining a tx ring) are Dekker patterns: each side stores its flag and then
   loads the other side's state.  That store->load order is the one x86 breaks, so each of them goes through
   a locked RMW or `native.fence()` (mfence) between the store and the load.
+* The one handshake on the per-send hot path is asymmetric: the front-end stores the tx tail and then
+  loads the "dispatcher is draining" flag with a plain load; only when the flag looks clear does it xchg
+  it (locked) and post SEND.  The dispatcher, when it stops draining, stores flag = 0, calls
+  membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) (front-ends registered for it at attach), and then reloads
+  the tail.  membarrier guarantees that every running thread of a registered process executed a full
+  barrier between the syscall's entry and return.  So either the front-end's flag load came after its
+  barrier point and sees 0 (then it takes the xchg path and posts), or its tail store came before that
+  point and the dispatcher's reload sees it (then it re-takes the flag with a CAS and keeps draining).
+  Without membarrier (the dispatcher says so at attach) the front-end always does the xchg.
 
 Measured on the host (python -m isostack.bench --queues): see bench.py; the figures are in the report.
 """
