@@ -11,6 +11,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_isostack_frontend import GUEST, start_isostackd
 
 from isostack.dispatcher import choose_cpu
@@ -304,3 +306,24 @@ def test_cli_refuses_second_instance_on_same_socket(daemon):
                         "--no-placement"], env=dict(os.environ, PYTHONPATH=GUEST), capture_output=True, text=True,
                        timeout=30)
     assert r.returncode != 0 and "another isostackd" in r.stderr
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(st.binary(min_size=48, max_size=48), min_size=1, max_size=6))
+def test_fuzzed_entries_never_hurt_the_dispatcher_or_another_app(daemon, echo, entries):
+    """Arbitrary 48-byte bodies posted to an open socket: the dispatcher survives, the other app's socket and
+    the attacker's next fresh socket keep working."""
+    proc, path = daemon
+    with Stack(path, GEO) as victim_app, Stack(path, GEO) as hostile_app:
+        victim = victim_app.create_connection(echo.addr, timeout=5)
+        target = hostile_app.socket()
+        for body in entries:
+            if int.from_bytes(body[:2], "little") in (Op.CONNECT, Op.BIND):  # loopback only, whatever the fuzz
+                body = body[:32] + socket.inet_aton("127.0.0.1").ljust(16, b"\0")
+            if target._cmdq.push_body(body) < 0:
+                break
+            hostile_app._pending(target._idx)
+        roundtrip(victim)
+        fresh = hostile_app.create_connection(echo.addr, timeout=5)
+        roundtrip(fresh)
+        assert proc.poll() is None
