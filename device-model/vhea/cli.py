@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 
+from . import control
 from .server import Server
 
 PORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -141,6 +142,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--socket-dir", required=True)
     st.add_argument("--json", action="store_true", help="print the raw JSON")
     st.set_defaults(func=cmd_stats)
+    control.add_cli_commands(sub)
     return ap
 
 

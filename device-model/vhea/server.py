@@ -15,6 +15,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from . import control
+from .classifier import PortClassifier, select_rx_ring
 from .connection import Connection, Disconnected
 from .handler import BackendHandler
 from .protocol import ProtocolError, request_name
@@ -44,9 +46,11 @@ class Port:
     drops: dict[str, int] = field(default_factory=dict)
     queue_counters: list[QueueCounters] = field(default_factory=list)
     kick_fds: dict[int, Vring] = field(default_factory=dict)
+    classifier: PortClassifier = field(init=False)
 
     def __post_init__(self) -> None:
         self.queue_counters = [QueueCounters() for _ in range(2 * self.queue_pairs)]
+        self.classifier = PortClassifier(self.queue_pairs)  # the host's settings: they outlive connections
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
@@ -59,6 +63,7 @@ class Port:
             "to_guest_frames": self.to_guest_frames,
             "to_guest_bytes": self.to_guest_bytes,
             "drops": dict(sorted(self.drops.items())),
+            "classifier": self.classifier.stats(),
             "queues": [
                 {"index": i, "frames": c.frames, "bytes": c.bytes, "kicks": c.kicks, "calls": c.calls}
                 for i, c in enumerate(self.queue_counters)
@@ -340,7 +345,7 @@ class Server:
             port.drop("not_connected")
             return
         device = port.handler.device
-        ring = device.rx_ring()
+        ring = select_rx_ring(port.classifier, device.rings, frame)
         if ring is None:
             port.drop("rx_queue_not_ready")
             return
@@ -416,6 +421,8 @@ class Server:
             return self.stats()
         if cmd == "ping":
             return {"ok": True, "time": time.time()}
+        if cmd in control.COMMANDS:
+            return control.handle(self, req)
         return {"error": f"unknown cmd {cmd!r}"}
 
     def stats(self) -> dict:

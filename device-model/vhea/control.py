@@ -1,0 +1,214 @@
+"""Control-socket commands for classification (one JSON object per line in, one out).
+
+    {"cmd": "rule-add", "port": "a", "proto": "tcp", "dport": 5001, "queue": 1}            proto + dst port
+    {"cmd": "rule-add", "port": "a", "proto": "udp", "src": "10.10.0.1", "dst": "10.10.0.2",
+     "sport": 4000, "dport": 9000, "queue": 1}                                            5-tuple
+    {"cmd": "rule-list"} / {"cmd": "rule-list", "port": "a"}
+    {"cmd": "rule-del", "port": "a", "id": 3}
+    {"cmd": "rss-show", "port": "a"}      -> queues, key (hex), hash_types, reta, rules, counters
+    {"cmd": "rss-set", "port": "a", "key": "<80 hex digits>", "hash_types": ["ipv4", "tcp4"],
+     "reta": [0, 1, 0, 1], "queues": 2}   (any subset; reta and queues exclude each other)
+
+Answers are {"ok": true, ...} or {"error": "<one line a user can act on>"}; a rejected change changes nothing.
+Runs in the server's loop thread, so no locking against the data path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .classifier import ConfigError
+
+if TYPE_CHECKING:
+    from .server import Server
+
+COMMANDS = ("rule-add", "rule-list", "rule-del", "rss-show", "rss-set")
+
+
+def _port(server: Server, req: dict, required: bool = True):
+    name = req.get("port")
+    if name is None and not required:
+        return None
+    if name not in server.ports:
+        raise ConfigError(f"unknown port {name!r}; ports: {', '.join(server.ports)}")
+    return server.ports[name]
+
+
+def handle(server: Server, req: dict) -> dict:
+    try:
+        return _handle(server, req)
+    except ConfigError as e:
+        return {"error": str(e)}
+
+
+def _handle(server: Server, req: dict) -> dict:
+    cmd = req["cmd"]
+    if cmd == "rule-list":
+        port = _port(server, req, required=False)
+        ports = [port] if port is not None else list(server.ports.values())
+        return {"ok": True, "rules": {p.name: [r.to_json() for r in p.classifier.rules.values()] for p in ports}}
+    port = _port(server, req)
+    cls = port.classifier
+    if cmd == "rule-add":
+        unknown = set(req) - {"cmd", "port", "proto", "src", "dst", "sport", "dport", "queue"}
+        if unknown:
+            raise ConfigError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        for f in ("proto", "dport", "queue"):
+            if f not in req:
+                raise ConfigError(f"rule-add needs {f}")
+        rule = cls.add_rule(req["proto"], req["dport"], req["queue"], req.get("src"), req.get("dst"),
+                            req.get("sport"))
+        return {"ok": True, "port": port.name, "rule": rule.to_json()}
+    if cmd == "rule-del":
+        rule = cls.del_rule(req.get("id"))
+        return {"ok": True, "port": port.name, "deleted": rule.to_json()}
+    if cmd == "rss-show":
+        return {"ok": True, "port": port.name, **cls.settings(), "counters": cls.stats()}
+    if cmd == "rss-set":
+        unknown = set(req) - {"cmd", "port", "key", "hash_types", "reta", "queues"}
+        if unknown:
+            raise ConfigError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        key = req.get("key")
+        if key is not None:
+            try:
+                key = bytes.fromhex(key)
+            except (TypeError, ValueError):
+                raise ConfigError(f"the key must be hex digits, not {key!r}") from None
+        hash_types = req.get("hash_types")
+        if hash_types is not None and not isinstance(hash_types, list):
+            raise ConfigError("hash_types must be a list")
+        cls.set_rss(key=key, hash_types=hash_types, reta=req.get("reta"), queues=req.get("queues"))
+        return {"ok": True, "port": port.name, **cls.settings()}
+    raise ConfigError(f"unknown cmd {cmd!r}")
+
+
+# ---- the `vhea rule` and `vhea rss` command lines (registered by cli.parser) ----------------------------------
+
+
+def _ints(text: str, what: str) -> list[int]:
+    from .cli import UsageError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, not {text!r}") from None
+
+
+def _ask(args, request: dict) -> dict:
+    from .cli import UsageError, query
+
+    reply = query(args.socket_dir, request)
+    if "error" in reply:
+        raise UsageError(reply["error"])
+    return reply
+
+
+def _rule_line(port: str, r: dict) -> str:
+    match = (f"{r['proto']} {r['src']}:{r['sport']} -> {r['dst']}:{r['dport']}" if r["src"] is not None
+             else f"{r['proto']} dport {r['dport']}")
+    return f"{port:<8} {r['id']:>4}  {match:<48} queue {r['queue']:<3} hits {r['hits']}"
+
+
+def cmd_rule(args) -> int:
+    import json
+
+    if args.action == "add":
+        req = {"cmd": "rule-add", "port": args.port, "proto": args.proto, "dport": args.dport, "queue": args.queue}
+        for f in ("src", "dst", "sport"):
+            if getattr(args, f) is not None:
+                req[f] = getattr(args, f)
+        reply = _ask(args, req)
+        print(json.dumps(reply) if args.json else f"rule {reply['rule']['id']} added on port {reply['port']}")
+    elif args.action == "del":
+        reply = _ask(args, {"cmd": "rule-del", "port": args.port, "id": args.id})
+        print(json.dumps(reply) if args.json else f"rule {args.id} deleted from port {reply['port']}")
+    else:
+        req = {"cmd": "rule-list"} if args.port is None else {"cmd": "rule-list", "port": args.port}
+        reply = _ask(args, req)
+        if args.json:
+            print(json.dumps(reply))
+        else:
+            print(f"{'port':<8} {'id':>4}  {'match':<48} target")
+            for port, rules in reply["rules"].items():
+                for r in rules:
+                    print(_rule_line(port, r))
+    return 0
+
+
+def cmd_rss(args) -> int:
+    import json
+
+    from .cli import UsageError
+
+    if args.action == "set":
+        req: dict = {"cmd": "rss-set", "port": args.port}
+        if args.key is not None:
+            req["key"] = args.key
+        if args.hash_types is not None:
+            req["hash_types"] = [t.strip() for t in args.hash_types.split(",") if t.strip()]
+        if args.reta is not None and args.queues is not None:
+            raise UsageError("give --reta or --queues, not both")
+        if args.reta is not None:
+            req["reta"] = _ints(args.reta, "--reta")
+        if args.queues is not None:
+            req["queues"] = args.queues
+        if len(req) == 2:
+            raise UsageError("rss set needs at least one of --key, --hash-types, --reta, --queues")
+        reply = _ask(args, req)
+    else:
+        reply = _ask(args, {"cmd": "rss-show", "port": args.port})
+    if args.json:
+        print(json.dumps(reply))
+        return 0
+    print(f"port        {reply['port']} ({reply['queues']} queue pairs)")
+    print(f"key         {reply['key']}")
+    print(f"hash types  {', '.join(reply['hash_types']) or '(none: every frame to queue 0)'}")
+    reta = reply["reta"]
+    print(f"reta        {len(reta)} entries")
+    for i in range(0, len(reta), 16):
+        print(f"  {i:>4}: " + " ".join(f"{q:>2}" for q in reta[i:i + 16]))
+    print(f"rules       {len(reply['rules'])}")
+    for r in reply["rules"]:
+        print("  " + _rule_line(reply["port"], r))
+    if "counters" in reply:
+        c = reply["counters"]
+        print(f"classified  rule {c['rule']}, rss {c['rss']}, default {c['default']}, "
+              f"not-ready fallback {c['not_ready_fallback']}; per queue {c['classified']}")
+    return 0
+
+
+def add_cli_commands(sub) -> None:
+    """`vhea rule add|list|del` and `vhea rss show|set`."""
+    rule = sub.add_parser("rule", help="exact-match flow rules of a port (proto + dport, or 5-tuple -> queue)")
+    rsub = rule.add_subparsers(dest="action", required=True)
+    add = rsub.add_parser("add", help="add a rule: --proto tcp --dport 5001 --queue 1 [--src --dst --sport]")
+    add.add_argument("--port", required=True)
+    add.add_argument("--proto", required=True, choices=["tcp", "udp"])
+    add.add_argument("--dport", required=True, type=int, help="destination port (the guest's)")
+    add.add_argument("--queue", required=True, type=int, help="queue pair index")
+    add.add_argument("--src", help="5-tuple form: source address (the sender's)")
+    add.add_argument("--dst", help="5-tuple form: destination address (the guest's)")
+    add.add_argument("--sport", type=int, help="5-tuple form: source port")
+    lst = rsub.add_parser("list", help="list rules (all ports or one)")
+    lst.add_argument("--port")
+    dl = rsub.add_parser("del", help="delete a rule by id")
+    dl.add_argument("--port", required=True)
+    dl.add_argument("--id", required=True, type=int)
+    for p in (add, lst, dl):
+        p.add_argument("--socket-dir", required=True)
+        p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+        p.set_defaults(func=cmd_rule)
+    rss = sub.add_parser("rss", help="RSS settings of a port: Toeplitz key, hash types, indirection table")
+    ssub = rss.add_subparsers(dest="action", required=True)
+    show = ssub.add_parser("show", help="key, hash types, RETA, rules and classifier counters of a port")
+    show.add_argument("--port", required=True)
+    st = ssub.add_parser("set", help="change the key, hash types or RETA of a port")
+    st.add_argument("--port", required=True)
+    st.add_argument("--key", help="40 bytes as 80 hex digits")
+    st.add_argument("--hash-types", help="comma-separated subset of ipv4,tcp4,udp4,ipv6,tcp6,udp6 ('' = none)")
+    st.add_argument("--reta", help="comma-separated queue numbers, a power-of-two count (e.g. 0,1,0,1)")
+    st.add_argument("--queues", type=int, help="spread the RETA round-robin over queues 0..N-1")
+    for p in (show, st):
+        p.add_argument("--socket-dir", required=True)
+        p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+        p.set_defaults(func=cmd_rss)

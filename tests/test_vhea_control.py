@@ -1,0 +1,184 @@
+"""Classification through a running back-end: the control socket commands, the `vhea rule`/`vhea rss` CLI,
+and frames from a front-end landing on the rx queue the Toeplitz hash, the RETA or a rule names."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import pytest
+from test_vhea_classifier import ipv4_frame, ipv6_frame
+from vhea_helpers import MAC_A, MAC_B, frontend, receive_n, running_server, wait_for
+
+from vhea.cli import main
+from vhea.protocol import Request, VringState
+from vhea.toeplitz import Toeplitz, tuple_input
+
+A_IP, B_IP = "10.10.0.1", "10.10.0.2"
+
+
+@pytest.fixture
+def sockdir():
+    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")  # short: unix socket paths are limited to 107 bytes
+    yield d
+    for f in os.listdir(d):
+        os.unlink(os.path.join(d, f))
+    os.rmdir(d)
+
+
+def vhea(capsys, sockdir, *args) -> tuple[int, str, str]:
+    argv = list(args)
+    argv[2:2] = ["--socket-dir", sockdir]  # after "rule add" / "rss show"
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def tcp_a_to_b(sport: int, dport: int = 5201) -> bytes:
+    f = ipv4_frame(A_IP, B_IP, sport, dport)
+    return bytes.fromhex(MAC_B.replace(":", "")) + bytes.fromhex(MAC_A.replace(":", "")) + f[12:]
+
+
+def predicted(sport: int, dport: int = 5201, queues: int = 2) -> int:
+    return Toeplitz().hash(tuple_input(A_IP, B_IP, sport, dport)) % queues
+
+
+# ---- control socket ------------------------------------------------------------------------------------------
+
+
+def test_control_requests_and_errors(sockdir):
+    with running_server(sockdir, ["a", "b"], queue_pairs=2) as server:
+        ask = lambda **req: server.control_request(json.dumps(req).encode())  # noqa: E731
+        r = ask(cmd="rule-add", port="a", proto="tcp", dport=5001, queue=1)
+        assert r["ok"] and r["rule"]["id"] == 1 and r["rule"]["queue"] == 1
+        r = ask(cmd="rule-add", port="a", proto="udp", src="10.0.0.1", dst="10.0.0.2", sport=1, dport=2, queue=0)
+        assert r["rule"]["id"] == 2 and r["rule"]["src"] == "10.0.0.1"
+        assert [x["id"] for x in ask(cmd="rule-list")["rules"]["a"]] == [1, 2]
+        assert ask(cmd="rule-list")["rules"]["b"] == []
+        assert ask(cmd="rule-list", port="b")["rules"] == {"b": []}
+        assert ask(cmd="rule-del", port="a", id=1)["deleted"]["dport"] == 5001
+        assert "unknown port 'z'" in ask(cmd="rule-add", port="z", proto="tcp", dport=1, queue=0)["error"]
+        assert "beyond this port's 2 queue pair" in ask(cmd="rule-add", port="a", proto="tcp", dport=1,
+                                                        queue=2)["error"]
+        assert "needs queue" in ask(cmd="rule-add", port="a", proto="tcp", dport=1)["error"]
+        assert "unknown field(s) bogus" in ask(cmd="rule-add", port="a", proto="tcp", dport=1, queue=0,
+                                               bogus=1)["error"]
+        assert "no rule with id 1" in ask(cmd="rule-del", port="a", id=1)["error"]
+        show = ask(cmd="rss-show", port="a")
+        assert show["queues"] == 2 and len(show["reta"]) == 128 and len(show["rules"]) == 1
+        assert show["counters"]["rss"] == 0
+        assert "40 bytes" in ask(cmd="rss-set", port="a", key="00" * 39)["error"]
+        assert "hex digits" in ask(cmd="rss-set", port="a", key="zz")["error"]
+        assert "power of two" in ask(cmd="rss-set", port="a", reta=[0, 1, 1])["error"]
+        assert "beyond" in ask(cmd="rss-set", port="a", reta=[0, 5])["error"]
+        assert "hash_types must be a list" in ask(cmd="rss-set", port="a", hash_types="ipv4")["error"]
+        r = ask(cmd="rss-set", port="a", key="11" * 40, hash_types=["tcp4"], reta=[1, 0])
+        assert r["ok"] and r["key"] == "11" * 40 and r["hash_types"] == ["tcp4"] and r["reta"] == [1, 0]
+        assert ask(cmd="rss-show", port="b")["key"] != "11" * 40  # per port
+        assert "unknown cmd" in ask(cmd="rss-frobnicate", port="a")["error"]
+
+
+def test_cli_rule_and_rss(sockdir, capsys):
+    with running_server(sockdir, ["a", "b"], queue_pairs=2):
+        code, out, _ = vhea(capsys, sockdir, "rule", "add", "--port", "a", "--proto", "tcp", "--dport", "5001",
+                            "--queue", "1")
+        assert code == 0 and "rule 1 added on port a" in out
+        code, out, _ = vhea(capsys, sockdir, "rule", "add", "--port", "a", "--proto", "udp", "--src", "10.0.0.1",
+                            "--dst", "10.0.0.2", "--sport", "7", "--dport", "9", "--queue", "0")
+        assert code == 0
+        code, out, _ = vhea(capsys, sockdir, "rule", "list")
+        assert "tcp dport 5001" in out and "udp 10.0.0.1:7 -> 10.0.0.2:9" in out
+        code, out, _ = vhea(capsys, sockdir, "rule", "list", "--port", "a", "--json")
+        assert [r["id"] for r in json.loads(out)["rules"]["a"]] == [1, 2]
+        code, out, _ = vhea(capsys, sockdir, "rule", "del", "--port", "a", "--id", "2")
+        assert code == 0 and "rule 2 deleted" in out
+        code, out, err = vhea(capsys, sockdir, "rule", "del", "--port", "a", "--id", "2")
+        assert code == 2 and "no rule with id 2" in err
+        code, out, err = vhea(capsys, sockdir, "rule", "add", "--port", "q", "--proto", "tcp", "--dport", "1",
+                              "--queue", "0")
+        assert code == 2 and "unknown port 'q'" in err
+        code, out, err = vhea(capsys, sockdir, "rule", "add", "--port", "a", "--proto", "tcp", "--dport", "1",
+                              "--queue", "4")
+        assert code == 2 and "queue 4 is beyond this port's 2 queue pair(s)" in err
+
+        code, out, _ = vhea(capsys, sockdir, "rss", "show", "--port", "a")
+        assert code == 0 and "6d5a56da" in out and "128 entries" in out and "tcp dport 5001" in out
+        code, out, _ = vhea(capsys, sockdir, "rss", "set", "--port", "a", "--hash-types", "ipv4,tcp4",
+                            "--reta", "1,0,1,0")
+        assert code == 0 and "ipv4, tcp4" in out
+        code, out, _ = vhea(capsys, sockdir, "rss", "show", "--port", "a", "--json")
+        s = json.loads(out)
+        assert s["reta"] == [1, 0, 1, 0] and s["hash_types"] == ["ipv4", "tcp4"]
+        code, out, _ = vhea(capsys, sockdir, "rss", "set", "--port", "a", "--queues", "1")
+        assert code == 0
+        code, out, err = vhea(capsys, sockdir, "rss", "set", "--port", "a", "--key", "abcd")
+        assert code == 2 and "must be 40 bytes" in err
+        code, out, err = vhea(capsys, sockdir, "rss", "set", "--port", "a", "--reta", "0,x")
+        assert code == 2 and "comma-separated integers" in err
+        code, out, err = vhea(capsys, sockdir, "rss", "set", "--port", "a")
+        assert code == 2 and "at least one of" in err
+        code, out, err = vhea(capsys, sockdir, "rss", "set", "--port", "a", "--queues", "3")
+        assert code == 2 and "queues must be 1..2" in err
+
+
+# ---- frames on the predicted queue ---------------------------------------------------------------------------
+
+
+def test_frames_land_on_the_predicted_queue_then_on_the_rule_queue(sockdir):
+    sports = list(range(40000, 40040))
+    by_q = {0: [s for s in sports if predicted(s) == 0], 1: [s for s in sports if predicted(s) == 1]}
+    assert by_q[0] and by_q[1]
+    with running_server(sockdir, ["a", "b"], queue_pairs=2) as server, \
+            frontend(server, "a", queue_pairs=2) as a, frontend(server, "b", queue_pairs=2) as b:
+        a.handshake()
+        b.handshake()
+        b.post_rx(pair=0)
+        b.post_rx(pair=1)
+        for s in sports:
+            a.send_frame(tcp_a_to_b(s))
+        got0 = receive_n(b, len(by_q[0]), pair=0)
+        got1 = receive_n(b, len(by_q[1]), pair=1)
+        assert sorted(int.from_bytes(f[34:36], "big") for f in got0) == by_q[0]
+        assert sorted(int.from_bytes(f[34:36], "big") for f in got1) == by_q[1]
+        st = server.stats()["ports"]["b"]
+        assert st["queues"][0]["frames"] == len(by_q[0]) and st["queues"][2]["frames"] == len(by_q[1])
+        assert st["classifier"]["rss"] == len(sports) and st["classifier"]["classified"] == [len(by_q[0]),
+                                                                                            len(by_q[1])]
+
+        # a dst-port rule sends every flow to port 5201 to queue 1; other ports still follow RSS
+        server.control_request(json.dumps({"cmd": "rule-add", "port": "b", "proto": "tcp", "dport": 5201,
+                                           "queue": 1}).encode())
+        for s in by_q[0][:5]:
+            a.send_frame(tcp_a_to_b(s))
+        assert len(receive_n(b, 5, pair=1)) == 5
+        # a 5-tuple rule beats the port rule
+        server.control_request(json.dumps({"cmd": "rule-add", "port": "b", "proto": "tcp", "src": A_IP,
+                                           "dst": B_IP, "sport": by_q[0][0], "dport": 5201, "queue": 0}).encode())
+        a.send_frame(tcp_a_to_b(by_q[0][0]))
+        assert len(receive_n(b, 1, pair=0)) == 1
+        rules = server.control_request(b'{"cmd": "rule-list", "port": "b"}')["rules"]["b"]
+        assert [r["hits"] for r in rules] == [5, 1]
+
+        # the guest turns pair 1 off (ethtool -L combined 1): its frames fall back to pair 0, counted
+        b.call(Request.SET_VRING_ENABLE, VringState(2, 0).pack())
+        assert wait_for(lambda: not server.ports["b"].handler.device.rings[2].ready)
+        for s in by_q[1][:3]:
+            a.send_frame(tcp_a_to_b(s, dport=5202))
+        assert len(receive_n(b, 3, pair=0)) == 3
+        assert server.stats()["ports"]["b"]["classifier"]["not_ready_fallback"] == 3
+
+
+def test_ipv6_and_non_ip_frames(sockdir):
+    with running_server(sockdir, ["a", "b"], queue_pairs=2) as server, \
+            frontend(server, "a", queue_pairs=2) as a, frontend(server, "b", queue_pairs=2) as b:
+        a.handshake()
+        b.handshake()
+        b.post_rx(pair=0)
+        b.post_rx(pair=1)
+        macs = bytes.fromhex(MAC_B.replace(":", "") + MAC_A.replace(":", ""))
+        q = Toeplitz().hash(tuple_input("fd00::1", "fd00::2", 1000, 2000)) % 2
+        a.send_frame(macs + ipv6_frame("fd00::1", "fd00::2", 1000, 2000)[12:])
+        assert len(receive_n(b, 1, pair=q)) == 1
+        a.send_frame(macs + b"\x08\x06" + bytes(46))  # ARP-sized junk: queue 0
+        assert len(receive_n(b, 1, pair=0)) == 1
