@@ -223,28 +223,29 @@ class Frontend:
     def rx_ring(self, pair: int = 0) -> DriverRing:
         return self.rings[2 * pair]
 
-    def send_frame(self, frame: bytes, pair: int = 0, kick: bool = True, split: int = 0) -> None:
-        """Put one frame (with a zero virtio_net_hdr) on a tx ring; `split` > 0 uses a 2-descriptor chain."""
+    def send_frame(self, frame: bytes, pair: int = 0, kick: bool = True, split: int = 0,
+                   vhdr: bytes | None = None) -> None:
+        """Put one frame on a tx ring behind a virtio_net_hdr (`vhdr`, default all zero).
+
+        `split` > 0 uses a 2-descriptor chain cut at that byte; frames bigger than a buffer (TSO frames up
+        to 64 KiB) go as a chain of BUF_SIZE descriptors.
+        """
         r = self.tx_ring(pair)
         self.reclaim(r)
-        data = bytes(NET_HDR_LEN) + frame
-        if len(data) > BUF_SIZE:
-            raise ValueError("frame too big for the test front-end's buffers")
-        if split and len(r.free) >= 2:
-            a, b = r.free.pop(), r.free.pop()
-            self.mem[r.bufs + a * BUF_SIZE: r.bufs + a * BUF_SIZE + split] = data[:split]
-            rest = data[split:]
-            self.mem[r.bufs + b * BUF_SIZE: r.bufs + b * BUF_SIZE + len(rest)] = rest
-            self.write_desc(r, a, self.gpa(r.bufs + a * BUF_SIZE), split, VRING_DESC_F_NEXT, b)
-            self.write_desc(r, b, self.gpa(r.bufs + b * BUF_SIZE), len(rest), 0)
-            self.publish(r, a, kick)
-            return
-        if not r.free:
+        data = (vhdr or bytes(NET_HDR_LEN))[:NET_HDR_LEN].ljust(NET_HDR_LEN, b"\0") + frame
+        if split:
+            cuts = [data[:split], data[split:]]
+        else:
+            cuts = [data[i:i + BUF_SIZE] for i in range(0, len(data), BUF_SIZE)]
+        if len(cuts) > len(r.free):
             raise BufferError("tx ring full")
-        d = r.free.pop()
-        self.mem[r.bufs + d * BUF_SIZE: r.bufs + d * BUF_SIZE + len(data)] = data
-        self.write_desc(r, d, self.gpa(r.bufs + d * BUF_SIZE), len(data), 0)
-        self.publish(r, d, kick)
+        ds = [r.free.pop() for _ in cuts]
+        for k, (d, piece) in enumerate(zip(ds, cuts, strict=True)):
+            self.mem[r.bufs + d * BUF_SIZE: r.bufs + d * BUF_SIZE + len(piece)] = piece
+            last = k == len(cuts) - 1
+            self.write_desc(r, d, self.gpa(r.bufs + d * BUF_SIZE), len(piece), 0 if last else VRING_DESC_F_NEXT,
+                            0 if last else ds[k + 1])
+        self.publish(r, ds[0], kick)
 
     def used_entries(self, r: DriverRing) -> list[tuple[int, int]]:
         idx = self.mem16[(r.used + 2) // 2]
@@ -282,6 +283,11 @@ class Frontend:
 
     def receive(self, pair: int = 0) -> list[bytes]:
         """Frames the back-end wrote into rx buffers (merging MRG_RXBUF buffers), header stripped."""
+        return [f for _h, f in self.receive_with_header(pair)]
+
+    def receive_with_header(self, pair: int = 0) -> list[tuple[tuple[int, ...], bytes]]:
+        """(virtio_net_hdr fields, frame) for each frame received: flags, gso_type, hdr_len, gso_size,
+        csum_start, csum_offset, num_buffers."""
         r = self.rx_ring(pair)
         frames = []
         entries = self.used_entries(r)
@@ -289,15 +295,16 @@ class Frontend:
         while i < len(entries):
             head, length = entries[i]
             first = self.mem[r.bufs + head * BUF_SIZE: r.bufs + head * BUF_SIZE + length]
-            nbuf = NET_HDR.unpack_from(first)[6]
-            data = first
-            for j in range(1, max(nbuf, 1)):
+            hdr = NET_HDR.unpack_from(first)
+            nbuf = max(hdr[6], 1)
+            parts = [first]
+            for j in range(1, nbuf):
                 h, ln = entries[i + j]
-                data += self.mem[r.bufs + h * BUF_SIZE: r.bufs + h * BUF_SIZE + ln]
-            for j in range(max(nbuf, 1)):
+                parts.append(self.mem[r.bufs + h * BUF_SIZE: r.bufs + h * BUF_SIZE + ln])
+            for j in range(nbuf):
                 r.free.append(entries[i + j][0])
-            i += max(nbuf, 1)
-            frames.append(bytes(data[NET_HDR_LEN:]))
+            i += nbuf
+            frames.append((hdr, b"".join(parts)[NET_HDR_LEN:]))
         return frames
 
     def wait_call(self, r: DriverRing, timeout: float = 2.0) -> bool:

@@ -9,6 +9,22 @@ import struct
 from dataclasses import dataclass
 
 from .memory import GuestMemory
+from .offload import (
+    OFFLOAD_FEATURES,
+    VHDR,
+    VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_ECN,
+    VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_ECN,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    OffloadError,
+    TxFrame,
+    complete_csum,
+    segment_tcp,
+    validate,
+)
 from .protocol import (
     VHOST_USER_F_PROTOCOL_FEATURES,
     VIRTIO_F_VERSION_1,
@@ -24,8 +40,8 @@ from .vring import RingError, Vring
 NET_HDR = struct.Struct("<BBHHHHH")
 NET_HDR_LEN = NET_HDR.size  # 12
 LEGACY_NET_HDR_LEN = 10
-#: Biggest frame accepted from a guest (64 KiB TSO frames later; plain MTU frames now).
-MAX_FRAME = 65536 + 14
+#: Biggest frame accepted from a guest (a 64 KiB TSO frame: IP datagram of 64 KiB plus Ethernet and VLAN).
+MAX_FRAME = 65535 + 18
 MIN_FRAME = 14
 
 
@@ -36,6 +52,7 @@ def offered_features(queue_pairs: int) -> int:
         | bit(VIRTIO_RING_F_INDIRECT_DESC)
         | bit(VIRTIO_RING_F_EVENT_IDX)
         | bit(VHOST_USER_F_PROTOCOL_FEATURES)
+        | OFFLOAD_FEATURES
     )
     if queue_pairs > 1:
         f |= bit(VIRTIO_NET_F_MQ)
@@ -75,38 +92,70 @@ class VirtioNet:
     # ---- guest -> device -----------------------------------------------------------------------------------
 
     def pull_tx(self, ring: Vring, out: list[bytes], drops: dict[str, int], budget: int = 256) -> None:
-        """Move up to `budget` frames from a tx ring into `out`; RingError stops the ring (caller logs)."""
+        """Move up to `budget` frames from a tx ring into `out`; RingError stops the ring (caller logs).
+
+        A frame whose header asks for an offload (NEEDS_CSUM or a GSO type) becomes a TxFrame carrying the
+        header fields, checked here (a bad request is a counted drop with a reason); others are plain bytes.
+        """
         mem = self.mem
         assert mem is not None
         hdr_len = self.hdr_len
+        features = self.features
+        chain = ring.chain
+        put_used = ring.put_used
+        counters = ring.counters
         n = min(ring.pending(), budget)
+        frames = 0
+        nbytes = 0
         for i in range(n):
             head = ring.head_at(i)
-            segs = ring.chain(head, mem)
+            segs = chain(head, mem)
+            s = segs[0]
+            if s.writable:
+                raise RingError(f"tx descriptor chain {head} has a device-writable buffer")
+            v = s.view
+            parts = None
             if len(segs) == 1:
-                s = segs[0]
-                if s.writable:
-                    raise RingError(f"tx descriptor chain {head} has a device-writable buffer")
-                data = s.view[hdr_len:].tobytes() if len(s.view) >= hdr_len else b""
-                total = len(s.view)
+                total = len(v)
             else:
-                parts = []
-                for s in segs:
+                parts = [v]
+                for s in segs[1:]:
                     if s.writable:
                         raise RingError(f"tx descriptor chain {head} has a device-writable buffer")
                     parts.append(s.view)
-                whole = b"".join(parts)
-                total = len(whole)
-                data = whole[hdr_len:]
-            ring.put_used(head, 0)
+                total = sum(map(len, parts))
+            put_used(head, 0)
             if total < hdr_len + MIN_FRAME:
                 drops["tx_runt"] = drops.get("tx_runt", 0) + 1
-            elif len(data) > MAX_FRAME:
+                continue
+            if total - hdr_len > MAX_FRAME:
                 drops["tx_oversize"] = drops.get("tx_oversize", 0) + 1
+                continue
+            if parts is None:
+                hv = v
+                v = v[hdr_len:]
+            elif len(v) >= hdr_len:  # gather with one copy, skipping the header in the first buffer (as Linux)
+                hv = v
+                parts[0] = v[hdr_len:]
+                v = b"".join(parts)
             else:
-                out.append(data)
-                ring.counters.frames += 1
-                ring.counters.bytes += len(data)
+                hv = memoryview(b"".join(parts))
+                v = hv[hdr_len:]
+            if hv[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM or hv[1]:
+                data = TxFrame(v)
+                data.vhdr = VHDR.unpack_from(hv, 0)
+                try:
+                    validate(data, features)
+                except OffloadError as e:
+                    drops[e.reason] = drops.get(e.reason, 0) + 1
+                    continue
+            else:
+                data = v if type(v) is bytes else v.tobytes()
+            out.append(data)
+            frames += 1
+            nbytes += len(data)
+        counters.frames += frames
+        counters.bytes += nbytes
         ring.consume(n)
         if n:
             ring.publish_used()
@@ -125,17 +174,73 @@ class VirtioNet:
     def push_rx(self, ring: Vring, frame: bytes) -> str | None:
         """Write one frame (with its header) into the ring; returns a drop reason or None.
 
-        Raises RingError when the guest's buffers break the rules.
+        A TxFrame's offloads are passed on when this port negotiated them, else done here (segmentation,
+        checksums). Raises RingError when the guest's buffers break the rules.
         """
+        if type(frame) is not TxFrame:
+            return self._push(ring, frame, 0, 0, 0, 0, 0, 0)
+        flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = frame.vhdr
+        features = self.features
+        if gso_type:
+            want = VIRTIO_NET_F_GUEST_TSO4 if gso_type & 0x7F == VIRTIO_NET_HDR_GSO_TCPV4 else \
+                VIRTIO_NET_F_GUEST_TSO6
+            partial = bool(features & bit(VIRTIO_NET_F_GUEST_CSUM))
+            if partial and features & bit(want) and (
+                    not gso_type & VIRTIO_NET_HDR_GSO_ECN or features & bit(VIRTIO_NET_F_GUEST_ECN)):
+                return self._push(ring, frame, VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hdr_len, gso_size,
+                                  frame.l4, 16)
+            try:
+                segments = segment_tcp(frame, partial)
+            except OffloadError as e:
+                return e.reason
+            cflags, cstart, coff = (VIRTIO_NET_HDR_F_NEEDS_CSUM, frame.l4, 16) if partial else (0, 0, 0)
+            for seg in segments:
+                reason = self._push(ring, seg, cflags, 0, 0, 0, cstart, coff)
+                if reason is not None:
+                    return reason
+            return None
+        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            if features & bit(VIRTIO_NET_F_GUEST_CSUM):
+                return self._push(ring, frame, VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, csum_start, csum_offset)
+            return self._push(ring, complete_csum(frame, csum_start, csum_offset), 0, 0, 0, 0, 0, 0)
+        return self._push(ring, frame, 0, 0, 0, 0, 0, 0)
+
+    def _push(self, ring: Vring, frame: bytes, flags: int, gso_type: int, hdr_len: int, gso_size: int,
+              csum_start: int, csum_offset: int) -> str | None:
         mem = self.mem
         assert mem is not None
-        hdr_len = self.hdr_len
-        need = hdr_len + len(frame)
+        hl = self.hdr_len
+        flen = len(frame)
+        need = hl + flen
         avail = ring.pending()
         if avail == 0:
             return "rx_no_buffers"
-        chains: list[tuple[int, list]] = []
+        head = ring.head_at(0)
+        segs = ring.chain(head, mem)
+        if len(segs) == 1:
+            s = segs[0]
+            if not s.writable:
+                raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
+            v = s.view
+            if len(v) >= need:  # the common case: header and frame in one buffer
+                VHDR.pack_into(v, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+                if hl == NET_HDR_LEN:
+                    v[10] = 1
+                    v[11] = 0
+                v[hl:need] = frame
+                ring.put_used(head, need)
+                ring.consume(1)
+                ring.publish_used()
+                c = ring.counters
+                c.frames += 1
+                c.bytes += flen
+                return None
+        chains: list[tuple[int, list]] = [(head, segs)]
         capacity = 0
+        for s in segs:
+            if not s.writable:
+                raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
+            capacity += len(s.view)
         limit = avail if self.mrg_rxbuf else 1
         while capacity < need and len(chains) < limit:
             head = ring.head_at(len(chains))
@@ -147,21 +252,29 @@ class VirtioNet:
             chains.append((head, segs))
         if capacity < need:
             return "rx_no_buffers" if self.mrg_rxbuf else "rx_buffer_too_small"
-        header = NET_HDR.pack(0, 0, 0, 0, 0, 0, len(chains))[:hdr_len]
-        src = memoryview(header + frame)
-        pos = 0
+        header = NET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, len(chains))[:hl]
+        pieces = (memoryview(header), memoryview(frame))
+        pi = po = 0
         for head, segs in chains:
             written = 0
             for s in segs:
-                if pos >= need:
+                v = s.view
+                vo, vl = 0, len(v)
+                while vo < vl and pi < 2:
+                    p = pieces[pi]
+                    take = min(vl - vo, len(p) - po)
+                    v[vo:vo + take] = p[po:po + take]
+                    vo += take
+                    po += take
+                    written += take
+                    if po == len(p):
+                        pi += 1
+                        po = 0
+                if pi == 2:
                     break
-                take = min(len(s.view), need - pos)
-                s.view[:take] = src[pos:pos + take]
-                pos += take
-                written += take
             ring.put_used(head, written)
         ring.consume(len(chains))
         ring.publish_used()
         ring.counters.frames += 1
-        ring.counters.bytes += len(frame)
+        ring.counters.bytes += flen
         return None

@@ -290,7 +290,6 @@ class Server:
     # ---- data path -----------------------------------------------------------------------------------------
 
     def _stop_ring(self, port: Port, ring: Vring, reason: str) -> None:
-        ring.stop(reason)
         log.warning("port %s: queue %d stopped: %s", port.name, ring.index, reason)
         if ring.kick_fd is not None and ring.kick_fd in port.kick_fds:
             self._unregister(ring.kick_fd)
@@ -300,6 +299,7 @@ class Server:
                 os.eventfd_write(ring.err_fd, 1)
             except OSError:
                 pass
+        ring.stop(reason)  # last: a test thread that waits for ring.error then finds the log and the err eventfd
 
     def _on_kick(self, port: Port, ring: Vring, fd: int) -> None:
         try:
