@@ -6,10 +6,12 @@ failed `testbed up` leaves nothing running.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from rich.console import Console
 from testbed import devicemodel, image, supervisor, virt
 from testbed.accel import choose_accel
 from testbed.domain import GuestSpec, render_domain
-from testbed.ssh import wait_for_ssh
+from testbed.ssh import connect, run, wait_for_ssh
 from testbed.state import DeviceModelInfo, GuestInfo, Topology, cache_root, topology_path
 
 READY_MARKER = "ISOSTACK-READY"
@@ -97,6 +99,7 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
         running = None if recreate else healthy(sdir)
         if running is not None and running.options == opts.fingerprint():
             console.print(f"testbed already up in {sdir} with these options (--recreate starts it afresh)")
+            publish_classifier_settings(running, console)
             return running
         console.print(f"[yellow]taking down the testbed that was up in {sdir} first[/]")
         down(sdir, console)
@@ -172,6 +175,7 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
             options=opts.fingerprint(),
         )
         topo.save(tpath)
+        publish_classifier_settings(topo, console)
         return topo
     except BaseException:
         if sup_pid:
@@ -179,6 +183,41 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
         if dm_pid:
             devicemodel.stop(dm_pid)
         raise
+
+
+CLASSIFIER_FILE = "/etc/isostack/classifier.json"
+
+
+def publish_classifier_settings(topo: Topology, console: Console) -> None:
+    """Write each guest's vhea port classifier settings (queues, RSS key, hash types, RETA, rules) to
+    /etc/isostack/classifier.json in the guest, so that software there can predict the rx queue of a flow
+    (isostack/rss.py). The guest cannot learn them from its NIC: QEMU does not offer VIRTIO_NET_F_RSS over
+    vhost-user. Run again after changing rules or RSS with `vhea rule` / `vhea rss` (`testbed up` on a
+    running testbed does). A failure is a warning: only queue prediction in the guest needs the file.
+    """
+    for g in topo.guests:
+        try:
+            res = subprocess.run(devicemodel.vhea_command() + ["rss", "show", "--socket-dir",
+                                                               topo.device_model.socket_dir, "--port", g.port,
+                                                               "--json"],
+                                 capture_output=True, text=True, timeout=10)
+            if res.returncode != 0:
+                raise RuntimeError(res.stderr.strip() or f"vhea rss show exited {res.returncode}")
+            settings = json.loads(res.stdout)
+            for k in ("ok", "counters"):
+                settings.pop(k, None)
+            client = connect(g.ssh_host, g.ssh_port, topo.ssh_user, Path(topo.ssh_key))
+            try:
+                code, _, err = run(client, f"mkdir -p {os.path.dirname(CLASSIFIER_FILE)}", timeout_s=20)
+                if code != 0:
+                    raise RuntimeError(err.strip())
+                with client.open_sftp() as sftp:
+                    sftp.putfo(io.BytesIO(json.dumps(settings, indent=1).encode() + b"\n"), CLASSIFIER_FILE + ".tmp")
+                    sftp.posix_rename(CLASSIFIER_FILE + ".tmp", CLASSIFIER_FILE)
+            finally:
+                client.close()
+        except Exception as e:  # any failure here is reported, never fatal
+            console.print(f"[yellow]warning: could not write {CLASSIFIER_FILE} in {g.name}: {e}[/]")
 
 
 def kill_leftover_qemus(sdir: Path, console: Console) -> None:
