@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -63,7 +64,13 @@ def _runner(tmp_path: Path, stats) -> Runner:
     (tmp_path / "opt").mkdir()
     shells = {"iso-a": remote.LocalShell("iso-a"), "iso-b": remote.LocalShell("iso-b")}
     console = Console(file=open(tmp_path / "console.txt", "w"), width=200)
-    return Runner(_local_topology(), shells, layout, stats, console)
+    # A snapshot of the package: the real tree may change while the test runs (others work on it), and the
+    # runner needs only isoperf for these tests.
+    package = tmp_path / "src" / "isostack"
+    package.mkdir(parents=True)
+    for name in ("__init__.py", "isoperf.py"):
+        shutil.copyfile(PACKAGE_DIR / name, package / name)
+    return Runner(_local_topology(), shells, layout, stats, console, package_dir=package)
 
 
 def _playbook(port: int, extra: str = "") -> str:
@@ -104,7 +111,7 @@ def test_runner_runs_every_case_and_stores_results(tmp_path):
     assert stats.calls == 4
     assert run["playbook"]["text"] == playbook.text
     assert run["metadata"]["accel"] == "tcg"
-    assert run["metadata"]["guests"]["iso-a"]["package_sha256"] == remote.package_hash(PACKAGE_DIR)
+    assert run["metadata"]["guests"]["iso-a"]["package_sha256"] == remote.package_hash(runner.package_dir)
     assert run["ended_at"] is not None
     with open(run_json.parent / "samples.csv") as f:
         rows = list(csv.DictReader(f))
@@ -112,7 +119,8 @@ def test_runner_runs_every_case_and_stores_results(tmp_path):
     assert rows[0]["crossed_device_model"] == "True"
     assert "| stream-local | legacy | 256 |" in (run_json.parent / "report.md").read_text()
     # the package landed where the guests' PYTHONPATH points
-    assert (tmp_path / "opt" / "isostack" / "isoperf.py").read_bytes() == (PACKAGE_DIR / "isoperf.py").read_bytes()
+    uploaded = tmp_path / "opt" / "isostack"
+    assert (uploaded / "isoperf.py").read_bytes() == (runner.package_dir / "isoperf.py").read_bytes()
 
 
 def test_runner_flags_data_the_device_model_did_not_carry(tmp_path):
@@ -181,13 +189,30 @@ def test_sync_package_skips_an_unchanged_tree(tmp_path):
     root = tmp_path / "opt"
     root.mkdir()
     shell = remote.LocalShell("g")
-    assert remote.sync_package(shell, pkg, str(root), sys.executable) is True
+    assert remote.sync_package(shell, remote.PackageSnapshot.read(pkg), str(root), sys.executable) is True
     assert sorted(p.name for p in (root / "isostack").iterdir()) == [".upload-sha256", "__init__.py", "isoperf.py"]
-    assert remote.sync_package(shell, pkg, str(root), sys.executable) is False
+    assert remote.sync_package(shell, remote.PackageSnapshot.read(pkg), str(root), sys.executable) is False
     (pkg / "isoperf.py").write_text("print('v2')\n")
-    assert remote.sync_package(shell, pkg, str(root), sys.executable) is True
+    assert remote.sync_package(shell, remote.PackageSnapshot.read(pkg), str(root), sys.executable) is True
     assert (root / "isostack" / "isoperf.py").read_text() == "print('v2')\n"
     assert not (root / "isostack.upload").exists()
+
+
+def test_snapshot_tarball_holds_exactly_the_hashed_files(tmp_path):
+    import io
+    import tarfile
+
+    pkg = tmp_path / "isostack"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("A")
+    (pkg / "sub" / "b.so").write_bytes(b"\x7fELF")
+    (pkg / "sub" / "b.so").chmod(0o755)
+    snap = remote.PackageSnapshot.read(pkg)
+    (pkg / "a.py").write_text("changed after the snapshot")
+    with tarfile.open(fileobj=io.BytesIO(snap.tarball())) as tar:
+        members = {m.name: (tar.extractfile(m).read(), m.mode) for m in tar.getmembers()}
+    assert members == {"isostack/a.py": (b"A", 0o644), "isostack/sub/b.so": (b"\x7fELF", 0o755)}
+    assert snap.sha256 != remote.package_hash(pkg)
 
 
 def test_package_hash_depends_on_names_and_content(tmp_path):

@@ -117,35 +117,54 @@ def package_files(package_dir: Path) -> list[Path]:
     )
 
 
+@dataclass(frozen=True)
+class PackageSnapshot:
+    """The package's files read once, so the hash and the uploaded tarball describe the same bytes even
+    while someone edits the tree."""
+
+    name: str
+    files: tuple[tuple[str, bytes, int], ...]  # (relative path, content, mode)
+
+    @classmethod
+    def read(cls, package_dir: Path) -> PackageSnapshot:
+        files = tuple(
+            (p.relative_to(package_dir).as_posix(), p.read_bytes(), p.stat().st_mode & 0o777)
+            for p in package_files(package_dir)
+        )
+        return cls(package_dir.name, files)
+
+    @property
+    def sha256(self) -> str:
+        """Content hash over relative paths and bytes, so an unchanged tree is not uploaded again."""
+        h = hashlib.sha256()
+        for rel, data, _mode in self.files:
+            h.update(rel.encode() + b"\0")
+            h.update(hashlib.sha256(data).digest())
+        return h.hexdigest()
+
+    def tarball(self) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for rel, data, mode in self.files:
+                info = tarfile.TarInfo(f"{self.name}/{rel}")
+                info.size, info.mode = len(data), mode
+                info.uname = info.gname = "root"
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+
 def package_hash(package_dir: Path) -> str:
-    """Content hash over relative paths and bytes, so an unchanged tree is not uploaded again."""
-    h = hashlib.sha256()
-    for p in package_files(package_dir):
-        h.update(p.relative_to(package_dir).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
+    return PackageSnapshot.read(package_dir).sha256
 
 
-def _tarball(package_dir: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for p in package_files(package_dir):
-            info = tar.gettarinfo(str(p), arcname=f"{package_dir.name}/{p.relative_to(package_dir).as_posix()}")
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            with open(p, "rb") as f:
-                tar.addfile(info, f)
-    return buf.getvalue()
-
-
-def sync_package(shell: Shell, package_dir: Path, remote_root: str, python: str = "python3") -> bool:
-    """Make <remote_root>/<package name> equal to package_dir; returns False when it already was.
+def sync_package(shell: Shell, package: PackageSnapshot, remote_root: str, python: str = "python3") -> bool:
+    """Make <remote_root>/<package name> equal to the snapshot; returns False when it already was.
 
     One SFTP upload of a tarball (fewer round trips than a file each, which matters under TCG), unpacked
     with the guest's python3 (always there), then swapped in so a half upload is never used.
     """
-    digest = package_hash(package_dir)
-    target = f"{remote_root.rstrip('/')}/{package_dir.name}"
+    digest = package.sha256
+    target = f"{remote_root.rstrip('/')}/{package.name}"
     remote = shell.run(f"cat {shlex.quote(target + '/' + HASH_FILE)} 2>/dev/null")
     if remote.exit_code == 0 and remote.stdout.strip() == digest:
         return False
@@ -154,14 +173,14 @@ def sync_package(shell: Shell, package_dir: Path, remote_root: str, python: str 
     check(shell, f"rm -rf {shlex.quote(staging)} && mkdir -p {shlex.quote(staging)}")
     with tempfile.TemporaryDirectory() as tmp:
         local_tar = Path(tmp) / "package.tar.gz"
-        local_tar.write_bytes(_tarball(package_dir))
+        local_tar.write_bytes(package.tarball())
         shell.put(local_tar, tar_remote)
     q = shlex.quote
     check(
         shell,
         f"{python} -m tarfile -e {q(tar_remote)} {q(staging)} && rm -f {q(tar_remote)}"
-        f" && printf '%s\\n' {digest} > {q(staging + '/' + package_dir.name + '/' + HASH_FILE)}"
-        f" && rm -rf {q(target)} && mv {q(staging + '/' + package_dir.name)} {q(target)}"
+        f" && printf '%s\\n' {digest} > {q(staging + '/' + package.name + '/' + HASH_FILE)}"
+        f" && rm -rf {q(target)} && mv {q(staging + '/' + package.name)} {q(target)}"
         f" && rm -rf {q(staging)}",
     )
     return True

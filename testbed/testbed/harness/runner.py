@@ -72,16 +72,17 @@ class Runner:
     def prepare(self, guest_names: list[str]) -> dict:
         """Upload the isostack package where needed; returns per-guest metadata (kernel, python)."""
         info = {}
+        package = remote.PackageSnapshot.read(self.package_dir)
         for name in guest_names:
             shell = self.shells[name]
-            uploaded = remote.sync_package(shell, self.package_dir, self.layout.remote_root, self.layout.python)
+            uploaded = remote.sync_package(shell, package, self.layout.remote_root, self.layout.python)
             self.console.log(f"{name}: isostack package {'uploaded' if uploaded else 'unchanged, not uploaded'}")
             out = remote.check(shell, f"uname -r; {self.layout.python} --version 2>&1")
             lines = out.strip().splitlines() + ["", ""]
             info[name] = {
                 "kernel": lines[0] or None,
                 "python": lines[1] or None,
-                "package_sha256": remote.package_hash(self.package_dir),
+                "package_sha256": package.sha256,
             }
         return info
 
