@@ -29,13 +29,12 @@ def _path(value: str) -> Path:
 )
 def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_dir="results"):
     """Run a playbook between the testbed guests and store results/<UTC time>/run.json + samples.csv."""
-    from rich.console import Console
-
+    from testbed.console import make_console
     from testbed.harness import report, results
     from testbed.harness.runner import HarnessError
     from testbed.harness.runner import run_benchmark as _run
 
-    console = Console()
+    console = make_console()
     try:
         run_json, bad = _run(_path(playbook), state_dir, _path(results_dir), console)
     except HarnessError as e:
@@ -53,8 +52,7 @@ def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_di
 )
 def show_result(c, path=None, results_dir="results"):
     """Print the table of a stored run."""
-    from rich.console import Console
-
+    from testbed.console import make_console
     from testbed.harness import report, results
 
     try:
@@ -62,4 +60,4 @@ def show_result(c, path=None, results_dir="results"):
         run = results.load_run(run_json)
     except results.ResultsError as e:
         raise Exit(f"show-result: {e}", code=2) from None
-    report.print_report(run, run_json, Console())
+    report.print_report(run, run_json, make_console())

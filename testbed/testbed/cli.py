@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed import state as st
+from testbed.console import make_console
 
 
 def _add_state(p: argparse.ArgumentParser) -> None:
@@ -111,8 +112,7 @@ def cmd_image(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=120)
+    console = make_console()
     handlers = {"up": cmd_up, "down": cmd_down, "status": lambda a, c: print_status(c, a.state_dir),
                 "ssh": cmd_ssh, "image": cmd_image}
     try:
