@@ -8,8 +8,8 @@ PLAYBOOK ?= playbooks/smoke.yaml
 .PHONY: deps image testbed benchmark test test-unit test-vm lint down clean status
 
 # Host packages (apt) and the venv with the project installed in it.
-$(STAMP): pyproject.toml scripts/install-deps.sh
-	bash scripts/install-deps.sh
+$(STAMP): pyproject.toml testbed/install-deps.sh
+	bash testbed/install-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'

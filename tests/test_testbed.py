@@ -187,3 +187,13 @@ def test_supervisor_request_without_supervisor_is_a_clear_error(tmp_path):
 
     with pytest.raises(SupervisorError, match="no testbed supervisor is listening"):
         request(tmp_path, "status")
+
+
+def test_cli_up_with_unreachable_uri_fails_before_building_anything(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "testbed.cli", "up", "--state-dir", str(tmp_path / "st"),
+                          "--uri", "qemu+unix:///system?socket=/nonexistent/libvirt.sock"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "cannot open libvirt URI" in res.stdout and "/nonexistent/libvirt.sock" in res.stdout
+    assert "Traceback" not in res.stdout + res.stderr
+    assert not (tmp_path / "st" / "topology.json").exists()

@@ -105,6 +105,10 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
         down(sdir, console)
     sdir.mkdir(parents=True, exist_ok=True)
     uri = opts.uri or virt.embed_uri(sdir / "libvirt")
+    if not uri.startswith("qemu:///embed"):
+        # Fail before building anything when a daemon's URI is unreachable. (An embed root is opened
+        # only by the supervisor: a second opener would disturb its guests.)
+        virt.connect(uri).close()
 
     img = image.ensure_image(cache_root(), console=console)
     accel, reason = choose_accel(opts.accel, img.kernel, cache_root())
