@@ -8,6 +8,9 @@
     {"cmd": "rss-show", "port": "a"}      -> queues, key (hex), hash_types, reta, rules, counters
     {"cmd": "rss-set", "port": "a", "key": "<80 hex digits>", "hash_types": ["ipv4", "tcp4"],
      "reta": [0, 1, 0, 1], "queues": 2}   (any subset; reta and queues exclude each other)
+    {"cmd": "coalesce-set", "port": "a", "queue": 0, "max_frames": 32, "max_usecs": 100}   (no queue: all)
+    {"cmd": "coalesce-show", "port": "a"}
+    {"cmd": "link-set", "port": "a", "up": false}      (emulated: see coalesce.py)
 
 Answers are {"ok": true, ...} or {"error": "<one line a user can act on>"}; a rejected change changes nothing.
 Runs in the server's loop thread, so no locking against the data path.
@@ -22,7 +25,7 @@ from .classifier import ConfigError
 if TYPE_CHECKING:
     from .server import Server
 
-COMMANDS = ("rule-add", "rule-list", "rule-del", "rss-show", "rss-set")
+COMMANDS = ("rule-add", "rule-list", "rule-del", "rss-show", "rss-set", "coalesce-set", "coalesce-show", "link-set")
 
 
 def _port(server: Server, req: dict, required: bool = True):
@@ -79,6 +82,20 @@ def _handle(server: Server, req: dict) -> dict:
             raise ConfigError("hash_types must be a list")
         cls.set_rss(key=key, hash_types=hash_types, reta=req.get("reta"), queues=req.get("queues"))
         return {"ok": True, "port": port.name, **cls.settings()}
+    if cmd == "coalesce-set":
+        for f in ("max_frames", "max_usecs"):
+            if f not in req:
+                raise ConfigError(f"coalesce-set needs {f}")
+        port.coalescer.set(req["max_frames"], req["max_usecs"], req.get("queue"))
+        return {"ok": True, "port": port.name, "queues": port.coalescer.settings()}
+    if cmd == "coalesce-show":
+        return {"ok": True, "port": port.name, "queues": port.coalescer.settings()}
+    if cmd == "link-set":
+        up = req.get("up")
+        if not isinstance(up, bool):
+            raise ConfigError("link-set needs up: true or false")
+        port.link_up = up
+        return {"ok": True, "port": port.name, "link": "up" if up else "down"}
     raise ConfigError(f"unknown cmd {cmd!r}")
 
 
@@ -177,8 +194,52 @@ def cmd_rss(args) -> int:
     return 0
 
 
+def cmd_coalesce(args) -> int:
+    import json
+
+    if args.action == "set":
+        req = {"cmd": "coalesce-set", "port": args.port, "max_frames": args.max_frames, "max_usecs": args.max_usecs}
+        if args.queue is not None:
+            req["queue"] = args.queue
+        reply = _ask(args, req)
+    else:
+        reply = _ask(args, {"cmd": "coalesce-show", "port": args.port})
+    if args.json:
+        print(json.dumps(reply))
+        return 0
+    print(f"{'queue':>8} {'max frames':>10} {'max usecs':>9} {'calls saved':>11}")
+    for q in reply["queues"]:
+        kind = "rx" if q["queue"] % 2 == 0 else "tx"
+        print(f"{q['queue']:>3} ({kind}) {q['max_frames']:>10} {q['max_usecs']:>9} {q['saved']:>11}")
+    return 0
+
+
+def cmd_link(args) -> int:
+    reply = _ask(args, {"cmd": "link-set", "port": args.port, "up": args.state == "up"})
+    print(f"port {reply['port']}: link {reply['link']}")
+    return 0
+
+
 def add_cli_commands(sub) -> None:
-    """`vhea rule add|list|del` and `vhea rss show|set`."""
+    """`vhea rule add|list|del`, `vhea rss show|set`, `vhea coalesce show|set`, `vhea link`."""
+    co = sub.add_parser("coalesce", help="per-queue interrupt coalescing (frames / microseconds thresholds)")
+    csub = co.add_subparsers(dest="action", required=True)
+    cs = csub.add_parser("set", help="hold a queue's call until max-frames frames or max-usecs (0 0 = off)")
+    cs.add_argument("--port", required=True)
+    cs.add_argument("--queue", type=int, help="ring index (2i rx, 2i+1 tx of pair i); default all")
+    cs.add_argument("--max-frames", type=int, required=True)
+    cs.add_argument("--max-usecs", type=int, required=True)
+    csh = csub.add_parser("show", help="settings and calls saved per queue")
+    csh.add_argument("--port", required=True)
+    for p in (cs, csh):
+        p.add_argument("--socket-dir", required=True)
+        p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+        p.set_defaults(func=cmd_coalesce)
+    li = sub.add_parser("link", help="take a port's link down or up (emulated: frames dropped as link_down)")
+    li.add_argument("state", choices=["up", "down"])
+    li.add_argument("--port", required=True)
+    li.add_argument("--socket-dir", required=True)
+    li.set_defaults(func=cmd_link)
     rule = sub.add_parser("rule", help="exact-match flow rules of a port (proto + dport, or 5-tuple -> queue)")
     rsub = rule.add_subparsers(dest="action", required=True)
     add = rsub.add_parser("add", help="add a rule: --proto tcp --dport 5001 --queue 1 [--src --dst --sport]")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from . import control
 from .classifier import PortClassifier, select_rx_ring
+from .coalesce import Coalescer
 from .connection import Connection, Disconnected
 from .handler import BackendHandler
 from .protocol import ProtocolError, request_name
@@ -47,10 +48,13 @@ class Port:
     queue_counters: list[QueueCounters] = field(default_factory=list)
     kick_fds: dict[int, Vring] = field(default_factory=dict)
     classifier: PortClassifier = field(init=False)
+    coalescer: Coalescer = field(init=False)
+    link_up: bool = True
 
     def __post_init__(self) -> None:
         self.queue_counters = [QueueCounters() for _ in range(2 * self.queue_pairs)]
         self.classifier = PortClassifier(self.queue_pairs)  # the host's settings: they outlive connections
+        self.coalescer = Coalescer(2 * self.queue_pairs)
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
@@ -64,6 +68,8 @@ class Port:
             "to_guest_bytes": self.to_guest_bytes,
             "drops": dict(sorted(self.drops.items())),
             "classifier": self.classifier.stats(),
+            "link": "up" if self.link_up else "down",
+            "coalesce": self.coalescer.settings(),
             "queues": [
                 {"index": i, "frames": c.frames, "bytes": c.bytes, "kicks": c.kicks, "calls": c.calls}
                 for i, c in enumerate(self.queue_counters)
@@ -87,6 +93,7 @@ class Server:
         self._running = False
         self._busy: set[tuple[Port, Vring]] = set()
         self._touched: set[tuple[Port, Vring]] = set()
+        self._deferred: set[tuple[Port, Vring]] = set()  # calls held back by coalescing
         self._control: socket.socket | None = None
         self._bound: list[str] = []
 
@@ -132,7 +139,7 @@ class Server:
         log.info("serving ports %s in %s", ", ".join(self.ports), self.socket_dir)
         try:
             while self._running:
-                self.run_once(0 if self._busy else POLL_S)
+                self.run_once(0 if self._busy else self._idle_timeout())
         finally:
             self.close()
 
@@ -279,6 +286,7 @@ class Server:
         self._unregister(port.conn.sock)
         self._busy = {(p, r) for p, r in self._busy if p is not port}
         self._touched = {(p, r) for p, r in self._touched if p is not port}
+        self._deferred = {(p, r) for p, r in self._deferred if p is not port}
         if port.handler is not None:
             port.handler.close()
         port.conn.close()
@@ -333,6 +341,9 @@ class Server:
             self._forward(port, frame)
 
     def _forward(self, ingress: Port, frame: bytes) -> None:
+        if not ingress.link_up:
+            ingress.drop("link_down")
+            return
         dsts = self.switch.destinations(frame, ingress.name)
         if not dsts:
             ingress.drop("dst_is_ingress_port")
@@ -341,6 +352,9 @@ class Server:
             self._deliver(self.ports[name], frame)
 
     def _deliver(self, port: Port, frame: bytes) -> None:
+        if not port.link_up:
+            port.drop("link_down")
+            return
         if port.handler is None:
             port.drop("not_connected")
             return
@@ -363,14 +377,32 @@ class Server:
         self._touched.add((port, ring))
 
     def _flush_calls(self) -> None:
-        """One call per touched ring per loop turn: the simplest form of interrupt coalescing."""
+        """One call per touched ring per loop turn, or later if the port's coalescing settings hold it back."""
         touched, self._touched = self._touched, set()
-        for _port, ring in touched:
+        if self._deferred:
+            touched |= self._deferred
+            self._deferred = set()
+        now = time.monotonic()
+        for port, ring in touched:
             if ring.error is None and ring.mapped:
+                if not port.coalescer.due(ring, now):
+                    self._deferred.add((port, ring))
+                    continue
                 try:
                     ring.call()
                 except Exception:
                     log.exception("call on ring %d", ring.index)
+
+    def _idle_timeout(self) -> float:
+        """The select timeout when no ring is busy: the poll interval, or sooner for a held-back call."""
+        timeout = POLL_S
+        if self._deferred:
+            now = time.monotonic()
+            for port, ring in self._deferred:
+                d = port.coalescer.deadline(ring)
+                if d is not None:
+                    timeout = min(timeout, max(0.0, d - now))
+        return timeout
 
     # ---- control socket ------------------------------------------------------------------------------------
 

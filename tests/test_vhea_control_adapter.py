@@ -1,0 +1,106 @@
+"""Adapter behaviour controls over the control socket: per-queue interrupt coalescing, link up/down."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import pytest
+from vhea_helpers import BCAST, MAC_A, MAC_B, frame, frontend, receive_n, running_server, wait_for
+
+from vhea.cli import main
+from vhea.coalesce import Coalescer
+from vhea.protocol import VIRTIO_RING_F_EVENT_IDX, bit
+
+
+@pytest.fixture
+def sockdir():
+    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")
+    yield d
+    for f in os.listdir(d):
+        os.unlink(os.path.join(d, f))
+    os.rmdir(d)
+
+
+def ask(server, **req) -> dict:
+    return server.control_request(json.dumps(req).encode())
+
+
+def calls(server, port="b", ring=0) -> int:
+    return server.stats()["ports"][port]["queues"][ring]["calls"]
+
+
+def test_coalescing_holds_calls_until_frames_or_time(sockdir):
+    with running_server(sockdir, ["a", "b"]) as server, frontend(server, "a") as a, frontend(server, "b") as b:
+        a.handshake()
+        b.handshake(want_features=~bit(VIRTIO_RING_F_EVENT_IDX))  # every due call is made
+        b.post_rx()
+        r = ask(server, cmd="coalesce-set", port="b", queue=0, max_frames=8, max_usecs=400_000)
+        assert r["ok"] and r["queues"][0]["max_frames"] == 8 and r["queues"][1]["max_frames"] == 0
+        c0 = calls(server)
+        for i in range(3):
+            a.send_frame(frame(MAC_B, MAC_A, i))
+            time.sleep(0.01)  # separate loop turns
+        assert len(receive_n(b, 3)) == 3
+        time.sleep(0.05)
+        assert calls(server) == c0  # 3 < 8 frames and 400 ms not over: held back
+        assert ask(server, cmd="coalesce-show", port="b")["queues"][0]["saved"] >= 1
+        for i in range(5):
+            a.send_frame(frame(MAC_B, MAC_A, 10 + i))
+        assert len(receive_n(b, 5)) == 5
+        assert wait_for(lambda: calls(server) == c0 + 1, timeout=0.3)  # the 8th frame: at once
+        t0 = time.monotonic()
+        a.send_frame(frame(MAC_B, MAC_A, 20))
+        assert len(receive_n(b, 1)) == 1
+        assert wait_for(lambda: calls(server) == c0 + 2, timeout=2.0)  # the time threshold
+        assert 0.3 <= time.monotonic() - t0 < 1.5
+        # off again: a call per loop turn
+        ask(server, cmd="coalesce-set", port="b", max_frames=0, max_usecs=0)
+        a.send_frame(frame(MAC_B, MAC_A, 30))
+        assert len(receive_n(b, 1)) == 1
+        assert wait_for(lambda: calls(server) == c0 + 3, timeout=0.5)
+
+
+def test_coalesce_validation():
+    c = Coalescer(4)
+    for args, msg in [((8, 0), "needs max_usecs"), ((-1, 5), "max_frames must be"), ((1, 10**7), "max_usecs must"),
+                      ((1, 5, 4), "not a ring of this port")]:
+        with pytest.raises(ValueError, match=msg):
+            c.set(*args)
+    c.set(4, 50, 1)
+    assert [q["max_frames"] for q in c.settings()] == [0, 4, 0, 0]
+
+
+def test_link_down_drops_both_ways_with_a_reason(sockdir):
+    with running_server(sockdir, ["a", "b"]) as server, frontend(server, "a") as a, frontend(server, "b") as b:
+        a.handshake()
+        b.handshake()
+        a.post_rx()
+        b.post_rx()
+        assert ask(server, cmd="link-set", port="b", up=False) == {"ok": True, "port": "b", "link": "down"}
+        a.send_frame(frame(BCAST, MAC_A, 1))  # towards b: dropped at b
+        b.send_frame(frame(BCAST, MAC_B, 2))  # from b: dropped at b
+        assert wait_for(lambda: server.stats()["ports"]["b"]["drops"].get("link_down") == 2)
+        assert server.stats()["ports"]["b"]["link"] == "down"
+        assert b.receive() == [] and a.receive() == []
+        assert "up: true or false" in ask(server, cmd="link-set", port="b", up="no")["error"]
+        ask(server, cmd="link-set", port="b", up=True)
+        a.send_frame(frame(BCAST, MAC_A, 3))
+        assert len(receive_n(b, 1)) == 1
+
+
+def test_cli_coalesce_and_link(sockdir, capsys):
+    with running_server(sockdir, ["a"], queue_pairs=2) as server:
+        assert main(["coalesce", "set", "--socket-dir", sockdir, "--port", "a", "--queue", "2", "--max-frames", "16",
+                     "--max-usecs", "100"]) == 0
+        assert main(["coalesce", "show", "--socket-dir", sockdir, "--port", "a"]) == 0
+        out = capsys.readouterr().out
+        assert "  2 (rx)         16       100" in out
+        assert main(["coalesce", "set", "--socket-dir", sockdir, "--port", "a", "--max-frames", "16",
+                     "--max-usecs", "0"]) == 2
+        assert "needs max_usecs" in capsys.readouterr().err
+        assert main(["link", "down", "--socket-dir", sockdir, "--port", "a"]) == 0
+        assert "port a: link down" in capsys.readouterr().out
+        assert server.ports["a"].link_up is False
