@@ -143,7 +143,36 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the raw JSON")
     st.set_defaults(func=cmd_stats)
     control.add_cli_commands(sub)
+    b = sub.add_parser("bench", help="measure frames/s and Gb/s through vhea against DPDK's vhost PMD")
+    b.add_argument("--sizes", default="64,1518", help="frame sizes in bytes (default 64,1518)")
+    b.add_argument("--seconds", type=float, default=3.0, help="measuring time per figure (default 3)")
+    b.add_argument("--no-dpdk", action="store_true", help="skip the testpmd cases (and so the anchor)")
+    b.add_argument("--no-python", action="store_true", help="skip the Python front-end cases")
+    b.add_argument("--no-tso", action="store_true", help="skip the 64 KiB TSO frames")
+    b.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    b.set_defaults(func=cmd_bench)
     return ap
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    except ValueError as e:
+        raise UsageError(f"--sizes {args.sizes!r}: {e}") from e
+    if not sizes or any(not 60 <= s <= 1518 for s in sizes):
+        raise UsageError("--sizes must be frame sizes in 60..1518")
+    if not 0.2 <= args.seconds <= 60:
+        raise UsageError("--seconds must be in 0.2..60")
+    progress = None if args.json else (lambda m: print(f"vhea bench: {m}", file=sys.stderr, flush=True))
+    rows = bench.run(sizes, args.seconds, dpdk=not args.no_dpdk, python=not args.no_python, tso=not args.no_tso,
+                     progress=progress)
+    if args.json:
+        print(bench.to_json(rows, args.seconds))
+    else:
+        bench.print_table(rows, args.seconds)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

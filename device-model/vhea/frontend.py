@@ -70,7 +70,8 @@ class Frontend:
         self.ring_size = ring_size
         self.gpa_base = gpa_base
         self.uva_base = uva_base
-        per_ring = 3 * PAGE + _align(ring_size * BUF_SIZE)
+        desc_sz, avail_sz, used_sz = _align(16 * ring_size), _align(6 + 2 * ring_size), _align(6 + 8 * ring_size)
+        per_ring = desc_sz + avail_sz + used_sz + _align(ring_size * BUF_SIZE)
         self.mem_size = _align(2 * queue_pairs * per_ring + PAGE)
         self.memfd = os.memfd_create("vhea-frontend-guest", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, self.mem_size)
@@ -80,7 +81,8 @@ class Frontend:
         self.rings: list[DriverRing] = []
         off = PAGE
         for i in range(2 * queue_pairs):
-            r = DriverRing(i, ring_size, off, off + PAGE, off + 2 * PAGE, off + 3 * PAGE)
+            avail = off + desc_sz
+            r = DriverRing(i, ring_size, off, avail, avail + avail_sz, avail + avail_sz + used_sz)
             self.rings.append(r)
             off += per_ring
         self.sock: socket.socket | None = None

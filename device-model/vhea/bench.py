@@ -1,0 +1,403 @@
+"""`vhea bench`: frames/s and Gb/s through the device model, port a -> port b, against DPDK's vhost PMD.
+
+One run measures, each for `seconds` after a short warm-up:
+- anchor: DPDK testpmd virtio-user (txonly) -> DPDK's own vhost PMD in testpmd (rxonly), no vhea;
+- vhea + DPDK: testpmd virtio-user txonly on port a, testpmd virtio-user rxonly on port b;
+- vhea + Python: the built-in front-end (vhea.frontend) as sender on a and receiver on b, each in its own
+  process; with 64 KiB TSO frames too (whole to a TSO peer, and segmented for a peer without offloads).
+Frame sizes are testpmd's `txpkts` (the Ethernet frame without FCS). Rates are counted at the receiver.
+
+testpmd processes get `-l 0,1` with different --main-lcore and --file-prefix, --no-huge -m 1024 --no-pci,
+and run under `timeout` so none can outlive the bench; only processes started here are ever stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+from . import testpmd
+from .frontend import BUF_SIZE, Frontend
+from .net import NET_HDR_LEN
+from .offload import (
+    VHDR,
+    VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_ECN,
+    VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+)
+from .vring import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
+
+WARMUP_S = 1.0
+TSO_PAYLOAD = 65535 - 20 - 32  # a 64 KiB IP datagram: IPv4 20 + TCP 32 (timestamps) + payload
+TSO_MSS = 1448
+
+
+@dataclass
+class Row:
+    case: str  # anchor | vhea+dpdk | vhea+python
+    frame: str  # "64", "1518", "64K TSO", ...
+    frame_bytes: int  # bytes per received frame (for Gb/s)
+    fps: float
+    gbps: float
+    ratio: float | None = None  # to the anchor at the same frame size
+    note: str = ""
+
+
+# ---- DPDK ----------------------------------------------------------------------------------------------------
+
+def _testpmd_cmd(vdev: str, prefix: str, main_lcore: int, timeout_s: int) -> list[str]:
+    # stdbuf: testpmd writes its statistics with printf; line-buffered, they reach the log when asked for
+    return ["timeout", "--kill-after=5", str(timeout_s), "stdbuf", "-oL", "dpdk-testpmd", "-l", "0,1", "--main-lcore",
+            str(main_lcore),
+            "--no-huge", "-m", "1024", "--no-pci", "--file-prefix", prefix, "--vdev", vdev, "--", "-i",
+            "--nb-cores=1", "--rxq=1", "--txq=1"]
+
+
+_BLOCK = re.compile(r"#+ NIC statistics for port 0\s+#+(.*?)#{10,}", re.S)
+
+
+def _rx_after(tp: testpmd.Testpmd, before: int, timeout: float = 10.0) -> int:
+    """RX-packets of port 0 from the first stats block after the first `before` blocks of the log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        blocks = _BLOCK.findall(tp.output())
+        if len(blocks) > before:
+            m = re.search(r"RX-packets:\s+(\d+)", blocks[before])
+            return int(m.group(1)) if m else 0
+        time.sleep(0.05)
+    raise RuntimeError(f"testpmd gave no port statistics (log {tp.log_path})")
+
+
+def _rx_count(rx: testpmd.Testpmd, seconds: float) -> tuple[int, float]:
+    before = len(_BLOCK.findall(rx.output()))
+    rx.send("clear port stats all")
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    rx.send("show port stats all")
+    t1 = time.monotonic()
+    return _rx_after(rx, before), t1 - t0
+
+
+def _measure_testpmd(tx: testpmd.Testpmd, rx: testpmd.Testpmd, size: int, seconds: float) -> float:
+    """Switch the sender to `size`, wait for traffic, count what the receiver gets in `seconds`: frames/s."""
+    tx.send("stop", f"set txpkts {size}", "start")
+    deadline = time.monotonic() + 15
+    while _rx_count(rx, WARMUP_S / 2)[0] == 0:  # links come up a little after start
+        if time.monotonic() > deadline:
+            return 0.0
+    time.sleep(WARMUP_S / 2)
+    n, dt = _rx_count(rx, seconds)
+    return n / dt
+
+
+def _wait(cond, what: str, timeout: float = 30.0, procs: tuple = ()) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        for p in procs:
+            if p.proc.poll() is not None:
+                raise RuntimeError(f"{what}: testpmd exited early, see {p.log_path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: timed out")
+        time.sleep(0.1)
+
+
+def bench_anchor(workdir: str, sizes: list[int], seconds: float) -> dict[int, float]:
+    """testpmd virtio-user txonly -> testpmd vhost PMD rxonly."""
+    sock = os.path.join(workdir, "anchor.sock")
+    budget = int(10 + len(sizes) * (seconds + WARMUP_S + 3) + 30)
+    tag = f"{os.getpid()}"
+    rx = testpmd.Testpmd(_testpmd_cmd(f"net_vhost0,iface={sock},queues=1", f"vhbA{tag}", 1, budget),
+                         os.path.join(workdir, "anchor-vhost.log"))
+    tx = None
+    try:
+        rx.send("set fwd rxonly", "start")
+        _wait(lambda: os.path.exists(sock), "vhost PMD socket", procs=(rx,))
+        tx = testpmd.Testpmd(_testpmd_cmd(f"net_virtio_user0,path={sock},queues=1", f"vhbV{tag}", 0, budget),
+                             os.path.join(workdir, "anchor-virtio.log"))
+        tx.send("set fwd txonly")
+        return {s: _measure_testpmd(tx, rx, s, seconds) for s in sizes}
+    finally:
+        for tp in (tx, rx):
+            if tp is not None:
+                tp.send("stop")
+                tp.quit(10)
+
+
+def _vhea_stats(sockdir: str) -> dict:
+    from .cli import query
+
+    return query(sockdir, {"cmd": "stats"})
+
+
+def bench_vhea_dpdk(sockdir: str, workdir: str, sizes: list[int], seconds: float) -> dict[int, float]:
+    budget = int(10 + len(sizes) * (seconds + WARMUP_S + 3) + 30)
+    tag = f"{os.getpid()}"
+    rx = testpmd.Testpmd(_testpmd_cmd(f"net_virtio_user0,path={sockdir}/b.sock,queues=1", f"vhbB{tag}", 1, budget),
+                         os.path.join(workdir, "vhea-b.log"))
+    tx = None
+    try:
+        rx.send("set fwd rxonly", "start")
+        _wait(lambda: _vhea_stats(sockdir)["ports"]["b"]["connected"], "testpmd on port b", procs=(rx,))
+        tx = testpmd.Testpmd(_testpmd_cmd(f"net_virtio_user0,path={sockdir}/a.sock,queues=1", f"vhbA{tag}", 0, budget),
+                             os.path.join(workdir, "vhea-a.log"))
+        tx.send("set fwd txonly")
+        _wait(lambda: _vhea_stats(sockdir)["ports"]["a"]["connected"], "testpmd on port a", procs=(tx,))
+        time.sleep(1.0)  # queues set up
+        return {s: _measure_testpmd(tx, rx, s, seconds) for s in sizes}
+    finally:
+        for tp in (tx, rx):
+            if tp is not None:
+                tp.send("stop")
+                tp.quit(10)
+
+
+# ---- Python front-end ----------------------------------------------------------------------------------------
+
+def tso_test_frame(payload_len: int = TSO_PAYLOAD) -> bytes:
+    """An IPv4/TCP frame as a guest hands it over with TSO (checksum field = pseudo-header sum)."""
+    from .offload import csum_finish, csum_sum
+
+    src, dst = bytes([10, 10, 0, 1]), bytes([10, 10, 0, 2])
+    tcp_len = 32 + payload_len
+    th = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, 1, 1, 8 << 4, 0x18, 65535, 0, 0)
+                   + b"\x01\x01\x08\x0a" + bytes(8))
+    struct.pack_into("!H", th, 16, csum_sum(src + dst + struct.pack("!xBH", 6, tcp_len)) or 0xFFFF)
+    ip = bytearray(struct.pack("!BBHHHBBH", 0x45, 0, 20 + tcp_len, 1, 0x4000, 64, 6, 0) + src + dst)
+    struct.pack_into("!H", ip, 10, csum_finish(csum_sum(bytes(ip))))
+    eth = bytes.fromhex("02000000000b02000000000a0800")
+    return eth + bytes(ip) + bytes(th) + bytes(i & 0xFF for i in range(payload_len))
+
+
+def _plain_frame(size: int) -> bytes:
+    return bytes.fromhex("02000000000b02000000000a88b5") + bytes(size - 14)
+
+
+def _py_sender(path: str, kind: str, size: int, stop, ready) -> None:
+    """Keep port a's tx ring full of one frame: reclaim used heads, republish them, one kick per batch."""
+    fe = Frontend(path, ring_size=1024)
+    try:
+        fe.handshake()
+        r = fe.tx_ring()
+        if kind == "tso":
+            frame = tso_test_frame()
+            vhdr = VHDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, 66, TSO_MSS, 34, 16) + b"\0\0"
+        else:
+            frame, vhdr = _plain_frame(size), bytes(NET_HDR_LEN)
+        data = vhdr + frame
+        per = -(-len(data) // BUF_SIZE)
+        heads = []
+        for first in range(0, r.num - per + 1, per):
+            for k in range(per):
+                d = first + k
+                piece = data[k * BUF_SIZE:(k + 1) * BUF_SIZE]
+                fe.mem[r.bufs + d * BUF_SIZE:r.bufs + d * BUF_SIZE + len(piece)] = piece
+                last = k == per - 1
+                fe.write_desc(r, d, fe.gpa(r.bufs + d * BUF_SIZE), len(piece), 0 if last else VRING_DESC_F_NEXT,
+                              0 if last else d + 1)
+            heads.append(first)
+        mem16 = fe.mem16
+        used32 = memoryview(fe.mem)[r.used:r.used + 4 + 8 * r.num].cast("I")
+        avail_ring = (r.avail + 4) // 2
+        avail_idx_at = (r.avail + 2) // 2
+        used_idx_at = (r.used + 2) // 2
+        num = r.num
+        free = heads
+        avail_idx = 0
+        last_used = 0
+        ready.set()
+        while not stop.is_set():
+            used = mem16[used_idx_at]
+            while last_used != used:
+                free.append(used32[1 + 2 * (last_used % num)])
+                last_used = (last_used + 1) & 0xFFFF
+            if not free:
+                time.sleep(0)
+                continue
+            for h in free:
+                mem16[avail_ring + avail_idx % num] = h
+                avail_idx = (avail_idx + 1) & 0xFFFF
+            free = []
+            mem16[avail_idx_at] = avail_idx
+            os.eventfd_write(r.kick, 1)
+    finally:
+        fe.close()
+
+
+def _py_receiver(path: str, want: int | None, count, ready, stop) -> None:
+    """Post all rx buffers of port b, count frames (num_buffers of each first buffer), repost."""
+    fe = Frontend(path, ring_size=1024)
+    try:
+        fe.handshake(want_features=want)
+        r = fe.rx_ring()
+        mem = fe.mem
+        mem16 = fe.mem16
+        for d in range(r.num):
+            fe.write_desc(r, d, fe.gpa(r.bufs + d * BUF_SIZE), BUF_SIZE, VRING_DESC_F_WRITE)
+            mem16[(r.avail + 4) // 2 + d] = d
+        avail_idx = r.num & 0xFFFF
+        mem16[(r.avail + 2) // 2] = avail_idx
+        fe.kick(r)
+        used32 = memoryview(mem)[r.used:r.used + 4 + 8 * r.num].cast("I")
+        avail_ring = (r.avail + 4) // 2
+        avail_idx_at = (r.avail + 2) // 2
+        used_idx_at = (r.used + 2) // 2
+        num = r.num
+        bufs = r.bufs
+        last_used = 0
+        frames = 0
+        pending_bufs = 0  # buffers still to come of the current MRG_RXBUF frame
+        ready.set()
+        while not stop.is_set():
+            used = mem16[used_idx_at]
+            if used == last_used:
+                count.value = frames
+                time.sleep(0)
+                continue
+            while last_used != used:
+                head = used32[1 + 2 * (last_used % num)]
+                if pending_bufs == 0:
+                    nb = mem[bufs + head * BUF_SIZE + 10] | mem[bufs + head * BUF_SIZE + 11] << 8
+                    pending_bufs = max(nb, 1)
+                    frames += 1
+                pending_bufs -= 1
+                mem16[avail_ring + avail_idx % num] = head
+                avail_idx = (avail_idx + 1) & 0xFFFF
+                last_used = (last_used + 1) & 0xFFFF
+            mem16[avail_idx_at] = avail_idx
+            count.value = frames
+            os.eventfd_write(r.kick, 1)
+    finally:
+        fe.close()
+
+
+def bench_python(sockdir: str, kind: str, size: int, seconds: float, segmenting_peer: bool = False) -> float:
+    ctx = mp.get_context("fork")
+    stop = ctx.Event()
+    rx_ready, tx_ready = ctx.Event(), ctx.Event()
+    count = ctx.Value("q", 0, lock=False)
+    no_guest = ((1 << 64) - 1) & ~sum(1 << b for b in (VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
+                                                        VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_ECN))
+    rx = ctx.Process(target=_py_receiver, args=(f"{sockdir}/b.sock", no_guest if segmenting_peer else None, count,
+                                                rx_ready, stop), daemon=True)
+    tx = ctx.Process(target=_py_sender, args=(f"{sockdir}/a.sock", kind, size, stop, tx_ready), daemon=True)
+    rx.start()
+    try:
+        if not rx_ready.wait(15):
+            raise RuntimeError("python receiver did not start")
+        tx.start()
+        if not tx_ready.wait(15):
+            raise RuntimeError("python sender did not start")
+        time.sleep(WARMUP_S)
+        n0, t0 = count.value, time.monotonic()
+        time.sleep(seconds)
+        n1, t1 = count.value, time.monotonic()
+        return (n1 - n0) / (t1 - t0)
+    finally:
+        stop.set()
+        for p in (tx, rx):
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+        _wait(lambda: not any(p["connected"] for p in _vhea_stats(sockdir)["ports"].values()),
+              "front-ends to disconnect", timeout=10)
+
+
+# ---- the whole run -------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def vhea_server(sockdir: str, log_path: str):
+    """`vhea serve` for ports a, b as a child process (what a user runs)."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "vhea.cli", "serve", "--socket-dir", sockdir, "--ports", "a,b",
+                                 "--log-level", "warning"], stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(os.path.join(sockdir, "control.sock")):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"vhea serve did not start, see {log_path}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run(sizes: list[int], seconds: float, dpdk: bool = True, python: bool = True, tso: bool = True,
+        workdir: str | None = None, progress=None) -> list[Row]:
+    say = progress or (lambda _m: None)
+    rows: list[Row] = []
+    workdir = workdir or tempfile.mkdtemp(prefix="vhea-bench-")
+    sockdir = tempfile.mkdtemp(prefix="vhb", dir="/tmp")  # short: unix socket paths are limited
+    have_dpdk = dpdk and testpmd.available() is not None
+    anchor: dict[int, float] = {}
+    try:
+        if have_dpdk:
+            say("anchor: testpmd virtio-user -> testpmd vhost PMD")
+            anchor = bench_anchor(workdir, sizes, seconds)
+            for s in sizes:
+                rows.append(Row("anchor (DPDK vhost PMD)", str(s), s, anchor[s], anchor[s] * s * 8 / 1e9, 1.0))
+        with vhea_server(sockdir, os.path.join(workdir, "vhea.log")):
+            if have_dpdk:
+                say("vhea with testpmd virtio-user on both ports")
+                got = bench_vhea_dpdk(sockdir, workdir, sizes, seconds)
+                for s in sizes:
+                    rows.append(Row("vhea + DPDK virtio-user", str(s), s, got[s], got[s] * s * 8 / 1e9,
+                                    got[s] / anchor[s] if anchor.get(s) else None))
+            if python:
+                for s in sizes:
+                    say(f"vhea with the Python front-end, {s}-byte frames")
+                    fps = bench_python(sockdir, "plain", s, seconds)
+                    rows.append(Row("vhea + Python front-end", str(s), s, fps, fps * s * 8 / 1e9,
+                                    fps / anchor[s] if anchor.get(s) else None))
+                if tso:
+                    say("vhea with the Python front-end, 64 KiB TSO frames")
+                    n = len(tso_test_frame())
+                    fps = bench_python(sockdir, "tso", 0, seconds)
+                    rows.append(Row("vhea + Python front-end", "64K TSO -> TSO peer", n, fps, fps * n * 8 / 1e9,
+                                    note="passed whole (GUEST_TSO4)"))
+                    fps = bench_python(sockdir, "tso", 0, seconds, segmenting_peer=True)
+                    seg = 14 + 20 + 32 + TSO_MSS
+                    rows.append(Row("vhea + Python front-end", "64K TSO -> plain peer", seg, fps,
+                                    fps * seg * 8 / 1e9, note="segmented + checksummed in vhea; fps = segments"))
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+    if not have_dpdk:
+        for r in rows:
+            r.note = (r.note + "; " if r.note else "") + "no anchor: dpdk-testpmd not found"
+    return rows
+
+
+def print_table(rows: list[Row], seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"vhea bench: port a -> port b, {seconds:g} s per figure, counted at the receiver")
+    for col, just in (("front-end / back-end", "left"), ("frame", "right"), ("frames/s", "right"),
+                      ("Gb/s", "right"), ("vs anchor", "right"), ("note", "left")):
+        t.add_column(col, justify=just)
+    for r in rows:
+        t.add_row(r.case, r.frame, f"{r.fps:,.0f}", f"{r.gbps:.2f}", "-" if r.ratio is None else f"{r.ratio:.1%}",
+                  r.note)
+    Console().print(t)
+
+
+def to_json(rows: list[Row], seconds: float) -> str:
+    return json.dumps({"seconds": seconds, "rows": [asdict(r) for r in rows]})
