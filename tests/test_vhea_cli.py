@@ -100,7 +100,7 @@ def test_serve_stats_json_and_clean_sigterm(sockdir):
         assert set(st["ports"]) == {"a", "b"}
         pa, pb = st["ports"]["a"], st["ports"]["b"]
         assert set(pa) == {"connected", "from_guest_frames", "from_guest_bytes", "to_guest_frames",
-                           "to_guest_bytes", "drops", "classifier", "link", "coalesce", "queues"}
+                           "to_guest_bytes", "drops", "classifier", "link", "coalesce", "pacing", "queues"}
         assert pa["connected"] is True
         assert pa["from_guest_frames"] == 10 and pa["from_guest_bytes"] == sum(map(len, frames))
         assert pb["to_guest_frames"] == 10 and pb["to_guest_bytes"] == sum(map(len, frames))

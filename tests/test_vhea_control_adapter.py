@@ -104,3 +104,49 @@ def test_cli_coalesce_and_link(sockdir, capsys):
         assert main(["link", "down", "--socket-dir", sockdir, "--port", "a"]) == 0
         assert "port a: link down" in capsys.readouterr().out
         assert server.ports["a"].link_up is False
+
+
+def test_pacing_holds_a_port_to_its_rate_without_drops(sockdir):
+    with running_server(sockdir, ["a", "b"]) as server, frontend(server, "a") as a, frontend(server, "b") as b:
+        a.handshake()
+        b.handshake()
+        b.post_rx()
+        rate = 8_000_000  # 1 MB/s
+        r = ask(server, cmd="rate-set", port="a", rate_bps=rate, burst_bytes=70_000)
+        assert r["ok"] and r["rate_bps"] == rate
+        size, n = 1000, 200
+        got: list[bytes] = []
+        t0 = time.monotonic()
+        for i in range(n):
+            a.send_frame(frame(MAC_B, MAC_A, i, size=size))
+            if i % 50 == 49:  # let the tx ring drain (the pacer keeps frames in it meanwhile)
+                assert wait_for(lambda: a.reclaim(a.tx_ring()) >= 0 and len(a.tx_ring().free) > 200, timeout=5)
+            got.extend(b.receive())
+            if len(b.rx_ring().free) > 100:
+                b.post_rx()
+        assert wait_for(lambda: bool(got.extend(b.receive())) or len(got) >= n or
+                        (len(b.rx_ring().free) > 100 and b.post_rx() and False), timeout=10)
+        elapsed = time.monotonic() - t0
+        expected = (n * size - 70_000) * 8 / rate  # what the burst does not cover
+        assert len(got) == n
+        assert expected * 0.8 <= elapsed <= expected * 2 + 1, (elapsed, expected)
+        st = server.stats()["ports"]["a"]
+        assert st["drops"] == {} and st["pacing"]["waits"] >= 1
+        assert "rate must be" in ask(server, cmd="rate-set", port="a", rate_bps=-1)["error"]
+        assert "burst must be" in ask(server, cmd="rate-set", port="a", rate_bps=rate, burst_bytes=10)["error"]
+        ask(server, cmd="rate-set", port="a", rate_bps=0)
+        t0 = time.monotonic()
+        for i in range(50):
+            a.send_frame(frame(MAC_B, MAC_A, i, size=size))
+        got = receive_n(b, 50)
+        assert len(got) == 50 and time.monotonic() - t0 < 1.0
+
+
+def test_cli_rate(sockdir, capsys):
+    with running_server(sockdir, ["a"]) as server:
+        assert main(["rate", "set", "--socket-dir", sockdir, "--port", "a", "--gbps", "10"]) == 0
+        assert "port a: tx pacing 10 Gb/s, burst 1250000 bytes" in capsys.readouterr().out
+        assert server.ports["a"].pacer.rate_bps == 10**10
+        assert main(["rate", "set", "--socket-dir", sockdir, "--port", "a", "--off"]) == 0
+        assert "tx pacing off" in capsys.readouterr().out
+        assert main(["rate", "set", "--socket-dir", sockdir, "--port", "a"]) == 2

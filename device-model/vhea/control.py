@@ -11,6 +11,7 @@
     {"cmd": "coalesce-set", "port": "a", "queue": 0, "max_frames": 32, "max_usecs": 100}   (no queue: all)
     {"cmd": "coalesce-show", "port": "a"}
     {"cmd": "link-set", "port": "a", "up": false}      (emulated: see coalesce.py)
+    {"cmd": "rate-set", "port": "a", "rate_bps": 10000000000, "burst_bytes": 1250000}   (0 = off; see pacing.py)
 
 Answers are {"ok": true, ...} or {"error": "<one line a user can act on>"}; a rejected change changes nothing.
 Runs in the server's loop thread, so no locking against the data path.
@@ -25,7 +26,8 @@ from .classifier import ConfigError
 if TYPE_CHECKING:
     from .server import Server
 
-COMMANDS = ("rule-add", "rule-list", "rule-del", "rss-show", "rss-set", "coalesce-set", "coalesce-show", "link-set")
+COMMANDS = ("rule-add", "rule-list", "rule-del", "rss-show", "rss-set", "coalesce-set", "coalesce-show", "link-set",
+            "rate-set")
 
 
 def _port(server: Server, req: dict, required: bool = True):
@@ -96,6 +98,11 @@ def _handle(server: Server, req: dict) -> dict:
             raise ConfigError("link-set needs up: true or false")
         port.link_up = up
         return {"ok": True, "port": port.name, "link": "up" if up else "down"}
+    if cmd == "rate-set":
+        if "rate_bps" not in req:
+            raise ConfigError("rate-set needs rate_bps (0 = off)")
+        port.pacer.set(req["rate_bps"], req.get("burst_bytes"))
+        return {"ok": True, "port": port.name, **port.pacer.settings()}
     raise ConfigError(f"unknown cmd {cmd!r}")
 
 
@@ -220,6 +227,20 @@ def cmd_link(args) -> int:
     return 0
 
 
+def cmd_rate(args) -> int:
+    from .cli import UsageError
+
+    if args.off == (args.gbps is not None):
+        raise UsageError("give --gbps RATE or --off")
+    req: dict = {"cmd": "rate-set", "port": args.port, "rate_bps": 0 if args.off else round(args.gbps * 1e9)}
+    if args.burst is not None:
+        req["burst_bytes"] = args.burst
+    reply = _ask(args, req)
+    rate = f"{reply['rate_bps'] / 1e9:g} Gb/s, burst {reply['burst_bytes']} bytes" if reply["rate_bps"] else "off"
+    print(f"port {reply['port']}: tx pacing {rate}")
+    return 0
+
+
 def add_cli_commands(sub) -> None:
     """`vhea rule add|list|del`, `vhea rss show|set`, `vhea coalesce show|set`, `vhea link`."""
     co = sub.add_parser("coalesce", help="per-queue interrupt coalescing (frames / microseconds thresholds)")
@@ -240,6 +261,14 @@ def add_cli_commands(sub) -> None:
     li.add_argument("--port", required=True)
     li.add_argument("--socket-dir", required=True)
     li.set_defaults(func=cmd_link)
+    ra = sub.add_parser("rate", help="pace a port's transmit at a line rate (token bucket; off by default)")
+    ra.add_argument("action", choices=["set"])
+    ra.add_argument("--port", required=True)
+    ra.add_argument("--gbps", type=float, help="rate in Gb/s (10 models the HEA's 10GbE link)")
+    ra.add_argument("--burst", type=int, help="bucket depth in bytes (default 1 ms at the rate, >= 64 KiB)")
+    ra.add_argument("--off", action="store_true", help="no pacing")
+    ra.add_argument("--socket-dir", required=True)
+    ra.set_defaults(func=cmd_rate)
     rule = sub.add_parser("rule", help="exact-match flow rules of a port (proto + dport, or 5-tuple -> queue)")
     rsub = rule.add_subparsers(dest="action", required=True)
     add = rsub.add_parser("add", help="add a rule: --proto tcp --dport 5001 --queue 1 [--src --dst --sport]")

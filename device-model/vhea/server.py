@@ -20,6 +20,7 @@ from .classifier import PortClassifier, select_rx_ring
 from .coalesce import Coalescer
 from .connection import Connection, Disconnected
 from .handler import BackendHandler
+from .pacing import Pacer
 from .protocol import ProtocolError, request_name
 from .switch import Switch
 from .vring import QueueCounters, RingError, Vring
@@ -50,6 +51,7 @@ class Port:
     classifier: PortClassifier = field(init=False)
     coalescer: Coalescer = field(init=False)
     link_up: bool = True
+    pacer: Pacer = field(default_factory=Pacer)
 
     def __post_init__(self) -> None:
         self.queue_counters = [QueueCounters() for _ in range(2 * self.queue_pairs)]
@@ -70,6 +72,7 @@ class Port:
             "classifier": self.classifier.stats(),
             "link": "up" if self.link_up else "down",
             "coalesce": self.coalescer.settings(),
+            "pacing": self.pacer.settings(),
             "queues": [
                 {"index": i, "frames": c.frames, "bytes": c.bytes, "kicks": c.kicks, "calls": c.calls}
                 for i, c in enumerate(self.queue_counters)
@@ -94,6 +97,7 @@ class Server:
         self._busy: set[tuple[Port, Vring]] = set()
         self._touched: set[tuple[Port, Vring]] = set()
         self._deferred: set[tuple[Port, Vring]] = set()  # calls held back by coalescing
+        self._paced: set[tuple[Port, Vring]] = set()  # tx rings waiting for their port's rate limit
         self._control: socket.socket | None = None
         self._bound: list[str] = []
 
@@ -203,6 +207,8 @@ class Server:
                         pass
             except Exception:  # the loop must survive anything; this is a bug, not a guest error
                 log.exception("internal error handling %s event", kind)
+        if self._paced:
+            self._release_paced()
         if self._busy:
             busy, self._busy = self._busy, set()
             for port, ring in busy:
@@ -287,6 +293,7 @@ class Server:
         self._busy = {(p, r) for p, r in self._busy if p is not port}
         self._touched = {(p, r) for p, r in self._touched if p is not port}
         self._deferred = {(p, r) for p, r in self._deferred if p is not port}
+        self._paced = {(p, r) for p, r in self._paced if p is not port}
         if port.handler is not None:
             port.handler.close()
         port.conn.close()
@@ -323,10 +330,15 @@ class Server:
 
     def _service_tx(self, port: Port, ring: Vring) -> None:
         assert port.handler is not None
+        if port.pacer.rate_bps and not port.pacer.ready(time.monotonic()):
+            self._paced.add((port, ring))  # frames wait in the guest's ring: back-pressure, not loss
+            return
         device = port.handler.device
         frames: list[bytes] = []
+        # paced: a batch that roughly fits the tokens (frame sizes are known only after the pull)
+        budget = min(TX_BUDGET, max(1, int(port.pacer.tokens) // 1514)) if port.pacer.rate_bps else TX_BUDGET
         try:
-            device.pull_tx(ring, frames, port.drops, TX_BUDGET)
+            device.pull_tx(ring, frames, port.drops, budget)
             more = ring.pending(fence=True) > 0
         except RingError as e:
             self._stop_ring(port, ring, str(e))
@@ -335,6 +347,8 @@ class Server:
             self._busy.add((port, ring))
         if ring.error is None:
             self._touched.add((port, ring))
+        if port.pacer.rate_bps:
+            port.pacer.consume(sum(map(len, frames)))
         for frame in frames:
             port.from_guest_frames += 1
             port.from_guest_bytes += len(frame)
@@ -402,7 +416,18 @@ class Server:
                 d = port.coalescer.deadline(ring)
                 if d is not None:
                     timeout = min(timeout, max(0.0, d - now))
+        if self._paced:
+            now = time.monotonic()
+            for port, _ring in self._paced:
+                timeout = min(timeout, max(0.0, port.pacer.ready_at() - now))
         return timeout
+
+    def _release_paced(self) -> None:
+        """Tx rings whose port's token bucket is out of debt get serviced again."""
+        now = time.monotonic()
+        for port, ring in [x for x in self._paced if x[0].pacer.ready_at() <= now]:
+            self._paced.discard((port, ring))
+            self._busy.add((port, ring))
 
     # ---- control socket ------------------------------------------------------------------------------------
 
