@@ -14,6 +14,8 @@ import subprocess
 
 import pytest
 from rich.console import Console
+
+from testbed import image
 from testbed.image import (
     GuestImage,
     ImageBuildError,
@@ -25,8 +27,6 @@ from testbed.image import (
     module_load_order,
     recipe_hash,
 )
-
-from testbed import image
 
 FAKE_ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
 

@@ -14,6 +14,7 @@ import time
 
 import paramiko
 import pytest
+
 from testbed.image import create_overlay, ensure_image, kernel_cmdline
 
 pytestmark = pytest.mark.vm
