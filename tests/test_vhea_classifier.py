@@ -265,3 +265,23 @@ def test_not_ready_queue_falls_back_to_queue_0():
     assert select_rx_ring(c, rings, f) is None
     rings[2].ready = True
     assert select_rx_ring(c, rings, MACS + b"\x08\x06" + bytes(28)) is rings[2]  # pair 0 down: any ready one
+
+
+def test_single_queue_pair_is_not_classified():
+    c = PortClassifier(1)
+    rings = [FakeRing(True), FakeRing(True)]
+    assert select_rx_ring(c, rings, ipv4_frame("1.2.3.4", "5.6.7.8", 1, 2)) is rings[0]
+    assert c.stats()["rss"] == 0 and c.stats()["default"] == 0
+    rings[0].ready = False
+    assert select_rx_ring(c, rings, ipv4_frame("1.2.3.4", "5.6.7.8", 1, 2)) is None
+
+
+def test_fast_path_and_slow_path_agree():
+    c = PortClassifier(4)
+    c.add_rule("udp", 53, 3)
+    f = ipv4_frame("10.0.0.1", "10.0.0.2", 999, 53, proto=17)
+    assert [c.classify(f) for _ in range(3)] == [3, 3, 3]  # first parse, then the cached fast path
+    g = ipv4_frame("10.0.0.1", "10.0.0.2", 999, 54, proto=17)
+    assert [c.classify(g) for _ in range(2)] == [c.reta[Toeplitz().hash(tuple_input("10.0.0.1", "10.0.0.2", 999,
+                                                                                    54)) & 127]] * 2
+    assert c.stats()["rule"] == 3 and c.rules[1].hits == 3 and c.stats()["rss"] == 2

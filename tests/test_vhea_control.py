@@ -182,3 +182,20 @@ def test_ipv6_and_non_ip_frames(sockdir):
         assert len(receive_n(b, 1, pair=q)) == 1
         a.send_frame(macs + b"\x08\x06" + bytes(46))  # ARP-sized junk: queue 0
         assert len(receive_n(b, 1, pair=0)) == 1
+
+
+def test_settings_outlive_a_reconnect(sockdir):
+    with running_server(sockdir, ["a", "b"], queue_pairs=2) as server:
+        server.control_request(b'{"cmd": "rule-add", "port": "b", "proto": "tcp", "dport": 5201, "queue": 1}')
+        server.control_request(b'{"cmd": "rss-set", "port": "b", "reta": [1, 1]}')
+        for _ in range(2):  # a guest that goes away and comes back keeps its port's classification
+            with frontend(server, "a", queue_pairs=2) as a, frontend(server, "b", queue_pairs=2) as b:
+                a.handshake()
+                b.handshake()
+                b.post_rx(pair=1)
+                a.send_frame(tcp_a_to_b(40000, dport=5201))
+                a.send_frame(tcp_a_to_b(40001, dport=80))
+                assert len(receive_n(b, 2, pair=1)) == 2
+            assert wait_for(lambda: not server.stats()["ports"]["b"]["connected"])
+        show = server.control_request(b'{"cmd": "rss-show", "port": "b"}')
+        assert show["reta"] == [1, 1] and show["rules"][0]["hits"] == 2

@@ -160,6 +160,21 @@ class PortClassifier:
 
     def classify(self, frame: bytes) -> int:
         """The queue pair for this frame (counts it; never raises on any frame)."""
+        # fast path: an untagged, unfragmented IPv4 TCP/UDP frame without options whose flow is cached
+        if frame[12:14] == b"\x08\x00" and len(frame) >= 38 and frame[14] == 0x45 and \
+                not (frame[20] & 0x3F or frame[21]) and frame[23] in (6, 17):
+            hit = self._cache.get((frame[23], frame[26:38]))
+            if hit is not None:
+                queue, rule, hashed = hit
+                if rule is not None:
+                    rule.hits += 1
+                    self.counts["rule"] += 1
+                elif hashed:
+                    self.counts["rss"] += 1
+                else:
+                    self.counts["default"] += 1
+                self.per_queue[queue] += 1
+                return queue
         flow = parse_flow(frame)
         if flow is None:
             self.counts["default"] += 1
@@ -307,7 +322,13 @@ class PortClassifier:
 
 
 def select_rx_ring(classifier: PortClassifier, rings: list, frame: bytes):
-    """The rx ring for a frame: the classified pair's if ready, else pair 0 (counted), else any ready one."""
+    """The rx ring for a frame: the classified pair's if ready, else pair 0 (counted), else any ready one.
+
+    A port with one queue pair has nothing to choose: its frames are not classified (nor counted).
+    """
+    if len(rings) <= 2:
+        ring = rings[0] if rings else None
+        return ring if ring is not None and ring.ready else None
     q = classifier.classify(frame)
     if q:
         ring = rings[2 * q] if 2 * q < len(rings) else None
