@@ -121,9 +121,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
     f.add_column("port")
     for e in stats["switch"]["fdb"]:
         f.add_row(e["mac"], e["port"])
+    c = Table(title="classification and link")
+    for col in ("port", "link", "rule", "rss", "default", "not-ready fallback", "classified per queue",
+                "tx pacing"):
+        c.add_column(col, justify="left" if col in ("port", "link", "tx pacing") else "right")
+    for name, p in stats["ports"].items():
+        cl, pace = p.get("classifier"), p.get("pacing")
+        if cl is None:
+            continue
+        rate = f"{pace['rate_bps'] / 1e9:g} Gb/s" if pace and pace["rate_bps"] else "off"
+        c.add_row(name, p.get("link", "up"), str(cl["rule"]), str(cl["rss"]), str(cl["default"]),
+                  str(cl["not_ready_fallback"]), " ".join(map(str, cl["classified"])), rate)
     console = Console()
     console.print(t)
     console.print(q)
+    console.print(c)
     console.print(f)
     return 0
 
