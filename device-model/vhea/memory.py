@@ -42,6 +42,8 @@ class GuestMemory:
 
     def __init__(self, regions: list[MappedRegion]) -> None:
         self.regions = regions
+        # plain tuples for the per-descriptor lookup (no attribute or property calls in the hot path)
+        self._by_gpa = [(r.gpa, r.size, r.view) for r in regions]
 
     @classmethod
     def map(cls, regions: tuple[MemoryRegion, ...], fds: list[int]) -> GuestMemory:
@@ -86,13 +88,14 @@ class GuestMemory:
             except BufferError:
                 pass  # a ring still holds a view; the map goes when that is dropped
         self.regions = []
+        self._by_gpa = []
 
     def gpa(self, addr: int, length: int) -> memoryview:
         """Guest-physical [addr, addr+length) as a writable view; raises AddressError if not inside one region."""
-        for r in self.regions:
-            off = addr - r.gpa
-            if 0 <= off and off + length <= r.size:
-                return r.view[off:off + length]
+        for base, size, view in self._by_gpa:
+            off = addr - base
+            if 0 <= off and off + length <= size:
+                return view[off:off + length]
         raise AddressError(f"guest address {addr:#x}+{length} is outside the mapped memory")
 
     def uva(self, addr: int, length: int) -> memoryview:

@@ -34,12 +34,14 @@ from .protocol import (
     VIRTIO_RING_F_INDIRECT_DESC,
     bit,
 )
-from .vring import RingError, Vring
+from .vring import VRING_DESC_F_WRITE, RingError, Vring
 
 #: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers
 NET_HDR = struct.Struct("<BBHHHHH")
 NET_HDR_LEN = NET_HDR.size  # 12
 LEGACY_NET_HDR_LEN = 10
+#: the header of a frame without offloads in one buffer: all zero, num_buffers 1
+PLAIN_HDR = NET_HDR.pack(0, 0, 0, 0, 0, 0, 1)
 #: Biggest frame accepted from a guest (a 64 KiB TSO frame: IP datagram of 64 KiB plus Ethernet and VLAN).
 MAX_FRAME = 65535 + 18
 MIN_FRAME = 14
@@ -102,22 +104,26 @@ class VirtioNet:
         hdr_len = self.hdr_len
         features = self.features
         chain = ring.chain
+        lone = ring.lone
         put_used = ring.put_used
         counters = ring.counters
         n = min(ring.pending(), budget)
         frames = 0
         nbytes = 0
-        for i in range(n):
-            head = ring.head_at(i)
-            segs = chain(head, mem)
-            s = segs[0]
-            if s.writable:
-                raise RingError(f"tx descriptor chain {head} has a device-writable buffer")
-            v = s.view
+        for head in ring.heads(n):
+            one = lone(head, mem)
             parts = None
-            if len(segs) == 1:
+            if one is not None:
+                v, dflags = one
+                if dflags & VRING_DESC_F_WRITE:
+                    raise RingError(f"tx descriptor chain {head} has a device-writable buffer")
                 total = len(v)
             else:
+                segs = chain(head, mem)
+                s = segs[0]
+                if s.writable:
+                    raise RingError(f"tx descriptor chain {head} has a device-writable buffer")
+                v = s.view
                 parts = [v]
                 for s in segs[1:]:
                     if s.writable:
@@ -216,63 +222,49 @@ class VirtioNet:
         if avail == 0:
             return "rx_no_buffers"
         head = ring.head_at(0)
-        segs = ring.chain(head, mem)
-        if len(segs) == 1:
-            s = segs[0]
-            if not s.writable:
+        one = ring.lone(head, mem)
+        if one is not None:
+            v, dflags = one
+            if not dflags & VRING_DESC_F_WRITE:
                 raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
-            v = s.view
             if len(v) >= need:  # the common case: header and frame in one buffer
-                VHDR.pack_into(v, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
-                if hl == NET_HDR_LEN:
-                    v[10] = 1
-                    v[11] = 0
+                if flags | gso_type:
+                    VHDR.pack_into(v, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+                    if hl == NET_HDR_LEN:
+                        v[10:12] = b"\x01\x00"
+                else:
+                    v[:hl] = PLAIN_HDR if hl == NET_HDR_LEN else PLAIN_HDR[:hl]
                 v[hl:need] = frame
-                ring.put_used(head, need)
-                ring.consume(1)
-                ring.publish_used()
+                ring.complete_one(head, need)
                 c = ring.counters
                 c.frames += 1
                 c.bytes += flen
                 return None
-        chains: list[tuple[int, list]] = [(head, segs)]
-        capacity = 0
-        for s in segs:
-            if not s.writable:
-                raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
-            capacity += len(s.view)
-        limit = avail if self.mrg_rxbuf else 1
-        while capacity < need and len(chains) < limit:
-            head = ring.head_at(len(chains))
-            segs = ring.chain(head, mem)
-            for s in segs:
-                if not s.writable:
-                    raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
-                capacity += len(s.view)
-            chains.append((head, segs))
+        # several buffers (MRG_RXBUF) or a chained buffer: collect views until the frame fits
+        chains, capacity = ring.gather(mem, need, avail if self.mrg_rxbuf else 1)
         if capacity < need:
             return "rx_no_buffers" if self.mrg_rxbuf else "rx_buffer_too_small"
-        header = NET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, len(chains))[:hl]
-        pieces = (memoryview(header), memoryview(frame))
-        pi = po = 0
-        for head, segs in chains:
-            written = 0
-            for s in segs:
-                v = s.view
-                vo, vl = 0, len(v)
-                while vo < vl and pi < 2:
-                    p = pieces[pi]
-                    take = min(vl - vo, len(p) - po)
-                    v[vo:vo + take] = p[po:po + take]
-                    vo += take
-                    po += take
-                    written += take
-                    if po == len(p):
-                        pi += 1
-                        po = 0
-                if pi == 2:
-                    break
-            ring.put_used(head, written)
+        first = chains[0][1][0]
+        if len(first) < hl:  # the spec wants the header in the first buffer; a guest that breaks it loses the frame
+            return "rx_buffer_too_small"
+        first[:hl] = NET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, len(chains))[:hl]
+        src = memoryview(frame)
+        pos = 0
+        off = hl
+        elems = []
+        for head, views in chains:
+            written = off
+            for v in views:
+                take = len(v) - off
+                if take > flen - pos:
+                    take = flen - pos
+                v[off:off + take] = src[pos:pos + take]
+                pos += take
+                written += take
+                off = 0
+            elems.append((head, written))
+            off = 0
+        ring.put_used_many(elems)
         ring.consume(len(chains))
         ring.publish_used()
         ring.counters.frames += 1

@@ -185,6 +185,69 @@ class Vring:
             raise RingError(f"avail ring slot {slot} names descriptor {head}, ring has {self.num}")
         return head
 
+    def heads(self, count: int, offset: int = 0) -> list[int]:
+        """`count` descriptor indices from avail position last_avail_idx + offset, in one read (not consumed)."""
+        start = (self.last_avail_idx + offset) & (self.num - 1)
+        end = start + count
+        avail = self._avail
+        if end <= self.num:
+            heads = avail[2 + start:2 + end].tolist()
+        else:
+            heads = avail[2 + start:2 + self.num].tolist() + avail[2:2 + end - self.num].tolist()
+        if heads and max(heads) >= self.num:
+            bad = next(h for h in heads if h >= self.num)
+            raise RingError(f"avail ring names descriptor {bad}, ring has {self.num}")
+        return heads
+
+    def lone(self, head: int, mem: GuestMemory) -> tuple[memoryview, int] | None:
+        """Fast path for the common layout: (view, flags) of a head descriptor that is neither chained nor
+        indirect, bounds-checked; None when chain() must walk it. `head` must be < num (heads/head_at)."""
+        addr, length, flags, _nxt = DESC.unpack_from(self._desc, head << 4)
+        if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
+            return None
+        try:
+            return mem.gpa(addr, length), flags
+        except AddressError as e:
+            raise RingError(f"descriptor {head}: {e}") from e
+
+    def gather(self, mem: GuestMemory, need: int, limit: int) -> tuple[list[tuple[int, list[memoryview]]], int]:
+        """Device-writable buffers from the avail ring (not consumed) until `need` bytes fit or `limit` chains
+        are taken: ([(head, views)], capacity). Lone descriptors (MRG_RXBUF buffers) take a fast inline path.
+        """
+        desc = self._desc
+        regions = mem._by_gpa
+        unpack = DESC.unpack_from
+        chains: list[tuple[int, list[memoryview]]] = []
+        capacity = 0
+        taken = 0
+        while capacity < need and taken < limit:
+            for head in self.heads(min(limit - taken, 64), taken):
+                addr, length, flags, _nxt = unpack(desc, head << 4)
+                if not flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
+                    if not flags & VRING_DESC_F_WRITE:
+                        raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
+                    for base, size, view in regions:
+                        off = addr - base
+                        if 0 <= off and off + length <= size:
+                            views = [view[off:off + length]]
+                            break
+                    else:
+                        raise RingError(f"descriptor {head}: guest address {addr:#x}+{length} is outside the "
+                                        "mapped memory")
+                    capacity += length
+                else:
+                    views = []
+                    for sg in self.chain(head, mem):
+                        if not sg.writable:
+                            raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
+                        views.append(sg.view)
+                        capacity += len(sg.view)
+                chains.append((head, views))
+                taken += 1
+                if capacity >= need:
+                    break
+        return chains, capacity
+
     def consume(self, count: int) -> None:
         self.last_avail_idx = (self.last_avail_idx + count) & 0xFFFF
 
@@ -195,6 +258,7 @@ class Vring:
         idx = head
         count = 0
         in_indirect = False
+        regions = mem._by_gpa
         segs: list[Segment] = []
         while True:
             if idx >= table_len:
@@ -221,10 +285,13 @@ class Vring:
             count += 1
             if count > table_len:
                 raise RingError(f"descriptor chain from {head} longer than its table ({table_len}): loop?")
-            try:
-                view = mem.gpa(addr, length)
-            except AddressError as e:
-                raise RingError(f"descriptor {idx}: {e}") from e
+            for base, size, region in regions:  # mem.gpa, inlined
+                off = addr - base
+                if 0 <= off and off + length <= size:
+                    view = region[off:off + length]
+                    break
+            else:
+                raise RingError(f"descriptor {idx}: guest address {addr:#x}+{length} is outside the mapped memory")
             segs.append(Segment(view, bool(flags & VRING_DESC_F_WRITE)))
             if not flags & VRING_DESC_F_NEXT:
                 return segs
@@ -236,6 +303,32 @@ class Vring:
         self._used32[1 + 2 * slot] = head
         self._used32[2 + 2 * slot] = length
         self.used_idx = (self.used_idx + 1) & 0xFFFF
+
+    def put_used_many(self, elems: list[tuple[int, int]]) -> None:
+        """put_used for several (head, length) elements."""
+        used_idx = self.used_idx
+        mask = self.num - 1
+        u32 = self._used32
+        for head, length in elems:
+            slot = 1 + 2 * (used_idx & mask)
+            u32[slot] = head
+            u32[slot + 1] = length
+            used_idx += 1
+        self.used_idx = used_idx & 0xFFFF
+
+    def complete_one(self, head: int, length: int) -> None:
+        """consume(1) + put_used + publish_used for one head, in one call (the rx hot path)."""
+        used_idx = self.used_idx
+        slot = used_idx & (self.num - 1)
+        u32 = self._used32
+        u32[1 + 2 * slot] = head
+        u32[2 + 2 * slot] = length
+        self.used_idx = used_idx = (used_idx + 1) & 0xFFFF
+        self.last_avail_idx = last = (self.last_avail_idx + 1) & 0xFFFF
+        u16 = self._used
+        u16[1] = used_idx
+        if self.event_idx:
+            u16[2 + 4 * self.num] = last
 
     def publish_used(self) -> None:
         """Make used elements visible (x86 keeps stores in order, so the elements land before the index)."""
