@@ -250,37 +250,53 @@ def segment_tcp(frame: TxFrame, partial: bool) -> list[bytes]:
     tmpl = bytearray(mv[:hlen])
     seq0 = _I.unpack_from(tmpl, l4 + 4)[0]
     tflags = tmpl[l4 + 13]
+    doff_hi = tmpl[l4 + 12] << 8
     thl = hlen - l4
+    # Checksums incrementally: the sums of the fixed header words once, plus the words that change per segment.
+    _I.pack_into(tmpl, l4 + 4, 0)
+    tmpl[l4 + 12] = tmpl[l4 + 13] = 0
+    _H.pack_into(tmpl, l4 + 16, 0)
+    tcp_fixed = csum_sum(tmpl[l4:hlen])
     if h.ipv6:
         addr_sum = csum_sum(mv[l3 + 8:l3 + 40])
     else:
         addr_sum = csum_sum(mv[l3 + 12:l3 + 20])
         ip_id0 = _H.unpack_from(tmpl, l3 + 4)[0]
         ihl = l4 - l3
+        _H.pack_into(tmpl, l3 + 2, 0)
+        _H.pack_into(tmpl, l3 + 4, 0)
+        _H.pack_into(tmpl, l3 + 10, 0)
+        ip_fixed = csum_sum(tmpl[l3:l4])
     sums = None if partial else csum_segments(payload, mss, count)
+    pack_h = _H.pack_into
+    pack_i = _I.pack_into
+    join = b"".join
     out: list[bytes] = []
     for i in range(count):
         a = i * mss
         seg_len = min(mss, total - a)
         if h.ipv6:
-            _H.pack_into(tmpl, l3 + 4, thl + seg_len)
+            pack_h(tmpl, l3 + 4, thl + seg_len)
         else:
-            _H.pack_into(tmpl, l3 + 2, ihl + thl + seg_len)
-            _H.pack_into(tmpl, l3 + 4, (ip_id0 + i) & 0xFFFF)
-            _H.pack_into(tmpl, l3 + 10, 0)
-            _H.pack_into(tmpl, l3 + 10, csum_finish(csum_sum(tmpl[l3:l4])))
-        _I.pack_into(tmpl, l4 + 4, (seq0 + a) & 0xFFFFFFFF)
+            tot = ihl + thl + seg_len
+            ip_id = (ip_id0 + i) & 0xFFFF
+            pack_h(tmpl, l3 + 2, tot)
+            pack_h(tmpl, l3 + 4, ip_id)
+            pack_h(tmpl, l3 + 10, 0xFFFF - (ip_fixed + tot + ip_id) % 0xFFFF)
+        seq = (seq0 + a) & 0xFFFFFFFF
+        pack_i(tmpl, l4 + 4, seq)
         f = tflags
         if i != count - 1:
             f &= ~(TCP_FIN | TCP_PSH)
         if i != 0:
             f &= ~TCP_CWR
+        tmpl[l4 + 12] = doff_hi >> 8
         tmpl[l4 + 13] = f
         pseudo = addr_sum + IPPROTO_TCP + thl + seg_len
         if partial:
-            _H.pack_into(tmpl, l4 + 16, pseudo % 0xFFFF)
+            pack_h(tmpl, l4 + 16, pseudo % 0xFFFF)
         else:
-            _H.pack_into(tmpl, l4 + 16, 0)
-            _H.pack_into(tmpl, l4 + 16, csum_finish(pseudo + csum_sum(tmpl[l4:hlen]) + sums[i]))
-        out.append(bytes(tmpl) + payload[a:a + seg_len])
+            pack_h(tmpl, l4 + 16, 0xFFFF - (pseudo + tcp_fixed + (seq >> 16) + (seq & 0xFFFF) + (doff_hi | f)
+                                            + sums[i]) % 0xFFFF)
+        out.append(join((tmpl, payload[a:a + seg_len])))
     return out
