@@ -8,11 +8,15 @@ import os
 import tempfile
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_vhea_classifier import ipv4_frame, ipv6_frame
 from vhea_helpers import MAC_A, MAC_B, frontend, receive_n, running_server, wait_for
 
+from vhea import control
 from vhea.cli import main
 from vhea.protocol import Request, VringState
+from vhea.server import Server
 from vhea.toeplitz import Toeplitz, tuple_input
 
 A_IP, B_IP = "10.10.0.1", "10.10.0.2"
@@ -199,3 +203,30 @@ def test_settings_outlive_a_reconnect(sockdir):
             assert wait_for(lambda: not server.stats()["ports"]["b"]["connected"])
         show = server.control_request(b'{"cmd": "rss-show", "port": "b"}')
         assert show["reta"] == [1, 1] and show["rules"][0]["hits"] == 2
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+                    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+                    max_leaves=6)
+FIELDS = ["port", "proto", "src", "dst", "sport", "dport", "queue", "id", "key", "hash_types", "reta", "queues",
+          "max_frames", "max_usecs", "up", "rate_bps", "burst_bytes"]
+GOOD = {"port": st.sampled_from(["a", "b", "zz"]), "proto": st.sampled_from(["tcp", "udp", "icmp"]),
+        "src": st.sampled_from(["10.0.0.1", "fd00::1", "x"]), "dst": st.sampled_from(["10.0.0.2", "fd00::2"]),
+        "key": st.sampled_from(["00" * 40, "ab" * 39, "zz"])}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cmd=st.sampled_from(list(control.COMMANDS)),
+       fields=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6), data=st.data())
+def test_any_control_request_gets_an_answer(sockdir, cmd, fields, data):
+    server = Server(sockdir, ["a", "b"], queue_pairs=2)  # not bound: control_request needs no sockets
+    req = {"cmd": cmd, **fields}
+    for k, strat in GOOD.items():  # plausible values often, so requests get past the first check
+        if data.draw(st.booleans()):
+            req[k] = data.draw(strat)
+    reply = server.control_request(json.dumps(req).encode())
+    assert isinstance(reply, dict) and ("ok" in reply) != ("error" in reply)
+    json.dumps(reply)
+    server.sel.close()
+    for fd in (server._wake_r, server._wake_w):
+        os.close(fd)

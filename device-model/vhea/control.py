@@ -34,7 +34,7 @@ def _port(server: Server, req: dict, required: bool = True):
     name = req.get("port")
     if name is None and not required:
         return None
-    if name not in server.ports:
+    if not isinstance(name, str) or name not in server.ports:
         raise ConfigError(f"unknown port {name!r}; ports: {', '.join(server.ports)}")
     return server.ports[name]
 
