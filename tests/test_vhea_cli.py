@@ -105,7 +105,8 @@ def test_serve_stats_json_and_clean_sigterm(sockdir):
         assert pa["from_guest_frames"] == 10 and pa["from_guest_bytes"] == sum(map(len, frames))
         assert pb["to_guest_frames"] == 10 and pb["to_guest_bytes"] == sum(map(len, frames))
         assert pa["queues"][1] == {"index": 1, "frames": 10, "bytes": sum(map(len, frames)),
-                                   "kicks": pa["queues"][1]["kicks"], "calls": pa["queues"][1]["calls"]}
+                                   "kicks": pa["queues"][1]["kicks"], "calls": pa["queues"][1]["calls"],
+                                   "drops": {}}
         assert pa["queues"][1]["kicks"] >= 1
         assert [q["index"] for q in pb["queues"]] == [0, 1]
         assert st["switch"]["fdb"] == [{"mac": "02:00:00:00:00:0a", "port": "a"}]

@@ -150,3 +150,21 @@ def test_cli_rate(sockdir, capsys):
         assert main(["rate", "set", "--socket-dir", sockdir, "--port", "a", "--off"]) == 0
         assert "tx pacing off" in capsys.readouterr().out
         assert main(["rate", "set", "--socket-dir", sockdir, "--port", "a"]) == 2
+
+
+def test_rx_drops_are_counted_per_queue(sockdir):
+    from test_vhea_control import predicted, tcp_a_to_b
+
+    with running_server(sockdir, ["a", "b"], queue_pairs=2) as server, \
+            frontend(server, "a", queue_pairs=2) as a, frontend(server, "b", queue_pairs=2) as b:
+        a.handshake()
+        b.handshake()
+        b.post_rx(pair=0)  # pair 1 gets no buffers
+        sp1 = next(s for s in range(40000, 40100) if predicted(s) == 1)
+        sp0 = next(s for s in range(40000, 40100) if predicted(s) == 0)
+        a.send_frame(tcp_a_to_b(sp1))
+        a.send_frame(tcp_a_to_b(sp0))
+        assert len(receive_n(b, 1, pair=0)) == 1
+        assert wait_for(lambda: server.stats()["ports"]["b"]["queues"][2]["drops"] == {"rx_no_buffers": 1})
+        st = server.stats()["ports"]["b"]
+        assert st["queues"][0]["drops"] == {} and st["drops"] == {"rx_no_buffers": 1}

@@ -109,13 +109,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         t.add_row(name, "yes" if p["connected"] else "no", str(p["from_guest_frames"]),
                   str(p["from_guest_bytes"]), str(p["to_guest_frames"]), str(p["to_guest_bytes"]), drops)
     q = Table(title="queues")
-    for col in ("port", "queue", "frames", "bytes", "kicks", "calls"):
-        q.add_column(col, justify="right")
+    for col in ("port", "queue", "frames", "bytes", "kicks", "calls", "drops"):
+        q.add_column(col, justify="left" if col == "drops" else "right")
     for name, p in stats["ports"].items():
         for qs in p["queues"]:
             kind = "rx" if qs["index"] % 2 == 0 else "tx"
             q.add_row(name, f"{qs['index']} ({kind})", str(qs["frames"]), str(qs["bytes"]), str(qs["kicks"]),
-                      str(qs["calls"]))
+                      str(qs["calls"]), ", ".join(f"{k}={v}" for k, v in qs.get("drops", {}).items()) or "-")
     f = Table(title="switch fdb")
     f.add_column("mac")
     f.add_column("port")

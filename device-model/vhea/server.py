@@ -52,14 +52,18 @@ class Port:
     coalescer: Coalescer = field(init=False)
     link_up: bool = True
     pacer: Pacer = field(default_factory=Pacer)
+    queue_drops: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.queue_counters = [QueueCounters() for _ in range(2 * self.queue_pairs)]
         self.classifier = PortClassifier(self.queue_pairs)  # the host's settings: they outlive connections
         self.coalescer = Coalescer(2 * self.queue_pairs)
 
-    def drop(self, reason: str, n: int = 1) -> None:
+    def drop(self, reason: str, n: int = 1, queue: int | None = None) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
+        if queue is not None:  # also by queue (rx drops: which queue ran out of buffers)
+            qd = self.queue_drops.setdefault(queue, {})
+            qd[reason] = qd.get(reason, 0) + n
 
     def stats(self) -> dict:
         return {
@@ -74,7 +78,8 @@ class Port:
             "coalesce": self.coalescer.settings(),
             "pacing": self.pacer.settings(),
             "queues": [
-                {"index": i, "frames": c.frames, "bytes": c.bytes, "kicks": c.kicks, "calls": c.calls}
+                {"index": i, "frames": c.frames, "bytes": c.bytes, "kicks": c.kicks, "calls": c.calls,
+                 "drops": dict(sorted(self.queue_drops.get(i, {}).items()))}
                 for i, c in enumerate(self.queue_counters)
             ],
         }
@@ -381,10 +386,10 @@ class Server:
             reason = device.push_rx(ring, frame)
         except RingError as e:
             self._stop_ring(port, ring, str(e))
-            port.drop("rx_ring_error")
+            port.drop("rx_ring_error", queue=ring.index)
             return
         if reason is not None:
-            port.drop(reason)
+            port.drop(reason, queue=ring.index)
             return
         port.to_guest_frames += 1
         port.to_guest_bytes += len(frame)
