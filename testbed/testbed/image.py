@@ -382,7 +382,7 @@ def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
     except FileNotFoundError as exc:
-        raise ImageBuildError(f"{what}: {cmd[0]} is not installed (see scripts/install-deps.sh)") from exc
+        raise ImageBuildError(f"{what}: {cmd[0]} is not installed (see testbed/install-deps.sh)") from exc
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise ImageBuildError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
@@ -559,7 +559,7 @@ class _Builder:
             (tree / sub).mkdir(parents=True, exist_ok=True)
         busybox = shutil.which("busybox") or "/bin/busybox"
         if not Path(busybox).exists():
-            raise ImageBuildError("busybox (busybox-static) is not installed; see scripts/install-deps.sh")
+            raise ImageBuildError("busybox (busybox-static) is not installed; see testbed/install-deps.sh")
         _run(
             ["sh", "-c", f"ldd {busybox} 2>&1 | grep -q 'not a dynamic'"],
             what="check busybox is static (install busybox-static)",
@@ -640,7 +640,7 @@ def ensure_image(cache_root: Path | None = None, force: bool = False, console: C
     if missing:
         raise ImageBuildError(
             f"building a guest image needs {', '.join(missing)} on the host; "
-            "install them with scripts/install-deps.sh (packages debootstrap, busybox-static, cpio, e2fsprogs, "
+            "install them with testbed/install-deps.sh (packages debootstrap, busybox-static, cpio, e2fsprogs, "
             "qemu-utils, openssh-client)"
         )
     recipe = load_recipe()
