@@ -54,6 +54,21 @@ class Row:
     gbps: float
     ratio: float | None = None  # to the anchor at the same frame size
     note: str = ""
+    vhea_cpu: float | None = None  # cores the vhea process used in the window (user + system time / wall time)
+    fps_per_core: float | None = None  # fps / vhea_cpu: what one fully busy vhea core would forward
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _row(case: str, frame: str, nbytes: int, fps: float, cpu: float | None, anchor: float | None,
+         note: str = "") -> Row:
+    return Row(case, frame, nbytes, fps, fps * nbytes * 8 / 1e9, fps / anchor if anchor else None, note, cpu,
+               fps / cpu if cpu else None)
 
 
 # ---- DPDK ----------------------------------------------------------------------------------------------------
@@ -81,26 +96,30 @@ def _rx_after(tp: testpmd.Testpmd, before: int, timeout: float = 10.0) -> int:
     raise RuntimeError(f"testpmd gave no port statistics (log {tp.log_path})")
 
 
-def _rx_count(rx: testpmd.Testpmd, seconds: float) -> tuple[int, float]:
+def _rx_count(rx: testpmd.Testpmd, seconds: float, pid: int | None = None) -> tuple[int, float, float | None]:
+    """Frames the receiver counted in `seconds`, the time taken, and the cores `pid` used meanwhile."""
     before = len(_BLOCK.findall(rx.output()))
     rx.send("clear port stats all")
     t0 = time.monotonic()
+    c0 = proc_cpu_s(pid) if pid else 0.0
     time.sleep(seconds)
     rx.send("show port stats all")
     t1 = time.monotonic()
-    return _rx_after(rx, before), t1 - t0
+    cpu = (proc_cpu_s(pid) - c0) / (t1 - t0) if pid else None
+    return _rx_after(rx, before), t1 - t0, cpu
 
 
-def _measure_testpmd(tx: testpmd.Testpmd, rx: testpmd.Testpmd, size: int, seconds: float) -> float:
+def _measure_testpmd(tx: testpmd.Testpmd, rx: testpmd.Testpmd, size: int, seconds: float,
+                     pid: int | None = None) -> tuple[float, float | None]:
     """Switch the sender to `size`, wait for traffic, count what the receiver gets in `seconds`: frames/s."""
     tx.send("stop", f"set txpkts {size}", "start")
     deadline = time.monotonic() + 15
     while _rx_count(rx, WARMUP_S / 2)[0] == 0:  # links come up a little after start
         if time.monotonic() > deadline:
-            return 0.0
+            return 0.0, None
     time.sleep(WARMUP_S / 2)
-    n, dt = _rx_count(rx, seconds)
-    return n / dt
+    n, dt, cpu = _rx_count(rx, seconds, pid)
+    return n / dt, cpu
 
 
 def _wait(cond, what: str, timeout: float = 30.0, procs: tuple = ()) -> None:
@@ -114,7 +133,7 @@ def _wait(cond, what: str, timeout: float = 30.0, procs: tuple = ()) -> None:
         time.sleep(0.1)
 
 
-def bench_anchor(workdir: str, sizes: list[int], seconds: float) -> dict[int, float]:
+def bench_anchor(workdir: str, sizes: list[int], seconds: float) -> dict[int, tuple[float, float | None]]:
     """testpmd virtio-user txonly -> testpmd vhost PMD rxonly."""
     sock = os.path.join(workdir, "anchor.sock")
     budget = int(10 + len(sizes) * (seconds + WARMUP_S + 3) + 30)
@@ -142,7 +161,8 @@ def _vhea_stats(sockdir: str) -> dict:
     return query(sockdir, {"cmd": "stats"})
 
 
-def bench_vhea_dpdk(sockdir: str, workdir: str, sizes: list[int], seconds: float) -> dict[int, float]:
+def bench_vhea_dpdk(sockdir: str, workdir: str, sizes: list[int], seconds: float,
+                    pid: int | None = None) -> dict[int, tuple[float, float | None]]:
     budget = int(10 + len(sizes) * (seconds + WARMUP_S + 3) + 30)
     tag = f"{os.getpid()}"
     rx = testpmd.Testpmd(_testpmd_cmd(f"net_virtio_user0,path={sockdir}/b.sock,queues=1", f"vhbB{tag}", 1, budget),
@@ -156,7 +176,7 @@ def bench_vhea_dpdk(sockdir: str, workdir: str, sizes: list[int], seconds: float
         tx.send("set fwd txonly")
         _wait(lambda: _vhea_stats(sockdir)["ports"]["a"]["connected"], "testpmd on port a", procs=(tx,))
         time.sleep(1.0)  # queues set up
-        return {s: _measure_testpmd(tx, rx, s, seconds) for s in sizes}
+        return {s: _measure_testpmd(tx, rx, s, seconds, pid) for s in sizes}
     finally:
         for tp in (tx, rx):
             if tp is not None:
@@ -283,7 +303,8 @@ def _py_receiver(path: str, want: int | None, count, ready, stop) -> None:
         fe.close()
 
 
-def bench_python(sockdir: str, kind: str, size: int, seconds: float, segmenting_peer: bool = False) -> float:
+def bench_python(sockdir: str, kind: str, size: int, seconds: float, segmenting_peer: bool = False,
+                 pid: int | None = None) -> tuple[float, float | None]:
     ctx = mp.get_context("fork")
     stop = ctx.Event()
     rx_ready, tx_ready = ctx.Event(), ctx.Event()
@@ -302,9 +323,11 @@ def bench_python(sockdir: str, kind: str, size: int, seconds: float, segmenting_
             raise RuntimeError("python sender did not start")
         time.sleep(WARMUP_S)
         n0, t0 = count.value, time.monotonic()
+        c0 = proc_cpu_s(pid) if pid else 0.0
         time.sleep(seconds)
         n1, t1 = count.value, time.monotonic()
-        return (n1 - n0) / (t1 - t0)
+        cpu = (proc_cpu_s(pid) - c0) / (t1 - t0) if pid else None
+        return (n1 - n0) / (t1 - t0), cpu
     finally:
         stop.set()
         for p in (tx, rx):
@@ -351,32 +374,30 @@ def run(sizes: list[int], seconds: float, dpdk: bool = True, python: bool = True
     try:
         if have_dpdk:
             say("anchor: testpmd virtio-user -> testpmd vhost PMD")
-            anchor = bench_anchor(workdir, sizes, seconds)
+            anchor = {s: fps for s, (fps, _cpu) in bench_anchor(workdir, sizes, seconds).items()}
             for s in sizes:
-                rows.append(Row("anchor (DPDK vhost PMD)", str(s), s, anchor[s], anchor[s] * s * 8 / 1e9, 1.0))
-        with vhea_server(sockdir, os.path.join(workdir, "vhea.log")):
+                rows.append(_row("anchor (DPDK vhost PMD)", str(s), s, anchor[s], None, anchor[s]))
+        with vhea_server(sockdir, os.path.join(workdir, "vhea.log")) as proc:
             if have_dpdk:
                 say("vhea with testpmd virtio-user on both ports")
-                got = bench_vhea_dpdk(sockdir, workdir, sizes, seconds)
+                got = bench_vhea_dpdk(sockdir, workdir, sizes, seconds, proc.pid)
                 for s in sizes:
-                    rows.append(Row("vhea + DPDK virtio-user", str(s), s, got[s], got[s] * s * 8 / 1e9,
-                                    got[s] / anchor[s] if anchor.get(s) else None))
+                    rows.append(_row("vhea + DPDK virtio-user", str(s), s, got[s][0], got[s][1], anchor.get(s)))
             if python:
                 for s in sizes:
                     say(f"vhea with the Python front-end, {s}-byte frames")
-                    fps = bench_python(sockdir, "plain", s, seconds)
-                    rows.append(Row("vhea + Python front-end", str(s), s, fps, fps * s * 8 / 1e9,
-                                    fps / anchor[s] if anchor.get(s) else None))
+                    fps, cpu = bench_python(sockdir, "plain", s, seconds, pid=proc.pid)
+                    rows.append(_row("vhea + Python front-end", str(s), s, fps, cpu, anchor.get(s)))
                 if tso:
                     say("vhea with the Python front-end, 64 KiB TSO frames")
                     n = len(tso_test_frame())
-                    fps = bench_python(sockdir, "tso", 0, seconds)
-                    rows.append(Row("vhea + Python front-end", "64K TSO -> TSO peer", n, fps, fps * n * 8 / 1e9,
-                                    note="passed whole (GUEST_TSO4)"))
-                    fps = bench_python(sockdir, "tso", 0, seconds, segmenting_peer=True)
+                    fps, cpu = bench_python(sockdir, "tso", 0, seconds, pid=proc.pid)
+                    rows.append(_row("vhea + Python front-end", "64K TSO -> TSO peer", n, fps, cpu, None,
+                                     "passed whole (GUEST_TSO4)"))
+                    fps, cpu = bench_python(sockdir, "tso", 0, seconds, segmenting_peer=True, pid=proc.pid)
                     seg = 14 + 20 + 32 + TSO_MSS
-                    rows.append(Row("vhea + Python front-end", "64K TSO -> plain peer", seg, fps,
-                                    fps * seg * 8 / 1e9, note="segmented + checksummed in vhea; fps = segments"))
+                    rows.append(_row("vhea + Python front-end", "64K TSO -> plain peer", seg, fps, cpu, None,
+                                     "segmented + checksummed in vhea; frames = segments"))
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
     if not have_dpdk:
@@ -391,12 +412,19 @@ def print_table(rows: list[Row], seconds: float) -> None:
 
     t = Table(title=f"vhea bench: port a -> port b, {seconds:g} s per figure, counted at the receiver")
     for col, just in (("front-end / back-end", "left"), ("frame", "right"), ("frames/s", "right"),
-                      ("Gb/s", "right"), ("vs anchor", "right"), ("note", "left")):
+                      ("Gb/s", "right"), ("vs anchor", "right"), ("vhea CPU", "right"),
+                      ("frames/s per vhea core", "right"), ("Gb/s per vhea core", "right"), ("note", "left")):
         t.add_column(col, justify=just)
     for r in rows:
+        per_core = r.fps_per_core
         t.add_row(r.case, r.frame, f"{r.fps:,.0f}", f"{r.gbps:.2f}", "-" if r.ratio is None else f"{r.ratio:.1%}",
-                  r.note)
-    Console().print(t)
+                  "-" if r.vhea_cpu is None else f"{r.vhea_cpu:.0%}",
+                  "-" if per_core is None else f"{per_core:,.0f}",
+                  "-" if per_core is None else f"{per_core * r.frame_bytes * 8 / 1e9:.2f}", r.note)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)
+    console.print(t)
 
 
 def to_json(rows: list[Row], seconds: float) -> str:
