@@ -34,7 +34,7 @@ from .protocol import (
     VIRTIO_RING_F_INDIRECT_DESC,
     bit,
 )
-from .vring import VRING_DESC_F_WRITE, RingError, Vring
+from .vring import RingError, Vring
 
 #: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers
 NET_HDR = struct.Struct("<BBHHHHH")
@@ -104,19 +104,14 @@ class VirtioNet:
         hdr_len = self.hdr_len
         features = self.features
         chain = ring.chain
-        lone = ring.lone
-        put_used = ring.put_used
         counters = ring.counters
         n = min(ring.pending(), budget)
         frames = 0
         nbytes = 0
-        for head in ring.heads(n):
-            one = lone(head, mem)
+        heads = ring.heads(n)
+        for head, v in zip(heads, ring.lone_views(heads, mem), strict=True):
             parts = None
-            if one is not None:
-                v, dflags = one
-                if dflags & VRING_DESC_F_WRITE:
-                    raise RingError(f"tx descriptor chain {head} has a device-writable buffer")
+            if v is not None:
                 total = len(v)
             else:
                 segs = chain(head, mem)
@@ -130,7 +125,6 @@ class VirtioNet:
                         raise RingError(f"tx descriptor chain {head} has a device-writable buffer")
                     parts.append(s.view)
                 total = sum(map(len, parts))
-            put_used(head, 0)
             if total < hdr_len + MIN_FRAME:
                 drops["tx_runt"] = drops.get("tx_runt", 0) + 1
                 continue
@@ -160,6 +154,7 @@ class VirtioNet:
             out.append(data)
             frames += 1
             nbytes += len(data)
+        ring.put_used_many([(h, 0) for h in heads])
         counters.frames += frames
         counters.bytes += nbytes
         ring.consume(n)
@@ -218,28 +213,22 @@ class VirtioNet:
         hl = self.hdr_len
         flen = len(frame)
         need = hl + flen
-        avail = ring.pending()
+        avail, head, v = ring.peek_lone(mem)
         if avail == 0:
             return "rx_no_buffers"
-        head = ring.head_at(0)
-        one = ring.lone(head, mem)
-        if one is not None:
-            v, dflags = one
-            if not dflags & VRING_DESC_F_WRITE:
-                raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
-            if len(v) >= need:  # the common case: header and frame in one buffer
-                if flags | gso_type:
-                    VHDR.pack_into(v, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
-                    if hl == NET_HDR_LEN:
-                        v[10:12] = b"\x01\x00"
-                else:
-                    v[:hl] = PLAIN_HDR if hl == NET_HDR_LEN else PLAIN_HDR[:hl]
-                v[hl:need] = frame
-                ring.complete_one(head, need)
-                c = ring.counters
-                c.frames += 1
-                c.bytes += flen
-                return None
+        if v is not None and len(v) >= need:  # the common case: header and frame in one buffer
+            if flags | gso_type:
+                VHDR.pack_into(v, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+                if hl == NET_HDR_LEN:
+                    v[10:12] = b"\x01\x00"
+            else:
+                v[:hl] = PLAIN_HDR if hl == NET_HDR_LEN else PLAIN_HDR[:hl]
+            v[hl:need] = frame
+            ring.complete_one(head, need)
+            c = ring.counters
+            c.frames += 1
+            c.bytes += flen
+            return None
         # several buffers (MRG_RXBUF) or a chained buffer: collect views until the frame fits
         chains, capacity = ring.gather(mem, need, avail if self.mrg_rxbuf else 1)
         if capacity < need:

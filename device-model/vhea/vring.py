@@ -210,6 +210,56 @@ class Vring:
         except AddressError as e:
             raise RingError(f"descriptor {head}: {e}") from e
 
+    def lone_views(self, heads: list[int], mem: GuestMemory) -> list[memoryview | None]:
+        """lone() for a batch of heads (< num): for each, its device-readable view, or None when it is chained
+        or indirect (walk it with chain()). A device-writable lone buffer raises RingError (tx rings)."""
+        desc = self._desc
+        regions = mem._by_gpa
+        unpack = DESC.unpack_from
+        out: list[memoryview | None] = []
+        append = out.append
+        for head in heads:
+            addr, length, flags, _nxt = unpack(desc, head << 4)
+            if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
+                append(None)
+                continue
+            if flags & VRING_DESC_F_WRITE:
+                raise RingError(f"tx descriptor chain {head} has a device-writable buffer")
+            for base, size, view in regions:
+                off = addr - base
+                if 0 <= off and off + length <= size:
+                    append(view[off:off + length])
+                    break
+            else:
+                raise RingError(f"descriptor {head}: guest address {addr:#x}+{length} is outside the mapped memory")
+        return out
+
+    def peek_lone(self, mem: GuestMemory) -> tuple[int, int, memoryview | None]:
+        """The rx hot path in one call: (available heads, next head, its view if it is a lone descriptor).
+
+        (0, -1, None) when the ring is empty; view None when the head needs chain()/gather(). Checks as
+        pending() + head_at(0) + lone() do; a device-read-only lone buffer raises RingError.
+        """
+        n = (self._avail[1] - self.last_avail_idx) & 0xFFFF
+        if n == 0:
+            return 0, -1, None
+        num = self.num
+        if n > num:
+            raise RingError(f"avail idx moved {n} entries past last_avail {self.last_avail_idx}; ring has {num}")
+        head = self._avail[2 + (self.last_avail_idx & (num - 1))]
+        if head >= num:
+            raise RingError(f"avail ring names descriptor {head}, ring has {num}")
+        addr, length, flags, _nxt = DESC.unpack_from(self._desc, head << 4)
+        if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
+            return n, head, None
+        if not flags & VRING_DESC_F_WRITE:
+            raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
+        for base, size, view in mem._by_gpa:
+            off = addr - base
+            if 0 <= off and off + length <= size:
+                return n, head, view[off:off + length]
+        raise RingError(f"descriptor {head}: guest address {addr:#x}+{length} is outside the mapped memory")
+
     def gather(self, mem: GuestMemory, need: int, limit: int) -> tuple[list[tuple[int, list[memoryview]]], int]:
         """Device-writable buffers from the avail ring (not consumed) until `need` bytes fit or `limit` chains
         are taken: ([(head, views)], capacity). Lone descriptors (MRG_RXBUF buffers) take a fast inline path.
