@@ -41,17 +41,24 @@ class Switch:
             e.seen = now
 
     def destinations(self, frame: bytes, ingress: str) -> list[str]:
-        """Learn the source and return the egress ports (never the ingress port)."""
+        """Learn the source and return the egress ports (never the ingress port). Per frame: kept lean."""
         now = self.clock()
+        fdb = self.fdb
         src = frame[6:12]
-        dst = frame[0:6]
-        self.learn(src, ingress, now)
-        if not dst[0] & 1:
-            e = self.fdb.get(dst)
+        if not frame[6] & 1:  # a multicast source address is bogus; never learn it
+            e = fdb.get(src)
+            if e is None:
+                fdb[src] = FdbEntry(ingress, now)
+            else:
+                e.port = ingress
+                e.seen = now
+        if not frame[0] & 1:
+            dst = frame[0:6]
+            e = fdb.get(dst)
             if e is not None:
                 if now - e.seen <= self.ageing:
                     return [] if e.port == ingress else [e.port]
-                del self.fdb[dst]
+                del fdb[dst]
         return [p for p in self.ports if p != ingress]
 
     def forget_port(self, port: str) -> None:
