@@ -196,6 +196,7 @@ class Dispatcher:
         self.tx_active: set[Sock] = set()
         self.rx_stalled: set[Sock] = set()
         self.closing: set[Sock] = set()
+        self.tx_progress: list[Sock] = []  # tx head advanced this loop
         self.next_app = 1
         self.running = True
         self.stats = {"loops": 0, "commands": 0, "sends": 0, "send_bytes": 0, "recvs": 0, "recv_bytes": 0,
@@ -667,9 +668,8 @@ class Dispatcher:
         if lock:
             lock.release()
         s.idle = 0
-        if n and q[s.cw + C_TX_WANT]:
-            q[s.cw + C_TX_WANT] = 0
-            self._post(s, EV_TX)
+        if n:
+            self.tx_progress.append(s)  # TX_WANT is read after the fence in _doorbells (Dekker)
         if n < used:  # kernel buffer full: wait for EPOLLOUT instead of spinning
             self.tx_active.discard(s)
             self._register(s, s.emask | select.EPOLLOUT)
@@ -790,11 +790,18 @@ class Dispatcher:
     # ------------------------------------------------------------------ loop
 
     def _doorbells(self) -> None:
-        dirty = [a for a in self.apps.values() if a.dirty]
-        if not dirty:
+        """Fence, then read what the front-ends announced (TX_WANT, sleepers): the Dekker pairing of our
+        head/tail/result stores with their "announce, then re-check" (a locked add on their side)."""
+        progress = self.tx_progress
+        if not progress and not any(a.dirty for a in self.apps.values()):
             return
-        native.fence()  # our state stores before the sleepers load (Dekker with the front-end)
-        for app in dirty:
+        native.fence()
+        if progress:
+            for s in progress:  # TX_WANT counts front-end threads waiting for credits; they clear it
+                if s.k is not None and s.app.region.q[s.cw + C_TX_WANT]:
+                    self._post(s, EV_TX)
+            progress.clear()
+        for app in [a for a in self.apps.values() if a.dirty]:
             app.dirty = False
             q = app.region.q
             if q[H_SLEEPERS]:

@@ -75,6 +75,7 @@ from .layout import (
 from .queues import CommandQueue, NotifyRing, Region, create_memfd
 
 U64 = (1 << 64) - 1
+_FAST = native.FAST
 SPIN = 20  # condition checks (with a GIL-releasing yield) before sleeping on the doorbell
 
 _sentinel = object()
@@ -297,6 +298,9 @@ class IsoSocket:
         self._rx_off, self._rx_size = g.rx_off(idx), g.rx_size
         self._draining_addr = stack.base + (self._cw + C_DRAINING) * 8
         self._asym = stack.asym_fence
+        self._ctl = stack.base + self._cw * 8
+        self._txr = stack.base + self._tx_off
+        self._rxr = stack.base + self._rx_off
         self._timeout = _socket.getdefaulttimeout() if timeout is _sentinel else timeout
         self._lock = threading.Lock()  # serializes this socket's control calls (application-local)
         self._tx_tail = self._q[self._cw + C_TX_TAIL]
@@ -420,6 +424,17 @@ class IsoSocket:
 
     def send(self, data, flags: int = 0) -> int:
         """Copy as much of data as the tx ring has credits for; post SEND only if nobody drains the ring."""
+        if _FAST is not None and not flags and not self._closed and not self._tx_shut:
+            r = _FAST.send(self._ctl, self._txr, self._tx_size, self._tx_tail, self._asym, data)
+            if r > 1:  # 2 * bytes copied + must-post
+                self._tx_tail += r >> 1
+                if r & 1:
+                    self._post(Op.SEND, self._tx_tail)
+                return r >> 1
+        return self._send_slow(data, flags)
+
+    def _send_slow(self, data, flags: int) -> int:
+        """Checks, credit waits, and the pure-Python copy (no extension)."""
         if flags:
             raise _err(errno.EOPNOTSUPP, "send flags")
         q, cw = self._q, self._cw
@@ -439,13 +454,19 @@ class IsoSocket:
         if free <= 0:
             if self._timeout == 0.0:
                 raise BlockingIOError(errno.EAGAIN, "tx ring full")
-            q[cw + C_TX_WANT] = 1
             size = self._tx_size
 
             def space() -> bool:
                 return size - (tail - q[cw + C_TX_HEAD]) > 0 or bool(q[cw + C_STATE] & ST_ERROR)
 
-            if not self._stack.wait(space, self._deadline()):
+            # Announce the wait (a counter: the dispatcher only reads it, so no announcement can be lost).
+            want = self._ctl + C_TX_WANT * 8
+            native.fetch_add64(want, 1)
+            try:
+                ok = self._stack.wait(space, self._deadline())
+            finally:
+                native.fetch_add64(want, U64)
+            if not ok:
                 raise TimeoutError("timed out")
             self._check()
             free = self._tx_size - (tail - q[cw + C_TX_HEAD])
@@ -470,13 +491,19 @@ class IsoSocket:
         return k
 
     def sendall(self, data, flags: int = 0) -> None:
-        mv = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        deadline = self._deadline()
-        sent = self.send(mv, flags)
+        sent = 0
+        if _FAST is not None and not flags and not self._closed and not self._tx_shut:
+            r = _FAST.send(self._ctl, self._txr, self._tx_size, self._tx_tail, self._asym, data)
+            if r > 1:
+                sent = r >> 1
+                self._tx_tail += sent
+                if r & 1:
+                    self._post(Op.SEND, self._tx_tail)
+                if type(data) is bytes and sent == len(data):
+                    return
+        mv = memoryview(data).cast("B")
         total = len(mv)
-        if sent == total:
-            return
-        mv = memoryview(mv)
+        deadline = self._deadline()
         old = self._timeout
         try:
             while sent < total:
@@ -500,6 +527,11 @@ class IsoSocket:
             raise _err(errno.EOPNOTSUPP, "recv flags")
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
+        if _FAST is not None and not flags and not self._closed and bufsize > 0:
+            data = _FAST.recv(self._ctl, self._rxr, self._rx_size, self._rx_head, bufsize)
+            if data:
+                self._rx_head += len(data)
+                return data
         q, cw = self._q, self._cw
         while True:
             if self._closed:
