@@ -210,9 +210,11 @@ class Vring:
         except AddressError as e:
             raise RingError(f"descriptor {head}: {e}") from e
 
-    def lone_views(self, heads: list[int], mem: GuestMemory) -> list[memoryview | None]:
-        """lone() for a batch of heads (< num): for each, its device-readable view, or None when it is chained
-        or indirect (walk it with chain()). A device-writable lone buffer raises RingError (tx rings)."""
+    def lone_views(self, heads: list[int], mem: GuestMemory, writable: bool = False) -> list[memoryview | None]:
+        """lone() for a batch of heads (< num): for each, its view, or None when it is chained or indirect (walk
+        it with chain()). A lone buffer of the wrong direction (device-writable on tx, read-only on rx:
+        `writable`) raises RingError."""
+        want = VRING_DESC_F_WRITE if writable else 0
         desc = self._desc
         regions = mem._by_gpa
         unpack = DESC.unpack_from
@@ -223,8 +225,9 @@ class Vring:
             if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
                 append(None)
                 continue
-            if flags & VRING_DESC_F_WRITE:
-                raise RingError(f"tx descriptor chain {head} has a device-writable buffer")
+            if flags & VRING_DESC_F_WRITE != want:
+                raise RingError(f"rx descriptor chain {head} has a device-read-only buffer" if writable else
+                                f"tx descriptor chain {head} has a device-writable buffer")
             for base, size, view in regions:
                 off = addr - base
                 if 0 <= off and off + length <= size:
