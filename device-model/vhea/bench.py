@@ -133,26 +133,43 @@ def _wait(cond, what: str, timeout: float = 30.0, procs: tuple = ()) -> None:
         time.sleep(0.1)
 
 
+def _stop_testpmd(tp: testpmd.Testpmd) -> None:
+    """Quit a testpmd this bench started, and remove its EAL runtime directory (named by our --file-prefix)."""
+    try:
+        tp.send("stop")
+    except (BrokenPipeError, OSError):
+        pass
+    tp.quit(10)
+    prefix = getattr(tp, "prefix", None)
+    if prefix:
+        shutil.rmtree(os.path.join("/var/run/dpdk", prefix), ignore_errors=True)
+
+
+def _start_testpmd(vdev: str, prefix: str, main_lcore: int, timeout_s: int, log: str) -> testpmd.Testpmd:
+    tp = testpmd.Testpmd(_testpmd_cmd(vdev, prefix, main_lcore, timeout_s), log)
+    tp.prefix = prefix
+    return tp
+
+
 def bench_anchor(workdir: str, sizes: list[int], seconds: float) -> dict[int, tuple[float, float | None]]:
     """testpmd virtio-user txonly -> testpmd vhost PMD rxonly."""
     sock = os.path.join(workdir, "anchor.sock")
     budget = int(10 + len(sizes) * (seconds + WARMUP_S + 3) + 30)
     tag = f"{os.getpid()}"
-    rx = testpmd.Testpmd(_testpmd_cmd(f"net_vhost0,iface={sock},queues=1", f"vhbA{tag}", 1, budget),
-                         os.path.join(workdir, "anchor-vhost.log"))
+    rx = _start_testpmd(f"net_vhost0,iface={sock},queues=1", f"vhbA{tag}", 1, budget,
+                        os.path.join(workdir, "anchor-vhost.log"))
     tx = None
     try:
         rx.send("set fwd rxonly", "start")
         _wait(lambda: os.path.exists(sock), "vhost PMD socket", procs=(rx,))
-        tx = testpmd.Testpmd(_testpmd_cmd(f"net_virtio_user0,path={sock},queues=1", f"vhbV{tag}", 0, budget),
-                             os.path.join(workdir, "anchor-virtio.log"))
+        tx = _start_testpmd(f"net_virtio_user0,path={sock},queues=1", f"vhbV{tag}", 0, budget,
+                            os.path.join(workdir, "anchor-virtio.log"))
         tx.send("set fwd txonly")
         return {s: _measure_testpmd(tx, rx, s, seconds) for s in sizes}
     finally:
         for tp in (tx, rx):
             if tp is not None:
-                tp.send("stop")
-                tp.quit(10)
+                _stop_testpmd(tp)
 
 
 def _vhea_stats(sockdir: str) -> dict:
@@ -165,14 +182,14 @@ def bench_vhea_dpdk(sockdir: str, workdir: str, sizes: list[int], seconds: float
                     pid: int | None = None) -> dict[int, tuple[float, float | None]]:
     budget = int(10 + len(sizes) * (seconds + WARMUP_S + 3) + 30)
     tag = f"{os.getpid()}"
-    rx = testpmd.Testpmd(_testpmd_cmd(f"net_virtio_user0,path={sockdir}/b.sock,queues=1", f"vhbB{tag}", 1, budget),
-                         os.path.join(workdir, "vhea-b.log"))
+    rx = _start_testpmd(f"net_virtio_user0,path={sockdir}/b.sock,queues=1", f"vhbB{tag}", 1, budget,
+                        os.path.join(workdir, "vhea-b.log"))
     tx = None
     try:
         rx.send("set fwd rxonly", "start")
         _wait(lambda: _vhea_stats(sockdir)["ports"]["b"]["connected"], "testpmd on port b", procs=(rx,))
-        tx = testpmd.Testpmd(_testpmd_cmd(f"net_virtio_user0,path={sockdir}/a.sock,queues=1", f"vhbA{tag}", 0, budget),
-                             os.path.join(workdir, "vhea-a.log"))
+        tx = _start_testpmd(f"net_virtio_user0,path={sockdir}/a.sock,queues=1", f"vhbT{tag}", 0, budget,
+                            os.path.join(workdir, "vhea-a.log"))
         tx.send("set fwd txonly")
         _wait(lambda: _vhea_stats(sockdir)["ports"]["a"]["connected"], "testpmd on port a", procs=(tx,))
         time.sleep(1.0)  # queues set up
@@ -180,8 +197,7 @@ def bench_vhea_dpdk(sockdir: str, workdir: str, sizes: list[int], seconds: float
     finally:
         for tp in (tx, rx):
             if tp is not None:
-                tp.send("stop")
-                tp.quit(10)
+                _stop_testpmd(tp)
 
 
 # ---- Python front-end ----------------------------------------------------------------------------------------
@@ -367,6 +383,7 @@ def run(sizes: list[int], seconds: float, dpdk: bool = True, python: bool = True
         workdir: str | None = None, progress=None) -> list[Row]:
     say = progress or (lambda _m: None)
     rows: list[Row] = []
+    own_workdir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="vhea-bench-")
     sockdir = tempfile.mkdtemp(prefix="vhb", dir="/tmp")  # short: unix socket paths are limited
     have_dpdk = dpdk and testpmd.available() is not None
@@ -398,6 +415,13 @@ def run(sizes: list[int], seconds: float, dpdk: bool = True, python: bool = True
                     seg = 14 + 20 + 32 + TSO_MSS
                     rows.append(_row("vhea + Python front-end", "64K TSO -> plain peer", seg, fps, cpu, None,
                                      "segmented + checksummed in vhea; frames = segments"))
+    except BaseException:
+        if own_workdir:
+            print(f"vhea bench: logs kept in {workdir}", file=sys.stderr)
+        raise
+    else:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)  # logs of a run that worked are not needed
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
     if not have_dpdk:
