@@ -199,6 +199,12 @@ def test_segment_tcp_partial_checksums(v6):
     check_segments(segs, original, 1448, v6, complete=False)
 
 
+def test_gso_size_bigger_than_the_payload_is_one_segment():
+    original = tso_frame(os.urandom(3000))
+    segs = offload.segment_tcp(txframe(original, gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 65535)), partial=False)
+    check_segments(segs, original, 65535, False)
+
+
 def test_segment_flags_single_segment_keeps_all():
     original = tso_frame(b"x" * 100, flags=ACK | PSH | FIN | CWR)
     segs = offload.segment_tcp(txframe(original, gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 1448)), partial=False)
@@ -230,6 +236,7 @@ def test_complete_csum_udp():
 BAD = [
     ("gso_size_zero", tso_frame(b"x" * 3000), gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 0), "tx_gso_bad_size"),
     ("gso_size_tiny", tso_frame(b"x" * 60000), gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 1), "tx_gso_bad_size"),
+    ("gso_size_huge", tso_frame(b"x" * 60000), gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 30000), "tx_gso_bad_size"),
     ("csum_start_outside", tso_frame(b"x" * 100), VHDR.pack(1, 0, 0, 0, 5000, 16) + b"\0\0", "tx_csum_bad_offset"),
     ("csum_offset_outside", tso_frame(b"x" * 100), VHDR.pack(1, 0, 0, 0, 34, 65535) + b"\0\0",
      "tx_csum_bad_offset"),

@@ -66,6 +66,8 @@ IPPROTO_UDP = 17
 TCP_FIN, TCP_PSH, TCP_CWR = 0x01, 0x08, 0x80
 #: at most this many segments from one GSO frame (Linux's smallest MSS gives ~750 for 64 KiB)
 MAX_SEGMENTS = 1024
+#: biggest segment a GSO frame may ask for (a jumbo frame): more is a guest bug, not a frame a peer can take
+MAX_SEGMENT_FRAME = 9216
 
 #: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (the 10 bytes before num_buffers)
 VHDR = struct.Struct("<BBHHHH")
@@ -218,6 +220,8 @@ def validate(frame: TxFrame, features: int) -> None:
     if h.proto != IPPROTO_TCP or h.ipv6 != (gso == VIRTIO_NET_HDR_GSO_TCPV6):
         raise OffloadError("tx_gso_bad_type", f"gso_type {gso_type:#x} on protocol {h.proto}")
     payload = n - h.l4_end
+    if payload > gso_size and h.l4_end + gso_size > MAX_SEGMENT_FRAME:
+        raise OffloadError("tx_gso_bad_size", f"gso_size {gso_size} makes segments over {MAX_SEGMENT_FRAME} bytes")
     if -(-payload // gso_size) > MAX_SEGMENTS:
         raise OffloadError("tx_gso_bad_size", f"gso_size {gso_size} makes over {MAX_SEGMENTS} segments")
     frame.l4 = h.l4
