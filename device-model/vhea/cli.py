@@ -162,11 +162,19 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--no-python", action="store_true", help="skip the Python front-end cases")
     b.add_argument("--no-tso", action="store_true", help="skip the 64 KiB TSO frames")
     b.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    b.add_argument("--vm", action="store_true",
+                   help="instead: TCP between two guests through vhea vs tap+bridge (root; see vhea.vmbench)")
+    b.add_argument("--duration", type=float, default=10.0, help="--vm: iperf3 seconds per set-up (default 10)")
+    b.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"], help="--vm: accelerator")
     b.set_defaults(func=cmd_bench)
     return ap
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.vm:
+        from . import vmbench
+
+        return vmbench.cli_main(args)
     from . import bench
 
     try:
