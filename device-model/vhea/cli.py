@@ -50,9 +50,23 @@ def check_serve_args(socket_dir: str, ports_arg: str, queues: int) -> list[str]:
     return ports
 
 
+def client_ports(args: argparse.Namespace, ports: list[str]) -> list[str]:
+    """The ports on which vhea is the vhost-user client: all with --connect, or those --client-ports names."""
+    if args.connect and args.client_ports:
+        raise UsageError("give --connect (all ports) or --client-ports, not both")
+    if args.connect:
+        return list(ports)
+    named = [p.strip() for p in (args.client_ports or "").split(",") if p.strip()]
+    for p in named:
+        if p not in ports:
+            raise UsageError(f"--client-ports names {p!r}, which is not in --ports")
+    return named
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     ports = check_serve_args(args.socket_dir, args.ports, args.queues)
-    server = Server(args.socket_dir, ports, args.queues, ageing=args.ageing)
+    clients = client_ports(args, ports)
+    server = Server(args.socket_dir, ports, args.queues, ageing=args.ageing, client_ports=clients)
     try:
         server.bind()
     except OSError as e:
@@ -148,6 +162,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ports", required=True, help="comma-separated port names, e.g. a,b")
     s.add_argument("--queues", type=int, default=1, help="queue pairs per port (default 1)")
     s.add_argument("--ageing", type=float, default=300.0, help="MAC ageing time in seconds")
+    s.add_argument("--connect", action="store_true",
+                   help="vhost-user client role on every port: connect to <port>.sock, where the front-end "
+                        "listens (QEMU server=on), and reconnect every second when it goes away")
+    s.add_argument("--client-ports", help="comma-separated ports to run in the client role (the rest listen)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_serve)
     st = sub.add_parser("stats", help="show counters of a running device model")

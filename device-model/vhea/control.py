@@ -12,6 +12,10 @@
     {"cmd": "coalesce-show", "port": "a"}
     {"cmd": "link-set", "port": "a", "up": false}      (emulated: see coalesce.py)
     {"cmd": "rate-set", "port": "a", "rate_bps": 10000000000, "burst_bytes": 1250000}   (0 = off; see pacing.py)
+    {"cmd": "port-add", "name": "c"}                   creates <socket dir>/c.sock and accepts a front-end on it
+    {"cmd": "port-add", "name": "c", "connect": true}  client role: connects to c.sock (QEMU server=on), reconnects
+    {"cmd": "port-del", "name": "c"}                   disconnects, frees the mappings, removes the socket, flushes
+                                                       the port's MAC entries
 
 Answers are {"ok": true, ...} or {"error": "<one line a user can act on>"}; a rejected change changes nothing.
 Runs in the server's loop thread, so no locking against the data path.
@@ -19,6 +23,7 @@ Runs in the server's loop thread, so no locking against the data path.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from .classifier import ConfigError
@@ -27,7 +32,7 @@ if TYPE_CHECKING:
     from .server import Server
 
 COMMANDS = ("rule-add", "rule-list", "rule-del", "rss-show", "rss-set", "coalesce-set", "coalesce-show", "link-set",
-            "rate-set")
+            "rate-set", "port-add", "port-del")
 
 
 def _port(server: Server, req: dict, required: bool = True):
@@ -46,8 +51,42 @@ def handle(server: Server, req: dict) -> dict:
         return {"error": str(e)}
 
 
+def _port_name(server: Server, req: dict) -> str:
+    from .cli import MAX_SOCKET_PATH, PORT_NAME
+
+    name = req.get("name")
+    if not isinstance(name, str) or not PORT_NAME.match(name) or name == "control":
+        raise ConfigError(f"bad port name {name!r}: use 1-32 letters, digits, '-' or '_' (not 'control')")
+    path = os.path.join(server.socket_dir, f"{name}.sock")
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ConfigError(f"socket path {path} is over the {MAX_SOCKET_PATH}-byte limit of a unix socket")
+    return name
+
+
 def _handle(server: Server, req: dict) -> dict:
     cmd = req["cmd"]
+    if cmd == "port-add":
+        unknown = set(req) - {"cmd", "name", "connect"}
+        if unknown:
+            raise ConfigError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        name = _port_name(server, req)
+        if name in server.ports:
+            raise ConfigError(f"port {name!r} exists; ports: {', '.join(server.ports)}")
+        client = req.get("connect", False)
+        if not isinstance(client, bool):
+            raise ConfigError("connect must be true or false")
+        try:
+            port = server.add_port(name, client=client)
+        except OSError as e:
+            raise ConfigError(f"cannot create port {name!r}: {e}") from None
+        return {"ok": True, "port": name, "path": port.path, "role": "client" if client else "server"}
+    if cmd == "port-del":
+        name = req.get("name")
+        if not isinstance(name, str) or name not in server.ports:
+            raise ConfigError(f"unknown port {name!r}; ports: {', '.join(server.ports)}")
+        was_connected = server.ports[name].conn is not None
+        server.del_port(name)
+        return {"ok": True, "port": name, "was_connected": was_connected}
     if cmd == "rule-list":
         port = _port(server, req, required=False)
         ports = [port] if port is not None else list(server.ports.values())
@@ -241,8 +280,35 @@ def cmd_rate(args) -> int:
     return 0
 
 
+def cmd_port(args) -> int:
+    import json
+
+    if args.action == "add":
+        reply = _ask(args, {"cmd": "port-add", "name": args.name, "connect": args.connect})
+        text = (f"port {reply['port']} added: {'connecting to' if args.connect else 'listening on'} "
+                f"{reply['path']}")
+    else:
+        reply = _ask(args, {"cmd": "port-del", "name": args.name})
+        text = f"port {reply['port']} removed" + (" (its front-end was disconnected)" if reply["was_connected"]
+                                                  else "")
+    print(json.dumps(reply) if args.json else text)
+    return 0
+
+
 def add_cli_commands(sub) -> None:
     """`vhea rule add|list|del`, `vhea rss show|set`, `vhea coalesce show|set`, `vhea link`."""
+    po = sub.add_parser("port", help="add or remove a switch port while the device model runs")
+    psub = po.add_subparsers(dest="action", required=True)
+    pa = psub.add_parser("add", help="create <socket-dir>/NAME.sock and accept a front-end on it")
+    pa.add_argument("--name", required=True)
+    pa.add_argument("--connect", action="store_true",
+                    help="client role: connect to NAME.sock, where the front-end listens (QEMU server=on)")
+    pd = psub.add_parser("del", help="disconnect the port's front-end, remove its socket, flush its MACs")
+    pd.add_argument("--name", required=True)
+    for p in (pa, pd):
+        p.add_argument("--socket-dir", required=True)
+        p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+        p.set_defaults(func=cmd_port)
     co = sub.add_parser("coalesce", help="per-queue interrupt coalescing (frames / microseconds thresholds)")
     csub = co.add_subparsers(dest="action", required=True)
     cs = csub.add_parser("set", help="hold a queue's call until max-frames frames or max-usecs (0 0 = off)")

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 TX_BUDGET = 256
 #: idle select timeout; each timeout also polls rings in case a kick was lost
 POLL_S = 0.2
+#: a client-role port retries its connect this often while the front-end's socket is not there
+RECONNECT_S = 1.0
 
 
 @dataclass(eq=False)
@@ -39,6 +41,10 @@ class Port:
     path: str
     queue_pairs: int
     listener: socket.socket | None = None
+    #: client role: vhea connects to a socket the front-end listens on (QEMU server=on) and reconnects
+    client: bool = False
+    next_connect: float = 0.0
+    connect_attempts: int = 0
     conn: Connection | None = None
     handler: BackendHandler | None = None
     from_guest_frames: int = 0
@@ -89,9 +95,11 @@ class Server:
     """vhost-user back-end for a set of ports joined by a learning switch."""
 
     def __init__(self, socket_dir: str, ports: list[str], queue_pairs: int = 1,
-                 ageing: float = 300.0) -> None:
+                 ageing: float = 300.0, client_ports: list[str] | tuple[str, ...] = ()) -> None:
         self.socket_dir = socket_dir
-        self.ports = {p: Port(p, os.path.join(socket_dir, f"{p}.sock"), queue_pairs) for p in ports}
+        self.queue_pairs = queue_pairs
+        self.ports = {p: Port(p, os.path.join(socket_dir, f"{p}.sock"), queue_pairs, client=p in client_ports)
+                      for p in ports}
         self.control_path = os.path.join(socket_dir, "control.sock")
         self.switch = Switch(ports, ageing)
         self.sel = selectors.DefaultSelector()
@@ -111,11 +119,74 @@ class Server:
     def bind(self) -> None:
         """Create the port sockets and the control socket (the back-end is the server side)."""
         for port in self.ports.values():
-            port.listener = self._listen(port.path)
-            self.sel.register(port.listener, selectors.EVENT_READ, ("listen", port))
+            self._open_port(port)
         self._control = self._listen(self.control_path)
         self.sel.register(self._control, selectors.EVENT_READ, ("ctl-listen", None))
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+
+    def _open_port(self, port: Port) -> None:
+        """Server role: create and watch the port's socket. Client role: connect at the next loop turn."""
+        if port.client:
+            port.next_connect = 0.0
+            return
+        port.listener = self._listen(port.path)
+        self.sel.register(port.listener, selectors.EVENT_READ, ("listen", port))
+
+    def _close_port(self, port: Port, reason: str) -> None:
+        self._disconnect(port, reason, retry=False)
+        if port.listener is not None:
+            self._unregister(port.listener)
+            port.listener.close()
+            port.listener = None
+            if port.path in self._bound:
+                self._bound.remove(port.path)
+                try:
+                    os.unlink(port.path)
+                except OSError:
+                    pass
+
+    # ---- ports added and removed at run time (control commands port-add / port-del) ------------------------
+
+    def add_port(self, name: str, path: str | None = None, client: bool = False) -> Port:
+        """A new port on the switch: its socket (server role) or its connect loop (client role) starts now."""
+        if name in self.ports:
+            raise ValueError(f"port {name!r} exists")
+        port = Port(name, path or os.path.join(self.socket_dir, f"{name}.sock"), self.queue_pairs, client=client)
+        self._open_port(port)  # raises OSError (socket in use, bad dir) before anything changes
+        self.ports[name] = port
+        self.switch.ports.append(name)
+        log.info("port %s: added (%s role, %s)", name, "client" if client else "server", port.path)
+        return port
+
+    def del_port(self, name: str) -> None:
+        """Disconnect the port's front-end, free its mappings, remove its socket and flush its MAC entries."""
+        port = self.ports.pop(name)
+        self._close_port(port, "port removed")
+        if name in self.switch.ports:
+            self.switch.ports.remove(name)
+        self.switch.forget_port(name)
+        log.info("port %s: removed", name)
+
+    def _connect_due(self, now: float) -> None:
+        for port in self.ports.values():
+            if port.client and port.conn is None and port.next_connect <= now:
+                self._try_connect(port, now)
+
+    def _try_connect(self, port: Port, now: float) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(0.5)
+        try:
+            sock.connect(port.path)
+        except OSError as e:
+            sock.close()
+            port.connect_attempts += 1
+            port.next_connect = now + RECONNECT_S
+            log.info("port %s: cannot connect to %s (%s); retrying in %.0f s (attempt %d)", port.name, port.path,
+                     e.strerror or e, RECONNECT_S, port.connect_attempts)
+            return
+        port.connect_attempts = 0
+        self._attach(port, sock)
+        log.info("port %s: connected to the front-end at %s", port.name, port.path)
 
     def _listen(self, path: str) -> socket.socket:
         if os.path.exists(path):
@@ -154,7 +225,7 @@ class Server:
 
     def close(self) -> None:
         for port in self.ports.values():
-            self._disconnect(port, "shutting down")
+            self._disconnect(port, "shutting down", retry=False)
             if port.listener is not None:
                 self._unregister(port.listener)
                 port.listener.close()
@@ -190,6 +261,12 @@ class Server:
     # ---- loop ----------------------------------------------------------------------------------------------
 
     def run_once(self, timeout: float) -> None:
+        if any(p.client and p.conn is None for p in self.ports.values()):
+            now = time.monotonic()
+            self._connect_due(now)
+            waits = [p.next_connect - now for p in self.ports.values() if p.client and p.conn is None]
+            if waits:
+                timeout = min(timeout, max(0.0, min(waits)))
         events = self.sel.select(timeout)
         for key, _mask in events:
             kind, obj = key.data
@@ -236,7 +313,8 @@ class Server:
     # ---- vhost-user control path ---------------------------------------------------------------------------
 
     def _on_accept(self, port: Port) -> None:
-        assert port.listener is not None
+        if port.listener is None:
+            return  # removed while its event was pending
         try:
             sock, _ = port.listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -245,12 +323,15 @@ class Server:
             log.warning("port %s: second front-end connected while one is active; refused", port.name)
             sock.close()
             return
+        self._attach(port, sock)
+        log.info("port %s: front-end connected", port.name)
+
+    def _attach(self, port: Port, sock: socket.socket) -> None:
         port.conn = Connection(sock)
         port.handler = BackendHandler(port.name, port.queue_pairs)
         for ring, counters in zip(port.handler.device.rings, port.queue_counters, strict=True):
             ring.counters = counters
         self.sel.register(port.conn.sock, selectors.EVENT_READ, ("conn", port))
-        log.info("port %s: front-end connected", port.name)
 
     def _on_message(self, port: Port) -> None:
         conn, handler = port.conn, port.handler
@@ -290,7 +371,7 @@ class Server:
                 if ring.ready and ring.index % 2 == 1:
                     self._busy.add((port, ring))  # frames may have been queued before the kick fd came
 
-    def _disconnect(self, port: Port, reason: str) -> None:
+    def _disconnect(self, port: Port, reason: str, retry: bool = True) -> None:
         if port.conn is None:
             return
         self._unwatch_kicks(port)
@@ -305,7 +386,13 @@ class Server:
         port.conn = None
         port.handler = None
         self.switch.forget_port(port.name)
-        log.info("port %s: %s; waiting for a new front-end", port.name, reason)
+        if port.client and retry:
+            port.next_connect = time.monotonic() + RECONNECT_S
+            log.info("port %s: %s; reconnecting to %s every %.0f s", port.name, reason, port.path, RECONNECT_S)
+        elif retry:
+            log.info("port %s: %s; waiting for a new front-end", port.name, reason)
+        else:
+            log.info("port %s: %s", port.name, reason)
 
     # ---- data path -----------------------------------------------------------------------------------------
 
