@@ -1,0 +1,242 @@
+"""`vhea bench --vm`: command lines, iperf3/ping parsing, clean-up of the namespace, and one real run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from vhea import vmbench
+from vhea.cli import main as vhea_main
+
+IPERF3_CLIENT = {
+    "start": {"connected": [{"socket": 5, "local_host": "10.10.0.1", "remote_host": "10.10.0.2",
+                             "remote_port": 5201}], "test_start": {"protocol": "TCP", "duration": 3}},
+    "intervals": [{"sum": {"bits_per_second": 4.1e8}}],
+    "end": {
+        "sum_sent": {"seconds": 3.0, "bytes": 160000000, "bits_per_second": 4.266e8, "retransmits": 7},
+        "sum_received": {"seconds": 3.04, "bytes": 159000000, "bits_per_second": 4.184e8},
+        "cpu_utilization_percent": {"host_total": 80.0},
+    },
+}
+IPERF3_ERROR = {"start": {}, "intervals": [], "end": {},
+                "error": "unable to connect to server: Connection refused"}
+PING_IPUTILS = """PING 10.10.0.2 (10.10.0.2) 56(84) bytes of data.
+
+--- 10.10.0.2 ping statistics ---
+5 packets transmitted, 5 received, 0% packet loss, time 803ms
+rtt min/avg/max/mdev = 0.912/1.457/2.210/0.402 ms
+"""
+PING_BUSYBOX = """--- 10.10.0.2 ping statistics ---
+5 packets transmitted, 5 packets received, 0% packet loss
+round-trip min/avg/max = 0.5/0.75/1.0 ms
+"""
+
+
+def guest(tmp_path: Path) -> vmbench.Guest:
+    return vmbench.Guest("vhb-a", "52:54:00:ff:00:01", "52:54:00:10:00:01", "10.10.0.1/24", 40022,
+                         tmp_path / "a.qcow2", tmp_path / "a.console")
+
+
+def test_parse_iperf3_takes_the_receiver_rate_and_retransmits():
+    assert vmbench.parse_iperf3(json.dumps(IPERF3_CLIENT)) == (4.184e8, 7)
+    no_retr = json.loads(json.dumps(IPERF3_CLIENT))
+    del no_retr["end"]["sum_sent"]["retransmits"]
+    assert vmbench.parse_iperf3(json.dumps(no_retr)) == (4.184e8, None)
+
+
+@pytest.mark.parametrize("text, message", [
+    (json.dumps(IPERF3_ERROR), "Connection refused"),
+    ("iperf3: error - unable to connect", "no JSON"),
+    (json.dumps({"end": {}}), "sum_received"),
+])
+def test_parse_iperf3_errors_are_reported(text, message):
+    with pytest.raises(vmbench.VmBenchError, match=message):
+        vmbench.parse_iperf3(text)
+
+
+def test_parse_ping_iputils_and_busybox():
+    assert vmbench.parse_ping(PING_IPUTILS) == pytest.approx(1.457)
+    assert vmbench.parse_ping(PING_BUSYBOX) == pytest.approx(0.75)
+    assert vmbench.parse_ping("100% packet loss") is None
+
+
+def test_ratios_are_to_tap_bridge():
+    rows = [vmbench.VmRow("vhea (vhost-user)", 215.0), vmbench.VmRow("tap+bridge", 430.0)]
+    vmbench.ratios(rows)
+    assert [r.ratio for r in rows] == [0.5, 1.0]
+    alone = [vmbench.VmRow("vhea (vhost-user)", 215.0)]
+    vmbench.ratios(alone)
+    assert alone[0].ratio is None
+
+
+def test_qemu_command_for_a_vhea_guest(tmp_path):
+    g = guest(tmp_path)
+    nic = vmbench.vhost_user_nic("/tmp/vhbvmX/a.sock", g.data_mac)
+    cmd = vmbench.qemu_cmd("/usr/bin/qemu-system-x86_64", "tcg", Path("/img/vmlinux"), Path("/img/initrd.img"),
+                           "console=ttyS0 quiet", g, nic, "vhbench-42")
+    s = " ".join(cmd)
+    assert cmd[0] == "/usr/bin/qemu-system-x86_64"
+    assert cmd[cmd.index("-name") + 1] == "vhbench-42-vhb-a"
+    assert "-accel tcg,thread=multi -cpu max" in s
+    assert "-object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem" in s
+    assert "-chardev socket,id=c0,path=/tmp/vhbvmX/a.sock -netdev vhost-user,id=n0,chardev=c0" in s
+    assert "virtio-net-pci,netdev=n0,mac=52:54:00:10:00:01,romfile=" in s
+    assert "user,id=m,hostfwd=tcp:127.0.0.1:40022-:22" in s
+    assert "virtio-net-pci,netdev=m,mac=52:54:00:ff:00:01,romfile=" in s
+    assert cmd[cmd.index("-append") + 1] == "console=ttyS0 quiet"  # one argument, spaces and all
+    assert f"file={g.overlay},if=virtio,format=qcow2" in s
+    assert f"file:{g.console}" in s
+    kvm = vmbench.qemu_cmd("q", "kvm", Path("k"), Path("i"), "c", g, nic, "t")
+    assert "-accel kvm -cpu host" in " ".join(kvm) and "tcg,thread=multi" not in kvm
+
+
+def test_tap_nic_and_netns_wrapping(tmp_path):
+    off = " ".join(vmbench.tap_nic("tapA", "52:54:00:10:00:01", vhost=False))
+    assert "tap,id=n0,ifname=tapA,script=no,downscript=no,vhost=off" in off
+    assert "tx_queue_size" not in off  # QEMU refuses tx_queue_size > 256 on tap
+    assert "vhost=on" in " ".join(vmbench.tap_nic("tapB", "52:54:00:10:00:02", vhost=True))
+    assert vmbench.netns_exec("vhbench-1", ["qemu", "-x"]) == ["ip", "netns", "exec", "vhbench-1", "qemu", "-x"]
+    assert vmbench.netns_exec(None, ["qemu"]) == ["qemu"]
+
+
+def test_ssh_command_runs_inside_the_namespace_when_given_one():
+    plain = vmbench.ssh_cmd(Path("/k/id_ed25519"), 40022, "iperf3 -s -D")
+    assert plain[:5] == ["ssh", "-i", "/k/id_ed25519", "-p", "40022"]
+    assert plain[-2:] == ["root@127.0.0.1", "iperf3 -s -D"] and "BatchMode=yes" in plain
+    inside = vmbench.ssh_cmd(Path("/k/id_ed25519"), 40022, "true", netns="vhbench-7")
+    assert inside[:4] == ["ip", "netns", "exec", "vhbench-7"] and inside[4:] == vmbench.ssh_cmd(
+        Path("/k/id_ed25519"), 40022, "true")
+
+
+def test_netns_setup_commands():
+    cmds = vmbench.netns_setup_cmds("vhbench-9")
+    assert cmds[0] == ["ip", "netns", "add", "vhbench-9"]
+    assert all(c[:4] == ["ip", "netns", "exec", "vhbench-9"] for c in cmds[1:])
+    joined = [" ".join(c[4:]) for c in cmds[1:]]
+    assert "ip link set lo up" in joined  # QEMU's hostfwd binds 127.0.0.1 of the namespace
+    assert "ip link add br0 type bridge" in joined
+    for tap in ("tapA", "tapB"):
+        assert f"ip link set {tap} master br0" in joined and f"ip link set {tap} up" in joined
+        assert joined.index(f"ip tuntap add {tap} mode tap vnet_hdr") < joined.index(f"ip link set {tap} master br0")
+
+
+def _netns_list() -> list[str]:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+
+@needs_root
+def test_bridge_netns_is_removed_after_an_error():
+    ns = f"vhbench-t{os.getpid()}"
+    with pytest.raises(RuntimeError, match="boom"), vmbench.bridge_netns(ns):
+        links = subprocess.run(["ip", "netns", "exec", ns, "ip", "-o", "link"], capture_output=True, text=True,
+                               check=True).stdout
+        assert "tapA" in links and "tapB" in links and "br0" in links
+        raise RuntimeError("boom")
+    assert ns not in _netns_list()
+
+
+@needs_root
+def test_bridge_netns_is_removed_when_setup_fails_half_way(monkeypatch):
+    ns = f"vhbench-u{os.getpid()}"
+    good = vmbench.netns_setup_cmds(ns)
+    monkeypatch.setattr(vmbench, "netns_setup_cmds", lambda n: [*good[:3], ["ip", "netns", "exec", n, "false"]])
+    with pytest.raises(vmbench.VmBenchError), vmbench.bridge_netns(ns):
+        pass
+    assert ns not in _netns_list()
+
+
+def test_guests_stop_kills_what_it_started(tmp_path):
+    qemus = vmbench.Guests()
+    p = qemus.start(["sleep", "60"], tmp_path / "log")
+    qemus.stop()
+    assert p.poll() is not None and qemus.procs == []
+
+
+@needs_root
+def test_run_cleans_up_vhea_and_netns_when_a_setup_fails(monkeypatch, tmp_path):
+    """A failure in the second set-up: the namespace and vhea serve are gone, the logs are kept."""
+    import testbed.accel
+    import testbed.image
+
+    seen = {}
+
+    def fake_measure(image, accel, workdir, tag, nics, duration, netns, ping, cpu_pid, say):
+        if tag == "vhea":
+            seen["vhea_pid"] = cpu_pid
+            assert Path(f"/proc/{cpu_pid}").exists()
+            return 3e8, 0, 1.0, 0.2
+        seen["ns"] = netns
+        assert netns in _netns_list()
+        raise vmbench.VmBenchError("guest did not boot")
+
+    monkeypatch.setattr(testbed.image, "ensure_image", lambda **kw: SimpleNamespace(kernel=tmp_path / "vmlinux"))
+    monkeypatch.setattr(testbed.accel, "choose_accel", lambda req, kernel, cache: ("tcg", "test"))
+    monkeypatch.setattr(vmbench, "measure_pair", fake_measure)
+    with pytest.raises(vmbench.VmBenchError, match="did not boot"):
+        vmbench.run(duration=1)
+    assert seen["ns"] not in _netns_list()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{seen['vhea_pid']}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # terminated and reaped by vhea_server
+    assert not Path(f"/proc/{seen['vhea_pid']}").exists()
+    kept = list(Path(tempfile.gettempdir()).glob(f"vhbench-{os.getpid()}-*"))
+    assert kept and all(not list(d.glob("*.qcow2")) for d in kept)  # logs kept, overlays removed
+    for d in kept:
+        shutil.rmtree(d)
+
+
+def test_cli_rejects_a_bad_duration(capsys):
+    assert vhea_main(["bench", "--vm", "--duration", "0", "--json"]) == 2
+    assert "--duration" in capsys.readouterr().err
+
+
+# ---- the real thing ---------------------------------------------------------------------------------------------
+
+def _processes_naming(marker: bytes) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.vm
+@needs_root
+def test_vm_bench_measures_both_setups_and_leaves_nothing_behind():
+    p = subprocess.Popen([sys.executable, "-m", "vhea.cli", "bench", "--vm", "--duration", "3", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=400)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err[-3000:]
+    res = json.loads(out)
+    rows = {r["setup"]: r for r in res["rows"]}
+    assert set(rows) == {"vhea (vhost-user)", "tap+bridge"}
+    for r in rows.values():
+        assert r["mbps"] > 0
+    assert rows["tap+bridge"]["ratio"] == 1.0
+    assert rows["vhea (vhost-user)"]["vhea_cpu"] > 0
+    assert res["accel"] in ("kvm", "tcg") and isinstance(res["vhost_net"], bool)
+    marker = f"vhbench-{p.pid}"
+    assert marker not in _netns_list()
+    assert _processes_naming(marker.encode()) == []
+    print(f"\n{json.dumps(res, indent=1)}")
