@@ -192,7 +192,11 @@ class BackendHandler:
             ring.map(self.device.mem)
         except RingError as e:
             raise ProtocolError(str(e)) from e
+        base = ring.last_avail_idx
         ring.sync_used_idx()
+        if ring.used_idx != 0 or base != 0:  # a front-end that reconnects (QEMU reconnect=1) or a ring restarted
+            log.info("port %s: ring %d resumes at used idx %d (SET_VRING_BASE gave %d)", self.port, ring.index,
+                     ring.used_idx, base)
 
     def set_vring_base(self, msg: Message) -> None:
         st = VringState.unpack(msg.payload)
