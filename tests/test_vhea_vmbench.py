@@ -240,3 +240,12 @@ def test_vm_bench_measures_both_setups_and_leaves_nothing_behind():
     assert marker not in _netns_list()
     assert _processes_naming(marker.encode()) == []
     print(f"\n{json.dumps(res, indent=1)}")
+
+
+def test_cli_reports_an_interrupt_as_exit_130(monkeypatch, capsys):
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vmbench, "run", interrupted)
+    assert vhea_main(["bench", "--vm", "--duration", "3"]) == 130
+    assert "interrupted" in capsys.readouterr().err

@@ -439,6 +439,9 @@ def cli_main(args) -> int:
     except VmBenchError as e:
         print(f"vhea bench --vm: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, after everything started here was removed
+        print("vhea bench --vm: interrupted; guests, vhea serve and the namespace removed", file=sys.stderr)
+        return 130
     if args.json:
         print(to_json(res))
     else:
