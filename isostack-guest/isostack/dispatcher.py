@@ -804,9 +804,10 @@ class Dispatcher:
         for app in [a for a in self.apps.values() if a.dirty]:
             app.dirty = False
             q = app.region.q
-            if q[H_SLEEPERS]:
-                try:
-                    os.eventfd_write(app.doorbell, 1)
+            sleepers = q[H_SLEEPERS]
+            if sleepers:
+                try:  # a semaphore eventfd: one token per sleeping thread
+                    os.eventfd_write(app.doorbell, min(sleepers, 1 << 16))
                 except OSError:
                     pass
                 q[H_RUNG] += 1

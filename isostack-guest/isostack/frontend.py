@@ -76,6 +76,7 @@ from .queues import CommandQueue, NotifyRing, Region, create_memfd
 
 U64 = (1 << 64) - 1
 _FAST = native.FAST
+MAX_SLEEP_MS = 5
 SPIN = 20  # condition checks (with a GIL-releasing yield) before sleeping on the doorbell
 
 _sentinel = object()
@@ -256,10 +257,12 @@ class Stack:
         while True:
             if cond():
                 return True
+            # Several threads share the doorbell and one may eat another's token, so sleeps are bounded
+            # (MAX_SLEEP_MS): a lost token costs at most that much latency, never a hang.
             if deadline is None:
-                ms = None
+                ms = MAX_SLEEP_MS
             else:
-                ms = (deadline - time.monotonic()) * 1000
+                ms = min((deadline - time.monotonic()) * 1000, MAX_SLEEP_MS)
                 if ms <= 0:
                     return False
             native.fetch_add64(self.sleepers_addr, 1)  # announce, then look again (locked add = fence)
