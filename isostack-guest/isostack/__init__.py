@@ -1,1 +1,14 @@
-"""isostack"""
+"""isostack: the IsoStack runtime that runs inside the guests (stdlib-only Python 3.11 plus two small C parts).
+
+Modules, one concept each:
+    layout      shared-memory layout, command entries and their validation (pure, sans-I/O)
+    queues      MPSC command queue (Vyukov), notification ring, byte rings; the memory-ordering argument
+    native      the C parts: _fastpath (CPython extension) or, as fallback, _atomics (ctypes); membarrier
+    attach      the attach handshake between an application and isostackd (unix socket + SCM_RIGHTS)
+    dispatcher  isostackd: the back-end on a dedicated CPU
+    frontend    the socket-like API applications use (Stack, IsoSocket, socket(), create_connection())
+    placement   IRQ affinity / RPS / XPS of the virtio-net queues onto the dispatcher's CPU
+    bench       measurements: queue costs, 64-byte sends through IsoStack vs the kernel
+    isoperf     the netperf-style load generator
+    rss         queue prediction from the guest's classifier settings
+"""
