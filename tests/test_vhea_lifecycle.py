@@ -58,13 +58,13 @@ def listen(path: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(path)
     s.listen(1)
-    s.settimeout(5)
+    s.settimeout(15)
     return s
 
 
 def accept_frontend(lsock: socket.socket, path: str) -> Frontend:
     sock, _ = lsock.accept()
-    sock.settimeout(5)
+    sock.settimeout(15)
     fe = Frontend(path)
     fe.sock = sock
     return fe
@@ -167,7 +167,7 @@ def test_client_role_reconnects_after_the_front_end_closes(sockdir, caplog):
                         exchange(a, b, 10 * round_)
                     finally:
                         b.close()  # the front-end (QEMU) goes away; vhea frees the port and reconnects
-                    assert wait_for(lambda: server.ports["b"].handler is None)
+                    assert wait_for(lambda: server.ports["b"].handler is None, timeout=15)
                 assert caplog.text.count("reconnecting to") >= 3
                 b = accept_frontend(lsock, path_b)
                 b.close()
@@ -178,7 +178,7 @@ def test_client_role_reconnects_after_the_front_end_closes(sockdir, caplog):
         os.unlink(path_b)
         caplog.clear()
         with serving(sockdir, ["b"], client_ports=("b",)):
-            assert wait_for(lambda: caplog.text.count("port b: cannot connect") >= 2, timeout=4)
+            assert wait_for(lambda: caplog.text.count("port b: cannot connect") >= 2, timeout=10)
     finally:
         lsock.close()
 
