@@ -83,7 +83,7 @@ def queue_bench(n: int = 200_000) -> dict:
         t0 = time.perf_counter()
         for _ in range(n):
             native.xchg64(addr, 1)
-        out["ctypes_xchg_ns"] = round((time.perf_counter() - t0) / n * 1e9)
+        out["xchg_ns_" + ("extension" if native.FAST is not None else "ctypes")] = round((time.perf_counter() - t0) / n * 1e9)
         q = r.q
         t0 = time.perf_counter()
         for _ in range(n):
