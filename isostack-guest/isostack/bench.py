@@ -83,7 +83,8 @@ def queue_bench(n: int = 200_000) -> dict:
         t0 = time.perf_counter()
         for _ in range(n):
             native.xchg64(addr, 1)
-        out["xchg_ns_" + ("extension" if native.FAST is not None else "ctypes")] = round((time.perf_counter() - t0) / n * 1e9)
+        impl = "extension" if native.FAST is not None else "ctypes"
+        out[f"xchg_ns_{impl}"] = round((time.perf_counter() - t0) / n * 1e9)
         q = r.q
         t0 = time.perf_counter()
         for _ in range(n):
