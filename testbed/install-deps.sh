@@ -9,7 +9,7 @@ PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-dev pkg-config
   debootstrap busybox-static cpio xz-utils zstd lz4 e2fsprogs
   iperf3 openssh-client iproute2 ethtool
-  dpdk-dev
+  dpdk-dev gcc libc6-dev
 )
 BACKPORTS_PACKAGES=(qemu-system-x86 qemu-utils)
 
