@@ -10,6 +10,7 @@ PACKAGES=(
   debootstrap busybox-static cpio xz-utils zstd lz4 e2fsprogs
   iperf3 openssh-client iproute2 ethtool
   dpdk-dev gcc libc6-dev
+  python3-venv python3-dev
 )
 BACKPORTS_PACKAGES=(qemu-system-x86 qemu-utils)
 
