@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+
+from testbed.devicemodel import vhea_command
 
 COUNTERS = ("from_guest_frames", "from_guest_bytes", "to_guest_frames", "to_guest_bytes")
 
@@ -80,12 +80,6 @@ def stats_delta(before: dict[str, dict], after: dict[str, dict]) -> dict[str, Po
         drops = {r: a["drops"].get(r, 0) - b["drops"].get(r, 0) for r in sorted(reasons)}
         deltas[name] = PortDelta(**values, drops={r: d for r, d in drops.items() if d})
     return deltas
-
-
-def vhea_command() -> list[str]:
-    """The vhea of this venv, as the testbed uses (never another install on PATH)."""
-    exe = Path(sys.executable).parent / "vhea"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "vhea.cli"]
 
 
 def read_stats(socket_dir: str, timeout_s: float = 15.0) -> dict[str, dict]:
