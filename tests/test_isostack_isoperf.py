@@ -1,48 +1,68 @@
-"""isoperf's STREAM client with its data connections on IsoStack: the small isoperf change, tried by patching.
+"""isoperf's STREAM client with its data connections on IsoStack (`--stack iso`), through the real code path.
 
-The change proposed for isoperf.py (owned elsewhere): STACKS gets "iso", and the client opens its *data*
-connections with isostack.frontend.create_connection when params.stack == "iso".  Here the same is done by
-monkeypatching, with payload verification on, against isoperf's own (kernel) server on 127.0.0.1.
+The client opens its *data* connections with isostack.frontend.create_connection (the control connection
+stays a kernel socket), with payload verification on, against isoperf's own (kernel) server on 127.0.0.1
+and an isostackd started for the test. The front-end is only spied on (calls counted), not replaced.
 """
 
 import pytest
-from test_isoperf import ServerThread
+from test_isoperf import ServerThread, _free_port
 from test_isostack_frontend import start_isostackd
 
-from isostack import isoperf
-from isostack.frontend import Stack
+from isostack import frontend, isoperf
 from isostack.isoperf import RunParams
 
 
-@pytest.mark.parametrize("connections,size", [(1, 64), (4, 64), (2, 1448)])
-def test_isoperf_stream_over_isostack_verified(tmp_path, monkeypatch, connections, size):
+@pytest.fixture
+def isostackd(tmp_path, monkeypatch):
     path = tmp_path / "isostackd.sock"
     daemon = start_isostackd(path)
-    stack = Stack(str(path))
-    data_conns = []
-    kernel_connect = isoperf._connect
+    monkeypatch.setenv("ISOSTACK_SOCKET", str(path))
+    monkeypatch.setattr(frontend, "_default", None)  # attach to this daemon, not an earlier one
+    try:
+        yield path
+    finally:
+        if frontend._default is not None:
+            frontend._default.close()
+        daemon.terminate()
+        daemon.wait(5)
 
-    def connect(host, port, timeout):
-        if not data_conns and port != "data":  # the first connection is the control one: kernel
-            data_conns.append(None)
-            return kernel_connect(host, port, timeout)
-        s = stack.create_connection((host, port), timeout=timeout)
+
+@pytest.mark.parametrize("connections,size", [(1, 64), (4, 64), (2, 1448)])
+def test_isoperf_stream_over_isostack_verified(isostackd, monkeypatch, connections, size):
+    data_conns = []
+    real = frontend.create_connection
+
+    def spy(address, *args, **kw):
+        s = real(address, *args, **kw)
         data_conns.append(s)
         return s
 
-    monkeypatch.setattr(isoperf, "STACKS", ("legacy", "iso"))
-    monkeypatch.setattr(isoperf, "_connect", connect)
-    try:
-        server = ServerThread()
-        params = RunParams(size=size, connections=connections, duration=0.6, warmup=0.2, stack="iso", verify=True)
-        r = isoperf.run_client("127.0.0.1", server.port, params)
-        assert server.join() == 0
-        assert r["errors"] == []
-        assert r["verified"] is True
-        assert r["server_total_bytes"] == r["client_total_bytes"] > 0
-        assert len(data_conns) == connections + 1
-        assert r["stack"] == "iso"
-    finally:
-        stack.close()
-        daemon.terminate()
-        daemon.wait(5)
+    monkeypatch.setattr(frontend, "create_connection", spy)
+    server = ServerThread()
+    params = RunParams(size=size, connections=connections, duration=0.6, warmup=0.2, stack="iso", verify=True)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["errors"] == []
+    assert r["verified"] is True
+    assert r["server_total_bytes"] == r["client_total_bytes"] > 0
+    assert len(data_conns) == connections  # the data connections only; control is a kernel socket
+    assert all(isinstance(s, frontend.IsoSocket) for s in data_conns)
+    assert r["stack"] == "iso"
+    assert frontend._default is not None and frontend._default.closed  # the client detached at the end
+
+
+def test_isoperf_cli_stack_iso(isostackd, capsys):
+    server = ServerThread()
+    rc = isoperf.main(["client", "--host", "127.0.0.1", "--port", str(server.port), "--stack", "iso",
+                       "--size", "64", "--duration", "0.5", "--warmup", "0.1", "--verify", "--json"])
+    assert server.join() == 0
+    assert rc == 0, capsys.readouterr().err
+    assert '"stack": "iso"' in capsys.readouterr().out
+
+
+def test_isoperf_stack_iso_without_isostackd_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("ISOSTACK_SOCKET", str(tmp_path / "none.sock"))
+    monkeypatch.setattr(frontend, "_default", None)
+    with pytest.raises(isoperf.IsoperfError, match="cannot open an IsoStack connection to 127.0.0.1:.*isostackd"):
+        isoperf._connect("127.0.0.1", _free_port(), 1.0, "iso")

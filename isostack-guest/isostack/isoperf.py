@@ -1,6 +1,8 @@
 """isoperf: a netperf-style load generator with a JSON-lines control connection.
 
-Stdlib only: it runs inside the guests as ``python3 -m isostack.isoperf`` from an uploaded copy.
+Stdlib only with ``--stack legacy``: it runs inside the guests as ``python3 -m isostack.isoperf`` from an
+uploaded copy. ``--stack iso`` imports ``isostack.frontend`` (lazily) and needs a running ``isostackd``
+(its socket: ISOSTACK_SOCKET, default /run/isostack/isostackd.sock).
 
 Usage::
 
@@ -24,8 +26,10 @@ Control protocol (one JSON object per line on the control TCP connection, client
 6. server -> ``{"type": "result", "bytes": ..., "elapsed": ..., "cpu": {...}, "total_bytes": ...,
    "verified": bool|null, "errors": [...]}`` after every data connection reached EOF.
 
-MAERTS/RR/CRR add a value for "test" and their own per-connection loops; "stack": "iso" will route the data
-sockets through the IsoStack front-end. Both are refused today with a clear error.
+MAERTS/RR/CRR add a value for "test" and their own per-connection loops (refused today with a clear error).
+"stack": "iso" routes the client's *data* connections through the IsoStack front-end
+(``isostack.frontend.create_connection``); the control connection stays a kernel socket, and the server
+serves kernel sockets whatever the stack (in STREAM, IsoStack is the sending side's stack).
 
 Client output (``--json``): test, stack, size, connections, duration (the server's measured interval, s),
 requested_duration, warmup, bytes (received by the server in that interval), messages (bytes // size),
@@ -54,7 +58,7 @@ from dataclasses import dataclass
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 5701
 TESTS = ("stream",)  # later: "maerts", "rr", "crr"
-STACKS = ("legacy",)  # later: "iso"
+STACKS = ("legacy", "iso")
 KNOWN_STACKS = ("legacy", "iso")
 HELLO_MAGIC = b"ISOP"
 HELLO = struct.Struct("!4sI")
@@ -527,11 +531,19 @@ class Sender(threading.Thread):
             self.bytes = seq * size
 
 
-def _connect(host: str, port: int, timeout: float) -> socket.socket:
+def _connect(host: str, port: int, timeout: float, stack: str = "legacy") -> socket.socket:
+    """A kernel socket ("legacy") or an IsoStack socket ("iso", same API) connected to host:port."""
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        if stack == "iso":
+            from isostack import frontend  # lazily: legacy runs stay stdlib-only
+
+            sock = frontend.create_connection((host, port), timeout=timeout)
+        else:
+            sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
         reason = e.strerror or str(e) or type(e).__name__
+        if stack == "iso":
+            raise IsoperfError(f"cannot open an IsoStack connection to {host}:{port}: {reason}") from None
         raise IsoperfError(f"cannot reach isoperf server at {host}:{port}: {reason}") from None
     return sock
 
@@ -556,7 +568,7 @@ def run_client(
                 raise
             raise IsoperfError(f"no isoperf server at {host}:{port} ({e})") from None
         for i in range(params.connections):
-            s = _connect(host, int(ready["data_port"]), connect_timeout)
+            s = _connect(host, int(ready["data_port"]), connect_timeout, params.stack)
             s.settimeout(None)
             s.sendall(HELLO.pack(HELLO_MAGIC, i))
             data_socks.append(s)
@@ -584,6 +596,8 @@ def run_client(
         for s in data_socks:
             s.close()
         ctrl.sock.close()
+        if params.stack == "iso":
+            _detach_isostack()
 
     errors = [t.error for t in senders if t.error] + list(server.get("errors", []))
     elapsed = float(server["elapsed"])
@@ -608,6 +622,14 @@ def run_client(
         "server_total_bytes": server.get("total_bytes"),
         "protocol_version": PROTOCOL_VERSION,
     }
+
+
+def _detach_isostack() -> None:
+    """Detach this process's default IsoStack attachment (isostackd then frees its memory at once)."""
+    frontend = sys.modules.get("isostack.frontend")
+    stack = getattr(frontend, "_default", None) if frontend is not None else None
+    if stack is not None:
+        stack.close()
 
 
 def _sleep_watching(ctrl: Control, seconds: float) -> None:
