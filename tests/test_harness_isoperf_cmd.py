@@ -129,3 +129,48 @@ def test_required_keys_are_what_isoperf_prints():
     result = isoperf.run_client("127.0.0.1", ports[0], isoperf.RunParams(size=64, duration=0.1, warmup=0))
     server.join(10)
     assert set(isoperf_cmd.REQUIRED_KEYS) <= set(result)
+
+
+# ------------------------------------------------------------ stack iso
+
+
+def test_isostackd_commands():
+    layout = GuestLayout()
+    start = isoperf_cmd.isostackd_start_command(layout, 1)
+    assert start == (
+        "rm -f /tmp/isostackd.log /run/isostack/isostackd.sock; nohup env PYTHONPATH=/opt python3"
+        " -m isostack.dispatcher --cpu 1 --allow-shared --interfaces eth0 --socket /run/isostack/isostackd.sock"
+        " > /tmp/isostackd.log 2>&1 < /dev/null & echo $!"
+    )
+    assert "--uncontended-locks" in isoperf_cmd.isostackd_start_command(layout, 3, uncontended_locks=True)
+    assert isoperf_cmd.isostackd_ready_command(42) == (
+        "test -S /run/isostack/isostackd.sock && exit 0; kill -0 42 2>/dev/null || exit 3; exit 1"
+    )
+    stop = isoperf_cmd.isostackd_stop_command(42, grace_s=2)
+    assert stop.startswith("kill 42 2>/dev/null || exit 0; for i in $(seq 20);")
+    assert stop.endswith("kill -9 42 2>/dev/null; true")
+
+
+def test_isostackd_argv_is_what_the_dispatcher_parses():
+    from isostack import dispatcher
+
+    argv = shlex.split(isoperf_cmd.isostackd_start_command(GuestLayout(), 1, uncontended_locks=True))
+    argv = argv[argv.index("isostack.dispatcher") + 1 : argv.index(">")]
+    args = dispatcher.build_parser().parse_args(argv)
+    assert (args.cpu, args.allow_shared, args.interfaces, args.socket, args.uncontended_locks) == (
+        1, True, "eth0", "/run/isostack/isostackd.sock", True
+    )
+
+
+def test_client_command_for_stack_iso_is_pinned_to_cpu0_and_finds_isostackd():
+    case = _case(PB.replace("    port: 5702\n", "    port: 5702\n    stack: iso\n    size: 64\n").replace(
+        "    size: 1448\n", ""))
+    cmd = isoperf_cmd.client_command(GuestLayout(), case, "10.10.0.2")
+    assert cmd == (
+        "taskset -c 0 env ISOSTACK_SOCKET=/run/isostack/isostackd.sock PYTHONPATH=/opt python3 -m isostack.isoperf"
+        " client --host 10.10.0.2 --port 5702 --test stream --stack iso --size 64 --connections 2 --duration 10"
+        " --warmup 2.5 --json --verify"
+    )
+    argv = shlex.split(cmd)
+    args = isoperf.build_parser().parse_args(argv[argv.index("isostack.isoperf") + 1 :])
+    assert (args.stack, args.size) == ("iso", 64)

@@ -52,6 +52,28 @@ def test_smoke_playbook_is_valid_and_matches_the_brief():
     assert len(pb.cases()) == 1
 
 
+def test_isostack_64b_playbook_is_the_seeds_experiment():
+    pb = load_playbook(REPO / "playbooks" / "isostack-64b.yaml")
+    (spec,) = pb.tests
+    assert (spec.test, spec.sizes, spec.connections, spec.stacks, spec.duration, spec.warmup) == (
+        "stream",
+        (64,),
+        (1, 4, 16),
+        ("legacy", "iso"),
+        10.0,
+        2.0,
+    )
+    cases = pb.cases()
+    assert [(c.stack, c.connections) for c in cases] == [
+        ("legacy", 1), ("legacy", 4), ("legacy", 16), ("iso", 1), ("iso", 4), ("iso", 16)
+    ]
+
+
+def test_stack_iso_is_accepted_as_a_matrix_axis():
+    pb = parse_playbook(GOOD.replace("    repeats: 2\n", "    repeats: 2\n    stack: [legacy, iso]\n", 1))
+    assert {c.stack for c in pb.cases()} == {"legacy", "iso"}
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "playbooks").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_playbook_loads(path):
     assert load_playbook(path).cases()
@@ -114,7 +136,6 @@ def test_unknown_key_at_top_level_and_in_defaults():
             "    test: crr\n    size: 65536",
             "test 'crr' is not supported (supported: stream)",
         ),
-        ("    repeats: 2\n", "    repeats: 2\n    stack: iso\n", "stack 'iso' is not implemented yet"),
         ("    repeats: 2\n", "    repeats: 2\n    stack: dpdk\n", "unknown stack 'dpdk'"),
         ("    server: iso-a\n", "    server: iso-b\n", "client and server are the same guest 'iso-b'"),
         (

@@ -243,3 +243,107 @@ def test_fabric_shell_unreachable_guest_is_a_remote_error_naming_it(tmp_path):
             shell.run("true")
     finally:
         shell.close()
+
+
+class ScriptedShell:
+    """A guest that answers the runner's commands from a script and records them (stack iso, no VMs)."""
+
+    def __init__(self, name: str, result: dict, daemon_dies: bool = False):
+        self.name = name
+        self.result = result
+        self.daemon_dies = daemon_dies
+        self.commands: list[str] = []
+
+    def run(self, command: str, timeout_s: float = 60.0) -> remote.CommandResult:
+        self.commands.append(command)
+        if "isostack.isoperf server" in command:
+            return remote.CommandResult(0, "100\n", "")
+        if "isostack.dispatcher" in command:
+            return remote.CommandResult(0, "200\n", "")
+        if command.startswith("test -S"):
+            return remote.CommandResult(3 if self.daemon_dies else 0, "", "")
+        if "isostack.isoperf client" in command:
+            return remote.CommandResult(0, json.dumps(self.result), "")
+        if command.startswith("tail") and "isostackd" in command:
+            return remote.CommandResult(0, "isostackd: CPU 1\nisostackd: stopped\n", "")
+        return remote.CommandResult(0, "", "")
+
+    def put(self, local: Path, remote_path: str) -> None:
+        raise AssertionError("no upload in this test")
+
+    def close(self) -> None:
+        pass
+
+
+ISO_RESULT = {
+    "test": "stream", "stack": "iso", "size": 64, "connections": 1, "duration": 1.0, "bytes": 6400,
+    "messages": 100, "throughput_bps": 51200.0, "messages_per_s": 100.0, "cpu": {"client": {}, "server": {}},
+    "verified": True, "errors": [],
+}
+
+
+def _iso_runner(tmp_path: Path, daemon_dies: bool = False) -> tuple[Runner, ScriptedShell]:
+    client = ScriptedShell("iso-a", ISO_RESULT, daemon_dies)
+    shells = {"iso-a": client, "iso-b": ScriptedShell("iso-b", ISO_RESULT)}
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=200)
+    return Runner(_local_topology(), shells, GuestLayout(), None, console), client
+
+
+ISO_PB = """
+version: 1
+name: iso
+tests:
+  - name: stream-iso
+    test: stream
+    size: 64
+    stack: iso
+    duration: 1
+    verify: true
+"""
+
+
+def test_stack_iso_case_runs_isostackd_around_the_pinned_client(tmp_path):
+    runner, client = _iso_runner(tmp_path)
+    record = runner.run_case(parse_playbook(ISO_PB).cases()[0])
+    assert record["status"] == "ok", record["error"]
+    kinds = []
+    for c in client.commands:
+        if "isostack.dispatcher" in c:
+            kinds.append("start")
+        elif c.startswith("test -S"):
+            kinds.append("ready")
+        elif "isostack.isoperf client" in c:
+            kinds.append("client")
+        elif c.startswith("kill 200"):
+            kinds.append("stop")
+    assert kinds == ["start", "ready", "client", "stop"]
+    assert "--cpu 1 " in record["commands"]["isostackd"]  # the last of iso-a's 2 vCPUs
+    assert record["commands"]["client"].startswith("taskset -c 0 ")
+    assert record["isostackd_log"] == ["isostackd: CPU 1", "isostackd: stopped"]
+
+
+def test_stack_iso_case_fails_clearly_when_isostackd_dies(tmp_path):
+    runner, client = _iso_runner(tmp_path, daemon_dies=True)
+    record = runner.run_case(parse_playbook(ISO_PB).cases()[0])
+    assert record["status"] == "failed"
+    assert record["error"].startswith("iso-a: isostackd exited: isostackd: CPU 1")
+    assert not any("isostack.isoperf client" in c for c in client.commands)
+
+
+def test_execute_builds_the_native_parts_before_uploading_for_stack_iso(tmp_path, monkeypatch):
+    runner, _client = _iso_runner(tmp_path)
+    calls = []
+    monkeypatch.setattr(runner, "build_native", lambda: calls.append("build"))
+    monkeypatch.setattr(runner, "prepare", lambda guests: calls.append("prepare") or {})
+    execute(runner, parse_playbook(ISO_PB), tmp_path / "results", ["iso-a", "iso-b"], runner.console)
+    assert calls == ["build", "prepare"]
+
+
+def test_build_native_builds_the_so_files_into_the_uploaded_package(tmp_path):
+    package = tmp_path / "src" / "isostack"
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    runner = Runner(_local_topology(), {}, GuestLayout(), None, Console(file=open(tmp_path / "c.txt", "w")),
+                    package_dir=package)
+    runner.build_native()
+    assert (package / "_atomics.so").exists()
+    assert list(package.glob("_fastpath*.so"))

@@ -70,6 +70,43 @@ def server_stop_command(pid: int, grace_s: int = 5) -> str:
     )
 
 
+ISOSTACKD_SOCKET = "/run/isostack/isostackd.sock"
+ISOSTACKD_INTERFACES = "eth0"
+CLIENT_CPU = 0  # the application's vCPU when isostackd has the last one
+
+
+def isostackd_log(layout: GuestLayout) -> str:
+    return f"{layout.log_dir}/isostackd.log"
+
+
+def isostackd_start_command(layout: GuestLayout, cpu: int, uncontended_locks: bool = False) -> str:
+    """Start isostackd on `cpu` detached from the SSH session; prints its PID.
+
+    Log and socket are removed first so neither an old log line nor an old socket passes for this daemon.
+    """
+    log = shlex.quote(isostackd_log(layout))
+    sock = shlex.quote(ISOSTACKD_SOCKET)
+    extra = " --uncontended-locks" if uncontended_locks else ""
+    return (
+        f"rm -f {log} {sock}; nohup env PYTHONPATH={shlex.quote(layout.remote_root)} {layout.python}"
+        f" -m isostack.dispatcher --cpu {cpu} --allow-shared --interfaces {ISOSTACKD_INTERFACES}"
+        f" --socket {sock}{extra} > {log} 2>&1 < /dev/null & echo $!"
+    )
+
+
+def isostackd_ready_command(pid: int) -> str:
+    """Exit 0 once isostackd's socket exists, 3 if it died (its log then says why), 1 if not yet."""
+    return f"test -S {shlex.quote(ISOSTACKD_SOCKET)} && exit 0; kill -0 {pid} 2>/dev/null || exit 3; exit 1"
+
+
+def isostackd_stop_command(pid: int, grace_s: int = 5) -> str:
+    """SIGTERM isostackd (it closes its applications' sockets and removes its socket), SIGKILL after grace_s."""
+    return (
+        f"kill {pid} 2>/dev/null || exit 0; for i in $(seq {grace_s * 10}); do kill -0 {pid} 2>/dev/null || exit 0;"
+        f" sleep 0.1; done; kill -9 {pid} 2>/dev/null; true"
+    )
+
+
 def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:
     args = [
         "client",
@@ -93,7 +130,14 @@ def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:
     ]
     if case.spec.verify:
         args.append("--verify")
-    return f"{layout.module()} {' '.join(shlex.quote(a) for a in args)}"
+    argv = " ".join(shlex.quote(a) for a in args)
+    if case.stack == "iso":
+        # The application on vCPU 0, isostackd on its own vCPU; the front-end finds it by its socket.
+        return (
+            f"taskset -c {CLIENT_CPU} env ISOSTACK_SOCKET={shlex.quote(ISOSTACKD_SOCKET)}"
+            f" PYTHONPATH={shlex.quote(layout.remote_root)} {layout.python} -m isostack.isoperf {argv}"
+        )
+    return f"{layout.module()} {argv}"
 
 
 def _num(value: float) -> str:

@@ -17,7 +17,7 @@ import yaml
 
 PLAYBOOK_VERSION = 1
 SUPPORTED_TESTS = ("stream",)  # isoperf's TESTS; maerts/rr/crr follow when isoperf has them
-SUPPORTED_STACKS = ("legacy",)  # "iso" once the IsoStack front-end exists
+SUPPORTED_STACKS = ("legacy", "iso")
 KNOWN_STACKS = ("legacy", "iso")
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +29,7 @@ from testbed.harness.remote import RemoteError, Shell
 PACKAGE_DIR = Path(isostack.__file__).resolve().parent
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SERVER_READY_TIMEOUT_S = 30.0
+ISOSTACKD_READY_TIMEOUT_S = 30.0
 
 StatsReader = Callable[[], dict]
 
@@ -68,6 +72,18 @@ class Runner:
         if client.name == server.name:
             raise HarnessError(f"test {case.spec.name!r}: client and server are both {client.name!r}")
         return client, server
+
+    def build_native(self) -> None:
+        """Build isostack's C parts (.so) on the host, into the package that is uploaded (the guests have no
+        gcc): `python -m isostack.native` with that package first on the path."""
+        env = dict(os.environ, PYTHONPATH=str(self.package_dir.parent))
+        r = subprocess.run(
+            [sys.executable, "-m", "isostack.native"], env=env, capture_output=True, text=True, timeout=300
+        )
+        if r.returncode != 0:
+            tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
+            raise HarnessError(f"building isostack's native parts failed: {tail}")
+        self.console.log(f"isostack native parts built: {', '.join(Path(p).name for p in r.stdout.split())}")
 
     def prepare(self, guest_names: list[str]) -> dict:
         """Upload the isostack package where needed; returns per-guest metadata (kernel, python)."""
@@ -125,8 +141,11 @@ class Runner:
         pid = int(out.splitlines()[-1])
         cmd = isoperf_cmd.client_command(self.layout, case, server.data_ip)
         record["commands"] = {"server": start, "client": cmd}
+        daemon: int | None = None
         try:
             self._wait_server(sshell, port, pid)
+            if case.stack == "iso":
+                daemon = self._start_isostackd(cshell, client, record)
             before = self._stats()
             r = cshell.run(cmd, timeout_s=isoperf_cmd.client_timeout(case))
             after = self._stats() if before is not None else None
@@ -134,6 +153,11 @@ class Runner:
             sshell.run(isoperf_cmd.server_stop_command(pid))
             log = sshell.run(f"tail -n 20 {isoperf_cmd.server_log(self.layout, port)}")
             record["server_log"] = log.stdout.strip().splitlines()
+            if daemon is not None:
+                cshell.run(isoperf_cmd.isostackd_stop_command(daemon))
+            if case.stack == "iso":
+                log = cshell.run(f"tail -n 20 {isoperf_cmd.isostackd_log(self.layout)}")
+                record["isostackd_log"] = log.stdout.strip().splitlines()
         result = isoperf_cmd.parse_client_output(r.exit_code, r.stdout, r.stderr)
         record["isoperf"] = result
         record["device_model"] = self._device_model(before, after, client.port, server.port, result)
@@ -143,6 +167,29 @@ class Runner:
             record["error"] = "; ".join(result["errors"][:3])
         else:
             record["status"] = "ok"
+
+    def _start_isostackd(self, shell: Shell, guest: state.GuestInfo, record: dict) -> int:
+        """Start isostackd on the guest's last vCPU (the client runs on vCPU 0); returns its PID once its
+        socket exists."""
+        if guest.vcpus < 2:
+            raise HarnessError(f"{guest.name}: stack iso needs >= 2 vCPUs (one for isostackd), it has {guest.vcpus}")
+        start = isoperf_cmd.isostackd_start_command(self.layout, guest.vcpus - 1)
+        record["commands"]["isostackd"] = start
+        out = remote.check(shell, start).strip()
+        if not out.splitlines() or not out.splitlines()[-1].isdigit():
+            raise HarnessError(f"{guest.name}: starting isostackd printed {out!r}, not a PID")
+        pid = int(out.splitlines()[-1])
+        deadline = time.monotonic() + ISOSTACKD_READY_TIMEOUT_S
+        while True:
+            code = shell.run(isoperf_cmd.isostackd_ready_command(pid)).exit_code
+            if code == 0:
+                return pid
+            if code == 3 or time.monotonic() > deadline:
+                shell.run(isoperf_cmd.isostackd_stop_command(pid))
+                log = shell.run(f"tail -n 5 {isoperf_cmd.isostackd_log(self.layout)}").stdout.strip()
+                why = "exited" if code == 3 else f"has no socket after {ISOSTACKD_READY_TIMEOUT_S:.0f} s"
+                raise HarnessError(f"{guest.name}: isostackd {why}: {' | '.join(log.splitlines())}")
+            time.sleep(0.2)
 
     def _wait_server(self, shell: Shell, port: int, pid: int) -> None:
         deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
@@ -254,6 +301,8 @@ def execute(
     """Prepare the guests, open the run directory, run the cases; shared by the CLI and tests."""
     started = results.utc_now()
     with console.status("preparing guests"):
+        if any(case.stack == "iso" for case in playbook.cases()):
+            runner.build_native()  # before the upload, so the .so files travel with the package
         try:
             guest_info = runner.prepare(guests)
         except RemoteError as e:
