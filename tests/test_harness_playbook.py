@@ -63,10 +63,30 @@ def test_isostack_64b_playbook_is_the_seeds_experiment():
         10.0,
         2.0,
     )
+    assert spec.locks == (False, True)
     cases = pb.cases()
-    assert [(c.stack, c.connections) for c in cases] == [
-        ("legacy", 1), ("legacy", 4), ("legacy", 16), ("iso", 1), ("iso", 4), ("iso", 16)
+    assert [(c.stack_label, c.connections) for c in cases] == [
+        ("legacy", 1), ("legacy", 4), ("legacy", 16),
+        ("iso", 1), ("iso", 4), ("iso", 16),
+        ("iso+locks", 1), ("iso+locks", 4), ("iso+locks", 16),
     ]
+
+
+@pytest.mark.parametrize(
+    "locks, message",
+    [
+        ("locks: maybe", "'locks' must be true, false or a list of distinct ones"),
+        ("locks: [true, true]", "'locks' must be true, false or a list of distinct ones"),
+        ("locks: []", "'locks' must be true, false or a list of distinct ones"),
+    ],
+)
+def test_bad_locks(locks, message):
+    assert message in _error(GOOD.replace("    repeats: 2\n", f"    repeats: 2\n    stack: iso\n    {locks}\n", 1))
+
+
+def test_locks_true_needs_stack_iso():
+    msg = _error(GOOD.replace("    repeats: 2\n", "    repeats: 2\n    locks: true\n", 1))
+    assert "'locks: true' is an isostackd option: it needs stack iso" in msg
 
 
 def test_stack_iso_is_accepted_as_a_matrix_axis():
@@ -213,6 +233,7 @@ _VALUES = st.one_of(
             "client",
             "server",
             "port",
+            "locks",
             "test",
             "bogus",
         ]

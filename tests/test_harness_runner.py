@@ -347,3 +347,15 @@ def test_build_native_builds_the_so_files_into_the_uploaded_package(tmp_path):
     runner.build_native()
     assert (package / "_atomics.so").exists()
     assert list(package.glob("_fastpath*.so"))
+
+
+def test_stack_iso_with_locks_starts_isostackd_with_uncontended_locks(tmp_path):
+    runner, client = _iso_runner(tmp_path)
+    case = parse_playbook(ISO_PB + "    locks: [true]\n").cases()[0]
+    assert case.locks and case.label.startswith("stream-iso iso+locks ")
+    record = runner.run_case(case)
+    assert record["status"] == "ok", record["error"]
+    assert record["locks"] is True
+    assert record["commands"]["isostackd"].endswith(
+        "--socket /run/isostack/isostackd.sock --uncontended-locks > /tmp/isostackd.log 2>&1 < /dev/null & echo $!"
+    )

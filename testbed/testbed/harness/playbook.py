@@ -43,6 +43,7 @@ class TestSpec:
     client: str | None
     server: str | None
     port: int
+    locks: tuple[bool, ...] = (False,)  # isostackd --uncontended-locks (stack iso only)
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,15 @@ class Case:
     size: int
     connections: int
     repeat: int
+    locks: bool = False  # stack iso: isostackd takes the un-contended locks the design removes
+
+    @property
+    def stack_label(self) -> str:
+        return f"{self.stack}+locks" if self.locks else self.stack
 
     @property
     def label(self) -> str:
-        return f"{self.spec.name} {self.stack} size={self.size} conns={self.connections} #{self.repeat + 1}"
+        return f"{self.spec.name} {self.stack_label} size={self.size} conns={self.connections} #{self.repeat + 1}"
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,11 @@ class Playbook:
     def cases(self) -> list[Case]:
         out = []
         for spec in self.tests:
-            for stack, size, conns in itertools.product(spec.stacks, spec.sizes, spec.connections):
-                out.extend(Case(spec, stack, size, conns, r) for r in range(spec.repeats))
+            for stack in spec.stacks:
+                # The lock ablation is isostackd's: the legacy stack runs once whatever `locks` says.
+                locks = spec.locks if stack == "iso" else (False,)
+                for lock, size, conns in itertools.product(locks, spec.sizes, spec.connections):
+                    out.extend(Case(spec, stack, size, conns, r, lock) for r in range(spec.repeats))
         return out
 
 
@@ -135,6 +144,7 @@ _TEST_KEYS = {
     "client": False,
     "server": False,
     "port": False,
+    "locks": False,
 }
 _DEFAULTS_KEYS = {k: False for k in _TEST_KEYS if k != "name"}
 
@@ -285,6 +295,9 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
     _range(check, m, "repeats", where, (repeats,), 1, 1000)
     (port,) = _list_of(check, m, "port", where, int, default=(5701,), allow_list=False)
     _range(check, m, "port", where, (port,), 1, 65535)
+    locks = _bools(check, m, "locks", where)
+    if True in locks and "iso" not in stacks:
+        raise check.fail(m.key_lines["locks"], where, "'locks: true' is an isostackd option: it needs stack iso")
     client = _string(check, m, "client", where) if "client" in m else None
     server = _string(check, m, "server", where) if "server" in m else None
     if client is not None and client == server:
@@ -302,7 +315,20 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
         client=client,
         server=server,
         port=port,
+        locks=locks,
     )
+
+
+def _bools(check: _Checker, m: _Mapping, key: str, where: str) -> tuple[bool, ...]:
+    if key not in m:
+        return (False,)
+    value = m[key]
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, bool) for v in items) or len(set(items)) != len(items):
+        raise check.fail(
+            m.key_lines[key], where, f"{key!r} must be true, false or a list of distinct ones, got {value!r}"
+        )
+    return tuple(items)
 
 
 def _string(check: _Checker, m: _Mapping, key: str, where: str) -> str:

@@ -60,7 +60,7 @@ def rows(run: dict) -> list[list[str]]:
         out.append(
             [
                 str(case.get("test_name", "?")),
-                str(case.get("stack", "?")),
+                str(case.get("stack", "?")) + ("+locks" if case.get("locks") else ""),
                 str(case.get("size", "?")),
                 str(case.get("connections", "?")),
                 _fmt(r["throughput_bps"] / 1e9 if "throughput_bps" in r else None, ".3f"),

@@ -110,7 +110,7 @@ def sample_row(case: dict) -> dict:
     return {
         "test_name": case.get("test_name"),
         "test": case.get("test"),
-        "stack": case.get("stack"),
+        "stack": f"{case.get('stack')}+locks" if case.get("locks") else case.get("stack"),
         "size": case.get("size"),
         "connections": case.get("connections"),
         "repeat": case.get("repeat"),

@@ -108,6 +108,7 @@ class Runner:
             "test_name": case.spec.name,
             "test": case.spec.test,
             "stack": case.stack,
+            "locks": case.locks,
             "size": case.size,
             "connections": case.connections,
             "repeat": case.repeat,
@@ -145,7 +146,7 @@ class Runner:
         try:
             self._wait_server(sshell, port, pid)
             if case.stack == "iso":
-                daemon = self._start_isostackd(cshell, client, record)
+                daemon = self._start_isostackd(cshell, client, record, case.locks)
             before = self._stats()
             r = cshell.run(cmd, timeout_s=isoperf_cmd.client_timeout(case))
             after = self._stats() if before is not None else None
@@ -168,12 +169,12 @@ class Runner:
         else:
             record["status"] = "ok"
 
-    def _start_isostackd(self, shell: Shell, guest: state.GuestInfo, record: dict) -> int:
+    def _start_isostackd(self, shell: Shell, guest: state.GuestInfo, record: dict, locks: bool = False) -> int:
         """Start isostackd on the guest's last vCPU (the client runs on vCPU 0); returns its PID once its
         socket exists."""
         if guest.vcpus < 2:
             raise HarnessError(f"{guest.name}: stack iso needs >= 2 vCPUs (one for isostackd), it has {guest.vcpus}")
-        start = isoperf_cmd.isostackd_start_command(self.layout, guest.vcpus - 1)
+        start = isoperf_cmd.isostackd_start_command(self.layout, guest.vcpus - 1, uncontended_locks=locks)
         record["commands"]["isostackd"] = start
         out = remote.check(shell, start).strip()
         if not out.splitlines() or not out.splitlines()[-1].isdigit():
