@@ -3,6 +3,10 @@
 Per case: start a one-session `isoperf server` on the server guest (bound to its data IP), snapshot the
 device-model counters, run the client on the other guest against that data IP, snapshot again, store the
 isoperf JSON with the per-port deltas. The package is uploaded once per run (skipped when unchanged).
+
+Stack iso: the package's C parts are built on the host before the upload (the guests have no gcc); per case,
+isostackd runs on the client guest's last vCPU (`--uncontended-locks` when the case has locks) from before
+the client starts until after it ends, the client is pinned to vCPU 0, and isostackd's log tail is recorded.
 """
 
 from __future__ import annotations
