@@ -11,39 +11,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from vm_helpers import BIN, REPO, qemu_pids, run
 
 from testbed.devicemodel import pid_alive
 from testbed.state import Topology
 
 pytestmark = pytest.mark.vm
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def run(args: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, **kw)
-    if res.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
-
-
-def qemu_pids(state_dir: Path) -> list[int]:
-    """QEMU processes whose command line names this testbed's state dir."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"qemu-system" in cmd and str(state_dir).encode() in cmd:
-                pids.append(int(proc.name))
-    return pids
 
 
 @pytest.fixture(scope="module")

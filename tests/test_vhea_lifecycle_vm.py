@@ -11,11 +11,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from vm_helpers import BIN, REPO, qemu_pids, run
 
 from testbed import devicemodel
 from testbed.devicemodel import pid_alive
@@ -23,8 +23,6 @@ from testbed.state import Topology
 
 pytestmark = pytest.mark.vm
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 A_IP, B_IP = "10.10.0.1", "10.10.0.2"
 
 #: an echo server (iso-b) and a client (iso-a) that sends a numbered line every 50 ms on ONE connection for
@@ -77,27 +75,6 @@ except OSError as e:
     err = f"{type(e).__name__}: {e}"
 print(json.dumps({"sent": sent, "echoed": echoed, "max_gap_s": round(gap, 2), "error": err}))
 """
-
-
-def run(args: list[str], timeout: float, env: dict | None = None, check: bool = True,
-        stdin: str | None = None) -> subprocess.CompletedProcess:
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, input=stdin)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
-
-
-def qemu_pids(state_dir: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"qemu-system" in cmd and str(state_dir).encode() in cmd:
-                pids.append(int(proc.name))
-    return pids
 
 
 def wait_until(cond, timeout: float, step: float = 0.5):

@@ -15,19 +15,17 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from vm_helpers import BIN, REPO, run
 
 from vhea.toeplitz import Toeplitz, tuple_input
 
 pytestmark = pytest.mark.vm
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 RSS_PY = REPO / "isostack-guest" / "isostack" / "rss.py"
 A_IP, B_IP = "10.10.0.1", "10.10.0.2"
 TOEPLITZ = Toeplitz()
@@ -68,14 +66,6 @@ for s in conns:
 for s in conns:
     s.shutdown(socket.SHUT_WR); s.recv(1); s.close()
 """
-
-
-def run(args: list[str], timeout: float, env: dict | None = None, check: bool = True,
-        stdin: str | None = None) -> subprocess.CompletedProcess:
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, input=stdin)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
 
 
 def rss_queue(src: str, dst: str, sport: int, dport: int, queues: int = 2) -> int:
