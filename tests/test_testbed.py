@@ -107,6 +107,38 @@ def test_up_options_validation():
     assert guest_names(3) == [("iso-a", "a"), ("iso-b", "b"), ("iso-c", "c")]
 
 
+def test_isolate_cpus_become_kernel_parameters_for_the_dedicated_vcpus():
+    opts = UpOptions(state_dir=Path("/tmp"), vcpus=4, isolate_cpus="1,3")
+    opts.validate()
+    assert opts.guest_kernel_args() == ["isolcpus=1,3", "nohz_full=1,3", "rcu_nocbs=1,3", "irqaffinity=0,2"]
+    assert UpOptions(state_dir=Path("/tmp"), vcpus=4, isolate_cpus="1-3").isolated() == [1, 2, 3]
+    assert UpOptions(state_dir=Path("/tmp")).guest_kernel_args() == []
+    # A testbed with other isolated CPUs is not reused.
+    assert opts.fingerprint() != UpOptions(state_dir=Path("/tmp"), vcpus=4).fingerprint()
+
+
+@pytest.mark.parametrize("cpus, message", [
+    ("2", "vCPU 2 does not exist"),
+    ("0", "vCPU 0 must stay"),
+    ("0-1", "vCPU 0 must stay"),
+    ("one", "not a CPU list"),
+    ("1,", "not a CPU list"),
+    ("1-0", "runs backwards"),
+])
+def test_isolate_cpus_rejects_bad_lists(cpus, message):
+    with pytest.raises(ValueError, match=message):
+        UpOptions(state_dir=Path("/tmp"), vcpus=2, isolate_cpus=cpus).validate()
+
+
+def test_cli_up_with_bad_isolate_cpus_is_a_one_line_error(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "testbed.cli", "up", "--state-dir", str(tmp_path / "st"),
+                          "--isolate-cpus", "5"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "vCPU 5 does not exist" in res.stdout
+    assert "Traceback" not in res.stdout + res.stderr
+    assert not (tmp_path / "st").exists()
+
+
 @pytest.mark.parametrize("uri, message", [
     ("qemu+unix:///system?socket=/nonexistent/libvirt.sock", "cannot open libvirt URI"),
     ("qemu:///embed", "needs \\?root=DIR"),

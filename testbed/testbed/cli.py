@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--queues", type=int, default=1, help="virtio-net queue pairs per guest (default 1)")
     p_up.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
                       help="auto probes KVM by booting and falls back to TCG (default auto)")
+    p_up.add_argument("--isolate-cpus", default="", metavar="LIST",
+                      help="guest vCPUs to dedicate (e.g. 1): isolcpus, nohz_full, rcu_nocbs on them and "
+                           "irqaffinity on the others, for isostackd's core (default: none)")
     p_up.add_argument("--recreate", action="store_true",
                       help="take down a running testbed and start afresh (default: reuse it if its options match)")
 
@@ -59,7 +62,8 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
     from testbed.lifecycle import UpOptions, up
 
     opts = UpOptions(state_dir=st.state_dir(args.state_dir), uri=args.uri, guests=args.guests,
-                     vcpus=args.vcpus, memory_mib=args.memory, queues=args.queues, accel=args.accel)
+                     vcpus=args.vcpus, memory_mib=args.memory, queues=args.queues, accel=args.accel,
+                     isolate_cpus=args.isolate_cpus)
     topo = up(opts, console, recreate=args.recreate)
     print_status(console, args.state_dir)
     console.print(f"topology: {st.topology_path(Path(topo.state_dir))}")

@@ -38,12 +38,32 @@ class UpOptions:
     memory_mib: int = 1024
     queues: int = 1
     accel: str = "auto"
+    isolate_cpus: str = ""  # guest vCPUs kept free of the scheduler, timer ticks and IRQs (e.g. "1")
     boot_timeout_s: float = 180.0
 
     def fingerprint(self) -> dict:
         """What decides whether a running testbed can be reused for these options."""
         return {"uri": self.uri, "guests": self.guests, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
-                "queues": self.queues, "accel": self.accel, "image": image.recipe_hash()}
+                "queues": self.queues, "accel": self.accel, "isolate_cpus": self.isolate_cpus,
+                "image": image.recipe_hash()}
+
+    def isolated(self) -> list[int]:
+        """The vCPUs of --isolate-cpus ("1", "1,3", "1-3"), checked against --vcpus."""
+        return parse_cpu_list(self.isolate_cpus, self.vcpus) if self.isolate_cpus else []
+
+    def guest_kernel_args(self) -> list[str]:
+        """Kernel parameters that dedicate the isolated vCPUs, as the seed dedicates a core to the stack.
+
+        isolcpus keeps the scheduler's load balancing off them (isostackd pins itself there), nohz_full stops the
+        timer tick while one task runs, rcu_nocbs moves RCU callbacks away, and irqaffinity sends every IRQ that
+        nobody placed to the other vCPUs (isostackd then moves its own NIC queues' IRQs onto its core).
+        """
+        cpus = self.isolated()
+        if not cpus:
+            return []
+        iso = ",".join(map(str, cpus))
+        housekeeping = ",".join(str(c) for c in range(self.vcpus) if c not in cpus)
+        return [f"isolcpus={iso}", f"nohz_full={iso}", f"rcu_nocbs={iso}", f"irqaffinity={housekeeping}"]
 
     def validate(self) -> None:
         if not 2 <= self.guests <= 8:
@@ -54,6 +74,27 @@ class UpOptions:
             raise ValueError(f"--memory must be 256..65536 MiB, not {self.memory_mib}")
         if not 1 <= self.queues <= 16:
             raise ValueError(f"--queues must be 1..16, not {self.queues}")
+        self.isolated()
+
+
+def parse_cpu_list(text: str, vcpus: int) -> list[int]:
+    """Parse a kernel-style CPU list ("1", "1,3", "1-3") of guest vCPUs; vCPU 0 stays for housekeeping."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi if sep else lo)
+        except ValueError:
+            raise ValueError(f"--isolate-cpus: {text!r} is not a CPU list such as 1 or 1,3 or 1-3") from None
+        if first > last:
+            raise ValueError(f"--isolate-cpus: range {part.strip()!r} runs backwards")
+        cpus.update(range(first, last + 1))
+    bad = sorted(c for c in cpus if not 0 <= c < vcpus)
+    if bad:
+        raise ValueError(f"--isolate-cpus: vCPU {bad[0]} does not exist (the guests have --vcpus {vcpus})")
+    if 0 in cpus:
+        raise ValueError("--isolate-cpus: vCPU 0 must stay for the kernel's housekeeping and the applications")
+    return sorted(cpus)
 
 
 def guest_names(n: int) -> list[tuple[str, str]]:
@@ -140,7 +181,8 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
                 vcpu_pins=[v % ncpu for v in range(opts.vcpus)],
                 kernel=img.kernel, initrd=img.initrd,
                 cmdline=image.kernel_cmdline(img, name, [(mgmt_mac, "10.0.2.15/24"),
-                                                         (data_mac, f"{data_ip}/24")]),
+                                                         (data_mac, f"{data_ip}/24")],
+                                             extra=opts.guest_kernel_args()),
                 disk=disk, data_mac=data_mac, vhost_socket=sock_dir / f"{port}.sock",
                 queues=opts.queues, console_log=console_log, ssh_port=ssh_port, mgmt_mac=mgmt_mac,
             )
