@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_status = sub.add_parser("status", help="show guests, accel, SSH ports and device-model ports")
     _add_state(p_status)
 
+    p_rdm = sub.add_parser("restart-device-model",
+                           help="stop vhea and start it again with the same arguments; the guests reconnect")
+    _add_state(p_rdm)
+
     p_ssh = sub.add_parser("ssh", help="open a shell in a guest, or run a command there")
     _add_state(p_ssh)
     p_ssh.add_argument("guest", help="guest name, e.g. iso-a")
@@ -98,6 +102,13 @@ def print_status(console: Console, state_dir: str | None) -> int:
     return 0
 
 
+def cmd_restart_device_model(args: argparse.Namespace, console: Console) -> int:
+    from testbed.lifecycle import restart_device_model
+
+    restart_device_model(st.state_dir(args.state_dir), console)
+    return 0
+
+
 def cmd_ssh(args: argparse.Namespace, console: Console) -> int:
     topo = st.Topology.load(st.topology_path(st.state_dir(args.state_dir)))
     g = topo.guest(args.guest)
@@ -118,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = make_console()
     handlers = {"up": cmd_up, "down": cmd_down, "status": lambda a, c: print_status(c, a.state_dir),
-                "ssh": cmd_ssh, "image": cmd_image}
+                "ssh": cmd_ssh, "image": cmd_image,
+                "restart-device-model": cmd_restart_device_model}
     try:
         return handlers[args.command](args, console)
     except KeyboardInterrupt:
