@@ -100,7 +100,7 @@ def push_raw(s, op, **kw):
     """Post an entry the way a hostile front-end would: any values, then flag the socket pending."""
     pos = s._cmdq.push(op, kw.pop("sock", s._idx), kw.get("a", 0), kw.get("b", 0), kw.get("c", 0))
     assert pos >= 0
-    s._stack._pending(s._idx)
+    s._inst._pending(s._idx)
     return pos
 
 
@@ -112,6 +112,8 @@ HOSTILE = {
     "send names a tail it never wrote": (lambda s: push_raw(s, Op.SEND, a=s._q[s._cw + C_TX_HEAD] + 5000),
                                          errno.EFAULT),
     "accept into a slot out of range": (lambda s: push_raw(s, Op.ACCEPT, a=1000), errno.EBADF),
+    "listen group naming a member it lacks": (lambda s: push_raw(s, Op.LISTEN, a=16, b=2, c=0xFFFFFFFFFFFFFF05),
+                                              errno.EINVAL),
     "socket on a slot in use": (lambda s: push_raw(s, Op.SOCKET, a=socket.AF_INET, b=socket.SOCK_STREAM), errno.EBADF),
 }
 
@@ -123,19 +125,19 @@ def wrong_sequence(s):
     assert native_cas(cq, pos)
     off = cq.slots_off + (pos & cq.mask) * 64
     cq.buf[off : off + 64] = ENTRY.pack(pos + 1, pos + 3, Op.LISTEN, 0, s._idx, 1, 0, 0, b"")
-    s._stack._pending(s._idx)
+    s._inst._pending(s._idx)
 
 
 def corrupt_sequence(s):
     cq = s._cmdq
     pos = cq.q[cq.tail_word]
     cq.q[(cq.slots_off + (pos & cq.mask) * 64) // 8] = pos + 999
-    s._stack._pending(s._idx)
+    s._inst._pending(s._idx)
 
 
 def rx_head_beyond_tail(s):
     s._q[s._cw + C_RX_HEAD] = s._q[s._cw + C_RX_HEAD] + (1 << 20)
-    s._stack._pending(s._idx)
+    s._inst._pending(s._idx)
     s.sendall(b"echo back, so the dispatcher looks at the rx credits")
 
 

@@ -4,8 +4,14 @@ One datagram each way, JSON, with file descriptors in SCM_RIGHTS:
 
     app -> isostackd   {"type": "attach", "version": 1, "geometry": {...}, "pid": P, "name": N}
                        fds: [memfd (sealed against shrinking), doorbell eventfd]
-    isostackd -> app   {"type": "attached", "app": ID, "cpu": C, "pid": P, "locks": bool}, fds: [kick eventfd]
+    isostackd -> app   {"type": "attached", "app": ID, "cpu": C, "pid": P, "locks": bool, "instance": K,
+                        "queues": [rx queues this instance owns] or null (all)}, fds: [kick eventfd]
                    or  {"type": "error", "message": "..."} and the connection is closed
+
+Instances: `isostackd --instance K` listens on instance_path(base, K): the base path itself for K = 0 (so a
+single dispatcher keeps the historic path) and "<stem>-K<suffix>" next to it otherwise
+(/run/isostack/isostackd-1.sock).  A front-end discovers the running instances by listing that directory
+(`discover`) and attaches to each of them separately: one memfd, one kick and one attach connection each.
 
 After that the connection carries nothing; its closing (the application exited or was killed) is what
 tells the dispatcher to release the application's sockets and memory.
@@ -14,12 +20,42 @@ tells the dispatcher to release the application's sockets and memory.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 
 from .layout import VERSION, Geometry, LayoutError
 
 DEFAULT_SOCKET = "/run/isostack/isostackd.sock"
 MAX_MESSAGE = 4096
+
+
+MAX_INSTANCES = 16
+
+
+def instance_path(base: str, k: int) -> str:
+    """Attach socket of instance k: `base` for 0, "<stem>-k<suffix>" beside it otherwise."""
+    if k == 0:
+        return base
+    stem, suffix = os.path.splitext(base)
+    return f"{stem}-{k}{suffix}"
+
+
+def discover(base: str) -> list[tuple[int, str]]:
+    """[(instance, path)] of the attach sockets that exist for `base`, by instance number."""
+    stem, suffix = os.path.splitext(base)
+    directory = os.path.dirname(base) or "."
+    pattern = re.compile(re.escape(os.path.basename(stem)) + r"-([1-9][0-9]*)" + re.escape(suffix) + "$")
+    found = [(0, base)] if os.path.exists(base) else []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        names = []
+    for name in names:
+        m = pattern.match(name)
+        if m and int(m.group(1)) < MAX_INSTANCES:
+            found.append((int(m.group(1)), os.path.join(directory, name)))
+    return sorted(found)
 
 
 class AttachError(Exception):

@@ -10,6 +10,23 @@ It owns every kernel socket of the attached applications (non-blocking), and in 
 When nothing happened for --busy-poll-us it announces that it sleeps and blocks in epoll (the front-end kicks
 it through an eventfd when it posts a command meanwhile).
 
+Instances: `--instance K --cpu C --queues q,..` runs one of several dispatchers, each on its own core and
+owning the NIC queue pairs whose IRQs/RPS/XPS it places on that core (attach socket: attach.instance_path).
+A front-end attaches to every instance; each socket lives in exactly one instance's shared memory, which is
+how the back-end tells the front-end who owns it (C_OWNER in the control page repeats it, C_RX_CPU says
+which CPU the kernel last received the connection's packets on).
+  * Passive opens: the front-end listens on every instance, in instance order, each with SO_REUSEPORT on
+    the same address, so the kernel has one reuseport group whose i-th member is instance i.  The LISTEN
+    entry carries the members' CPUs and which member owns which rx queue; the dispatcher attaches a classic
+    BPF program to the group (SO_ATTACH_REUSEPORT_CBPF, Linux >= 4.5) that returns the member owning
+    skb->queue_mapping (the rx queue virtio-net recorded: exactly "the queue the SYN arrived on"), else the
+    member whose CPU is processing the SYN (SKF_AD_CPU: the CPU its queue's IRQ/RPS targets), else an
+    out-of-range index, which makes the kernel fall back to its hash.  SO_INCOMING_CPU alone would be
+    simpler but the reuseport group ignores it on the guests' 6.1 (fixed in 6.2 by b261eda84ec1, "soreuseport:
+    Fix socket selection for SO_INCOMING_CPU"), and an eBPF SOCKARRAY would need bpf(2) from every instance.
+  * Active opens: the front-end binds a source port whose Toeplitz hash maps to one of the instance's
+    queues (rss.py, from the classifier settings the testbed puts into the guest) before connecting.
+
 Producers are untrusted: every entry and every index an application controls is validated; a bad one fails
 that socket (state ST_ERROR + errno, notification EV_ERR) and nothing else.  An application's sockets and
 memory are released as soon as its attach connection closes.
@@ -32,7 +49,7 @@ import time
 from collections import deque
 
 from . import native, placement
-from .attach import DEFAULT_SOCKET, MAX_MESSAGE, AttachError, encode_reply, parse_hello
+from .attach import DEFAULT_SOCKET, MAX_INSTANCES, MAX_MESSAGE, AttachError, encode_reply, instance_path, parse_hello
 from .layout import (
     C_ADDR_FAMILY,
     C_ADDR_IP0,
@@ -40,8 +57,10 @@ from .layout import (
     C_ADDR_PORT,
     C_DRAINING,
     C_ERR,
+    C_OWNER,
     C_RES_SEQ,
     C_RES_VAL,
+    C_RX_CPU,
     C_RX_HEAD,
     C_RX_TAIL,
     C_STATE,
@@ -83,6 +102,7 @@ from .layout import (
     check_ring,
     decode_command,
     encode_addr,
+    listen_group,
 )
 from .queues import CORRUPT, EMPTY, CommandQueue, NotifyRing, Region, ring_views
 
@@ -94,6 +114,43 @@ MAX_BACKLOG = 1024
 CLOSE_LINGER_S = 5.0
 EPOLL_IN = select.EPOLLIN | select.EPOLLRDHUP
 SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 2)
+
+
+SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
+SO_ATTACH_REUSEPORT_CBPF = 51
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
+SKF_AD_OFF, SKF_AD_QUEUE, SKF_AD_CPU = -0x1000, 16, 36
+SOCK_FILTER = "<HBBI"
+
+
+def reuseport_program(cpus: list[int], owners: dict[int, int]) -> list[tuple[int, int, int, int]]:
+    """Classic BPF for a reuseport group: the index of the member owning the SYN's rx queue, else of the
+    member on whose CPU the SYN is processed, else 0xffffffff (out of range: the kernel hashes)."""
+    prog = [(BPF_LD_W_ABS, 0, 0, (SKF_AD_OFF + SKF_AD_QUEUE) & 0xFFFFFFFF)]
+    for q, member in sorted(owners.items()):
+        prog += [(BPF_JEQ_K, 0, 1, q + 1), (BPF_RET_K, 0, 0, member)]  # queue_mapping is rx queue + 1
+    prog.append((BPF_LD_W_ABS, 0, 0, (SKF_AD_OFF + SKF_AD_CPU) & 0xFFFFFFFF))
+    for member, cpu in enumerate(cpus):
+        prog += [(BPF_JEQ_K, 0, 1, cpu), (BPF_RET_K, 0, 0, member)]
+    prog.append((BPF_RET_K, 0, 0, 0xFFFFFFFF))
+    return prog
+
+
+def attach_reuseport_program(k: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
+    """setsockopt(SO_ATTACH_REUSEPORT_CBPF): struct sock_fprog {u16 len; struct sock_filter *filter}."""
+    import ctypes
+    import struct
+
+    filt = ctypes.create_string_buffer(b"".join(struct.pack(SOCK_FILTER, *insn) for insn in prog))
+    fprog = struct.pack("<H6xQ", len(prog), ctypes.addressof(filt))
+    k.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
+def incoming_cpu(k: socket.socket) -> int:
+    try:
+        return k.getsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU)
+    except OSError:
+        return -1
 
 
 class NullLock:
@@ -184,9 +241,12 @@ class App:
 
 class Dispatcher:
     def __init__(self, path: str = DEFAULT_SOCKET, cpu: int | None = None, busy_poll_us: int = 1000,
-                 uncontended_locks: bool = False, sleep_ms: int = 100):
+                 uncontended_locks: bool = False, sleep_ms: int = 100, instance: int = 0,
+                 queues: set[int] | None = None):
         self.path = path
         self.cpu = cpu
+        self.instance = instance
+        self.queues = None if queues is None else sorted(queues)
         self.busy_poll_s = busy_poll_us / 1e6 if busy_poll_us >= 0 else None
         self.sleep_ms = sleep_ms
         self.lock = threading.Lock() if uncontended_locks else None
@@ -200,7 +260,8 @@ class Dispatcher:
         self.next_app = 1
         self.running = True
         self.stats = {"loops": 0, "commands": 0, "sends": 0, "send_bytes": 0, "recvs": 0, "recv_bytes": 0,
-                      "bad_entries": 0, "sleeps": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0}
+                      "bad_entries": 0, "sleeps": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0,
+                      "reuseport_programs": 0}
         self.epoll = select.epoll()
         self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.epoll.register(self.kick, select.EPOLLIN)
@@ -272,7 +333,8 @@ class Dispatcher:
             return
         self.next_app += 1
         socket.send_fds(conn, [encode_reply(type="attached", app=app.id, cpu=self.cpu, pid=os.getpid(),
-                                            locks=self.lock is not None, membarrier=self.membarrier)],
+                                            locks=self.lock is not None, membarrier=self.membarrier,
+                                            instance=self.instance, queues=self.queues)],
                          [self.kick])
         conn.setblocking(False)
         self.apps[conn.fileno()] = app
@@ -383,6 +445,8 @@ class Dispatcher:
         q[s.cw + C_DRAINING] = 0
         q[s.cw + C_TX_WANT] = 0
         q[s.cw + C_ERR] = 0
+        q[s.cw + C_OWNER] = self.instance
+        q[s.cw + C_RX_CPU] = incoming_cpu(k) & U64
         self._set_state(s, state)
 
     # ------------------------------------------------------------------ commands
@@ -473,6 +537,9 @@ class Dispatcher:
                 self._complete(s, cmd.pos, 0)
             elif op == Op.LISTEN:
                 s.k.listen(cmd.a)
+                if cmd.b:  # one member of a multi-instance reuseport group: steer SYNs to their queue's owner
+                    attach_reuseport_program(s.k, reuseport_program(*listen_group(cmd.b, cmd.c, cmd.ip)))
+                    self.stats["reuseport_programs"] += 1
                 s.backlog = deque()
                 s.backlog_max = max(16, min(cmd.a, MAX_BACKLOG))
                 self._set_state(s, s.state | ST_LISTENING)
@@ -524,6 +591,7 @@ class Dispatcher:
             self._complete(s, cmd.pos, -err)
 
     def _connected(self, s: Sock, pos: int) -> None:
+        s.app.region.q[s.cw + C_RX_CPU] = incoming_cpu(s.k) & U64
         self._set_state(s, (s.state & ~ST_CONNECTING) | ST_CONNECTED)
         self._register(s, EPOLL_IN)
         self._complete(s, pos, 0)
@@ -921,7 +989,11 @@ def choose_cpu(cpu: int | None, allow_shared: bool, online: set[int], isolated: 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="isostackd", description="IsoStack dispatcher on a dedicated CPU")
-    p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"attach socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--socket", default=None,
+                   help=f"attach socket (default {DEFAULT_SOCKET}, or its instance_path for --instance K)")
+    p.add_argument("--instance", type=int, default=0, help="instance number when several dispatchers run (0..15)")
+    p.add_argument("--queues", default="",
+                   help="NIC queue pairs this instance owns and places, e.g. 0,2 (default: all queues)")
     p.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: highest isolated, else highest)")
     p.add_argument("--allow-shared", action="store_true", help="run on a CPU that is not isolated")
     p.add_argument("--busy-poll-us", type=int, default=1000,
@@ -937,23 +1009,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not 0 <= args.instance < MAX_INSTANCES:
+        raise SystemExit(f"isostackd: --instance {args.instance} not in 0..{MAX_INSTANCES - 1}")
+    try:
+        queues = placement.parse_cpu_list(args.queues) if args.queues else None
+    except ValueError:
+        raise SystemExit(f"isostackd: bad --queues {args.queues!r}") from None
+    path = args.socket or instance_path(DEFAULT_SOCKET, args.instance)
     logging.basicConfig(level=args.log_level, format="%(asctime)s isostackd %(levelname)s %(message)s")
     cpu = choose_cpu(args.cpu, args.allow_shared, online_cpus(), isolated_cpus())
     os.sched_setaffinity(0, {cpu})
     log.info("pinned to CPU %d", cpu)
     if not args.no_placement:
         ifaces = [i for i in args.interfaces.split(",") if i] or None
-        for line in placement.place(cpu, ifaces):
+        for line in placement.place(cpu, ifaces, queues=queues):
             log.info("placement: %s", line)
-    d = Dispatcher(args.socket, cpu, args.busy_poll_us, args.uncontended_locks, args.sleep_ms)
+    d = Dispatcher(path, cpu, args.busy_poll_us, args.uncontended_locks, args.sleep_ms, args.instance, queues)
 
     def stop(signum, _frame):
         d.running = False
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("listening on %s (busy poll %d us, locks %s)", args.socket, args.busy_poll_us,
-             "on" if args.uncontended_locks else "off")
+    log.info("instance %d listening on %s (queues %s, busy poll %d us, locks %s)", args.instance, path,
+             args.queues or "all", args.busy_poll_us, "on" if args.uncontended_locks else "off")
     try:
         d.run()
     finally:

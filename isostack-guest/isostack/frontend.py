@@ -30,8 +30,8 @@ import struct
 import threading
 import time
 
-from . import native
-from .attach import DEFAULT_SOCKET, MAX_MESSAGE, Hello, parse_reply
+from . import native, rss
+from .attach import DEFAULT_SOCKET, MAX_MESSAGE, Hello, discover, instance_path, parse_reply
 from .layout import (
     C_ADDR_FAMILY,
     C_ADDR_IP0,
@@ -39,8 +39,10 @@ from .layout import (
     C_ADDR_PORT,
     C_DRAINING,
     C_ERR,
+    C_OWNER,
     C_RES_SEQ,
     C_RES_VAL,
+    C_RX_CPU,
     C_RX_HEAD,
     C_RX_TAIL,
     C_STATE,
@@ -69,6 +71,7 @@ from .layout import (
     Geometry,
     Op,
     encode_addr,
+    encode_listen_group,
     ring_spans,
     words_addr,
 )
@@ -79,7 +82,24 @@ _FAST = native.FAST
 MAX_SLEEP_MS = 5
 SPIN = 20  # condition checks (with a GIL-releasing yield) before sleeping on the doorbell
 
+PORT_TRIES = 4096  # source ports hashed at most when looking for one that lands on the socket's instance
+
 _sentinel = object()
+
+
+def _numeric(family: int, address: tuple) -> tuple[str, int]:
+    """(numeric ip, port) of a connect address (resolved like encode_addr does)."""
+    port, packed = encode_addr(family, address)
+    n = 4 if family == _socket.AF_INET else 16
+    return _socket.inet_ntop(family, packed[:n]), port
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def _err(code: int, what: str = "") -> OSError:
@@ -91,15 +111,17 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
-class Stack:
-    """One attachment to isostackd: shared memory, doorbell, slot allocator and waits."""
+class Instance:
+    """One attachment to one isostackd instance: its shared memory, command queues, kick and slot allocator.
 
-    def __init__(self, path: str | None = None, geometry: Geometry | None = None, name: str = "",
-                 connect_timeout: float = 5.0):
-        self.path = path or os.environ.get("ISOSTACK_SOCKET", DEFAULT_SOCKET)
-        self.geometry = g = (geometry or Geometry()).check()
+    A Stack has one per running instance; every socket lives in exactly one of them (its owner)."""
+
+    def __init__(self, path: str, geometry: Geometry, doorbell: int, name: str, connect_timeout: float):
+        self.path = path
+        self.geometry = g = geometry
         memfd = create_memfd(g.total_size)
-        self.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC | os.EFD_SEMAPHORE)
+        self.region = None
+        self.conn = None
         try:
             self.region = Region(memfd, g.total_size)
             q = self.q = self.region.q
@@ -114,95 +136,49 @@ class Stack:
             self.conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
             self.conn.settimeout(connect_timeout)
             try:
-                self.conn.connect(self.path)
+                self.conn.connect(path)
             except OSError as e:
-                self.conn.close()
-                raise OSError(e.errno, f"cannot attach to isostackd at {self.path}: {e.strerror}") from None
-            _socket.send_fds(self.conn, [Hello(g, os.getpid(), name or f"pid{os.getpid()}").encode()],
-                             [memfd, self.doorbell])
+                raise OSError(e.errno, f"cannot attach to isostackd at {path}: {e.strerror}") from None
+            _socket.send_fds(self.conn, [Hello(g, os.getpid(), name).encode()], [memfd, doorbell])
             data, fds, _f, _a = _socket.recv_fds(self.conn, MAX_MESSAGE, 2)
             self.info = parse_reply(data)
             if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
                 raise OSError(errno.EPROTO, "isostackd sent no kick eventfd")
             self.kick = fds[0]
             # Fast send path (plain load of the draining flag) only if the dispatcher fences us with membarrier.
             self.asym_fence = bool(self.info.get("membarrier")) and native.membarrier_register()
+        except BaseException:
+            if self.conn is not None:
+                self.conn.close()
+            if self.region is not None:
+                self.region.close()
+            raise
         finally:
             os.close(memfd)
+        self.id = int(self.info.get("instance") or 0)
+        self.cpu = self.info.get("cpu")
+        rxq = self.info.get("queues")
+        self.rx_queues = None if rxq is None else frozenset(int(x) for x in rxq)  # None: all of them
         self.base = self.region.base
         self.sleepers_addr = self.base + H_SLEEPERS * 8
         self._alloc_lock = threading.Lock()
-        self._poll_lock = threading.Lock()
         self._free = list(range(g.max_sockets - 1, -1, -1))
         self._closing: dict[int, int] = {}  # slot -> position of its CLOSE
-        self._selector_mode = False
         self.closed = False
 
-    # ---------------------------------------------------------------- public
-    def socket(self, family: int = _socket.AF_INET, type: int = _socket.SOCK_STREAM, proto: int = 0) -> IsoSocket:
-        idx = self._alloc()
-        s = IsoSocket(self, idx, family, type)
-        try:
-            s._call(Op.SOCKET, family, type)
-        except BaseException:
-            self._release(idx)
-            raise
-        return s
-
-    def create_connection(self, address: tuple, timeout=_sentinel, source_address=None) -> IsoSocket:
-        host, port = address[0], address[1]
-        err = None
-        for family, _t, _p, _c, sa in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
-            if family not in (_socket.AF_INET, _socket.AF_INET6):
-                continue
-            s = self.socket(family)
-            try:
-                if timeout is not _sentinel:
-                    s.settimeout(timeout)
-                if source_address:
-                    s.bind(source_address)
-                s.connect(sa)
-                return s
-            except OSError as e:
-                err = e
-                s.close()
-        raise err or OSError(errno.EHOSTUNREACH, f"no address for {host}")
-
-    def stats(self) -> dict:
-        q = self.q
-        return {"doorbells_rung": q[H_RUNG], "doorbells_saved": q[H_SAVED], "kicks": q[H_KICKS],
-                "notifications_dropped": q[H_NOTIF_DROPPED], "app": self.info.get("app")}
-
-    def poll(self) -> list[tuple[int, int]]:
-        """Consume the doorbell and return the notification hints [(socket slot, events)]."""
-        try:
-            while True:
-                os.eventfd_read(self.doorbell)
-        except BlockingIOError:
-            pass
-        with self._poll_lock:
-            return [(sock, ev) for sock, ev, _seq in self.notify.drain()]
-
     def close(self) -> None:
-        """Detach: isostackd closes every socket of this Stack and releases the memory."""
         if self.closed:
             return
         self.closed = True
         self.conn.close()
-        os.close(self.doorbell)
         os.close(self.kick)
         self.queues.clear()
         self.notify = None
         self.region.close()
 
-    def __enter__(self) -> Stack:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # ---------------------------------------------------------------- internals
-    def _alloc(self, timeout: float = 2.0) -> int:
+    def _alloc(self, stack: Stack, timeout: float = 2.0) -> int:
         """A free slot; a slot whose CLOSE is still in flight becomes free once the dispatcher finished it."""
         deadline = time.monotonic() + timeout
         while True:
@@ -214,9 +190,9 @@ class Stack:
                     return idx
                 if not self._closing:
                     break
-            if not self.wait(lambda: any(self._closed_done(i) for i in list(self._closing)), deadline):
+            if not stack.wait(lambda: any(self._closed_done(i) for i in list(self._closing)), deadline, (self,)):
                 break
-        raise _err(errno.EMFILE, f"all {self.geometry.max_sockets} IsoStack sockets in use")
+        raise _err(errno.EMFILE, f"all {self.geometry.max_sockets} IsoStack sockets of instance {self.id} in use")
 
     def _closed_done(self, idx: int) -> bool:
         pos = self._closing.get(idx)
@@ -241,13 +217,181 @@ class Stack:
             except OSError:
                 pass
 
+    def stats(self) -> dict:
+        q = self.q
+        return {"instance": self.id, "cpu": self.cpu, "queues": None if self.rx_queues is None else
+                sorted(self.rx_queues), "doorbells_rung": q[H_RUNG], "doorbells_saved": q[H_SAVED],
+                "kicks": q[H_KICKS], "notifications_dropped": q[H_NOTIF_DROPPED], "app": self.info.get("app")}
+
+
+class Stack:
+    """One application's attachment to every running isostackd instance, sharing one doorbell eventfd.
+
+    `Stack(path)` attaches to the instance at `path` and to every further instance discovered beside it
+    (attach.discover); `instances=[0]` restricts that.  New sockets go to the instances round-robin; a
+    listener is replicated on every instance (see IsoSocket.listen); with several instances and classifier
+    settings (rss.Classifier, read from /etc/isostack/classifier.json by default), connect() binds a source
+    port whose rx queue belongs to the socket's instance.
+    """
+
+    def __init__(self, path: str | None = None, geometry: Geometry | None = None, name: str = "",
+                 connect_timeout: float = 5.0, instances: list[int] | None = None, classifier=_sentinel):
+        self.path = path or os.environ.get("ISOSTACK_SOCKET", DEFAULT_SOCKET)
+        self.geometry = g = (geometry or Geometry()).check()
+        if instances is None:
+            paths = [p for _k, p in discover(self.path)] or [self.path]  # the error then names the usual path
+        else:
+            paths = [instance_path(self.path, k) for k in instances]
+        self.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC | os.EFD_SEMAPHORE)
+        self.instances: list[Instance] = []
+        try:
+            for p in paths:
+                self.instances.append(Instance(p, g, self.doorbell, name or f"pid{os.getpid()}", connect_timeout))
+        except BaseException:
+            for inst in self.instances:
+                inst.close()
+            os.close(self.doorbell)
+            raise
+        self.instances.sort(key=lambda i: i.id)
+        first = self.instances[0]
+        self.info = first.info
+        if classifier is _sentinel:
+            classifier = _load_classifier() if len(self.instances) > 1 else None
+        self.classifier = classifier
+        self._next = 0  # round-robin cursor (a race between threads only skews the balance)
+        self._poll_lock = threading.Lock()
+        self._selector_mode = False
+        self._local_ips: dict[tuple[int, str], str] = {}
+        self.closed = False
+
+    # single-instance views, for callers written before instances existed
+    @property
+    def q(self):
+        return self.instances[0].q
+
+    @property
+    def region(self):
+        return self.instances[0].region
+
+    @property
+    def queues(self):
+        return self.instances[0].queues
+
+    @property
+    def notify(self):
+        return self.instances[0].notify
+
+    @property
+    def kick(self) -> int:
+        return self.instances[0].kick
+
+    @property
+    def base(self) -> int:
+        return self.instances[0].base
+
+    def _pending(self, idx: int) -> None:
+        self.instances[0]._pending(idx)
+
+    # ---------------------------------------------------------------- public
+    def pick_instance(self) -> Instance:
+        """The instance a new socket goes to: round-robin."""
+        insts = self.instances
+        i = self._next % len(insts)
+        self._next = i + 1
+        return insts[i]
+
+    def socket(self, family: int = _socket.AF_INET, type: int = _socket.SOCK_STREAM, proto: int = 0,
+               instance: int | None = None) -> IsoSocket:
+        if instance is None:
+            inst = self.pick_instance()
+        else:
+            inst = next((i for i in self.instances if i.id == instance), None)
+            if inst is None:
+                raise ValueError(f"no isostackd instance {instance} attached (have {[i.id for i in self.instances]})")
+        idx = inst._alloc(self)
+        s = IsoSocket(self, idx, family, type, inst=inst)
+        try:
+            s._call(Op.SOCKET, family, type)
+        except BaseException:
+            inst._release(idx)
+            raise
+        return s
+
+    def create_connection(self, address: tuple, timeout=_sentinel, source_address=None) -> IsoSocket:
+        host, port = address[0], address[1]
+        err = None
+        for family, _t, _p, _c, sa in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+            if family not in (_socket.AF_INET, _socket.AF_INET6):
+                continue
+            s = self.socket(family)
+            try:
+                if timeout is not _sentinel:
+                    s.settimeout(timeout)
+                if source_address:
+                    s.bind(source_address)
+                s.connect(sa)
+                return s
+            except OSError as e:
+                err = e
+                s.close()
+        raise err or OSError(errno.EHOSTUNREACH, f"no address for {host}")
+
+    def stats(self) -> dict:
+        per = [i.stats() for i in self.instances]
+        out = {k: sum(p[k] for p in per) for k in ("doorbells_rung", "doorbells_saved", "kicks",
+                                                   "notifications_dropped")}
+        out["app"] = per[0]["app"]
+        out["instances"] = per
+        return out
+
+    def poll(self) -> list[tuple[int, int]]:
+        """Consume the doorbell and return the notification hints [(socket slot, events)] of every instance."""
+        try:
+            while True:
+                os.eventfd_read(self.doorbell)
+        except BlockingIOError:
+            pass
+        with self._poll_lock:
+            return [(sock, ev) for inst in self.instances for sock, ev, _seq in inst.notify.drain()]
+
+    def close(self) -> None:
+        """Detach: every isostackd instance closes this Stack's sockets and releases the memory."""
+        if self.closed:
+            return
+        self.closed = True
+        for inst in self.instances:
+            inst.close()
+        os.close(self.doorbell)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- internals
+    def _local_ip(self, family: int, remote_ip: str) -> str:
+        """The source address the kernel routes to remote_ip from (a connected UDP socket: no packet sent)."""
+        key = (family, remote_ip)
+        ip = self._local_ips.get(key)
+        if ip is None:
+            with _socket.socket(family, _socket.SOCK_DGRAM) as u:
+                u.connect((remote_ip, 9))
+                ip = u.getsockname()[0]
+            self._local_ips[key] = ip
+        return ip
+
     def _selector(self) -> None:
         if not self._selector_mode:
             self._selector_mode = True
-            native.fetch_add64(self.sleepers_addr, 1)  # a permanent sleeper: always ring
+            for inst in self.instances:
+                native.fetch_add64(inst.sleepers_addr, 1)  # a permanent sleeper: always ring
 
-    def wait(self, cond, deadline: float | None) -> bool:
-        """Wait until cond() is true or the deadline (monotonic) passes; spin, then sleep on the doorbell."""
+    def wait(self, cond, deadline: float | None, insts=None) -> bool:
+        """Wait until cond() is true or the deadline (monotonic) passes; spin, then sleep on the doorbell.
+
+        `insts`: the instances whose dispatchers may make cond() true (they are told we sleep)."""
+        insts = self.instances if insts is None else insts
         for _ in range(SPIN):
             if cond():
                 return True
@@ -265,7 +409,8 @@ class Stack:
                 ms = min((deadline - time.monotonic()) * 1000, MAX_SLEEP_MS)
                 if ms <= 0:
                     return False
-            native.fetch_add64(self.sleepers_addr, 1)  # announce, then look again (locked add = fence)
+            for inst in insts:
+                native.fetch_add64(inst.sleepers_addr, 1)  # announce, then look again (locked add = fence)
             try:
                 if cond():
                     return True
@@ -275,35 +420,48 @@ class Stack:
                     except BlockingIOError:
                         pass
             finally:
-                native.fetch_add64(self.sleepers_addr, U64)
+                for inst in insts:
+                    native.fetch_add64(inst.sleepers_addr, U64)
             if self._poll_lock.acquire(blocking=False):
                 try:
-                    self.notify.drain()
+                    for inst in insts:
+                        inst.notify.drain()
                 finally:
                     self._poll_lock.release()
+
+
+def _load_classifier():
+    """The guest's classifier settings (rss.DEFAULT_PATH), or None where the testbed wrote none."""
+    path = os.environ.get("ISOSTACK_CLASSIFIER", rss.DEFAULT_PATH)
+    try:
+        return rss.Classifier.from_file(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class IsoSocket:
     """A TCP socket served by isostackd; mirrors the parts of socket.socket that applications use."""
 
-    def __init__(self, stack: Stack, idx: int, family: int, type: int, timeout=_sentinel):
+    def __init__(self, stack: Stack, idx: int, family: int, type: int, timeout=_sentinel, inst: Instance | None = None):
         g = stack.geometry
+        inst = inst or stack.instances[0]
         self._stack = stack
+        self._inst = inst
         self._idx = idx
         self.family = family
         self.type = type
         self.proto = 0
-        self._q = stack.q
-        self._buf = stack.region.buf
+        self._q = inst.q
+        self._buf = inst.region.buf
         self._cw = g.control_off(idx) // 8
-        self._cmdq = stack.queues[idx]
+        self._cmdq = inst.queues[idx]
         self._tx_off, self._tx_size = g.tx_off(idx), g.tx_size
         self._rx_off, self._rx_size = g.rx_off(idx), g.rx_size
-        self._draining_addr = stack.base + (self._cw + C_DRAINING) * 8
-        self._asym = stack.asym_fence
-        self._ctl = stack.base + self._cw * 8
-        self._txr = stack.base + self._tx_off
-        self._rxr = stack.base + self._rx_off
+        self._draining_addr = inst.base + (self._cw + C_DRAINING) * 8
+        self._asym = inst.asym_fence
+        self._ctl = inst.base + self._cw * 8
+        self._txr = inst.base + self._tx_off
+        self._rxr = inst.base + self._rx_off
         self._timeout = _socket.getdefaulttimeout() if timeout is _sentinel else timeout
         self._lock = threading.Lock()  # serializes this socket's control calls (application-local)
         self._tx_tail = self._q[self._cw + C_TX_TAIL]
@@ -311,6 +469,9 @@ class IsoSocket:
         self._tx_shut = False
         self._closed = False
         self._fileno = -1
+        self._members: list[IsoSocket] = []  # a listener on several instances: one socket each, self among them
+        self._bound = False
+        self.rx_queue: int | None = None  # predicted rx queue of an active open that picked its source port
 
     # ---------------------------------------------------------------- plumbing
     def _state(self) -> int:
@@ -336,7 +497,7 @@ class IsoSocket:
                 pos = self._cmdq.push(op, self._idx, a, b, c, ip)
         if pos < 0:
             raise _err(errno.EAGAIN if pos == -1 else errno.EPROTO, "command queue full or corrupt")
-        self._stack._pending(self._idx)
+        self._inst._pending(self._idx)
         return pos
 
     def _call(self, op: int, a: int = 0, b: int = 0, c: int = 0, ip: bytes = b"", deadline=_sentinel) -> int:
@@ -349,7 +510,7 @@ class IsoSocket:
             def done() -> bool:
                 return q[cw + C_RES_SEQ] > pos or bool(q[cw + C_STATE] & ST_ERROR)
 
-            if not self._stack.wait(done, self._deadline() if deadline is _sentinel else deadline):
+            if not self._stack.wait(done, self._deadline() if deadline is _sentinel else deadline, (self._inst,)):
                 raise TimeoutError("timed out")
             if q[cw + C_RES_SEQ] <= pos:
                 raise _err(q[cw + C_ERR] or errno.EIO)
@@ -377,14 +538,94 @@ class IsoSocket:
     def getblocking(self) -> bool:
         return self._timeout != 0.0
 
+    # ---------------------------------------------------------------- instances
+    @property
+    def instance(self) -> int:
+        """The isostackd instance that owns this socket, as its dispatcher wrote it into the control page."""
+        return self._q[self._cw + C_OWNER]
+
+    @property
+    def rx_cpu(self) -> int:
+        """The CPU the kernel last processed this connection's incoming packets on (at accept/connect), or -1."""
+        return _signed(self._q[self._cw + C_RX_CPU])
+
+    def _multi(self) -> bool:
+        return len(self._stack.instances) > 1
+
     def bind(self, address: tuple) -> None:
         port, ip = encode_addr(self.family, address)
+        if self._multi() and not self._bound:  # it may become a listener replicated on every instance
+            self._call(Op.SETSOCKOPT, _socket.SOL_SOCKET, _socket.SO_REUSEPORT, 1)
         self._call(Op.BIND, self.family, port, 0, ip)
+        self._bound = True
 
     def listen(self, backlog: int = 128) -> None:
-        self._call(Op.LISTEN, max(0, min(int(backlog), 65535)))
+        backlog = max(0, min(int(backlog), 65535))
+        if not self._multi():
+            self._call(Op.LISTEN, backlog)
+            return
+        self._listen_everywhere(backlog)
+
+    def _listen_everywhere(self, backlog: int) -> None:
+        """One listener per instance on the same address, one reuseport group whose i-th member is instance i
+        (members join in the order they listen); its BPF program gives each SYN to the owner of its rx queue
+        (dispatcher.reuseport_program)."""
+        stack = self._stack
+        if not self._bound:
+            self.bind(("0.0.0.0" if self.family == _socket.AF_INET else "::", 0))
+        addr = self.getsockname()
+        members = [self]
+        try:
+            for inst in stack.instances:
+                if inst is self._inst:
+                    continue
+                m = stack.socket(self.family, self.type, instance=inst.id)
+                members.append(m)
+                m.bind(addr)
+            members.sort(key=lambda m: m._inst.id)
+            cpus = [m._inst.cpu if isinstance(m._inst.cpu, int) and 0 <= m._inst.cpu < 255 else 254 for m in members]
+            owners = {q: i for i, m in enumerate(members) for q in (m._inst.rx_queues or ()) if 0 <= q < 16}
+            b, c, ip = encode_listen_group(cpus, owners)
+            for m in members:
+                m._call(Op.LISTEN, backlog, b, c, ip)
+        except BaseException:
+            for m in members:
+                if m is not self:
+                    m.close()
+            raise
+        self._members = members
+
+    def _pick_source_port(self, address: tuple) -> None:
+        """Bind a source port whose Toeplitz hash puts the connection's rx queue on this socket's instance.
+
+        Only with several instances, classifier settings, an instance that owns particular queues and an
+        unbound socket; when no port in the first PORT_TRIES candidates maps there (a flow rule pins the peer
+        to another queue, say) the kernel picks the port as usual."""
+        stack, inst = self._stack, self._inst
+        if self._bound or not self._multi() or stack.classifier is None or not inst.rx_queues:
+            return
+        remote_ip, remote_port = _numeric(self.family, address)
+        local_ip = stack._local_ip(self.family, remote_ip)
+        lo, hi = _ephemeral_range()
+        busy = 0
+        for port, queue in rss.ports_for_queues(stack.classifier, local_ip, remote_ip, remote_port,
+                                                inst.rx_queues, lo, hi, limit=PORT_TRIES):
+            try:
+                if not busy:  # a port of one of our own TIME_WAIT connections is fine to reuse
+                    self._call(Op.SETSOCKOPT, _socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+                lport, lip = encode_addr(self.family, (local_ip, port))
+                self._call(Op.BIND, self.family, lport, 0, lip)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or busy >= 16:
+                    return
+                busy += 1
+                continue
+            self._bound = True
+            self.rx_queue = queue
+            return
 
     def connect(self, address: tuple) -> None:
+        self._pick_source_port(address)
         port, ip = encode_addr(self.family, address)
         self._call(Op.CONNECT, self.family, port, 0, ip)
 
@@ -398,29 +639,37 @@ class IsoSocket:
         return 0
 
     def accept(self) -> tuple[IsoSocket, tuple]:
+        """The next connection from whichever instance has one; it is owned by that instance."""
         deadline = self._deadline()
         stack = self._stack
+        members = self._members or [self]
         while True:
-            st = self._check()
-            if not st & ST_LISTENING:
-                raise _err(errno.EINVAL, "socket is not listening")
-            if st & ST_ACCEPTABLE:
-                new = stack._alloc()
-                try:
-                    val = self._call(Op.ACCEPT, new, deadline=deadline)
-                except BlockingIOError:
-                    stack._release(new)
-                    val = -1
-                except BaseException:
-                    stack._release(new)
-                    raise
-                if val >= 0:
-                    s = IsoSocket(stack, new, self.family, self.type, timeout=_socket.getdefaulttimeout())
-                    return s, s._addr()
+            for m in members:
+                st = m._check()
+                if not st & ST_LISTENING:
+                    raise _err(errno.EINVAL, "socket is not listening")
+                if st & ST_ACCEPTABLE:
+                    got = m._accept_one(deadline)
+                    if got is not None:
+                        return got
             if self._timeout == 0.0:
                 raise BlockingIOError(errno.EAGAIN, "no connection waiting")
-            if not stack.wait(self._acceptable, deadline):
+            if not stack.wait(lambda: any(m._acceptable() for m in members), deadline, [m._inst for m in members]):
                 raise TimeoutError("timed out")
+
+    def _accept_one(self, deadline) -> tuple[IsoSocket, tuple] | None:
+        inst = self._inst
+        new = inst._alloc(self._stack)
+        try:
+            self._call(Op.ACCEPT, new, deadline=deadline)
+        except BlockingIOError:
+            inst._release(new)
+            return None
+        except BaseException:
+            inst._release(new)
+            raise
+        s = IsoSocket(self._stack, new, self.family, self.type, timeout=_socket.getdefaulttimeout(), inst=inst)
+        return s, s._addr()
 
     def _acceptable(self) -> bool:
         return bool(self._q[self._cw + C_STATE] & (ST_ACCEPTABLE | ST_ERROR))
@@ -466,7 +715,7 @@ class IsoSocket:
             want = self._ctl + C_TX_WANT * 8
             native.fetch_add64(want, 1)
             try:
-                ok = self._stack.wait(space, self._deadline())
+                ok = self._stack.wait(space, self._deadline(), (self._inst,))
             finally:
                 native.fetch_add64(want, U64)
             if not ok:
@@ -522,7 +771,7 @@ class IsoSocket:
     def _wait_rx(self) -> None:
         q, cw, head = self._q, self._cw, self._rx_head
         if not self._stack.wait(lambda: q[cw + C_RX_TAIL] != head or q[cw + C_STATE] & (ST_EOF | ST_ERROR),
-                                self._deadline()):
+                                self._deadline(), (self._inst,)):
             raise TimeoutError("timed out")
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
@@ -612,11 +861,14 @@ class IsoSocket:
                 self._fileno = -1
             if self._stack.closed:
                 return
+            for m in self._members:
+                if m is not self:
+                    m.close()
             try:
                 pos = self._post(Op.CLOSE)
             except OSError:
                 return  # queue dead: the slot is lost until the Stack detaches
-            self._stack._release(self._idx, pos)
+            self._inst._release(self._idx, pos)
 
     def __enter__(self) -> IsoSocket:
         return self
@@ -626,7 +878,7 @@ class IsoSocket:
 
     def __repr__(self) -> str:
         state = "detached" if self._stack.closed else f"{self._state():#x}"
-        return f"<IsoSocket slot={self._idx} state={state} closed={self._closed}>"
+        return f"<IsoSocket instance={self._inst.id} slot={self._idx} state={state} closed={self._closed}>"
 
 
 # ---------------------------------------------------------------- per-process default Stack

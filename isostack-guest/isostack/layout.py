@@ -46,6 +46,7 @@ C_TX_WANT = 192 // 8  # front-end threads waiting for tx credits (fetch_add +1/-
 C_DRAINING = 256 // 8  # 1 while the dispatcher drains the tx ring (xchg on both sides)
 C_TX_HEAD, C_RX_TAIL = 320 // 8, 320 // 8 + 1  # dispatcher
 C_STATE, C_ERR, C_RES_SEQ, C_RES_VAL = 384 // 8, 384 // 8 + 1, 384 // 8 + 2, 384 // 8 + 3  # dispatcher
+C_OWNER, C_RX_CPU = 384 // 8 + 4, 384 // 8 + 5  # dispatcher: owning instance, CPU that last received for it
 C_ADDR_FAMILY, C_ADDR_PORT, C_ADDR_IP0, C_ADDR_IP1 = 448 // 8, 448 // 8 + 1, 448 // 8 + 2, 448 // 8 + 3
 CONTROL_SIZE = PAGE
 
@@ -265,6 +266,8 @@ def decode_command(raw: bytes | memoryview, expected_pos: int, sock: int, geomet
     elif op == Op.LISTEN:
         if a > 65535:
             raise BadEntry(errno.EINVAL, f"backlog {a} out of range")
+        if b:
+            listen_group(b, c, bytes(ip))  # raises BadEntry
     elif op == Op.ACCEPT:
         if a >= geometry.max_sockets or a == sock:
             raise BadEntry(errno.EBADF, f"accept into socket {a} out of range")
@@ -275,6 +278,45 @@ def decode_command(raw: bytes | memoryview, expected_pos: int, sock: int, geomet
         if (a, b) not in SOCKOPT_ALLOWED or c > 0x7FFFFFFF:
             raise BadEntry(errno.ENOPROTOOPT, f"socket option {a}/{b}={c} not allowed")
     return Command(pos, op, flags, esock, a, b, c, bytes(ip))
+
+
+MAX_GROUP = 16  # instances in one reuseport group (the LISTEN entry has 16 bytes for their CPUs)
+NO_OWNER = 0xF
+
+
+def encode_listen_group(cpus: list[int], queue_owner: dict[int, int]) -> tuple[int, int, bytes]:
+    """(b, c, ip) of a LISTEN entry that makes the reuseport group steer by rx queue, then by CPU.
+
+    cpus[i] is the CPU of the group's i-th member (the order in which the members listen); queue_owner maps
+    an rx queue (0..15) to the index of the member that owns it.  b = member count, c = one nibble per queue.
+    """
+    if not 1 <= len(cpus) <= MAX_GROUP or any(not 0 <= c < 255 for c in cpus):
+        raise ValueError(f"bad group CPUs {cpus}")
+    c = 0
+    for qi in range(16):
+        owner = queue_owner.get(qi, NO_OWNER)
+        if owner != NO_OWNER and not 0 <= owner < len(cpus):
+            raise ValueError(f"queue {qi} owned by member {owner} of {len(cpus)}")
+        c |= owner << (4 * qi)
+    return len(cpus), c, bytes(cpus)
+
+
+def listen_group(b: int, c: int, ip: bytes) -> tuple[list[int], dict[int, int]]:
+    """Validate and decode the reuseport group of a LISTEN entry: (member CPUs, {rx queue: member index})."""
+    if not 1 <= b <= MAX_GROUP:
+        raise BadEntry(errno.EINVAL, f"reuseport group of {b} members (1..{MAX_GROUP})")
+    cpus = list(ip[:b])
+    if any(cpu == 255 for cpu in cpus):
+        raise BadEntry(errno.EINVAL, f"reuseport group CPUs {cpus}")
+    owners = {}
+    for qi in range(16):
+        owner = (c >> (4 * qi)) & 0xF
+        if owner == NO_OWNER:
+            continue
+        if owner >= b:
+            raise BadEntry(errno.EINVAL, f"rx queue {qi} owned by member {owner} of a {b}-member group")
+        owners[qi] = owner
+    return cpus, owners
 
 
 def check_ring(head: int, tail: int, size: int, what: str) -> int:

@@ -72,14 +72,19 @@ def virtio_net_interfaces(sys_root: Path) -> dict[str, str]:
 IRQ_LINE = re.compile(r"^\s*(\d+):.*\s(virtio\d+)-(input|output)\.(\d+)\s*$")
 
 
-def virtio_irqs(interrupts_text: str, virtio: str) -> list[int]:
-    """IRQ numbers of a virtio device's queue vectors ('virtio1-input.0', 'virtio1-output.0', ...)."""
+def virtio_irqs(interrupts_text: str, virtio: str, queues: set[int] | None = None) -> list[int]:
+    """IRQ numbers of a virtio device's queue vectors ('virtio1-input.0', 'virtio1-output.0', ...), only those
+    of the queue pairs in `queues` when given."""
     irqs = []
     for line in interrupts_text.splitlines():
         m = IRQ_LINE.match(line)
-        if m and m.group(2) == virtio:
+        if m and m.group(2) == virtio and (queues is None or int(m.group(4)) in queues):
             irqs.append(int(m.group(1)))
     return irqs
+
+
+def _queue_index(path: Path) -> int:
+    return int(path.name.split("-", 1)[1])
 
 
 def _write(path: Path, value: str) -> str:
@@ -90,8 +95,12 @@ def _write(path: Path, value: str) -> str:
         return f"{path}: cannot set {value}: {e.strerror or e}"
 
 
-def place(cpu: int, interfaces: list[str] | None = None, proc_root: str = "/proc", sys_root: str = "/sys") -> list[str]:
-    """Steer the virtio-net queues' IRQs and RPS/XPS to `cpu`; returns what was set (or why not)."""
+def place(cpu: int, interfaces: list[str] | None = None, proc_root: str = "/proc", sys_root: str = "/sys",
+          queues: set[int] | None = None) -> list[str]:
+    """Steer the virtio-net queues' IRQs and RPS/XPS to `cpu`; returns what was set (or why not).
+
+    With `queues` (one isostackd instance of several) only those queue pairs are placed: their input and
+    output vectors, rx-N/rps_cpus and tx-N/xps_cpus; the other instances place theirs."""
     proc, sysfs = Path(proc_root), Path(sys_root)
     nics = virtio_net_interfaces(sysfs)
     if interfaces:
@@ -109,14 +118,16 @@ def place(cpu: int, interfaces: list[str] | None = None, proc_root: str = "/proc
         out.append(f"cannot read {proc / 'interrupts'}: {e}")
     mask = cpu_mask({cpu})
     for iface, virtio in nics.items():
-        irqs = virtio_irqs(interrupts, virtio)
+        irqs = virtio_irqs(interrupts, virtio, queues)
         if not irqs:
             out.append(f"{iface} ({virtio}): no per-queue MSI-X vectors in /proc/interrupts")
         for irq in irqs:
             out.append(_write(proc / "irq" / str(irq) / "smp_affinity_list", str(cpu)))
-        queues = sysfs / "class/net" / iface / "queues"
-        for q in sorted(queues.glob("rx-*")):
-            out.append(_write(q / "rps_cpus", mask))
-        for q in sorted(queues.glob("tx-*")):
-            out.append(_write(q / "xps_cpus", mask))
+        qdir = sysfs / "class/net" / iface / "queues"
+        for q in sorted(qdir.glob("rx-*")):
+            if queues is None or _queue_index(q) in queues:
+                out.append(_write(q / "rps_cpus", mask))
+        for q in sorted(qdir.glob("tx-*")):
+            if queues is None or _queue_index(q) in queues:
+                out.append(_write(q / "xps_cpus", mask))
     return out

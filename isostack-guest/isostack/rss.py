@@ -88,6 +88,25 @@ class Classifier:
         return self.queue(remote_ip, local_ip, remote_port, local_port, proto)
 
 
+def ports_for_queues(classifier: Classifier, local_ip: str, remote_ip: str, remote_port: int, queues,
+                     lo: int = 32768, hi: int = 60999, start: int | None = None, limit: int = 4096):
+    """Yield (local port, rx queue) for the source ports in lo..hi whose connection to remote_ip:remote_port
+    lands on one of `queues`: how an IsoStack instance picks the port of an active open.  Scans at most
+    `limit` ports from `start` (random by default, so that processes do not all try the same ports first)."""
+    import random
+
+    queues = set(queues)
+    span = hi - lo + 1
+    if span <= 0:
+        return
+    first = random.randrange(span) if start is None else (start - lo) % span
+    for i in range(min(limit, span)):
+        port = lo + (first + i) % span
+        q = classifier.queue_for_connection(local_ip, port, remote_ip, remote_port)
+        if q in queues:
+            yield port, q
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
