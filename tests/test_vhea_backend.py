@@ -7,7 +7,18 @@ import os
 import time
 
 import pytest
-from vhea_helpers import BCAST, MAC_A, MAC_B, MAC_C, frame, frontend, receive_n, running_server, wait_for
+from vhea_helpers import (
+    BCAST,
+    MAC_A,
+    MAC_B,
+    MAC_C,
+    datapath,  # noqa: E402,F401  (the fixture)
+    frame,
+    frontend,
+    receive_n,
+    running_server,
+    wait_for,
+)
 
 from vhea.frontend import BUF_SIZE, Frontend
 from vhea.protocol import (
@@ -22,6 +33,9 @@ from vhea.protocol import (
     bit,
 )
 from vhea.vring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
+
+# every test here runs on both datapaths (the Python reference and _datapath.c)
+pytestmark = pytest.mark.usefixtures("datapath")
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
-"""The fast paths that `vhea bench` measures: numpy descriptor batches must behave exactly as the checked loop.
+"""The fast paths that `vhea bench` measures must behave exactly as the checked loop.
 
-A batch of >= NP_BATCH lone tx descriptors is translated with numpy; anything odd in it (a chain, a bad
-address, a wrong direction) falls back to the loop, which names the problem and stops the ring.
+Python datapath: a batch of >= NP_BATCH lone tx descriptors is translated with numpy; anything odd in it (a
+chain, a bad address, a wrong direction) falls back to the loop, which names the problem and stops the ring.
+Native datapath (_datapath.c): the same batches in one C call, with the same checks and error texts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import tempfile
 import pytest
 from vhea_helpers import BCAST, MAC_A, MAC_B, frame, frontend, receive_n, running_server, wait_for
 
-from vhea import vring
+from vhea import native, vring
+from vhea import server as server_module
 from vhea.frontend import BUF_SIZE
 from vhea.vring import VRING_DESC_F_WRITE
 
@@ -26,8 +28,14 @@ def sockdir():
     os.rmdir(d)
 
 
-@pytest.fixture(params=["numpy", "loop"])
+@pytest.fixture(params=["numpy", "loop", "native"])
 def path(request, monkeypatch):
+    if request.param == "native":
+        if native.MOD is None:
+            pytest.skip(f"native datapath not available: {native.why_not}")
+        monkeypatch.setattr(server_module, "DEFAULT_DATAPATH", "native")
+        return request.param
+    monkeypatch.setattr(server_module, "DEFAULT_DATAPATH", "python")
     if request.param == "numpy":
         if vring._np is None:
             pytest.skip("numpy is not installed")
@@ -85,6 +93,8 @@ def test_bad_descriptor_inside_a_big_batch_stops_the_ring(sockdir, path, attack)
 
 def test_numpy_and_loop_give_the_same_views(path):
     """Both ways over two regions, as QEMU's memory below and above 4 GiB."""
+    if path == "native":
+        pytest.skip("a Vring-level test of the Python path (test_vhea_native.py compares C and Python)")
     import mmap
     import struct
 

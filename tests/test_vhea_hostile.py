@@ -11,12 +11,26 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vhea_helpers import BCAST, MAC_A, MAC_B, MAC_C, frame, frontend, receive_n, running_server, wait_for
+from vhea_helpers import (
+    BCAST,
+    MAC_A,
+    MAC_B,
+    MAC_C,
+    datapath,  # noqa: E402,F401  (the fixture)
+    frame,
+    frontend,
+    receive_n,
+    running_server,
+    wait_for,
+)
 
 from vhea.frontend import BUF_SIZE, Frontend
 from vhea.handler import BackendHandler
 from vhea.protocol import FLAG_VERSION, HEADER, U64, Header, MemoryTable, Message, ProtocolError, Request, VringState
 from vhea.vring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
+
+# every test here runs on both datapaths (the Python reference and _datapath.c)
+pytestmark = pytest.mark.usefixtures("datapath")
 
 
 @pytest.fixture

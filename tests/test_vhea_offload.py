@@ -12,7 +12,15 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vhea_helpers import MAC_A, MAC_B, frontend, receive_n, running_server, wait_for
+from vhea_helpers import (
+    MAC_A,
+    MAC_B,
+    datapath,  # noqa: E402,F401  (the fixture)
+    frontend,
+    receive_n,
+    running_server,
+    wait_for,
+)
 
 from vhea import offload
 from vhea.offload import (
@@ -31,6 +39,9 @@ from vhea.offload import (
     OffloadError,
     TxFrame,
 )
+
+# every test here runs on both datapaths (the Python reference and _datapath.c)
+pytestmark = pytest.mark.usefixtures("datapath")
 
 
 @pytest.fixture

@@ -7,8 +7,24 @@ import threading
 import time
 from collections.abc import Iterator
 
+import pytest
+
+from vhea import native
+from vhea import server as server_module
 from vhea.frontend import Frontend, ethernet
 from vhea.server import Server
+
+#: the two datapaths every ring-walking test runs on: the Python reference and _datapath.c
+DATAPATHS = ["python", "native"]
+
+
+@pytest.fixture(params=DATAPATHS)
+def datapath(request, monkeypatch):
+    """Servers made in the test run this datapath (use with pytestmark = pytest.mark.usefixtures("datapath"))."""
+    if request.param == "native" and native.MOD is None:
+        pytest.skip(f"native datapath not available: {native.why_not}")
+    monkeypatch.setattr(server_module, "DEFAULT_DATAPATH", request.param)
+    return request.param
 
 MAC_A = "02:00:00:00:00:0a"
 MAC_B = "02:00:00:00:00:0b"

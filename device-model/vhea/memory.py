@@ -44,6 +44,14 @@ class GuestMemory:
         self.regions = regions
         # plain tuples for the per-descriptor lookup (no attribute or property calls in the hot path)
         self._by_gpa = [(r.gpa, r.size, r.view) for r in regions]
+        self._native = None  # the native datapath's view of the regions (holds buffer exports until close)
+
+    def native(self, module):
+        """The regions as the native datapath's Memory object (made once; released by close())."""
+        m = self._native
+        if m is None:
+            m = self._native = module.Memory([(gpa, size, view) for gpa, size, view in self._by_gpa])
+        return m
 
     @classmethod
     def map(cls, regions: tuple[MemoryRegion, ...], fds: list[int]) -> GuestMemory:
@@ -81,6 +89,9 @@ class GuestMemory:
         return cls(mapped)
 
     def close(self) -> None:
+        if self._native is not None:
+            self._native.close()  # first: its buffer exports would keep the views below from being released
+            self._native = None
         for r in self.regions:
             r.view.release()
             try:

@@ -6,6 +6,7 @@ Queue numbering is virtio-net's: rx of pair i is ring 2i, tx is 2i+1. The contro
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass
 
 from .memory import GuestMemory
@@ -77,6 +78,8 @@ class VirtioNet:
         self.features = 0
         self.hdr_len = NET_HDR_LEN
         self.mem: GuestMemory | None = None
+        #: the native datapath module (vhea.native.MOD) when the server runs it, else None (the Python path)
+        self.native = None
 
     def set_features(self, features: int) -> None:
         self.features = features
@@ -205,6 +208,22 @@ class VirtioNet:
 
     def _push_many(self, ring: Vring, frames: list[bytes], flags: int, csum_start: int, csum_offset: int
                    ) -> str | None:
+        if self.native is None:
+            return self._push_many_py(ring, frames, flags, csum_start, csum_offset)
+        meta = array("q")
+        off = 0
+        for f in frames:
+            meta.append(off)
+            meta.append(len(f))
+            off += len(f)
+        hdr = NET_HDR.pack(flags, 0, 0, 0, csum_start, csum_offset, 1)
+        _f, _b, nobuf, small, err, _i = self.rx_native(ring, b"".join(frames), meta, 0, len(frames), hdr)
+        if err is not None:
+            raise RingError(err)
+        return "rx_no_buffers" if nobuf else "rx_buffer_too_small" if small else None
+
+    def _push_many_py(self, ring: Vring, frames: list[bytes], flags: int, csum_start: int, csum_offset: int
+                      ) -> str | None:
         """Several frames with the same (non-GSO) header into one ring: buffers translated in one call, one
         used/publish step per batch; a frame that does not fit one lone buffer goes through _push."""
         mem = self.mem
@@ -239,7 +258,7 @@ class VirtioNet:
                 counters.bytes += nbytes
                 done += len(elems)
             if done < total and len(elems) < k:  # the next buffer needs the general path
-                reason = self._push(ring, frames[done], flags, 0, 0, 0, csum_start, csum_offset)
+                reason = self._push_py(ring, frames[done], flags, 0, 0, 0, csum_start, csum_offset)
                 if reason is not None:
                     return reason
                 done += 1
@@ -247,6 +266,58 @@ class VirtioNet:
 
     def _push(self, ring: Vring, frame: bytes, flags: int, gso_type: int, hdr_len: int, gso_size: int,
               csum_start: int, csum_offset: int) -> str | None:
+        if self.native is None:
+            return self._push_py(ring, frame, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+        hdr = NET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, 1)
+        _f, _b, nobuf, small, err, _i = self.rx_native(ring, frame, array("q", (0, len(frame))), 0, 1, hdr)
+        if err is not None:
+            raise RingError(err)
+        return "rx_no_buffers" if nobuf else "rx_buffer_too_small" if small else None
+
+    def rx_native(self, ring: Vring, src, meta, start: int, end: int, hdr: bytes
+                  ) -> tuple[int, int, int, int, str | None, int]:
+        """Frames meta[start:end] (offset, length pairs into `src`) into `ring` with the native datapath, each
+        with the 12-byte header `hdr` (num_buffers filled in): (frames, bytes, rx_no_buffers, rx_buffer_too_small,
+        ring error or None, index of the frame that hit it). Delivered frames are counted on the ring. A frame
+        whose rx buffer is chained or indirect goes through the Python path (_push_py); never raises RingError.
+        """
+        nat = self.native
+        mregions = self.mem.native(nat)
+        mrg = self.mrg_rxbuf
+        hl = self.hdr_len
+        c = ring.counters
+        frames = nbytes = nobuf = small = 0
+        while start < end:
+            i, ring.last_avail_idx, ring.used_idx, f, b, nb, sm, code, err = nat.rx_push(
+                mregions, ring._desc, ring._avail, ring._used, ring.num, ring.last_avail_idx, ring.used_idx,
+                ring.event_idx, mrg, hl, src, meta, start, end, hdr)
+            c.frames += f
+            c.bytes += b
+            frames += f
+            nbytes += b
+            nobuf += nb
+            small += sm
+            if code == 0:
+                break
+            if code == 2:
+                return frames, nbytes, nobuf, small, err, i
+            off, ln = meta[2 * i], meta[2 * i + 1]  # code 1: this frame's buffer needs the general path
+            try:
+                reason = self._push_py(ring, bytes(memoryview(src)[off:off + ln]), *NET_HDR.unpack(hdr)[:6])
+            except RingError as e:
+                return frames, nbytes, nobuf, small, str(e), i
+            if reason is None:
+                frames += 1
+                nbytes += ln
+            elif reason == "rx_no_buffers":
+                nobuf += 1
+            else:
+                small += 1
+            start = i + 1
+        return frames, nbytes, nobuf, small, None, end
+
+    def _push_py(self, ring: Vring, frame: bytes, flags: int, gso_type: int, hdr_len: int, gso_size: int,
+                 csum_start: int, csum_offset: int) -> str | None:
         mem = self.mem
         assert mem is not None
         hl = self.hdr_len

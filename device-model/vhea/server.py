@@ -13,13 +13,16 @@ import os
 import selectors
 import socket
 import time
+from array import array
 from dataclasses import dataclass, field
 
-from . import control
+from . import control, native
 from .classifier import PortClassifier, select_rx_ring
 from .coalesce import Coalescer
 from .connection import Connection, Disconnected
 from .handler import BackendHandler
+from .net import MAX_FRAME, NET_HDR_LEN, PLAIN_HDR
+from .offload import VHDR, OffloadError, TxFrame, validate
 from .pacing import Pacer
 from .protocol import ProtocolError, request_name
 from .switch import Switch
@@ -29,6 +32,10 @@ log = logging.getLogger(__name__)
 
 #: frames taken from one tx ring before other rings get a turn
 TX_BUDGET = 256
+#: the native datapath copies a tx batch here (header + frame each, 8-byte aligned); a batch stops when full
+ARENA_BYTES = 4 << 20
+#: the datapath of a Server made without one ("auto": native when it loads); tests set this
+DEFAULT_DATAPATH = "auto"
 #: idle select timeout; each timeout also polls rings in case a kick was lost
 POLL_S = 0.2
 #: a client-role port retries its connect this often while the front-end's socket is not there
@@ -95,7 +102,17 @@ class Server:
     """vhost-user back-end for a set of ports joined by a learning switch."""
 
     def __init__(self, socket_dir: str, ports: list[str], queue_pairs: int = 1,
-                 ageing: float = 300.0, client_ports: list[str] | tuple[str, ...] = ()) -> None:
+                 ageing: float = 300.0, client_ports: list[str] | tuple[str, ...] = (),
+                 datapath: str | None = None) -> None:
+        #: "native" (vhea/_datapath.c) or "python" (the reference); NativeError if native is asked for and absent
+        self.datapath = native.resolve(datapath or DEFAULT_DATAPATH)
+        self._native = native.MOD if self.datapath == "native" else None
+        if self._native is not None:
+            assert ARENA_BYTES >= NET_HDR_LEN + MAX_FRAME
+            self._arena = bytearray(ARENA_BYTES)
+            self._arena_view = memoryview(self._arena)
+            self._meta = array("q", bytes(8 * 2 * TX_BUDGET))
+            self._runs = array("q", bytes(8 * 4 * TX_BUDGET))
         self.socket_dir = socket_dir
         self.queue_pairs = queue_pairs
         self.ports = {p: Port(p, os.path.join(socket_dir, f"{p}.sock"), queue_pairs, client=p in client_ports)
@@ -216,7 +233,7 @@ class Server:
 
     def serve_forever(self) -> None:
         self._running = True
-        log.info("serving ports %s in %s", ", ".join(self.ports), self.socket_dir)
+        log.info("serving ports %s in %s (%s datapath)", ", ".join(self.ports), self.socket_dir, self.datapath)
         try:
             while self._running:
                 self.run_once(0 if self._busy else self._idle_timeout())
@@ -331,6 +348,7 @@ class Server:
         port.handler = BackendHandler(port.name, port.queue_pairs)
         for ring, counters in zip(port.handler.device.rings, port.queue_counters, strict=True):
             ring.counters = counters
+        port.handler.device.native = self._native
         self.sel.register(port.conn.sock, selectors.EVENT_READ, ("conn", port))
 
     def _on_message(self, port: Port) -> None:
@@ -425,6 +443,9 @@ class Server:
         if port.pacer.rate_bps and not port.pacer.ready(time.monotonic()):
             self._paced.add((port, ring))  # frames wait in the guest's ring: back-pressure, not loss
             return
+        if self._native is not None:
+            self._service_tx_native(port, ring)
+            return
         device = port.handler.device
         frames: list[bytes] = []
         # paced: a batch that roughly fits the tokens (frame sizes are known only after the pull)
@@ -445,6 +466,128 @@ class Server:
             port.from_guest_frames += 1
             port.from_guest_bytes += len(frame)
             self._forward(port, frame)
+
+    # ---- the native datapath: the same semantics per batch (the Python methods above are the reference) ------
+
+    def _service_tx_native(self, port: Port, ring: Vring) -> None:
+        """A tx batch through _datapath.c: chains walked and checked, frames copied into the arena, used ring
+        written, all in one call; then one switch decision per run of frames with the same MAC addresses and
+        one rx_push call per destination ring. Frames with offload requests take the reference path."""
+        device = port.handler.device
+        budget = min(TX_BUDGET, max(1, int(port.pacer.tokens) // 1514)) if port.pacer.rate_bps else TX_BUDGET
+        meta, runs, arena = self._meta, self._runs, self._arena
+        hl = device.hdr_len
+        nframes = nruns = 0
+        try:
+            consumed, nframes, nbytes, runts, oversize, nruns, err = self._native.tx_pull(
+                device.mem.native(self._native), ring._desc, ring._avail, ring._used, ring.num, ring.last_avail_idx,
+                ring.used_idx, ring.event_idx, ring.indirect, budget, hl, arena, meta, runs)
+            if err is not None:
+                raise RingError(err)
+            ring.last_avail_idx = (ring.last_avail_idx + consumed) & 0xFFFF
+            ring.used_idx = (ring.used_idx + consumed) & 0xFFFF
+            if runts:
+                port.drop("tx_runt", runts)
+            if oversize:
+                port.drop("tx_oversize", oversize)
+            offload: dict[int, TxFrame] = {}
+            for r in range(nruns):  # offload requests are checked before anything is counted (as pull_tx)
+                if runs[4 * r + 2]:
+                    first = runs[4 * r]
+                    off, ln = meta[2 * first], meta[2 * first + 1]
+                    data = TxFrame(self._arena_view[off:off + ln])
+                    data.vhdr = VHDR.unpack_from(arena, off - hl)
+                    try:
+                        validate(data, device.features)
+                    except OffloadError as e:
+                        port.drop(e.reason)
+                        nframes -= 1
+                        nbytes -= ln
+                        data = None
+                    offload[r] = data
+            ring.counters.frames += nframes
+            ring.counters.bytes += nbytes
+            more = ring.pending(fence=True) > 0
+        except RingError as e:
+            self._stop_ring(port, ring, str(e))
+            more = False
+            nframes = nruns = 0
+        if more:
+            self._busy.add((port, ring))
+        if ring.error is None:
+            self._touched.add((port, ring))
+        if not nframes and not nruns:
+            return
+        if port.pacer.rate_bps:
+            port.pacer.consume(nbytes)
+        port.from_guest_frames += nframes
+        port.from_guest_bytes += nbytes
+        arena_view = self._arena_view
+        for r in range(nruns):
+            first, count = runs[4 * r], runs[4 * r + 1]
+            if runs[4 * r + 2]:
+                data = offload[r]
+                if data is not None:
+                    self._forward(port, data)
+                continue
+            if not port.link_up:
+                port.drop("link_down", count)
+                continue
+            off = meta[2 * first]
+            dsts = self.switch.destinations(bytes(arena_view[off:off + 12]), port.name)
+            if not dsts:
+                port.drop("dst_is_ingress_port", count)
+                continue
+            for name in dsts:
+                self._deliver_run(self.ports[name], first, first + count)
+
+    def _deliver_run(self, port: Port, start: int, end: int) -> None:
+        """_deliver for frames meta[start:end] of the arena (native datapath)."""
+        if not port.link_up:
+            port.drop("link_down", end - start)
+            return
+        if port.handler is None:
+            port.drop("not_connected", end - start)
+            return
+        device = port.handler.device
+        rings = device.rings
+        if len(rings) <= 2:  # one queue pair: nothing to classify (select_rx_ring)
+            ring = rings[0] if rings and rings[0].ready else None
+            self._push_run(port, device, ring, start, end)
+            return
+        meta, view = self._meta, self._arena_view
+        classifier = port.classifier
+        cur = None
+        seg = start
+        for i in range(start, end):
+            off = meta[2 * i]
+            ring = select_rx_ring(classifier, rings, bytes(view[off:off + meta[2 * i + 1]]))
+            if ring is not cur:
+                if i > seg:
+                    self._push_run(port, device, cur, seg, i)
+                cur, seg = ring, i
+        self._push_run(port, device, cur, seg, end)
+
+    def _push_run(self, port: Port, device, ring: Vring | None, start: int, end: int) -> None:
+        if ring is None:
+            port.drop("rx_queue_not_ready", end - start)
+            return
+        frames, nbytes, nobuf, small, err, at = device.rx_native(ring, self._arena, self._meta, start, end, PLAIN_HDR)
+        if frames:
+            port.to_guest_frames += frames
+            port.to_guest_bytes += nbytes
+            self._touched.add((port, ring))
+        if nobuf:
+            port.drop("rx_no_buffers", nobuf, queue=ring.index)
+        if small:
+            port.drop("rx_buffer_too_small", small, queue=ring.index)
+        if err is not None:
+            self._stop_ring(port, ring, err)
+            port.drop("rx_ring_error", queue=ring.index)
+            meta, view = self._meta, self._arena_view
+            for i in range(at + 1, end):  # the rest as the reference path would (another ring, or a drop)
+                off = meta[2 * i]
+                self._deliver(port, bytes(view[off:off + meta[2 * i + 1]]))
 
     def _forward(self, ingress: Port, frame: bytes) -> None:
         if not ingress.link_up:
@@ -576,6 +719,7 @@ class Server:
 
     def stats(self) -> dict:
         return {
+            "datapath": self.datapath,
             "ports": {name: p.stats() for name, p in self.ports.items()},
             "switch": {"fdb": self.switch.table()},
         }
