@@ -41,7 +41,7 @@ intr 22345 0 0
 class ServerThread:
     """An isoperf server serving exactly one session in a thread of the test process."""
 
-    def __init__(self):
+    def __init__(self, corrupt_byte: int | None = None):
         self.port: int | None = None
         self.status: int | None = None
         bound = threading.Event()
@@ -51,7 +51,7 @@ class ServerThread:
             bound.set()
 
         def run() -> None:
-            self.status = isoperf.run_server("127.0.0.1", 0, once=True, ready=ready)
+            self.status = isoperf.run_server("127.0.0.1", 0, once=True, ready=ready, _corrupt_byte=corrupt_byte)
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
@@ -322,6 +322,9 @@ def test_non_isoperf_peer_is_a_clear_error(capsys):
         (["client", "--host", "h", "--duration", "-1"], "--duration: must be > 0"),
         (["client", "--host", "h", "--warmup", "nan"], "--warmup: not a finite number"),
         (["client", "--host", "h", "--test", "bogus"], "invalid choice: 'bogus'"),
+        (["client", "--host", "h", "--repeats", "0"], "--repeats: must be > 0"),
+        (["client", "--host", "h", "--cpu", "-1"], "--cpu: must be >= 0"),
+        (["client", "--host", "h", "--response-size", "x"], "--response-size: not an integer"),
         (["client", "--host", "h", "--port", "70000"], "not a TCP port"),
         (["client"], "required: --host"),
         ([], "required: command"),
@@ -331,20 +334,29 @@ def test_bad_arguments_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         isoperf.main(argv)
     assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--size", "8", "--verify"], "verification needs size >= 13"),
+        (["--test", "rr", "--response-size", "12", "--verify"], "verification needs size >= 13"),
+        (["--response-size", "10"], "response size applies to rr and crr, not stream"),
         (["--connections", "1000"], "connections must be between 1 and 256"),
+        (["--repeats", "101"], "repeats must be between 1 and 100"),
+        (["--cpu", "4096"], "CPU 4096 does not exist (this machine has CPUs 0-"),
     ],
 )
-def test_invalid_combinations_exit_1_without_contacting_a_server(argv, message, capsys):
-    rc = isoperf.main(["client", "--host", "127.0.0.1", "--port", str(_free_port()), *argv])
-    assert rc == 1
-    assert message in capsys.readouterr().err
+def test_invalid_combinations_exit_2_without_contacting_a_server(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        isoperf.main(["client", "--host", "127.0.0.1", "--port", str(_free_port()), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def test_server_refuses_unknown_protocol_version_and_stack():
@@ -354,13 +366,13 @@ def test_server_refuses_unknown_protocol_version_and_stack():
             "protocol version 99",
         ),
         (
-            {"type": "start", "version": 1, "test": "rr", "size": 10, "connections": 1, "duration": 1},
-            "test 'rr' is not implemented",
+            {"type": "start", "version": 2, "test": "udp_rr", "size": 10, "connections": 1, "duration": 1},
+            "test 'udp_rr' is not implemented",
         ),
         (
             {
                 "type": "start",
-                "version": 1,
+                "version": 2,
                 "test": "stream",
                 "stack": "dpdk",
                 "size": 10,
@@ -382,3 +394,182 @@ def test_server_refuses_unknown_protocol_version_and_stack():
 def test_params_check_rejects_bad_values():
     with pytest.raises(IsoperfError, match="duration must be > 0"):
         RunParams(duration=0).check()
+
+
+# ------------------------------------------------------------ latency statistics
+
+
+def test_latency_summary_nearest_rank_percentiles_in_microseconds():
+    samples = [i * 1000 for i in range(1, 1001)]  # 1..1000 us, shuffled order must not matter
+    s = isoperf.latency_summary(reversed(samples))
+    assert s == {"p50": 500.0, "p90": 900.0, "p99": 990.0, "p99.9": 999.0, "max": 1000.0, "min": 1.0,
+                 "mean": 500.5, "samples": 1000}
+    assert isoperf.latency_summary([7000])["p99.9"] == 7.0
+    assert isoperf.latency_summary([])["samples"] == 0 and isoperf.latency_summary([])["p50"] is None
+
+
+def test_mean_stddev():
+    assert isoperf.mean_stddev([2.0, 4.0, 6.0]) == {"mean": 4.0, "stddev": 2.0}
+    assert isoperf.mean_stddev([5.0]) == {"mean": 5.0, "stddev": 0.0}
+
+
+def test_response_pattern_never_equals_the_request_pattern():
+    for conn in range(300):
+        req = isoperf.MessageMaker(conn, 64).message(3)
+        resp = isoperf.MessageMaker(conn + isoperf.RESPONSE_SEED, 64).message(3)
+        assert req != resp
+        assert isoperf.MessageMaker(conn, 64).check(resp, 3) == "payload differs from the expected pattern"
+
+
+# ------------------------------------------------------------ maerts, rr, crr on loopback
+
+
+def _ordered(lat: dict) -> bool:
+    return lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+
+
+def test_maerts_client_receives_and_verifies_every_byte():
+    server = ServerThread()
+    params = RunParams(test="maerts", size=1000, connections=2, duration=0.5, warmup=0.2, verify=True)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["errors"] == [] and r["verified"] is True
+    assert r["server_total_bytes"] == r["client_total_bytes"] > 0
+    assert r["client_total_bytes"] % 1000 == 0
+    assert 0 < r["bytes"] < r["client_total_bytes"]  # the warm-up is not in the measured interval
+    assert r["duration"] == pytest.approx(0.5, abs=0.25)
+    assert r["messages"] == r["bytes"] // 1000
+    assert r["throughput_bps"] == pytest.approx(r["bytes"] * 8 / r["duration"], rel=1e-3)
+
+
+def test_maerts_one_corrupted_byte_from_the_server_fails_the_run():
+    server = ServerThread(corrupt_byte=5 * 200 + 17)
+    params = RunParams(test="maerts", size=200, connections=2, duration=0.3, warmup=0.1, verify=True)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0  # the server does not know; the receiving client does
+    assert r["verified"] is False
+    assert r["errors"] == ["connection 0 message 5 (stream offset 1000): payload differs from the expected pattern"]
+
+
+@pytest.mark.parametrize("test", ["rr", "crr"])
+def test_transactions_with_latency_percentiles(test):
+    server = ServerThread()
+    params = RunParams(test=test, size=64, response_size=300, connections=2, duration=0.5, warmup=0.2,
+                       verify=True)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["errors"] == [] and r["verified"] is True
+    assert r["test"] == test and r["response_size"] == 300
+    assert r["transactions"] > 0 and r["messages"] == r["transactions"]
+    assert r["transactions_per_s"] == pytest.approx(r["transactions"] / r["duration"], rel=1e-3)
+    assert r["bytes"] == r["transactions"] * (64 + 300)
+    lat = r["latency_us"]
+    assert lat["samples"] == r["transactions"]  # one sample per measured transaction, warm-up excluded
+    assert _ordered(lat) and lat["p50"] > 0
+    # lock-step: a connection's transactions cannot take less time than the interval, in total
+    assert lat["mean"] * r["transactions"] / 2 <= r["duration"] * 1e6 * 1.05
+    assert r["server_total_bytes"] == r["client_total_bytes"] > r["bytes"]
+    assert r["summary"]["transactions_per_s"]["mean"] == r["transactions_per_s"]
+
+
+def test_rr_without_verification_has_the_same_figures():
+    server = ServerThread()
+    params = RunParams(test="rr", size=1, connections=1, duration=0.3, warmup=0)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["errors"] == [] and r["verified"] is None
+    assert r["transactions"] > 0 and r["latency_us"]["samples"] == r["transactions"]
+    assert r["response_size"] == 1
+
+
+@pytest.mark.parametrize("test", ["rr", "crr"])
+def test_rr_corrupted_request_fails_on_the_server(test):
+    server = ServerThread()
+    params = RunParams(test=test, size=100, connections=1, duration=0.3, warmup=0.1, verify=True)
+    r = isoperf.run_client("127.0.0.1", server.port, params, _corrupt_byte=2 * 100 + 98)  # request 2's crc32
+    assert server.join() == 1
+    assert r["verified"] is False
+    word = "request" if test == "rr" else "transaction"
+    assert r["errors"] == [f"connection 0 {word} 2: checksum mismatch"]
+
+
+@pytest.mark.parametrize("test", ["rr", "crr"])
+def test_rr_corrupted_response_fails_on_the_client(test):
+    server = ServerThread(corrupt_byte=4 * 80 + 20)  # response 4, a payload byte
+    params = RunParams(test=test, size=20, response_size=80, connections=2, duration=0.3, warmup=0.1,
+                       verify=True)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["verified"] is False
+    word = "response" if test == "rr" else "transaction"
+    assert r["errors"] == [f"connection 0 {word} 4: payload differs from the expected pattern"]
+
+
+def test_repeats_report_each_interval_and_mean_stddev():
+    server = ServerThread()
+    params = RunParams(test="rr", size=32, connections=1, duration=0.3, warmup=0.1, repeats=3)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["errors"] == []
+    assert r["repeats"] == 3 and len(r["intervals"]) == 3
+    assert sum(i["transactions"] for i in r["intervals"]) == r["transactions"]
+    assert sum(i["latency_us"]["samples"] for i in r["intervals"]) == r["latency_us"]["samples"]
+    assert r["duration"] == pytest.approx(sum(i["duration"] for i in r["intervals"]), abs=0.01)
+    for i in r["intervals"]:
+        assert i["duration"] == pytest.approx(0.3, abs=0.2) and "all" in i["cpu"]["client"]
+    tps = [i["transactions_per_s"] for i in r["intervals"]]
+    s = r["summary"]["transactions_per_s"]
+    assert s["mean"] == pytest.approx(sum(tps) / 3, abs=0.01) and s["stddev"] >= 0
+    assert r["summary"]["latency_p99_us"]["mean"] > 0
+
+
+def test_stream_repeats_use_the_servers_intervals():
+    server = ServerThread()
+    params = RunParams(test="stream", size=512, duration=0.25, warmup=0.1, repeats=2)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["errors"] == [] and len(r["intervals"]) == 2
+    assert sum(i["bytes"] for i in r["intervals"]) == r["bytes"] > 0
+
+
+def test_cpu_binding_pins_every_worker_thread(monkeypatch):
+    pinned = []
+    real = os.sched_setaffinity
+
+    def spy(pid, cpus):
+        real(pid, cpus)
+        pinned.append((threading.current_thread().name, os.sched_getaffinity(0)))
+
+    monkeypatch.setattr(isoperf.os, "sched_setaffinity", spy)
+    cpu = max(os.sched_getaffinity(0))
+    server = ServerThread()
+    params = RunParams(test="rr", size=16, connections=3, duration=0.2, warmup=0)
+    r = isoperf.run_client("127.0.0.1", server.port, params, cpu=cpu)
+    assert server.join() == 0
+    assert r["errors"] == [] and r["cpu_binding"] == cpu
+    assert sorted(name for name, _ in pinned) == ["isoperf-rrclient0", "isoperf-rrclient1", "isoperf-rrclient2"]
+    assert all(cpus == {cpu} for _, cpus in pinned)
+
+
+@pytest.mark.parametrize("test", ["maerts", "rr", "crr"])
+def test_cli_runs_every_test_with_the_keys_the_harness_needs(test, capsys):
+    server = ServerThread()
+    rc = isoperf.main(["client", "--host", "127.0.0.1", "--port", str(server.port), "--test", test, "--size", "64",
+                       "--duration", "0.3", "--warmup", "0.1", "--verify", "--json"])
+    server.join()
+    text = capsys.readouterr().out
+    out = json.loads(text[text.index("{\n") : text.rindex("\n}") + 2])
+    assert rc == 0
+    for key in REQUIRED_KEYS:
+        assert key in out
+    assert out["test"] == test and out["verified"] is True
+
+
+def test_human_output_for_rr_shows_transactions_and_percentiles(capsys):
+    server = ServerThread()
+    rc = isoperf.main(["client", "--host", "127.0.0.1", "--port", str(server.port), "--test", "rr", "--size", "64",
+                       "--duration", "0.3", "--warmup", "0", "--repeats", "2"])
+    server.join()
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "trans/s" in out and "p99.9" in out and "per repeat" in out

@@ -66,3 +66,42 @@ def test_isoperf_stack_iso_without_isostackd_is_a_clear_error(tmp_path, monkeypa
     monkeypatch.setattr(frontend, "_default", None)
     with pytest.raises(isoperf.IsoperfError, match="cannot open an IsoStack connection to 127.0.0.1:.*isostackd"):
         isoperf._connect("127.0.0.1", _free_port(), 1.0, "iso")
+
+
+@pytest.mark.parametrize("test,connections", [("maerts", 2), ("rr", 1), ("rr", 3), ("crr", 2)])
+def test_isoperf_other_tests_over_isostack_verified(isostackd, monkeypatch, test, connections):
+    """MAERTS (the IsoStack client receives), RR and CRR (every CRR transaction opens an IsoStack socket)."""
+    opened = []
+    real = frontend.create_connection
+
+    def spy(address, *args, **kw):
+        s = real(address, *args, **kw)
+        opened.append(s)
+        return s
+
+    monkeypatch.setattr(frontend, "create_connection", spy)
+    server = ServerThread()
+    params = RunParams(test=test, size=100, connections=connections, duration=0.6, warmup=0.2, stack="iso",
+                       verify=True)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["errors"] == [] and r["verified"] is True
+    assert r["server_total_bytes"] == r["client_total_bytes"] > 0
+    assert all(isinstance(s, frontend.IsoSocket) for s in opened)
+    if test == "crr":
+        assert len(opened) >= r["transactions"] > 0  # one IsoStack connection per transaction
+    else:
+        assert len(opened) == connections
+    if test in ("rr", "crr"):
+        lat = r["latency_us"]
+        assert lat["samples"] == r["transactions"] > 0
+        assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+
+
+def test_isoperf_rr_over_isostack_catches_a_corrupted_response(isostackd):
+    server = ServerThread(corrupt_byte=3 * 64 + 30)
+    params = RunParams(test="rr", size=64, duration=0.4, warmup=0.1, stack="iso", verify=True)
+    r = isoperf.run_client("127.0.0.1", server.port, params)
+    assert server.join() == 0
+    assert r["verified"] is False
+    assert r["errors"] == ["connection 0 response 3: payload differs from the expected pattern"]

@@ -7,57 +7,82 @@ uploaded copy. ``--stack iso`` imports ``isostack.frontend`` (lazily) and needs 
 Usage::
 
     isoperf server [--bind ADDR] [--port 5701] [--once]
-    isoperf client --host H [--port 5701] --test stream --size 1448 --duration 10 [--warmup 1]
-                   [--connections 1] [--stack legacy] [--verify] [--json]
+    isoperf client --host H [--port 5701] [--test stream|maerts|rr|crr] [--size 1448] [--response-size S]
+                   [--duration 10] [--warmup 1] [--repeats 1] [--connections 1] [--stack legacy|iso]
+                   [--cpu N] [--verify] [--json]
+
+Tests (the client's view):
+
+- ``stream``: the client sends size-byte messages; the figure is what the server received between the marks.
+- ``maerts``: the server sends, the client receives (and verifies); the figure is what the client received.
+- ``rr``: each connection does request (size) / response (response size, default = size) in lock-step;
+  transactions/s and latency percentiles (p50/p90/p99/p99.9/max, µs, every transaction timed with
+  perf_counter_ns on the client).
+- ``crr``: per transaction connect, request, response, close (the server closes after its response).
 
 Control protocol (one JSON object per line on the control TCP connection, client -> server unless noted):
 
-1. ``{"type": "start", "version": 1, "test": "stream", "stack": "legacy", "size": S, "connections": N,
-   "duration": D, "warmup": W, "verify": bool}``
+1. ``{"type": "start", "version": 2, "test": T, "stack": S, "size": N, "response_size": R, "connections": C,
+   "duration": D, "warmup": W, "repeats": K, "verify": bool}``
 2. server -> ``{"type": "ready", "data_port": P}`` (a listener for this session only) or
    ``{"type": "error", "message": "..."}`` (unknown test/stack/version, bad values).
-3. The client opens N data connections to P; each starts with an 8-byte hello (b"ISOP" + u32 index).
-   server -> ``{"type": "accepted"}`` once all N are in.
+3. stream/maerts/rr: the client opens C data connections to P; each starts with an 8-byte hello
+   (b"ISOP" + u32 index). crr: every transaction's connection starts with that hello. server ->
+   ``{"type": "accepted"}`` once all C are in (crr: at once).
 4. The client is the timekeeper: it loads the connections, and after the warm-up sends
-   ``{"type": "mark", "phase": "begin"}`` and after the duration ``{"type": "mark", "phase": "end"}``.
-   Each side snapshots its counters and /proc/stat when it sends/receives a mark, so the server's figure
-   is the bytes it *received* between the marks on its own clock (the honest number for STREAM).
-5. The client stops, half-closes the data connections and sends ``{"type": "done", "sent_bytes": B}``.
-6. server -> ``{"type": "result", "bytes": ..., "elapsed": ..., "cpu": {...}, "total_bytes": ...,
-   "verified": bool|null, "errors": [...]}`` after every data connection reached EOF.
+   ``{"type": "mark", "phase": "begin"}``, after each of the first K-1 measured intervals
+   ``{"type": "mark", "phase": "split"}`` and after the last ``{"type": "mark", "phase": "end"}``.
+   Each side snapshots its counters and /proc/stat when it sends/receives a mark; the receiving side's
+   counters make the throughput figure (the server's for stream, the client's for the others).
+5. The client stops, half-closes the data connections and sends ``{"type": "done", "sent_bytes": B,
+   "transactions": [per connection]}``.
+6. server -> ``{"type": "result", "bytes": ..., "elapsed": ..., "cpu": {...}, "intervals": [...],
+   "total_bytes": ..., "sent_bytes": ..., "transactions": [...], "verified": bool|null, "errors": [...]}``
+   after every data connection ended.
 
-MAERTS/RR/CRR add a value for "test" and their own per-connection loops (refused today with a clear error).
 "stack": "iso" routes the client's *data* connections through the IsoStack front-end
 (``isostack.frontend.create_connection``); the control connection stays a kernel socket, and the server
-serves kernel sockets whatever the stack (in STREAM, IsoStack is the sending side's stack).
+serves kernel sockets whatever the stack (IsoStack is the client side's stack in every test).
 
-Client output (``--json``): test, stack, size, connections, duration (the server's measured interval, s),
-requested_duration, warmup, bytes (received by the server in that interval), messages (bytes // size),
-throughput_bps, messages_per_s, cpu {"client": {"all": %, "cpu0": %, ...}, "server": {...}} (busy % from
-/proc/stat over the interval), verified (null without --verify), errors (a non-empty list means exit 1),
-client_sent_bytes, client_total_bytes, server_total_bytes (whole run incl. warm-up; they must be equal).
+Client output (``--json``): test, stack, size, response_size, connections, duration (the measured interval,
+s), requested_duration, warmup, repeats, bytes (payload carried in that interval: received by the server for
+stream, by the client for maerts, requests + responses for rr/crr), messages (stream/maerts: bytes // size;
+rr/crr: transactions), throughput_bps, messages_per_s, cpu {"client": {"all": %, "cpu0": %, ...},
+"server": {...}} (busy % from /proc/stat over the measured intervals, warm-up excluded), verified (null
+without --verify), errors (a non-empty list means exit 1), client_sent_bytes, client_total_bytes,
+server_total_bytes (whole run incl. warm-up, the sender's and the receiver's count; they must be equal);
+rr/crr add transactions, transactions_per_s, latency_us {p50, p90, p99, p99.9, max, min, mean, samples};
+intervals (one entry per repeat, the same figures) and summary {figure: {mean, stddev}} over the repeats.
+The top-level figures cover all K intervals together (they are back to back).
 
 Payload verification (``--verify``): every message is ``seq (u64 BE) | pattern | crc32 (u32 BE)`` where the
-pattern is derived from the connection index and seq; the server checks order, pattern and checksum of the
-whole stream (warm-up included), so a single wrong byte fails the run.
+pattern is derived from the connection index and seq (responses use a pattern of their own, so an echo
+does not pass); the receiving side checks order, pattern and checksum of everything (warm-up included), so
+a single wrong byte fails the run. rr/crr: the server checks requests, the client checks responses and that
+each response carries its request's sequence number.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import select
 import socket
+import statistics
 import struct
 import sys
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from array import array
+from dataclasses import asdict, dataclass
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_PORT = 5701
-TESTS = ("stream",)  # later: "maerts", "rr", "crr"
+TESTS = ("stream", "maerts", "rr", "crr")
+TRANSACTION_TESTS = ("rr", "crr")
 STACKS = ("legacy", "iso")
 KNOWN_STACKS = ("legacy", "iso")
 HELLO_MAGIC = b"ISOP"
@@ -67,9 +92,13 @@ CRC = struct.Struct("!I")
 VERIFY_OVERHEAD = SEQ.size + CRC.size
 MIN_VERIFY_SIZE = VERIFY_OVERHEAD + 1
 MAX_SIZE = 1 << 20
+MAX_REPEATS = 100
 RECV_CHUNK = 256 * 1024
 CONTROL_TIMEOUT = 30.0
 MAX_ERRORS = 10
+RESPONSE_SEED = 1000  # responses' pattern: that of connection index + this (131 * 1000 % 256 != 0: never the
+# request pattern of the same connection)
+PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 
 
 class IsoperfError(Exception):
@@ -127,6 +156,37 @@ def cpu_busy_percent(before: dict[str, CpuTimes], after: dict[str, CpuTimes]) ->
     return result
 
 
+# ---------------------------------------------------------------- latency statistics
+
+
+def latency_summary(samples_ns) -> dict:
+    """Percentiles (nearest rank), min, max and mean of per-transaction latencies, in microseconds."""
+    data = sorted(samples_ns)
+    n = len(data)
+    if n == 0:
+        return {name: None for name, _ in PERCENTILES} | {"max": None, "min": None, "mean": None, "samples": 0}
+    out = {}
+    for name, p in PERCENTILES:
+        rank = max(1, math.ceil(p * n / 100.0 - 1e-9))  # nearest rank; the epsilon absorbs 99.9 * n rounding
+        out[name] = round(data[rank - 1] / 1000.0, 3)
+    out["max"] = round(data[-1] / 1000.0, 3)
+    out["min"] = round(data[0] / 1000.0, 3)
+    out["mean"] = round(sum(data) / n / 1000.0, 3)
+    out["samples"] = n
+    return out
+
+
+def mean_stddev(values: list[float]) -> dict:
+    """Mean and sample standard deviation (0 for a single value)."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "stddev": None}
+    return {
+        "mean": round(statistics.fmean(vals), 3),
+        "stddev": round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0,
+    }
+
+
 # ---------------------------------------------------------------- payload
 
 
@@ -153,6 +213,28 @@ class MessageMaker:
     def message(self, seq: int) -> bytes:
         head = SEQ.pack(seq) + self.expected_body(seq)
         return head + CRC.pack(zlib.crc32(head))
+
+    def check(self, msg, seq: int | None) -> str | None:
+        """What is wrong with one whole message (None: nothing); seq None accepts any sequence number."""
+        body_end = self.size - CRC.size
+        (got_seq,) = SEQ.unpack_from(msg)
+        (got_crc,) = CRC.unpack_from(msg, body_end)
+        if seq is not None and got_seq != seq:
+            return f"sequence number {got_seq}, expected {seq}"
+        if msg[SEQ.size : body_end] != self.expected_body(got_seq):
+            return "payload differs from the expected pattern"
+        if zlib.crc32(msg[:body_end]) != got_crc:
+            return "checksum mismatch"
+        return None
+
+
+def _corrupted(msg: bytes, offset: int | None, seq: int, size: int) -> bytes:
+    """Test hook: msg with one bit flipped if stream offset `offset` falls inside message `seq`."""
+    if offset is None or not seq * size <= offset < (seq + 1) * size:
+        return msg
+    b = bytearray(msg)
+    b[offset - seq * size] ^= 0x01
+    return bytes(b)
 
 
 class StreamVerifier:
@@ -185,22 +267,31 @@ class StreamVerifier:
         self.next_seq += 1
         if len(self.errors) >= MAX_ERRORS:
             return
-        body_end = self.size - CRC.size
-        got_seq = SEQ.unpack_from(msg)[0]
-        (got_crc,) = CRC.unpack_from(msg, body_end)
-        where = f"connection {self.conn_index} message {seq} (stream offset {seq * self.size})"
-        if got_seq != seq:
-            self.errors.append(f"{where}: sequence number {got_seq}, expected {seq}")
-        elif msg[SEQ.size : body_end] != self.maker.expected_body(seq):
-            self.errors.append(f"{where}: payload differs from the expected pattern")
-        elif zlib.crc32(msg[:body_end]) != got_crc:
-            self.errors.append(f"{where}: checksum mismatch")
+        problem = self.maker.check(msg, seq)
+        if problem:
+            where = f"connection {self.conn_index} message {seq} (stream offset {seq * self.size})"
+            self.errors.append(f"{where}: {problem}")
 
     def finish(self) -> None:
         if self.pending and len(self.errors) < MAX_ERRORS:
             self.errors.append(
                 f"connection {self.conn_index}: stream ended inside a message ({len(self.pending)} stray bytes)"
             )
+
+
+def _recv_exact(sock, view: memoryview, n: int) -> bool:
+    """Fill view[:n] from sock; False on EOF before the first byte, IsoperfError on EOF inside it."""
+    got = sock.recv_into(view, n)
+    if got == n:
+        return True
+    if got == 0:
+        return False
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise IsoperfError(f"connection closed inside a message ({got} of {n} bytes)")
+        got += k
+    return True
 
 
 # ---------------------------------------------------------------- control channel
@@ -258,6 +349,12 @@ class RunParams:
     duration: float = 10.0
     warmup: float = 1.0
     verify: bool = False
+    response_size: int | None = None  # rr/crr; None: the same as size
+    repeats: int = 1
+
+    @property
+    def rsize(self) -> int:
+        return self.size if self.response_size is None else self.response_size
 
     def check(self) -> None:
         """Raise IsoperfError for values no test can run with (shared by client args and server)."""
@@ -269,18 +366,28 @@ class RunParams:
             raise IsoperfError(f"unknown stack {self.stack!r} (choose from {', '.join(KNOWN_STACKS)})")
         if not 1 <= self.size <= MAX_SIZE:
             raise IsoperfError(f"size must be between 1 and {MAX_SIZE}, got {self.size}")
-        if self.verify and self.size < MIN_VERIFY_SIZE:
-            raise IsoperfError(f"verification needs size >= {MIN_VERIFY_SIZE} (seq + crc32), got {self.size}")
+        if self.response_size is not None:
+            if self.test not in TRANSACTION_TESTS:
+                raise IsoperfError(f"response size applies to rr and crr, not {self.test}")
+            if not 1 <= self.response_size <= MAX_SIZE:
+                raise IsoperfError(f"response size must be between 1 and {MAX_SIZE}, got {self.response_size}")
+        if self.verify and min(self.size, self.rsize) < MIN_VERIFY_SIZE:
+            raise IsoperfError(
+                f"verification needs size >= {MIN_VERIFY_SIZE} (seq + crc32), got {min(self.size, self.rsize)}"
+            )
         if not 1 <= self.connections <= 256:
             raise IsoperfError(f"connections must be between 1 and 256, got {self.connections}")
         if not self.duration > 0:
             raise IsoperfError(f"duration must be > 0, got {self.duration}")
         if not self.warmup >= 0:
             raise IsoperfError(f"warmup must be >= 0, got {self.warmup}")
+        if not 1 <= self.repeats <= MAX_REPEATS:
+            raise IsoperfError(f"repeats must be between 1 and {MAX_REPEATS}, got {self.repeats}")
 
     @classmethod
     def from_message(cls, msg: dict) -> RunParams:
         try:
+            rs = msg.get("response_size")
             params = cls(
                 test=str(msg["test"]),
                 stack=str(msg.get("stack", "legacy")),
@@ -289,6 +396,8 @@ class RunParams:
                 duration=float(msg["duration"]),
                 warmup=float(msg.get("warmup", 0)),
                 verify=bool(msg.get("verify", False)),
+                response_size=None if rs is None else int(rs),
+                repeats=int(msg.get("repeats", 1)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IsoperfError(f"bad start message: {e!r}") from None
@@ -296,37 +405,296 @@ class RunParams:
         return params
 
 
-# ---------------------------------------------------------------- server
+# ---------------------------------------------------------------- per-connection loops (both sides)
 
 
-class Receiver(threading.Thread):
-    """Counts (and optionally verifies) what one data connection delivers, until EOF."""
+class Worker(threading.Thread):
+    """One connection's loop in a thread. The control thread reads `bytes`, `count` and `len(samples)` at the
+    marks (plain attribute reads: the GIL makes each one consistent)."""
 
-    def __init__(self, sock: socket.socket, index: int, params: RunParams):
-        super().__init__(daemon=True, name=f"isoperf-rx{index}")
-        self.sock = sock
+    what = "transfer"
+
+    def __init__(self, index: int, stop: threading.Event | None = None, cpu: int | None = None):
+        super().__init__(daemon=True, name=f"isoperf-{type(self).__name__.lower()}{index}")
         self.index = index
-        self.bytes = 0
-        self.verifier = StreamVerifier(index, params.size) if params.verify else None
-        self.error: str | None = None
+        self.stop = stop or threading.Event()
+        self.cpu = cpu
+        self.bytes = 0  # payload bytes moved by this worker (rr/crr: requests + responses)
+        self.count = 0  # messages (stream/maerts) or transactions (rr/crr)
+        self.samples = array("q")  # rr/crr client: latency of every transaction, ns
+        self.errors: list[str] = []  # verification errors (the first MAX_ERRORS)
+        self.error: str | None = None  # I/O failure
 
     def run(self) -> None:
+        if self.cpu is not None:
+            os.sched_setaffinity(0, {self.cpu})
+        try:
+            self.loop()
+        except (OSError, IsoperfError) as e:
+            if not self.stop.is_set() or not isinstance(e, OSError):
+                self.error = f"connection {self.index}: {self.what} failed: {e}"
+        finally:
+            self.finish()
+
+    def loop(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        pass
+
+    def verify_error(self, message: str) -> None:
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(message)
+
+
+class Sender(Worker):
+    """Sends size-byte messages, one send call each, until told to stop (STREAM client, MAERTS server)."""
+
+    what = "send"
+
+    def __init__(self, sock, index: int, params: RunParams, stop: threading.Event, corrupt_at: int | None = None,
+                 cpu: int | None = None):
+        super().__init__(index, stop, cpu)
+        self.sock = sock
+        self.params = params
+        self.corrupt_at = corrupt_at
+
+    def loop(self) -> None:
+        if self.params.verify:
+            self._run_verify()
+        else:
+            self._run_plain()
+
+    def _run_plain(self) -> None:
+        msg = _pattern(self.index, self.params.size)
+        sendall, stop, size = self.sock.sendall, self.stop, self.params.size
+        n = 0
+        while not stop.is_set():
+            sendall(msg)
+            n += 1
+            self.count = n
+            self.bytes = n * size
+
+    def _run_verify(self) -> None:
+        maker = MessageMaker(self.index, self.params.size)
+        size = self.params.size
+        seq = 0
+        while not self.stop.is_set():
+            self.sock.sendall(_corrupted(maker.message(seq), self.corrupt_at, seq, size))
+            seq += 1
+            self.count = seq
+            self.bytes = seq * size
+
+
+class Receiver(Worker):
+    """Counts (and optionally verifies) what one data connection delivers, until EOF (STREAM server, MAERTS
+    client)."""
+
+    what = "receive"
+
+    def __init__(self, sock, index: int, params: RunParams, cpu: int | None = None):
+        super().__init__(index, cpu=cpu)
+        self.sock = sock
+        self.size = params.size
+        self.verifier = StreamVerifier(index, params.size) if params.verify else None
+
+    def loop(self) -> None:
         buf = bytearray(RECV_CHUNK)
         view = memoryview(buf)
-        try:
-            while True:
-                n = self.sock.recv_into(buf)
-                if n == 0:
-                    break
-                self.bytes += n
-                if self.verifier is not None:
-                    self.verifier.feed(view[:n])
-        except OSError as e:
-            self.error = f"connection {self.index}: receive failed: {e}"
-        finally:
-            if self.verifier is not None:
-                self.verifier.finish()
-            self.sock.close()
+        recv_into, verifier = self.sock.recv_into, self.verifier
+        while True:
+            n = recv_into(buf)
+            if n == 0:
+                break
+            self.bytes += n
+            self.count = self.bytes // self.size
+            if verifier is not None:
+                verifier.feed(view[:n])
+
+    def finish(self) -> None:
+        if self.verifier is not None:
+            self.verifier.finish()
+            self.errors = self.verifier.errors
+        self.sock.close()
+
+
+class RRClient(Worker):
+    """Request (size) / response (response size) in lock-step on one connection, each transaction timed."""
+
+    what = "request/response"
+
+    def __init__(self, sock, index: int, params: RunParams, stop: threading.Event, corrupt_at: int | None = None,
+                 cpu: int | None = None):
+        super().__init__(index, stop, cpu)
+        self.sock = sock
+        self.params = params
+        self.corrupt_at = corrupt_at
+
+    def loop(self) -> None:
+        p = self.params
+        size, rsize, verify = p.size, p.rsize, p.verify
+        req_maker = MessageMaker(self.index, size) if verify else None
+        resp_maker = MessageMaker(self.index + RESPONSE_SEED, rsize) if verify else None
+        plain = _pattern(self.index, size)
+        view = memoryview(bytearray(rsize))
+        sendall, stop, sock = self.sock.sendall, self.stop, self.sock
+        append, clock = self.samples.append, time.perf_counter_ns
+        moved = size + rsize
+        seq = 0
+        while not stop.is_set():
+            msg = _corrupted(req_maker.message(seq), self.corrupt_at, seq, size) if verify else plain
+            t0 = clock()
+            sendall(msg)
+            if not _recv_exact(sock, view, rsize):
+                raise IsoperfError("the server closed the connection")
+            append(clock() - t0)
+            if verify:
+                problem = resp_maker.check(view, seq)
+                if problem:
+                    self.verify_error(f"connection {self.index} response {seq}: {problem}")
+            seq += 1
+            self.count = seq
+            self.bytes += moved
+
+
+class RRServer(Worker):
+    """Answers each size-byte request with a response-size message, until the client's EOF."""
+
+    what = "request/response"
+
+    def __init__(self, sock, index: int, params: RunParams, corrupt_at: int | None = None):
+        super().__init__(index)
+        self.sock = sock
+        self.params = params
+        self.corrupt_at = corrupt_at
+
+    def loop(self) -> None:
+        p = self.params
+        size, rsize, verify = p.size, p.rsize, p.verify
+        req_maker = MessageMaker(self.index, size) if verify else None
+        resp_maker = MessageMaker(self.index + RESPONSE_SEED, rsize) if verify else None
+        plain = _pattern(self.index + RESPONSE_SEED, rsize)
+        view = memoryview(bytearray(size))
+        sock, moved = self.sock, size + rsize
+        seq = 0
+        while _recv_exact(sock, view, size):
+            if verify:
+                problem = req_maker.check(view, seq)
+                if problem:
+                    self.verify_error(f"connection {self.index} request {seq}: {problem}")
+                sock.sendall(_corrupted(resp_maker.message(seq), self.corrupt_at, seq, rsize))
+            else:
+                sock.sendall(plain)
+            seq += 1
+            self.count = seq
+            self.bytes += moved
+
+    def finish(self) -> None:
+        self.sock.close()
+
+
+class CRRClient(Worker):
+    """Per transaction: connect, hello + request, response, close; timed from connect to close."""
+
+    what = "connect/request/response"
+
+    def __init__(self, host: str, port: int, index: int, params: RunParams, stop: threading.Event,
+                 connect_timeout: float, corrupt_at: int | None = None, cpu: int | None = None):
+        super().__init__(index, stop, cpu)
+        self.address = (host, port)
+        self.params = params
+        self.connect_timeout = connect_timeout
+        self.corrupt_at = corrupt_at
+
+    def loop(self) -> None:
+        p = self.params
+        size, rsize, verify, stack = p.size, p.rsize, p.verify, p.stack
+        hello = HELLO.pack(HELLO_MAGIC, self.index)
+        req_maker = MessageMaker(self.index, size) if verify else None
+        resp_maker = MessageMaker(self.index + RESPONSE_SEED, rsize) if verify else None
+        plain = hello + _pattern(self.index, size)
+        view = memoryview(bytearray(rsize))
+        host, port = self.address
+        stop, timeout = self.stop, self.connect_timeout
+        append, clock = self.samples.append, time.perf_counter_ns
+        moved = size + rsize
+        seq = 0
+        while not stop.is_set():
+            msg = hello + _corrupted(req_maker.message(seq), self.corrupt_at, seq, size) if verify else plain
+            t0 = clock()
+            s = _connect(host, port, timeout, stack)
+            try:
+                s.settimeout(None)
+                s.sendall(msg)
+                if not _recv_exact(s, view, rsize):
+                    raise IsoperfError("the server closed the connection before its response")
+            finally:
+                s.close()
+            append(clock() - t0)
+            if verify:
+                problem = resp_maker.check(view, seq)
+                if problem:
+                    self.verify_error(f"connection {self.index} transaction {seq}: {problem}")
+            seq += 1
+            self.count = seq
+            self.bytes += moved
+
+
+class CRRServer(Worker):
+    """Accepts connections from a shared listener: hello + request in, response out, close (server first)."""
+
+    what = "accept/request/response"
+
+    def __init__(self, listener: socket.socket, index: int, params: RunParams, stop: threading.Event,
+                 corrupt_at: int | None = None):
+        super().__init__(index, stop)
+        self.listener = listener
+        self.params = params
+        self.corrupt_at = corrupt_at
+        self.per_connection: dict[int, int] = {}  # client connection index -> transactions served
+
+    def loop(self) -> None:
+        p = self.params
+        size, rsize, verify = p.size, p.rsize, p.verify
+        makers: dict[int, tuple[MessageMaker, MessageMaker]] = {}
+        plain: dict[int, bytes] = {}
+        view = memoryview(bytearray(HELLO.size + size))
+        stop, listener = self.stop, self.listener
+        moved = size + rsize
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with sock:
+                sock.settimeout(CONTROL_TIMEOUT)
+                if not _recv_exact(sock, view, HELLO.size + size):
+                    continue
+                magic, conn = HELLO.unpack_from(view)
+                if magic != HELLO_MAGIC or conn >= p.connections:
+                    self.verify_error(f"a connection with a bad hello (magic {magic!r}, index {conn})")
+                    continue
+                if verify:
+                    if conn not in makers:
+                        makers[conn] = (MessageMaker(conn, size), MessageMaker(conn + RESPONSE_SEED, rsize))
+                    req_maker, resp_maker = makers[conn]
+                    req = view[HELLO.size :]
+                    (seq,) = SEQ.unpack_from(req)
+                    problem = req_maker.check(req, None)
+                    if problem:
+                        self.verify_error(f"connection {conn} transaction {seq}: {problem}")
+                    corrupt = self.corrupt_at if conn == 0 else None
+                    sock.sendall(_corrupted(resp_maker.message(seq), corrupt, seq, rsize))
+                else:
+                    if conn not in plain:
+                        plain[conn] = _pattern(conn + RESPONSE_SEED, rsize)
+                    sock.sendall(plain[conn])
+            self.per_connection[conn] = self.per_connection.get(conn, 0) + 1
+            self.count += 1
+            self.bytes += moved
+
+
+# ---------------------------------------------------------------- server
 
 
 def _accept_data(listener: socket.socket, params: RunParams, timeout: float) -> list[socket.socket]:
@@ -359,8 +727,20 @@ def _accept_data(listener: socket.socket, params: RunParams, timeout: float) -> 
     return [socks[i] for i in range(params.connections)]
 
 
-def serve_session(ctrl_sock: socket.socket, bind: str) -> dict:
-    """Run one test for the client on ctrl_sock; returns the result sent to it (for logging/tests)."""
+def _intervals(marks: list[tuple[float, int, dict[str, CpuTimes]]]) -> list[dict]:
+    """Figures between consecutive marks: bytes, elapsed seconds, busy % per CPU."""
+    return [
+        {"bytes": b1 - b0, "elapsed": round(t1 - t0, 6), "cpu": cpu_busy_percent(c0, c1)}
+        for (t0, b0, c0), (t1, b1, c1) in zip(marks, marks[1:], strict=False)
+    ]
+
+
+def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None = None) -> dict:
+    """Run one test for the client on ctrl_sock; returns the result sent to it (for logging/tests).
+
+    `_corrupt_byte` is a test hook: flip one bit at that offset of what the server sends on connection 0
+    (maerts: the stream; rr/crr: the responses).
+    """
     ctrl = Control(ctrl_sock)
     msg = ctrl.recv()
     try:
@@ -375,64 +755,89 @@ def serve_session(ctrl_sock: socket.socket, bind: str) -> dict:
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((bind, 0))
-    listener.listen(params.connections + 4)
+    stop = threading.Event()
+    workers: list[Worker] = []
+    socks: list[socket.socket] = []
     try:
+        listener.bind((bind, 0))
+        listener.listen(max(128, params.connections + 4))
         ctrl.send(type="ready", data_port=listener.getsockname()[1])
-        try:
-            socks = _accept_data(listener, params, CONTROL_TIMEOUT)
-        except IsoperfError as e:
-            ctrl.send(type="error", message=str(e))
-            raise
+        if params.test == "crr":
+            listener.settimeout(0.2)
+            workers = [CRRServer(listener, i, params, stop, _corrupt_byte) for i in range(params.connections)]
+        else:
+            try:
+                socks = _accept_data(listener, params, CONTROL_TIMEOUT)
+            except IsoperfError as e:
+                ctrl.send(type="error", message=str(e))
+                raise
+            listener.close()
+            for i, s in enumerate(socks):
+                corrupt = _corrupt_byte if i == 0 else None
+                if params.test == "stream":
+                    workers.append(Receiver(s, i, params))
+                elif params.test == "maerts":
+                    workers.append(Sender(s, i, params, stop, corrupt))
+                else:
+                    workers.append(RRServer(s, i, params, corrupt))
+        for w in workers:
+            w.start()
+        ctrl.send(type="accepted")
+
+        marks: list[tuple[float, int, dict[str, CpuTimes]]] = []
+        phases: list[str] = []
+        while True:
+            msg = ctrl.recv(timeout=params.warmup + params.duration + CONTROL_TIMEOUT)
+            if msg["type"] == "mark":
+                marks.append((time.monotonic(), sum(w.bytes for w in workers), read_proc_stat()))
+                phases.append(str(msg.get("phase", "")))
+            elif msg["type"] == "done":
+                break
+            else:
+                raise IsoperfError(f"unexpected control message {msg['type']!r}")
+        stop.set()  # maerts senders and crr acceptors stop; stream/rr connections end at the client's EOF
+        for w in workers:
+            w.join(CONTROL_TIMEOUT)
+        if params.test == "maerts":
+            for s in socks:
+                s.close()  # FIN after the queued data: the client's receivers reach EOF
     finally:
+        stop.set()
         listener.close()
 
-    receivers = [Receiver(s, i, params) for i, s in enumerate(socks)]
-    for r in receivers:
-        r.start()
-    ctrl.send(type="accepted")
-
-    marks: dict[str, tuple[float, int, dict[str, CpuTimes]]] = {}
-    while True:
-        msg = ctrl.recv(timeout=params.warmup + params.duration + CONTROL_TIMEOUT)
-        if msg["type"] == "mark":
-            marks[msg.get("phase", "")] = (
-                time.monotonic(),
-                sum(r.bytes for r in receivers),
-                read_proc_stat(),
-            )
-        elif msg["type"] == "done":
-            break
-        else:
-            raise IsoperfError(f"unexpected control message {msg['type']!r}")
-    for r in receivers:
-        r.join(CONTROL_TIMEOUT)
-
-    errors = [r.error for r in receivers if r.error]
-    if any(r.is_alive() for r in receivers):
-        errors.append("a data connection did not reach EOF in time")
-    if "begin" not in marks or "end" not in marks:
-        errors.append("the client did not mark the measured interval")
-        marks.setdefault("begin", (0.0, 0, {}))
-        marks.setdefault("end", marks["begin"])
-    total = sum(r.bytes for r in receivers)
+    errors = [w.error for w in workers if w.error]
+    if any(w.is_alive() for w in workers):
+        errors.append("a data connection did not end in time")
+    if len(marks) != params.repeats + 1 or phases[:1] != ["begin"] or phases[-1:] != ["end"]:
+        errors.append(f"the client marked {phases} instead of begin, {params.repeats - 1} split(s), end")
+        marks = marks[:1] * 2 if marks else [(0.0, 0, {})] * 2
+    total = sum(w.bytes for w in workers)
     sent = msg.get("sent_bytes")
-    if sent is not None and sent != total:
+    if params.test == "stream" and sent is not None and sent != total:
         errors.append(f"received {total} bytes but the client sent {sent}")
+    client_tx = msg.get("transactions")
+    if params.test in TRANSACTION_TESTS and isinstance(client_tx, list):
+        if params.test == "crr":
+            served = [sum(w.per_connection.get(i, 0) for w in workers) for i in range(params.connections)]
+        else:
+            served = [w.count for w in workers]
+        if served != client_tx:
+            errors.append(f"served {served} transactions per connection but the client completed {client_tx}")
     verified = None
     if params.verify:
-        for r in receivers:
-            errors.extend(r.verifier.errors)
+        for w in workers:
+            errors.extend(w.errors)
         verified = not errors
-    t0, b0, cpu0 = marks["begin"]
-    t1, b1, cpu1 = marks["end"]
+    whole = _intervals([marks[0], marks[-1]])[0]
     result = {
         "type": "result",
-        "bytes": b1 - b0,
-        "elapsed": round(t1 - t0, 6),
+        "bytes": whole["bytes"],
+        "elapsed": whole["elapsed"],
+        "cpu": whole["cpu"],
+        "intervals": _intervals(marks),
         "total_bytes": total,
-        "per_connection_bytes": [r.bytes for r in receivers],
-        "cpu": cpu_busy_percent(cpu0, cpu1),
+        "per_connection_bytes": [w.bytes for w in workers],
+        "transactions": [w.count for w in workers] if params.test == "rr" else None,
         "verified": verified,
         "errors": errors,
     }
@@ -440,7 +845,8 @@ def serve_session(ctrl_sock: socket.socket, bind: str) -> dict:
     return result
 
 
-def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = False, ready=None) -> int:
+def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = False, ready=None,
+               _corrupt_byte: int | None = None) -> int:
     """Serve sessions one after another; `ready` (a callable, for tests) gets the bound port."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -458,7 +864,7 @@ def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = Fal
         while True:
             sock, peer = listener.accept()
             try:
-                result = serve_session(sock, bind)
+                result = serve_session(sock, bind, _corrupt_byte)
                 print(
                     f"session from {peer[0]}: {result['bytes']} bytes in {result['elapsed']:.3f}s, "
                     f"errors={len(result['errors'])}",
@@ -479,59 +885,7 @@ def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = Fal
 # ---------------------------------------------------------------- client
 
 
-class Sender(threading.Thread):
-    """Sends size-byte messages, one send call each, until told to stop."""
-
-    def __init__(
-        self, sock: socket.socket, index: int, params: RunParams, stop: threading.Event, corrupt_at: int | None = None
-    ):
-        super().__init__(daemon=True, name=f"isoperf-tx{index}")
-        self.sock = sock
-        self.index = index
-        self.params = params
-        self.stop = stop
-        self.corrupt_at = corrupt_at
-        self.bytes = 0
-        self.messages = 0
-        self.error: str | None = None
-
-    def run(self) -> None:
-        try:
-            if self.params.verify:
-                self._run_verify()
-            else:
-                self._run_plain()
-        except OSError as e:
-            if not self.stop.is_set():
-                self.error = f"connection {self.index}: send failed: {e}"
-
-    def _run_plain(self) -> None:
-        msg = _pattern(self.index, self.params.size)
-        sendall, stop, size = self.sock.sendall, self.stop, self.params.size
-        n = 0
-        while not stop.is_set():
-            sendall(msg)
-            n += 1
-            self.messages = n
-            self.bytes = n * size
-
-    def _run_verify(self) -> None:
-        maker = MessageMaker(self.index, self.params.size)
-        size = self.params.size
-        seq = 0
-        while not self.stop.is_set():
-            msg = maker.message(seq)
-            if self.corrupt_at is not None and seq * size <= self.corrupt_at < (seq + 1) * size:
-                b = bytearray(msg)
-                b[self.corrupt_at - seq * size] ^= 0x01
-                msg = bytes(b)
-            self.sock.sendall(msg)
-            seq += 1
-            self.messages = seq
-            self.bytes = seq * size
-
-
-def _connect(host: str, port: int, timeout: float, stack: str = "legacy") -> socket.socket:
+def _connect(host: str, port: int, timeout: float, stack: str = "legacy"):
     """A kernel socket ("legacy") or an IsoStack socket ("iso", same API) connected to host:port."""
     try:
         if stack == "iso":
@@ -548,49 +902,134 @@ def _connect(host: str, port: int, timeout: float, stack: str = "legacy") -> soc
     return sock
 
 
+def check_cpu(cpu: int) -> None:
+    """IsoperfError unless this process may run on `cpu`."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if cpu not in allowed:
+        count = os.cpu_count() or 0
+        if cpu >= count:
+            raise IsoperfError(f"CPU {cpu} does not exist (this machine has CPUs 0-{count - 1})")
+        raise IsoperfError(f"CPU {cpu} is not one this process may run on ({', '.join(map(str, allowed))})")
+
+
+@dataclass
+class _Mark:
+    """The client's counters at one mark."""
+
+    t: float
+    bytes: int
+    count: int
+    lengths: list[int]
+    cpu: dict[str, CpuTimes]
+
+
+def _snapshot(workers: list[Worker]) -> _Mark:
+    return _Mark(
+        t=time.monotonic(),
+        bytes=sum(w.bytes for w in workers),
+        count=sum(w.count for w in workers),
+        lengths=[len(w.samples) for w in workers],
+        cpu=read_proc_stat(),
+    )
+
+
+def _figures(params: RunParams, workers: list[Worker], a: _Mark, b: _Mark, server: dict) -> dict:
+    """The result figures of the measured interval between marks a and b (server: its view of it)."""
+    if params.test == "stream":  # what the receiving side counted, on its own clock
+        elapsed, nbytes = float(server["elapsed"]), int(server["bytes"])
+    else:
+        elapsed, nbytes = round(b.t - a.t, 6), b.bytes - a.bytes
+    out = {
+        "duration": elapsed,
+        "bytes": nbytes,
+        "throughput_bps": round(nbytes * 8 / elapsed, 1) if elapsed > 0 else 0.0,
+        "cpu": {"client": cpu_busy_percent(a.cpu, b.cpu), "server": server.get("cpu", {})},
+    }
+    if params.test in TRANSACTION_TESTS:
+        tx = b.count - a.count
+        samples = array("q")
+        for w, i0, i1 in zip(workers, a.lengths, b.lengths, strict=True):
+            samples.extend(w.samples[i0:i1])
+        out["messages"] = out["transactions"] = tx
+        out["messages_per_s"] = out["transactions_per_s"] = round(tx / elapsed, 1) if elapsed > 0 else 0.0
+        out["latency_us"] = latency_summary(samples)
+    else:
+        out["messages"] = nbytes // params.size
+        out["messages_per_s"] = round(nbytes / params.size / elapsed, 1) if elapsed > 0 else 0.0
+    return out
+
+
 def run_client(
-    host: str, port: int, params: RunParams, connect_timeout: float = 5.0, _corrupt_byte: int | None = None
+    host: str,
+    port: int,
+    params: RunParams,
+    connect_timeout: float = 5.0,
+    _corrupt_byte: int | None = None,
+    cpu: int | None = None,
 ) -> dict:
     """Run one test against an isoperf server and return the result dict.
 
-    `_corrupt_byte` is a test hook: flip one bit at that offset of connection 0's stream.
+    `cpu` pins the worker threads (one per connection) to that CPU. `_corrupt_byte` is a test hook: flip
+    one bit at that offset of what connection 0 sends (stream: the stream; rr/crr: the requests).
     """
     params.check()
+    if cpu is not None:
+        check_cpu(cpu)
     ctrl = Control(_connect(host, port, connect_timeout))
-    data_socks: list[socket.socket] = []
+    data_socks: list = []
+    workers: list[Worker] = []
     stop = threading.Event()
+    test = params.test
     try:
-        ctrl.send(type="start", version=PROTOCOL_VERSION, **params.__dict__)
+        ctrl.send(type="start", version=PROTOCOL_VERSION, **asdict(params))
         try:
             ready = ctrl.expect("ready")
         except IsoperfError as e:
             if str(e).startswith("server:"):
                 raise
             raise IsoperfError(f"no isoperf server at {host}:{port} ({e})") from None
-        for i in range(params.connections):
-            s = _connect(host, int(ready["data_port"]), connect_timeout, params.stack)
-            s.settimeout(None)
-            s.sendall(HELLO.pack(HELLO_MAGIC, i))
-            data_socks.append(s)
+        data_port = int(ready["data_port"])
+        if test != "crr":
+            for i in range(params.connections):
+                s = _connect(host, data_port, connect_timeout, params.stack)
+                s.settimeout(None)
+                s.sendall(HELLO.pack(HELLO_MAGIC, i))
+                data_socks.append(s)
         ctrl.expect("accepted")
 
-        senders = [Sender(s, i, params, stop, _corrupt_byte if i == 0 else None) for i, s in enumerate(data_socks)]
-        for t in senders:
-            t.start()
+        for i in range(params.connections):
+            corrupt = _corrupt_byte if i == 0 else None
+            if test == "stream":
+                workers.append(Sender(data_socks[i], i, params, stop, corrupt, cpu))
+            elif test == "maerts":
+                workers.append(Receiver(data_socks[i], i, params, cpu))
+            elif test == "rr":
+                workers.append(RRClient(data_socks[i], i, params, stop, corrupt, cpu))
+            else:
+                workers.append(CRRClient(host, data_port, i, params, stop, connect_timeout, corrupt, cpu))
+        for w in workers:
+            w.start()
         _sleep_watching(ctrl, params.warmup)
-        cpu0, sent0 = read_proc_stat(), sum(t.bytes for t in senders)
         ctrl.send(type="mark", phase="begin")
-        _sleep_watching(ctrl, params.duration)
-        ctrl.send(type="mark", phase="end")
-        cpu1, sent1 = read_proc_stat(), sum(t.bytes for t in senders)
+        marks = [_snapshot(workers)]
+        for r in range(params.repeats):
+            _sleep_watching(ctrl, params.duration)
+            ctrl.send(type="mark", phase="end" if r == params.repeats - 1 else "split")
+            marks.append(_snapshot(workers))
         stop.set()
-        for t in senders:
-            t.join()
-        for s in data_socks:
-            s.shutdown(socket.SHUT_WR)
-        sent_total = sum(t.bytes for t in senders)
-        ctrl.send(type="done", sent_bytes=sent_total)
+        if test != "maerts":
+            for w in workers:
+                w.join(CONTROL_TIMEOUT)
+            for s in data_socks:
+                s.shutdown(socket.SHUT_WR)
+        done = {"sent_bytes": sum(w.bytes for w in workers) if test == "stream" else None}
+        if test in TRANSACTION_TESTS:
+            done["transactions"] = [w.count for w in workers]
+        ctrl.send(type="done", **done)
         server = ctrl.expect("result", timeout=CONTROL_TIMEOUT + params.duration)
+        if test == "maerts":  # the server closed its side after the result's figures were taken
+            for w in workers:
+                w.join(CONTROL_TIMEOUT)
     finally:
         stop.set()
         for s in data_socks:
@@ -599,29 +1038,56 @@ def run_client(
         if params.stack == "iso":
             _detach_isostack()
 
-    errors = [t.error for t in senders if t.error] + list(server.get("errors", []))
-    elapsed = float(server["elapsed"])
-    nbytes = int(server["bytes"])
-    return {
-        "test": params.test,
+    errors = [w.error for w in workers if w.error]
+    errors += [f"connection {w.index} did not stop in time" for w in workers if w.is_alive()]
+    errors += list(server.get("errors", []))
+    client_total = sum(w.bytes for w in workers)
+    server_total = server.get("total_bytes")
+    if test != "stream" and server_total != client_total:  # stream: the server compares
+        what = "received" if test == "maerts" else "moved"
+        errors.append(f"the client {what} {client_total} bytes but the server {server_total}")
+    verified = server.get("verified")
+    if params.verify and test != "stream":
+        client_errors = [e for w in workers for e in w.errors]
+        errors += client_errors
+        verified = not errors
+    intervals = server.get("intervals") or []
+    if len(intervals) != params.repeats:
+        intervals = [{"elapsed": 0.0, "bytes": 0, "cpu": {}}] * params.repeats
+        errors.append("the server reported no measured intervals")
+    per_repeat = [_figures(params, workers, marks[i], marks[i + 1], intervals[i]) for i in range(params.repeats)]
+    whole = _figures(params, workers, marks[0], marks[-1], server)
+    result = {
+        "test": test,
         "stack": params.stack,
         "size": params.size,
+        "response_size": params.rsize if test in TRANSACTION_TESTS else None,
         "connections": params.connections,
-        "duration": elapsed,
+        **whole,
         "requested_duration": params.duration,
         "warmup": params.warmup,
-        "bytes": nbytes,
-        "messages": nbytes // params.size,
-        "throughput_bps": round(nbytes * 8 / elapsed, 1) if elapsed > 0 else 0.0,
-        "messages_per_s": round(nbytes / params.size / elapsed, 1) if elapsed > 0 else 0.0,
-        "cpu": {"client": cpu_busy_percent(cpu0, cpu1), "server": server.get("cpu", {})},
-        "verified": server.get("verified"),
+        "repeats": params.repeats,
+        "cpu_binding": cpu,
+        "verified": verified,
         "errors": errors,
-        "client_sent_bytes": sent1 - sent0,
-        "client_total_bytes": sent_total,
-        "server_total_bytes": server.get("total_bytes"),
+        "client_sent_bytes": marks[-1].bytes - marks[0].bytes,
+        "client_total_bytes": client_total,
+        "server_total_bytes": server_total,
+        "intervals": per_repeat,
+        "summary": _summary(per_repeat),
         "protocol_version": PROTOCOL_VERSION,
     }
+    return result
+
+
+def _summary(per_repeat: list[dict]) -> dict:
+    keys = ["throughput_bps", "messages_per_s"]
+    out = {k: mean_stddev([r[k] for r in per_repeat]) for k in keys}
+    if per_repeat and "latency_us" in per_repeat[0]:
+        out["transactions_per_s"] = out["messages_per_s"]
+        for p in ("p50", "p99"):
+            out[f"latency_{p}_us"] = mean_stddev([r["latency_us"][p] for r in per_repeat])
+    return out
 
 
 def _detach_isostack() -> None:
@@ -647,10 +1113,32 @@ def _sleep_watching(ctrl: Control, seconds: float) -> None:
 def format_human(r: dict) -> str:
     cpu_c = r["cpu"]["client"].get("all", 0.0)
     cpu_s = r["cpu"]["server"].get("all", 0.0)
-    lines = [
-        f"{r['test'].upper()} size={r['size']} conns={r['connections']} stack={r['stack']}",
-        f"  {r['bytes']} bytes in {r['duration']:.3f} s = {r['throughput_bps'] / 1e9:.3f} Gb/s, "
-        f"{r['messages_per_s']:.0f} msgs/s",
+    size = f"size={r['size']}"
+    if r.get("response_size") not in (None, r["size"]):
+        size += f"/{r['response_size']}"
+    lines = [f"{r['test'].upper()} {size} conns={r['connections']} stack={r['stack']} repeats={r['repeats']}"]
+    if "transactions" in r:
+        lat = r["latency_us"]
+        lines.append(
+            f"  {r['transactions']} transactions in {r['duration']:.3f} s = {r['transactions_per_s']:.0f} trans/s, "
+            f"{r['throughput_bps'] / 1e9:.3f} Gb/s"
+        )
+        if lat["samples"]:
+            lines.append(
+                "  latency us: " + "  ".join(f"{k} {lat[k]:.1f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
+            )
+    else:
+        lines.append(
+            f"  {r['bytes']} bytes in {r['duration']:.3f} s = {r['throughput_bps'] / 1e9:.3f} Gb/s, "
+            f"{r['messages_per_s']:.0f} msgs/s"
+        )
+    if r["repeats"] > 1:
+        s = r["summary"]["throughput_bps"]
+        lines.append(f"  per repeat: {s['mean'] / 1e9:.3f} +- {s['stddev'] / 1e9:.3f} Gb/s")
+        if "transactions_per_s" in r["summary"]:
+            t = r["summary"]["transactions_per_s"]
+            lines.append(f"  per repeat: {t['mean']:.0f} +- {t['stddev']:.0f} trans/s")
+    lines += [
         f"  cpu busy: client {cpu_c:.1f}%  server {cpu_s:.1f}%",
         f"  verified: {r['verified']}",
     ]
@@ -661,8 +1149,15 @@ def format_human(r: dict) -> str:
 # ---------------------------------------------------------------- CLI
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options: one line on stderr and exit 2 (no usage block, no traceback)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="isoperf", description="netperf-style load generator for IsoStack")
+    p = _Parser(prog="isoperf", description="netperf-style load generator for IsoStack")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("server", help="answer isoperf clients")
     s.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
@@ -671,12 +1166,20 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("client", help="run a test against an isoperf server")
     c.add_argument("--host", required=True, help="server address")
     c.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"control port (default {DEFAULT_PORT})")
-    c.add_argument("--test", choices=TESTS, default="stream", help="test to run (default stream)")
+    c.add_argument("--test", choices=TESTS, default="stream",
+                   help="stream (send), maerts (receive), rr (request/response), crr (connect/request/response/"
+                        "close); default stream")
     c.add_argument("--stack", choices=KNOWN_STACKS, default="legacy", help="network stack (default legacy)")
-    c.add_argument("--size", type=_positive_int, default=1448, help="message size in bytes (default 1448)")
+    c.add_argument("--size", type=_positive_int, default=1448,
+                   help="message size in bytes; rr/crr: the request (default 1448)")
+    c.add_argument("--response-size", type=_positive_int, default=None,
+                   help="rr/crr: response size in bytes (default: --size)")
     c.add_argument("--duration", type=_positive_float, default=10.0, help="measured seconds (default 10)")
     c.add_argument("--warmup", type=_nonneg_float, default=1.0, help="seconds before measuring (default 1)")
+    c.add_argument("--repeats", type=_positive_int, default=1,
+                   help=f"measured intervals, back to back, each reported (default 1, at most {MAX_REPEATS})")
     c.add_argument("--connections", type=_positive_int, default=1, help="parallel connections (default 1)")
+    c.add_argument("--cpu", type=_nonneg_int, default=None, help="pin the worker threads to this CPU")
     c.add_argument("--verify", action="store_true", help="check every byte (seq + pattern + crc32)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.add_argument("--connect-timeout", type=_positive_float, default=5.0, help=argparse.SUPPRESS)
@@ -684,12 +1187,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
+    v = _nonneg_int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
     return v
 
 
@@ -725,7 +1235,8 @@ def _nonneg_float(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         if args.command == "server":
             return run_server(args.bind, args.port, args.once)
@@ -737,8 +1248,16 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration,
             warmup=args.warmup,
             verify=args.verify,
+            response_size=args.response_size,
+            repeats=args.repeats,
         )
-        result = run_client(args.host, args.port, params, connect_timeout=args.connect_timeout)
+        try:  # option values that are wrong together: a usage error like any other bad option
+            params.check()
+            if args.cpu is not None:
+                check_cpu(args.cpu)
+        except IsoperfError as e:
+            parser.exit(2, f"isoperf client: error: {e}\n")
+        result = run_client(args.host, args.port, params, connect_timeout=args.connect_timeout, cpu=args.cpu)
     except IsoperfError as e:
         print(f"isoperf: error: {e}", file=sys.stderr)
         return 1
