@@ -19,6 +19,7 @@ from isostack.dispatcher import choose_cpu
 from isostack.frontend import Stack
 from isostack.layout import (
     BODY,
+    C_NOTIF_RING,
     C_RX_HEAD,
     C_TX_HEAD,
     C_TX_TAIL,
@@ -29,7 +30,7 @@ from isostack.layout import (
 )
 from isostack.queues import create_memfd
 
-GEO = Geometry(max_sockets=8, tx_size=1 << 14, rx_size=1 << 14)
+GEO = Geometry(max_sockets=8, tx_size=1 << 14, rx_size=1 << 14, notif_rings=1)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,8 @@ HOSTILE = {
     "accept into a slot out of range": (lambda s: push_raw(s, Op.ACCEPT, a=1000), errno.EBADF),
     "listen group naming a member it lacks": (lambda s: push_raw(s, Op.LISTEN, a=16, b=2, c=0xFFFFFFFFFFFFFF05),
                                               errno.EINVAL),
+    "notification ring that does not exist": (lambda s: (s._q.__setitem__(s._cw + C_NOTIF_RING, 99),
+                                                         push_raw(s, Op.GETSOCKNAME)), errno.EINVAL),
     "socket on a slot in use": (lambda s: push_raw(s, Op.SOCKET, a=socket.AF_INET, b=socket.SOCK_STREAM), errno.EBADF),
 }
 
@@ -260,6 +263,16 @@ def test_attach_refuses_unsealed_memory_and_wrong_fds(daemon):
         assert "JSON" in attach_raw(path, b"\xff garbage", [small, efd])["message"]
         bad = json.dumps({"type": "attach", "version": 1, "geometry": {**GEO.to_dict(), "tx_size": 3}}).encode()
         assert "power of two" in attach_raw(path, bad, [small, efd])["message"]
+        two = json.dumps({"type": "attach", "version": 1, "geometry": {**GEO.to_dict(), "notif_rings": 2}}).encode()
+        assert "3 fds" in attach_raw(path, two, [small, efd])["message"]  # a doorbell per notification ring
+        for rings in (0, 65):
+            bad = json.dumps({"type": "attach", "version": 1, "geometry": {**GEO.to_dict(), "notif_rings": rings}})
+            assert "notif_rings" in attach_raw(path, bad.encode(), [small, efd])["message"]
+        big = Geometry(**{**GEO.to_dict(), "notif_rings": 2})
+        mem = create_memfd(big.total_size)
+        msg = json.dumps({"type": "attach", "version": 1, "geometry": big.to_dict(), "pid": 1, "name": "x"}).encode()
+        assert "eventfd" in attach_raw(path, msg, [mem, efd, small])["message"]  # the second doorbell is no eventfd
+        os.close(mem)
     finally:
         for fd in (efd, unsealed, small):
             os.close(fd)

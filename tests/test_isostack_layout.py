@@ -1,6 +1,7 @@
 """Sans-I/O parts of IsoStack: geometry, command validation, ring arithmetic, addresses, NIC placement."""
 
 import errno
+import os
 import socket
 import struct
 
@@ -52,7 +53,21 @@ def test_geometry_rejects_bad_sizes(kw):
 def test_geometry_from_dict_rejects_garbage():
     with pytest.raises(LayoutError):
         Geometry.from_dict({"max_sockets": "x"})
-    assert Geometry.from_dict(G.to_dict()) == G
+    assert Geometry.from_dict(G.resolved().to_dict()) == G.resolved()
+    with pytest.raises(LayoutError):  # the front-end resolves "one ring per CPU" before it attaches
+        Geometry.from_dict(G.to_dict())
+
+
+def test_notification_rings_have_their_own_headers_and_entries():
+    g = Geometry(max_sockets=2, notif_slots=256, notif_rings=3).check()
+    assert G.resolved().notif_rings == min(64, os.cpu_count())
+    words = [g.ring_word(r) for r in range(3)]
+    assert words == [4096 // 8, 4096 // 8 + 16, 4096 // 8 + 32]  # 128 bytes each, after the app header
+    offs = [g.ring_off(r) for r in range(3)]
+    assert offs[0] >= 4096 + 3 * 128 and offs[1] - offs[0] == offs[2] - offs[1] == 256 * 16
+    assert g.sock_base == offs[2] + 4096 and g.notif_off == offs[0]
+    with pytest.raises(LayoutError):
+        Geometry(notif_rings=65).check()
 
 
 def test_decode_valid_command():

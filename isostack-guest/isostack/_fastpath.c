@@ -7,6 +7,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -183,6 +184,13 @@ static PyObject *fp_mpsc_push(PyObject *s, PyObject *const *args, Py_ssize_t nar
     return PyLong_FromLongLong(result);
 }
 
+/* getcpu() -> the CPU this thread runs on (glibc reads it from rseq: no system call); picks the notification ring */
+static PyObject *fp_getcpu(PyObject *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    int cpu = sched_getcpu();
+    return PyLong_FromLong(cpu < 0 ? 0 : cpu);
+}
+
 static PyObject *fp_layout(PyObject *s, PyObject *const *args, Py_ssize_t nargs)
 {
     return Py_BuildValue("(iiiiiiii)", C_TX_TAIL, C_RX_HEAD, C_DRAINING, C_TX_HEAD, C_RX_TAIL, C_STATE,
@@ -198,6 +206,7 @@ static PyMethodDef methods[] = {
     {"fetch_or64", (PyCFunction)(void (*)(void))fp_fetch_or64, METH_FASTCALL, "fetch and or"},
     {"fence", (PyCFunction)(void (*)(void))fp_fence, METH_FASTCALL, "full fence"},
     {"mpsc_push", (PyCFunction)(void (*)(void))fp_mpsc_push, METH_FASTCALL, "Vyukov enqueue"},
+    {"getcpu", (PyCFunction)(void (*)(void))fp_getcpu, METH_FASTCALL, "CPU of the calling thread"},
     {"layout", (PyCFunction)(void (*)(void))fp_layout, METH_FASTCALL, "word indices compiled in"},
     {NULL, NULL, 0, NULL},
 };

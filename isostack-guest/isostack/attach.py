@@ -3,7 +3,7 @@
 One datagram each way, JSON, with file descriptors in SCM_RIGHTS:
 
     app -> isostackd   {"type": "attach", "version": 1, "geometry": {...}, "pid": P, "name": N}
-                       fds: [memfd (sealed against shrinking), doorbell eventfd]
+                       fds: [memfd (sealed against shrinking), one doorbell eventfd per notification ring]
     isostackd -> app   {"type": "attached", "app": ID, "cpu": C, "pid": P, "locks": bool, "instance": K,
                         "queues": [rx queues this instance owns] or null (all)}, fds: [kick eventfd]
                    or  {"type": "error", "message": "..."} and the connection is closed
@@ -84,8 +84,6 @@ def parse_hello(data: bytes, nfds: int) -> Hello:
         raise AttachError("expected an attach request")
     if msg.get("version") != VERSION:
         raise AttachError(f"protocol version {msg.get('version')!r} not supported (want {VERSION})")
-    if nfds != 2:
-        raise AttachError(f"attach needs 2 fds (memfd, doorbell eventfd), got {nfds}")
     geo = msg.get("geometry")
     if not isinstance(geo, dict):
         raise AttachError("geometry missing")
@@ -93,6 +91,9 @@ def parse_hello(data: bytes, nfds: int) -> Hello:
         geometry = Geometry.from_dict(geo)
     except LayoutError as e:
         raise AttachError(str(e)) from None
+    if nfds != 1 + geometry.notif_rings:
+        raise AttachError(f"attach needs {1 + geometry.notif_rings} fds (memfd, a doorbell eventfd per notification "
+                          f"ring), got {nfds}")
     pid = msg.get("pid", 0)
     name = msg.get("name", "")
     if not isinstance(pid, int) or not isinstance(name, str):

@@ -6,7 +6,10 @@ It owns every kernel socket of the attached applications (non-blocking), and in 
   3. drains the tx rings of the sockets it is draining straight from shared memory into send/sendmsg
      (aggregation: everything the application queued goes in one call),
   4. fills rx rings with recv_into/recvmsg_into on memoryviews of shared memory,
-  5. posts notifications and rings an application's doorbell only if one of its threads announced it sleeps.
+  5. posts notifications to the socket's notification ring (one per application CPU: the ring the front-end
+     names in the socket's C_NOTIF_RING, the CPU of the thread that last waited on it) and rings that ring's
+     doorbell eventfd only if a thread announced in the ring's sleepers that it sleeps; otherwise it counts a
+     saved doorbell (R_SAVED, per ring, in shared memory, and "saved" in its stats).
 When nothing happened for --busy-poll-us it announces that it sleeps and blocks in epoll (the front-end kicks
 it through an eventfd when it posts a command meanwhile).
 
@@ -57,6 +60,7 @@ from .layout import (
     C_ADDR_PORT,
     C_DRAINING,
     C_ERR,
+    C_NOTIF_RING,
     C_OWNER,
     C_RES_SEQ,
     C_RES_VAL,
@@ -75,16 +79,17 @@ from .layout import (
     EV_TX,
     H_DISP_SLEEPING,
     H_MAGIC,
-    H_NOTIF_DROPPED,
-    H_NOTIF_HEAD,
-    H_NOTIF_TAIL,
     H_PENDING,
-    H_RUNG,
-    H_SAVED,
-    H_SLEEPERS,
     H_VERSION,
     MAGIC,
+    MAX_RINGS,
     OP_NAMES,
+    R_DROPPED,
+    R_HEAD,
+    R_RUNG,
+    R_SAVED,
+    R_SLEEPERS,
+    R_TAIL,
     ST_ACCEPTABLE,
     ST_CLOSED,
     ST_CONNECTED,
@@ -219,24 +224,27 @@ class Sock:
 class App:
     """One attached application: its region, queues, doorbell and sockets."""
 
-    def __init__(self, app_id: int, conn: socket.socket, geometry: Geometry, memfd: int, doorbell: int, pid: int):
+    def __init__(self, app_id: int, conn: socket.socket, geometry: Geometry, memfd: int, doorbells: list[int],
+                 pid: int):
         self.id = app_id
         self.conn = conn
         self.geometry = geometry
         self.pid = pid
         self.region = Region(memfd, geometry.total_size)
         os.close(memfd)
-        self.doorbell = doorbell
+        self.doorbells = doorbells
         q = self.region.q
         if q[H_MAGIC] != MAGIC or q[H_VERSION] != VERSION:
             self.region.close()
             raise AttachError("shared memory header has a bad magic/version")
-        self.notify = NotifyRing(self.region, geometry.notif_off, geometry.notif_slots, H_NOTIF_HEAD, H_NOTIF_TAIL,
-                                 H_NOTIF_DROPPED)
+        self.nrings = geometry.notif_rings
+        self.ring_words = [geometry.ring_word(r) for r in range(self.nrings)]
+        self.rings = [NotifyRing(self.region, geometry.ring_off(r), geometry.notif_slots, w + R_HEAD, w + R_TAIL,
+                                 w + R_DROPPED) for r, w in enumerate(self.ring_words)]
         self.socks = [Sock(self, i) for i in range(geometry.max_sockets)]
         self.pending_words = (geometry.max_sockets + 63) // 64
         self.pending_addr = self.region.base + H_PENDING * 8
-        self.dirty = False  # something was posted this loop: maybe ring the doorbell
+        self.dirty: set[int] = set()  # rings posted to this loop: maybe ring their doorbells
 
 
 class Dispatcher:
@@ -257,6 +265,7 @@ class Dispatcher:
         self.rx_stalled: set[Sock] = set()
         self.closing: set[Sock] = set()
         self.tx_progress: list[Sock] = []  # tx head advanced this loop
+        self.bad_ring: list[Sock] = []  # named a notification ring that does not exist: failed after the loop
         self.next_app = 1
         self.running = True
         self.stats = {"loops": 0, "commands": 0, "sends": 0, "send_bytes": 0, "recvs": 0, "recv_bytes": 0,
@@ -315,11 +324,11 @@ class Dispatcher:
         conn.settimeout(1.0)
         fds: list[int] = []
         try:
-            data, fds, _flags, _addr = socket.recv_fds(conn, MAX_MESSAGE, 4)
+            data, fds, _flags, _addr = socket.recv_fds(conn, MAX_MESSAGE, 1 + MAX_RINGS)
             hello = parse_hello(data, len(fds))
-            memfd, doorbell = fds
-            self._check_fds(memfd, doorbell, hello.geometry)
-            app = App(self.next_app, conn, hello.geometry, memfd, doorbell, hello.pid)
+            memfd, doorbells = fds[0], fds[1:]
+            self._check_fds(memfd, doorbells, hello.geometry)
+            app = App(self.next_app, conn, hello.geometry, memfd, doorbells, hello.pid)
             fds = []
         except (AttachError, OSError, ValueError) as e:
             log.warning("attach refused: %s", e)
@@ -344,16 +353,17 @@ class Dispatcher:
                  app.geometry.max_sockets, app.geometry.total_size)
 
     @staticmethod
-    def _check_fds(memfd: int, doorbell: int, geometry: Geometry) -> None:
+    def _check_fds(memfd: int, doorbells: list[int], geometry: Geometry) -> None:
         st = os.fstat(memfd)
         if not stat.S_ISREG(st.st_mode) or st.st_size < geometry.total_size:
             raise AttachError(f"shared memory is {st.st_size} bytes, geometry needs {geometry.total_size}")
         seals = fcntl.fcntl(memfd, fcntl.F_GET_SEALS)
         if not seals & SEAL_SHRINK:
             raise AttachError("shared memory must be a memfd sealed with F_SEAL_SHRINK")
-        if os.readlink(f"/proc/self/fd/{doorbell}") != "anon_inode:[eventfd]":
-            raise AttachError("doorbell is not an eventfd")
-        os.set_blocking(doorbell, False)
+        for doorbell in doorbells:
+            if os.readlink(f"/proc/self/fd/{doorbell}") != "anon_inode:[eventfd]":
+                raise AttachError("doorbell is not an eventfd")
+            os.set_blocking(doorbell, False)
 
     def _detach(self, app: App, why: str) -> None:
         """Close the application's kernel sockets and release its memory (called when its connection ends)."""
@@ -369,7 +379,8 @@ class Dispatcher:
                 n += 1
             self._close_kernel(s)
         app.conn.close()
-        os.close(app.doorbell)
+        for fd in app.doorbells:
+            os.close(fd)
         app.region.close()
         self.stats["apps_detached"] += 1
         log.info("app %d detached (%s): %d sockets closed", app.id, why, n)
@@ -381,9 +392,17 @@ class Dispatcher:
         s.app.region.q[s.cw + C_STATE] = state
 
     def _post(self, s: Sock, events: int) -> None:
+        """Post to the ring the front-end chose for this socket.  An impossible choice goes to ring 0 and fails
+        the socket at the end of this loop (failing it here would close the kernel socket under the caller)."""
         app = s.app
-        app.notify.post(s.idx, events, app.region.q[s.cw + C_RES_SEQ])
-        app.dirty = True
+        q = app.region.q
+        r = q[s.cw + C_NOTIF_RING]
+        if r >= app.nrings:
+            r = 0
+            if not s.state & ST_ERROR:
+                self.bad_ring.append(s)
+        app.rings[r].post(s.idx, events, q[s.cw + C_RES_SEQ])
+        app.dirty.add(r)
 
     def _complete(self, s: Sock, pos: int, val: int) -> None:
         q = s.app.region.q
@@ -870,19 +889,21 @@ class Dispatcher:
                     self._post(s, EV_TX)
             progress.clear()
         for app in [a for a in self.apps.values() if a.dirty]:
-            app.dirty = False
             q = app.region.q
-            sleepers = q[H_SLEEPERS]
-            if sleepers:
-                try:  # a semaphore eventfd: one token per sleeping thread
-                    os.eventfd_write(app.doorbell, min(sleepers, 1 << 16))
-                except OSError:
-                    pass
-                q[H_RUNG] += 1
-                self.stats["rung"] += 1
-            else:
-                q[H_SAVED] += 1
-                self.stats["saved"] += 1
+            for r in app.dirty:
+                w = app.ring_words[r]
+                sleepers = q[w + R_SLEEPERS]
+                if sleepers:
+                    try:  # a semaphore eventfd: one token per sleeping thread
+                        os.eventfd_write(app.doorbells[r], min(sleepers, 1 << 16))
+                    except OSError:
+                        pass
+                    q[w + R_RUNG] += 1
+                    self.stats["rung"] += 1
+                else:
+                    q[w + R_SAVED] += 1
+                    self.stats["saved"] += 1
+            app.dirty.clear()
 
     def poll_once(self, timeout: float = 0) -> bool:
         did = False
@@ -921,6 +942,11 @@ class Dispatcher:
                 if now > s.close_deadline:
                     log.info("app %d socket %d: close linger expired with data unsent", s.app.id, s.idx)
                     self._finish_close(s, s.close_pos)
+        while self.bad_ring:
+            s = self.bad_ring.pop()
+            if not s.state & ST_ERROR and not s.app.region.mm.closed:
+                self.stats["bad_entries"] += 1
+                self._fail(s, errno.EINVAL, f"notification ring {s.app.region.q[s.cw + C_NOTIF_RING]} does not exist")
         self._doorbells()
         self.stats["loops"] += 1
         return did

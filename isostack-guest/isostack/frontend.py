@@ -11,13 +11,14 @@
 path).  A send copies into the socket's tx ring, publishes the tail, and posts a SEND command only when
 the dispatcher is not already draining that socket (xchg on the draining flag).  A recv copies out of the
 rx ring and publishes the head; the dispatcher sees the new credits itself.  Blocking calls spin briefly,
-then announce they sleep (sleepers counter) and wait on the doorbell eventfd, which the dispatcher rings
-only for sleeping applications.  Control operations (socket/bind/connect/...) post a command and wait for
+then announce they sleep (the sleepers counter of their CPU's notification ring, after pointing the socket's
+events at that ring) and wait on that CPU's doorbell eventfd, which the dispatcher rings only when the ring has
+a sleeper (else it counts a saved doorbell).  Control operations (socket/bind/connect/...) post a command and wait for
 its completion in the socket's control page.
 
-fileno() returns a dup of the application's doorbell eventfd (all sockets of one Stack share it; readiness
-may be spurious): it puts the Stack in "selector mode" where every notification rings the doorbell; call
-`Stack.poll()` after a wake-up to consume it and get the (socket, events) hints.
+fileno() returns a dup of ring 0's doorbell eventfd (all sockets of one Stack share it; readiness may be
+spurious): it puts the Stack in "selector mode" where every notification on ring 0 rings it, and pins the
+socket's events to ring 0; call `Stack.poll()` after a wake-up to consume it and get the (socket, events) hints.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .layout import (
     C_ADDR_PORT,
     C_DRAINING,
     C_ERR,
+    C_NOTIF_RING,
     C_OWNER,
     C_RES_SEQ,
     C_RES_VAL,
@@ -52,15 +54,15 @@ from .layout import (
     H_DISP_SLEEPING,
     H_KICKS,
     H_MAGIC,
-    H_NOTIF_DROPPED,
-    H_NOTIF_HEAD,
-    H_NOTIF_TAIL,
     H_PENDING,
-    H_RUNG,
-    H_SAVED,
-    H_SLEEPERS,
     H_VERSION,
     MAGIC,
+    R_DROPPED,
+    R_HEAD,
+    R_RUNG,
+    R_SAVED,
+    R_SLEEPERS,
+    R_TAIL,
     ST_ACCEPTABLE,
     ST_CLOSED,
     ST_CONNECTED,
@@ -116,7 +118,7 @@ class Instance:
 
     A Stack has one per running instance; every socket lives in exactly one of them (its owner)."""
 
-    def __init__(self, path: str, geometry: Geometry, doorbell: int, name: str, connect_timeout: float):
+    def __init__(self, path: str, geometry: Geometry, doorbells: list[int], name: str, connect_timeout: float):
         self.path = path
         self.geometry = g = geometry
         memfd = create_memfd(g.total_size)
@@ -131,15 +133,16 @@ class Instance:
                 cq = CommandQueue(self.region, g.control_off(i) // 8, g.cmdq_off(i), g.cmdq_slots)
                 cq.init()
                 self.queues.append(cq)
-            self.notify = NotifyRing(self.region, g.notif_off, g.notif_slots, H_NOTIF_HEAD, H_NOTIF_TAIL,
-                                     H_NOTIF_DROPPED)
+            self.ring_words = [g.ring_word(r) for r in range(g.notif_rings)]
+            self.rings = [NotifyRing(self.region, g.ring_off(r), g.notif_slots, w + R_HEAD, w + R_TAIL, w + R_DROPPED)
+                          for r, w in enumerate(self.ring_words)]
             self.conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
             self.conn.settimeout(connect_timeout)
             try:
                 self.conn.connect(path)
             except OSError as e:
                 raise OSError(e.errno, f"cannot attach to isostackd at {path}: {e.strerror}") from None
-            _socket.send_fds(self.conn, [Hello(g, os.getpid(), name).encode()], [memfd, doorbell])
+            _socket.send_fds(self.conn, [Hello(g, os.getpid(), name).encode()], [memfd, *doorbells])
             data, fds, _f, _a = _socket.recv_fds(self.conn, MAX_MESSAGE, 2)
             self.info = parse_reply(data)
             if len(fds) != 1:
@@ -162,7 +165,7 @@ class Instance:
         rxq = self.info.get("queues")
         self.rx_queues = None if rxq is None else frozenset(int(x) for x in rxq)  # None: all of them
         self.base = self.region.base
-        self.sleepers_addr = self.base + H_SLEEPERS * 8
+        self.sleepers = [self.base + (w + R_SLEEPERS) * 8 for w in self.ring_words]  # per ring, fetch_add
         self._alloc_lock = threading.Lock()
         self._free = list(range(g.max_sockets - 1, -1, -1))
         self._closing: dict[int, int] = {}  # slot -> position of its CLOSE
@@ -175,7 +178,7 @@ class Instance:
         self.conn.close()
         os.close(self.kick)
         self.queues.clear()
-        self.notify = None
+        self.rings = []
         self.region.close()
 
     def _alloc(self, stack: Stack, timeout: float = 2.0) -> int:
@@ -217,15 +220,29 @@ class Instance:
             except OSError:
                 pass
 
-    def stats(self) -> dict:
+    def ring_stats(self) -> list[dict]:
+        """Per notification ring: entries posted, doorbells rung and saved (no sleeper), entries dropped."""
         q = self.q
-        return {"instance": self.id, "cpu": self.cpu, "queues": None if self.rx_queues is None else
-                sorted(self.rx_queues), "doorbells_rung": q[H_RUNG], "doorbells_saved": q[H_SAVED],
-                "kicks": q[H_KICKS], "notifications_dropped": q[H_NOTIF_DROPPED], "app": self.info.get("app")}
+        return [{"ring": r, "posted": q[w + R_TAIL], "doorbells_rung": q[w + R_RUNG], "doorbells_saved": q[w + R_SAVED],
+                 "notifications_dropped": q[w + R_DROPPED]} for r, w in enumerate(self.ring_words)]
+
+    def stats(self) -> dict:
+        rings = self.ring_stats()
+        out = {"instance": self.id, "cpu": self.cpu, "queues": None if self.rx_queues is None else
+               sorted(self.rx_queues), "kicks": self.q[H_KICKS], "app": self.info.get("app"), "rings": rings}
+        for k in ("doorbells_rung", "doorbells_saved", "notifications_dropped"):
+            out[k] = sum(r[k] for r in rings)
+        return out
 
 
 class Stack:
-    """One application's attachment to every running isostackd instance, sharing one doorbell eventfd.
+    """One application's attachment to every running isostackd instance.
+
+    Notifications: one ring per CPU of this machine in every instance's memory (Geometry.notif_rings), and
+    one doorbell eventfd per CPU shared by all instances.  A thread about to wait on a socket names the ring
+    of the CPU it runs on in the socket's control page (C_NOTIF_RING), announces itself in that ring's
+    sleepers and sleeps on that CPU's doorbell; so a socket's events go to the CPU of the thread that last
+    waited on it, and the dispatcher rings a doorbell only when that ring has a sleeper.
 
     `Stack(path)` attaches to the instance at `path` and to every further instance discovered beside it
     (attach.discover); `instances=[0]` restricts that.  New sockets go to the instances round-robin; a
@@ -237,20 +254,23 @@ class Stack:
     def __init__(self, path: str | None = None, geometry: Geometry | None = None, name: str = "",
                  connect_timeout: float = 5.0, instances: list[int] | None = None, classifier=_sentinel):
         self.path = path or os.environ.get("ISOSTACK_SOCKET", DEFAULT_SOCKET)
-        self.geometry = g = (geometry or Geometry()).check()
+        self.geometry = g = (geometry or Geometry()).resolved().check()
         if instances is None:
             paths = [p for _k, p in discover(self.path)] or [self.path]  # the error then names the usual path
         else:
             paths = [instance_path(self.path, k) for k in instances]
-        self.doorbell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC | os.EFD_SEMAPHORE)
+        self.nrings = g.notif_rings
+        self.doorbells = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC | os.EFD_SEMAPHORE)
+                          for _ in range(self.nrings)]
         self.instances: list[Instance] = []
         try:
             for p in paths:
-                self.instances.append(Instance(p, g, self.doorbell, name or f"pid{os.getpid()}", connect_timeout))
+                self.instances.append(Instance(p, g, self.doorbells, name or f"pid{os.getpid()}", connect_timeout))
         except BaseException:
             for inst in self.instances:
                 inst.close()
-            os.close(self.doorbell)
+            for fd in self.doorbells:
+                os.close(fd)
             raise
         self.instances.sort(key=lambda i: i.id)
         first = self.instances[0]
@@ -259,7 +279,7 @@ class Stack:
             classifier = _load_classifier() if len(self.instances) > 1 else None
         self.classifier = classifier
         self._next = 0  # round-robin cursor (a race between threads only skews the balance)
-        self._poll_lock = threading.Lock()
+        self._ring_locks = [threading.Lock() for _ in range(self.nrings)]  # drains of one ring (try-lock only)
         self._selector_mode = False
         self._local_ips: dict[tuple[int, str], str] = {}
         self.closed = False
@@ -278,8 +298,8 @@ class Stack:
         return self.instances[0].queues
 
     @property
-    def notify(self):
-        return self.instances[0].notify
+    def doorbell(self) -> int:
+        return self.doorbells[0]
 
     @property
     def kick(self) -> int:
@@ -337,6 +357,7 @@ class Stack:
         raise err or OSError(errno.EHOSTUNREACH, f"no address for {host}")
 
     def stats(self) -> dict:
+        """Totals over every instance and ring, and "instances": per instance, with "rings": per ring."""
         per = [i.stats() for i in self.instances]
         out = {k: sum(p[k] for p in per) for k in ("doorbells_rung", "doorbells_saved", "kicks",
                                                    "notifications_dropped")}
@@ -344,15 +365,23 @@ class Stack:
         out["instances"] = per
         return out
 
+    def ring(self) -> int:
+        """The notification ring of the CPU the calling thread runs on."""
+        return native.getcpu() % self.nrings
+
     def poll(self) -> list[tuple[int, int]]:
-        """Consume the doorbell and return the notification hints [(socket slot, events)] of every instance."""
-        try:
-            while True:
-                os.eventfd_read(self.doorbell)
-        except BlockingIOError:
-            pass
-        with self._poll_lock:
-            return [(sock, ev) for inst in self.instances for sock, ev, _seq in inst.notify.drain()]
+        """Consume every doorbell and return the notification hints [(socket slot, events)] of every ring."""
+        for fd in self.doorbells:
+            try:
+                while True:
+                    os.eventfd_read(fd)
+            except BlockingIOError:
+                pass
+        out = []
+        for r, lock in enumerate(self._ring_locks):
+            with lock:
+                out += [(sock, ev) for inst in self.instances for sock, ev, _seq in inst.rings[r].drain()]
+        return out
 
     def close(self) -> None:
         """Detach: every isostackd instance closes this Stack's sockets and releases the memory."""
@@ -361,7 +390,8 @@ class Stack:
         self.closed = True
         for inst in self.instances:
             inst.close()
-        os.close(self.doorbell)
+        for fd in self.doorbells:
+            os.close(fd)
 
     def __enter__(self) -> Stack:
         return self
@@ -385,19 +415,22 @@ class Stack:
         if not self._selector_mode:
             self._selector_mode = True
             for inst in self.instances:
-                native.fetch_add64(inst.sleepers_addr, 1)  # a permanent sleeper: always ring
+                native.fetch_add64(inst.sleepers[0], 1)  # a permanent sleeper on ring 0: always ring
 
-    def wait(self, cond, deadline: float | None, insts=None) -> bool:
-        """Wait until cond() is true or the deadline (monotonic) passes; spin, then sleep on the doorbell.
+    def wait(self, cond, deadline: float | None, insts=None, ring: int | None = None) -> bool:
+        """Wait until cond() is true or the deadline (monotonic) passes; spin, then sleep on a doorbell.
 
-        `insts`: the instances whose dispatchers may make cond() true (they are told we sleep)."""
+        `insts`: the instances whose dispatchers may make cond() true (told in `ring`'s sleepers that we
+        sleep); `ring`: the notification ring the sockets we wait for post to (default: our CPU's)."""
         insts = self.instances if insts is None else insts
         for _ in range(SPIN):
             if cond():
                 return True
             time.sleep(0)
+        r = self.ring() if ring is None else ring
+        doorbell = self.doorbells[r]
         p = select.poll()
-        p.register(self.doorbell, select.POLLIN)
+        p.register(doorbell, select.POLLIN)
         while True:
             if cond():
                 return True
@@ -410,24 +443,25 @@ class Stack:
                 if ms <= 0:
                     return False
             for inst in insts:
-                native.fetch_add64(inst.sleepers_addr, 1)  # announce, then look again (locked add = fence)
+                native.fetch_add64(inst.sleepers[r], 1)  # announce, then look again (locked add = fence)
             try:
                 if cond():
                     return True
                 if p.poll(ms):
                     try:
-                        os.eventfd_read(self.doorbell)
+                        os.eventfd_read(doorbell)
                     except BlockingIOError:
                         pass
             finally:
                 for inst in insts:
-                    native.fetch_add64(inst.sleepers_addr, U64)
-            if self._poll_lock.acquire(blocking=False):
+                    native.fetch_add64(inst.sleepers[r], U64)
+            lock = self._ring_locks[r]
+            if lock.acquire(blocking=False):  # the entries are hints (state is in the control pages): drop them
                 try:
                     for inst in insts:
-                        inst.notify.drain()
+                        inst.rings[r].drain()
                 finally:
-                    self._poll_lock.release()
+                    lock.release()
 
 
 def _load_classifier():
@@ -470,6 +504,7 @@ class IsoSocket:
         self._closed = False
         self._fileno = -1
         self._members: list[IsoSocket] = []  # a listener on several instances: one socket each, self among them
+        self._ring_pin: int | None = None  # fileno() users get every event on ring 0
         self._bound = False
         self.rx_queue: int | None = None  # predicted rx queue of an active open that picked its source port
 
@@ -484,6 +519,14 @@ class IsoSocket:
         if st & ST_ERROR:
             raise _err(self._q[self._cw + C_ERR] or errno.EIO)
         return st
+
+    def _here(self) -> int:
+        """Direct this socket's events to the notification ring of the calling thread's CPU; returns it."""
+        r = self._stack.ring() if self._ring_pin is None else self._ring_pin
+        q, cw = self._q, self._cw
+        if q[cw + C_NOTIF_RING] != r:
+            q[cw + C_NOTIF_RING] = r
+        return r
 
     def _deadline(self) -> float | None:
         return None if self._timeout is None else time.monotonic() + self._timeout
@@ -504,13 +547,14 @@ class IsoSocket:
         with self._lock:
             if self._closed:
                 raise _err(errno.EBADF)
+            ring = self._here()
             pos = self._post(op, a, b, c, ip)
             q, cw = self._q, self._cw
 
             def done() -> bool:
                 return q[cw + C_RES_SEQ] > pos or bool(q[cw + C_STATE] & ST_ERROR)
 
-            if not self._stack.wait(done, self._deadline() if deadline is _sentinel else deadline, (self._inst,)):
+            if not self._stack.wait(done, self._deadline() if deadline is _sentinel else deadline, (self._inst,), ring):
                 raise TimeoutError("timed out")
             if q[cw + C_RES_SEQ] <= pos:
                 raise _err(q[cw + C_ERR] or errno.EIO)
@@ -654,7 +698,9 @@ class IsoSocket:
                         return got
             if self._timeout == 0.0:
                 raise BlockingIOError(errno.EAGAIN, "no connection waiting")
-            if not stack.wait(lambda: any(m._acceptable() for m in members), deadline, [m._inst for m in members]):
+            ring = [m._here() for m in members][0]
+            if not stack.wait(lambda: any(m._acceptable() for m in members), deadline, [m._inst for m in members],
+                              ring):
                 raise TimeoutError("timed out")
 
     def _accept_one(self, deadline) -> tuple[IsoSocket, tuple] | None:
@@ -715,7 +761,7 @@ class IsoSocket:
             want = self._ctl + C_TX_WANT * 8
             native.fetch_add64(want, 1)
             try:
-                ok = self._stack.wait(space, self._deadline(), (self._inst,))
+                ok = self._stack.wait(space, self._deadline(), (self._inst,), self._here())
             finally:
                 native.fetch_add64(want, U64)
             if not ok:
@@ -770,8 +816,9 @@ class IsoSocket:
 
     def _wait_rx(self) -> None:
         q, cw, head = self._q, self._cw, self._rx_head
+        ring = self._here()
         if not self._stack.wait(lambda: q[cw + C_RX_TAIL] != head or q[cw + C_STATE] & (ST_EOF | ST_ERROR),
-                                self._deadline(), (self._inst,)):
+                                self._deadline(), (self._inst,), ring):
             raise TimeoutError("timed out")
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
@@ -847,7 +894,9 @@ class IsoSocket:
             return -1
         if self._fileno < 0:
             self._stack._selector()
-            self._fileno = os.dup(self._stack.doorbell)
+            self._ring_pin = 0
+            self._here()
+            self._fileno = os.dup(self._stack.doorbells[0])
         return self._fileno
 
     def close(self) -> None:

@@ -2,9 +2,14 @@
 
 One memfd per attached application holds everything the application and the dispatcher share::
 
-    page 0        app header: geometry echo, sleepers, dispatcher-sleeping flag, notification indices,
-                  doorbell counters, pending-socket bitmap (one bit per socket with posted commands)
-    pages 1..     notification ring (dispatcher -> application), 16-byte entries
+    page 0        app header: magic/version, dispatcher-sleeping flag, kicks, pending-socket bitmap (one bit
+                  per socket with posted commands)
+    then          one 128-byte header per notification ring: a consumer line (head, sleepers) and a
+                  dispatcher line (tail, doorbells rung, doorbells saved, entries dropped)
+    then          notif_rings notification rings (dispatcher -> application), 16-byte entries: one per CPU
+                  of the application's machine; a socket's events go to the ring its front-end names in
+                  C_NOTIF_RING (the CPU of the thread that last waited on it), each ring has its own
+                  doorbell eventfd, rung only when a thread announced in that ring's sleepers that it sleeps
     then per socket (max_sockets blocks of sock_stride bytes):
                   control page: one cache line per writer (front-end lines apart from dispatcher lines)
                   command queue: cmdq_slots 64-byte entries (Vyukov MPSC, see queues.py)
@@ -31,12 +36,16 @@ MAX_RING = 1 << 26
 
 # App header, u64 word indices.
 H_MAGIC, H_VERSION = 0, 1
-H_SLEEPERS = 64 // 8  # front-end threads about to block on the doorbell (fetch_add)
 H_DISP_SLEEPING = 128 // 8  # dispatcher is about to block in epoll: producers must kick it
-H_NOTIF_TAIL, H_RUNG, H_SAVED, H_NOTIF_DROPPED = 192 // 8, 192 // 8 + 1, 192 // 8 + 2, 192 // 8 + 3
-H_NOTIF_HEAD, H_KICKS = 256 // 8, 256 // 8 + 1
+H_KICKS = 256 // 8 + 1
 H_PENDING = 512 // 8  # bitmap, max_sockets bits
 HEADER_SIZE = PAGE
+
+# Notification ring header (RING_HDR bytes each, after the app header), u64 word offsets within it.
+RING_HDR = 128
+R_HEAD, R_SLEEPERS = 0, 1  # consumer line: head; front-end threads about to block on this ring's doorbell
+R_TAIL, R_RUNG, R_SAVED, R_DROPPED = 8, 9, 10, 11  # dispatcher line
+MAX_RINGS = 64
 
 # Socket control page, u64 word indices; one cache line per writer.
 C_CMD_TAIL = 0  # producers (CAS)
@@ -48,6 +57,7 @@ C_TX_HEAD, C_RX_TAIL = 320 // 8, 320 // 8 + 1  # dispatcher
 C_STATE, C_ERR, C_RES_SEQ, C_RES_VAL = 384 // 8, 384 // 8 + 1, 384 // 8 + 2, 384 // 8 + 3  # dispatcher
 C_OWNER, C_RX_CPU = 384 // 8 + 4, 384 // 8 + 5  # dispatcher: owning instance, CPU that last received for it
 C_ADDR_FAMILY, C_ADDR_PORT, C_ADDR_IP0, C_ADDR_IP1 = 448 // 8, 448 // 8 + 1, 448 // 8 + 2, 448 // 8 + 3
+C_NOTIF_RING = 512 // 8  # front-end: the notification ring this socket's events go to (validated < notif_rings)
 CONTROL_SIZE = PAGE
 
 # Socket state bits (C_STATE, written by the dispatcher only).
@@ -130,6 +140,17 @@ class Geometry:
     tx_size: int = 1 << 18
     rx_size: int = 1 << 18
     notif_slots: int = 1024
+    notif_rings: int = 0  # 0: one per CPU of this machine (see resolved()); the dispatcher needs 1..MAX_RINGS
+
+    def resolved(self) -> Geometry:
+        """notif_rings = 0 replaced by the number of CPUs (at most MAX_RINGS; a thread on CPU c uses ring
+        c % notif_rings)."""
+        if self.notif_rings:
+            return self
+        import dataclasses
+        import os
+
+        return dataclasses.replace(self, notif_rings=max(1, min(MAX_RINGS, os.cpu_count() or 1)))
 
     def check(self) -> Geometry:
         if not 1 <= self.max_sockets <= MAX_SOCKETS_LIMIT:
@@ -142,15 +163,33 @@ class Geometry:
             v = getattr(self, name)
             if not (_pow2(v) and PAGE <= v <= MAX_RING):
                 raise LayoutError(f"{name} {v} must be a power of two in {PAGE}..{MAX_RING}")
+        if not 0 <= self.notif_rings <= MAX_RINGS:
+            raise LayoutError(f"notif_rings {self.notif_rings} not in 1..{MAX_RINGS}")
         return self
 
     @property
-    def notif_off(self) -> int:
-        return HEADER_SIZE
+    def rings(self) -> int:
+        return self.notif_rings or 1
+
+    def ring_word(self, r: int) -> int:
+        """u64 word index of ring r's header."""
+        return (HEADER_SIZE + r * RING_HDR) // 8
+
+    @property
+    def ring_bytes(self) -> int:
+        return _round(self.notif_slots * NOTIF_ENTRY.size)
+
+    def ring_off(self, r: int) -> int:
+        """Byte offset of notification ring r's entries."""
+        return HEADER_SIZE + _round(self.rings * RING_HDR) + r * self.ring_bytes
+
+    @property
+    def notif_off(self) -> int:  # ring 0 (what callers written for one ring use)
+        return self.ring_off(0)
 
     @property
     def sock_base(self) -> int:
-        return HEADER_SIZE + _round(self.notif_slots * NOTIF_ENTRY.size)
+        return self.ring_off(self.rings)
 
     @property
     def cmdq_bytes(self) -> int:
@@ -185,6 +224,8 @@ class Geometry:
             g = cls(**{k: int(d[k]) for k in cls.__dataclass_fields__})
         except (KeyError, TypeError, ValueError) as e:
             raise LayoutError(f"bad geometry {d!r}: {e}") from None
+        if g.notif_rings < 1:
+            raise LayoutError(f"notif_rings {g.notif_rings} not in 1..{MAX_RINGS}")
         return g.check()
 
 

@@ -124,7 +124,7 @@ FAST = load_fast()
 if FAST is not None:
     LIB = None
     cas64, xchg64, fetch_add64, fetch_or64 = FAST.cas64, FAST.xchg64, FAST.fetch_add64, FAST.fetch_or64
-    fence, mpsc_push = FAST.fence, FAST.mpsc_push
+    fence, mpsc_push, getcpu = FAST.fence, FAST.mpsc_push, FAST.getcpu
 else:
     LIB = load()
     cas64 = LIB.iso_cas64
@@ -133,6 +133,11 @@ else:
     fetch_or64 = LIB.iso_fetch_or64
     fence = LIB.iso_fence
     mpsc_push = LIB.iso_mpsc_push
+    _sched_getcpu = ctypes.CDLL(None).sched_getcpu
+
+    def getcpu() -> int:
+        """The CPU the calling thread runs on (selects its notification ring)."""
+        return max(0, _sched_getcpu())
 
 
 # membarrier(2): the asymmetric fence.  The dispatcher pays one syscall where a Dekker handshake needs a

@@ -1,0 +1,124 @@
+"""Per-CPU notification rings: a socket's events reach the ring of the CPU its waiting thread runs on, and each
+ring's doorbell is rung only when a thread announced it sleeps on that ring (otherwise a saved doorbell)."""
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+from test_isostack_frontend import isostackd  # noqa: F401  (fixture)
+
+from isostack.frontend import Stack
+from isostack.layout import C_NOTIF_RING, Geometry
+
+pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+GEO = Geometry(max_sockets=8, tx_size=1 << 14, rx_size=1 << 14, notif_rings=2)
+
+
+def on_cpu(cpu, fn):
+    """Run fn() in a thread pinned to `cpu`; returns its result (re-raises its exception)."""
+    box = {}
+
+    def run():
+        os.sched_setaffinity(0, {cpu})
+        try:
+            box["r"] = fn()
+        except BaseException as e:  # noqa: BLE001
+            box["e"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(20)
+    if "e" in box:
+        raise box["e"]
+    return box["r"]
+
+
+def ring(st, r):
+    return st.instances[0].ring_stats()[r]
+
+
+def send_later(peer, data, delay=0.3):
+    threading.Thread(target=lambda: (time.sleep(delay), peer.sendall(data)), daemon=True).start()
+
+
+@pytest.fixture
+def conn(isostackd):  # noqa: F811
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    st = Stack(isostackd, GEO)
+    s = on_cpu(1, lambda: st.create_connection(srv.getsockname(), timeout=5))
+    peer, _ = srv.accept()
+    yield st, s, peer
+    s.close()
+    peer.close()
+    st.close()
+    srv.close()
+
+
+def test_events_reach_the_ring_of_the_waiting_threads_cpu(conn):
+    st, s, peer = conn
+    assert s._q[s._cw + C_NOTIF_RING] == 1  # connected from CPU 1
+    for cpu in (1, 0, 1):
+        before = [ring(st, r)["posted"] for r in (0, 1)]
+        send_later(peer, b"x%d" % cpu)
+        assert on_cpu(cpu, lambda: s.recv(10)) == b"x%d" % cpu  # blocks: the data comes 0.3 s later
+        after = [ring(st, r)["posted"] for r in (0, 1)]
+        assert s._q[s._cw + C_NOTIF_RING] == cpu
+        assert after[cpu] > before[cpu], "the rx event went elsewhere"
+        assert after[1 - cpu] == before[1 - cpu], "an event reached the other CPU's ring"
+
+
+def test_doorbell_saved_without_sleeper_and_rung_with_one_per_ring(conn):
+    st, s, peer = conn
+    r1 = ring(st, 1)
+    r0 = ring(st, 0)
+    peer.sendall(b"nobody waits")  # no thread sleeps on ring 1: the dispatcher saves the doorbell
+    deadline = time.monotonic() + 5
+    while ring(st, 1)["doorbells_saved"] == r1["doorbells_saved"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert ring(st, 1)["doorbells_rung"] == r1["doorbells_rung"]
+    assert on_cpu(1, lambda: s.recv(100)) == b"nobody waits"
+    mid = ring(st, 1)
+    send_later(peer, b"wake me")
+    assert on_cpu(1, lambda: s.recv(100)) == b"wake me"  # slept on CPU 1's doorbell: it was rung
+    assert ring(st, 1)["doorbells_rung"] > mid["doorbells_rung"]
+    assert ring(st, 0)["doorbells_rung"] == r0["doorbells_rung"]  # CPU 0's doorbell never rang
+    totals = st.stats()
+    assert totals["doorbells_saved"] == sum(r["doorbells_saved"] for r in st.instances[0].ring_stats())
+
+
+def test_threads_on_two_cpus_each_sleep_on_their_own_ring(conn, isostackd):  # noqa: F811
+    st, s, peer = conn
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    s0 = on_cpu(0, lambda: st.create_connection(srv.getsockname(), timeout=5))
+    peer0, _ = srv.accept()
+    got = {}
+
+    def reader(cpu, sock):
+        def run():
+            os.sched_setaffinity(0, {cpu})
+            got[cpu] = sock.recv(10)
+        return threading.Thread(target=run)
+
+    before = [ring(st, r) for r in (0, 1)]
+    threads = [reader(1, s), reader(0, s0)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # both asleep on their doorbells
+    peer.sendall(b"one")
+    peer0.sendall(b"zero")
+    for t in threads:
+        t.join(5)
+    assert got == {1: b"one", 0: b"zero"}
+    after = [ring(st, r) for r in (0, 1)]
+    for r in (0, 1):
+        assert after[r]["doorbells_rung"] > before[r]["doorbells_rung"]
+    s0.close()
+    peer0.close()
+    srv.close()
