@@ -8,7 +8,7 @@ set -euo pipefail
 PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-dev pkg-config
   debootstrap busybox-static cpio xz-utils zstd lz4 e2fsprogs
-  iperf3 openssh-client iproute2 ethtool
+  iperf3 sockperf openssh-client iproute2 ethtool
   dpdk-dev gcc libc6-dev
   python3-venv python3-dev
 )

@@ -174,3 +174,22 @@ def test_client_command_for_stack_iso_is_pinned_to_cpu0_and_finds_isostackd():
     argv = shlex.split(cmd)
     args = isoperf.build_parser().parse_args(argv[argv.index("isostack.isoperf") + 1 :])
     assert (args.stack, args.size) == ("iso", 64)
+
+
+def test_client_command_passes_the_new_options_and_isoperf_parses_them():
+    text = PB.replace("test: stream", "test: rr").replace(
+        "    port: 5702\n", "    port: 5702\n    response_size: 512\n    intervals: 3\n    cpu: 1\n"
+    )
+    case = _case(text)
+    cmd = isoperf_cmd.client_command(GuestLayout(), case, "10.10.0.2")
+    assert "--test rr " in cmd and cmd.endswith("--verify --response-size 512 --repeats 3 --cpu 1")
+    args = isoperf.build_parser().parse_args(shlex.split(cmd)[4:])
+    assert (args.test, args.response_size, args.repeats, args.cpu) == ("rr", 512, 3, 1)
+    assert isoperf_cmd.client_timeout(case) >= 2.5 + 3 * 10
+
+
+@pytest.mark.parametrize("test", ["maerts", "crr"])
+def test_client_command_leaves_out_defaults(test):
+    cmd = isoperf_cmd.client_command(GuestLayout(), _case(PB.replace("test: stream", f"test: {test}")), "h")
+    assert f"--test {test} " in cmd
+    assert "--response-size" not in cmd and "--repeats" not in cmd and "--cpu" not in cmd

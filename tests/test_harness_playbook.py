@@ -153,8 +153,8 @@ def test_unknown_key_at_top_level_and_in_defaults():
         ("    port: 6000\n", "    port: 70000\n", "'port' must be between 1 and 65535"),
         (
             "    test: stream\n    size: 65536",
-            "    test: crr\n    size: 65536",
-            "test 'crr' is not supported (supported: stream)",
+            "    test: udp_rr\n    size: 65536",
+            "test 'udp_rr' is not supported (supported: stream, maerts, rr, crr)",
         ),
         ("    repeats: 2\n", "    repeats: 2\n    stack: dpdk\n", "unknown stack 'dpdk'"),
         ("    server: iso-a\n", "    server: iso-b\n", "client and server are the same guest 'iso-b'"),
@@ -256,3 +256,71 @@ def test_any_value_anywhere_gives_a_playbook_or_a_playbook_error(key, value, whe
         for case in pb.cases():
             assert 0 < case.spec.duration < float("inf") and 0 <= case.spec.warmup < float("inf")
             assert case.size >= 1 and case.connections >= 1 and 1 <= case.spec.port <= 65535
+
+
+def test_rr_playbook_runs_both_stacks_with_one_and_four_connections():
+    pb = load_playbook(REPO / "playbooks" / "rr.yaml")
+    (spec,) = pb.tests
+    assert (spec.test, spec.sizes, spec.connections, spec.stacks, spec.verify, spec.crosscheck) == (
+        "rr", (64,), (1, 4), ("legacy", "iso"), True, True
+    )
+    assert sorted((c.stack, c.connections) for c in pb.cases()) == [
+        ("iso", 1), ("iso", 4), ("legacy", 1), ("legacy", 4)
+    ]
+
+
+NEW_KEYS = """\
+version: 1
+name: kinds
+tests:
+  - name: t
+    test: {test}
+    size: 64
+    duration: 1
+{extra}"""
+
+
+@pytest.mark.parametrize("test", ["stream", "maerts", "rr", "crr"])
+def test_every_isoperf_test_kind_is_accepted(test):
+    (spec,) = parse_playbook(NEW_KEYS.format(test=test, extra="")).tests
+    assert spec.test == test
+    assert (spec.response_size, spec.intervals, spec.cpu, spec.crosscheck) == (None, 1, None, False)
+
+
+def test_new_keys_are_read_and_inherited_from_defaults():
+    text = NEW_KEYS.format(test="crr", extra="    response_size: 1024\n    intervals: 3\n    cpu: 1\n")
+    (spec,) = parse_playbook(text).tests
+    assert (spec.response_size, spec.intervals, spec.cpu) == (1024, 3, 1)
+    text = text.replace("tests:\n", "defaults:\n  intervals: 5\ntests:\n").replace("    intervals: 3\n", "")
+    assert parse_playbook(text).tests[0].intervals == 5
+
+
+@pytest.mark.parametrize(
+    "test, extra, expected",
+    [
+        ("stream", "    response_size: 100\n", "pb.yaml:8: tests[0]: 'response_size' applies to tests rr and crr, "
+                                               "not 'stream'"),
+        ("rr", "    response_size: [1, 2]\n", "'response_size' must be an integer, got a list"),
+        ("rr", "    response_size: 0\n", "'response_size' must be between 1 and 1048576, got 0"),
+        ("rr", "    verify: true\n    response_size: 12\n", "'response_size' must be between 13 and 1048576"),
+        ("rr", "    intervals: 0\n", "'intervals' must be between 1 and 100, got 0"),
+        ("rr", "    intervals: 2.5\n", "'intervals' must be an integer, got a number"),
+        ("rr", "    cpu: -1\n", "'cpu' must be between 0 and 1023, got -1"),
+        ("rr", "    crosscheck: yes please\n", "'crosscheck' must be true or false, got a string"),
+        ("crr", "    crosscheck: true\n", "'crosscheck' needs test stream or rr (iperf3 / sockperf), not 'crr'"),
+        ("rr", "    stack: iso\n    crosscheck: true\n", "'crosscheck' compares the legacy stack with "
+                                                       "iperf3/sockperf: it needs stack legacy"),
+        ("rr", "    response-size: 10\n", "unknown key 'response-size'"),
+        ("rr", "    crosschek: true\n", "did you mean 'crosscheck'?"),
+    ],
+)
+def test_new_keys_bad_values(test, extra, expected):
+    with pytest.raises(PlaybookError) as exc:
+        parse_playbook(NEW_KEYS.format(test=test, extra=extra), "pb.yaml")
+    assert expected in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_did_you_mean_for_response_size():
+    with pytest.raises(PlaybookError, match="did you mean 'response_size'"):
+        parse_playbook(NEW_KEYS.format(test="rr", extra="    response-size: 10\n"), "pb.yaml")

@@ -38,10 +38,14 @@ def test_table_shows_throughput_cpu_and_device_model_frames():
         "1",
         "0.988",
         "85,251",
+        "-",
+        "-",
+        "-",
         "61.5",
         "55.2",
         "1,022,000",
         "511,000",
+        "-",
         "yes",
         "ok",
     ]
@@ -50,7 +54,8 @@ def test_table_shows_throughput_cpu_and_device_model_frames():
 def test_failed_case_shows_no_numbers_and_its_error_below_the_table():
     text = _render(results.load_run(FIXTURE_RUN / "run.json"))
     failed = _row(text, "stream │ legacy │   64")
-    assert failed == ["stream", "legacy", "64", "1", "-", "-", "-", "-", "n/a", "n/a", "-", "failed (see below)"]
+    assert failed == ["stream", "legacy", "64", "1", "-", "-", "-", "-", "-", "-", "-", "n/a", "n/a", "-", "-",
+                      "failed (see below)"]
     out = io.StringIO()
     report.print_report(
         results.load_run(FIXTURE_RUN / "run.json"),
@@ -88,8 +93,12 @@ def test_print_report_names_the_run_json():
 def test_markdown_report_has_one_row_per_case():
     md = report.markdown(results.load_run(FIXTURE_RUN / "run.json"))
     rows = [ln for ln in md.splitlines() if ln.startswith("| stream")]
-    assert rows[0] == ("| stream | legacy | 1448 | 1 | 0.988 | 85,251 | 61.5 | 55.2 | 1,022,000 | 511,000 | yes | ok |")
-    assert rows[1] == "| stream | legacy | 64 | 1 | - | - | - | - | n/a | n/a | - | failed |"
+    assert rows[0] == (
+        "| stream | legacy | 1448 | 1 | 0.988 | 85,251 | - | - | - | 61.5 | 55.2 | 1,022,000 | 511,000 | - | yes | ok |"
+    )
+    assert rows[1] == "| stream | legacy | 64 | 1 | - | - | - | - | - | - | - | n/a | n/a | - | - | failed |"
+    header, align = md.splitlines()[4:6]
+    assert header.count("|") == align.count("|") == 17
     assert "- stream size=64 conns=1: isoperf client exited 1: isoperf: error: cannot reach" in md
     assert "DM frames a→b" in md
 
@@ -100,3 +109,41 @@ def test_error_text_with_brackets_is_printed_verbatim():
     out = io.StringIO()
     report.print_report(run, FIXTURE_RUN / "run.json", Console(file=out, width=250, color_system=None))
     assert "[red] bad [/bold] markup [x]" in out.getvalue()
+
+
+def _rr_case(run: dict) -> dict:
+    case = copy.deepcopy(run["cases"][0])
+    case.update(test_name="rr-64", test="rr", size=64, response_size=256)
+    case["isoperf"].update(
+        test="rr", transactions=12_345, transactions_per_s=2_469.0, messages_per_s=2_469.0,
+        latency_us={"p50": 380.25, "p90": 420.0, "p99": 1_210.5, "p99.9": 2_000.0, "max": 5_000.0},
+    )
+    case["crosscheck"] = {"tool": "sockperf", "error": None, "skipped": None, "transactions_per_s": 2_600.4,
+                          "latency_us": {"p50": 360.0, "p99": 1_100.0}}
+    return case
+
+
+def test_rr_rows_show_transactions_latency_and_the_sockperf_crosscheck():
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    stream = run["cases"][0]
+    stream["crosscheck"] = {"tool": "iperf3", "error": None, "skipped": None, "throughput_bps": 1.2345e9}
+    run["cases"] = [stream, _rr_case(run)]
+    text = _render(run)
+    header = _row(text, "test")
+    row = dict(zip(header, _row(text, "rr-64"), strict=True))
+    assert (row["size"], row["trans/s"], row["p50 µs"], row["p99 µs"]) == ("64/256", "2,469", "380.2", "1,210.5")
+    assert row["cross-check"] == "sockperf 2,600 t/s, p50 360.0 p99 1100.0 µs"
+    assert dict(zip(header, _row(text, "stream"), strict=True))["cross-check"] == "iperf3 1.234 Gb/s"
+    assert "2,469 trans/s, p50 380.2 p99 1210.5 µs" in report.summary(run["cases"][1])
+
+
+def test_failed_crosscheck_is_marked_and_explained_below():
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    case = _rr_case(run)
+    case["crosscheck"] = {"tool": "sockperf", "error": "sockperf exited 1: connection refused", "skipped": None}
+    run["cases"] = [case]
+    out = io.StringIO()
+    report.print_report(run, FIXTURE_RUN / "run.json", Console(file=out, width=250, color_system=None))
+    text = out.getvalue()
+    assert "sockperf: failed (see below)" in text
+    assert "rr-64 size=64 conns=1: cross-check sockperf: sockperf exited 1: connection refused" in text

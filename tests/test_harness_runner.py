@@ -123,6 +123,55 @@ def test_runner_runs_every_case_and_stores_results(tmp_path):
     assert (uploaded / "isoperf.py").read_bytes() == (runner.package_dir / "isoperf.py").read_bytes()
 
 
+def test_runner_runs_rr_with_a_sockperf_crosscheck_and_maerts(tmp_path):
+    """rr (legacy, cross-checked by a real sockperf on loopback) and maerts through the runner: the record
+    holds isoperf's transactions and percentiles next to sockperf's, and the report shows both."""
+    if shutil.which("sockperf") is None:
+        pytest.skip("sockperf is not installed (testbed/install-deps.sh installs it)")
+    runner = _runner(tmp_path, None)
+    port = _free_port()
+    text = f"""
+version: 1
+name: local-rr
+tests:
+  - name: rr-local
+    test: rr
+    size: 64
+    response_size: 128
+    duration: 1
+    warmup: 0.2
+    intervals: 2
+    verify: true
+    crosscheck: true
+    port: {port}
+  - name: maerts-local
+    test: maerts
+    size: 1000
+    duration: 0.3
+    warmup: 0.1
+    verify: true
+    port: {port}
+"""
+    playbook = parse_playbook(text, "local.yaml")
+    run_json, bad = execute(runner, playbook, tmp_path / "results", ["iso-a", "iso-b"], runner.console)
+    rr, maerts = results.load_run(run_json)["cases"]
+    assert rr["status"] == "ok", rr["error"]
+    perf = rr["isoperf"]
+    assert perf["test"] == "rr" and perf["verified"] is True and perf["response_size"] == 128
+    assert perf["transactions"] > 0 and len(perf["intervals"]) == 2
+    assert 0 < perf["latency_us"]["p50"] <= perf["latency_us"]["p99"] <= perf["latency_us"]["max"]
+    assert "--response-size 128 --repeats 2" in rr["commands"]["client"]
+    cc = rr["crosscheck"]
+    assert cc["tool"] == "sockperf" and cc["error"] is None, cc
+    assert cc["transactions_per_s"] > 0 and 0 < cc["latency_us"]["p50"] <= cc["latency_us"]["p99"]
+    assert f"-p {port + 2} -t 2 -m 64 --full-rtt" in rr["commands"]["sockperf"]
+    assert maerts["status"] == "ok", maerts["error"]
+    assert maerts["isoperf"]["test"] == "maerts" and maerts["isoperf"]["verified"] is True
+    assert maerts["crosscheck"] is None
+    md = (run_json.parent / "report.md").read_text()
+    assert "| rr-local | legacy | 64/128 | 1 |" in md and "sockperf " in md and " t/s, p50 " in md
+
+
 def test_runner_flags_data_the_device_model_did_not_carry(tmp_path):
     # counters unchanged: the bytes went over loopback, not through the switch
     stats = FakeStats([_counters(5, 5), _counters(5, 5)])

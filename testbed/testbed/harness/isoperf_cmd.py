@@ -130,6 +130,12 @@ def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:
     ]
     if case.spec.verify:
         args.append("--verify")
+    if case.spec.response_size is not None:
+        args += ["--response-size", str(case.spec.response_size)]
+    if case.spec.intervals != 1:
+        args += ["--repeats", str(case.spec.intervals)]
+    if case.spec.cpu is not None:
+        args += ["--cpu", str(case.spec.cpu)]
     argv = " ".join(shlex.quote(a) for a in args)
     if case.stack == "iso":
         # The application on vCPU 0, isostackd on its own vCPU; the front-end finds it by its socket.
@@ -146,7 +152,7 @@ def _num(value: float) -> str:
 
 def client_timeout(case: Case) -> float:
     """Generous: connection set-up and the result exchange add to warm-up + duration under TCG."""
-    return case.spec.warmup + case.spec.duration + 90.0
+    return case.spec.warmup + case.spec.duration * case.spec.intervals + 90.0
 
 
 class IsoperfOutputError(RuntimeError):

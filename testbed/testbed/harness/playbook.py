@@ -16,7 +16,12 @@ from pathlib import Path
 import yaml
 
 PLAYBOOK_VERSION = 1
-SUPPORTED_TESTS = ("stream",)  # isoperf's TESTS; maerts/rr/crr follow when isoperf has them
+SUPPORTED_TESTS = ("stream", "maerts", "rr", "crr")  # isoperf's TESTS
+TRANSACTION_TESTS = ("rr", "crr")
+# Cross-check tools per test (legacy stack only: they use kernel sockets): iperf3 for STREAM throughput,
+# sockperf ping-pong (one connection) for RR latency.
+CROSSCHECK_TOOLS = {"stream": "iperf3", "rr": "sockperf"}
+MAX_INTERVALS = 100  # isoperf's MAX_REPEATS
 SUPPORTED_STACKS = ("legacy", "iso")
 KNOWN_STACKS = ("legacy", "iso")
 
@@ -44,6 +49,10 @@ class TestSpec:
     server: str | None
     port: int
     locks: tuple[bool, ...] = (False,)  # isostackd --uncontended-locks (stack iso only)
+    response_size: int | None = None  # rr/crr: isoperf --response-size (None: the request size)
+    intervals: int = 1  # isoperf --repeats: measured intervals per run, back to back
+    cpu: int | None = None  # isoperf --cpu: the client's worker threads pinned to this vCPU
+    crosscheck: bool = False  # legacy stream/rr cases: also run iperf3 / sockperf between the same guests
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,10 @@ _TEST_KEYS = {
     "server": False,
     "port": False,
     "locks": False,
+    "response_size": False,
+    "intervals": False,
+    "cpu": False,
+    "crosscheck": False,
 }
 _DEFAULTS_KEYS = {k: False for k in _TEST_KEYS if k != "name"}
 
@@ -298,6 +311,32 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
     locks = _bools(check, m, "locks", where)
     if True in locks and "iso" not in stacks:
         raise check.fail(m.key_lines["locks"], where, "'locks: true' is an isostackd option: it needs stack iso")
+    response_size = None
+    if "response_size" in m:
+        if test not in TRANSACTION_TESTS:
+            raise check.fail(m.key_lines["response_size"], where,
+                             f"'response_size' applies to tests rr and crr, not {test!r}")
+        (response_size,) = _list_of(check, m, "response_size", where, int, allow_list=False)
+        _range(check, m, "response_size", where, (response_size,), 13 if verify else 1, 1 << 20)
+    (intervals,) = _list_of(check, m, "intervals", where, int, default=(1,), allow_list=False)
+    _range(check, m, "intervals", where, (intervals,), 1, MAX_INTERVALS)
+    cpu = None
+    if "cpu" in m:
+        (cpu,) = _list_of(check, m, "cpu", where, int, allow_list=False)
+        _range(check, m, "cpu", where, (cpu,), 0, 1023)
+    crosscheck = m.get("crosscheck", False)
+    if not isinstance(crosscheck, bool):
+        raise check.fail(
+            m.key_lines["crosscheck"], where, f"'crosscheck' must be true or false, got {_type_name(crosscheck)}"
+        )
+    if crosscheck:
+        if test not in CROSSCHECK_TOOLS:
+            tests = " or ".join(CROSSCHECK_TOOLS)
+            raise check.fail(m.key_lines["crosscheck"], where,
+                             f"'crosscheck' needs test {tests} (iperf3 / sockperf), not {test!r}")
+        if "legacy" not in stacks:
+            raise check.fail(m.key_lines["crosscheck"], where,
+                             "'crosscheck' compares the legacy stack with iperf3/sockperf: it needs stack legacy")
     client = _string(check, m, "client", where) if "client" in m else None
     server = _string(check, m, "server", where) if "server" in m else None
     if client is not None and client == server:
@@ -316,6 +355,10 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
         server=server,
         port=port,
         locks=locks,
+        response_size=response_size,
+        intervals=intervals,
+        cpu=cpu,
+        crosscheck=crosscheck,
     )
 
 

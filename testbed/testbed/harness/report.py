@@ -1,6 +1,8 @@
 """The table of a run: one row per case, throughput next to the device-model frames that carried it.
 
-Printed with rich on the terminal and stored as report.md next to run.json; both come from `rows()`.
+rr/crr rows add transactions/s and p50/p99 latency (µs); a cross-checked case shows what iperf3 (stream) or
+sockperf ping-pong (rr) measured between the same guests. Printed with rich on the terminal and stored as
+report.md next to run.json; both come from `rows()`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-_RIGHT = {"size", "conns", "Gb/s", "msgs/s", "CPU client %", "CPU server %"}
+_RIGHT = {"size", "conns", "Gb/s", "msgs/s", "trans/s", "p50 µs", "p99 µs", "CPU client %", "CPU server %"}
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
@@ -35,13 +37,49 @@ def headers(run: dict) -> list[str]:
         "conns",
         "Gb/s",
         "msgs/s",
+        "trans/s",
+        "p50 µs",
+        "p99 µs",
         "CPU client %",
         "CPU server %",
         f"DM frames {a}→{b}",
         f"DM frames {b}→{a}",
+        "cross-check",
         "verified",
         "status",
     ]
+
+
+def crosscheck_cell(cc: dict | None) -> str:
+    """What iperf3 / sockperf measured, in the units of the row's isoperf figures."""
+    if not cc:
+        return "-"
+    name = cc.get("tool", "?")
+    if cc.get("skipped"):
+        return f"{name}: skipped"
+    if cc.get("error"):
+        return f"{name}: failed"
+    if "throughput_bps" in cc:
+        return f"{name} {cc['throughput_bps'] / 1e9:.3f} Gb/s"
+    lat = cc.get("latency_us") or {}
+    return (
+        f"{name} {_fmt(cc.get('transactions_per_s'), ',.0f')} t/s, p50 {_fmt(lat.get('p50'), '.1f')}"
+        f" p99 {_fmt(lat.get('p99'), '.1f')} µs"
+    )
+
+
+def summary(case: dict) -> str:
+    """One line of a finished case's figures (the runner's progress log)."""
+    r = case.get("isoperf") or {}
+    text = f"{r.get('throughput_bps', 0) / 1e9:.3f} Gb/s"
+    if "transactions_per_s" in r:
+        lat = r.get("latency_us") or {}
+        text = (
+            f"{r['transactions_per_s']:,.0f} trans/s, p50 {_fmt(lat.get('p50'), '.1f')}"
+            f" p99 {_fmt(lat.get('p99'), '.1f')} µs, {text}"
+        )
+    cc = case.get("crosscheck")
+    return f"{text}; {crosscheck_cell(cc)}" if cc else text
 
 
 def rows(run: dict) -> list[list[str]]:
@@ -57,18 +95,26 @@ def rows(run: dict) -> list[list[str]]:
         status = str(case.get("status", "?"))
         if not case.get("error") and dm.get("crossed") is False:
             status = "data not seen by the device model"
+        lat = r.get("latency_us") or {}
+        size = str(case.get("size", "?"))
+        if case.get("response_size") not in (None, case.get("size")):
+            size += f"/{case['response_size']}"
         out.append(
             [
                 str(case.get("test_name", "?")),
                 str(case.get("stack", "?")) + ("+locks" if case.get("locks") else ""),
-                str(case.get("size", "?")),
+                size,
                 str(case.get("connections", "?")),
                 _fmt(r["throughput_bps"] / 1e9 if "throughput_bps" in r else None, ".3f"),
                 _fmt(r.get("messages_per_s"), ",.0f"),
+                _fmt(r.get("transactions_per_s"), ",.0f"),
+                _fmt(lat.get("p50"), ",.1f"),
+                _fmt(lat.get("p99"), ",.1f"),
                 _fmt((cpu.get("client") or {}).get("all"), ".1f"),
                 _fmt((cpu.get("server") or {}).get("all"), ".1f"),
                 _fmt((delta.get(a) or {}).get("from_guest_frames"), ",d", "n/a"),
                 _fmt((delta.get(b) or {}).get("from_guest_frames"), ",d", "n/a"),
+                crosscheck_cell(case.get("crosscheck")),
                 "-" if verified is None else ("yes" if verified else "NO"),
                 status,
             ]
@@ -88,22 +134,28 @@ def build_table(run: dict) -> Table:
         table.add_column(h, justify="right" if h in _RIGHT or h.startswith("DM ") else "left")
     for cells, case in zip(rows(run), run.get("cases", []), strict=True):
         cells = [escape(c) for c in cells]
-        if cells[10] == "NO":
-            cells[10] = "[red]NO[/red]"
+        if cells[-2] == "NO":
+            cells[-2] = "[red]NO[/red]"
+        if cells[-3].endswith(": failed"):
+            cells[-3] = f"[yellow]{cells[-3]} (see below)[/yellow]"
         if case.get("error"):
-            cells[11] = f"[red]{cells[11]} (see below)[/red]"
-        elif cells[11] != "ok":
-            cells[11] = f"[yellow]{cells[11]}[/yellow]"
+            cells[-1] = f"[red]{cells[-1]} (see below)[/red]"
+        elif cells[-1] != "ok":
+            cells[-1] = f"[yellow]{cells[-1]}[/yellow]"
         table.add_row(*cells)
     return table
 
 
 def errors(run: dict) -> list[str]:
-    return [
-        f"{c.get('test_name')} size={c.get('size')} conns={c.get('connections')}: {c['error']}"
-        for c in run.get("cases", [])
-        if c.get("error")
-    ]
+    out = []
+    for c in run.get("cases", []):
+        where = f"{c.get('test_name')} size={c.get('size')} conns={c.get('connections')}"
+        if c.get("error"):
+            out.append(f"{where}: {c['error']}")
+        cc = c.get("crosscheck") or {}
+        if cc.get("error"):
+            out.append(f"{where}: cross-check {cc.get('tool')}: {cc['error']}")
+    return out
 
 
 def print_report(run: dict, run_json: Path, console: Console) -> None:
@@ -116,6 +168,12 @@ def print_report(run: dict, run_json: Path, console: Console) -> None:
     console.print(f"results: {run_json}", highlight=False)
 
 
+def _align(header: str) -> str:
+    if header == "verified":
+        return ":-:"
+    return "--:" if header in _RIGHT or header.startswith("DM ") else "---"
+
+
 def markdown(run: dict) -> str:
     """The same table as Markdown, stored as report.md next to run.json for reading without tools."""
     topo = run.get("topology") or {}
@@ -125,7 +183,7 @@ def markdown(run: dict) -> str:
         f"accel: {topo.get('accel', '?')}, started {run.get('started_at')}, ended {run.get('ended_at')}",
         "",
         "| " + " | ".join(headers(run)) + " |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|:-:|---|",
+        "|" + "|".join(_align(h) for h in headers(run)) + "|",
     ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in rows(run)]
     errs = errors(run)

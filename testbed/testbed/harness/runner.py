@@ -4,6 +4,9 @@ Per case: start a one-session `isoperf server` on the server guest (bound to its
 device-model counters, run the client on the other guest against that data IP, snapshot again, store the
 isoperf JSON with the per-port deltas. The package is uploaded once per run (skipped when unchanged).
 
+Cross-checks (`crosscheck: true`, legacy stream/rr cases): after the isoperf run and the second counter
+snapshot, the same guests run iperf3 (stream) or sockperf ping-pong (rr) and the record gets its figures.
+
 Stack iso: the package's C parts are built on the host before the upload (the guests have no gcc); per case,
 isostackd runs on the client guest's last vCPU (`--uncontended-locks` when the case has locks) from before
 the client starts until after it ends, the client is pinned to vCPU 0, and isostackd's log tail is recorded.
@@ -25,7 +28,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 import isostack
 from testbed import state
-from testbed.harness import dmstats, isoperf_cmd, metadata, remote, report, results
+from testbed.harness import crosscheck, dmstats, isoperf_cmd, metadata, remote, report, results
 from testbed.harness.isoperf_cmd import GuestLayout, IsoperfOutputError
 from testbed.harness.playbook import Case, Playbook, load_playbook
 from testbed.harness.remote import RemoteError, Shell
@@ -119,6 +122,9 @@ class Runner:
             "duration": case.spec.duration,
             "warmup": case.spec.warmup,
             "verify": case.spec.verify,
+            "response_size": case.spec.response_size,
+            "intervals": case.spec.intervals,
+            "cpu_binding": case.spec.cpu,
             "client": client.name,
             "server": server.name,
             "server_ip": server.data_ip,
@@ -127,12 +133,15 @@ class Runner:
             "error": None,
             "isoperf": None,
             "device_model": None,
+            "crosscheck": None,
             "commands": {},
         }
         try:
             self._run_case(case, client, server, record)
         except (RemoteError, IsoperfOutputError, HarnessError) as e:
             record["error"] = str(e)
+        if crosscheck.tool(case):
+            record["crosscheck"] = self._crosscheck(case, client, server, record)
         record["ended_at"] = results.iso(results.utc_now())
         return record
 
@@ -178,6 +187,9 @@ class Runner:
         socket exists."""
         if guest.vcpus < 2:
             raise HarnessError(f"{guest.name}: stack iso needs >= 2 vCPUs (one for isostackd), it has {guest.vcpus}")
+        if record.get("cpu_binding") not in (None, isoperf_cmd.CLIENT_CPU):
+            raise HarnessError(f"stack iso runs the client on vCPU {isoperf_cmd.CLIENT_CPU} (isostackd has the last"
+                               f" one); 'cpu: {record['cpu_binding']}' does not fit")
         start = isoperf_cmd.isostackd_start_command(self.layout, guest.vcpus - 1, uncontended_locks=locks)
         record["commands"]["isostackd"] = start
         out = remote.check(shell, start).strip()
@@ -195,6 +207,40 @@ class Runner:
                 why = "exited" if code == 3 else f"has no socket after {ISOSTACKD_READY_TIMEOUT_S:.0f} s"
                 raise HarnessError(f"{guest.name}: isostackd {why}: {' | '.join(log.splitlines())}")
             time.sleep(0.2)
+
+    def _crosscheck(self, case: Case, client: state.GuestInfo, server: state.GuestInfo, record: dict) -> dict:
+        """Run iperf3 / sockperf between the case's guests; their figures, or why there are none."""
+        name = crosscheck.tool(case)
+        out: dict = {"tool": name, "error": None, "skipped": crosscheck.skip_reason(case)}
+        if out["skipped"]:
+            return out
+        cshell, sshell = self.shells[client.name], self.shells[server.name]
+        port = crosscheck.port(case)
+        start = crosscheck.server_start_command(name, server.data_ip, port)
+        cmd = crosscheck.client_command(case, server.data_ip)
+        record["commands"][f"{name}_server"] = start
+        record["commands"][name] = cmd
+        pid = None
+        try:
+            text = remote.check(sshell, start).strip()
+            if not text.splitlines() or not text.splitlines()[-1].isdigit():
+                raise HarnessError(f"{server.name}: starting the {name} server printed {text!r}, not a PID")
+            pid = int(text.splitlines()[-1])
+            deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
+            while (code := sshell.run(crosscheck.server_ready_command(port, pid)).exit_code) != 0:
+                if code == 3 or time.monotonic() > deadline:
+                    log = sshell.run(f"tail -n 3 {crosscheck.log_path(name, port)}").stdout.strip()
+                    raise HarnessError(f"{name} server {'exited' if code == 3 else 'is not listening'}: "
+                                       f"{' | '.join(log.splitlines()) or 'no log'}")
+                time.sleep(0.2)
+            r = cshell.run(cmd, timeout_s=crosscheck.client_timeout(case))
+            out.update(crosscheck.parse(name, r.exit_code, r.stdout, r.stderr))
+        except (RemoteError, HarnessError, crosscheck.CrosscheckError) as e:
+            out["error"] = str(e)
+        finally:
+            if pid is not None:
+                sshell.run(crosscheck.server_stop_command(pid))
+        return out
 
     def _wait_server(self, shell: Shell, port: int, pid: int) -> None:
         deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
@@ -264,8 +310,9 @@ def run_playbook(runner: Runner, playbook: Playbook, store: results.RunStore, co
                 bad += 1
                 progress.console.log(f"[yellow]{case.label}: the device model did not carry the data[/yellow]")
             else:
-                gbps = record["isoperf"]["throughput_bps"] / 1e9
-                progress.console.log(f"{case.label}: {gbps:.3f} Gb/s")
+                progress.console.log(f"{case.label}: {report.summary(record)}")
+            if (record.get("crosscheck") or {}).get("error"):
+                progress.console.log(f"[yellow]{case.label}: cross-check: {record['crosscheck']['error']}[/yellow]")
             progress.advance(task)
         progress.update(task, description=f"{playbook.name}: done")
     return bad
