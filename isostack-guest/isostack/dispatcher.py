@@ -13,6 +13,16 @@ It owns every kernel socket of the attached applications (non-blocking), and in 
 When nothing happened for --busy-poll-us it announces that it sleeps and blocks in epoll (the front-end kicks
 it through an eventfd when it posts a command meanwhile).
 
+Kernel busy polling (what puts the NIC's receive processing into this loop, on this CPU, instead of in the
+softirq after an interrupt): --so-busy-poll-us N (default 50) sets SO_BUSY_POLL on every kernel socket, so a
+recv that finds the socket empty first polls the device queue the flow arrives on (one NAPI poll: our sockets
+are non-blocking); --epoll-busy-poll-us N sets the net.core.busy_poll sysctl while isostackd runs (restored on
+exit), which makes epoll_wait poll the NAPI context of our sockets before it reports "nothing".  Per-epoll
+parameters (EPIOCSPARAMS) exist only from Linux 6.9 and the guests run 6.1, so the sysctl is the only epoll
+knob there; it is global, hence off by default (-1) and an explicit choice of the experiment.  SO_BUSY_POLL
+above net.core.busy_read needs CAP_NET_ADMIN (isostackd runs as root in the guests); failures are counted,
+not fatal.  The settings and counts are in the stats and in every attach reply ("busy_poll").
+
 Instances: `--instance K --cpu C --queues q,..` runs one of several dispatchers, each on its own core and
 owning the NIC queue pairs whose IRQs/RPS/XPS it places on that core (attach socket: attach.instance_path).
 A front-end attaches to every instance; each socket lives in exactly one instance's shared memory, which is
@@ -122,6 +132,8 @@ SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 2)
 
 
 SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
+SO_BUSY_POLL = getattr(socket, "SO_BUSY_POLL", 46)
+BUSY_POLL_SYSCTL = "sys/net/core/busy_poll"
 SO_ATTACH_REUSEPORT_CBPF = 51
 BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
 SKF_AD_OFF, SKF_AD_QUEUE, SKF_AD_CPU = -0x1000, 16, 36
@@ -250,7 +262,8 @@ class App:
 class Dispatcher:
     def __init__(self, path: str = DEFAULT_SOCKET, cpu: int | None = None, busy_poll_us: int = 1000,
                  uncontended_locks: bool = False, sleep_ms: int = 100, instance: int = 0,
-                 queues: set[int] | None = None):
+                 queues: set[int] | None = None, so_busy_poll_us: int = 50, epoll_busy_poll_us: int = -1,
+                 proc_root: str = "/proc"):
         self.path = path
         self.cpu = cpu
         self.instance = instance
@@ -270,7 +283,13 @@ class Dispatcher:
         self.running = True
         self.stats = {"loops": 0, "commands": 0, "sends": 0, "send_bytes": 0, "recvs": 0, "recv_bytes": 0,
                       "bad_entries": 0, "sleeps": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0,
-                      "reuseport_programs": 0}
+                      "reuseport_programs": 0, "so_busy_poll_us": so_busy_poll_us, "so_busy_poll_set": 0,
+                      "so_busy_poll_failed": 0, "epoll_busy_poll_us": None}
+        self.so_busy_poll_us = so_busy_poll_us
+        self.sysctl_path = os.path.join(proc_root, BUSY_POLL_SYSCTL)
+        self.sysctl_saved: str | None = None
+        if epoll_busy_poll_us >= 0:
+            self._set_epoll_busy_poll(epoll_busy_poll_us)
         self.epoll = select.epoll()
         self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.epoll.register(self.kick, select.EPOLLIN)
@@ -303,7 +322,37 @@ class Dispatcher:
         s.listen(64)
         return s
 
+    def _set_epoll_busy_poll(self, us: int) -> None:
+        """net.core.busy_poll = us (remembering the old value for close()); the stats say what it is."""
+        try:
+            with open(self.sysctl_path) as f:
+                old = f.read().strip()
+            with open(self.sysctl_path, "w") as f:
+                f.write(f"{us}\n")
+            with open(self.sysctl_path) as f:
+                self.stats["epoll_busy_poll_us"] = int(f.read().strip())
+            self.sysctl_saved = old
+            log.info("net.core.busy_poll = %d (was %s)", us, old)
+        except (OSError, ValueError) as e:
+            log.warning("cannot set net.core.busy_poll to %d: %s", us, e)
+
+    def _busy_poll_socket(self, k: socket.socket) -> None:
+        if self.so_busy_poll_us <= 0:
+            return
+        try:
+            k.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, self.so_busy_poll_us)
+            self.stats["so_busy_poll_set"] += 1
+        except OSError:
+            self.stats["so_busy_poll_failed"] += 1
+
     def close(self) -> None:
+        if self.sysctl_saved is not None:
+            try:
+                with open(self.sysctl_path, "w") as f:
+                    f.write(self.sysctl_saved + "\n")
+            except OSError as e:
+                log.warning("cannot restore net.core.busy_poll: %s", e)
+            self.sysctl_saved = None
         for app in list(self.apps.values()):
             self._detach(app, "dispatcher stopping")
         self.epoll.close()
@@ -343,7 +392,9 @@ class Dispatcher:
         self.next_app += 1
         socket.send_fds(conn, [encode_reply(type="attached", app=app.id, cpu=self.cpu, pid=os.getpid(),
                                             locks=self.lock is not None, membarrier=self.membarrier,
-                                            instance=self.instance, queues=self.queues)],
+                                            instance=self.instance, queues=self.queues,
+                                            busy_poll={"socket_us": self.so_busy_poll_us,
+                                                       "epoll_us": self.stats["epoll_busy_poll_us"]})],
                          [self.kick])
         conn.setblocking(False)
         self.apps[conn.fileno()] = app
@@ -455,6 +506,7 @@ class Dispatcher:
         """Bind a kernel socket to a free slot; ring indices restart where the front-end's are."""
         q = s.app.region.q
         k.setblocking(False)
+        self._busy_poll_socket(k)
         s.k, s.fd = k, k.fileno()
         self.by_fd[s.fd] = s
         s.tx_head = q[s.cw + C_TX_TAIL]
@@ -1025,6 +1077,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--busy-poll-us", type=int, default=1000,
                    help="busy-poll this long after the last work before sleeping in epoll; -1 never sleeps")
     p.add_argument("--sleep-ms", type=int, default=100, help="longest epoll sleep when idle")
+    p.add_argument("--so-busy-poll-us", type=int, default=50,
+                   help="SO_BUSY_POLL on every kernel socket (0: not set)")
+    p.add_argument("--epoll-busy-poll-us", type=int, default=-1,
+                   help="set the global net.core.busy_poll sysctl (epoll busy polling) while running; -1: leave it")
     p.add_argument("--uncontended-locks", action="store_true",
                    help="take a lock around every queue operation and socket-state access (lock ablation)")
     p.add_argument("--no-placement", action="store_true", help="do not move NIC IRQs/RPS/XPS to our CPU")
@@ -1050,15 +1106,21 @@ def main(argv: list[str] | None = None) -> int:
         ifaces = [i for i in args.interfaces.split(",") if i] or None
         for line in placement.place(cpu, ifaces, queues=queues):
             log.info("placement: %s", line)
-    d = Dispatcher(path, cpu, args.busy_poll_us, args.uncontended_locks, args.sleep_ms, args.instance, queues)
+    d = Dispatcher(path, cpu, args.busy_poll_us, args.uncontended_locks, args.sleep_ms, args.instance, queues,
+                   args.so_busy_poll_us, args.epoll_busy_poll_us)
 
     def stop(signum, _frame):
         d.running = False
 
+    def dump(signum, _frame):
+        log.info("stats: %s", d.stats)
+
+    signal.signal(signal.SIGUSR1, dump)  # the counters of a running isostackd, into its log
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("instance %d listening on %s (queues %s, busy poll %d us, locks %s)", args.instance, path,
-             args.queues or "all", args.busy_poll_us, "on" if args.uncontended_locks else "off")
+    log.info("instance %d listening on %s (queues %s, busy poll %d us, SO_BUSY_POLL %d us, epoll busy poll %s, "
+             "locks %s)", args.instance, path, args.queues or "all", args.busy_poll_us, args.so_busy_poll_us,
+             d.stats["epoll_busy_poll_us"], "on" if args.uncontended_locks else "off")
     try:
         d.run()
     finally:
