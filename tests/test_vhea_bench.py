@@ -8,8 +8,11 @@ import sys
 
 import pytest
 
-from vhea import bench, testpmd
+from vhea import bench, native, testpmd
 from vhea.cli import main
+
+#: the datapaths `vhea bench` measures side by side here
+DATAPATHS = ["native", "python"] if native.MOD is not None else ["python"]
 
 
 def test_tso_test_frame_is_a_valid_tcp_frame():
@@ -30,19 +33,33 @@ def test_bench_usage_errors(capsys):
 
 
 def test_python_front_end_bench_json():
-    """Short Python-only run: positive rates, TSO rows consistent (segments are ~45 per TSO frame)."""
+    """Short Python-only run, both datapaths: positive rates, frames counted by vhea and sampled frames verified
+    byte for byte at the receiver, TSO rows consistent (segments are ~45 per TSO frame). No speed is asserted."""
     p = subprocess.run([sys.executable, "-m", "vhea.cli", "bench", "--no-dpdk", "--sizes", "64", "--seconds", "0.5",
-                        "--json"], capture_output=True, text=True, timeout=120)
+                        "--json"], capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    rows = {(r["case"], r["frame"]): r for r in out["rows"]}
-    assert set(rows) == {("vhea + Python front-end", "64"), ("vhea + Python front-end", "64K TSO -> TSO peer"),
-                         ("vhea + Python front-end", "64K TSO -> plain peer")}
+    rows = {(r["case"], r["datapath"], r["frame"]): r for r in out["rows"]}
+    assert set(rows) == {("vhea + Python front-end", dp, f) for dp in DATAPATHS
+                         for f in ("64", "64K TSO -> TSO peer", "64K TSO -> plain peer")}
     for r in rows.values():
         assert r["fps"] > 0
         assert r["gbps"] == pytest.approx(r["fps"] * r["frame_bytes"] * 8 / 1e9)
-        assert r["ratio"] is None  # no anchor without DPDK
-    assert rows[("vhea + Python front-end", "64K TSO -> TSO peer")]["frame_bytes"] > 65000
+        assert r["ratio"] is None and r["core_ratio"] is None  # no anchor without DPDK
+        assert r["vhea_frames"] > 0, r  # vhea's own counters saw the frames
+        assert r["verified"] > 0 and r["bad"] == 0, r  # the receiver compared some, and all were right
+    for dp in DATAPATHS:
+        assert rows[("vhea + Python front-end", dp, "64K TSO -> TSO peer")]["frame_bytes"] > 65000
+
+
+def test_bench_one_datapath_and_usage(capsys):
+    p = subprocess.run([sys.executable, "-m", "vhea.cli", "bench", "--no-dpdk", "--no-tso", "--sizes", "1518",
+                        "--seconds", "0.3", "--datapath", "python", "--json"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)["rows"]
+    assert [(r["datapath"], r["frame"]) for r in rows] == [("python", "1518")]
+    assert rows[0]["verified"] > 0 and rows[0]["bad"] == 0
 
 
 @pytest.mark.vm
@@ -53,13 +70,16 @@ def test_bench_with_dpdk_and_anchor():
                         "--no-tso", "--json"], capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)["rows"]
-    by = {(r["case"], r["frame"]): r for r in rows}
+    by = {(r["case"], r["datapath"], r["frame"]): r for r in rows}
     for size in ("64", "1518"):
-        anchor = by[("anchor (DPDK vhost PMD)", size)]
+        anchor = by[("anchor (DPDK vhost PMD)", None, size)]
         assert anchor["fps"] > 0 and anchor["ratio"] == 1.0
-        for case in ("vhea + DPDK virtio-user", "vhea + Python front-end"):
-            r = by[(case, size)]
-            assert r["fps"] > 0, r
-            assert r["ratio"] == pytest.approx(r["fps"] / anchor["fps"])
-            assert r["gbps"] == pytest.approx(r["fps"] * int(size) * 8 / 1e9)
-        assert by[("vhea + DPDK virtio-user", size)]["fps"] < anchor["fps"]
+        for dp in DATAPATHS:
+            for case in ("vhea + DPDK virtio-user", "vhea + Python front-end"):
+                r = by[(case, dp, size)]
+                assert r["fps"] > 0, r
+                assert r["vhea_frames"] > 0, r
+                assert r["ratio"] == pytest.approx(r["fps"] / anchor["fps"])
+                assert r["core_ratio"] == pytest.approx(r["fps_per_core"] / anchor["fps"])
+                assert r["gbps"] == pytest.approx(r["fps"] * int(size) * 8 / 1e9)
+            assert by[("vhea + Python front-end", dp, size)]["bad"] == 0

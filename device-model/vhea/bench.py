@@ -5,7 +5,14 @@ One run measures, each for `seconds` after a short warm-up:
 - vhea + DPDK: testpmd virtio-user txonly on port a, testpmd virtio-user rxonly on port b;
 - vhea + Python: the built-in front-end (vhea.frontend) as sender on a and receiver on b, each in its own
   process; with 64 KiB TSO frames too (whole to a TSO peer, and segmented for a peer without offloads).
-Frame sizes are testpmd's `txpkts` (the Ethernet frame without FCS). Rates are counted at the receiver.
+The vhea cases run once per datapath (`vhea serve --datapath native`, then `python`), so both stand side by
+side with the anchor of the same run. Frame sizes are testpmd's `txpkts` (the Ethernet frame without FCS).
+Rates are counted at the receiver. 64 KiB TSO frames come from the Python front-end only: testpmd's txonly
+engine builds plain UDP frames (its TSO, `tso set`, belongs to the csum engine, which forwards what it receives).
+
+"per vhea core" = frames/s divided by the CPU share vhea used in the window (user + system): what one fully
+busy vhea core would forward if the rate scaled (the front-ends, not vhea, limit several rows here). The
+anchor's vhost PMD busy-polls one core, so "per core vs anchor" compares per-core rates.
 
 testpmd processes get `-l 0,1` with different --main-lcore and --file-prefix, --no-huge -m 1024 --no-pci,
 and run under `timeout` so none can outlive the bench; only processes started here are ever stopped.
@@ -56,6 +63,11 @@ class Row:
     note: str = ""
     vhea_cpu: float | None = None  # cores the vhea process used in the window (user + system time / wall time)
     fps_per_core: float | None = None  # fps / vhea_cpu: what one fully busy vhea core would forward
+    datapath: str | None = None  # vhea's datapath (native | python); None for the anchor
+    vhea_frames: int | None = None  # frames vhea counted into port b in the measuring window (vhea stats)
+    verified: int | None = None  # frames the Python receiver compared byte for byte with what was sent (sampled)
+    bad: int | None = None  # of those, frames that differed
+    core_ratio: float | None = None  # fps_per_core / anchor fps (the vhost PMD uses one busy-polling core)
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -66,9 +78,10 @@ def proc_cpu_s(pid: int) -> float:
 
 
 def _row(case: str, frame: str, nbytes: int, fps: float, cpu: float | None, anchor: float | None,
-         note: str = "") -> Row:
+         note: str = "", datapath: str | None = None) -> Row:
+    per_core = fps / cpu if cpu else None
     return Row(case, frame, nbytes, fps, fps * nbytes * 8 / 1e9, fps / anchor if anchor else None, note, cpu,
-               fps / cpu if cpu else None)
+               per_core, datapath=datapath, core_ratio=per_core / anchor if per_core and anchor else None)
 
 
 # ---- DPDK ----------------------------------------------------------------------------------------------------
@@ -110,16 +123,18 @@ def _rx_count(rx: testpmd.Testpmd, seconds: float, pid: int | None = None) -> tu
 
 
 def _measure_testpmd(tx: testpmd.Testpmd, rx: testpmd.Testpmd, size: int, seconds: float,
-                     pid: int | None = None) -> tuple[float, float | None]:
-    """Switch the sender to `size`, wait for traffic, count what the receiver gets in `seconds`: frames/s."""
+                     pid: int | None = None, probe=None) -> tuple[float, float | None, int | None]:
+    """Switch the sender to `size`, wait for traffic, count what the receiver gets in `seconds`: frames/s, the
+    sender's CPU share, and how much `probe()` (vhea's count of frames into port b) grew meanwhile."""
     tx.send("stop", f"set txpkts {size}", "start")
     deadline = time.monotonic() + 15
     while _rx_count(rx, WARMUP_S / 2)[0] == 0:  # links come up a little after start
         if time.monotonic() > deadline:
-            return 0.0, None
+            return 0.0, None, None
     time.sleep(WARMUP_S / 2)
+    p0 = probe() if probe else None
     n, dt, cpu = _rx_count(rx, seconds, pid)
-    return n / dt, cpu
+    return n / dt, cpu, (probe() - p0 if probe else None)
 
 
 def _wait(cond, what: str, timeout: float = 30.0, procs: tuple = ()) -> None:
@@ -165,7 +180,7 @@ def bench_anchor(workdir: str, sizes: list[int], seconds: float) -> dict[int, tu
         tx = _start_testpmd(f"net_virtio_user0,path={sock},queues=1", f"vhbV{tag}", 0, budget,
                             os.path.join(workdir, "anchor-virtio.log"))
         tx.send("set fwd txonly")
-        return {s: _measure_testpmd(tx, rx, s, seconds) for s in sizes}
+        return {s: _measure_testpmd(tx, rx, s, seconds)[:2] for s in sizes}
     finally:
         for tp in (tx, rx):
             if tp is not None:
@@ -178,8 +193,12 @@ def _vhea_stats(sockdir: str) -> dict:
     return query(sockdir, {"cmd": "stats"})
 
 
+def _to_b(sockdir: str) -> int:
+    return _vhea_stats(sockdir)["ports"]["b"]["to_guest_frames"]
+
+
 def bench_vhea_dpdk(sockdir: str, workdir: str, sizes: list[int], seconds: float,
-                    pid: int | None = None) -> dict[int, tuple[float, float | None]]:
+                    pid: int | None = None) -> dict[int, tuple[float, float | None, int | None]]:
     budget = int(10 + len(sizes) * (seconds + WARMUP_S + 3) + 30)
     tag = f"{os.getpid()}"
     rx = _start_testpmd(f"net_virtio_user0,path={sockdir}/b.sock,queues=1", f"vhbB{tag}", 1, budget,
@@ -193,7 +212,7 @@ def bench_vhea_dpdk(sockdir: str, workdir: str, sizes: list[int], seconds: float
         tx.send("set fwd txonly")
         _wait(lambda: _vhea_stats(sockdir)["ports"]["a"]["connected"], "testpmd on port a", procs=(tx,))
         time.sleep(1.0)  # queues set up
-        return {s: _measure_testpmd(tx, rx, s, seconds, pid) for s in sizes}
+        return {s: _measure_testpmd(tx, rx, s, seconds, pid, lambda: _to_b(sockdir)) for s in sizes}
     finally:
         for tp in (tx, rx):
             if tp is not None:
@@ -272,8 +291,14 @@ def _py_sender(path: str, kind: str, size: int, stop, ready) -> None:
         fe.close()
 
 
-def _py_receiver(path: str, want: int | None, count, ready, stop) -> None:
-    """Post all rx buffers of port b, count frames (num_buffers of each first buffer), repost."""
+#: the receiver compares one frame in this many with what the sender sent (more would slow it down)
+VERIFY_EVERY = 1024
+
+
+def _py_receiver(path: str, want: int | None, count, ready, stop, expect: bytes = b"", checks=None) -> None:
+    """Post all rx buffers of port b, count frames (num_buffers of each first buffer), repost. Every
+    VERIFY_EVERY-th frame's first buffer must start with `expect` (after the 12-byte header): checks[0] counts
+    the frames compared, checks[1] those that differed."""
     fe = Frontend(path, ring_size=1024)
     try:
         fe.handshake(want_features=want)
@@ -307,6 +332,10 @@ def _py_receiver(path: str, want: int | None, count, ready, stop) -> None:
                 if pending_bufs == 0:
                     nb = mem[bufs + head * BUF_SIZE + 10] | mem[bufs + head * BUF_SIZE + 11] << 8
                     pending_bufs = max(nb, 1)
+                    if expect and frames % VERIFY_EVERY == 0 and checks is not None:
+                        at = bufs + head * BUF_SIZE + NET_HDR_LEN
+                        checks[0] += 1
+                        checks[1] += mem[at:at + len(expect)] != expect
                     frames += 1
                 pending_bufs -= 1
                 mem16[avail_ring + avail_idx % num] = head
@@ -319,16 +348,29 @@ def _py_receiver(path: str, want: int | None, count, ready, stop) -> None:
         fe.close()
 
 
+def _expected(kind: str, size: int, segmenting_peer: bool) -> bytes:
+    """What the first receive buffer of each frame must start with (after the virtio header)."""
+    if kind != "tso":
+        return _plain_frame(size)
+    frame = tso_test_frame()
+    if segmenting_peer:
+        return frame[:14]  # segments: same Ethernet header; their IP/TCP headers are rewritten (offload tests)
+    return frame[:BUF_SIZE - NET_HDR_LEN]
+
+
 def bench_python(sockdir: str, kind: str, size: int, seconds: float, segmenting_peer: bool = False,
-                 pid: int | None = None) -> tuple[float, float | None]:
+                 pid: int | None = None) -> tuple[float, float | None, int, int, int]:
+    """(frames/s, vhea CPU share, frames vhea put into port b, frames verified, frames that differed)."""
     ctx = mp.get_context("fork")
     stop = ctx.Event()
     rx_ready, tx_ready = ctx.Event(), ctx.Event()
     count = ctx.Value("q", 0, lock=False)
+    checks = ctx.Array("q", 2, lock=False)
     no_guest = ((1 << 64) - 1) & ~sum(1 << b for b in (VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
                                                         VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_ECN))
     rx = ctx.Process(target=_py_receiver, args=(f"{sockdir}/b.sock", no_guest if segmenting_peer else None, count,
-                                                rx_ready, stop), daemon=True)
+                                                rx_ready, stop, _expected(kind, size, segmenting_peer), checks),
+                     daemon=True)
     tx = ctx.Process(target=_py_sender, args=(f"{sockdir}/a.sock", kind, size, stop, tx_ready), daemon=True)
     rx.start()
     try:
@@ -338,12 +380,14 @@ def bench_python(sockdir: str, kind: str, size: int, seconds: float, segmenting_
         if not tx_ready.wait(15):
             raise RuntimeError("python sender did not start")
         time.sleep(WARMUP_S)
+        b0 = _to_b(sockdir)
         n0, t0 = count.value, time.monotonic()
         c0 = proc_cpu_s(pid) if pid else 0.0
         time.sleep(seconds)
         n1, t1 = count.value, time.monotonic()
         cpu = (proc_cpu_s(pid) - c0) / (t1 - t0) if pid else None
-        return (n1 - n0) / (t1 - t0), cpu
+        b1 = _to_b(sockdir)
+        return (n1 - n0) / (t1 - t0), cpu, b1 - b0, checks[0], checks[1]
     finally:
         stop.set()
         for p in (tx, rx):
@@ -358,11 +402,11 @@ def bench_python(sockdir: str, kind: str, size: int, seconds: float, segmenting_
 # ---- the whole run -------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def vhea_server(sockdir: str, log_path: str):
+def vhea_server(sockdir: str, log_path: str, datapath: str = "auto"):
     """`vhea serve` for ports a, b as a child process (what a user runs)."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "vhea.cli", "serve", "--socket-dir", sockdir, "--ports", "a,b",
-                                 "--log-level", "warning"], stderr=log)
+                                 "--log-level", "warning", "--datapath", datapath], stderr=log)
     try:
         deadline = time.monotonic() + 10
         while not os.path.exists(os.path.join(sockdir, "control.sock")):
@@ -380,7 +424,8 @@ def vhea_server(sockdir: str, log_path: str):
 
 
 def run(sizes: list[int], seconds: float, dpdk: bool = True, python: bool = True, tso: bool = True,
-        workdir: str | None = None, progress=None) -> list[Row]:
+        workdir: str | None = None, progress=None, datapaths: list[str] | tuple[str, ...] = ("native", "python")
+        ) -> list[Row]:
     say = progress or (lambda _m: None)
     rows: list[Row] = []
     own_workdir = workdir is None
@@ -394,27 +439,10 @@ def run(sizes: list[int], seconds: float, dpdk: bool = True, python: bool = True
             anchor = {s: fps for s, (fps, _cpu) in bench_anchor(workdir, sizes, seconds).items()}
             for s in sizes:
                 rows.append(_row("anchor (DPDK vhost PMD)", str(s), s, anchor[s], None, anchor[s]))
-        with vhea_server(sockdir, os.path.join(workdir, "vhea.log")) as proc:
-            if have_dpdk:
-                say("vhea with testpmd virtio-user on both ports")
-                got = bench_vhea_dpdk(sockdir, workdir, sizes, seconds, proc.pid)
-                for s in sizes:
-                    rows.append(_row("vhea + DPDK virtio-user", str(s), s, got[s][0], got[s][1], anchor.get(s)))
-            if python:
-                for s in sizes:
-                    say(f"vhea with the Python front-end, {s}-byte frames")
-                    fps, cpu = bench_python(sockdir, "plain", s, seconds, pid=proc.pid)
-                    rows.append(_row("vhea + Python front-end", str(s), s, fps, cpu, anchor.get(s)))
-                if tso:
-                    say("vhea with the Python front-end, 64 KiB TSO frames")
-                    n = len(tso_test_frame())
-                    fps, cpu = bench_python(sockdir, "tso", 0, seconds, pid=proc.pid)
-                    rows.append(_row("vhea + Python front-end", "64K TSO -> TSO peer", n, fps, cpu, None,
-                                     "passed whole (GUEST_TSO4)"))
-                    fps, cpu = bench_python(sockdir, "tso", 0, seconds, segmenting_peer=True, pid=proc.pid)
-                    seg = 14 + 20 + 32 + TSO_MSS
-                    rows.append(_row("vhea + Python front-end", "64K TSO -> plain peer", seg, fps, cpu, None,
-                                     "segmented + checksummed in vhea; frames = segments"))
+        for dp in datapaths:
+            with vhea_server(sockdir, os.path.join(workdir, f"vhea-{dp}.log"), dp) as proc:
+                rows += _bench_vhea(sockdir, workdir, proc.pid, dp, sizes, seconds, anchor, have_dpdk, python, tso,
+                                    say)
     except BaseException:
         if own_workdir:
             print(f"vhea bench: logs kept in {workdir}", file=sys.stderr)
@@ -425,9 +453,51 @@ def run(sizes: list[int], seconds: float, dpdk: bool = True, python: bool = True
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
     if not have_dpdk:
+        why = "no anchor: dpdk-testpmd not found" if dpdk else "no anchor (--no-dpdk)"
         for r in rows:
-            r.note = (r.note + "; " if r.note else "") + "no anchor: dpdk-testpmd not found"
+            r.note = (r.note + "; " if r.note else "") + why
     return rows
+
+
+def _bench_vhea(sockdir: str, workdir: str, pid: int, dp: str, sizes: list[int], seconds: float,
+                anchor: dict[int, float], have_dpdk: bool, python: bool, tso: bool, say) -> list[Row]:
+    rows = []
+    if have_dpdk:
+        say(f"vhea ({dp} datapath) with testpmd virtio-user on both ports")
+        got = bench_vhea_dpdk(sockdir, workdir, sizes, seconds, pid)
+        for s in sizes:
+            fps, cpu, to_b = got[s]
+            row = _row("vhea + DPDK virtio-user", str(s), s, fps, cpu, anchor.get(s), datapath=dp)
+            row.vhea_frames = to_b
+            rows.append(row)
+
+    def python_row(frame: str, nbytes: int, kind: str, size: int, segmenting: bool, anchor_fps: float | None,
+                   note: str = "") -> Row:
+        fps, cpu, to_b, verified, bad = bench_python(sockdir, kind, size, seconds, segmenting, pid)
+        row = _row("vhea + Python front-end", frame, nbytes, fps, cpu, anchor_fps, note, datapath=dp)
+        row.vhea_frames, row.verified, row.bad = to_b, verified, bad
+        if bad:
+            row.note = (row.note + "; " if row.note else "") + f"{bad} of {verified} sampled frames DIFFERED"
+        return row
+
+    if python:
+        for s in sizes:
+            say(f"vhea ({dp} datapath) with the Python front-end, {s}-byte frames")
+            rows.append(python_row(str(s), s, "plain", s, False, anchor.get(s)))
+        if tso:
+            say(f"vhea ({dp} datapath) with the Python front-end, 64 KiB TSO frames")
+            rows.append(python_row("64K TSO -> TSO peer", len(tso_test_frame()), "tso", 0, False, None,
+                                   "passed whole (GUEST_TSO4)"))
+            rows.append(python_row("64K TSO -> plain peer", 14 + 20 + 32 + TSO_MSS, "tso", 0, True, None,
+                                   "segmented + checksummed in vhea; frames = segments"))
+    return rows
+
+
+def _order(r: Row) -> tuple:
+    """Table order: the anchor, then each (front-end, frame) with its datapaths side by side."""
+    kinds = ("anchor (DPDK vhost PMD)", "vhea + DPDK virtio-user", "vhea + Python front-end")
+    frame = int(r.frame) if r.frame.isdigit() else 1 << 20
+    return (kinds.index(r.case) if r.case in kinds else 9, r.case, frame, r.frame, r.datapath or "")
 
 
 def print_table(rows: list[Row], seconds: float) -> None:
@@ -435,19 +505,22 @@ def print_table(rows: list[Row], seconds: float) -> None:
     from rich.table import Table
 
     t = Table(title=f"vhea bench: port a -> port b, {seconds:g} s per figure, counted at the receiver")
-    for col, just in (("front-end / back-end", "left"), ("frame", "right"), ("frames/s", "right"),
-                      ("Gb/s", "right"), ("vs anchor", "right"), ("vhea CPU", "right"),
-                      ("frames/s per vhea core", "right"), ("Gb/s per vhea core", "right"), ("note", "left")):
+    for col, just in (("front-end / back-end", "left"), ("datapath", "left"), ("frame", "right"),
+                      ("frames/s", "right"), ("Gb/s", "right"), ("vs anchor", "right"), ("vhea CPU", "right"),
+                      ("frames/s per vhea core", "right"), ("Gb/s per vhea core", "right"),
+                      ("per core vs anchor", "right"), ("note", "left")):
         t.add_column(col, justify=just)
-    for r in rows:
+    for r in sorted(rows, key=_order):
         per_core = r.fps_per_core
-        t.add_row(r.case, r.frame, f"{r.fps:,.0f}", f"{r.gbps:.2f}", "-" if r.ratio is None else f"{r.ratio:.1%}",
+        t.add_row(r.case, r.datapath or "-", r.frame, f"{r.fps:,.0f}", f"{r.gbps:.2f}",
+                  "-" if r.ratio is None else f"{r.ratio:.1%}",
                   "-" if r.vhea_cpu is None else f"{r.vhea_cpu:.0%}",
                   "-" if per_core is None else f"{per_core:,.0f}",
-                  "-" if per_core is None else f"{per_core * r.frame_bytes * 8 / 1e9:.2f}", r.note)
+                  "-" if per_core is None else f"{per_core * r.frame_bytes * 8 / 1e9:.2f}",
+                  "-" if r.core_ratio is None else f"{r.core_ratio:.0%}", r.note)
     console = Console()
     if not console.is_terminal:
-        console = Console(width=170)
+        console = Console(width=200)
     console.print(t)
 
 

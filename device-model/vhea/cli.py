@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 
-from . import control
+from . import control, native
 from .server import Server
 
 PORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -66,7 +66,11 @@ def client_ports(args: argparse.Namespace, ports: list[str]) -> list[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     ports = check_serve_args(args.socket_dir, args.ports, args.queues)
     clients = client_ports(args, ports)
-    server = Server(args.socket_dir, ports, args.queues, ageing=args.ageing, client_ports=clients)
+    try:
+        server = Server(args.socket_dir, ports, args.queues, ageing=args.ageing, client_ports=clients,
+                        datapath=args.datapath)
+    except native.NativeError as e:
+        raise UsageError(str(e)) from e
     try:
         server.bind()
     except OSError as e:
@@ -114,7 +118,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"vhea ports in {args.socket_dir}")
+    t = Table(title=f"vhea ports in {args.socket_dir} ({stats.get('datapath', 'python')} datapath)")
     for col in ("port", "connected", "from guest frames", "from guest bytes", "to guest frames",
                 "to guest bytes", "drops"):
         t.add_column(col, justify="right" if "frames" in col or "bytes" in col else "left")
@@ -167,6 +171,9 @@ def parser() -> argparse.ArgumentParser:
                         "listens (QEMU server=on), and reconnect every second when it goes away")
     s.add_argument("--client-ports", help="comma-separated ports to run in the client role (the rest listen)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--datapath", default="auto", choices=list(native.DATAPATHS),
+                   help="native: the C inner loop (vhea/_datapath.c, built with gcc on first use); python: the "
+                        "reference implementation; auto (default): native when it builds and loads")
     s.set_defaults(func=cmd_serve)
     st = sub.add_parser("stats", help="show counters of a running device model")
     st.add_argument("--socket-dir", required=True)
@@ -180,6 +187,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--no-python", action="store_true", help="skip the Python front-end cases")
     b.add_argument("--no-tso", action="store_true", help="skip the 64 KiB TSO frames")
     b.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    b.add_argument("--datapath", default="both", choices=["both", "native", "python"],
+                   help="which vhea datapath(s) to measure, side by side (default both)")
     b.add_argument("--vm", action="store_true",
                    help="instead: TCP between two guests through vhea vs tap+bridge (root; see vhea.vmbench)")
     b.add_argument("--duration", type=float, default=10.0, help="--vm: iperf3 seconds per set-up (default 10)")
@@ -204,8 +213,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not 0.2 <= args.seconds <= 60:
         raise UsageError("--seconds must be in 0.2..60")
     progress = None if args.json else (lambda m: print(f"vhea bench: {m}", file=sys.stderr, flush=True))
+    datapaths = ["native", "python"] if args.datapath == "both" else [args.datapath]
+    if "native" in datapaths and native.MOD is None:
+        if args.datapath == "native":
+            raise UsageError(f"the native datapath is not available: {native.why_not}")
+        print(f"vhea bench: native datapath not available ({native.why_not}); measuring the Python datapath only",
+              file=sys.stderr)
+        datapaths.remove("native")
     rows = bench.run(sizes, args.seconds, dpdk=not args.no_dpdk, python=not args.no_python, tso=not args.no_tso,
-                     progress=progress)
+                     progress=progress, datapaths=datapaths)
     if args.json:
         print(bench.to_json(rows, args.seconds))
     else:
