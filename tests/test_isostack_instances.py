@@ -238,3 +238,39 @@ def test_detach_closes_sockets_on_every_instance(two):
         p.close()
     time.sleep(0.05)
     lst.close()
+
+
+@two_cpus
+def test_listener_fileno_covers_every_instance(two):
+    import selectors
+
+    with Stack(two, GEO) as st:
+        srv = st.socket()
+        fd = srv.fileno()  # registered before listen(): the members created by listen() are watched too
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        srv.setblocking(False)
+        for cpu in (1, 0):
+            box = {}
+
+            def connect(c=cpu, box=box):
+                os.sched_setaffinity(0, {c})
+                box["c"] = socket.create_connection(srv.getsockname(), timeout=5)
+
+            t = threading.Thread(target=connect)
+            t.start()
+            t.join(5)
+            with selectors.DefaultSelector() as sel:
+                sel.register(fd, selectors.EVENT_READ)
+                a = None
+                for _ in range(5):
+                    assert sel.select(5)
+                    try:
+                        a, _ = srv.accept()
+                        break
+                    except BlockingIOError:
+                        continue
+            assert a is not None and a.instance == cpu
+            a.close()
+            box["c"].close()
+        srv.close()

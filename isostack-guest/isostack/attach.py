@@ -13,8 +13,14 @@ single dispatcher keeps the historic path) and "<stem>-K<suffix>" next to it oth
 (/run/isostack/isostackd-1.sock).  A front-end discovers the running instances by listing that directory
 (`discover`) and attaches to each of them separately: one memfd, one kick and one attach connection each.
 
-After that the connection carries nothing; its closing (the application exited or was killed) is what
-tells the dispatcher to release the application's sockets and memory.
+After that the connection carries only readiness registrations (one at a time per application):
+
+    app -> isostackd   {"type": "watch", "sock": S}, fds: [eventfd]   written on every event of socket S
+                       {"type": "unwatch", "sock": S}
+    isostackd -> app   {"type": "watching", "sock": S} or {"type": "error", "message": "..."}
+
+Its closing (the application exited or was killed) is what tells the dispatcher to release the
+application's sockets and memory.
 """
 
 from __future__ import annotations
@@ -99,6 +105,22 @@ def parse_hello(data: bytes, nfds: int) -> Hello:
     if not isinstance(pid, int) or not isinstance(name, str):
         raise AttachError("bad pid/name")
     return Hello(geometry, pid, name[:64])
+
+
+def parse_watch(data: bytes, nfds: int, max_sockets: int) -> tuple[str, int]:
+    """Validate a readiness registration: (type, socket); AttachError with the reason otherwise."""
+    try:
+        msg = json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AttachError(f"message is not JSON: {e}") from None
+    if not isinstance(msg, dict) or msg.get("type") not in ("watch", "unwatch"):
+        raise AttachError("expected watch or unwatch")
+    sock = msg.get("sock")
+    if type(sock) is not int or not 0 <= sock < max_sockets:
+        raise AttachError(f"socket {sock!r} out of range")
+    if nfds != (1 if msg["type"] == "watch" else 0):
+        raise AttachError(f"{msg['type']} with {nfds} fds")
+    return msg["type"], sock
 
 
 def encode_reply(**fields) -> bytes:

@@ -62,7 +62,16 @@ import time
 from collections import deque
 
 from . import native, placement
-from .attach import DEFAULT_SOCKET, MAX_INSTANCES, MAX_MESSAGE, AttachError, encode_reply, instance_path, parse_hello
+from .attach import (
+    DEFAULT_SOCKET,
+    MAX_INSTANCES,
+    MAX_MESSAGE,
+    AttachError,
+    encode_reply,
+    instance_path,
+    parse_hello,
+    parse_watch,
+)
 from .layout import (
     C_ADDR_FAMILY,
     C_ADDR_IP0,
@@ -71,6 +80,7 @@ from .layout import (
     C_DRAINING,
     C_ERR,
     C_NOTIF_RING,
+    C_OPTVAL,
     C_OWNER,
     C_RES_SEQ,
     C_RES_VAL,
@@ -257,6 +267,7 @@ class App:
         self.pending_words = (geometry.max_sockets + 63) // 64
         self.pending_addr = self.region.base + H_PENDING * 8
         self.dirty: set[int] = set()  # rings posted to this loop: maybe ring their doorbells
+        self.watch: dict[int, int] = {}  # socket slot -> the application's readiness eventfd for it
 
 
 class Dispatcher:
@@ -284,7 +295,7 @@ class Dispatcher:
         self.stats = {"loops": 0, "commands": 0, "sends": 0, "send_bytes": 0, "recvs": 0, "recv_bytes": 0,
                       "bad_entries": 0, "sleeps": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0,
                       "reuseport_programs": 0, "so_busy_poll_us": so_busy_poll_us, "so_busy_poll_set": 0,
-                      "so_busy_poll_failed": 0, "epoll_busy_poll_us": None}
+                      "so_busy_poll_failed": 0, "epoll_busy_poll_us": None, "watch_writes": 0, "bad_messages": 0}
         self.so_busy_poll_us = so_busy_poll_us
         self.sysctl_path = os.path.join(proc_root, BUSY_POLL_SYSCTL)
         self.sysctl_saved: str | None = None
@@ -430,8 +441,9 @@ class Dispatcher:
                 n += 1
             self._close_kernel(s)
         app.conn.close()
-        for fd in app.doorbells:
+        for fd in [*app.doorbells, *app.watch.values()]:
             os.close(fd)
+        app.watch.clear()
         app.region.close()
         self.stats["apps_detached"] += 1
         log.info("app %d detached (%s): %d sockets closed", app.id, why, n)
@@ -454,6 +466,13 @@ class Dispatcher:
                 self.bad_ring.append(s)
         app.rings[r].post(s.idx, events, q[s.cw + C_RES_SEQ])
         app.dirty.add(r)
+        fd = app.watch.get(s.idx)
+        if fd is not None:  # a selector/asyncio user waits on this socket's own eventfd
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass
+            self.stats["watch_writes"] += 1
 
     def _complete(self, s: Sock, pos: int, val: int) -> None:
         q = s.app.region.q
@@ -625,6 +644,9 @@ class Dispatcher:
             elif op == Op.SETSOCKOPT:
                 s.k.setsockopt(cmd.a, cmd.b, cmd.c)
                 self._complete(s, cmd.pos, 0)
+            elif op == Op.GETSOCKOPT:
+                s.app.region.q[s.cw + C_OPTVAL] = s.k.getsockopt(cmd.a, cmd.b) & U64
+                self._complete(s, cmd.pos, 0)
             elif op in (Op.GETSOCKNAME, Op.GETPEERNAME):
                 addr = s.k.getsockname() if op == Op.GETSOCKNAME else s.k.getpeername()
                 self._store_addr(s, addr)
@@ -748,6 +770,9 @@ class Dispatcher:
         s.dead = dead
         self._set_state(s, ST_CLOSED)
         self._post(s, EV_DONE)
+        fd = s.app.watch.pop(s.idx, None)
+        if fd is not None:
+            os.close(fd)
 
     # ------------------------------------------------------------------ data path
 
@@ -957,6 +982,45 @@ class Dispatcher:
                     self.stats["saved"] += 1
             app.dirty.clear()
 
+    def _app_message(self, app: App) -> None:
+        """A readiness registration on the attach connection, or its end (the application is gone)."""
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(app.conn, MAX_MESSAGE, 2)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            self._detach(app, "connection closed")
+            return
+        try:
+            kind, idx = parse_watch(data, len(fds), app.geometry.max_sockets)
+            if kind == "watch":
+                if os.readlink(f"/proc/self/fd/{fds[0]}") != "anon_inode:[eventfd]":
+                    raise AttachError("readiness fd is not an eventfd")
+                os.set_blocking(fds[0], False)
+                old = app.watch.pop(idx, None)
+                if old is not None:
+                    os.close(old)
+                app.watch[idx] = fds.pop()
+            else:
+                old = app.watch.pop(idx, None)
+                if old is not None:
+                    os.close(old)
+            reply = encode_reply(type="watching" if kind == "watch" else "unwatched", sock=idx)
+        except (AttachError, OSError) as e:
+            self.stats["bad_messages"] += 1
+            log.warning("app %d: bad message on its attach connection: %s", app.id, e)
+            reply = encode_reply(type="error", message=str(e))
+        for fd in fds:
+            os.close(fd)
+        try:
+            app.conn.send(reply)
+        except OSError:
+            pass
+
     def poll_once(self, timeout: float = 0) -> bool:
         did = False
         for fd, ev in self.epoll.poll(timeout):
@@ -972,15 +1036,7 @@ class Dispatcher:
                 self._accept_app()
                 did = True
             elif fd in self.apps:
-                app = self.apps[fd]
-                try:
-                    data = app.conn.recv(MAX_MESSAGE)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    self._detach(app, "connection closed")
+                self._app_message(self.apps[fd])
                 did = True
         for app in list(self.apps.values()):
             did |= self._commands(app)

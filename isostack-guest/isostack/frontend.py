@@ -16,14 +16,18 @@ events at that ring) and wait on that CPU's doorbell eventfd, which the dispatch
 a sleeper (else it counts a saved doorbell).  Control operations (socket/bind/connect/...) post a command and wait for
 its completion in the socket's control page.
 
-fileno() returns a dup of ring 0's doorbell eventfd (all sockets of one Stack share it; readiness may be
-spurious): it puts the Stack in "selector mode" where every notification on ring 0 rings it, and pins the
-socket's events to ring 0; call `Stack.poll()` after a wake-up to consume it and get the (socket, events) hints.
+Non-blocking use (settimeout(0) / setblocking(False)): connect() raises BlockingIOError(EINPROGRESS) and the
+result is read with getsockopt(SOL_SOCKET, SO_ERROR); recv/send/accept raise BlockingIOError.  fileno() is an
+eventfd of this socket alone that the dispatcher writes on every event it posts for it (data, EOF, error,
+incoming connection, connect or other completion, tx credits after a send that would block): register it for
+reading with selectors or asyncio's loop.add_reader.  A call that raises BlockingIOError first clears it and
+re-arms it if the socket became ready meanwhile, so a readable fileno() is never lost; it may be spurious.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
 import socket as _socket
@@ -41,6 +45,7 @@ from .layout import (
     C_DRAINING,
     C_ERR,
     C_NOTIF_RING,
+    C_OPTVAL,
     C_OWNER,
     C_RES_SEQ,
     C_RES_VAL,
@@ -51,6 +56,7 @@ from .layout import (
     C_TX_HEAD,
     C_TX_TAIL,
     C_TX_WANT,
+    GETSOCKOPT_ALLOWED,
     H_DISP_SLEEPING,
     H_KICKS,
     H_MAGIC,
@@ -83,6 +89,7 @@ U64 = (1 << 64) - 1
 _FAST = native.FAST
 MAX_SLEEP_MS = 5
 SPIN = 20  # condition checks (with a GIL-releasing yield) before sleeping on the doorbell
+CONTROL_TIMEOUT = 10.0  # how long a non-blocking socket waits for the dispatcher to complete a control command
 
 PORT_TRIES = 4096  # source ports hashed at most when looking for one that lands on the socket's instance
 
@@ -167,6 +174,7 @@ class Instance:
         self.base = self.region.base
         self.sleepers = [self.base + (w + R_SLEEPERS) * 8 for w in self.ring_words]  # per ring, fetch_add
         self._alloc_lock = threading.Lock()
+        self._ctl_lock = threading.Lock()  # one readiness registration at a time on the attach connection
         self._free = list(range(g.max_sockets - 1, -1, -1))
         self._closing: dict[int, int] = {}  # slot -> position of its CLOSE
         self.closed = False
@@ -208,6 +216,17 @@ class Instance:
                 self._free.append(idx)
             else:
                 self._closing[idx] = close_pos
+
+    def _watch(self, idx: int, efd: int) -> None:
+        """Have the dispatcher write `efd` on every event of slot idx (it answers before it posts any more)."""
+        with self._ctl_lock:
+            _socket.send_fds(self.conn, [json.dumps({"type": "watch", "sock": idx}).encode()], [efd])
+            try:
+                reply = json.loads(self.conn.recv(MAX_MESSAGE) or b"null")
+            except (TimeoutError, ValueError) as e:
+                raise OSError(errno.EPROTO, f"isostackd did not confirm the readiness fd: {e}") from None
+        if not isinstance(reply, dict) or reply.get("type") != "watching" or reply.get("sock") != idx:
+            raise OSError(errno.EPROTO, f"isostackd refused the readiness fd: {reply!r}")
 
     def _pending(self, idx: int) -> None:
         """Flag slot idx in the pending bitmap; kick the dispatcher if it announced it sleeps."""
@@ -280,7 +299,6 @@ class Stack:
         self.classifier = classifier
         self._next = 0  # round-robin cursor (a race between threads only skews the balance)
         self._ring_locks = [threading.Lock() for _ in range(self.nrings)]  # drains of one ring (try-lock only)
-        self._selector_mode = False
         self._local_ips: dict[tuple[int, str], str] = {}
         self.closed = False
 
@@ -411,12 +429,6 @@ class Stack:
             self._local_ips[key] = ip
         return ip
 
-    def _selector(self) -> None:
-        if not self._selector_mode:
-            self._selector_mode = True
-            for inst in self.instances:
-                native.fetch_add64(inst.sleepers[0], 1)  # a permanent sleeper on ring 0: always ring
-
     def wait(self, cond, deadline: float | None, insts=None, ring: int | None = None) -> bool:
         """Wait until cond() is true or the deadline (monotonic) passes; spin, then sleep on a doorbell.
 
@@ -504,7 +516,8 @@ class IsoSocket:
         self._closed = False
         self._fileno = -1
         self._members: list[IsoSocket] = []  # a listener on several instances: one socket each, self among them
-        self._ring_pin: int | None = None  # fileno() users get every event on ring 0
+        self._connect_pos = -1  # a non-blocking CONNECT in flight (its result not read yet)
+        self._tx_armed = False  # a non-blocking send found no credits: TX_WANT held until credits are seen
         self._bound = False
         self.rx_queue: int | None = None  # predicted rx queue of an active open that picked its source port
 
@@ -522,7 +535,7 @@ class IsoSocket:
 
     def _here(self) -> int:
         """Direct this socket's events to the notification ring of the calling thread's CPU; returns it."""
-        r = self._stack.ring() if self._ring_pin is None else self._ring_pin
+        r = self._stack.ring()
         q, cw = self._q, self._cw
         if q[cw + C_NOTIF_RING] != r:
             q[cw + C_NOTIF_RING] = r
@@ -544,24 +557,82 @@ class IsoSocket:
         return pos
 
     def _call(self, op: int, a: int = 0, b: int = 0, c: int = 0, ip: bytes = b"", deadline=_sentinel) -> int:
+        """Post a command and wait for its result; a non-blocking socket waits up to CONTROL_TIMEOUT."""
         with self._lock:
             if self._closed:
                 raise _err(errno.EBADF)
+            if self._connect_pos >= 0:  # the result words are about to be reused: take the CONNECT's first
+                self._connect_error(block=True)
             ring = self._here()
             pos = self._post(op, a, b, c, ip)
-            q, cw = self._q, self._cw
-
-            def done() -> bool:
-                return q[cw + C_RES_SEQ] > pos or bool(q[cw + C_STATE] & ST_ERROR)
-
-            if not self._stack.wait(done, self._deadline() if deadline is _sentinel else deadline, (self._inst,), ring):
+            if deadline is _sentinel:
+                deadline = time.monotonic() + CONTROL_TIMEOUT if self._timeout == 0.0 else self._deadline()
+            if not self._stack.wait(lambda: self._done(pos), deadline, (self._inst,), ring):
                 raise TimeoutError("timed out")
-            if q[cw + C_RES_SEQ] <= pos:
-                raise _err(q[cw + C_ERR] or errno.EIO)
-            val = _signed(q[cw + C_RES_VAL])
-            if val < 0:
-                raise _err(-val)
-            return val
+            return self._result(pos)
+
+    def _done(self, pos: int) -> bool:
+        q, cw = self._q, self._cw
+        return q[cw + C_RES_SEQ] > pos or bool(q[cw + C_STATE] & ST_ERROR)
+
+    def _result(self, pos: int) -> int:
+        q, cw = self._q, self._cw
+        if q[cw + C_RES_SEQ] <= pos:
+            raise _err(q[cw + C_ERR] or errno.EIO)
+        val = _signed(q[cw + C_RES_VAL])
+        if val < 0:
+            raise _err(-val)
+        return val
+
+    def _connect_error(self, block: bool = False) -> int | None:
+        """errno of the non-blocking CONNECT in flight (0: connected) once it completed, then forgets it;
+        None while it is still in progress (block: wait for it, up to CONTROL_TIMEOUT)."""
+        pos = self._connect_pos
+        if not self._done(pos):
+            if not block or not self._stack.wait(lambda: self._done(pos), time.monotonic() + CONTROL_TIMEOUT,
+                                                 (self._inst,), self._here()):
+                return None
+        self._connect_pos = -1
+        try:
+            self._result(pos)
+        except OSError as e:
+            return e.errno or errno.EIO
+        return 0
+
+    # ---------------------------------------------------------------- readiness (fileno)
+    def _ready_now(self) -> bool:
+        """Would a recv/accept/send or the pending connect make progress now (or fail)?"""
+        for m in self._members or (self,):
+            q, cw = m._q, m._cw
+            if q[cw + C_STATE] & (ST_ERROR | ST_EOF | ST_ACCEPTABLE) or q[cw + C_RX_TAIL] != m._rx_head:
+                return True
+            if m._connect_pos >= 0 and m._done(m._connect_pos):
+                return True
+            if m._tx_armed and m._tx_tail - q[cw + C_TX_HEAD] < m._tx_size:
+                return True
+        return False
+
+    def _rearm(self) -> None:
+        """Before reporting "would block": clear our eventfd, then set it again if we are ready after all
+        (the dispatcher changes the state before it writes the eventfd, so no event falls in between)."""
+        if self._fileno < 0:
+            return
+        try:
+            os.eventfd_read(self._fileno)
+        except BlockingIOError:
+            pass
+        if self._ready_now():
+            os.eventfd_write(self._fileno, 1)
+
+    def _arm_tx(self) -> None:
+        if not self._tx_armed:
+            self._tx_armed = True
+            native.fetch_add64(self._ctl + C_TX_WANT * 8, 1)  # the dispatcher posts EV_TX when credits come
+
+    def _disarm_tx(self) -> None:
+        if self._tx_armed:
+            self._tx_armed = False
+            native.fetch_add64(self._ctl + C_TX_WANT * 8, U64)
 
     def _addr(self) -> tuple:
         q, cw = self._q, self._cw
@@ -632,6 +703,8 @@ class IsoSocket:
             b, c, ip = encode_listen_group(cpus, owners)
             for m in members:
                 m._call(Op.LISTEN, backlog, b, c, ip)
+                if self._fileno >= 0 and m is not self:
+                    m._inst._watch(m._idx, self._fileno)
         except BaseException:
             for m in members:
                 if m is not self:
@@ -669,9 +742,48 @@ class IsoSocket:
             return
 
     def connect(self, address: tuple) -> None:
+        """Blocking: returns once connected.  Non-blocking: BlockingIOError(EINPROGRESS), then fileno() becomes
+        readable when it completed and getsockopt(SOL_SOCKET, SO_ERROR) says how; EALREADY meanwhile."""
+        if self._timeout == 0.0 and self._connect_pos >= 0:
+            with self._lock:
+                err = self._connect_error()
+            if err is None:
+                raise _err(errno.EALREADY)
+            if err:
+                raise _err(err)
+            return
         self._pick_source_port(address)
         port, ip = encode_addr(self.family, address)
-        self._call(Op.CONNECT, self.family, port, 0, ip)
+        if self._timeout != 0.0:
+            self._call(Op.CONNECT, self.family, port, 0, ip)
+            return
+        with self._lock:
+            if self._closed:
+                raise _err(errno.EBADF)
+            self._here()
+            self._connect_pos = self._post(Op.CONNECT, self.family, port, 0, ip)
+        self._rearm()
+        raise BlockingIOError(errno.EINPROGRESS, "connection in progress")
+
+    def getsockopt(self, level: int, optname: int, buflen: int = 0):
+        """Integer options: SO_ERROR (the non-blocking connect's result, else the socket's error) and SO_TYPE
+        here, the others (layout.GETSOCKOPT_ALLOWED) read from the kernel socket by the dispatcher."""
+        if (level, optname) == (_socket.SOL_SOCKET, _socket.SO_ERROR):
+            with self._lock:
+                if self._connect_pos >= 0:
+                    v = self._connect_error() or 0
+                else:
+                    v = self._q[self._cw + C_ERR] if self._state() & ST_ERROR else 0
+        elif (level, optname) == (_socket.SOL_SOCKET, _socket.SO_TYPE):
+            v = self.type
+        elif (level, optname) not in GETSOCKOPT_ALLOWED:  # the dispatcher would fail the socket for asking
+            raise _err(errno.ENOPROTOOPT)
+        else:
+            self._call(Op.GETSOCKOPT, level, optname)
+            v = _signed(self._q[self._cw + C_OPTVAL])
+        if buflen:
+            return (v & 0xFFFFFFFF).to_bytes(4, "little")[:buflen]  # every option here is a C int
+        return v
 
     def connect_ex(self, address: tuple) -> int:
         try:
@@ -697,6 +809,7 @@ class IsoSocket:
                     if got is not None:
                         return got
             if self._timeout == 0.0:
+                self._rearm()
                 raise BlockingIOError(errno.EAGAIN, "no connection waiting")
             ring = [m._here() for m in members][0]
             if not stack.wait(lambda: any(m._acceptable() for m in members), deadline, [m._inst for m in members],
@@ -705,6 +818,8 @@ class IsoSocket:
 
     def _accept_one(self, deadline) -> tuple[IsoSocket, tuple] | None:
         inst = self._inst
+        if self._timeout == 0.0:  # the connection is there: only the dispatcher's answer is awaited
+            deadline = time.monotonic() + CONTROL_TIMEOUT
         new = inst._alloc(self._stack)
         try:
             self._call(Op.ACCEPT, new, deadline=deadline)
@@ -725,6 +840,8 @@ class IsoSocket:
         if _FAST is not None and not flags and not self._closed and not self._tx_shut:
             r = _FAST.send(self._ctl, self._txr, self._tx_size, self._tx_tail, self._asym, data)
             if r > 1:  # 2 * bytes copied + must-post
+                if self._tx_armed:
+                    self._disarm_tx()
                 self._tx_tail += r >> 1
                 if r & 1:
                     self._post(Op.SEND, self._tx_tail)
@@ -751,6 +868,8 @@ class IsoSocket:
         free = self._tx_size - (tail - q[cw + C_TX_HEAD])
         if free <= 0:
             if self._timeout == 0.0:
+                self._arm_tx()
+                self._rearm()
                 raise BlockingIOError(errno.EAGAIN, "tx ring full")
             size = self._tx_size
 
@@ -768,6 +887,8 @@ class IsoSocket:
                 raise TimeoutError("timed out")
             self._check()
             free = self._tx_size - (tail - q[cw + C_TX_HEAD])
+        if self._tx_armed:
+            self._disarm_tx()
         k = n if n <= free else free
         size = self._tx_size
         o = tail & (size - 1)
@@ -861,6 +982,7 @@ class IsoSocket:
             if bufsize == 0:
                 return b""
             if self._timeout == 0.0:
+                self._rearm()
                 raise BlockingIOError(errno.EAGAIN, "no data")
             self._wait_rx()
 
@@ -889,14 +1011,20 @@ class IsoSocket:
         return self._addr()
 
     def fileno(self) -> int:
-        """A dup of the Stack's doorbell eventfd (readable when the dispatcher posted something)."""
+        """This socket's readiness eventfd (see the module docstring): readable once it has an event."""
         if self._closed:
             return -1
         if self._fileno < 0:
-            self._stack._selector()
-            self._ring_pin = 0
-            self._here()
-            self._fileno = os.dup(self._stack.doorbells[0])
+            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            try:
+                for m in self._members or (self,):
+                    m._inst._watch(m._idx, efd)
+            except BaseException:
+                os.close(efd)
+                raise
+            self._fileno = efd
+            if self._ready_now():
+                os.eventfd_write(efd, 1)
         return self._fileno
 
     def close(self) -> None:

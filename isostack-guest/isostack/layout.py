@@ -56,6 +56,7 @@ C_DRAINING = 256 // 8  # 1 while the dispatcher drains the tx ring (xchg on both
 C_TX_HEAD, C_RX_TAIL = 320 // 8, 320 // 8 + 1  # dispatcher
 C_STATE, C_ERR, C_RES_SEQ, C_RES_VAL = 384 // 8, 384 // 8 + 1, 384 // 8 + 2, 384 // 8 + 3  # dispatcher
 C_OWNER, C_RX_CPU = 384 // 8 + 4, 384 // 8 + 5  # dispatcher: owning instance, CPU that last received for it
+C_OPTVAL = 384 // 8 + 6  # dispatcher: the value a GETSOCKOPT read
 C_ADDR_FAMILY, C_ADDR_PORT, C_ADDR_IP0, C_ADDR_IP1 = 448 // 8, 448 // 8 + 1, 448 // 8 + 2, 448 // 8 + 3
 C_NOTIF_RING = 512 // 8  # front-end: the notification ring this socket's events go to (validated < notif_rings)
 CONTROL_SIZE = PAGE
@@ -89,6 +90,7 @@ class Op:
     SETSOCKOPT = 9
     GETSOCKNAME = 10
     GETPEERNAME = 11
+    GETSOCKOPT = 12
 
 
 OP_NAMES = {v: k for k, v in vars(Op).items() if not k.startswith("_")}
@@ -107,6 +109,13 @@ SOCKOPT_ALLOWED = {
     (socket.SOL_SOCKET, socket.SO_RCVBUF),
     (socket.IPPROTO_TCP, socket.TCP_NODELAY),
 }
+GETSOCKOPT_ALLOWED = SOCKOPT_ALLOWED | {
+    (socket.SOL_SOCKET, socket.SO_ERROR),
+    (socket.SOL_SOCKET, socket.SO_ACCEPTCONN),
+    (socket.SOL_SOCKET, getattr(socket, "SO_INCOMING_CPU", 49)),
+    (socket.SOL_SOCKET, getattr(socket, "SO_BUSY_POLL", 46)),
+    (socket.IPPROTO_TCP, socket.TCP_MAXSEG),
+}  # integer options only: the value comes back in one u64 word (C_OPTVAL)
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
@@ -318,6 +327,9 @@ def decode_command(raw: bytes | memoryview, expected_pos: int, sock: int, geomet
     elif op == Op.SETSOCKOPT:
         if (a, b) not in SOCKOPT_ALLOWED or c > 0x7FFFFFFF:
             raise BadEntry(errno.ENOPROTOOPT, f"socket option {a}/{b}={c} not allowed")
+    elif op == Op.GETSOCKOPT:
+        if (a, b) not in GETSOCKOPT_ALLOWED:
+            raise BadEntry(errno.ENOPROTOOPT, f"socket option {a}/{b} cannot be read")
     return Command(pos, op, flags, esock, a, b, c, bytes(ip))
 
 
