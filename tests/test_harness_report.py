@@ -45,7 +45,6 @@ def test_table_shows_throughput_cpu_and_device_model_frames():
         "55.2",
         "1,022,000",
         "511,000",
-        "-",
         "yes",
         "ok",
     ]
@@ -54,7 +53,7 @@ def test_table_shows_throughput_cpu_and_device_model_frames():
 def test_failed_case_shows_no_numbers_and_its_error_below_the_table():
     text = _render(results.load_run(FIXTURE_RUN / "run.json"))
     failed = _row(text, "stream │ legacy │   64")
-    assert failed == ["stream", "legacy", "64", "1", "-", "-", "-", "-", "-", "-", "-", "n/a", "n/a", "-", "-",
+    assert failed == ["stream", "legacy", "64", "1", "-", "-", "-", "-", "-", "-", "-", "n/a", "n/a", "-",
                       "failed (see below)"]
     out = io.StringIO()
     report.print_report(
@@ -94,11 +93,11 @@ def test_markdown_report_has_one_row_per_case():
     md = report.markdown(results.load_run(FIXTURE_RUN / "run.json"))
     rows = [ln for ln in md.splitlines() if ln.startswith("| stream")]
     assert rows[0] == (
-        "| stream | legacy | 1448 | 1 | 0.988 | 85,251 | - | - | - | 61.5 | 55.2 | 1,022,000 | 511,000 | - | yes | ok |"
+        "| stream | legacy | 1448 | 1 | 0.988 | 85,251 | - | - | - | 61.5 | 55.2 | 1,022,000 | 511,000 | yes | ok |"
     )
-    assert rows[1] == "| stream | legacy | 64 | 1 | - | - | - | - | - | - | - | n/a | n/a | - | - | failed |"
+    assert rows[1] == "| stream | legacy | 64 | 1 | - | - | - | - | - | - | - | n/a | n/a | - | failed |"
     header, align = md.splitlines()[4:6]
-    assert header.count("|") == align.count("|") == 17
+    assert header.count("|") == align.count("|") == 16
     assert "- stream size=64 conns=1: isoperf client exited 1: isoperf: error: cannot reach" in md
     assert "DM frames a→b" in md
 
@@ -123,7 +122,7 @@ def _rr_case(run: dict) -> dict:
     return case
 
 
-def test_rr_rows_show_transactions_latency_and_the_sockperf_crosscheck():
+def test_rr_rows_show_transactions_latency_and_the_crosscheck_rows_below():
     run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
     stream = run["cases"][0]
     stream["crosscheck"] = {"tool": "iperf3", "error": None, "skipped": None, "throughput_bps": 1.2345e9}
@@ -131,19 +130,41 @@ def test_rr_rows_show_transactions_latency_and_the_sockperf_crosscheck():
     text = _render(run)
     header = _row(text, "test")
     row = dict(zip(header, _row(text, "rr-64"), strict=True))
-    assert (row["size"], row["trans/s"], row["p50 µs"], row["p99 µs"]) == ("64/256", "2,469", "380.2", "1,210.5")
-    assert row["cross-check"] == "sockperf 2,600 t/s, p50 360.0 p99 1100.0 µs"
-    assert dict(zip(header, _row(text, "stream"), strict=True))["cross-check"] == "iperf3 1.234 Gb/s"
-    assert "2,469 trans/s, p50 380.2 p99 1210.5 µs" in report.summary(run["cases"][1])
+    assert (row["size"], row["trans/s"], row["p50 µs"], row["p99 µs"]) == ("64/256", "2,469", "380", "1,210")
+    iperf3 = dict(zip(header, _row(text, "↳ iperf3"), strict=True))
+    assert (iperf3["Gb/s"], iperf3["trans/s"], iperf3["stack"], iperf3["status"]) == ("1.234", "-", "legacy", "ok")
+    sockperf = dict(zip(header, _row(text, "↳ sockperf"), strict=True))
+    assert (sockperf["trans/s"], sockperf["p50 µs"], sockperf["p99 µs"], sockperf["conns"]) == (
+        "2,600", "360", "1,100", "1"
+    )
+    lines = [ln for ln in text.splitlines() if "│" in ln]
+    assert lines.index(next(ln for ln in lines if "↳ sockperf" in ln)) == lines.index(
+        next(ln for ln in lines if "rr-64" in ln)) + 1  # right under its case
+    assert "2,469 trans/s, p50 380 p99 1,210 µs" in report.summary(run["cases"][1])
+    assert "sockperf 2,600 trans/s, p50 360 p99 1,100 µs" in report.summary(run["cases"][1])
+    md = report.markdown(run)
+    assert "| ↳ sockperf | legacy | 64/256 | 1 | - | - | 2,600 | 360 | 1,100 | - | - | - | - | - | ok |" in md
 
 
-def test_failed_crosscheck_is_marked_and_explained_below():
+def test_latency_below_100_us_keeps_a_decimal():
     run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
     case = _rr_case(run)
-    case["crosscheck"] = {"tool": "sockperf", "error": "sockperf exited 1: connection refused", "skipped": None}
+    case["isoperf"]["latency_us"].update(p50=43.44, p99=99.96)
     run["cases"] = [case]
+    row = dict(zip(report.headers(run), report.rows(run)[0], strict=True))
+    assert (row["p50 µs"], row["p99 µs"]) == ("43.4", "100.0")
+
+
+def test_failed_and_skipped_crosschecks_are_marked_and_explained_below():
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    failed, skipped = _rr_case(run), _rr_case(run)
+    failed["crosscheck"] = {"tool": "sockperf", "error": "sockperf exited 1: connection refused", "skipped": None}
+    skipped["connections"] = 4
+    skipped["crosscheck"] = {"tool": "sockperf", "error": None, "skipped": "sockperf ping-pong runs one connection"}
+    run["cases"] = [failed, skipped]
     out = io.StringIO()
     report.print_report(run, FIXTURE_RUN / "run.json", Console(file=out, width=250, color_system=None))
     text = out.getvalue()
-    assert "sockperf: failed (see below)" in text
+    assert "failed (see below)" in _row(text, "↳ sockperf")[-1]
     assert "rr-64 size=64 conns=1: cross-check sockperf: sockperf exited 1: connection refused" in text
+    assert "skipped: sockperf ping-pong runs one connection" in text

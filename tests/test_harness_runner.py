@@ -169,7 +169,7 @@ tests:
     assert maerts["isoperf"]["test"] == "maerts" and maerts["isoperf"]["verified"] is True
     assert maerts["crosscheck"] is None
     md = (run_json.parent / "report.md").read_text()
-    assert "| rr-local | legacy | 64/128 | 1 |" in md and "sockperf " in md and " t/s, p50 " in md
+    assert "| rr-local | legacy | 64/128 | 1 |" in md and "| ↳ sockperf | legacy | 64/128 | 1 |" in md
 
 
 def test_runner_flags_data_the_device_model_did_not_carry(tmp_path):
@@ -408,3 +408,14 @@ def test_stack_iso_with_locks_starts_isostackd_with_uncontended_locks(tmp_path):
     assert record["commands"]["isostackd"].endswith(
         "--socket /run/isostack/isostackd.sock --uncontended-locks > /tmp/isostackd.log 2>&1 < /dev/null & echo $!"
     )
+
+
+def test_payload_is_checked_on_the_sending_guests_port():
+    from testbed.harness.runner import _payload_by_sender
+
+    assert _payload_by_sender({"test": "stream", "server_total_bytes": 1000}, "a", "b") == {"a": 1000}
+    assert _payload_by_sender({"test": "maerts", "server_total_bytes": 1000}, "a", "b") == {"b": 1000}
+    rr = {"test": "rr", "size": 64, "response_size": 256, "server_total_bytes": 10 * 320}
+    assert _payload_by_sender(rr, "a", "b") == {"a": 640, "b": 2560}
+    assert _payload_by_sender({**rr, "test": "crr", "response_size": None, "server_total_bytes": 128}, "a", "b") == {
+        "a": 64, "b": 64}

@@ -1,8 +1,9 @@
 """The table of a run: one row per case, throughput next to the device-model frames that carried it.
 
-rr/crr rows add transactions/s and p50/p99 latency (µs); a cross-checked case shows what iperf3 (stream) or
-sockperf ping-pong (rr) measured between the same guests. Printed with rich on the terminal and stored as
-report.md next to run.json; both come from `rows()`.
+rr/crr rows add transactions/s and p50/p99 latency (µs). A cross-checked case is followed by a row of what
+iperf3 (stream: Gb/s) or sockperf ping-pong (rr: trans/s, p50/p99 µs) measured between the same guests, in
+the same columns. Printed with rich on the terminal and stored as report.md next to run.json; both come from
+`rows()`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ from rich.markup import escape
 from rich.table import Table
 
 _RIGHT = {"size", "conns", "Gb/s", "msgs/s", "trans/s", "p50 µs", "p99 µs", "CPU client %", "CPU server %"}
+CROSSCHECK_MARK = "↳ "  # test cell of a cross-check row: "↳ iperf3"
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
     return missing if value is None or value == "" else format(value, spec)
+
+
+def _us(value) -> str:
+    """Latency in µs: one decimal below 100 µs, whole µs above (TCG latencies run into the 10,000s)."""
+    if value is None:
+        return "-"
+    return format(value, ".1f") if value < 100 else format(value, ",.0f")
 
 
 def _ports(run: dict) -> tuple[str, str]:
@@ -44,28 +53,25 @@ def headers(run: dict) -> list[str]:
         "CPU server %",
         f"DM frames {a}→{b}",
         f"DM frames {b}→{a}",
-        "cross-check",
         "verified",
         "status",
     ]
 
 
-def crosscheck_cell(cc: dict | None) -> str:
-    """What iperf3 / sockperf measured, in the units of the row's isoperf figures."""
+def crosscheck_text(cc: dict | None) -> str:
+    """What iperf3 / sockperf measured, as one phrase (progress log)."""
     if not cc:
         return "-"
     name = cc.get("tool", "?")
     if cc.get("skipped"):
-        return f"{name}: skipped"
+        return f"{name}: skipped ({cc['skipped']})"
     if cc.get("error"):
         return f"{name}: failed"
     if "throughput_bps" in cc:
         return f"{name} {cc['throughput_bps'] / 1e9:.3f} Gb/s"
     lat = cc.get("latency_us") or {}
-    return (
-        f"{name} {_fmt(cc.get('transactions_per_s'), ',.0f')} t/s, p50 {_fmt(lat.get('p50'), '.1f')}"
-        f" p99 {_fmt(lat.get('p99'), '.1f')} µs"
-    )
+    tps = _fmt(cc.get("transactions_per_s"), ",.0f")
+    return f"{name} {tps} trans/s, p50 {_us(lat.get('p50'))} p99 {_us(lat.get('p99'))} µs"
 
 
 def summary(case: dict) -> str:
@@ -74,52 +80,89 @@ def summary(case: dict) -> str:
     text = f"{r.get('throughput_bps', 0) / 1e9:.3f} Gb/s"
     if "transactions_per_s" in r:
         lat = r.get("latency_us") or {}
-        text = (
-            f"{r['transactions_per_s']:,.0f} trans/s, p50 {_fmt(lat.get('p50'), '.1f')}"
-            f" p99 {_fmt(lat.get('p99'), '.1f')} µs, {text}"
-        )
+        text = f"{r['transactions_per_s']:,.0f} trans/s, p50 {_us(lat.get('p50'))} p99 {_us(lat.get('p99'))} µs, {text}"
     cc = case.get("crosscheck")
-    return f"{text}; {crosscheck_cell(cc)}" if cc else text
+    return f"{text}; {crosscheck_text(cc)}" if cc else text
 
 
-def rows(run: dict) -> list[list[str]]:
-    """Plain-text cells per case; status is "ok", "failed" or a warning that the switch saw nothing."""
+def _case_row(case: dict, a: str, b: str) -> list[str]:
+    r = case.get("isoperf") or {}
+    cpu = r.get("cpu") or {}
+    dm = case.get("device_model") or {}
+    delta = dm.get("delta") or {}
+    verified = r.get("verified")
+    status = str(case.get("status", "?"))
+    if not case.get("error") and dm.get("crossed") is False:
+        status = "data not seen by the device model"
+    lat = r.get("latency_us") or {}
+    return [
+        str(case.get("test_name", "?")),
+        str(case.get("stack", "?")) + ("+locks" if case.get("locks") else ""),
+        _size(case),
+        str(case.get("connections", "?")),
+        _fmt(r["throughput_bps"] / 1e9 if "throughput_bps" in r else None, ".3f"),
+        _fmt(r.get("messages_per_s"), ",.0f"),
+        _fmt(r.get("transactions_per_s"), ",.0f"),
+        _us(lat.get("p50")),
+        _us(lat.get("p99")),
+        _fmt((cpu.get("client") or {}).get("all"), ".1f"),
+        _fmt((cpu.get("server") or {}).get("all"), ".1f"),
+        _fmt((delta.get(a) or {}).get("from_guest_frames"), ",d", "n/a"),
+        _fmt((delta.get(b) or {}).get("from_guest_frames"), ",d", "n/a"),
+        "-" if verified is None else ("yes" if verified else "NO"),
+        status,
+    ]
+
+
+def _size(case: dict) -> str:
+    size = str(case.get("size", "?"))
+    if case.get("response_size") not in (None, case.get("size")):
+        size += f"/{case['response_size']}"
+    return size
+
+
+def _crosscheck_row(case: dict, cc: dict) -> list[str]:
+    lat = cc.get("latency_us") or {}
+    status = "ok"
+    if cc.get("skipped"):
+        status = f"skipped: {cc['skipped']}"
+    elif cc.get("error"):
+        status = "failed"
+    bps = cc.get("throughput_bps")
+    return [
+        f"{CROSSCHECK_MARK}{cc.get('tool', '?')}",
+        str(case.get("stack", "?")),
+        _size(case),
+        "1" if cc.get("tool") == "sockperf" else str(case.get("connections", "?")),
+        _fmt(bps / 1e9 if bps is not None else None, ".3f"),
+        "-",
+        _fmt(cc.get("transactions_per_s"), ",.0f"),
+        _us(lat.get("p50")),
+        _us(lat.get("p99")),
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        status,
+    ]
+
+
+def table_rows(run: dict) -> list[tuple[list[str], dict, bool]]:
+    """(cells, case, is a cross-check row) for every case and, under it, its cross-check if it has one."""
     a, b = _ports(run)
     out = []
     for case in run.get("cases", []):
-        r = case.get("isoperf") or {}
-        cpu = r.get("cpu") or {}
-        dm = case.get("device_model") or {}
-        delta = dm.get("delta") or {}
-        verified = r.get("verified")
-        status = str(case.get("status", "?"))
-        if not case.get("error") and dm.get("crossed") is False:
-            status = "data not seen by the device model"
-        lat = r.get("latency_us") or {}
-        size = str(case.get("size", "?"))
-        if case.get("response_size") not in (None, case.get("size")):
-            size += f"/{case['response_size']}"
-        out.append(
-            [
-                str(case.get("test_name", "?")),
-                str(case.get("stack", "?")) + ("+locks" if case.get("locks") else ""),
-                size,
-                str(case.get("connections", "?")),
-                _fmt(r["throughput_bps"] / 1e9 if "throughput_bps" in r else None, ".3f"),
-                _fmt(r.get("messages_per_s"), ",.0f"),
-                _fmt(r.get("transactions_per_s"), ",.0f"),
-                _fmt(lat.get("p50"), ",.1f"),
-                _fmt(lat.get("p99"), ",.1f"),
-                _fmt((cpu.get("client") or {}).get("all"), ".1f"),
-                _fmt((cpu.get("server") or {}).get("all"), ".1f"),
-                _fmt((delta.get(a) or {}).get("from_guest_frames"), ",d", "n/a"),
-                _fmt((delta.get(b) or {}).get("from_guest_frames"), ",d", "n/a"),
-                crosscheck_cell(case.get("crosscheck")),
-                "-" if verified is None else ("yes" if verified else "NO"),
-                status,
-            ]
-        )
+        out.append((_case_row(case, a, b), case, False))
+        cc = case.get("crosscheck")
+        if cc:
+            out.append((_crosscheck_row(case, cc), case, True))
     return out
+
+
+def rows(run: dict) -> list[list[str]]:
+    """Plain-text cells per row; status is "ok", "failed" or a warning that the switch saw nothing."""
+    return [cells for cells, _case, _cc in table_rows(run)]
 
 
 def _title(run: dict) -> str:
@@ -132,12 +175,16 @@ def build_table(run: dict) -> Table:
     table = Table(title=escape(_title(run)))
     for h in headers(run):
         table.add_column(h, justify="right" if h in _RIGHT or h.startswith("DM ") else "left")
-    for cells, case in zip(rows(run), run.get("cases", []), strict=True):
+    for cells, case, is_crosscheck in table_rows(run):
         cells = [escape(c) for c in cells]
+        if is_crosscheck:
+            if cells[-1] != "ok":
+                note = " (see below)" if cells[-1] == "failed" else ""
+                cells[-1] = f"[yellow]{cells[-1]}{note}[/yellow]"
+            table.add_row(*cells)
+            continue
         if cells[-2] == "NO":
             cells[-2] = "[red]NO[/red]"
-        if cells[-3].endswith(": failed"):
-            cells[-3] = f"[yellow]{cells[-3]} (see below)[/yellow]"
         if case.get("error"):
             cells[-1] = f"[red]{cells[-1]} (see below)[/red]"
         elif cells[-1] != "ok":

@@ -280,9 +280,28 @@ class Runner:
             out["error"] = str(e)
             return out
         out["delta"] = {name: d.to_dict() for name, d in delta.items()}
-        payload = result.get("server_total_bytes") or result.get("bytes") or 0
-        out["crossed"] = dmstats.crossed_device_model(delta, client_port, payload)
+        out["crossed"] = all(
+            dmstats.crossed_device_model(delta, port, payload)
+            for port, payload in _payload_by_sender(result, client_port, server_port).items()
+        )
         return out
+
+
+def _payload_by_sender(result: dict, client_port: str, server_port: str) -> dict[str, int]:
+    """Payload bytes (warm-up included) each guest's port must have taken in: the sender's side of each test.
+
+    stream: the client sends; maerts: the server sends; rr/crr: requests from the client, responses from the
+    server (counted from the transactions, which is what both sides agree on).
+    """
+    total = result.get("server_total_bytes") or result.get("bytes") or 0
+    test = result.get("test", "stream")
+    if test == "maerts":
+        return {server_port: total}
+    if test in ("rr", "crr"):
+        size, rsize = int(result.get("size") or 0), int(result.get("response_size") or result.get("size") or 0)
+        transactions = total // (size + rsize) if size + rsize else 0
+        return {client_port: transactions * size, server_port: transactions * rsize}
+    return {client_port: total}
 
 
 def run_playbook(runner: Runner, playbook: Playbook, store: results.RunStore, console: Console) -> int:
