@@ -1,13 +1,24 @@
-"""Put a NIC's protocol processing on the dispatcher's CPU: IRQ affinity, RPS and XPS of virtio-net queues.
+"""Where a NIC's protocol processing runs: IRQ affinity, RPS and XPS of virtio-net queues.
+
+* IsoStack (`place`): every queue an isostackd instance owns (IRQs of its input and output vectors, RPS of its
+  rx queue, XPS of its tx queue) on the instance's dedicated CPU, so receive processing runs there.
+* Legacy (`place_legacy`): the NIC's queue pairs spread round-robin over all vCPUs (queue pair q's vectors
+  and XPS on CPU cpus[q % len(cpus)]), RPS off: each queue is processed where its interrupt lands, like a
+  stock multi-queue guest.  Undoes an IsoStack placement too.
 
 All paths are relative to a proc root and a sys root so that tests can run it against a fake tree.
-`place()` returns one human-readable line per file it set (or failed to set), which isostackd logs.
+Both return one human-readable line per file they set (or failed to set), which isostackd / the CLI print.
+
+    python3 -m isostack.placement --legacy [--interfaces eth1]
+    python3 -m isostack.placement --cpu 1 [--queues 0,1] [--interfaces eth1]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import sys
 from pathlib import Path
 
 
@@ -72,6 +83,16 @@ def virtio_net_interfaces(sys_root: Path) -> dict[str, str]:
 IRQ_LINE = re.compile(r"^\s*(\d+):.*\s(virtio\d+)-(input|output)\.(\d+)\s*$")
 
 
+def virtio_queue_irqs(interrupts_text: str, virtio: str) -> list[tuple[int, int]]:
+    """[(queue pair, IRQ)] of a virtio device's input and output vectors."""
+    out = []
+    for line in interrupts_text.splitlines():
+        m = IRQ_LINE.match(line)
+        if m and m.group(2) == virtio:
+            out.append((int(m.group(4)), int(m.group(1))))
+    return out
+
+
 def virtio_irqs(interrupts_text: str, virtio: str, queues: set[int] | None = None) -> list[int]:
     """IRQ numbers of a virtio device's queue vectors ('virtio1-input.0', 'virtio1-output.0', ...), only those
     of the queue pairs in `queues` when given."""
@@ -95,6 +116,52 @@ def _write(path: Path, value: str) -> str:
         return f"{path}: cannot set {value}: {e.strerror or e}"
 
 
+def _select_nics(sysfs: Path, interfaces: list[str] | None) -> tuple[dict[str, str], list[str]]:
+    nics = virtio_net_interfaces(sysfs)
+    if not interfaces:
+        return nics, []
+    missing = [i for i in interfaces if i not in nics]
+    return {i: v for i, v in nics.items() if i in interfaces}, [f"{i}: not a virtio-net interface, skipped"
+                                                                 for i in missing]
+
+
+def online_cpus(sys_root: str = "/sys") -> set[int]:
+    try:
+        return parse_cpu_list((Path(sys_root) / "devices/system/cpu/online").read_text())
+    except OSError:
+        return set(range(os.cpu_count() or 1))
+
+
+def place_legacy(interfaces: list[str] | None = None, proc_root: str = "/proc", sys_root: str = "/sys",
+                 cpus: set[int] | None = None) -> list[str]:
+    """The legacy stack's placement: queue pair q's IRQs and XPS on cpus[q % n] (all online vCPUs by
+    default), RPS off on every rx queue."""
+    proc, sysfs = Path(proc_root), Path(sys_root)
+    order = sorted(cpus if cpus is not None else online_cpus(sys_root))
+    nics, out = _select_nics(sysfs, interfaces)
+    if not nics:
+        return out + ["no virtio-net interface found: nothing placed"]
+    if not order:
+        return out + ["no CPU to place on"]
+    try:
+        interrupts = (proc / "interrupts").read_text()
+    except OSError as e:
+        interrupts = ""
+        out.append(f"cannot read {proc / 'interrupts'}: {e}")
+    for iface, virtio in nics.items():
+        vectors = virtio_queue_irqs(interrupts, virtio)
+        if not vectors:
+            out.append(f"{iface} ({virtio}): no per-queue MSI-X vectors in /proc/interrupts")
+        for q, irq in vectors:
+            out.append(_write(proc / "irq" / str(irq) / "smp_affinity_list", str(order[q % len(order)])))
+        qdir = sysfs / "class/net" / iface / "queues"
+        for rx in sorted(qdir.glob("rx-*"), key=_queue_index):
+            out.append(_write(rx / "rps_cpus", cpu_mask(set())))
+        for tx in sorted(qdir.glob("tx-*"), key=_queue_index):
+            out.append(_write(tx / "xps_cpus", cpu_mask({order[_queue_index(tx) % len(order)]})))
+    return out
+
+
 def place(cpu: int, interfaces: list[str] | None = None, proc_root: str = "/proc", sys_root: str = "/sys",
           queues: set[int] | None = None) -> list[str]:
     """Steer the virtio-net queues' IRQs and RPS/XPS to `cpu`; returns what was set (or why not).
@@ -102,13 +169,7 @@ def place(cpu: int, interfaces: list[str] | None = None, proc_root: str = "/proc
     With `queues` (one isostackd instance of several) only those queue pairs are placed: their input and
     output vectors, rx-N/rps_cpus and tx-N/xps_cpus; the other instances place theirs."""
     proc, sysfs = Path(proc_root), Path(sys_root)
-    nics = virtio_net_interfaces(sysfs)
-    if interfaces:
-        missing = [i for i in interfaces if i not in nics]
-        nics = {i: v for i, v in nics.items() if i in interfaces}
-        out = [f"{i}: not a virtio-net interface, skipped" for i in missing]
-    else:
-        out = []
+    nics, out = _select_nics(sysfs, interfaces)
     if not nics:
         return out + ["no virtio-net interface found: nothing placed"]
     try:
@@ -131,3 +192,27 @@ def place(cpu: int, interfaces: list[str] | None = None, proc_root: str = "/proc
             if queues is None or _queue_index(q) in queues:
                 out.append(_write(q / "xps_cpus", mask))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="isostack.placement", description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--legacy", action="store_true", help="spread the queues over all vCPUs, RPS off")
+    mode.add_argument("--cpu", type=int, help="put the queues (or --queues) on this CPU (what isostackd does)")
+    ap.add_argument("--queues", default="", help="queue pairs for --cpu, e.g. 0,1 (default: all)")
+    ap.add_argument("--interfaces", default="", help="comma-separated NICs (default: every virtio-net one)")
+    ap.add_argument("--proc-root", default="/proc")
+    ap.add_argument("--sys-root", default="/sys")
+    a = ap.parse_args(argv)
+    ifaces = [i for i in a.interfaces.split(",") if i] or None
+    if a.legacy:
+        lines = place_legacy(ifaces, a.proc_root, a.sys_root)
+    else:
+        lines = place(a.cpu, ifaces, a.proc_root, a.sys_root, parse_cpu_list(a.queues) if a.queues else None)
+    for line in lines:
+        print(line)
+    return 1 if any("cannot" in line for line in lines) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""NIC placement on a fake sysfs/procfs: the legacy spread (round-robin IRQs and XPS over all vCPUs, RPS off)
+and how it undoes an IsoStack placement; the placement CLI."""
+
+from isostack import placement
+
+
+def fake_tree(tmp_path, queues=2, cpus="0-2"):
+    sysfs, proc = tmp_path / "sys", tmp_path / "proc"
+    dev = sysfs / "devices/pci0000:00/0000:00:03.0/virtio1"
+    drv = sysfs / "bus/virtio/drivers/virtio_net"
+    drv.mkdir(parents=True)
+    dev.mkdir(parents=True)
+    (dev / "driver").symlink_to(drv)
+    iface = sysfs / "class/net/eth1"
+    for q in range(queues):
+        (iface / "queues" / f"rx-{q}").mkdir(parents=True)
+        (iface / "queues" / f"tx-{q}").mkdir(parents=True)
+    (iface / "device").symlink_to(dev)
+    (sysfs / "devices/system/cpu").mkdir(parents=True)
+    (sysfs / "devices/system/cpu/online").write_text(cpus + "\n")
+    proc.mkdir()
+    lines = [" 24:  0  0  PCI-MSI 49152-edge  virtio1-config"]
+    irq = 25
+    vectors = {}
+    for q in range(queues):
+        for kind in ("input", "output"):
+            lines.append(f" {irq}:  10  0  PCI-MSI {49153 + irq}-edge  virtio1-{kind}.{q}")
+            (proc / "irq" / str(irq)).mkdir(parents=True)
+            vectors[(kind, q)] = irq
+            irq += 1
+    (proc / "interrupts").write_text("\n".join(lines) + "\n")
+    return proc, sysfs, iface, vectors
+
+
+def affinity(proc, irq):
+    return (proc / f"irq/{irq}/smp_affinity_list").read_text().strip()
+
+
+def test_legacy_spreads_queue_pairs_round_robin_and_turns_rps_off(tmp_path):
+    proc, sysfs, iface, vec = fake_tree(tmp_path, queues=3, cpus="0-1")
+    placement.place(1, None, str(proc), str(sysfs))  # IsoStack first: everything on CPU 1, RPS to CPU 1
+    assert {affinity(proc, irq) for irq in vec.values()} == {"1"}
+    assert (iface / "queues/rx-0/rps_cpus").read_text() == "00000002\n"
+    lines = placement.place_legacy(None, str(proc), str(sysfs))
+    for (kind, q), irq in vec.items():
+        assert affinity(proc, irq) == str(q % 2), (kind, q)  # queue 2 wraps to CPU 0
+    for q in range(3):
+        assert (iface / f"queues/rx-{q}/rps_cpus").read_text() == "00000000\n"
+        assert (iface / f"queues/tx-{q}/xps_cpus").read_text() == placement.cpu_mask({q % 2}) + "\n"
+    assert len(lines) == 6 + 3 + 3
+
+
+def test_legacy_uses_every_online_cpu(tmp_path):
+    proc, sysfs, iface, vec = fake_tree(tmp_path, queues=4, cpus="0-3")
+    placement.place_legacy(None, str(proc), str(sysfs))
+    assert [affinity(proc, vec[("input", q)]) for q in range(4)] == ["0", "1", "2", "3"]
+    assert placement.online_cpus(str(sysfs)) == {0, 1, 2, 3}
+    placement.place_legacy(None, str(proc), str(sysfs), cpus={2, 3})
+    assert [affinity(proc, vec[("output", q)]) for q in range(4)] == ["2", "3", "2", "3"]
+
+
+def test_legacy_reports_what_it_could_not_do(tmp_path):
+    proc, sysfs, _iface, _vec = fake_tree(tmp_path)
+    (proc / "interrupts").unlink()
+    lines = placement.place_legacy(None, str(proc), str(sysfs))
+    assert any(line.startswith("cannot read") for line in lines)
+    assert placement.place_legacy(["eth9"], str(proc), str(sysfs))[0].startswith("eth9: not a virtio-net")
+
+
+def test_cli_legacy_and_isostack_modes(tmp_path, capsys):
+    proc, sysfs, iface, vec = fake_tree(tmp_path, queues=2, cpus="0-1")
+    assert placement.main(["--cpu", "1", "--queues", "1", "--proc-root", str(proc), "--sys-root", str(sysfs)]) == 0
+    assert affinity(proc, vec[("input", 1)]) == "1"
+    assert not (proc / f"irq/{vec[('input', 0)]}/smp_affinity_list").exists()  # queue 0 is another instance's
+    assert placement.main(["--legacy", "--proc-root", str(proc), "--sys-root", str(sysfs)]) == 0
+    assert affinity(proc, vec[("input", 0)]) == "0"
+    out = capsys.readouterr().out
+    assert "rps_cpus = 00000000" in out
+    (proc / "interrupts").unlink()
+    assert placement.main(["--legacy", "--proc-root", str(proc), "--sys-root", str(sysfs)]) == 1
