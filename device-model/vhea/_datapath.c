@@ -457,7 +457,10 @@ static PyObject *tx_pull(PyObject *mod, PyObject *args) {
         used++;
     }
     last += consumed;
-    publish(&r, used, last, event_idx);
+    if (consumed)
+        publish(&r, used, last, event_idx);
+    else if (event_idx) /* nothing taken: only ask for a kick (Vring.request_kicks) */
+        store16((uint8_t *)r.used.buf + 4 + 8 * r.num, last);
     result = Py_BuildValue("IIKIIIO", consumed, frames, (unsigned long long)nbytes, runts, oversize, nruns, Py_None);
     goto out;
 done:
