@@ -274,3 +274,17 @@ def test_listener_fileno_covers_every_instance(two):
             a.close()
             box["c"].close()
         srv.close()
+
+
+def test_stale_socket_of_a_killed_instance_is_skipped_when_discovered(two):
+    stale = instance_path(two, 5)
+    u = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    u.bind(stale)  # bound, never listening: what a SIGKILLed isostackd leaves behind
+    u.close()
+    try:
+        with Stack(two, GEO) as st:
+            assert [i.id for i in st.instances] == [0, 1]
+        with pytest.raises(ConnectionRefusedError):
+            Stack(two, GEO, instances=[5])  # asked for by number: an error
+    finally:
+        os.unlink(stale)

@@ -274,7 +274,8 @@ class Stack:
                  connect_timeout: float = 5.0, instances: list[int] | None = None, classifier=_sentinel):
         self.path = path or os.environ.get("ISOSTACK_SOCKET", DEFAULT_SOCKET)
         self.geometry = g = (geometry or Geometry()).resolved().check()
-        if instances is None:
+        discovered = instances is None
+        if discovered:
             paths = [p for _k, p in discover(self.path)] or [self.path]  # the error then names the usual path
         else:
             paths = [instance_path(self.path, k) for k in instances]
@@ -284,7 +285,13 @@ class Stack:
         self.instances: list[Instance] = []
         try:
             for p in paths:
-                self.instances.append(Instance(p, g, self.doorbells, name or f"pid{os.getpid()}", connect_timeout))
+                try:
+                    self.instances.append(Instance(p, g, self.doorbells, name or f"pid{os.getpid()}",
+                                                   connect_timeout))
+                except (ConnectionRefusedError, FileNotFoundError):
+                    # the socket of an isostackd that was killed: skip it when the path was only discovered
+                    if not discovered or (p == paths[-1] and not self.instances):
+                        raise
         except BaseException:
             for inst in self.instances:
                 inst.close()
