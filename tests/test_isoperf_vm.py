@@ -1,0 +1,137 @@
+"""isoperf between two guests over the device model, as the harness runs it, for both stacks.
+
+One testbed (its own state dir), one `fab run-benchmark` of tests/fixtures/isoperf-vm.yaml: verified STREAM
+and RR over the legacy stack and over IsoStack (isostackd on iso-a's vCPU 1, the isoperf client's threads on
+vCPU 0), a verified legacy MAERTS, and the legacy STREAM/RR cross-checked by iperf3 and sockperf ping-pong
+between the same guests. Every case must be ok, verified, carried by the device model and have nonzero
+figures; then `testbed down` must leave nothing running.
+
+isoperf is Python and the tools are C, and under TCG the guests are the bottleneck, so the cross-check is
+a sanity bound (the same order of magnitude: it catches bits/bytes, µs/ms, half/full round-trip mistakes),
+not an equality; the figures themselves are in the run's report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from vm_helpers import BIN, REPO, qemu_pids, run
+
+from testbed.devicemodel import pid_alive
+from testbed.state import Topology
+
+pytestmark = pytest.mark.vm
+
+PLAYBOOK = "tests/fixtures/isoperf-vm.yaml"
+EXPECTED = {
+    ("stream-1448", "legacy"),
+    ("stream-1448", "iso"),
+    ("rr-64", "legacy"),
+    ("rr-64", "iso"),
+    ("maerts-1448", "legacy"),
+}
+
+
+@pytest.fixture(scope="module")
+def testbed_up(tmp_path_factory):
+    state = tmp_path_factory.mktemp("isoperf-tb")
+    env = dict(os.environ, ISOSTACK_STATE_DIR=str(state))
+    try:
+        run([str(BIN / "testbed"), "up"], timeout=900, env=env)
+        yield state, env, Topology.load(state / "topology.json")
+    finally:
+        subprocess.run([str(BIN / "testbed"), "down"], env=env, capture_output=True, timeout=120, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def benchmark(testbed_up):
+    state, env, topo = testbed_up
+    results = state / "results"
+    out = run([str(BIN / "fab"), "run-benchmark", "--playbook", PLAYBOOK, "--results-dir", str(results)],
+              timeout=600, env=env, check=False)
+    run_json = next(results.glob("*/run.json"), None)
+    assert run_json is not None, f"no run stored\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    cases = {(c["test_name"], c["stack"]): c for c in json.loads(run_json.read_text())["cases"]}
+    return topo, cases, out
+
+
+def test_every_case_is_ok_verified_and_crossed_the_device_model(benchmark):
+    topo, cases, out = benchmark
+    assert set(cases) == EXPECTED
+    for key, case in cases.items():
+        assert case["status"] == "ok", (key, case.get("error"), case.get("isostackd_log"), case.get("server_log"))
+        assert case["device_model"]["crossed"] is True, (key, case["device_model"])
+        perf = case["isoperf"]
+        assert (perf["test"], perf["stack"]) == (case["test"], case["stack"])
+        assert perf["verified"] is True and perf["errors"] == []
+        assert perf["bytes"] > 0 and perf["throughput_bps"] > 0 and perf["messages_per_s"] > 0
+        assert perf["client_total_bytes"] == perf["server_total_bytes"] > perf["bytes"]  # warm-up not measured
+        assert perf["cpu_binding"] == 0 and "--cpu 0" in case["commands"]["client"]
+    assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_rr_reports_transactions_and_ordered_percentiles(benchmark):
+    _topo, cases, _out = benchmark
+    for stack in ("legacy", "iso"):
+        perf = cases[("rr-64", stack)]["isoperf"]
+        lat = perf["latency_us"]
+        assert perf["transactions"] > 0 and perf["transactions_per_s"] > 0
+        assert lat["samples"] == perf["transactions"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"], (stack, lat)
+        # lock-step on one connection: the transactions' latencies add up to (at most) the measured interval
+        assert lat["mean"] * perf["transactions"] <= perf["duration"] * 1e6 * 1.02
+        assert perf["bytes"] == perf["transactions"] * 2 * 64
+
+
+def test_isostackd_on_vcpu1_and_the_client_on_vcpu0(benchmark):
+    topo, cases, _out = benchmark
+    client = next(g for g in topo.guests if g.name == "iso-a")
+    assert client.vcpus >= 2
+    for name in ("stream-1448", "rr-64"):
+        iso, legacy = cases[(name, "iso")], cases[(name, "legacy")]
+        assert iso["commands"]["client"].startswith("taskset -c 0 ") and "--stack iso" in iso["commands"]["client"]
+        assert f"--cpu {client.vcpus - 1}" in iso["commands"]["isostackd"]
+        assert any(f"pinned to CPU {client.vcpus - 1}" in line for line in iso["isostackd_log"]), iso["isostackd_log"]
+        # isostackd polls on vCPU 1; the legacy client's work (its pinned threads and its kernel sends) is on vCPU 0
+        iso_cpu = iso["isoperf"]["cpu"]["client"]
+        assert iso_cpu[f"cpu{client.vcpus - 1}"] > 30, iso_cpu
+        legacy_cpu = legacy["isoperf"]["cpu"]["client"]
+        assert legacy_cpu["cpu0"] > legacy_cpu["cpu1"], legacy_cpu
+
+
+def test_maerts_data_flows_from_the_server(benchmark):
+    topo, cases, _out = benchmark
+    case = cases[("maerts-1448", "legacy")]
+    delta = case["device_model"]["delta"]
+    server_port = case["device_model"]["server_port"]
+    client_port = case["device_model"]["client_port"]
+    assert delta[server_port]["from_guest_bytes"] >= case["isoperf"]["server_total_bytes"]
+    assert delta[server_port]["from_guest_bytes"] > 5 * delta[client_port]["from_guest_bytes"]  # ACKs only back
+
+
+def test_legacy_figures_are_cross_checked_by_iperf3_and_sockperf(benchmark):
+    _topo, cases, _out = benchmark
+    stream, rr = cases[("stream-1448", "legacy")], cases[("rr-64", "legacy")]
+    iperf3, sockperf = stream["crosscheck"], rr["crosscheck"]
+    assert iperf3["tool"] == "iperf3" and iperf3["error"] is None, iperf3
+    assert sockperf["tool"] == "sockperf" and sockperf["error"] is None, sockperf
+    assert "-P 1 -l 1448" in stream["commands"]["iperf3"]
+    assert "-m 64 --full-rtt" in rr["commands"]["sockperf"]
+    ratio = stream["isoperf"]["throughput_bps"] / iperf3["throughput_bps"]
+    assert 0.05 <= ratio <= 2.0, (stream["isoperf"]["throughput_bps"], iperf3["throughput_bps"])
+    lat_ratio = rr["isoperf"]["latency_us"]["p50"] / sockperf["latency_us"]["p50"]
+    assert 0.5 <= lat_ratio <= 20.0, (rr["isoperf"]["latency_us"], sockperf["latency_us"])
+    for stack in ("iso",):  # the cross-check is for the legacy stack only
+        assert cases[("stream-1448", stack)]["crosscheck"] is None
+
+
+def test_down_leaves_nothing_running(testbed_up, benchmark):
+    state, env, topo = testbed_up
+    run([str(BIN / "testbed"), "down"], timeout=120, env=env)
+    assert not (state / "topology.json").exists()
+    assert not pid_alive(topo.device_model.pid)
+    assert topo.supervisor_pid > 0 and not pid_alive(topo.supervisor_pid)
+    assert qemu_pids(state) == []
