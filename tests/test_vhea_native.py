@@ -1,4 +1,4 @@
-"""The native datapath (_datapath.c) against the Python reference, on random (mostly hostile) rings.
+"""The native datapath (_datapath.c) and the Python batch against the Python reference, on random rings.
 
 Hypothesis builds descriptor tables, indirect tables and avail rings with addresses inside and outside the
 mapped region, odd lengths, random flags and next indices; the same memory is walked by the Python path
@@ -223,11 +223,12 @@ def _push_python(image, num, last, used, frames, mrg, legacy):
     return err, (delivered, reasons.count("rx_no_buffers"), reasons.count("rx_buffer_too_small")), state, image_after
 
 
-def _push_native(image, num, last, used, frames, mrg, legacy):
+def _push_native(image, num, last, used, frames, mrg, legacy, batch_py=False):
+    """rx_native (or, batch_py, the Python datapath's push_rx_many) over the same frames."""
     mem, m = _memory(image)
     dev = VirtioNet(1)
     dev.mem = mem
-    dev.native = native.MOD
+    dev.native = None if batch_py else native.MOD
     dev.set_features(0 if legacy else bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) |
                      (bit(VIRTIO_NET_F_MRG_RXBUF) if mrg else 0))
     r = _ring(mem, 0, num, dev, last, used)
@@ -237,7 +238,10 @@ def _push_native(image, num, last, used, frames, mrg, legacy):
     for f in frames:
         meta.extend((off, len(f)))
         off += len(f)
-    n, nbytes, nobuf, small, err, _at = dev.rx_native(r, src, meta, 0, len(frames), PLAIN_HDR)
+    if batch_py:
+        n, nbytes, nobuf, small, err, _at = dev.push_rx_many(r, frames, 0, len(frames))
+    else:
+        n, nbytes, nobuf, small, err, _at = dev.rx_native(r, src, meta, 0, len(frames), PLAIN_HDR)
     assert nbytes == r.counters.bytes
     state = (r.last_avail_idx, r.used_idx, r.counters.frames, r.counters.bytes)
     image_after = bytes(m)
@@ -273,14 +277,15 @@ def test_rx_push_native_matches_python(num, descs, indirect, heads, last, count,
     frames = [rnd.randbytes(n) for n in sizes]
     used = (last + 3) & 0xFFFF
     py = _push_python(image, num, last, used, frames, mrg and not legacy, legacy)
-    c = _push_native(image, num, last, used, frames, mrg and not legacy, legacy)
     event("ring error" if py[0] else "delivered some" if py[1][0] else "none delivered")
-    assert (py[0] is None) == (c[0] is None), (py[0], c[0])
-    if py[0] is not None:
-        assert c[0] == py[0]
-    assert c[1] == py[1]
-    assert c[2] == py[2]
-    assert c[3] == py[3]  # every byte of guest memory the same
+    for batch_py in (False, True):  # the C path, and the Python datapath's batch, against frame by frame
+        c = _push_native(image, num, last, used, frames, mrg and not legacy, legacy, batch_py)
+        assert (py[0] is None) == (c[0] is None), (batch_py, py[0], c[0])
+        if py[0] is not None:
+            assert c[0] == py[0]
+        assert c[1] == py[1], batch_py
+        assert c[2] == py[2], batch_py
+        assert c[3] == py[3], batch_py  # every byte of guest memory the same
 
 
 def test_closed_memory_is_refused_not_touched():

@@ -460,12 +460,27 @@ class Server:
             self._busy.add((port, ring))
         if ring.error is None:
             self._touched.add((port, ring))
+        if not frames:
+            return
+        nbytes = sum(map(len, frames))
         if port.pacer.rate_bps:
-            port.pacer.consume(sum(map(len, frames)))
-        for frame in frames:
-            port.from_guest_frames += 1
-            port.from_guest_bytes += len(frame)
-            self._forward(port, frame)
+            port.pacer.consume(nbytes)
+        port.from_guest_frames += len(frames)
+        port.from_guest_bytes += nbytes
+        # one switch decision per run of plain frames with the same MAC addresses, one rx pass per ring
+        i, n = 0, len(frames)
+        while i < n:
+            f = frames[i]
+            if type(f) is not bytes:  # a TxFrame (offload request): frame by frame
+                self._forward(port, f)
+                i += 1
+                continue
+            key = f[:12]
+            j = i + 1
+            while j < n and type(frames[j]) is bytes and frames[j].startswith(key):
+                j += 1
+            self._forward_run(port, f, i, j, frames)
+            i = j
 
     # ---- the native datapath: the same semantics per batch (the Python methods above are the reference) ------
 
@@ -534,15 +549,29 @@ class Server:
                 port.drop("link_down", count)
                 continue
             off = meta[2 * first]
-            dsts = self.switch.destinations(bytes(arena_view[off:off + 12]), port.name)
-            if not dsts:
-                port.drop("dst_is_ingress_port", count)
-                continue
-            for name in dsts:
-                self._deliver_run(self.ports[name], first, first + count)
+            self._forward_run(port, bytes(arena_view[off:off + 12]), first, first + count)
 
-    def _deliver_run(self, port: Port, start: int, end: int) -> None:
-        """_deliver for frames meta[start:end] of the arena (native datapath)."""
+    def _forward_run(self, port: Port, macs: bytes, start: int, end: int, frames: list[bytes] | None = None) -> None:
+        """_forward for a run of plain frames that share their MAC addresses (`macs`: the first 12 bytes), taken
+        from `frames`, or, with the native datapath, from the arena (frames None)."""
+        if not port.link_up:
+            port.drop("link_down", end - start)
+            return
+        dsts = self.switch.destinations(macs, port.name)
+        if not dsts:
+            port.drop("dst_is_ingress_port", end - start)
+            return
+        for name in dsts:
+            self._deliver_run(self.ports[name], start, end, frames)
+
+    def _frame(self, i: int, frames: list[bytes] | None) -> bytes:
+        if frames is not None:
+            return frames[i]
+        off = self._meta[2 * i]
+        return bytes(self._arena_view[off:off + self._meta[2 * i + 1]])
+
+    def _deliver_run(self, port: Port, start: int, end: int, frames: list[bytes] | None = None) -> None:
+        """_deliver for frames[start:end] (or meta[start:end] of the arena: native datapath)."""
         if not port.link_up:
             port.drop("link_down", end - start)
             return
@@ -553,28 +582,31 @@ class Server:
         rings = device.rings
         if len(rings) <= 2:  # one queue pair: nothing to classify (select_rx_ring)
             ring = rings[0] if rings and rings[0].ready else None
-            self._push_run(port, device, ring, start, end)
+            self._push_run(port, device, ring, start, end, frames)
             return
-        meta, view = self._meta, self._arena_view
         classifier = port.classifier
         cur = None
         seg = start
         for i in range(start, end):
-            off = meta[2 * i]
-            ring = select_rx_ring(classifier, rings, bytes(view[off:off + meta[2 * i + 1]]))
+            ring = select_rx_ring(classifier, rings, self._frame(i, frames))
             if ring is not cur:
                 if i > seg:
-                    self._push_run(port, device, cur, seg, i)
+                    self._push_run(port, device, cur, seg, i, frames)
                 cur, seg = ring, i
-        self._push_run(port, device, cur, seg, end)
+        self._push_run(port, device, cur, seg, end, frames)
 
-    def _push_run(self, port: Port, device, ring: Vring | None, start: int, end: int) -> None:
+    def _push_run(self, port: Port, device, ring: Vring | None, start: int, end: int,
+                  frames: list[bytes] | None) -> None:
         if ring is None:
             port.drop("rx_queue_not_ready", end - start)
             return
-        frames, nbytes, nobuf, small, err, at = device.rx_native(ring, self._arena, self._meta, start, end, PLAIN_HDR)
-        if frames:
-            port.to_guest_frames += frames
+        if frames is None:
+            done, nbytes, nobuf, small, err, at = device.rx_native(ring, self._arena, self._meta, start, end,
+                                                                   PLAIN_HDR)
+        else:
+            done, nbytes, nobuf, small, err, at = device.push_rx_many(ring, frames, start, end)
+        if done:
+            port.to_guest_frames += done
             port.to_guest_bytes += nbytes
             self._touched.add((port, ring))
         if nobuf:
@@ -584,10 +616,8 @@ class Server:
         if err is not None:
             self._stop_ring(port, ring, err)
             port.drop("rx_ring_error", queue=ring.index)
-            meta, view = self._meta, self._arena_view
-            for i in range(at + 1, end):  # the rest as the reference path would (another ring, or a drop)
-                off = meta[2 * i]
-                self._deliver(port, bytes(view[off:off + meta[2 * i + 1]]))
+            for i in range(at + 1, end):  # the rest frame by frame (another ring, or a drop)
+                self._deliver(port, self._frame(i, frames))
 
     def _forward(self, ingress: Port, frame: bytes) -> None:
         if not ingress.link_up:
