@@ -167,4 +167,7 @@ def test_failed_and_skipped_crosschecks_are_marked_and_explained_below():
     text = out.getvalue()
     assert "failed (see below)" in _row(text, "↳ sockperf")[-1]
     assert "rr-64 size=64 conns=1: cross-check sockperf: sockperf exited 1: connection refused" in text
-    assert "skipped: sockperf ping-pong runs one connection" in text
+    assert [r[-1] for r in report.rows(run)] == ["ok", "failed", "ok", "skipped"]
+    assert "rr-64 size=64 conns=4: cross-check sockperf skipped: sockperf ping-pong runs one connection" in text
+    md = report.markdown(run)
+    assert "## Notes" in md and "- rr-64 size=64 conns=4: cross-check sockperf skipped: sockperf ping-pong" in md

@@ -125,7 +125,7 @@ def _crosscheck_row(case: dict, cc: dict) -> list[str]:
     lat = cc.get("latency_us") or {}
     status = "ok"
     if cc.get("skipped"):
-        status = f"skipped: {cc['skipped']}"
+        status = "skipped"
     elif cc.get("error"):
         status = "failed"
     bps = cc.get("throughput_bps")
@@ -179,8 +179,7 @@ def build_table(run: dict) -> Table:
         cells = [escape(c) for c in cells]
         if is_crosscheck:
             if cells[-1] != "ok":
-                note = " (see below)" if cells[-1] == "failed" else ""
-                cells[-1] = f"[yellow]{cells[-1]}{note}[/yellow]"
+                cells[-1] = f"[yellow]{cells[-1]} (see below)[/yellow]"
             table.add_row(*cells)
             continue
         if cells[-2] == "NO":
@@ -205,10 +204,22 @@ def errors(run: dict) -> list[str]:
     return out
 
 
+def notes(run: dict) -> list[str]:
+    """Why a cross-check was skipped (not an error: the tool cannot run that case)."""
+    return [
+        f"{c.get('test_name')} size={c.get('size')} conns={c.get('connections')}: cross-check {cc.get('tool')}"
+        f" skipped: {cc['skipped']}"
+        for c in run.get("cases", [])
+        if (cc := c.get("crosscheck") or {}).get("skipped")
+    ]
+
+
 def print_report(run: dict, run_json: Path, console: Console) -> None:
     console.print(build_table(run))
     for line in errors(run):
         console.print(escape(line), style="red", highlight=False)
+    for line in notes(run):
+        console.print(escape(line), style="yellow", highlight=False)
     git = (run.get("metadata") or {}).get("git") or {}
     if git.get("commit"):
         console.print(f"commit {git['commit'][:12]}{' (dirty)' if git.get('dirty') else ''}")
@@ -236,4 +247,6 @@ def markdown(run: dict) -> str:
     errs = errors(run)
     if errs:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in errs]
+    if notes(run):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes(run)]
     return "\n".join(lines) + "\n"
