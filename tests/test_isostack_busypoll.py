@@ -71,3 +71,15 @@ def test_sysctl_left_alone_by_default(tmp_path, fake_proc):
     d.close()
     assert (fake_proc / "sys/net/core/busy_poll").read_text() == "0\n"
     assert d.stats["so_busy_poll_us"] == 50 and d.stats["epoll_busy_poll_us"] is None
+
+
+def test_only_instance_0_writes_the_global_sysctl(tmp_path, fake_proc):
+    sysctl = fake_proc / "sys/net/core/busy_poll"
+    d1 = Dispatcher(str(tmp_path / "d1.sock"), None, epoll_busy_poll_us=25, proc_root=str(fake_proc), instance=1)
+    assert sysctl.read_text() == "0\n" and d1.stats["epoll_busy_poll_us"] == 0
+    d0 = Dispatcher(str(tmp_path / "d0.sock"), None, epoll_busy_poll_us=25, proc_root=str(fake_proc), instance=0)
+    assert sysctl.read_text() == "25\n"
+    d1.close()  # instance 1 leaving does not switch it off under instance 0
+    assert sysctl.read_text() == "25\n"
+    d0.close()
+    assert sysctl.read_text() == "0\n"

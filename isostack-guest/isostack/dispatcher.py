@@ -19,7 +19,9 @@ recv that finds the socket empty first polls the device queue the flow arrives o
 are non-blocking); --epoll-busy-poll-us N sets the net.core.busy_poll sysctl while isostackd runs (restored on
 exit), which makes epoll_wait poll the NAPI context of our sockets before it reports "nothing".  Per-epoll
 parameters (EPIOCSPARAMS) exist only from Linux 6.9 and the guests run 6.1, so the sysctl is the only epoll
-knob there; it is global, hence off by default (-1) and an explicit choice of the experiment.  SO_BUSY_POLL
+knob there; it is global, hence off by default (-1) and an explicit choice of the experiment, and only
+instance 0 writes and restores it (another instance restoring it at its exit would switch it off under the
+others); the other instances report the value they see.  SO_BUSY_POLL
 above net.core.busy_read needs CAP_NET_ADMIN (isostackd runs as root in the guests); failures are counted,
 not fatal.  The settings and counts are in the stats and in every attach reply ("busy_poll").
 
@@ -34,9 +36,13 @@ which CPU the kernel last received the connection's packets on).
     BPF program to the group (SO_ATTACH_REUSEPORT_CBPF, Linux >= 4.5) that returns the member owning
     skb->queue_mapping (the rx queue virtio-net recorded: exactly "the queue the SYN arrived on"), else the
     member whose CPU is processing the SYN (SKF_AD_CPU: the CPU its queue's IRQ/RPS targets), else an
-    out-of-range index, which makes the kernel fall back to its hash.  SO_INCOMING_CPU alone would be
-    simpler but the reuseport group ignores it on the guests' 6.1 (fixed in 6.2 by b261eda84ec1, "soreuseport:
-    Fix socket selection for SO_INCOMING_CPU"), and an eBPF SOCKARRAY would need bpf(2) from every instance.
+    out-of-range index, which makes the kernel fall back to its hash.  Measured in a guest (6.1, 2 queues):
+    virtio-net does not record the rx queue there (a packet-socket filter on SKF_AD_QUEUE sees 0 for every
+    frame), so the CPU rule decides; with each instance's queue IRQs and RPS on its CPU (placement), 16 of 16
+    connections from the other guest were accepted by the instance owning their predicted rx queue.
+    SO_INCOMING_CPU alone would be simpler but mainline 6.1's reuseport group ignores it (fixed in 6.2 by
+    b261eda84ec1, "soreuseport: Fix socket selection for SO_INCOMING_CPU"), and an eBPF SOCKARRAY would need
+    bpf(2) from every instance.
   * Active opens: the front-end binds a source port whose Toeplitz hash maps to one of the instance's
     queues (rss.py, from the classifier settings the testbed puts into the guest) before connecting.
 
@@ -300,7 +306,11 @@ class Dispatcher:
         self.sysctl_path = os.path.join(proc_root, BUSY_POLL_SYSCTL)
         self.sysctl_saved: str | None = None
         if epoll_busy_poll_us >= 0:
-            self._set_epoll_busy_poll(epoll_busy_poll_us)
+            if instance == 0:
+                self._set_epoll_busy_poll(epoll_busy_poll_us)
+            else:
+                self.stats["epoll_busy_poll_us"] = self._read_sysctl()
+                log.info("net.core.busy_poll is %s (instance 0 sets it)", self.stats["epoll_busy_poll_us"])
         self.epoll = select.epoll()
         self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.epoll.register(self.kick, select.EPOLLIN)
@@ -346,6 +356,13 @@ class Dispatcher:
             log.info("net.core.busy_poll = %d (was %s)", us, old)
         except (OSError, ValueError) as e:
             log.warning("cannot set net.core.busy_poll to %d: %s", us, e)
+
+    def _read_sysctl(self) -> int | None:
+        try:
+            with open(self.sysctl_path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
 
     def _busy_poll_socket(self, k: socket.socket) -> None:
         if self.so_busy_poll_us <= 0:
