@@ -406,3 +406,27 @@ def test_hostile_offload_is_a_counted_drop_and_traffic_goes_on(sockdir, name, fr
         assert st["drops"] == {reason: 1}
         assert st["from_guest_frames"] == 1
         assert server.ports["a"].handler.device.rings[1].error is None
+
+
+@pytest.mark.parametrize("queue_pairs", [1, 2])
+def test_flooded_tso_frame_whole_to_one_peer_and_segmented_for_another(sockdir, queue_pairs):
+    """One TSO frame to an unknown MAC, flooded: b (TSO) gets it whole, c (no offloads) gets checked segments, and
+    the counters count the frame once per port (the native datapath keeps it in its arena for both)."""
+    with running_server(sockdir, ["a", "b", "c"], queue_pairs=queue_pairs) as server, frontend(server, "a") as a, \
+            frontend(server, "b") as b, frontend(server, "c") as c:
+        a.handshake()
+        b.handshake()
+        c.handshake(want_features=NO_GUEST_OFFLOADS)
+        b.post_rx()
+        c.post_rx()
+        original = tso_frame(os.urandom(20000))
+        a.send_frame(original, vhdr=gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 1448, hdr_len=66))
+        (_hdr, whole), = _received(b, 1)
+        assert whole == original
+        got = _received(c, 14)
+        check_segments([f for _, f in got], original, 1448, False)
+        st = server.stats()["ports"]
+        assert st["a"]["from_guest_frames"] == 1 and st["a"]["from_guest_bytes"] == len(original)
+        assert (st["b"]["to_guest_frames"], st["b"]["to_guest_bytes"]) == (1, len(original))
+        assert (st["c"]["to_guest_frames"], st["c"]["to_guest_bytes"]) == (1, len(original))
+        assert not st["b"]["drops"] and not st["c"]["drops"]

@@ -21,7 +21,7 @@ from .classifier import PortClassifier, select_rx_ring
 from .coalesce import Coalescer
 from .connection import Connection, Disconnected
 from .handler import BackendHandler
-from .net import MAX_FRAME, NET_HDR_LEN, PLAIN_HDR
+from .net import ARENA_PREFIX, MAX_FRAME, NET_HDR_LEN, PLAIN_HDR, ArenaTxFrame
 from .offload import VHDR, OffloadError, TxFrame, validate
 from .pacing import Pacer
 from .protocol import ProtocolError, request_name
@@ -510,8 +510,14 @@ class Server:
                 if runs[4 * r + 2]:
                     first = runs[4 * r]
                     off, ln = meta[2 * first], meta[2 * first + 1]
-                    data = TxFrame(self._arena_view[off:off + ln])
-                    data.vhdr = VHDR.unpack_from(arena, off - hl)
+                    vhdr = VHDR.unpack_from(arena, off - hl)
+                    if vhdr[1] and ln > ARENA_PREFIX:  # GSO: only the headers leave the arena (ArenaTxFrame)
+                        data = ArenaTxFrame(self._arena_view[off:off + ARENA_PREFIX])
+                        data.length = ln
+                        data.src = (arena, meta, first)
+                    else:
+                        data = TxFrame(self._arena_view[off:off + ln])
+                    data.vhdr = vhdr
                     try:
                         validate(data, device.features)
                     except OffloadError as e:
