@@ -122,3 +122,33 @@ def test_threads_on_two_cpus_each_sleep_on_their_own_ring(conn, isostackd):  # n
     s0.close()
     peer0.close()
     srv.close()
+
+
+@pytest.mark.parametrize("word", ["R_TAIL", "R_RUNG", "R_SAVED", "R_DROPPED", "R_HEAD", "R_SLEEPERS"])
+def test_hostile_ring_header_words_hurt_only_their_application(isostackd, word):  # noqa: F811
+    """Every word of a ring header is in the application's memory: counters at 2**64 - 1 must wrap, a head
+    beyond the tail or a huge sleeper count must not stop the dispatcher or another application's traffic."""
+    import isostack.layout as L
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    with Stack(isostackd, GEO) as victim_app, Stack(isostackd, GEO) as hostile_app:
+        victim = victim_app.create_connection(srv.getsockname(), timeout=5)
+        vpeer, _ = srv.accept()
+        target = hostile_app.create_connection(srv.getsockname(), timeout=5)
+        tpeer, _ = srv.accept()
+        inst = hostile_app.instances[0]
+        for r in range(GEO.notif_rings):
+            inst.q[inst.ring_words[r] + getattr(L, word)] = (1 << 64) - 1
+            inst.q[inst.ring_words[r] + L.R_DROPPED] = (1 << 64) - 1  # a full ring counts drops too
+        for _ in range(3):
+            tpeer.sendall(b"x")  # makes the dispatcher post to the hostile ring
+            time.sleep(0.05)
+        vpeer.sendall(b"still here")
+        assert victim.recv(100) == b"still here"
+        victim.sendall(b"and back")
+        assert vpeer.recv(100) == b"and back"
+        target.close()
+        victim.close()
+    srv.close()

@@ -992,10 +992,10 @@ class Dispatcher:
                         os.eventfd_write(app.doorbells[r], min(sleepers, 1 << 16))
                     except OSError:
                         pass
-                    q[w + R_RUNG] += 1
+                    q[w + R_RUNG] = (q[w + R_RUNG] + 1) & U64  # the application's memory: wraps
                     self.stats["rung"] += 1
                 else:
-                    q[w + R_SAVED] += 1
+                    q[w + R_SAVED] = (q[w + R_SAVED] + 1) & U64  # the application's memory: wraps
                     self.stats["saved"] += 1
             app.dirty.clear()
 

@@ -45,6 +45,7 @@ from . import native
 from .layout import BODY, ENTRY, ENTRY_SIZE, NOTIF_ENTRY, ring_spans
 
 EMPTY, READY, CORRUPT = 0, 1, 2
+U64 = (1 << 64) - 1
 
 
 class Region:
@@ -158,12 +159,12 @@ class NotifyRing:
     def post(self, sock: int, events: int, seq: int) -> bool:
         """Producer: append one entry; when full, count a drop (the consumer then rescans every socket)."""
         q = self.q
-        tail = q[self.tail_word]
+        tail = q[self.tail_word]  # every index and counter here is in the application's memory: they wrap
         if tail - q[self.head_word] >= self.nslots:
-            q[self.dropped_word] += 1
+            q[self.dropped_word] = (q[self.dropped_word] + 1) & U64
             return False
-        NOTIF_ENTRY.pack_into(self.buf, self.off + (tail & self.mask) * 16, sock, events, seq)
-        q[self.tail_word] = tail + 1
+        NOTIF_ENTRY.pack_into(self.buf, self.off + (tail & self.mask) * 16, sock, events, seq & U64)
+        q[self.tail_word] = (tail + 1) & U64
         return True
 
     def drain(self, limit: int = 1 << 30) -> list[tuple[int, int, int]]:
