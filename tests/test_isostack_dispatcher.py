@@ -342,3 +342,19 @@ def test_fuzzed_entries_never_hurt_the_dispatcher_or_another_app(daemon, echo, e
         fresh = hostile_app.create_connection(echo.addr, timeout=5)
         roundtrip(fresh)
         assert proc.poll() is None
+
+
+@pytest.mark.parametrize("word", ["tx", "rx"])
+def test_ring_index_near_2_64_fails_that_socket_only(daemon, echo, word):
+    """A slot whose front-end index starts next to 2**64: growing it would overflow the u64 word."""
+    proc, path = daemon
+    with Stack(path, GEO) as victim_app, Stack(path, GEO) as hostile_app:
+        victim = victim_app.create_connection(echo.addr, timeout=5)
+        cw = GEO.control_off(0) // 8  # the slot the hostile app's next socket gets
+        hostile_app.q[cw + (C_TX_TAIL if word == "tx" else C_RX_HEAD)] = (1 << 64) - 10
+        with pytest.raises(OSError) as e:
+            hostile_app.create_connection(echo.addr, timeout=5)
+        assert e.value.errno == errno.EFAULT
+        roundtrip(victim)
+        assert proc.poll() is None
+        victim.close()

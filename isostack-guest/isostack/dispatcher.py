@@ -538,6 +538,15 @@ class Dispatcher:
         self.rx_stalled.discard(s)
         self.closing.discard(s)
 
+    @staticmethod
+    def _check_start(s: Sock) -> None:
+        """The front-end's tx tail and rx head where a new connection's rings start: our indices begin there
+        and only ever grow by bytes moved, so starting below 2**63 keeps them clear of 2**64 forever."""
+        q = s.app.region.q
+        for word, what in ((C_TX_TAIL, "tx tail"), (C_RX_HEAD, "rx head")):
+            if q[s.cw + word] >= 1 << 63:
+                raise BadEntry(errno.EFAULT, f"{what} {q[s.cw + word]} where a socket starts")
+
     def _adopt(self, s: Sock, k: socket.socket, state: int) -> None:
         """Bind a kernel socket to a free slot; ring indices restart where the front-end's are."""
         q = s.app.region.q
@@ -629,6 +638,7 @@ class Dispatcher:
         if op == Op.SOCKET:
             if s.k is not None or (s.state and not s.state & ST_CLOSED):
                 raise BadEntry(errno.EBADF, "SOCKET on a slot that is in use")
+            self._check_start(s)
             k = socket.socket(cmd.a, cmd.b)
             self._adopt(s, k, ST_OPEN)
             self._complete(s, cmd.pos, 0)
@@ -718,6 +728,12 @@ class Dispatcher:
         self._fill_backlog(s)
         if not s.backlog:
             self._complete(s, cmd.pos, -errno.EAGAIN)
+            return
+        try:
+            self._check_start(new)
+        except BadEntry as e:  # the slot to accept into is unusable: fail it, the connection stays queued
+            self._fail(new, e.err, e.reason)
+            self._complete(s, cmd.pos, -e.err)
             return
         k, addr = s.backlog.popleft()
         self._adopt(new, k, ST_OPEN | ST_CONNECTED)
