@@ -40,6 +40,12 @@ def test_python_front_end_bench_json():
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     rows = {(r["case"], r["datapath"], r["frame"]): r for r in out["rows"]}
+    alone = {k: r for k, r in rows.items() if k[0] == "vhea datapath alone (in-process)"}
+    assert set(alone) == {("vhea datapath alone (in-process)", dp, f) for dp in DATAPATHS
+                          for f in ("64", "64K TSO -> TSO peer")}
+    for r in alone.values():
+        assert r["fps"] > 0 and r["vhea_cpu"] == 1.0 and r["vhea_frames"] > 0, r
+    rows = {k: r for k, r in rows.items() if k not in alone}
     assert set(rows) == {("vhea + Python front-end", dp, f) for dp in DATAPATHS
                          for f in ("64", "64K TSO -> TSO peer", "64K TSO -> plain peer")}
     for r in rows.values():
@@ -54,8 +60,8 @@ def test_python_front_end_bench_json():
 
 def test_bench_one_datapath_and_usage(capsys):
     p = subprocess.run([sys.executable, "-m", "vhea.cli", "bench", "--no-dpdk", "--no-tso", "--sizes", "1518",
-                        "--seconds", "0.3", "--datapath", "python", "--json"], capture_output=True, text=True,
-                       timeout=120)
+                        "--seconds", "0.3", "--datapath", "python", "--no-inprocess", "--json"], capture_output=True,
+                       text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)["rows"]
     assert [(r["datapath"], r["frame"]) for r in rows] == [("python", "1518")]
@@ -83,3 +89,15 @@ def test_bench_with_dpdk_and_anchor():
                 assert r["core_ratio"] == pytest.approx(r["fps_per_core"] / anchor["fps"])
                 assert r["gbps"] == pytest.approx(r["fps"] * int(size) * 8 / 1e9)
             assert by[("vhea + Python front-end", dp, size)]["bad"] == 0
+
+
+@pytest.mark.parametrize("kind, size", [("plain", 64), ("plain", 1518), ("tso", 0)])
+@pytest.mark.parametrize("datapath", DATAPATHS)
+def test_inprocess_datapath_figures(datapath, kind, size):
+    """The datapath-alone measurement forwards every frame (it checks counts, drops and the bytes itself)."""
+    from vhea import microbench
+
+    m = microbench.measure(datapath, kind, size, rounds=3)
+    assert m["datapath"] == datapath and m["frames"] == 8 * m["batch"] > 0
+    assert m["us_per_frame"] > 0 and m["fps_per_core"] == pytest.approx(1e6 / m["us_per_frame"])
+    assert m["tx_pull_us"] > 0 and m["rx_write_us"] > 0

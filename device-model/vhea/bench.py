@@ -13,6 +13,8 @@ engine builds plain UDP frames (its TSO, `tso set`, belongs to the csum engine, 
 "per vhea core" = frames/s divided by the CPU share vhea used in the window (user + system): what one fully
 busy vhea core would forward if the rate scaled (the front-ends, not vhea, limit several rows here). The
 anchor's vhost PMD busy-polls one core, so "per core vs anchor" compares per-core rates.
+"vhea datapath alone (in-process)" (microbench.py) runs the same service code on pre-filled rings in one
+process: no front-end, no syscalls, one core by construction; its frames/s is the datapath's ceiling.
 
 testpmd processes get `-l 0,1` with different --main-lcore and --file-prefix, --no-huge -m 1024 --no-pci,
 and run under `timeout` so none can outlive the bench; only processes started here are ever stopped.
@@ -424,8 +426,8 @@ def vhea_server(sockdir: str, log_path: str, datapath: str = "auto"):
 
 
 def run(sizes: list[int], seconds: float, dpdk: bool = True, python: bool = True, tso: bool = True,
-        workdir: str | None = None, progress=None, datapaths: list[str] | tuple[str, ...] = ("native", "python")
-        ) -> list[Row]:
+        workdir: str | None = None, progress=None, datapaths: list[str] | tuple[str, ...] = ("native", "python"),
+        inprocess: bool = True) -> list[Row]:
     say = progress or (lambda _m: None)
     rows: list[Row] = []
     own_workdir = workdir is None
@@ -439,6 +441,20 @@ def run(sizes: list[int], seconds: float, dpdk: bool = True, python: bool = True
             anchor = {s: fps for s, (fps, _cpu) in bench_anchor(workdir, sizes, seconds).items()}
             for s in sizes:
                 rows.append(_row("anchor (DPDK vhost PMD)", str(s), s, anchor[s], None, anchor[s]))
+        if inprocess:
+            from . import microbench
+
+            for dp in datapaths:
+                for kind, s in [("plain", s) for s in sizes] + ([("tso", 0)] if tso else []):
+                    say(f"vhea ({dp} datapath) alone in-process, {'64 KiB TSO' if kind == 'tso' else s} frames")
+                    m = microbench.measure(dp, kind, s)
+                    frame = "64K TSO -> TSO peer" if kind == "tso" else str(s)
+                    row = _row("vhea datapath alone (in-process)", frame, m["frame_bytes"], m["fps_per_core"], 1.0,
+                               anchor.get(s) if kind == "plain" else None,
+                               f"us/frame: tx pull {m['tx_pull_us']:.2f}, rx write {m['rx_write_us']:.2f}, "
+                               f"rest {m['rest_us']:.2f}; batch {m['batch']}", datapath=dp)
+                    row.vhea_frames = m["frames"]
+                    rows.append(row)
         for dp in datapaths:
             with vhea_server(sockdir, os.path.join(workdir, f"vhea-{dp}.log"), dp) as proc:
                 rows += _bench_vhea(sockdir, workdir, proc.pid, dp, sizes, seconds, anchor, have_dpdk, python, tso,
@@ -495,7 +511,8 @@ def _bench_vhea(sockdir: str, workdir: str, pid: int, dp: str, sizes: list[int],
 
 def _order(r: Row) -> tuple:
     """Table order: the anchor, then each (front-end, frame) with its datapaths side by side."""
-    kinds = ("anchor (DPDK vhost PMD)", "vhea + DPDK virtio-user", "vhea + Python front-end")
+    kinds = ("anchor (DPDK vhost PMD)", "vhea datapath alone (in-process)", "vhea + DPDK virtio-user",
+             "vhea + Python front-end")
     frame = int(r.frame) if r.frame.isdigit() else 1 << 20
     return (kinds.index(r.case) if r.case in kinds else 9, r.case, frame, r.frame, r.datapath or "")
 

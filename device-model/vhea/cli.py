@@ -189,6 +189,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print JSON instead of the table")
     b.add_argument("--datapath", default="both", choices=["both", "native", "python"],
                    help="which vhea datapath(s) to measure, side by side (default both)")
+    b.add_argument("--no-inprocess", action="store_true",
+                   help="skip the datapath-alone rows (microbench: pre-filled rings in one process)")
     b.add_argument("--vm", action="store_true",
                    help="instead: TCP between two guests through vhea vs tap+bridge (root; see vhea.vmbench)")
     b.add_argument("--duration", type=float, default=10.0, help="--vm: iperf3 seconds per set-up (default 10)")
@@ -221,7 +223,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr)
         datapaths.remove("native")
     rows = bench.run(sizes, args.seconds, dpdk=not args.no_dpdk, python=not args.no_python, tso=not args.no_tso,
-                     progress=progress, datapaths=datapaths)
+                     progress=progress, datapaths=datapaths, inprocess=not args.no_inprocess)
     if args.json:
         print(bench.to_json(rows, args.seconds))
     else:
