@@ -128,8 +128,10 @@ def test_runner_runs_rr_with_a_sockperf_crosscheck_and_maerts(tmp_path):
     holds isoperf's transactions and percentiles next to sockperf's, and the report shows both."""
     if shutil.which("sockperf") is None:
         pytest.skip("sockperf is not installed (testbed/install-deps.sh installs it)")
+    from test_harness_crosscheck import _free_port_pair  # sockperf binds port + 2 without SO_REUSEADDR
+
     runner = _runner(tmp_path, None)
-    port = _free_port()
+    port = _free_port_pair()
     text = f"""
 version: 1
 name: local-rr
@@ -162,7 +164,7 @@ tests:
     assert 0 < perf["latency_us"]["p50"] <= perf["latency_us"]["p99"] <= perf["latency_us"]["max"]
     assert "--response-size 128 --repeats 2" in rr["commands"]["client"]
     cc = rr["crosscheck"]
-    assert cc["tool"] == "sockperf" and cc["error"] is None, cc
+    assert cc["tool"] == "sockperf" and cc["error"] is None, (cc, rr["commands"])
     assert cc["transactions_per_s"] > 0 and 0 < cc["latency_us"]["p50"] <= cc["latency_us"]["p99"]
     assert f"-p {port + 2} -t 2 -m 64 --full-rtt" in rr["commands"]["sockperf"]
     assert maerts["status"] == "ok", maerts["error"]
