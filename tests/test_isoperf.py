@@ -573,3 +573,20 @@ def test_human_output_for_rr_shows_transactions_and_percentiles(capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "trans/s" in out and "p99.9" in out and "per repeat" in out
+
+
+def test_rr_data_sockets_disable_nagle(monkeypatch):
+    """As sockperf: a message over one MSS must not wait for the ACK of its first segments (MTU 1500 guests)."""
+    seen = []
+    real = isoperf._nodelay
+
+    def spy(sock):
+        real(sock)
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(isoperf, "_nodelay", spy)
+    server = ServerThread()
+    r = isoperf.run_client("127.0.0.1", server.port, RunParams(test="rr", size=64, response_size=4000,
+                                                               connections=2, duration=0.2, warmup=0))
+    assert server.join() == 0 and r["errors"] == []
+    assert len(seen) == 4 and all(seen)  # two client and two server data sockets
