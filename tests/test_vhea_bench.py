@@ -101,3 +101,17 @@ def test_inprocess_datapath_figures(datapath, kind, size):
     assert m["datapath"] == datapath and m["frames"] == 8 * m["batch"] > 0
     assert m["us_per_frame"] > 0 and m["fps_per_core"] == pytest.approx(1e6 / m["us_per_frame"])
     assert m["tx_pull_us"] > 0 and m["rx_write_us"] > 0
+
+
+def test_median_rows_over_repeated_runs():
+    def run(anchor, vhea, cpu):
+        return [bench._row("anchor (DPDK vhost PMD)", "64", 64, anchor, None, anchor),
+                bench._row("vhea + DPDK virtio-user", "64", 64, vhea, cpu, anchor, datapath="native")]
+
+    rows = {(r.case, r.datapath): r for r in bench.median_rows([run(100, 10, 0.5), run(300, 30, 0.5),
+                                                                run(200, 50, 0.25)])}
+    a, v = rows[("anchor (DPDK vhost PMD)", None)], rows[("vhea + DPDK virtio-user", "native")]
+    assert a.fps == 200 and a.ratio == 1.0
+    assert v.fps == 30 and v.ratio == pytest.approx(30 / 200) and v.vhea_cpu == 0.5
+    assert v.fps_per_core == 60 and v.core_ratio == pytest.approx(60 / 200)
+    assert "median of 3 runs (10..50)" in v.note

@@ -189,6 +189,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print JSON instead of the table")
     b.add_argument("--datapath", default="both", choices=["both", "native", "python"],
                    help="which vhea datapath(s) to measure, side by side (default both)")
+    b.add_argument("--repeat", type=int, default=1,
+                   help="repeat the whole run N times and print medians (the anchor too; for a noisy machine)")
     b.add_argument("--no-inprocess", action="store_true",
                    help="skip the datapath-alone rows (microbench: pre-filled rings in one process)")
     b.add_argument("--vm", action="store_true",
@@ -222,8 +224,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"vhea bench: native datapath not available ({native.why_not}); measuring the Python datapath only",
               file=sys.stderr)
         datapaths.remove("native")
-    rows = bench.run(sizes, args.seconds, dpdk=not args.no_dpdk, python=not args.no_python, tso=not args.no_tso,
-                     progress=progress, datapaths=datapaths, inprocess=not args.no_inprocess)
+    if not 1 <= args.repeat <= 20:
+        raise UsageError("--repeat must be in 1..20")
+    runs = []
+    for k in range(args.repeat):
+        if progress and args.repeat > 1:
+            progress(f"run {k + 1} of {args.repeat}")
+        runs.append(bench.run(sizes, args.seconds, dpdk=not args.no_dpdk, python=not args.no_python,
+                              tso=not args.no_tso, progress=progress, datapaths=datapaths,
+                              inprocess=not args.no_inprocess))
+    rows = runs[0] if args.repeat == 1 else bench.median_rows(runs)
     if args.json:
         print(bench.to_json(rows, args.seconds))
     else:
