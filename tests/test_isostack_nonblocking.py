@@ -13,7 +13,7 @@ import pytest
 from test_isostack_frontend import isostackd  # noqa: F401  (fixture)
 
 from isostack.frontend import Stack
-from isostack.layout import Geometry
+from isostack.layout import C_WATCH_ARMED, Geometry
 
 GEO = Geometry(max_sockets=16, tx_size=4096, rx_size=4096)
 
@@ -241,3 +241,43 @@ def test_hostile_readiness_registrations_get_errors_and_hurt_nothing(stack, list
     peer.close()
     s.close()
     time.sleep(0.05)
+
+
+def test_readiness_writes_only_when_armed(tmp_path, listener):
+    """Interrupt mitigation of the readiness eventfd: the dispatcher writes it once, then not again until a
+    would-block call re-armed it; the events in between are counted as saved and no wake-up is lost."""
+    import threading
+
+    from isostack.dispatcher import Dispatcher
+
+    path = str(tmp_path / "d.sock")
+    d = Dispatcher(path, None, busy_poll_us=200, sleep_ms=20)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        with Stack(path, Geometry(max_sockets=4, tx_size=4096, rx_size=4096, notif_rings=1)) as st:
+            s = st.create_connection(listener.getsockname(), timeout=5)
+            peer, _ = listener.accept()
+            s.fileno()  # armed, nothing to report yet
+            for i in range(20):
+                peer.sendall(b"m%02d" % i)
+                assert s.recv(10) == b"m%02d" % i  # blocking recv: does not re-arm
+            assert d.stats["watch_writes"] == 1  # the first event only
+            assert d.stats["watch_saved"] >= 19
+            assert readable(s, 0)  # and the fd still says "look at me"
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(10)  # re-arms and clears
+            assert not readable(s, 0.2)
+            s._q[s._cw + C_WATCH_ARMED] = (1 << 64) - 1  # application memory: any value; non-zero is armed
+            peer.sendall(b"again")
+            assert readable(s, 5)
+            assert d.stats["watch_writes"] == 2
+            assert s._q[s._cw + C_WATCH_ARMED] == 0  # disarmed by the write
+            assert s.recv(10) == b"again"
+            peer.close()
+            s.close()
+    finally:
+        d.running = False
+        t.join(5)
+        d.close()

@@ -97,6 +97,7 @@ from .layout import (
     C_TX_HEAD,
     C_TX_TAIL,
     C_TX_WANT,
+    C_WATCH_ARMED,
     EV_ACCEPT,
     EV_DONE,
     EV_EOF,
@@ -296,12 +297,14 @@ class Dispatcher:
         self.closing: set[Sock] = set()
         self.tx_progress: list[Sock] = []  # tx head advanced this loop
         self.bad_ring: list[Sock] = []  # named a notification ring that does not exist: failed after the loop
+        self.watch_pending: set[Sock] = set()  # watched sockets posted to this loop
         self.next_app = 1
         self.running = True
         self.stats = {"loops": 0, "commands": 0, "sends": 0, "send_bytes": 0, "recvs": 0, "recv_bytes": 0,
                       "bad_entries": 0, "sleeps": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0,
                       "reuseport_programs": 0, "so_busy_poll_us": so_busy_poll_us, "so_busy_poll_set": 0,
-                      "so_busy_poll_failed": 0, "epoll_busy_poll_us": None, "watch_writes": 0, "bad_messages": 0}
+                      "so_busy_poll_failed": 0, "epoll_busy_poll_us": None, "watch_writes": 0, "watch_saved": 0,
+                      "bad_messages": 0}
         self.so_busy_poll_us = so_busy_poll_us
         self.sysctl_path = os.path.join(proc_root, BUSY_POLL_SYSCTL)
         self.sysctl_saved: str | None = None
@@ -483,13 +486,8 @@ class Dispatcher:
                 self.bad_ring.append(s)
         app.rings[r].post(s.idx, events, q[s.cw + C_RES_SEQ])
         app.dirty.add(r)
-        fd = app.watch.get(s.idx)
-        if fd is not None:  # a selector/asyncio user waits on this socket's own eventfd
-            try:
-                os.eventfd_write(fd, 1)
-            except OSError:
-                pass
-            self.stats["watch_writes"] += 1
+        if s.idx in app.watch:  # a selector/asyncio user: its eventfd, if armed, after the fence (_doorbells)
+            self.watch_pending.add(s)
 
     def _complete(self, s: Sock, pos: int, val: int) -> None:
         q = s.app.region.q
@@ -990,7 +988,7 @@ class Dispatcher:
         """Fence, then read what the front-ends announced (TX_WANT, sleepers): the Dekker pairing of our
         head/tail/result stores with their "announce, then re-check" (a locked add on their side)."""
         progress = self.tx_progress
-        if not progress and not any(a.dirty for a in self.apps.values()):
+        if not progress and not self.watch_pending and not any(a.dirty for a in self.apps.values()):
             return
         native.fence()
         if progress:
@@ -998,6 +996,8 @@ class Dispatcher:
                 if s.k is not None and s.app.region.q[s.cw + C_TX_WANT]:
                     self._post(s, EV_TX)
             progress.clear()
+        if self.watch_pending:
+            self._watch_doorbells()
         for app in [a for a in self.apps.values() if a.dirty]:
             q = app.region.q
             for r in app.dirty:
@@ -1014,6 +1014,29 @@ class Dispatcher:
                     q[w + R_SAVED] = (q[w + R_SAVED] + 1) & U64  # the application's memory: wraps
                     self.stats["saved"] += 1
             app.dirty.clear()
+
+    def _watch_doorbells(self) -> None:
+        """Write a watched socket's readiness eventfd only if its front-end armed it (C_WATCH_ARMED: it drained
+        the eventfd after a call that would block), and disarm it: the same interrupt mitigation as the
+        per-CPU doorbells.  Unarmed, the eventfd still holds our previous write, so the application is awake
+        anyway (watch_saved counts those).  Called after the fence: the Dekker pair of the front-end's
+        "arm (xchg), drain, re-check"."""
+        for s in self.watch_pending:
+            app = s.app
+            fd = app.watch.get(s.idx)
+            if fd is None or app.region.mm.closed:
+                continue
+            q = app.region.q
+            if q[s.cw + C_WATCH_ARMED]:
+                q[s.cw + C_WATCH_ARMED] = 0
+                self.stats["watch_writes"] += 1
+                try:
+                    os.eventfd_write(fd, 1)
+                except OSError:
+                    pass
+            else:
+                self.stats["watch_saved"] += 1
+        self.watch_pending.clear()
 
     def _app_message(self, app: App) -> None:
         """A readiness registration on the attach connection, or its end (the application is gone)."""

@@ -18,10 +18,12 @@ its completion in the socket's control page.
 
 Non-blocking use (settimeout(0) / setblocking(False)): connect() raises BlockingIOError(EINPROGRESS) and the
 result is read with getsockopt(SOL_SOCKET, SO_ERROR); recv/send/accept raise BlockingIOError.  fileno() is an
-eventfd of this socket alone that the dispatcher writes on every event it posts for it (data, EOF, error,
+eventfd of this socket alone that the dispatcher writes when it posts an event for it (data, EOF, error,
 incoming connection, connect or other completion, tx credits after a send that would block): register it for
-reading with selectors or asyncio's loop.add_reader.  A call that raises BlockingIOError first clears it and
-re-arms it if the socket became ready meanwhile, so a readable fileno() is never lost; it may be spurious.
+reading with selectors or asyncio's loop.add_reader.  It stays readable until a call raises BlockingIOError;
+that call arms the dispatcher's next write and clears it (setting it again if the socket became ready
+meanwhile), so a wake-up is never lost, may be spurious, and costs the dispatcher one write per would-block
+(interrupt mitigation: "watch_saved" in its stats counts the events that needed none).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from .layout import (
     C_TX_HEAD,
     C_TX_TAIL,
     C_TX_WANT,
+    C_WATCH_ARMED,
     GETSOCKOPT_ALLOWED,
     H_DISP_SLEEPING,
     H_KICKS,
@@ -620,10 +623,13 @@ class IsoSocket:
         return False
 
     def _rearm(self) -> None:
-        """Before reporting "would block": clear our eventfd, then set it again if we are ready after all
-        (the dispatcher changes the state before it writes the eventfd, so no event falls in between)."""
+        """Before reporting "would block": arm the dispatcher's write (C_WATCH_ARMED, a locked xchg: the fence
+        of our side), clear our eventfd, then set it again if we are ready after all (the dispatcher changes
+        the state, fences, then reads the armed flag, so no event falls in between)."""
         if self._fileno < 0:
             return
+        for m in self._members or (self,):
+            native.xchg64(m._ctl + C_WATCH_ARMED * 8, 1)
         try:
             os.eventfd_read(self._fileno)
         except BlockingIOError:
@@ -712,6 +718,7 @@ class IsoSocket:
                 m._call(Op.LISTEN, backlog, b, c, ip)
                 if self._fileno >= 0 and m is not self:
                     m._inst._watch(m._idx, self._fileno)
+                    native.xchg64(m._ctl + C_WATCH_ARMED * 8, 1)
         except BaseException:
             for m in members:
                 if m is not self:
@@ -1030,8 +1037,7 @@ class IsoSocket:
                 os.close(efd)
                 raise
             self._fileno = efd
-            if self._ready_now():
-                os.eventfd_write(efd, 1)
+            self._rearm()
         return self._fileno
 
     def close(self) -> None:

@@ -59,6 +59,7 @@ C_OWNER, C_RX_CPU = 384 // 8 + 4, 384 // 8 + 5  # dispatcher: owning instance, C
 C_OPTVAL = 384 // 8 + 6  # dispatcher: the value a GETSOCKOPT read
 C_ADDR_FAMILY, C_ADDR_PORT, C_ADDR_IP0, C_ADDR_IP1 = 448 // 8, 448 // 8 + 1, 448 // 8 + 2, 448 // 8 + 3
 C_NOTIF_RING = 512 // 8  # front-end: the notification ring this socket's events go to (validated < notif_rings)
+C_WATCH_ARMED = 512 // 8 + 1  # front-end sets it when it drained the socket's readiness eventfd; we clear it
 CONTROL_SIZE = PAGE
 
 # Socket state bits (C_STATE, written by the dispatcher only).
