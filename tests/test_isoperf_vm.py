@@ -81,8 +81,9 @@ def test_rr_reports_transactions_and_ordered_percentiles(benchmark):
         assert perf["transactions"] > 0 and perf["transactions_per_s"] > 0
         assert lat["samples"] == perf["transactions"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"], (stack, lat)
-        # lock-step on one connection: the transactions' latencies add up to (at most) the measured interval
-        assert lat["mean"] * perf["transactions"] <= perf["duration"] * 1e6 * 1.02
+        # lock-step on one connection: the transactions' latencies add up to at most the measured interval,
+        # plus the two that straddle its marks
+        assert lat["mean"] * perf["transactions"] <= perf["duration"] * 1e6 + 2 * lat["max"], (stack, perf)
         assert perf["bytes"] == perf["transactions"] * 2 * 64
 
 
