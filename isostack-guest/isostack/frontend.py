@@ -108,7 +108,8 @@ def _numeric(family: int, address: tuple) -> tuple[str, int]:
 
 def _ephemeral_range() -> tuple[int, int]:
     try:
-        lo, hi = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
         return lo, hi
     except (OSError, ValueError):
         return 32768, 60999
