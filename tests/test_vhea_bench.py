@@ -53,6 +53,7 @@ def test_python_front_end_bench_json():
         assert r["gbps"] == pytest.approx(r["fps"] * r["frame_bytes"] * 8 / 1e9)
         assert r["ratio"] is None and r["core_ratio"] is None  # no anchor without DPDK
         assert r["vhea_frames"] > 0, r  # vhea's own counters saw the frames
+        assert r["taken_fps"] > 0 and r["taken_per_core"] == pytest.approx(r["taken_fps"] / r["vhea_cpu"])
         assert r["verified"] > 0 and r["bad"] == 0, r  # the receiver compared some, and all were right
     for dp in DATAPATHS:
         assert rows[("vhea + Python front-end", dp, "64K TSO -> TSO peer")]["frame_bytes"] > 65000
@@ -85,6 +86,7 @@ def test_bench_with_dpdk_and_anchor():
                 r = by[(case, dp, size)]
                 assert r["fps"] > 0, r
                 assert r["vhea_frames"] > 0, r
+                assert r["taken_fps"] >= r["vhea_frames"] / 2, r  # taken from a in the window (1 s)
                 assert r["ratio"] == pytest.approx(r["fps"] / anchor["fps"])
                 assert r["core_ratio"] == pytest.approx(r["fps_per_core"] / anchor["fps"])
                 assert r["gbps"] == pytest.approx(r["fps"] * int(size) * 8 / 1e9)

@@ -13,6 +13,10 @@ engine builds plain UDP frames (its TSO, `tso set`, belongs to the csum engine, 
 "per vhea core" = frames/s divided by the CPU share vhea used in the window (user + system): what one fully
 busy vhea core would forward if the rate scaled (the front-ends, not vhea, limit several rows here). The
 anchor's vhost PMD busy-polls one core, so "per core vs anchor" compares per-core rates.
+"taken from a per vhea core": the frames/s vhea took from port a's tx ring (vhea stats; delivered to b or
+dropped there for want of buffers) per vhea core. The anchor's vhost PMD counts what it takes from the
+virtio-user tx ring, so this is its like; with DPDK on both ports here, b's testpmd (three busy processes on
+two cores) reposts buffers too slowly and most frames taken from a are counted rx_no_buffers drops at b.
 "vhea datapath alone (in-process)" (microbench.py) runs the same service code on pre-filled rings in one
 process: no front-end, no syscalls, one core by construction; its frames/s is the datapath's ceiling.
 
@@ -67,6 +71,8 @@ class Row:
     fps_per_core: float | None = None  # fps / vhea_cpu: what one fully busy vhea core would forward
     datapath: str | None = None  # vhea's datapath (native | python); None for the anchor
     vhea_frames: int | None = None  # frames vhea counted into port b in the measuring window (vhea stats)
+    taken_fps: float | None = None  # frames/s vhea took from port a's tx ring in the window (delivered or dropped)
+    taken_per_core: float | None = None  # taken_fps / vhea_cpu (the anchor's vhost PMD also counts what it takes)
     verified: int | None = None  # frames the Python receiver compared byte for byte with what was sent (sampled)
     bad: int | None = None  # of those, frames that differed
     core_ratio: float | None = None  # fps_per_core / anchor fps (the vhost PMD uses one busy-polling core)
@@ -136,7 +142,7 @@ def _measure_testpmd(tx: testpmd.Testpmd, rx: testpmd.Testpmd, size: int, second
     time.sleep(WARMUP_S / 2)
     p0 = probe() if probe else None
     n, dt, cpu = _rx_count(rx, seconds, pid)
-    return n / dt, cpu, (probe() - p0 if probe else None)
+    return n / dt, cpu, (tuple(b - a for a, b in zip(p0, probe(), strict=True)) + (dt,) if probe else None)
 
 
 def _wait(cond, what: str, timeout: float = 30.0, procs: tuple = ()) -> None:
@@ -195,8 +201,10 @@ def _vhea_stats(sockdir: str) -> dict:
     return query(sockdir, {"cmd": "stats"})
 
 
-def _to_b(sockdir: str) -> int:
-    return _vhea_stats(sockdir)["ports"]["b"]["to_guest_frames"]
+def _to_b(sockdir: str) -> tuple[int, int]:
+    """(frames vhea put into port b, frames it took from port a), from vhea stats."""
+    ports = _vhea_stats(sockdir)["ports"]
+    return ports["b"]["to_guest_frames"], ports["a"]["from_guest_frames"]
 
 
 def bench_vhea_dpdk(sockdir: str, workdir: str, sizes: list[int], seconds: float,
@@ -382,14 +390,14 @@ def bench_python(sockdir: str, kind: str, size: int, seconds: float, segmenting_
         if not tx_ready.wait(15):
             raise RuntimeError("python sender did not start")
         time.sleep(WARMUP_S)
-        b0 = _to_b(sockdir)
+        b0, a0 = _to_b(sockdir)
         n0, t0 = count.value, time.monotonic()
         c0 = proc_cpu_s(pid) if pid else 0.0
         time.sleep(seconds)
         n1, t1 = count.value, time.monotonic()
         cpu = (proc_cpu_s(pid) - c0) / (t1 - t0) if pid else None
-        b1 = _to_b(sockdir)
-        return (n1 - n0) / (t1 - t0), cpu, b1 - b0, checks[0], checks[1]
+        b1, a1 = _to_b(sockdir)
+        return (n1 - n0) / (t1 - t0), cpu, (b1 - b0, (a1 - a0) / (t1 - t0)), checks[0], checks[1]
     finally:
         stop.set()
         for p in (tx, rx):
@@ -483,16 +491,19 @@ def _bench_vhea(sockdir: str, workdir: str, pid: int, dp: str, sizes: list[int],
         say(f"vhea ({dp} datapath) with testpmd virtio-user on both ports")
         got = bench_vhea_dpdk(sockdir, workdir, sizes, seconds, pid)
         for s in sizes:
-            fps, cpu, to_b = got[s]
+            fps, cpu, probed = got[s]
             row = _row("vhea + DPDK virtio-user", str(s), s, fps, cpu, anchor.get(s), datapath=dp)
-            row.vhea_frames = to_b
+            if probed:
+                row.vhea_frames = probed[0]
+                _taken(row, probed[1] / probed[2])
             rows.append(row)
 
     def python_row(frame: str, nbytes: int, kind: str, size: int, segmenting: bool, anchor_fps: float | None,
                    note: str = "") -> Row:
         fps, cpu, to_b, verified, bad = bench_python(sockdir, kind, size, seconds, segmenting, pid)
         row = _row("vhea + Python front-end", frame, nbytes, fps, cpu, anchor_fps, note, datapath=dp)
-        row.vhea_frames, row.verified, row.bad = to_b, verified, bad
+        row.vhea_frames, row.verified, row.bad = to_b[0], verified, bad
+        _taken(row, to_b[1])
         if bad:
             row.note = (row.note + "; " if row.note else "") + f"{bad} of {verified} sampled frames DIFFERED"
         return row
@@ -508,6 +519,11 @@ def _bench_vhea(sockdir: str, workdir: str, pid: int, dp: str, sizes: list[int],
             rows.append(python_row("64K TSO -> plain peer", 14 + 20 + 32 + TSO_MSS, "tso", 0, True, None,
                                    "segmented + checksummed in vhea; frames = segments"))
     return rows
+
+
+def _taken(row: Row, fps: float) -> None:
+    row.taken_fps = fps
+    row.taken_per_core = fps / row.vhea_cpu if row.vhea_cpu else None
 
 
 def _order(r: Row) -> tuple:
@@ -526,7 +542,7 @@ def print_table(rows: list[Row], seconds: float) -> None:
     for col, just in (("front-end / back-end", "left"), ("datapath", "left"), ("frame", "right"),
                       ("frames/s", "right"), ("Gb/s", "right"), ("vs anchor", "right"), ("vhea CPU", "right"),
                       ("frames/s per vhea core", "right"), ("Gb/s per vhea core", "right"),
-                      ("per core vs anchor", "right"), ("note", "left")):
+                      ("per core vs anchor", "right"), ("taken from a per vhea core", "right"), ("note", "left")):
         t.add_column(col, justify=just)
     for r in sorted(rows, key=_order):
         per_core = r.fps_per_core
@@ -535,7 +551,8 @@ def print_table(rows: list[Row], seconds: float) -> None:
                   "-" if r.vhea_cpu is None else f"{r.vhea_cpu:.0%}",
                   "-" if per_core is None else f"{per_core:,.0f}",
                   "-" if per_core is None else f"{per_core * r.frame_bytes * 8 / 1e9:.2f}",
-                  "-" if r.core_ratio is None else f"{r.core_ratio:.0%}", r.note)
+                  "-" if r.core_ratio is None else f"{r.core_ratio:.0%}",
+                  "-" if r.taken_per_core is None else f"{r.taken_per_core:,.0f}", r.note)
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
@@ -562,6 +579,10 @@ def median_rows(runs: list[list[Row]]) -> list[Row]:
         if cpus:  # per core: the median of the runs' own figures (fps and CPU share move together)
             row.fps_per_core = statistics.median(r.fps_per_core for r in g if r.fps_per_core)
             row.core_ratio = row.fps_per_core / a if a else None
+        taken = [r.taken_per_core for r in g if r.taken_per_core]
+        if taken:
+            row.taken_fps = statistics.median(r.taken_fps for r in g if r.taken_fps is not None)
+            row.taken_per_core = statistics.median(taken)
         for name in ("vhea_frames", "verified", "bad"):
             vals = [getattr(r, name) for r in g if getattr(r, name) is not None]
             setattr(row, name, sum(vals) if vals else None)
