@@ -117,3 +117,15 @@ def test_median_rows_over_repeated_runs():
     assert v.fps == 30 and v.ratio == pytest.approx(30 / 200) and v.vhea_cpu == 0.5
     assert v.fps_per_core == 60 and v.core_ratio == pytest.approx(60 / 200)
     assert "median of 3 runs (10..50)" in v.note
+
+
+def test_median_rows_leave_out_runs_without_traffic():
+    def run(anchor, vhea):
+        return [bench._row("anchor (DPDK vhost PMD)", "64", 64, anchor, None, anchor),
+                bench._row("vhea + DPDK virtio-user", "64", 64, vhea, 0.5 if vhea else None, anchor,
+                           datapath="native")]
+
+    rows = {r.case: r for r in bench.median_rows([run(0, 0), run(300, 30), run(100, 10)])}
+    assert rows["anchor (DPDK vhost PMD)"].fps == 200 and rows["anchor (DPDK vhost PMD)"].ratio == 1.0
+    v = rows["vhea + DPDK virtio-user"]
+    assert v.fps == 20 and v.ratio == pytest.approx(0.1) and "1 run(s) saw no traffic" in v.note

@@ -1,4 +1,4 @@
-"""vhea, the virtual HEA: a vhost-user virtio-net back-end in pure Python with a learning switch.
+"""vhea, the virtual HEA: a vhost-user virtio-net back-end in Python (a C inner loop optional) with a learning switch.
 
 Layers, each its own module (after rust-vmm's vhost crates):
   protocol   wire format: header, payload dataclasses, sans-I/O framing parser
@@ -7,8 +7,11 @@ Layers, each its own module (after rust-vmm's vhost crates):
   net        virtio-net semantics: virtio_net_hdr, tx gather, rx scatter with MRG_RXBUF
   vring      split virtqueue state and a bounds-checked avail -> chain -> used walk
   memory     SET_MEM_TABLE regions, mmapped, guest-physical and front-end-virtual translation
+  native     the native datapath: _datapath.c (tx batch walk + copy + used ring, rx batch write), built with
+             gcc at import; vring/net stay the reference and the fallback (`vhea serve --datapath`)
   switch     MAC learning with ageing, flooding
   server     the single-threaded selectors loop, ports, counters, control socket
   cli        `vhea serve` and `vhea stats`
+  bench      `vhea bench` (microbench: the datapath alone in one process)
   frontend   a vhost-user front-end for tests (no VM); testpmd: DPDK testpmd as a real peer
 """

@@ -568,13 +568,18 @@ def median_rows(runs: list[list[Row]]) -> list[Row]:
     for rows in runs:
         for r in rows:
             groups.setdefault((r.case, r.datapath, r.frame), []).append(r)
+    failed = {}
+    for k, g in groups.items():  # a run that saw no traffic at all (testpmd gave up) is a failure, not a figure
+        ok = [r for r in g if r.fps > 0]
+        failed[k] = len(g) - len(ok)
+        groups[k] = ok or g
     anchor = {k[2]: statistics.median(r.fps for r in g) for k, g in groups.items() if k[0].startswith("anchor")}
     out = []
     for (case, dp, frame), g in groups.items():
         fps = statistics.median(r.fps for r in g)
         cpus = [r.vhea_cpu for r in g if r.vhea_cpu is not None]
         cpu = statistics.median(cpus) if cpus else None
-        a = anchor.get(frame) if g[0].ratio is not None else None
+        a = anchor.get(frame) if any(r.ratio is not None for r in g) or case.startswith("anchor") else None
         row = _row(case, frame, g[0].frame_bytes, fps, cpu, a, g[0].note, dp)
         if cpus:  # per core: the median of the runs' own figures (fps and CPU share move together)
             row.fps_per_core = statistics.median(r.fps_per_core for r in g if r.fps_per_core)
@@ -589,6 +594,8 @@ def median_rows(runs: list[list[Row]]) -> list[Row]:
         if len(runs) > 1:
             spread = f"{min(r.fps for r in g):,.0f}..{max(r.fps for r in g):,.0f}"
             row.note = (row.note + "; " if row.note else "") + f"median of {len(g)} runs ({spread})"
+            if failed[(case, dp, frame)]:
+                row.note += f"; {failed[(case, dp, frame)]} run(s) saw no traffic"
         out.append(row)
     return out
 

@@ -1,6 +1,9 @@
 """virtio-net device semantics over split rings: the virtio_net_hdr, tx gather, rx scatter (MRG_RXBUF).
 
 Queue numbering is virtio-net's: rx of pair i is ring 2i, tx is 2i+1. The control queue stays in QEMU.
+
+With the native datapath (`native` set) the rx writes go through _datapath.c's rx_push (rx_native), which
+hands back what it does not do (chained or indirect rx buffers) to the Python code here (_push_py).
 """
 
 from __future__ import annotations

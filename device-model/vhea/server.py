@@ -3,6 +3,12 @@ and the control socket. It owns all I/O; handler, device, rings and switch are d
 
 Nothing a guest or a front-end does may raise out of the loop: errors close that connection or stop that
 ring, with a logged reason, and the other ports keep forwarding.
+
+Forwarding is per batch (per kick): a tx ring's available frames are taken at once, one switch decision
+serves a run of frames with the same MAC addresses, and each destination ring gets the run in one pass
+(classified frame by frame when the port has several queue pairs). The Python datapath (pull_tx,
+push_rx_many) is the reference; the native one (_service_tx_native: _datapath.c's tx_pull into an arena and
+rx_push from it) does the same with the inner loops in C.
 """
 
 from __future__ import annotations
