@@ -129,3 +129,12 @@ def test_median_rows_leave_out_runs_without_traffic():
     assert rows["anchor (DPDK vhost PMD)"].fps == 200 and rows["anchor (DPDK vhost PMD)"].ratio == 1.0
     v = rows["vhea + DPDK virtio-user"]
     assert v.fps == 20 and v.ratio == pytest.approx(0.1) and "1 run(s) saw no traffic" in v.note
+
+
+def test_plain_table_has_every_row_whole():
+    rows = [bench._row("anchor (DPDK vhost PMD)", "64", 64, 1e6, None, 1e6),
+            bench._row("vhea + DPDK virtio-user", "64", 64, 2e5, 0.25, 1e6, "a long note " * 5, datapath="native")]
+    text = bench.plain_table(rows, 2).splitlines()
+    assert len(text) == 4 and "frames/s" in text[1]
+    assert text[3].split()[:4] == ["vhea", "+", "DPDK", "virtio-user"] and "800,000" in text[3]
+    assert text[3].endswith("a long note " * 5)

@@ -554,9 +554,34 @@ def print_table(rows: list[Row], seconds: float) -> None:
                   "-" if r.core_ratio is None else f"{r.core_ratio:.0%}",
                   "-" if r.taken_per_core is None else f"{r.taken_per_core:,.0f}", r.note)
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
+    if not console.is_terminal:  # a log or a README: plain columns, nothing folded or cut
+        print(plain_table(rows, seconds))
+        return
     console.print(t)
+
+
+def plain_table(rows: list[Row], seconds: float) -> str:
+    """The table as fixed-width text, one line per row, the note last and whole."""
+    def f(v, fmt: str) -> str:
+        return "-" if v is None else fmt.format(v)
+
+    head = ("front-end / back-end", "datapath", "frame", "frames/s", "Gb/s", "vs anchor", "vhea CPU",
+            "per vhea core", "Gb/s/core", "core vs anchor", "taken/core", "note")
+    lines = []
+    for r in sorted(rows, key=_order):
+        pc = r.fps_per_core
+        lines.append((r.case, r.datapath or "-", r.frame.replace("64K TSO -> TSO peer", "64K TSO whole")
+                      .replace("64K TSO -> plain peer", "64K TSO->segs"), f"{r.fps:,.0f}", f"{r.gbps:.2f}",
+                      f(r.ratio, "{:.1%}"), f(r.vhea_cpu, "{:.0%}"), f(pc, "{:,.0f}"),
+                      f(pc and pc * r.frame_bytes * 8 / 1e9, "{:.2f}"), f(r.core_ratio, "{:.0%}"),
+                      f(r.taken_per_core, "{:,.0f}"), r.note))
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head) - 1)]
+    out = [f"vhea bench: port a -> port b, {seconds:g} s per figure, counted at the receiver"]
+    for x in [head, *lines]:
+        cells = [x[0].ljust(widths[0]), x[1].ljust(widths[1])] + [c.rjust(w) for c, w in zip(x[2:-1], widths[2:],
+                                                                                           strict=True)]
+        out.append("  ".join(cells) + "  " + x[-1])
+    return "\n".join(out)
 
 
 def median_rows(runs: list[list[Row]]) -> list[Row]:
