@@ -324,3 +324,63 @@ def test_new_keys_bad_values(test, extra, expected):
 def test_did_you_mean_for_response_size():
     with pytest.raises(PlaybookError, match="did you mean 'response_size'"):
         parse_playbook(NEW_KEYS.format(test="rr", extra="    response-size: 10\n"), "pb.yaml")
+
+
+# ------------------------------------------------------------ isostackd instances and busy polling
+
+
+def test_isostack_instances_playbook_runs_one_and_two_instances():
+    pb = load_playbook(REPO / "playbooks" / "isostack-instances.yaml")
+    (spec,) = pb.tests
+    assert (spec.test, spec.sizes, spec.connections, spec.instances) == ("stream", (64,), (4, 16), (1, 2))
+    assert spec.instances_line == 20  # the error that asks for a bigger testbed names this line
+    assert [(c.stack_label, c.connections) for c in pb.cases()] == [
+        ("legacy", 4), ("legacy", 16), ("iso", 4), ("iso", 16), ("iso×2", 4), ("iso×2", 16),
+    ]
+    assert "testbed up --queues 2 --vcpus 3" in pb.text
+
+
+def test_instances_is_a_matrix_axis_of_stack_iso_only():
+    pb = parse_playbook(GOOD.replace("    repeats: 2\n", "    repeats: 1\n    stack: [legacy, iso]\n"
+                                     "    instances: [1, 3]\n    locks: [false, true]\n", 1))
+    labels = [c.stack_label for c in pb.cases() if c.spec.name == "stream-small"]
+    assert labels.count("legacy") == 4  # 2 sizes x 2 connection counts, once
+    assert labels.count("iso") == labels.count("iso×3") == labels.count("iso×3+locks") == 4
+    assert pb.tests[0].instances_line == 15
+    assert pb.tests[1].instances == (1,) and pb.tests[1].so_busy_poll_us is None
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("instances: 0", "pb.yaml:15: tests[0]: 'instances' must be between 1 and 16, got 0"),
+        ("instances: 17", "pb.yaml:15: tests[0]: 'instances' must be between 1 and 16, got 17"),
+        ("instances: [1, 1]", "pb.yaml:15: tests[0]: 'instances' lists a value twice: [1, 1]"),
+        ("instances: two", "pb.yaml:15: tests[0]: 'instances' must be an integer or a list of them, got a string"),
+        ("instances: true", "pb.yaml:15: tests[0]: 'instances' must be an integer or a list of them, got a boolean"),
+        ("so_busy_poll_us: -1", "pb.yaml:15: tests[0]: 'so_busy_poll_us' must be between 0 and 1000000, got -1"),
+        ("so_busy_poll_us: [0, 50]", "pb.yaml:15: tests[0]: 'so_busy_poll_us' must be an integer, got a list"),
+        ("so_busy_poll_us: 1.5", "pb.yaml:15: tests[0]: 'so_busy_poll_us' must be an integer, got a number"),
+        ("so_busy_poll_us: 50us", "pb.yaml:15: tests[0]: 'so_busy_poll_us' must be an integer, got a string"),
+        ("so_busy_pol_us: 50", "did you mean 'so_busy_poll_us'?"),
+    ],
+)
+def test_bad_instances_and_so_busy_poll_us(line, message):
+    assert message in _error(GOOD.replace("    repeats: 2\n", f"    repeats: 2\n    stack: iso\n    {line}\n", 1))
+
+
+def test_instances_and_so_busy_poll_need_stack_iso():
+    msg = _error(GOOD.replace("    repeats: 2\n", "    repeats: 2\n    instances: [1, 2]\n", 1))
+    assert msg == "pb.yaml:14: tests[0]: 'instances' is the number of isostackd instances: it needs stack iso"
+    msg = _error(GOOD.replace("    repeats: 2\n", "    repeats: 2\n    so_busy_poll_us: 0\n", 1))
+    assert msg.startswith("pb.yaml:14: tests[0]: 'so_busy_poll_us' is an isostackd option")
+    # instances: 1 is the default, harmless for legacy
+    assert parse_playbook(GOOD.replace("    repeats: 2\n", "    repeats: 2\n    instances: 1\n", 1)).cases()
+
+
+def test_so_busy_poll_and_instances_from_defaults():
+    text = GOOD.replace("  verify: true\n", "  verify: true\n  stack: iso\n  so_busy_poll_us: 0\n  instances: 2\n", 1)
+    small, big = parse_playbook(text, "pb.yaml").tests
+    assert small.so_busy_poll_us == big.so_busy_poll_us == 0
+    assert small.instances == big.instances == (2,)
+    assert small.instances_line == 10  # the line in defaults

@@ -171,3 +171,25 @@ def test_failed_and_skipped_crosschecks_are_marked_and_explained_below():
     assert "rr-64 size=64 conns=4: cross-check sockperf skipped: sockperf ping-pong runs one connection" in text
     md = report.markdown(run)
     assert "## Notes" in md and "- rr-64 size=64 conns=4: cross-check sockperf skipped: sockperf ping-pong" in md
+
+
+def test_instances_show_in_the_stack_column_and_the_placement_below_the_markdown_table():
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    case = run["cases"][0]
+    case.update(stack="iso", instances=2, client="iso-a", server="iso-b", isostackd=[
+        {"instance": 0, "cpu": 1, "queues": [0]}, {"instance": 1, "cpu": 2, "queues": [1]}])
+    layout = {"irqs": {"virtio0-input.0": {"irq": 29, "affinity": "1", "counts": []},
+                       "virtio0-input.1": {"irq": 31, "affinity": "2", "counts": []}},
+              "rps_cpus": {"rx-0": "2", "rx-1": "4"}, "xps_cpus": {}}
+    case["placement"] = {"iso-b": {"mode": "legacy", "layout": {"irqs": {}, "rps_cpus": {}}},
+                         "iso-a": {"mode": "isostack", "layout": layout}}
+    assert report.rows(run)[0][1] == "iso×2"
+    assert "iso×2" in _render(run)
+    assert results.sample_row(case)["stack"] == "iso×2"
+    md = report.markdown(run)
+    assert "## Placement (NIC queue IRQs → vCPU, RPS masks)" in md
+    assert ("iso-b legacy: no queue IRQs, RPS -; iso-a isostack (instance 0 on vCPU 1 queues 0, instance 1 on vCPU 2"
+            " queues 1): input.0→1 input.1→2, RPS rx-0=2 rx-1=4") in md
+    # runs stored before instances existed: one instance, no placement section
+    old = results.load_run(FIXTURE_RUN / "run.json")
+    assert "## Placement" not in report.markdown(old)

@@ -421,3 +421,180 @@ def test_payload_is_checked_on_the_sending_guests_port():
     assert _payload_by_sender(rr, "a", "b") == {"a": 640, "b": 2560}
     assert _payload_by_sender({**rr, "test": "crr", "response_size": None, "server_total_bytes": 128}, "a", "b") == {
         "a": 64, "b": 64}
+
+
+# ------------------------------------------------------------ instances and placement (scripted guests)
+
+SNAPSHOT = """\
+irq virtio0-input.0 29 {a} 5,0,0
+irq virtio0-output.0 30 {a} 5,0,0
+irq virtio0-input.1 31 {b} 0,0,0
+irq virtio0-output.1 32 {b} 0,0,0
+rps rx-0 0
+rps rx-1 0
+xps tx-0 1
+xps tx-1 2
+"""
+
+
+class InstancesShell(ScriptedShell):
+    """A 3-vCPU guest with 2 queue pairs: isostackd instances get PIDs 200 + K and write their stats line;
+    the layout snapshot counts interrupts on the vCPU a queue is placed on."""
+
+    def __init__(self, name: str, result: dict, dying_instance: int | None = None):
+        super().__init__(name, result)
+        self.dying_instance = dying_instance
+        self.snapshots = 0
+
+    def run(self, command: str, timeout_s: float = 60.0) -> remote.CommandResult:
+        if "isostack.dispatcher" in command:
+            self.commands.append(command)
+            k = int(command.split("--instance ")[1].split()[0]) if "--instance " in command else 0
+            return remote.CommandResult(0, f"{200 + k}\n", "")
+        if command.startswith("test -S"):
+            self.commands.append(command)
+            k = int(command.split("isostackd-")[1].split(".")[0]) if "isostackd-" in command else 0
+            return remote.CommandResult(3 if k == self.dying_instance else 0, "", "")
+        if "isostack.placement --legacy" in command:
+            self.commands.append(command)
+            return remote.CommandResult(0, "/proc/irq/29/smp_affinity_list = 0\n", "")
+        if "/proc/interrupts" in command:
+            self.commands.append("snapshot")
+            self.snapshots += 1
+            text = SNAPSHOT.format(a=1, b=2)
+            if self.snapshots % 2 == 0:  # after the client: 100 interrupts more on each queue's vCPU
+                text = text.replace("29 1 5,0,0", "29 1 5,100,0").replace("31 2 0,0,0", "31 2 0,0,100")
+            return remote.CommandResult(0, text, "")
+        if command.startswith("tail") and "isostackd" in command:
+            self.commands.append(command)
+            k = int(command.split("isostackd-")[1].split(".")[0]) if "isostackd-" in command else 0
+            log = (f"t isostackd INFO pinned to CPU {1 + k}\n"
+                   f"t isostackd INFO placement: /proc/irq/{29 + 2 * k}/smp_affinity_list = {1 + k}\n"
+                   f"t isostackd INFO stats: {{'loops': {1000 + k}, 'sends': {10 + k}}}\n")
+            return remote.CommandResult(0, log, "")
+        return super().run(command, timeout_s)
+
+
+def _instances_runner(tmp_path: Path, vcpus: int = 3, queues: int = 2, dying_instance: int | None = None):
+    topo = _local_topology()
+    for g in topo.guests:
+        g.vcpus = vcpus
+    topo.options = {"queues": queues, "vcpus": vcpus}
+    client = InstancesShell("iso-a", ISO_RESULT, dying_instance)
+    server = InstancesShell("iso-b", ISO_RESULT)
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=200)
+    return Runner(topo, {"iso-a": client, "iso-b": server}, GuestLayout(), None, console), client, server
+
+
+def _kinds(commands: list[str]) -> list[str]:
+    out = []
+    for c in commands:
+        if "isostack.dispatcher" in c:
+            out.append("start " + (c.split("--instance ")[1].split()[0] if "--instance " in c else "0"))
+        elif c.startswith("test -S"):
+            out.append("ready")
+        elif "isostack.placement --legacy" in c:
+            out.append("legacy placement")
+        elif c == "snapshot":
+            out.append(c)
+        elif "isostack.isoperf client" in c:
+            out.append("client")
+        elif c.startswith("kill 20"):
+            out.append("stop " + c.split()[1])
+        elif c.startswith("rm -f /run/isostack/isostackd-"):
+            out.append("cleanup")
+    return out
+
+
+def test_two_instances_each_on_its_vcpu_with_its_queue_pair(tmp_path):
+    runner, client, server = _instances_runner(tmp_path)
+    case = parse_playbook(ISO_PB + "    instances: [2]\n    so_busy_poll_us: 0\n").cases()[0]
+    assert case.instances == 2 and case.stack_label == "iso×2"
+    record = runner.run_case(case)
+    assert record["status"] == "ok", record["error"]
+    assert _kinds(client.commands) == [
+        "cleanup", "start 0", "start 1", "ready", "ready", "snapshot", "client", "snapshot", "stop 201", "stop 200"]
+    assert _kinds(server.commands) == ["legacy placement", "snapshot", "snapshot"]
+    start0, start1 = record["commands"]["isostackd"], record["commands"]["isostackd-1"]
+    assert " --cpu 1 " in start0 and " --queues 0 " in start0 and "--instance" not in start0
+    assert " --cpu 2 " in start1 and " --instance 1 --queues 1 " in start1
+    assert "--socket /run/isostack/isostackd-1.sock" in start1 and "> /tmp/isostackd-1.log" in start1
+    assert all(" --so-busy-poll-us 0" in s for s in (start0, start1))
+    assert record["commands"]["client"].startswith("taskset -c 0 env ISOSTACK_SOCKET=/run/isostack/isostackd.sock ")
+    assert record["instances"] == 2 and record["so_busy_poll_us"] == 0
+    inst0, inst1 = record["isostackd"]
+    assert {k: inst1[k] for k in ("instance", "cpu", "queues", "socket", "pid")} == {
+        "instance": 1, "cpu": 2, "queues": [1], "socket": "/run/isostack/isostackd-1.sock", "pid": 201}
+    assert inst0["queues"] == [0] and inst0["pid"] == 200
+    assert inst1["stats"] == {"loops": 1001, "sends": 11}
+    assert inst1["placement"] == ["/proc/irq/31/smp_affinity_list = 2"]
+    assert record["isostackd_log"] == inst0["log"] and inst0["log"][0] == "t isostackd INFO pinned to CPU 1"
+    placement = record["placement"]
+    assert placement["iso-a"]["mode"] == "isostack" and placement["iso-b"]["mode"] == "legacy"
+    assert placement["iso-b"]["command"] == "PYTHONPATH=/opt python3 -m isostack.placement --legacy --interfaces eth0"
+    assert placement["iso-b"]["output"] == ["/proc/irq/29/smp_affinity_list = 0"]
+    assert placement["iso-a"]["layout"]["irqs"]["virtio0-input.1"]["affinity"] == "2"
+    assert placement["iso-a"]["interrupts"]["virtio0-input.1"] == [0, 0, 100]
+
+
+def test_one_instance_on_a_two_queue_testbed_owns_every_queue(tmp_path):
+    runner, client, _server = _instances_runner(tmp_path)
+    record = runner.run_case(parse_playbook(ISO_PB).cases()[0])
+    assert record["status"] == "ok", record["error"]
+    assert " --cpu 2 " in record["commands"]["isostackd"] and "--queues" not in record["commands"]["isostackd"]
+    assert "--so-busy-poll-us" not in record["commands"]["isostackd"]  # isostackd's default
+    (inst,) = record["isostackd"]
+    assert inst["queues"] == "all" and inst["stats"] == {"loops": 1000, "sends": 10}
+
+
+def test_legacy_case_places_both_guests_the_legacy_way_before_the_client(tmp_path):
+    runner, client, server = _instances_runner(tmp_path)
+    text = ISO_PB.replace("    stack: iso\n", "    stack: legacy\n")
+    record = runner.run_case(parse_playbook(text).cases()[0])
+    assert record["status"] == "ok", record["error"]
+    assert _kinds(client.commands) == ["legacy placement", "snapshot", "client", "snapshot"]
+    assert _kinds(server.commands) == ["legacy placement", "snapshot", "snapshot"]
+    assert {g: p["mode"] for g, p in record["placement"].items()} == {"iso-a": "legacy", "iso-b": "legacy"}
+    assert "isostackd" not in record and record["instances"] == 1 and record["so_busy_poll_us"] is None
+    assert record["placement"]["iso-a"]["interrupts"]["virtio0-input.0"] == [0, 100, 0]
+
+
+def test_an_instance_that_dies_stops_the_others_and_fails_the_case(tmp_path):
+    runner, client, _server = _instances_runner(tmp_path, dying_instance=1)
+    record = runner.run_case(parse_playbook(ISO_PB + "    instances: 2\n").cases()[0])
+    assert record["status"] == "failed"
+    assert record["error"].startswith("iso-a: isostackd instance 1 exited: t isostackd INFO pinned to CPU 2")
+    assert "client" not in _kinds(client.commands)
+    assert _kinds(client.commands)[-2:] == ["stop 201", "stop 200"]
+    assert [i["instance"] for i in record["isostackd"]] == [0, 1]  # their logs are still recorded
+
+
+@pytest.mark.parametrize("vcpus, queues", [(2, 2), (3, 1), (2, 1)])
+def test_a_testbed_too_small_for_the_instances_is_refused_before_the_run(tmp_path, vcpus, queues):
+    runner, client, _server = _instances_runner(tmp_path, vcpus=vcpus, queues=queues)
+    pb = parse_playbook(ISO_PB + "    instances: [1, 2]\n", "pb.yaml")
+    with pytest.raises(HarnessError) as exc:
+        execute(runner, pb, tmp_path / "results", ["iso-a", "iso-b"], runner.console)
+    msg = str(exc.value)
+    assert msg.startswith("pb.yaml:11: tests[0] (stream-iso): instances 2 on iso-a: 2 isostackd instance(s) need"
+                          " 3 vCPUs (vCPU 0 for the client, one per instance) and 2 NIC queue pair(s)")
+    assert f"the guest has {vcpus} vCPU(s) and {queues} queue pair(s)" in msg
+    assert "bring the testbed up with `testbed up --vcpus 3 --queues 2`" in msg
+    assert client.commands == []  # nothing ran, nothing was built or uploaded
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_shipped_instances_playbook_fits_the_testbed_its_header_names(tmp_path):
+    from testbed.harness.playbook import load_playbook
+
+    pb = load_playbook(Path(__file__).resolve().parents[1] / "playbooks" / "isostack-instances.yaml")
+    runner, _c, _s = _instances_runner(tmp_path, vcpus=3, queues=2)
+    runner.check_playbook(pb)
+    runner, _c, _s = _instances_runner(tmp_path, vcpus=2, queues=1)
+    with pytest.raises(HarnessError, match=r"isostack-instances\.yaml:20: .*`testbed up --vcpus 3 --queues 2`"):
+        runner.check_playbook(pb)
+
+
+def test_a_legacy_only_playbook_needs_no_particular_testbed(tmp_path):
+    runner, _c, _s = _instances_runner(tmp_path, vcpus=1, queues=1)
+    runner.check_playbook(parse_playbook(ISO_PB.replace("    stack: iso\n", "")))

@@ -75,18 +75,33 @@ ISOSTACKD_INTERFACES = "eth0"
 CLIENT_CPU = 0  # the application's vCPU when isostackd has the last one
 
 
-def isostackd_log(layout: GuestLayout) -> str:
-    return f"{layout.log_dir}/isostackd.log"
+def isostackd_log(layout: GuestLayout, instance: int = 0) -> str:
+    return f"{layout.log_dir}/isostackd.log" if instance == 0 else f"{layout.log_dir}/isostackd-{instance}.log"
 
 
-def isostackd_start_command(layout: GuestLayout, cpu: int, uncontended_locks: bool = False) -> str:
-    """Start isostackd on `cpu` detached from the SSH session; prints its PID.
+def isostackd_start_command(
+    layout: GuestLayout,
+    cpu: int,
+    uncontended_locks: bool = False,
+    instance: int = 0,
+    queues: tuple[int, ...] | None = None,
+    socket: str = ISOSTACKD_SOCKET,
+    so_busy_poll_us: int | None = None,
+) -> str:
+    """Start isostackd (instance `instance`, owning `queues`, all when None) on `cpu` detached from the SSH
+    session; prints its PID.
 
     Log and socket are removed first so neither an old log line nor an old socket passes for this daemon.
     """
-    log = shlex.quote(isostackd_log(layout))
-    sock = shlex.quote(ISOSTACKD_SOCKET)
-    extra = " --uncontended-locks" if uncontended_locks else ""
+    log = shlex.quote(isostackd_log(layout, instance))
+    sock = shlex.quote(socket)
+    extra = f" --instance {instance}" if instance else ""
+    if queues is not None:
+        extra += f" --queues {','.join(str(q) for q in queues)}"
+    if so_busy_poll_us is not None:
+        extra += f" --so-busy-poll-us {so_busy_poll_us}"
+    if uncontended_locks:
+        extra += " --uncontended-locks"
     return (
         f"rm -f {log} {sock}; nohup env PYTHONPATH={shlex.quote(layout.remote_root)} {layout.python}"
         f" -m isostack.dispatcher --cpu {cpu} --allow-shared --interfaces {ISOSTACKD_INTERFACES}"
@@ -94,9 +109,16 @@ def isostackd_start_command(layout: GuestLayout, cpu: int, uncontended_locks: bo
     )
 
 
-def isostackd_ready_command(pid: int) -> str:
+def isostackd_cleanup_command() -> str:
+    """Remove the sockets other instances may have left (a SIGKILLed isostackd cannot remove its own), so the
+    front-end does not discover an instance that is not running."""
+    stem = shlex.quote(ISOSTACKD_SOCKET.rsplit(".", 1)[0])
+    return f"rm -f {stem}-[0-9]*.sock; true"
+
+
+def isostackd_ready_command(pid: int, socket: str = ISOSTACKD_SOCKET) -> str:
     """Exit 0 once isostackd's socket exists, 3 if it died (its log then says why), 1 if not yet."""
-    return f"test -S {shlex.quote(ISOSTACKD_SOCKET)} && exit 0; kill -0 {pid} 2>/dev/null || exit 3; exit 1"
+    return f"test -S {shlex.quote(socket)} && exit 0; kill -0 {pid} 2>/dev/null || exit 3; exit 1"
 
 
 def isostackd_stop_command(pid: int, grace_s: int = 5) -> str:

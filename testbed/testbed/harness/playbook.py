@@ -22,6 +22,8 @@ TRANSACTION_TESTS = ("rr", "crr")
 # sockperf ping-pong (one connection) for RR latency.
 CROSSCHECK_TOOLS = {"stream": "iperf3", "rr": "sockperf"}
 MAX_INTERVALS = 100  # isoperf's MAX_REPEATS
+MAX_INSTANCES = 16  # isostackd --instance 0..15 (isostack.attach.MAX_INSTANCES)
+MAX_SO_BUSY_POLL_US = 1_000_000  # SO_BUSY_POLL is an int of microseconds; a second is already absurd
 SUPPORTED_STACKS = ("legacy", "iso")
 KNOWN_STACKS = ("legacy", "iso")
 
@@ -53,6 +55,9 @@ class TestSpec:
     intervals: int = 1  # isoperf --repeats: measured intervals per run, back to back
     cpu: int | None = None  # isoperf --cpu: the client's worker threads pinned to this vCPU
     crosscheck: bool = False  # legacy stream/rr cases: also run iperf3 / sockperf between the same guests
+    instances: tuple[int, ...] = (1,)  # stack iso: isostackd instances on the client guest (matrix axis)
+    so_busy_poll_us: int | None = None  # stack iso: isostackd --so-busy-poll-us (None: isostackd's default)
+    instances_line: int = 0  # where `instances` was given (its default's line), for topology errors
 
 
 @dataclass(frozen=True)
@@ -65,14 +70,21 @@ class Case:
     connections: int
     repeat: int
     locks: bool = False  # stack iso: isostackd takes the un-contended locks the design removes
+    instances: int = 1  # stack iso: isostackd instances, each on its own vCPU with its share of the queues
 
     @property
     def stack_label(self) -> str:
-        return f"{self.stack}+locks" if self.locks else self.stack
+        return stack_label(self.stack, self.locks, self.instances)
 
     @property
     def label(self) -> str:
         return f"{self.spec.name} {self.stack_label} size={self.size} conns={self.connections} #{self.repeat + 1}"
+
+
+def stack_label(stack: str, locks: bool = False, instances: int = 1) -> str:
+    """"iso", "iso+locks", "iso×2", "iso×2+locks": the stack column of a case."""
+    label = f"{stack}×{instances}" if instances > 1 else stack
+    return f"{label}+locks" if locks else label
 
 
 @dataclass(frozen=True)
@@ -91,10 +103,12 @@ class Playbook:
         out = []
         for spec in self.tests:
             for stack in spec.stacks:
-                # The lock ablation is isostackd's: the legacy stack runs once whatever `locks` says.
+                # The lock ablation and the instances are isostackd's: the legacy stack runs once whatever
+                # `locks` and `instances` say.
                 locks = spec.locks if stack == "iso" else (False,)
-                for lock, size, conns in itertools.product(locks, spec.sizes, spec.connections):
-                    out.extend(Case(spec, stack, size, conns, r, lock) for r in range(spec.repeats))
+                instances = spec.instances if stack == "iso" else (1,)
+                for n, lock, size, conns in itertools.product(instances, locks, spec.sizes, spec.connections):
+                    out.extend(Case(spec, stack, size, conns, r, lock, n) for r in range(spec.repeats))
         return out
 
 
@@ -158,6 +172,8 @@ _TEST_KEYS = {
     "intervals": False,
     "cpu": False,
     "crosscheck": False,
+    "instances": False,
+    "so_busy_poll_us": False,
 }
 _DEFAULTS_KEYS = {k: False for k in _TEST_KEYS if k != "name"}
 
@@ -337,6 +353,19 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
         if "legacy" not in stacks:
             raise check.fail(m.key_lines["crosscheck"], where,
                              "'crosscheck' compares the legacy stack with iperf3/sockperf: it needs stack legacy")
+    instances = _list_of(check, m, "instances", where, int, default=(1,))
+    _range(check, m, "instances", where, instances, 1, MAX_INSTANCES)
+    if instances != (1,) and "iso" not in stacks:
+        raise check.fail(m.key_lines["instances"], where,
+                         "'instances' is the number of isostackd instances: it needs stack iso")
+    so_busy_poll_us = None
+    if "so_busy_poll_us" in m:
+        (so_busy_poll_us,) = _list_of(check, m, "so_busy_poll_us", where, int, allow_list=False)
+        _range(check, m, "so_busy_poll_us", where, (so_busy_poll_us,), 0, MAX_SO_BUSY_POLL_US)
+        if "iso" not in stacks:
+            raise check.fail(m.key_lines["so_busy_poll_us"], where,
+                             "'so_busy_poll_us' is an isostackd option (SO_BUSY_POLL on its sockets): it needs"
+                             " stack iso")
     client = _string(check, m, "client", where) if "client" in m else None
     server = _string(check, m, "server", where) if "server" in m else None
     if client is not None and client == server:
@@ -359,6 +388,9 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
         intervals=intervals,
         cpu=cpu,
         crosscheck=crosscheck,
+        instances=instances,
+        so_busy_poll_us=so_busy_poll_us,
+        instances_line=m.key_lines.get("instances", m.line),
     )
 
 

@@ -1,9 +1,11 @@
 """The table of a run: one row per case, throughput next to the device-model frames that carried it.
 
+The stack column says "iso×2" for two isostackd instances and "+locks" for the lock ablation.
 rr/crr rows add transactions/s and p50/p99 latency (µs). A cross-checked case is followed by a row of what
 iperf3 (stream: Gb/s) or sockperf ping-pong (rr: trans/s, p50/p99 µs) measured between the same guests, in
 the same columns. Printed with rich on the terminal and stored as report.md next to run.json; both come from
-`rows()`.
+`rows()`.  report.md also lists, per case, each guest's NIC placement (queue IRQ affinities, RPS) and where
+the isostackd instances ran.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from testbed.harness import placement_cmd, results
 
 _RIGHT = {"size", "conns", "Gb/s", "msgs/s", "trans/s", "p50 µs", "p99 µs", "CPU client %", "CPU server %"}
 CROSSCHECK_MARK = "↳ "  # test cell of a cross-check row: "↳ iperf3"
@@ -97,7 +101,7 @@ def _case_row(case: dict, a: str, b: str) -> list[str]:
     lat = r.get("latency_us") or {}
     return [
         str(case.get("test_name", "?")),
-        str(case.get("stack", "?")) + ("+locks" if case.get("locks") else ""),
+        results.stack_column(case),
         _size(case),
         str(case.get("connections", "?")),
         _fmt(r["throughput_bps"] / 1e9 if "throughput_bps" in r else None, ".3f"),
@@ -214,6 +218,28 @@ def notes(run: dict) -> list[str]:
     ]
 
 
+def placements(run: dict) -> list[str]:
+    """Per case, where the NIC queues' interrupts were placed in each guest and where isostackd ran."""
+    out = []
+    for c in run.get("cases", []):
+        placement = c.get("placement") or {}
+        if not placement:
+            continue
+        parts = []
+        for guest, p in placement.items():
+            layout = p.get("layout") if isinstance(p, dict) else None
+            text = f"{guest} {p.get('mode', '?') if isinstance(p, dict) else '?'}"
+            if guest == c.get("client") and c.get("isostackd"):
+                text += " (" + ", ".join(
+                    f"instance {i.get('instance')} on vCPU {i.get('cpu')} queues "
+                    f"{i['queues'] if isinstance(i.get('queues'), str) else ','.join(map(str, i.get('queues') or []))}"
+                    for i in c["isostackd"]) + ")"
+            parts.append(f"{text}: {placement_cmd.summary(layout) if isinstance(layout, dict) else 'layout unknown'}")
+        out.append(f"{c.get('test_name')} {results.stack_column(c)} size={c.get('size')} conns={c.get('connections')}:"
+                   f" {'; '.join(parts)}")
+    return out
+
+
 def print_report(run: dict, run_json: Path, console: Console) -> None:
     console.print(build_table(run))
     for line in errors(run):
@@ -249,4 +275,6 @@ def markdown(run: dict) -> str:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in errs]
     if notes(run):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes(run)]
+    if placements(run):
+        lines += ["", "## Placement (NIC queue IRQs → vCPU, RPS masks)", ""] + [f"- {n}" for n in placements(run)]
     return "\n".join(lines) + "\n"

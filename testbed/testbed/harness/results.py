@@ -11,6 +11,8 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from testbed.harness.playbook import stack_label
+
 RUN_FORMAT = 1
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.csv"
@@ -98,6 +100,13 @@ class RunStore:
         os.replace(tmp, self.run_json)
 
 
+def stack_column(case: dict) -> str:
+    """"legacy", "iso", "iso+locks", "iso×2" (two isostackd instances): the report's stack column."""
+    n = case.get("instances")
+    n = n if isinstance(n, int) and not isinstance(n, bool) else 1
+    return stack_label(str(case.get("stack")), bool(case.get("locks")), n)
+
+
 def sample_row(case: dict) -> dict:
     """Flatten one case record into the CSV columns (empty where a value does not exist)."""
     r = case.get("isoperf") or {}
@@ -110,7 +119,7 @@ def sample_row(case: dict) -> dict:
     return {
         "test_name": case.get("test_name"),
         "test": case.get("test"),
-        "stack": f"{case.get('stack')}+locks" if case.get("locks") else case.get("stack"),
+        "stack": stack_column(case),
         "size": case.get("size"),
         "connections": case.get("connections"),
         "repeat": case.get("repeat"),

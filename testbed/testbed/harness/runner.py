@@ -8,8 +8,19 @@ Cross-checks (`crosscheck: true`, legacy stream/rr cases): after the isoperf run
 snapshot, the same guests run iperf3 (stream) or sockperf ping-pong (rr) and the record gets its figures.
 
 Stack iso: the package's C parts are built on the host before the upload (the guests have no gcc); per case,
-isostackd runs on the client guest's last vCPU (`--uncontended-locks` when the case has locks) from before
-the client starts until after it ends, the client is pinned to vCPU 0, and isostackd's log tail is recorded.
+the case's isostackd instances (`instances: N`, placement_cmd.plan: instance K on vCPU vcpus - N + K with queue
+pairs K, K + N, ...; one instance: the last vCPU, all queues; `--uncontended-locks` when the case has locks,
+`--so-busy-poll-us` when the playbook sets it) run on the client guest from before the client starts until
+after it ends, the client is pinned to vCPU 0 and finds them all through the base socket (discovery).  Each
+instance places its own queues' IRQs/RPS/XPS on its vCPU; its command, PID, placement lines, final stats
+(its "stats: {...}" log line at exit) and log tail are recorded (`isostackd`, and `isostackd_log` for
+instance 0).  Before a run starts, every iso test is checked against the client guest's vCPUs and the
+testbed's queue pairs: a playbook asking for more is an error naming its line and the `testbed up` flags.
+
+Placement: the server guest (kernel sockets whatever the stack) and the client of a legacy case get the
+legacy placement (`isostack.placement --legacy`: queue IRQs spread over all vCPUs, RPS off) before the case;
+both guests' NIC layout (queue IRQ affinities, RPS/XPS masks) is read before the client runs and the
+interrupts per CPU of each queue vector are counted over the run: `placement` in the record.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 import isostack
 from testbed import state
-from testbed.harness import crosscheck, dmstats, isoperf_cmd, metadata, remote, report, results
+from testbed.harness import crosscheck, dmstats, isoperf_cmd, metadata, placement_cmd, remote, report, results
 from testbed.harness.isoperf_cmd import GuestLayout, IsoperfOutputError
 from testbed.harness.playbook import Case, Playbook, load_playbook
 from testbed.harness.remote import RemoteError, Shell
@@ -80,6 +91,33 @@ class Runner:
             raise HarnessError(f"test {case.spec.name!r}: client and server are both {client.name!r}")
         return client, server
 
+    def queue_pairs(self) -> int:
+        """The data NIC's queue pairs per guest, as `testbed up --queues` set them (1 if not recorded)."""
+        try:
+            return int((self.topology.options or {}).get("queues", 1))
+        except (TypeError, ValueError):
+            return 1
+
+    def check_playbook(self, playbook: Playbook) -> None:
+        """Every iso test fits its client guest: N instances need N + 1 vCPUs and N queue pairs; else a
+        HarnessError naming the playbook line and the `testbed up` flags that would make it fit."""
+        queues = self.queue_pairs()
+        for i, spec in enumerate(playbook.tests):
+            cases = [c for c in playbook.cases() if c.spec is spec and c.stack == "iso"]
+            if not cases:
+                continue
+            client, _server = self.pair(cases[0])
+            n = max(spec.instances)
+            try:
+                placement_cmd.plan(n, client.vcpus, queues)
+            except ValueError as e:
+                flags = placement_cmd.testbed_flags(n, client.vcpus, queues)
+                raise HarnessError(
+                    f"{playbook.path}:{spec.instances_line}: tests[{i}] ({spec.name}): instances {n} on {client.name}:"
+                    f" {e}; bring the testbed up with `testbed up {flags}` (this replaces the running one; keep"
+                    f" its other options)"
+                ) from None
+
     def build_native(self) -> None:
         """Build isostack's C parts (.so) on the host, into the package that is uploaded (the guests have no
         gcc): `python -m isostack.native` with that package first on the path."""
@@ -116,6 +154,8 @@ class Runner:
             "test": case.spec.test,
             "stack": case.stack,
             "locks": case.locks,
+            "instances": case.instances,
+            "so_busy_poll_us": case.spec.so_busy_poll_us if case.stack == "iso" else None,
             "size": case.size,
             "connections": case.connections,
             "repeat": case.repeat,
@@ -134,6 +174,7 @@ class Runner:
             "isoperf": None,
             "device_model": None,
             "crosscheck": None,
+            "placement": {},
             "commands": {},
         }
         try:
@@ -155,23 +196,35 @@ class Runner:
         pid = int(out.splitlines()[-1])
         cmd = isoperf_cmd.client_command(self.layout, case, server.data_ip)
         record["commands"] = {"server": start, "client": cmd}
-        daemon: int | None = None
+        daemons: list[tuple[placement_cmd.InstancePlan, int]] = []
+        plans: list[placement_cmd.InstancePlan] = []
         try:
             self._wait_server(sshell, port, pid)
+            record["placement"][server.name] = self._place_legacy(sshell, record, "server")
             if case.stack == "iso":
-                daemon = self._start_isostackd(cshell, client, record, case.locks)
+                plans = self._plan(case, client)
+                daemons = self._start_instances(cshell, client, record, case, plans)
+                record["placement"][client.name] = {"mode": "isostack", "command": None, "exit_code": None,
+                                                    "output": []}
+            else:
+                record["placement"][client.name] = self._place_legacy(cshell, record, "client")
+            layouts = {g.name: self._layout(self.shells[g.name]) for g in (client, server)}
+            for name, layout in layouts.items():
+                record["placement"][name]["layout"] = layout
             before = self._stats()
             r = cshell.run(cmd, timeout_s=isoperf_cmd.client_timeout(case))
             after = self._stats() if before is not None else None
+            for g in (client, server):
+                later = self._layout(self.shells[g.name])
+                record["placement"][g.name]["interrupts"] = placement_cmd.interrupts_delta(layouts[g.name], later)
         finally:
             sshell.run(isoperf_cmd.server_stop_command(pid))
             log = sshell.run(f"tail -n 20 {isoperf_cmd.server_log(self.layout, port)}")
             record["server_log"] = log.stdout.strip().splitlines()
-            if daemon is not None:
+            for _plan, daemon in reversed(daemons):
                 cshell.run(isoperf_cmd.isostackd_stop_command(daemon))
-            if case.stack == "iso":
-                log = cshell.run(f"tail -n 20 {isoperf_cmd.isostackd_log(self.layout)}")
-                record["isostackd_log"] = log.stdout.strip().splitlines()
+            if plans:
+                self._record_instances(cshell, record, plans, dict((p.instance, d) for p, d in daemons))
         result = isoperf_cmd.parse_client_output(r.exit_code, r.stdout, r.stderr)
         record["isoperf"] = result
         record["device_model"] = self._device_model(before, after, client.port, server.port, result)
@@ -182,31 +235,88 @@ class Runner:
         else:
             record["status"] = "ok"
 
-    def _start_isostackd(self, shell: Shell, guest: state.GuestInfo, record: dict, locks: bool = False) -> int:
-        """Start isostackd on the guest's last vCPU (the client runs on vCPU 0); returns its PID once its
-        socket exists."""
+    def _plan(self, case: Case, guest: state.GuestInfo) -> list[placement_cmd.InstancePlan]:
         if guest.vcpus < 2:
             raise HarnessError(f"{guest.name}: stack iso needs >= 2 vCPUs (one for isostackd), it has {guest.vcpus}")
-        if record.get("cpu_binding") not in (None, isoperf_cmd.CLIENT_CPU):
+        if case.spec.cpu not in (None, isoperf_cmd.CLIENT_CPU):
             raise HarnessError(f"stack iso runs the client on vCPU {isoperf_cmd.CLIENT_CPU} (isostackd has the last"
-                               f" one); 'cpu: {record['cpu_binding']}' does not fit")
-        start = isoperf_cmd.isostackd_start_command(self.layout, guest.vcpus - 1, uncontended_locks=locks)
-        record["commands"]["isostackd"] = start
-        out = remote.check(shell, start).strip()
-        if not out.splitlines() or not out.splitlines()[-1].isdigit():
-            raise HarnessError(f"{guest.name}: starting isostackd printed {out!r}, not a PID")
-        pid = int(out.splitlines()[-1])
+                               f" one); 'cpu: {case.spec.cpu}' does not fit")
+        try:
+            return placement_cmd.plan(case.instances, guest.vcpus, self.queue_pairs())
+        except ValueError as e:
+            raise HarnessError(f"{guest.name}: {e}") from None
+
+    def _start_instances(self, shell: Shell, guest: state.GuestInfo, record: dict, case: Case,
+                         plans: list[placement_cmd.InstancePlan]) -> list[tuple[placement_cmd.InstancePlan, int]]:
+        """Start every planned isostackd instance (the client runs on vCPU 0); returns (plan, PID) once every
+        socket exists.  If one fails, the ones started are stopped and the error carries its log."""
+        remote.check(shell, isoperf_cmd.isostackd_cleanup_command())
+        started: list[tuple[placement_cmd.InstancePlan, int]] = []
+        try:
+            for plan in plans:
+                start = isoperf_cmd.isostackd_start_command(
+                    self.layout, plan.cpu, uncontended_locks=case.locks, instance=plan.instance, queues=plan.queues,
+                    socket=plan.socket, so_busy_poll_us=case.spec.so_busy_poll_us)
+                record["commands"]["isostackd" if plan.instance == 0 else f"isostackd-{plan.instance}"] = start
+                out = remote.check(shell, start).strip()
+                if not out.splitlines() or not out.splitlines()[-1].isdigit():
+                    raise HarnessError(f"{guest.name}: starting isostackd instance {plan.instance} printed {out!r},"
+                                       " not a PID")
+                started.append((plan, int(out.splitlines()[-1])))
+            for plan, pid in started:
+                self._wait_isostackd(shell, guest, plan, pid)
+        except BaseException:
+            for _plan, pid in reversed(started):
+                shell.run(isoperf_cmd.isostackd_stop_command(pid))
+            raise
+        return started
+
+    def _wait_isostackd(self, shell: Shell, guest: state.GuestInfo, plan: placement_cmd.InstancePlan,
+                        pid: int) -> None:
         deadline = time.monotonic() + ISOSTACKD_READY_TIMEOUT_S
         while True:
-            code = shell.run(isoperf_cmd.isostackd_ready_command(pid)).exit_code
+            code = shell.run(isoperf_cmd.isostackd_ready_command(pid, plan.socket)).exit_code
             if code == 0:
-                return pid
+                return
             if code == 3 or time.monotonic() > deadline:
-                shell.run(isoperf_cmd.isostackd_stop_command(pid))
-                log = shell.run(f"tail -n 5 {isoperf_cmd.isostackd_log(self.layout)}").stdout.strip()
+                log = shell.run(f"tail -n 5 {isoperf_cmd.isostackd_log(self.layout, plan.instance)}").stdout.strip()
                 why = "exited" if code == 3 else f"has no socket after {ISOSTACKD_READY_TIMEOUT_S:.0f} s"
-                raise HarnessError(f"{guest.name}: isostackd {why}: {' | '.join(log.splitlines())}")
+                name = "isostackd" if plan.instance == 0 else f"isostackd instance {plan.instance}"
+                raise HarnessError(f"{guest.name}: {name} {why}: {' | '.join(log.splitlines())}")
             time.sleep(0.2)
+
+    def _record_instances(self, shell: Shell, record: dict, plans: list[placement_cmd.InstancePlan],
+                          pids: dict[int, int]) -> None:
+        """Each instance's placement, PID, final stats and log tail into the record (after they stopped)."""
+        out = []
+        for plan in plans:
+            text = shell.run(f"tail -n 200 {isoperf_cmd.isostackd_log(self.layout, plan.instance)}").stdout
+            lines = text.strip().splitlines()
+            out.append({
+                **plan.to_dict(),
+                "pid": pids.get(plan.instance),
+                "command": record["commands"].get("isostackd" if plan.instance == 0 else f"isostackd-{plan.instance}"),
+                "placement": placement_cmd.placement_lines(text),
+                "stats": placement_cmd.parse_stats(text),
+                "log": lines[-20:],
+            })
+        record["isostackd"] = out
+        record["isostackd_log"] = out[0]["log"] if out else []
+
+    def _place_legacy(self, shell: Shell, record: dict, role: str) -> dict:
+        """The legacy placement on a guest; what it set (or could not) goes into the record, a failure is
+        logged, not fatal (the layout snapshot says what the NIC looked like)."""
+        cmd = placement_cmd.legacy_command(self.layout.remote_root, self.layout.python)
+        record["commands"][f"placement_{role}"] = cmd
+        r = shell.run(cmd)
+        lines = (r.stdout.strip() or r.stderr.strip()).splitlines()
+        if r.exit_code != 0:
+            self.console.log(f"[yellow]{shell.name}: legacy placement exited {r.exit_code}:"
+                             f" {' | '.join(lines[-2:])}[/yellow]")
+        return {"mode": "legacy", "command": cmd, "exit_code": r.exit_code, "output": lines}
+
+    def _layout(self, shell: Shell) -> dict:
+        return placement_cmd.parse_snapshot(shell.run(placement_cmd.snapshot_command()).stdout)
 
     def _crosscheck(self, case: Case, client: state.GuestInfo, server: state.GuestInfo, record: dict) -> dict:
         """Run iperf3 / sockperf between the case's guests; their figures, or why there are none."""
@@ -371,6 +481,7 @@ def execute(
 ) -> tuple[Path, int]:
     """Prepare the guests, open the run directory, run the cases; shared by the CLI and tests."""
     started = results.utc_now()
+    runner.check_playbook(playbook)
     with console.status("preparing guests"):
         if any(case.stack == "iso" for case in playbook.cases()):
             runner.build_native()  # before the upload, so the .so files travel with the package
