@@ -100,6 +100,46 @@ static PyObject *fp_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return out;
 }
 
+/* recv_into(ctl, ring, size, head, buffer, nbytes) -> k: copies up to nbytes (0: len(buffer)) buffered bytes
+ * into the caller's writable contiguous buffer and publishes the head; 0 when nothing is buffered, -1 when
+ * nbytes exceeds the buffer.  No object is allocated (IsoSocket.recv_into). */
+static PyObject *fp_recv_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t ctl, ring, size, head, maxlen;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "recv_into(ctl, ring, size, head, buffer, maxlen)");
+        return NULL;
+    }
+    if (get_u64(args[0], &ctl) || get_u64(args[1], &ring) || get_u64(args[2], &size) || get_u64(args[3], &head) ||
+        get_u64(args[5], &maxlen))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[4], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (maxlen == 0)
+        maxlen = (uint64_t)view.len;
+    else if (maxlen > (uint64_t)view.len) {
+        PyBuffer_Release(&view);
+        return PyLong_FromLong(-1);
+    }
+    uint64_t tail = __atomic_load_n(W(ctl, C_RX_TAIL), __ATOMIC_ACQUIRE);
+    uint64_t avail = tail - head;
+    if (avail > size)
+        avail = 0; /* impossible unless the memory is corrupt: let the slow path report */
+    uint64_t k = avail < maxlen ? avail : maxlen;
+    if (k) {
+        uint64_t off = head & (size - 1);
+        uint64_t first = size - off < k ? size - off : k;
+        char *dst = view.buf;
+        memcpy(dst, (char *)(uintptr_t)ring + off, first);
+        if (first < k)
+            memcpy(dst + first, (char *)(uintptr_t)ring, k - first);
+        __atomic_store_n(W(ctl, C_RX_HEAD), head + k, __ATOMIC_RELEASE);
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(k);
+}
+
 #define ADDR_ARGS(n)                                                                                                   \
     uint64_t a_, v_ = 0, w_ = 0;                                                                                       \
     (void)v_;                                                                                                          \
@@ -200,6 +240,7 @@ static PyObject *fp_layout(PyObject *s, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"send", (PyCFunction)(void (*)(void))fp_send, METH_FASTCALL, "copy into a tx ring, publish, maybe post"},
     {"recv", (PyCFunction)(void (*)(void))fp_recv, METH_FASTCALL, "copy out of an rx ring, publish the head"},
+    {"recv_into", (PyCFunction)(void (*)(void))fp_recv_into, METH_FASTCALL, "copy out of an rx ring into a buffer"},
     {"cas64", (PyCFunction)(void (*)(void))fp_cas64, METH_FASTCALL, "compare and swap"},
     {"xchg64", (PyCFunction)(void (*)(void))fp_xchg64, METH_FASTCALL, "exchange"},
     {"fetch_add64", (PyCFunction)(void (*)(void))fp_fetch_add64, METH_FASTCALL, "fetch and add"},

@@ -90,6 +90,7 @@ from .queues import CommandQueue, NotifyRing, Region, create_memfd
 
 U64 = (1 << 64) - 1
 _FAST = native.FAST
+_FAST_RECV_INTO = getattr(_FAST, "recv_into", None)  # an extension built before it existed lacks it
 MAX_SLEEP_MS = 5
 SPIN = 20  # condition checks before the timed spin (kept for callers that read it)
 # Adaptive spin before sleeping on the doorbell: a thread spins (sched_yield between checks: the GIL is
@@ -853,7 +854,7 @@ class IsoSocket:
                 if not st & ST_LISTENING:
                     raise _err(errno.EINVAL, "socket is not listening")
                 if st & ST_ACCEPTABLE:
-                    got = m._accept_one(deadline)
+                    got = m._accept_one(deadline, self._timeout == 0.0)
                     if got is not None:
                         return got
             if self._timeout == 0.0:
@@ -864,9 +865,14 @@ class IsoSocket:
                               ring):
                 raise TimeoutError("timed out")
 
-    def _accept_one(self, deadline) -> tuple[IsoSocket, tuple] | None:
+    def _accept_one(self, deadline, nonblocking: bool | None = None) -> tuple[IsoSocket, tuple] | None:
         inst = self._inst
-        if self._timeout == 0.0:  # the connection is there: only the dispatcher's answer is awaited
+        if nonblocking is None:
+            nonblocking = self._timeout == 0.0
+        # The connection is there: only the dispatcher's answer is awaited.  `nonblocking` is the listener's
+        # mode (a member of a multi-instance listener keeps its own, blocking, timeout: its deadline of "now"
+        # made the ACCEPT time out before the dispatcher could answer).
+        if nonblocking:
             deadline = time.monotonic() + CONTROL_TIMEOUT
         new = inst._alloc(self._stack)
         try:
@@ -1035,10 +1041,66 @@ class IsoSocket:
             self._wait_rx()
 
     def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        """Copy straight from the rx ring into buffer (the C fast path, else memoryview slices): no bytes
+        object per call."""
+        if flags:
+            raise _err(errno.EOPNOTSUPP, "recv flags")
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recv_into")
+        fast = _FAST_RECV_INTO
+        if fast is not None and not self._closed:
+            try:
+                k = fast(self._ctl, self._rxr, self._rx_size, self._rx_head, buffer, nbytes)
+            except BufferError:  # not a contiguous buffer: the memoryview path below says what is wrong
+                fast = None
+            else:
+                if k < 0:
+                    raise ValueError("buffer too small for requested bytes")
+                if k:
+                    self._rx_head += k
+                    return k
         mv = memoryview(buffer).cast("B")
-        data = self.recv(nbytes or len(mv), flags)
-        mv[: len(data)] = data
-        return len(data)
+        n = len(mv)
+        if nbytes:
+            if nbytes > n:
+                raise ValueError("buffer too small for requested bytes")
+            n = nbytes
+        q, cw = self._q, self._cw
+        while True:
+            if self._closed:
+                raise _err(errno.EBADF)
+            head = self._rx_head
+            avail = q[cw + C_RX_TAIL] - head
+            if avail > 0 and n > 0:
+                k = avail if avail <= n else n
+                buf, off = self._buf, self._rx_off
+                at = 0
+                for o, ln in ring_spans(head, k, self._rx_size):
+                    mv[at : at + ln] = buf[off + o : off + o + ln]
+                    at += ln
+                self._rx_head = head + k
+                q[cw + C_RX_HEAD] = head + k
+                return k
+            st = q[cw + C_STATE]
+            if st & ST_ERROR:
+                self._check()
+            if st & ST_EOF:
+                if q[cw + C_RX_TAIL] == head:  # EOF is published after the last data
+                    return 0
+                continue
+            if not st & ST_CONNECTED:
+                raise _err(errno.ENOTCONN)
+            if n == 0:
+                return 0
+            if self._timeout == 0.0:
+                self._rearm()
+                raise BlockingIOError(errno.EAGAIN, "no data")
+            self._wait_rx()
+            if fast is not None and not self._closed:
+                k = fast(self._ctl, self._rxr, self._rx_size, self._rx_head, mv, n)
+                if k:
+                    self._rx_head += k
+                    return k
 
     def shutdown(self, how: int) -> None:
         if how in (_socket.SHUT_WR, _socket.SHUT_RDWR):
