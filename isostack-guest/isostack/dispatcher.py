@@ -142,6 +142,14 @@ log = logging.getLogger("isostackd")
 
 U64 = (1 << 64) - 1
 TX_GRACE_LOOPS = 64  # loops a drained tx ring stays "draining" before the flag is released
+# Coalescing naps (see Dispatcher.run): after a loop whose only work was draining tx rings that an application
+# keeps filling (each had data in STREAK_MIN loops in a row), wait in epoll (kernel events and commands still
+# wake us at once) so that the next drain takes many messages in one kernel send.  The nap adapts: it doubles
+# while a drain after a nap finds its ring under NAP_LOW full and halves when one finds it over NAP_HIGH full
+# or an application waits for credits; within [nap_min, nap_max] (--nap-max-us).
+STREAK_MIN = 3
+NAP_LOW, NAP_HIGH = 1 / 8, 1 / 2
+NAP_MIN_S = 20e-6
 MAX_BACKLOG = 1024
 CLOSE_LINGER_S = 5.0
 EPOLL_IN = select.EPOLLIN | select.EPOLLRDHUP
@@ -218,6 +226,7 @@ class Sock:
         "shut_how",
         "close_deadline",
         "dead",
+        "streak",
     )
 
     def __init__(self, app: App, idx: int):
@@ -239,6 +248,7 @@ class Sock:
         self.rx_tail = 0
         self.draining = False
         self.idle = 0
+        self.streak = 0
         self.rx_stalled = False
         self.emask = 0
         self.backlog: deque | None = None
@@ -281,12 +291,17 @@ class Dispatcher:
     def __init__(self, path: str = DEFAULT_SOCKET, cpu: int | None = None, busy_poll_us: int = 1000,
                  uncontended_locks: bool = False, sleep_ms: int = 100, instance: int = 0,
                  queues: set[int] | None = None, so_busy_poll_us: int = 50, epoll_busy_poll_us: int = -1,
+                 nap_max_us: int = 1000,
                  proc_root: str = "/proc"):
         self.path = path
         self.cpu = cpu
         self.instance = instance
         self.queues = None if queues is None else sorted(queues)
         self.busy_poll_s = busy_poll_us / 1e6 if busy_poll_us >= 0 else None
+        self.nap_max_s = max(nap_max_us, 0) / 1e6
+        self.nap_s = min(NAP_MIN_S * 4, self.nap_max_s)
+        self.loop_latency = False
+        self.loop_fill = 0.0
         self.sleep_ms = sleep_ms
         self.lock = threading.Lock() if uncontended_locks else None
         self.membarrier = native.membarrier_supported()
@@ -301,7 +316,8 @@ class Dispatcher:
         self.next_app = 1
         self.running = True
         self.stats = {"loops": 0, "commands": 0, "sends": 0, "send_bytes": 0, "recvs": 0, "recv_bytes": 0,
-                      "bad_entries": 0, "sleeps": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0,
+                      "bad_entries": 0, "sleeps": 0, "naps": 0,
+                      "nap_us": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0,
                       "reuseport_programs": 0, "so_busy_poll_us": so_busy_poll_us, "so_busy_poll_set": 0,
                       "so_busy_poll_failed": 0, "epoll_busy_poll_us": None, "watch_writes": 0, "watch_saved": 0,
                       "bad_messages": 0}
@@ -841,7 +857,14 @@ class Dispatcher:
             self._fail(s, e.err, e.reason)
             return True
         if used == 0:
+            s.streak = 0
             return self._tx_idle(s)
+        s.streak += 1
+        if s.streak < STREAK_MIN or q[s.cw + C_TX_WANT]:
+            self.loop_latency = True  # not (yet) a stream, or its application waits for credits: no nap
+        fill = used / size
+        if fill > self.loop_fill:
+            self.loop_fill = fill
         views = ring_views(app.region.buf, s.tx_off, size, s.tx_head, used)
         try:
             n = s.k.send(views[0]) if len(views) == 1 else s.k.sendmsg(views)
@@ -1079,7 +1102,10 @@ class Dispatcher:
 
     def poll_once(self, timeout: float = 0) -> bool:
         did = False
+        self.loop_latency = False
+        self.loop_fill = 0.0
         for fd, ev in self.epoll.poll(timeout):
+            self.loop_latency = True
             s = self.by_fd.get(fd)
             if s is not None:
                 did |= self._kernel_event(s, ev)
@@ -1095,11 +1121,13 @@ class Dispatcher:
                 self._app_message(self.apps[fd])
                 did = True
         for app in list(self.apps.values()):
-            did |= self._commands(app)
+            if self._commands(app):
+                did = self.loop_latency = True
         for s in list(self.tx_active):
             did |= self._drain(s)
         for s in list(self.rx_stalled):
-            did |= self._unstall(s)
+            if self._unstall(s):
+                did = self.loop_latency = True
         if self.closing:
             now = time.monotonic()
             for s in list(self.closing):
@@ -1115,29 +1143,54 @@ class Dispatcher:
         self.stats["loops"] += 1
         return did
 
-    def _sleep(self) -> None:
-        """Announce sleep to every app, look once more, then block in epoll until a kick or an event."""
+    def _sleep(self, nap: float = 0.0) -> bool:
+        """Announce sleep to every app, look once more, then block in epoll until a kick or an event (a nap:
+        at most `nap` seconds, while tx rings are being drained)."""
         for app in self.apps.values():
             app.region.q[H_DISP_SLEEPING] = 1
         native.fence()
         pending = any(app.region.q[H_PENDING + w] for app in self.apps.values() for w in range(app.pending_words))
-        if pending or self.tx_active:
+        if pending:
+            timeout = 0.0
+        elif nap:
+            timeout = nap
+            self.stats["naps"] += 1
+        elif self.tx_active:
             timeout = 0.0
         elif self.rx_stalled or self.closing:
             timeout = 0.001  # rx credits and close linger are polled, not signalled
         else:
             timeout = self.sleep_ms / 1e3
-        self.stats["sleeps"] += 1
-        self.poll_once(timeout)
+        if not nap:
+            self.stats["sleeps"] += 1
+        did = self.poll_once(timeout)
         for app in self.apps.values():
             app.region.q[H_DISP_SLEEPING] = 0
+        return did
+
+    def _adapt_nap(self) -> None:
+        """After a nap: lengthen it while the rings were far from full, shorten it when they were filling up."""
+        fill = self.loop_fill
+        if fill > NAP_HIGH or self.loop_latency:
+            self.nap_s = max(self.nap_s / 2, NAP_MIN_S)
+        elif fill < NAP_LOW:
+            self.nap_s = min(self.nap_s * 2, self.nap_max_s)
+        self.stats["nap_us"] = round(self.nap_s * 1e6)
 
     def run(self) -> None:
+        """Busy-poll while work arrives; nap between drains of streaming rings (aggregation: one kernel send
+        takes what accumulated meanwhile); sleep in epoll after --busy-poll-us without work."""
         idle_since = time.monotonic()
         busy = self.busy_poll_s
+        nap_max = self.nap_max_s
         while self.running:
             if self.poll_once():
                 idle_since = time.monotonic()
+                while nap_max and self.running and not self.loop_latency and self.loop_fill:
+                    if not self._sleep(self.nap_s):
+                        break
+                    self._adapt_nap()
+                    idle_since = time.monotonic()
             elif busy is not None and time.monotonic() - idle_since > busy:
                 self._sleep()
                 idle_since = time.monotonic()
@@ -1189,6 +1242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--busy-poll-us", type=int, default=1000,
                    help="busy-poll this long after the last work before sleeping in epoll; -1 never sleeps")
     p.add_argument("--sleep-ms", type=int, default=100, help="longest epoll sleep when idle")
+    p.add_argument("--nap-max-us", type=int, default=1000,
+                   help="longest coalescing nap between drains of streaming tx rings (adaptive; 0: never nap)")
     p.add_argument("--so-busy-poll-us", type=int, default=50,
                    help="SO_BUSY_POLL on every kernel socket (0: not set)")
     p.add_argument("--epoll-busy-poll-us", type=int, default=-1,
@@ -1219,7 +1274,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in placement.place(cpu, ifaces, queues=queues):
             log.info("placement: %s", line)
     d = Dispatcher(path, cpu, args.busy_poll_us, args.uncontended_locks, args.sleep_ms, args.instance, queues,
-                   args.so_busy_poll_us, args.epoll_busy_poll_us)
+                   args.so_busy_poll_us, args.epoll_busy_poll_us, args.nap_max_us)
 
     def stop(signum, _frame):
         d.running = False
