@@ -7,8 +7,10 @@ The send benchmark runs, in one invocation, a TCP sink in a separate process on 
   * kernel: the application thread calls socket.sendall(size bytes) in a loop;
   * iso:    the same loop through the IsoStack front-end, served by an isostackd subprocess (started here
             on --dispatcher-cpu unless --socket names a running one).
-For each it prints messages/s (counted by the sink), the application thread's CPU time per message
-(time.thread_time) and the dispatcher's (utime+stime from /proc/PID/stat), and messages per CPU-second.
+For each it prints messages/s (counted by the sink), the CPU seconds consumed by the application thread
+(time.thread_time) and by the dispatcher (utime+stime from /proc/PID/stat), per message and in total,
+messages per consumed CPU-second, and the iso/kernel ratios of messages/s and of messages per CPU-second
+(the seed's goal: >= 10x per consumed CPU for 64-byte messages).
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def _run(label: str, make_sock, port: int, sink, size: int, duration: float, dis
     app_us = res["cpu"] / msgs * 1e6
     disp_us = (d1 - d0) / msgs * 1e6
     return {"stack": label, "size": size, "messages": msgs, "msgs_per_s": round(msgs / elapsed),
+            "app_cpu_s": round(res["cpu"], 3), "dispatcher_cpu_s": round(d1 - d0, 3),
             "app_cpu_us_per_msg": round(app_us, 3), "dispatcher_cpu_us_per_msg": round(disp_us, 3),
             "msgs_per_cpu_s": round(1e6 / (app_us + disp_us)), "elapsed_s": round(elapsed, 3)}
 
@@ -203,10 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    cols = ["stack", "size", "msgs_per_s", "app_cpu_us_per_msg", "dispatcher_cpu_us_per_msg", "msgs_per_cpu_s"]
-    print("  ".join(f"{c:>26}" for c in cols))
+    cols = ["stack", "size", "msgs_per_s", "app_cpu_s", "dispatcher_cpu_s", "app_cpu_us_per_msg",
+            "dispatcher_cpu_us_per_msg", "msgs_per_cpu_s"]
+    print("  ".join(f"{c:>{max(len(c), 8)}}" for c in cols))
     for r in rows:
-        print("  ".join(f"{r[c]!s:>26}" for c in cols))
+        print("  ".join(f"{r[c]!s:>{max(len(c), 8)}}" for c in cols))
+    base = rows[0]
+    for r in rows[1:]:
+        print(f"{r['stack']}/kernel: {r['msgs_per_s'] / base['msgs_per_s']:.2f}x messages/s, "
+              f"{r['msgs_per_cpu_s'] / base['msgs_per_cpu_s']:.2f}x messages per consumed CPU-second")
     for r in rows:
         if "doorbells_rung" in r:
             print(f"iso doorbells rung {r['doorbells_rung']}, saved {r['doorbells_saved']}, kicks {r['kicks']}")
