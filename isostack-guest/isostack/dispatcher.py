@@ -10,8 +10,13 @@ It owns every kernel socket of the attached applications (non-blocking), and in 
      names in the socket's C_NOTIF_RING, the CPU of the thread that last waited on it) and rings that ring's
      doorbell eventfd only if a thread announced in the ring's sleepers that it sleeps; otherwise it counts a
      saved doorbell (R_SAVED, per ring, in shared memory, and "saved" in its stats).
-When nothing happened for --busy-poll-us it announces that it sleeps and blocks in epoll (the front-end kicks
-it through an eventfd when it posts a command meanwhile).
+When nothing happened for its poll window it announces that it sleeps and blocks in epoll (the front-end kicks
+it through an eventfd when it posts a command meanwhile).  The window adapts like KVM's halt polling, up to
+--busy-poll-us: it grows while work comes back soon after a sleep and shrinks when sleeps are long (in a TCG
+guest an RR round trip outlasts it: polling would only burn the vCPU, and with it a host core the peer needs).
+Before sleeping it ends the draining grace of the empty tx rings, so the next send posts SEND and kicks it.
+Between drains of tx rings that an application keeps filling it naps (adaptive, --nap-max-us) so that one
+kernel send takes many messages (see run()).
 
 Kernel busy polling (what puts the NIC's receive processing into this loop, on this CPU, instead of in the
 softirq after an interrupt): --so-busy-poll-us N (default 50) sets SO_BUSY_POLL on every kernel socket, so a
@@ -298,6 +303,7 @@ class Dispatcher:
         self.instance = instance
         self.queues = None if queues is None else sorted(queues)
         self.busy_poll_s = busy_poll_us / 1e6 if busy_poll_us >= 0 else None
+        self.poll_s = self.busy_poll_s or 0.0  # the adaptive busy-poll window (_adapt_poll)
         self.nap_max_s = max(nap_max_us, 0) / 1e6
         self.nap_s = min(NAP_MIN_S * 4, self.nap_max_s)
         self.loop_latency = False
@@ -316,7 +322,7 @@ class Dispatcher:
         self.next_app = 1
         self.running = True
         self.stats = {"loops": 0, "commands": 0, "sends": 0, "send_bytes": 0, "recvs": 0, "recv_bytes": 0,
-                      "bad_entries": 0, "sleeps": 0, "naps": 0,
+                      "bad_entries": 0, "sleeps": 0, "naps": 0, "poll_us": busy_poll_us,
                       "nap_us": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0,
                       "reuseport_programs": 0, "so_busy_poll_us": so_busy_poll_us, "so_busy_poll_set": 0,
                       "so_busy_poll_failed": 0, "epoll_busy_poll_us": None, "watch_writes": 0, "watch_saved": 0,
@@ -1146,6 +1152,8 @@ class Dispatcher:
     def _sleep(self, nap: float = 0.0) -> bool:
         """Announce sleep to every app, look once more, then block in epoll until a kick or an event (a nap:
         at most `nap` seconds, while tx rings are being drained)."""
+        if not nap:
+            self._release_idle_rings()
         for app in self.apps.values():
             app.region.q[H_DISP_SLEEPING] = 1
         native.fence()
@@ -1168,6 +1176,28 @@ class Dispatcher:
             app.region.q[H_DISP_SLEEPING] = 0
         return did
 
+    def _release_idle_rings(self) -> None:
+        """Before a real sleep: end the draining grace of every tx ring that is empty now, so that the next
+        send posts SEND (and kicks us) instead of waiting for a poll that will not come.  In a TCG guest a loop
+        takes so long that the 64-loop grace outlived a whole RR round trip and kept us from ever sleeping."""
+        for s in list(self.tx_active):
+            if s.k is None or s.shut_pending >= 0 or s.close_pos >= 0:
+                continue
+            if s.app.region.q[s.cw + C_TX_TAIL] == s.tx_head:
+                s.idle = TX_GRACE_LOOPS
+                self._tx_idle(s)
+
+    def _adapt_poll(self, slept: float) -> None:
+        """Halt-polling style: work that came back within --busy-poll-us of a sleep would have been caught by
+        polling longer (grow the window); a longer sleep means polling would only have burnt the CPU (shrink)."""
+        if slept < self.busy_poll_s:
+            self.poll_s = min(max(self.poll_s * 2, NAP_MIN_S), self.busy_poll_s)
+        else:
+            self.poll_s /= 2
+            if self.poll_s < NAP_MIN_S:
+                self.poll_s = 0.0
+        self.stats["poll_us"] = round(self.poll_s * 1e6)
+
     def _adapt_nap(self) -> None:
         """After a nap: lengthen it while the rings were far from full, shorten it when they were filling up."""
         fill = self.loop_fill
@@ -1179,7 +1209,8 @@ class Dispatcher:
 
     def run(self) -> None:
         """Busy-poll while work arrives; nap between drains of streaming rings (aggregation: one kernel send
-        takes what accumulated meanwhile); sleep in epoll after --busy-poll-us without work."""
+        takes what accumulated meanwhile); sleep in epoll after an adaptive poll window without work (at most
+        --busy-poll-us; see _adapt_poll)."""
         idle_since = time.monotonic()
         busy = self.busy_poll_s
         nap_max = self.nap_max_s
@@ -1191,9 +1222,11 @@ class Dispatcher:
                         break
                     self._adapt_nap()
                     idle_since = time.monotonic()
-            elif busy is not None and time.monotonic() - idle_since > busy:
+            elif busy is not None and time.monotonic() - idle_since >= self.poll_s:
+                t = time.monotonic()
                 self._sleep()
                 idle_since = time.monotonic()
+                self._adapt_poll(idle_since - t)
 
 
 # ---------------------------------------------------------------------- CLI
