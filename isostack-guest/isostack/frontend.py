@@ -96,9 +96,13 @@ SPIN = 20  # condition checks before the timed spin (kept for callers that read 
 # Adaptive spin before sleeping on the doorbell: a thread spins (sched_yield between checks: the GIL is
 # released, no timer is armed) for twice the recent typical wait, within [SPIN_MIN_S, SPIN_MAX_S].  A wait
 # that outlasts SPIN_MAX_S is not "imminent" and halves the budget.  time.sleep(0) is no yield here: it arms a
-# timer and costs the 50 us timer slack per call (measured: 60 us), which was the whole RR latency gap.
+# timer and costs the 50 us timer slack per call (measured: 60 us), which was the whole RR latency gap on the
+# host.  The cap is low on purpose: in a TCG guest a spinning vCPU burns a host core that the peer guest and
+# the dispatcher need (a 2 ms cap cut 64-byte STREAM to a third there), and an RR round trip there is
+# longer than the cap anyway, so the budget shrinks to the minimum and the doorbell does the waking.
+# Credit waits (a full tx ring) do not spin at all: the ring drains at the kernel's pace.
 SPIN_MIN_S = 20e-6
-SPIN_MAX_S = float(os.environ.get("ISOSTACK_SPIN_MAX_US", "2000")) / 1e6
+SPIN_MAX_S = float(os.environ.get("ISOSTACK_SPIN_MAX_US", "200")) / 1e6
 CONTROL_TIMEOUT = 10.0  # how long a non-blocking socket waits for the dispatcher to complete a control command
 
 PORT_TRIES = 4096  # source ports hashed at most when looking for one that lands on the socket's instance
@@ -449,7 +453,7 @@ class Stack:
             self._local_ips[key] = ip
         return ip
 
-    def wait(self, cond, deadline: float | None, insts=None, ring: int | None = None) -> bool:
+    def wait(self, cond, deadline: float | None, insts=None, ring: int | None = None, spin: bool = True) -> bool:
         """Wait until cond() is true or the deadline (monotonic) passes; spin, then sleep on a doorbell.
 
         `insts`: the instances whose dispatchers may make cond() true (told in `ring`'s sleepers that we
@@ -459,6 +463,8 @@ class Stack:
             return True
         now = time.monotonic
         t0 = now()
+        if not spin:
+            return self._sleep_wait(cond, deadline, insts, ring)
         end = t0 + self._spin_s
         if deadline is not None and deadline < end:
             end = deadline
@@ -934,7 +940,7 @@ class IsoSocket:
             want = self._ctl + C_TX_WANT * 8
             native.fetch_add64(want, 1)
             try:
-                ok = self._stack.wait(space, self._deadline(), (self._inst,), self._here())
+                ok = self._stack.wait(space, self._deadline(), (self._inst,), self._here(), spin=False)
             finally:
                 native.fetch_add64(want, U64)
             if not ok:
