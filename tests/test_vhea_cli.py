@@ -158,3 +158,29 @@ def test_stale_socket_is_replaced_but_a_live_one_is_an_error(sockdir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("choice", ["python", "auto", "native"])
+def test_serve_datapath_choice_and_fallback_without_the_native_module(sockdir, choice):
+    """--datapath python|native|auto; without the native module (VHEA_NO_NATIVE, as without gcc) auto falls back
+    to the Python datapath with a logged line and native is a usage error."""
+    import signal
+
+    env = dict(os.environ, VHEA_NO_NATIVE="1")
+    cmd = [*VHEA, "serve", "--socket-dir", sockdir, "--ports", "a", "--datapath", choice]
+    if choice == "native":
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=20, env=env)
+        assert_usage_error(p, "the native datapath is not available: VHEA_NO_NATIVE is set")
+        return
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(os.path.join(sockdir, "control.sock")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        st = json.loads(run("stats", "--socket-dir", sockdir, "--json").stdout)
+        assert st["datapath"] == "python"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=10)
+    assert ("native datapath not available" in err) == (choice == "auto")
