@@ -281,3 +281,50 @@ def test_readiness_writes_only_when_armed(tmp_path, listener):
         d.running = False
         t.join(5)
         d.close()
+
+
+def test_dispatcher_ends_the_draining_grace_before_it_sleeps(tmp_path, listener):
+    """An empty tx ring stays 'draining' for a grace period after a send (the front-end then posts no SEND);
+    before a real sleep the dispatcher ends that grace, so the next send posts SEND and is not left waiting
+    for a poll (the dispatcher is driven by hand here: no timing involved)."""
+    import threading
+
+    from isostack.dispatcher import Dispatcher
+    from isostack.layout import C_DRAINING
+
+    path = str(tmp_path / "d.sock")
+    d = Dispatcher(path, None, busy_poll_us=200, sleep_ms=20)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    try:
+        with Stack(path, Geometry(max_sockets=4, tx_size=4096, rx_size=4096, notif_rings=1)) as st:
+            s = st.create_connection(listener.getsockname(), timeout=5)
+            peer, _ = listener.accept()
+            d.running = False
+            t.join(5)
+            q, cw = s._q, s._cw
+            commands = d.stats["commands"]
+            s.sendall(b"a" * 64)
+            for _ in range(3):
+                d.poll_once()
+            assert peer.recv(100) == b"a" * 64
+            assert q[cw + C_DRAINING] == 1  # in its grace: more sends would be drained without a command
+            s.sendall(b"b" * 64)
+            d.poll_once()
+            assert peer.recv(100) == b"b" * 64
+            assert d.stats["commands"] == commands + 1  # the second send needed no SEND
+            d._sleep()
+            assert q[cw + C_DRAINING] == 0 and s._idx not in {x.idx for x in d.tx_active}
+            s.sendall(b"c" * 64)  # posts SEND (and kicks: the dispatcher had announced its sleep)
+            d.poll_once()
+            assert d.stats["commands"] == commands + 2
+            assert peer.recv(100) == b"c" * 64
+            peer.close()
+            d.running = True
+            t = threading.Thread(target=d.run, daemon=True)
+            t.start()
+            s.close()
+    finally:
+        d.running = False
+        t.join(5)
+        d.close()
