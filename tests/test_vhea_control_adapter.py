@@ -1,4 +1,5 @@
-"""Adapter behaviour controls over the control socket: per-queue interrupt coalescing, link up/down."""
+"""Adapter behaviour controls over the control socket: per-queue interrupt coalescing, emulated link down
+(the real link down: test_vhea_link.py)."""
 
 from __future__ import annotations
 
@@ -73,13 +74,14 @@ def test_coalesce_validation():
     assert [q["max_frames"] for q in c.settings()] == [0, 4, 0, 0]
 
 
-def test_link_down_drops_both_ways_with_a_reason(sockdir):
+def test_emulated_link_down_drops_both_ways_with_a_reason(sockdir):
     with running_server(sockdir, ["a", "b"]) as server, frontend(server, "a") as a, frontend(server, "b") as b:
         a.handshake()
         b.handshake()
         a.post_rx()
         b.post_rx()
-        assert ask(server, cmd="link-set", port="b", up=False) == {"ok": True, "port": "b", "link": "down"}
+        r = ask(server, cmd="link-set", port="b", up=False, emulate=True)
+        assert r["ok"] and r["link"] == "down" and r["emulated"] and r["connection"] == "connected"
         a.send_frame(frame(BCAST, MAC_A, 1))  # towards b: dropped at b
         b.send_frame(frame(BCAST, MAC_B, 2))  # from b: dropped at b
         assert wait_for(lambda: server.stats()["ports"]["b"]["drops"].get("link_down") == 2)
@@ -103,7 +105,7 @@ def test_cli_coalesce_and_link(sockdir, capsys):
         assert "needs max_usecs" in capsys.readouterr().err
         assert main(["link", "down", "--socket-dir", sockdir, "--port", "a"]) == 0
         assert "port a: link down" in capsys.readouterr().out
-        assert server.ports["a"].link_up is False
+        assert server.ports["a"].link_up is False and server.ports["a"].link_emulated is False
 
 
 def test_pacing_holds_a_port_to_its_rate_without_drops(sockdir):

@@ -148,7 +148,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         if cl is None:
             continue
         rate = f"{pace['rate_bps'] / 1e9:g} Gb/s" if pace and pace["rate_bps"] else "off"
-        c.add_row(name, p.get("link", "up"), str(cl["rule"]), str(cl["rss"]), str(cl["default"]),
+        link = p.get("link", "up")
+        if link == "down":
+            link += " (emulated)" if p.get("link_emulated") else " (connection closed)"
+        c.add_row(name, link, str(cl["rule"]), str(cl["rss"]), str(cl["default"]),
                   str(cl["not_ready_fallback"]), " ".join(map(str, cl["classified"])), rate)
     console = Console()
     console.print(t)

@@ -10,7 +10,12 @@
      "reta": [0, 1, 0, 1], "queues": 2}   (any subset; reta and queues exclude each other)
     {"cmd": "coalesce-set", "port": "a", "queue": 0, "max_frames": 32, "max_usecs": 100}   (no queue: all)
     {"cmd": "coalesce-show", "port": "a"}
-    {"cmd": "link-set", "port": "a", "up": false}      (emulated: see coalesce.py)
+    {"cmd": "link-set", "port": "a", "up": false}      closes the port's vhost-user connection and serves no new
+                                                       one until up: QEMU sets the guest NIC's link down (no
+                                                       carrier); see Server.set_link
+    {"cmd": "link-set", "port": "a", "up": false, "emulate": true}   connection kept, frames dropped as link_down,
+                                                       the guest keeps carrier (front-ends that cannot reconnect)
+    {"cmd": "link-set", "port": "a", "up": true}       serves the next connection: QEMU reconnects, link up
     {"cmd": "rate-set", "port": "a", "rate_bps": 10000000000, "burst_bytes": 1250000}   (0 = off; see pacing.py)
     {"cmd": "port-add", "name": "c"}                   creates <socket dir>/c.sock and accepts a front-end on it
     {"cmd": "port-add", "name": "c", "connect": true}  client role: connects to c.sock (QEMU server=on), reconnects
@@ -132,11 +137,21 @@ def _handle(server: Server, req: dict) -> dict:
     if cmd == "coalesce-show":
         return {"ok": True, "port": port.name, "queues": port.coalescer.settings()}
     if cmd == "link-set":
+        unknown = set(req) - {"cmd", "port", "up", "emulate"}
+        if unknown:
+            raise ConfigError(f"unknown field(s) {', '.join(sorted(unknown))}")
         up = req.get("up")
         if not isinstance(up, bool):
             raise ConfigError("link-set needs up: true or false")
-        port.link_up = up
-        return {"ok": True, "port": port.name, "link": "up" if up else "down"}
+        emulate = req.get("emulate", False)
+        if not isinstance(emulate, bool):
+            raise ConfigError("emulate must be true or false")
+        if emulate and up:
+            raise ConfigError("emulate goes with up: false (link down with the connection kept)")
+        was_connected = port.conn is not None
+        server.set_link(port, up, emulate)
+        return {"ok": True, "port": port.name, "link": "up" if up else "down", "emulated": port.link_emulated,
+                "was_connected": was_connected, "connection": port.connection_state()}
     if cmd == "rate-set":
         if "rate_bps" not in req:
             raise ConfigError("rate-set needs rate_bps (0 = off)")
@@ -261,8 +276,26 @@ def cmd_coalesce(args) -> int:
 
 
 def cmd_link(args) -> int:
-    reply = _ask(args, {"cmd": "link-set", "port": args.port, "up": args.state == "up"})
-    print(f"port {reply['port']}: link {reply['link']}")
+    import json
+
+    from .cli import UsageError
+
+    if args.emulate and args.state == "up":
+        raise UsageError("--emulate goes with 'down'")
+    req = {"cmd": "link-set", "port": args.port, "up": args.state == "up"}
+    if args.emulate:
+        req["emulate"] = True
+    reply = _ask(args, req)
+    if args.json:
+        print(json.dumps(reply))
+    elif reply["link"] == "up":
+        print(f"port {reply['port']}: link up ({reply['connection']})")
+    elif reply["emulated"]:
+        print(f"port {reply['port']}: link down (emulated: connection kept, frames dropped; the guest keeps "
+              "carrier)")
+    else:
+        print(f"port {reply['port']}: link down (vhost-user connection "
+              f"{'closed' if reply['was_connected'] else 'not served'}: the guest sees no carrier)")
     return 0
 
 
@@ -322,10 +355,21 @@ def add_cli_commands(sub) -> None:
         p.add_argument("--socket-dir", required=True)
         p.add_argument("--json", action="store_true", help="print the raw JSON answer")
         p.set_defaults(func=cmd_coalesce)
-    li = sub.add_parser("link", help="take a port's link down or up (emulated: frames dropped as link_down)")
+    li = sub.add_parser(
+        "link", help="take a port's link down or up (the guest sees carrier go off and on)",
+        description="down: vhea closes the port's vhost-user connection and serves no new one; QEMU then sets the "
+                    "guest NIC's link down (config interrupt, VIRTIO_NET_S_LINK_UP cleared: no carrier, "
+                    "operstate down) and retries its connection every second (reconnect=1). Frames to the port "
+                    "are dropped as link_down. up: the next connection is served, QEMU replays the handshake "
+                    "and the guest sees carrier again (within about a second); TCP connections survive. "
+                    "A client-role port (--connect) does not reconnect while down.")
     li.add_argument("state", choices=["up", "down"])
     li.add_argument("--port", required=True)
+    li.add_argument("--emulate", action="store_true",
+                    help="with down: keep the connection and drop frames both ways as link_down; the guest keeps "
+                         "carrier (for front-ends that cannot reconnect, e.g. DPDK's vhost PMD)")
     li.add_argument("--socket-dir", required=True)
+    li.add_argument("--json", action="store_true", help="print the raw JSON answer")
     li.set_defaults(func=cmd_link)
     ra = sub.add_parser("rate", help="pace a port's transmit at a line rate (token bucket; off by default)")
     ra.add_argument("action", choices=["set"])

@@ -70,6 +70,12 @@ class Port:
     classifier: PortClassifier = field(init=False)
     coalescer: Coalescer = field(init=False)
     link_up: bool = True
+    #: link down the old way (`vhea link down --emulate`): the connection stays, frames are dropped as link_down
+    #: and the guest still sees carrier (for front-ends that cannot reconnect, e.g. DPDK's vhost PMD)
+    link_emulated: bool = False
+    link_changes: int = 0
+    #: front-end connections closed unserved because the link was down (QEMU retries every second)
+    refused_link_down: int = 0
     pacer: Pacer = field(default_factory=Pacer)
     queue_drops: dict[int, dict[str, int]] = field(default_factory=dict)
 
@@ -84,9 +90,22 @@ class Port:
             qd = self.queue_drops.setdefault(queue, {})
             qd[reason] = qd.get(reason, 0) + n
 
+    @property
+    def serves(self) -> bool:
+        """Whether a front-end connection is served now: not while the link is down (unless emulated)."""
+        return self.link_up or self.link_emulated
+
+    def connection_state(self) -> str:
+        if self.conn is not None:
+            return "connected"
+        if not self.serves:
+            return "closed: link down"
+        return "connecting" if self.client else "listening"
+
     def stats(self) -> dict:
         return {
             "connected": self.conn is not None,
+            "connection": self.connection_state(),
             "from_guest_frames": self.from_guest_frames,
             "from_guest_bytes": self.from_guest_bytes,
             "to_guest_frames": self.to_guest_frames,
@@ -94,6 +113,9 @@ class Port:
             "drops": dict(sorted(self.drops.items())),
             "classifier": self.classifier.stats(),
             "link": "up" if self.link_up else "down",
+            "link_emulated": self.link_emulated,
+            "link_changes": self.link_changes,
+            "refused_link_down": self.refused_link_down,
             "coalesce": self.coalescer.settings(),
             "pacing": self.pacer.settings(),
             "queues": [
@@ -190,9 +212,35 @@ class Server:
         self.switch.forget_port(name)
         log.info("port %s: removed", name)
 
+    # ---- link state (control command link-set) ------------------------------------------------------------
+
+    def set_link(self, port: Port, up: bool, emulate: bool = False) -> None:
+        """Link down closes the port's vhost-user connection (mappings freed, as for a guest that went away) and
+        serves no new one until link up: QEMU's net/vhost-user.c then sets the NIC's link down (the guest gets a
+        config interrupt, VIRTIO_NET_S_LINK_UP cleared: no carrier) and, when a connection is served again and
+        the handshake replayed, up. With `emulate` the connection stays and frames are dropped as link_down
+        (the guest keeps its carrier). Frames from other ports to a port whose link is down are link_down drops.
+        """
+        was = (port.link_up, port.link_emulated)
+        port.link_up = up
+        port.link_emulated = emulate and not up
+        if was != (port.link_up, port.link_emulated):
+            port.link_changes += 1
+        if not port.serves:
+            self._disconnect(port, "link down: connection closed; no new one is served until link up",
+                             retry=False)
+            log.info("port %s: link down (the front-end sees its vhost-user connection close)", port.name)
+        elif not up:
+            log.info("port %s: link down (emulated: connection kept, frames dropped as link_down)", port.name)
+        else:
+            if port.client and port.conn is None:
+                port.next_connect = 0.0  # connect at the next loop turn
+            log.info("port %s: link up%s", port.name, "" if port.conn is not None else
+                     ": serving the next front-end connection")
+
     def _connect_due(self, now: float) -> None:
         for port in self.ports.values():
-            if port.client and port.conn is None and port.next_connect <= now:
+            if port.client and port.conn is None and port.serves and port.next_connect <= now:
                 self._try_connect(port, now)
 
     def _try_connect(self, port: Port, now: float) -> None:
@@ -284,10 +332,10 @@ class Server:
     # ---- loop ----------------------------------------------------------------------------------------------
 
     def run_once(self, timeout: float) -> None:
-        if any(p.client and p.conn is None for p in self.ports.values()):
+        if any(p.client and p.conn is None and p.serves for p in self.ports.values()):
             now = time.monotonic()
             self._connect_due(now)
-            waits = [p.next_connect - now for p in self.ports.values() if p.client and p.conn is None]
+            waits = [p.next_connect - now for p in self.ports.values() if p.client and p.conn is None and p.serves]
             if waits:
                 timeout = min(timeout, max(0.0, min(waits)))
         events = self.sel.select(timeout)
@@ -341,6 +389,13 @@ class Server:
         try:
             sock, _ = port.listener.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        if not port.serves:  # link down: closed unserved, so QEMU (reconnect=1) keeps the NIC's link down
+            sock.close()
+            port.refused_link_down += 1
+            if port.refused_link_down == 1 or port.refused_link_down % 60 == 0:
+                log.info("port %s: link down: front-end connection closed unserved (%d so far)", port.name,
+                         port.refused_link_down)
             return
         if port.conn is not None:
             log.warning("port %s: second front-end connected while one is active; refused", port.name)
