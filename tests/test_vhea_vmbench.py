@@ -197,6 +197,42 @@ def test_run_cleans_up_vhea_and_netns_when_a_setup_fails(monkeypatch, tmp_path):
         shutil.rmtree(d)
 
 
+def test_repeats_alternate_the_order_and_report_medians(monkeypatch, tmp_path):
+    """--repeat 3: vhea, tap | tap, vhea | vhea, tap; each set-up's row is the median, every run kept."""
+    import testbed.accel
+    import testbed.image
+
+    order = []
+    rates = {"vhea1": 100e6, "vhea2": 300e6, "vhea3": 200e6, "tap1": 400e6, "tap2": 600e6, "tap3": 500e6}
+
+    def fake_measure(image, accel, workdir, tag, nics, duration, netns, ping, cpu_pid, say):
+        order.append(tag)
+        return rates[tag], 1, 2.0, (0.1 if tag.startswith("vhea") else None)
+
+    monkeypatch.setattr(testbed.image, "ensure_image", lambda **kw: SimpleNamespace(kernel=tmp_path / "vmlinux"))
+    monkeypatch.setattr(testbed.accel, "choose_accel", lambda req, kernel, cache: ("tcg", "test"))
+    monkeypatch.setattr(vmbench, "measure_pair", fake_measure)
+    res = vmbench.run(duration=1, repeat=3)
+    assert order == ["vhea1", "tap1", "tap2", "vhea2", "vhea3", "tap3"]
+    rows = {r.setup: r for r in res.rows}
+    assert rows["vhea (vhost-user)"].mbps == 200.0 and rows["vhea (vhost-user)"].runs == [100.0, 300.0, 200.0]
+    assert rows["tap+bridge"].mbps == 500.0 and rows["tap+bridge"].ratio == 1.0
+    assert rows["vhea (vhost-user)"].ratio == pytest.approx(0.4)
+    assert rows["vhea (vhost-user)"].vhea_cpu == 0.1 and rows["tap+bridge"].vhea_cpu is None
+    assert res.repeat == 3 and json.loads(vmbench.to_json(res))["rows"][0]["runs"] == [100.0, 300.0, 200.0]
+
+
+def test_combine_takes_medians_of_even_counts():
+    row = vmbench.combine("tap+bridge", [vmbench.VmRow("tap+bridge", 100.0, rtt_ms=1.0),
+                                         vmbench.VmRow("tap+bridge", 300.0, rtt_ms=3.0)])
+    assert (row.mbps, row.rtt_ms, row.runs) == (200.0, 2.0, [100.0, 300.0])
+
+
+def test_cli_rejects_a_bad_repeat_with_vm(capsys):
+    assert vhea_main(["bench", "--vm", "--repeat", "11", "--json"]) == 2
+    assert "--repeat" in capsys.readouterr().err
+
+
 def test_cli_rejects_a_bad_duration(capsys):
     assert vhea_main(["bench", "--vm", "--duration", "0", "--json"]) == 2
     assert "--duration" in capsys.readouterr().err

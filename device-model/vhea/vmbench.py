@@ -1,7 +1,9 @@
 """`vhea bench --vm`: TCP between two guests through vhea, against QEMU's virtio-net on tap + Linux bridge.
 
 Both set-ups run on this machine, with the same accelerator (KVM if it really boots, else TCG), in the same
-run, one after the other so they do not fight for the cores:
+run, one after the other so they do not fight for the cores. With `--repeat N` the pair is measured N times in
+alternating order (vhea first, then tap+bridge first, ...), so that a load that comes and goes on a shared
+machine hits both alike; the table shows the medians and every run's figure:
 
 - vhea: two plain QEMU guests (no libvirt) with a vhost-user virtio-net on ports a and b of a `vhea serve`
   started here; guest memory is a shared memfd, as vhost-user needs.
@@ -73,6 +75,7 @@ class VmRow:
     rtt_ms: float | None = None  # ping average
     retransmits: int | None = None
     note: str = ""
+    runs: list[float] = field(default_factory=list)  # Mbit/s of each repeat, in the order measured
 
 
 @dataclass
@@ -82,6 +85,7 @@ class VmResult:
     accel_reason: str
     vhost_net: bool
     rows: list[VmRow] = field(default_factory=list)
+    repeat: int = 1
 
 
 # ---- pure helpers (unit-tested) --------------------------------------------------------------------------------
@@ -169,6 +173,29 @@ def parse_ping(text: str) -> float | None:
     """Average RTT in ms from ping's summary line, None if there is none."""
     m = _RTT.search(text)
     return float(m.group(1)) if m else None
+
+
+def setup_order(repeat_index: int) -> tuple[str, str]:
+    """Which set-up goes first in repeat `repeat_index`: alternate, so a drifting load hits both alike."""
+    return ("vhea", "tap") if repeat_index % 2 == 0 else ("tap", "vhea")
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def combine(setup: str, runs: list[VmRow], note: str = "") -> VmRow:
+    """One row for a set-up measured several times: the medians, and each run's Mbit/s kept in `runs`."""
+    def med(values):
+        values = [x for x in values if x is not None]
+        return _median(values) if values else None
+
+    retr = med([r.retransmits for r in runs])
+    return VmRow(setup, med([r.mbps for r in runs]), None, med([r.vhea_cpu for r in runs]),
+                 med([r.rtt_ms for r in runs]), None if retr is None else int(retr), note,
+                 [r.mbps for r in runs])
 
 
 def ratios(rows: list[VmRow]) -> None:
@@ -356,12 +383,10 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
-def run(duration: float = 10.0, accel: str = "auto", ping: bool = True, progress=None) -> VmResult:
+def run(duration: float = 10.0, accel: str = "auto", ping: bool = True, progress=None, repeat: int = 1) -> VmResult:
     from testbed.accel import choose_accel
     from testbed.image import ensure_image
     from testbed.state import cache_root
-
-    from .bench import vhea_server
 
     say = progress or (lambda _m: None)
     if os.geteuid() != 0:
@@ -372,25 +397,25 @@ def run(duration: float = 10.0, accel: str = "auto", ping: bool = True, progress
     accel, reason = choose_accel(accel, image.kernel, cache_root())
     vhost, vhost_reason = vhost_net_usable()
     say(f"accel {accel} ({reason}); vhost-net {'on' if vhost else 'off'} ({vhost_reason})")
-    result = VmResult(duration, accel, reason, vhost)
+    result = VmResult(duration, accel, reason, vhost, repeat=repeat)
     workdir = Path(tempfile.mkdtemp(prefix=f"{NETNS_PREFIX}{os.getpid()}-"))
     sockdir = tempfile.mkdtemp(prefix="vhbvm", dir="/tmp")  # short: unix socket paths are limited
     ns = f"{NETNS_PREFIX}{os.getpid()}"
     ok = False
     try:
         with _sigterm_as_interrupt():
-            say("vhea: starting vhea serve and two guests on ports a, b")
-            with vhea_server(sockdir, str(workdir / "vhea.log")) as vhea:
-                nics = [vhost_user_nic(f"{sockdir}/{p}.sock", g[2]) for p, g in zip("ab", GUESTS, strict=True)]
-                bps, retr, rtt, cpu = measure_pair(image, accel, workdir, "vhea", nics, duration, None, ping,
-                                                   vhea.pid, say)
-            result.rows.append(VmRow("vhea (vhost-user)", bps / 1e6, None, cpu, rtt, retr))
-            say(f"tap+bridge: namespace {ns}, two guests on tapA, tapB")
-            with bridge_netns(ns):
-                nics = [tap_nic(t, g[2], vhost) for t, g in zip(("tapA", "tapB"), GUESTS, strict=True)]
-                bps, retr, rtt, _ = measure_pair(image, accel, workdir, "tap", nics, duration, ns, ping, None, say)
-            result.rows.append(VmRow("tap+bridge", bps / 1e6, None, None, rtt, retr,
-                                     f"QEMU virtio-net, vhost-net {'on' if vhost else 'off'}"))
+            measured: dict[str, list[VmRow]] = {"vhea": [], "tap": []}
+            for k in range(repeat):
+                for setup in setup_order(k):
+                    tag = setup if repeat == 1 else f"{setup}{k + 1}"
+                    if repeat > 1:
+                        say(f"run {k + 1} of {repeat}: {setup}")
+                    measured[setup].append(_measure_vhea(image, accel, workdir, tag, duration, ping, sockdir, say)
+                                           if setup == "vhea" else
+                                           _measure_tap(image, accel, workdir, tag, duration, ping, ns, vhost, say))
+            result.rows.append(combine("vhea (vhost-user)", measured["vhea"]))
+            result.rows.append(combine("tap+bridge", measured["tap"],
+                                       f"QEMU virtio-net, vhost-net {'on' if vhost else 'off'}"))
         ratios(result.rows)
         ok = True
         return result
@@ -404,20 +429,44 @@ def run(duration: float = 10.0, accel: str = "auto", ping: bool = True, progress
                 f.unlink(missing_ok=True)
 
 
+def _measure_vhea(image, accel: str, workdir: Path, tag: str, duration: float, ping: bool, sockdir: str,
+                  say) -> VmRow:
+    from .bench import vhea_server
+
+    say(f"{tag}: starting vhea serve and two guests on ports a, b")
+    with vhea_server(sockdir, str(workdir / f"{tag}-vhea.log")) as vhea:
+        nics = [vhost_user_nic(f"{sockdir}/{p}.sock", g[2]) for p, g in zip("ab", GUESTS, strict=True)]
+        bps, retr, rtt, cpu = measure_pair(image, accel, workdir, tag, nics, duration, None, ping, vhea.pid, say)
+    return VmRow("vhea (vhost-user)", bps / 1e6, None, cpu, rtt, retr)
+
+
+def _measure_tap(image, accel: str, workdir: Path, tag: str, duration: float, ping: bool, ns: str, vhost: bool,
+                 say) -> VmRow:
+    say(f"{tag}: namespace {ns}, two guests on tapA, tapB")
+    with bridge_netns(ns):
+        nics = [tap_nic(t, g[2], vhost) for t, g in zip(("tapA", "tapB"), GUESTS, strict=True)]
+        bps, retr, rtt, _ = measure_pair(image, accel, workdir, tag, nics, duration, ns, ping, None, say)
+    return VmRow("tap+bridge", bps / 1e6, None, None, rtt, retr)
+
+
 def print_table(res: VmResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    runs = f", medians of {res.repeat} alternating runs" if res.repeat > 1 else ""
     t = Table(title=f"vhea bench --vm: TCP guest A -> guest B, iperf3 {res.duration:g} s, accel {res.accel}, "
-                    f"vhost-net {'on' if res.vhost_net else 'off'}")
+                    f"vhost-net {'on' if res.vhost_net else 'off'}{runs}")
     for col, just in (("set-up", "left"), ("Mbit/s", "right"), ("vs tap+bridge", "right"),
                       ("vhea CPU", "right"), ("ping RTT", "right"), ("retransmits", "right"), ("note", "left")):
         t.add_column(col, justify=just)
+    if res.repeat > 1:
+        t.add_column("each run, Mbit/s", justify="left")
     for r in res.rows:
+        each = [" / ".join(f"{x:,.0f}" for x in r.runs)] if res.repeat > 1 else []
         t.add_row(r.setup, f"{r.mbps:,.0f}", "-" if r.ratio is None else f"{r.ratio:.0%}",
                   "-" if r.vhea_cpu is None else f"{r.vhea_cpu:.0%}",
                   "-" if r.rtt_ms is None else f"{r.rtt_ms:.2f} ms",
-                  "-" if r.retransmits is None else str(r.retransmits), r.note)
+                  "-" if r.retransmits is None else str(r.retransmits), r.note, *each)
     console = Console()
     if not console.is_terminal:
         console = Console(width=150)
@@ -429,13 +478,17 @@ def to_json(res: VmResult) -> str:
 
 
 def cli_main(args) -> int:
-    """Entry point from `vhea bench --vm` (args: duration, accel, json)."""
+    """Entry point from `vhea bench --vm` (args: duration, accel, json, repeat)."""
     if not 1 <= args.duration <= 120:
         print("vhea: error: --duration must be in 1..120", file=sys.stderr)
         return 2
+    repeat = getattr(args, "repeat", 1)
+    if not 1 <= repeat <= 10:
+        print("vhea: error: --repeat must be in 1..10 with --vm", file=sys.stderr)
+        return 2
     progress = None if args.json else (lambda m: print(f"vhea bench --vm: {m}", file=sys.stderr, flush=True))
     try:
-        res = run(args.duration, args.accel, progress=progress)
+        res = run(args.duration, args.accel, progress=progress, repeat=repeat)
     except VmBenchError as e:
         print(f"vhea bench --vm: error: {e}", file=sys.stderr)
         return 1
