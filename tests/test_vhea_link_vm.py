@@ -1,0 +1,107 @@
+"""`vhea link down|up` under real guests: link down closes port a's vhost-user connection, QEMU
+(net/vhost-user.c, chardev closed -> qmp_set_link false) sets the guest NIC's link down, so iso-a's data NIC
+loses carrier and a ping to iso-b fails; link up serves QEMU's next reconnect (reconnect=1), the handshake is
+replayed, carrier comes back, ping works again and a TCP connection opened before survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_vhea_lifecycle_vm import TCP_ECHO, wait_until
+from vm_helpers import BIN, REPO, qemu_pids, run
+
+from testbed import devicemodel
+from testbed.devicemodel import pid_alive
+from testbed.state import Topology
+
+pytestmark = pytest.mark.vm
+
+A_IP, B_IP = "10.10.0.1", "10.10.0.2"
+DATA_MAC_A = "52:54:00:10:00:01"
+
+
+def test_link_down_takes_the_guests_carrier_and_up_brings_it_back(tmp_path_factory):
+    state = tmp_path_factory.mktemp("link")
+    env = dict(os.environ, ISOSTACK_STATE_DIR=str(state))
+    tpath = state / "topology.json"
+
+    def ssh(guest: str, cmd: str, timeout: float = 60, stdin: str | None = None, check: bool = True):
+        return run([str(BIN / "testbed"), "ssh", guest, cmd], timeout, env, check, stdin)
+
+    def vhea(*args: str) -> str:
+        return run([str(BIN / "vhea"), *args, "--socket-dir", dm.socket_dir], 30, env).stdout
+
+    dm_pid = None
+    try:
+        run([str(BIN / "testbed"), "up"], timeout=900, env=env)
+        topo = Topology.load(tpath)
+        dm = topo.device_model
+        dm_pid = dm.pid
+        iface = ssh("iso-a", f"grep -il {DATA_MAC_A} /sys/class/net/*/address").stdout.strip().split("/")[-2]
+
+        def carrier() -> str:
+            out = ssh("iso-a", f"cat /sys/class/net/{iface}/carrier /sys/class/net/{iface}/operstate 2>&1").stdout
+            return " ".join(out.split())
+
+        assert carrier() == "1 up"
+        for g in ("iso-a", "iso-b"):
+            ssh(g, "cat > /tmp/echo.py", stdin=TCP_ECHO)
+        ssh("iso-a", f"ping -c 2 -W 5 {B_IP} >/dev/null")
+        ssh("iso-b", "setsid nohup python3 /tmp/echo.py server 7008 >/dev/null 2>&1 </dev/null & sleep 1")
+        ssh("iso-a", f"rm -f /tmp/echo.out /tmp/echo.progress; setsid nohup sh -c "
+                     f"'python3 /tmp/echo.py client {B_IP} 7008 25 >/tmp/echo.out 2>&1' >/dev/null 2>&1 </dev/null &"
+                     " sleep 1")
+
+        def progress() -> int:
+            return int(ssh("iso-a", "cat /tmp/echo.progress 2>/dev/null || echo 0 0").stdout.split()[1])
+
+        assert wait_until(lambda: progress() >= 10, 30), "the TCP echo did not get going"
+
+        out = vhea("link", "down", "--port", "a")
+        t_down = time.monotonic()
+        assert "link down (vhost-user connection closed" in out, out
+        assert wait_until(lambda: carrier() == "0 down", 15, 0.2), carrier()
+        t_no_carrier = time.monotonic()
+        ping = ssh("iso-a", f"ping -c 2 -W 1 {B_IP}", check=False)
+        assert ping.returncode != 0, ping.stdout
+        time.sleep(2.5)  # QEMU retries every second; each retry is closed unserved: the link stays down
+        assert carrier() == "0 down"
+        st = devicemodel.stats(Path(dm.socket_dir))["ports"]
+        assert st["a"]["link"] == "down" and st["a"]["connection"] == "closed: link down", st["a"]
+        assert st["a"]["refused_link_down"] >= 1, st["a"]
+        assert st["b"]["connected"] and st["b"]["link"] == "up"
+        echoed_down = progress()
+
+        out = vhea("link", "up", "--port", "a")
+        t_up = time.monotonic()
+        assert "link up" in out, out
+        assert wait_until(lambda: devicemodel.stats(Path(dm.socket_dir))["ports"]["a"]["connected"], 15, 0.2)
+        t_connected = time.monotonic()
+        assert wait_until(lambda: carrier() == "1 up", 15, 0.2), carrier()
+        t_carrier = time.monotonic()
+        ping = ssh("iso-a", f"ping -c 3 -W 5 {B_IP}").stdout
+        loss = re.search(r"(\d+) packets transmitted, (\d+) received", ping)
+        assert loss and int(loss.group(2)) == 3, ping
+        assert wait_until(lambda: progress() > echoed_down + 10, 30), "no echo after link up"
+
+        res = wait_until(lambda: ssh("iso-a", "cat /tmp/echo.out 2>/dev/null").stdout.strip(), 90, 2)
+        summary = json.loads(res.splitlines()[-1])
+        assert summary["error"] is None, summary
+        assert summary["sent"] > 100 and summary["echoed"] == summary["sent"], summary
+        assert summary["max_gap_s"] >= 2.0  # the connection really crossed the link-down gap
+        assert devicemodel.stats(Path(dm.socket_dir))["ports"]["a"]["link_changes"] == 2
+        print(f"\nlink: down -> no carrier {t_no_carrier - t_down:.1f} s (polled via ssh); up -> QEMU "
+              f"reconnected {t_connected - t_up:.1f} s, -> carrier {t_carrier - t_up:.1f} s; TCP: {summary}; "
+              f"ping: {loss.group(0)}")
+    finally:
+        subprocess.run([str(BIN / "testbed"), "down"], env=env, capture_output=True, timeout=120, cwd=REPO)
+    assert not tpath.exists()
+    assert dm_pid is None or not pid_alive(dm_pid)
+    assert qemu_pids(state) == []
