@@ -296,7 +296,7 @@ class Dispatcher:
     def __init__(self, path: str = DEFAULT_SOCKET, cpu: int | None = None, busy_poll_us: int = 1000,
                  uncontended_locks: bool = False, sleep_ms: int = 100, instance: int = 0,
                  queues: set[int] | None = None, so_busy_poll_us: int = 50, epoll_busy_poll_us: int = -1,
-                 nap_max_us: int = 1000,
+                 nap_max_us: int = 1000, adaptive_poll: bool = True,
                  proc_root: str = "/proc"):
         self.path = path
         self.cpu = cpu
@@ -304,6 +304,7 @@ class Dispatcher:
         self.queues = None if queues is None else sorted(queues)
         self.busy_poll_s = busy_poll_us / 1e6 if busy_poll_us >= 0 else None
         self.poll_s = self.busy_poll_s or 0.0  # the adaptive busy-poll window (_adapt_poll)
+        self.adaptive_poll = adaptive_poll
         self.nap_max_s = max(nap_max_us, 0) / 1e6
         self.nap_s = min(NAP_MIN_S * 4, self.nap_max_s)
         self.loop_latency = False
@@ -1226,7 +1227,8 @@ class Dispatcher:
                 t = time.monotonic()
                 self._sleep()
                 idle_since = time.monotonic()
-                self._adapt_poll(idle_since - t)
+                if self.adaptive_poll:
+                    self._adapt_poll(idle_since - t)
 
 
 # ---------------------------------------------------------------------- CLI
@@ -1275,6 +1277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--busy-poll-us", type=int, default=1000,
                    help="busy-poll this long after the last work before sleeping in epoll; -1 never sleeps")
     p.add_argument("--sleep-ms", type=int, default=100, help="longest epoll sleep when idle")
+    p.add_argument("--fixed-poll", action="store_true",
+                   help="always busy-poll the whole --busy-poll-us before sleeping (no adaptive window)")
     p.add_argument("--nap-max-us", type=int, default=1000,
                    help="longest coalescing nap between drains of streaming tx rings (adaptive; 0: never nap)")
     p.add_argument("--so-busy-poll-us", type=int, default=50,
@@ -1307,7 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in placement.place(cpu, ifaces, queues=queues):
             log.info("placement: %s", line)
     d = Dispatcher(path, cpu, args.busy_poll_us, args.uncontended_locks, args.sleep_ms, args.instance, queues,
-                   args.so_busy_poll_us, args.epoll_busy_poll_us, args.nap_max_us)
+                   args.so_busy_poll_us, args.epoll_busy_poll_us, args.nap_max_us, not args.fixed_poll)
 
     def stop(signum, _frame):
         d.running = False
