@@ -12,7 +12,18 @@ import tempfile
 
 import pytest
 from test_vhea_lifecycle import accept_frontend, exchange, listen, resume, serving
-from vhea_helpers import BCAST, MAC_A, MAC_B, MAC_C, frame, frontend, receive_n, running_server, wait_for
+from vhea_helpers import (  # noqa: F401  (datapath: a fixture)
+    BCAST,
+    MAC_A,
+    MAC_B,
+    MAC_C,
+    datapath,
+    frame,
+    frontend,
+    receive_n,
+    running_server,
+    wait_for,
+)
 
 from vhea.cli import main
 from vhea.frontend import Frontend
@@ -37,6 +48,7 @@ def guest_maps() -> int:
         return sum("vhea-frontend-guest" in line for line in f)
 
 
+@pytest.mark.usefixtures("datapath")
 def test_link_down_closes_the_connection_and_serves_none_until_up(sockdir):
     with running_server(sockdir, ["a", "b", "c"]) as server, frontend(server, "a") as a, \
             frontend(server, "b") as b, frontend(server, "c") as c:
