@@ -227,9 +227,11 @@ class Server:
         if was != (port.link_up, port.link_emulated):
             port.link_changes += 1
         if not port.serves:
-            self._disconnect(port, "link down: connection closed; no new one is served until link up",
-                             retry=False)
-            log.info("port %s: link down (the front-end sees its vhost-user connection close)", port.name)
+            if port.conn is not None:
+                self._disconnect(port, "link down: vhost-user connection closed; none is served until link up",
+                                 retry=False)
+            else:
+                log.info("port %s: link down: no connection is served until link up", port.name)
         elif not up:
             log.info("port %s: link down (emulated: connection kept, frames dropped as link_down)", port.name)
         else:
