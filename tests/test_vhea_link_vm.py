@@ -80,7 +80,10 @@ def test_link_down_takes_the_guests_carrier_and_up_brings_it_back(tmp_path_facto
             return time.monotonic() - t0
 
         def progress() -> int:
-            return int(ssh("iso-a", "cat /tmp/echo.progress 2>/dev/null || echo 0 0").stdout.split()[1])
+            # the client rewrites the file every turn: a read can find it empty, so read until it is not
+            out = ssh("iso-a", "for i in 1 2 3 4 5 6 7 8 9 10; do x=$(cat /tmp/echo.progress 2>/dev/null); "
+                               "[ -n \"$x\" ] && break; sleep 0.05; done; echo ${x:-0 0}").stdout.split()
+            return int(out[1]) if len(out) == 2 else 0
 
         assert wait_until(lambda: progress() >= 10, 30), "the TCP echo did not get going"
 
