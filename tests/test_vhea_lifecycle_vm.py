@@ -28,7 +28,7 @@ A_IP, B_IP = "10.10.0.1", "10.10.0.2"
 #: an echo server (iso-b) and a client (iso-a) that sends a numbered line every 50 ms on ONE connection for
 #: `seconds`, checks every echo, and prints a JSON summary with the longest time without an echo
 TCP_ECHO = r"""
-import json, socket, sys, time
+import json, os, socket, sys, time
 if sys.argv[1] == "server":
     ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind(("0.0.0.0", int(sys.argv[2]))); ls.listen(1)
@@ -69,8 +69,9 @@ try:
             now = time.monotonic(); gap = max(gap, now - last); last = now
         if err:
             break
-        with open("/tmp/echo.progress", "w") as f:
+        with open("/tmp/echo.progress.tmp", "w") as f:  # replaced whole: a reader never sees it empty
             f.write(f"{sent} {echoed}\n")
+        os.replace("/tmp/echo.progress.tmp", "/tmp/echo.progress")
 except OSError as e:
     err = f"{type(e).__name__}: {e}"
 print(json.dumps({"sent": sent, "echoed": echoed, "max_gap_s": round(gap, 2), "error": err}))
