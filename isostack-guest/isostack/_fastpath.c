@@ -237,6 +237,242 @@ static PyObject *fp_layout(PyObject *s, PyObject *const *args, Py_ssize_t nargs)
                          (int)ST_CONNECTED, (int)ST_ERROR);
 }
 
+/* ---------------------------------------------------------------- Tx: one socket's send path in one C call
+ *
+ * Tx(ctl, ring, size, tail, asym, slow_send, slow_sendall, post) holds a socket's tx tail (the front-end's own
+ * copy; the dispatcher validates whatever it finds in the shared word).  IsoSocket installs its bound send and
+ * sendall as the instance's `send`/`sendall`, so `sock.send(msg)` is one C call: copy into the ring, publish
+ * the tail (release), and only when the draining flag was clear (xchg decides; with asym a plain load first)
+ * call post(tail) to post SEND (and kick a sleeping dispatcher).  Every other case goes to the Python slow
+ * path with the caller's arguments unchanged: fast off (closed, shut down, waiting for credits), flags or
+ * keywords, a buffer that is not simple, empty data, a socket that is not connected or failed, no credits;
+ * sendall continues with slow_sendall(data, 0, sent) when the credits ran out part-way.
+ */
+typedef struct {
+    PyObject_HEAD
+    uint64_t ctl, ring, size, tail, asym;
+    int fast;
+    PyObject *slow_send, *slow_sendall, *post;
+} TxObject;
+
+static int tx_traverse(TxObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->slow_send);
+    Py_VISIT(self->slow_sendall);
+    Py_VISIT(self->post);
+    return 0;
+}
+
+static int tx_clear(TxObject *self)
+{
+    Py_CLEAR(self->slow_send);
+    Py_CLEAR(self->slow_sendall);
+    Py_CLEAR(self->post);
+    self->fast = 0;
+    return 0;
+}
+
+static void tx_dealloc(TxObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    tx_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int tx_init(TxObject *self, PyObject *args, PyObject *kw)
+{
+    unsigned long long ctl, ring, size, tail, asym;
+    PyObject *ss, *sa, *po;
+    if (!PyArg_ParseTuple(args, "KKKKKOOO:Tx", &ctl, &ring, &size, &tail, &asym, &ss, &sa, &po))
+        return -1;
+    if (size == 0 || (size & (size - 1))) {
+        PyErr_SetString(PyExc_ValueError, "ring size must be a power of two");
+        return -1;
+    }
+    if (!PyCallable_Check(ss) || !PyCallable_Check(sa) || !PyCallable_Check(po)) {
+        PyErr_SetString(PyExc_TypeError, "slow_send, slow_sendall and post must be callable");
+        return -1;
+    }
+    self->ctl = ctl, self->ring = ring, self->size = size, self->tail = tail, self->asym = asym;
+    Py_INCREF(ss), Py_INCREF(sa), Py_INCREF(po);
+    Py_XSETREF(self->slow_send, ss);
+    Py_XSETREF(self->slow_sendall, sa);
+    Py_XSETREF(self->post, po);
+    self->fast = 1;
+    return 0;
+}
+
+/* Copies what fits of view; -1: not connected or failed, else the bytes copied (0: no credits).  *post is
+ * set when the caller must post SEND. */
+static int64_t tx_copy(TxObject *t, const char *buf, uint64_t len, int *post)
+{
+    uint64_t st = __atomic_load_n(W(t->ctl, C_STATE), __ATOMIC_ACQUIRE);
+    *post = 0;
+    if ((st & ST_ERROR) || !(st & ST_CONNECTED))
+        return -1;
+    uint64_t size = t->size, tail = t->tail;
+    uint64_t head = __atomic_load_n(W(t->ctl, C_TX_HEAD), __ATOMIC_ACQUIRE);
+    uint64_t used = tail - head;
+    uint64_t free_ = used > size ? 0 : size - used;
+    uint64_t k = len < free_ ? len : free_;
+    if (!k)
+        return 0;
+    uint64_t off = tail & (size - 1);
+    uint64_t first = size - off < k ? size - off : k;
+    memcpy((char *)(uintptr_t)t->ring + off, buf, first);
+    if (first < k)
+        memcpy((char *)(uintptr_t)t->ring, buf + first, k - first);
+    t->tail = tail + k;
+    __atomic_store_n(W(t->ctl, C_TX_TAIL), tail + k, __ATOMIC_RELEASE);
+    uint64_t *dr = W(t->ctl, C_DRAINING);
+    if (!t->asym || !__atomic_load_n(dr, __ATOMIC_RELAXED))
+        *post = __atomic_exchange_n(dr, 1, __ATOMIC_SEQ_CST) == 0;
+    return (int64_t)k;
+}
+
+/* The fast path applies to (data) and (data, 0) without keywords. */
+static int tx_plain_args(TxObject *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!t->fast || kwnames || nargs < 1 || nargs > 2)
+        return 0;
+    if (nargs == 2) {
+        if (!PyLong_CheckExact(args[1]))
+            return 0;
+        int overflow;
+        long f = PyLong_AsLongAndOverflow(args[1], &overflow);
+        if (f != 0 || overflow)
+            return 0;
+    }
+    return 1;
+}
+
+static int tx_post(TxObject *t)
+{
+    PyObject *tail = PyLong_FromUnsignedLongLong(t->tail);
+    if (!tail)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(t->post, tail);
+    Py_DECREF(tail);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *tx_send(TxObject *t, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (tx_plain_args(t, args, nargs, kwnames)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) == 0) {
+            int post;
+            int64_t k = view.len > 0 ? tx_copy(t, view.buf, (uint64_t)view.len, &post) : 0;
+            PyBuffer_Release(&view);
+            if (k > 0) {
+                if (post && tx_post(t) < 0)
+                    return NULL;
+                return PyLong_FromLongLong(k);
+            }
+        } else
+            PyErr_Clear();
+    }
+    if (!t->slow_send) {
+        PyErr_SetString(PyExc_ValueError, "Tx cleared");
+        return NULL;
+    }
+    return PyObject_Vectorcall(t->slow_send, args, nargsf, kwnames);
+}
+
+static PyObject *tx_sendall(TxObject *t, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    int64_t k = 0;
+    if (tx_plain_args(t, args, nargs, kwnames)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) == 0) {
+            int post = 0;
+            uint64_t len = (uint64_t)view.len;
+            k = len > 0 ? tx_copy(t, view.buf, len, &post) : 0;
+            PyBuffer_Release(&view);
+            if (k > 0 && post && tx_post(t) < 0)
+                return NULL;
+            if (k > 0 && (uint64_t)k == len)
+                Py_RETURN_NONE;
+            if (k < 0)
+                k = 0;
+        } else
+            PyErr_Clear();
+    }
+    if (!t->slow_sendall) {
+        PyErr_SetString(PyExc_ValueError, "Tx cleared");
+        return NULL;
+    }
+    if (k == 0)
+        return PyObject_Vectorcall(t->slow_sendall, args, nargsf, kwnames);
+    /* part sent: the rest through the slow path (the flags were 0) */
+    PyObject *sent = PyLong_FromLongLong(k);
+    if (!sent)
+        return NULL;
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *r = PyObject_CallFunctionObjArgs(t->slow_sendall, args[0], zero, sent, NULL);
+    Py_DECREF(sent);
+    Py_XDECREF(zero);
+    return r;
+}
+
+static PyObject *tx_get_tail(TxObject *t, void *c) { return PyLong_FromUnsignedLongLong(t->tail); }
+static int tx_set_tail(TxObject *t, PyObject *v, void *c)
+{
+    if (!v) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete tail");
+        return -1;
+    }
+    uint64_t x;
+    if (get_u64(v, &x))
+        return -1;
+    t->tail = x;
+    return 0;
+}
+static PyObject *tx_get_fast(TxObject *t, void *c) { return PyBool_FromLong(t->fast); }
+static int tx_set_fast(TxObject *t, PyObject *v, void *c)
+{
+    if (!v) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete fast");
+        return -1;
+    }
+    int b = PyObject_IsTrue(v);
+    if (b < 0)
+        return -1;
+    t->fast = b && t->slow_send != NULL;
+    return 0;
+}
+
+static PyGetSetDef tx_getset[] = {
+    {"tail", (getter)tx_get_tail, (setter)tx_set_tail, "the front-end's tx tail", NULL},
+    {"fast", (getter)tx_get_fast, (setter)tx_set_fast, "the C path may serve a call", NULL},
+    {NULL},
+};
+
+static PyMethodDef tx_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))tx_send, METH_FASTCALL | METH_KEYWORDS, "IsoSocket.send in C"},
+    {"sendall", (PyCFunction)(void (*)(void))tx_sendall, METH_FASTCALL | METH_KEYWORDS, "IsoSocket.sendall in C"},
+    {NULL},
+};
+
+static PyTypeObject TxType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "isostack._fastpath.Tx",
+    .tp_basicsize = sizeof(TxObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)tx_init,
+    .tp_dealloc = (destructor)tx_dealloc,
+    .tp_traverse = (traverseproc)tx_traverse,
+    .tp_clear = (inquiry)tx_clear,
+    .tp_methods = tx_methods,
+    .tp_getset = tx_getset,
+    .tp_doc = "one socket's send path (see the comment in _fastpath.c)",
+};
+
 static PyMethodDef methods[] = {
     {"send", (PyCFunction)(void (*)(void))fp_send, METH_FASTCALL, "copy into a tx ring, publish, maybe post"},
     {"recv", (PyCFunction)(void (*)(void))fp_recv, METH_FASTCALL, "copy out of an rx ring, publish the head"},
@@ -254,4 +490,18 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fastpath", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__fastpath(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    if (PyType_Ready(&TxType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&TxType);
+    if (PyModule_AddObject(m, "Tx", (PyObject *)&TxType) < 0) {
+        Py_DECREF(&TxType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -91,6 +91,17 @@ from .queues import CommandQueue, NotifyRing, Region, create_memfd
 U64 = (1 << 64) - 1
 _FAST = native.FAST
 _FAST_RECV_INTO = getattr(_FAST, "recv_into", None)  # an extension built before it existed lacks it
+_TX = getattr(_FAST, "Tx", None)  # the per-socket C send path (IsoSocket.__init__ installs it)
+
+
+class _PyTx:
+    """The tx tail and fast flag where the extension has no Tx (the class's send/sendall then serve)."""
+
+    __slots__ = ("tail", "fast")
+
+    def __init__(self, tail: int) -> None:
+        self.tail = tail
+        self.fast = True
 MAX_SLEEP_MS = 5
 SPIN = 20  # condition checks before the timed spin (kept for callers that read it)
 # Adaptive spin before sleeping on the doorbell: a thread spins (sched_yield between checks: the GIL is
@@ -192,6 +203,7 @@ class Instance:
         self._ctl_lock = threading.Lock()  # one readiness registration at a time on the attach connection
         self._free = list(range(g.max_sockets - 1, -1, -1))
         self._closing: dict[int, int] = {}  # slot -> position of its CLOSE
+        self.send_posts = 0  # SEND commands this process posted (counted only when one is posted)
         self.closed = False
 
     def close(self) -> None:
@@ -263,7 +275,8 @@ class Instance:
     def stats(self) -> dict:
         rings = self.ring_stats()
         out = {"instance": self.id, "cpu": self.cpu, "queues": None if self.rx_queues is None else
-               sorted(self.rx_queues), "kicks": self.q[H_KICKS], "app": self.info.get("app"), "rings": rings}
+               sorted(self.rx_queues), "kicks": self.q[H_KICKS], "send_posts": self.send_posts,
+               "app": self.info.get("app"), "rings": rings}
         for k in ("doorbells_rung", "doorbells_saved", "notifications_dropped"):
             out[k] = sum(r[k] for r in rings)
         return out
@@ -402,7 +415,7 @@ class Stack:
         """Totals over every instance and ring, and "instances": per instance, with "rings": per ring."""
         per = [i.stats() for i in self.instances]
         out = {k: sum(p[k] for p in per) for k in ("doorbells_rung", "doorbells_saved", "kicks",
-                                                   "notifications_dropped")}
+                                                   "send_posts", "notifications_dropped")}
         out["app"] = per[0]["app"]
         out["instances"] = per
         return out
@@ -561,7 +574,6 @@ class IsoSocket:
         self._rxr = inst.base + self._rx_off
         self._timeout = _socket.getdefaulttimeout() if timeout is _sentinel else timeout
         self._lock = threading.Lock()  # serializes this socket's control calls (application-local)
-        self._tx_tail = self._q[self._cw + C_TX_TAIL]
         self._rx_head = self._q[self._cw + C_RX_HEAD]
         self._tx_shut = False
         self._closed = False
@@ -571,6 +583,33 @@ class IsoSocket:
         self._tx_armed = False  # a non-blocking send found no credits: TX_WANT held until credits are seen
         self._bound = False
         self.rx_queue: int | None = None  # predicted rx queue of an active open that picked its source port
+        # The tx tail lives in _txp.  With the extension's Tx, sock.send / sock.sendall resolve straight to its C
+        # methods (one call per message: copy, publish, SEND only when the draining flag was clear); every other
+        # case (flags, not connected, no credits, closed, shut down, credits awaited) goes to the Python paths.
+        tail = self._q[self._cw + C_TX_TAIL]
+        if _TX is not None:
+            self._txp = _TX(self._ctl, self._txr, self._tx_size, tail, self._asym, self._send_slow,
+                            self._sendall_slow, self._post_send)
+            self.send = self._txp.send
+            self.sendall = self._txp.sendall
+        else:
+            self._txp = _PyTx(tail)
+
+    @property
+    def _tx_tail(self) -> int:
+        return self._txp.tail
+
+    @_tx_tail.setter
+    def _tx_tail(self, value: int) -> None:
+        self._txp.tail = value
+
+    def _sync_fast(self) -> None:
+        """The C send path may serve calls only while nothing needs the Python path's bookkeeping."""
+        self._txp.fast = not (self._closed or self._tx_shut or self._tx_armed)
+
+    def _post_send(self, tail: int) -> None:
+        self._post(Op.SEND, tail)
+        self._inst.send_posts += 1
 
     # ---------------------------------------------------------------- plumbing
     def _state(self) -> int:
@@ -681,11 +720,13 @@ class IsoSocket:
     def _arm_tx(self) -> None:
         if not self._tx_armed:
             self._tx_armed = True
+            self._sync_fast()
             native.fetch_add64(self._ctl + C_TX_WANT * 8, 1)  # the dispatcher posts EV_TX when credits come
 
     def _disarm_tx(self) -> None:
         if self._tx_armed:
             self._tx_armed = False
+            self._sync_fast()
             native.fetch_add64(self._ctl + C_TX_WANT * 8, U64)
 
     def _addr(self) -> tuple:
@@ -905,10 +946,11 @@ class IsoSocket:
                 self._tx_tail += r >> 1
                 if r & 1:
                     self._post(Op.SEND, self._tx_tail)
+                    self._inst.send_posts += 1
                 return r >> 1
         return self._send_slow(data, flags)
 
-    def _send_slow(self, data, flags: int) -> int:
+    def _send_slow(self, data, flags: int = 0) -> int:
         """Checks, credit waits, and the pure-Python copy (no extension)."""
         if flags:
             raise _err(errno.EOPNOTSUPP, "send flags")
@@ -967,6 +1009,7 @@ class IsoSocket:
         # load of the flag is enough; the xchg decides who posts when the flag looked clear.
         if (not self._asym or not q[cw + C_DRAINING]) and not native.xchg64(self._draining_addr, 1):
             self._post(Op.SEND, tail)
+            self._inst.send_posts += 1
         return k
 
     def sendall(self, data, flags: int = 0) -> None:
@@ -978,8 +1021,14 @@ class IsoSocket:
                 self._tx_tail += sent
                 if r & 1:
                     self._post(Op.SEND, self._tx_tail)
+                    self._inst.send_posts += 1
                 if type(data) is bytes and sent == len(data):
                     return
+        self._sendall_slow(data, flags, sent)
+
+    def _sendall_slow(self, data, flags: int = 0, sent: int = 0) -> None:
+        """sendall from byte `sent` on: a send per stretch of credits, waiting for them (the socket's timeout
+        bounds the whole call)."""
         mv = memoryview(data).cast("B")
         total = len(mv)
         deadline = self._deadline()
@@ -1111,6 +1160,7 @@ class IsoSocket:
     def shutdown(self, how: int) -> None:
         if how in (_socket.SHUT_WR, _socket.SHUT_RDWR):
             self._tx_shut = True
+            self._sync_fast()
         self._call(Op.SHUTDOWN, how)
 
     def setsockopt(self, level: int, optname: int, value) -> None:
@@ -1148,6 +1198,7 @@ class IsoSocket:
             if self._closed:
                 return
             self._closed = True
+            self._sync_fast()
             if self._fileno >= 0:
                 os.close(self._fileno)
                 self._fileno = -1

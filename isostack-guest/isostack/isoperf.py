@@ -990,6 +990,7 @@ def run_client(
     workers: list[Worker] = []
     stop = threading.Event()
     test = params.test
+    iso_stats: dict | None = None
     try:
         ctrl.send(type="start", version=PROTOCOL_VERSION, **asdict(params))
         try:
@@ -1048,6 +1049,7 @@ def run_client(
             s.close()
         ctrl.sock.close()
         if params.stack == "iso":
+            iso_stats = _isostack_stats()
             _detach_isostack()
 
     errors = [w.error for w in workers if w.error]
@@ -1089,6 +1091,11 @@ def run_client(
         "summary": _summary(per_repeat),
         "protocol_version": PROTOCOL_VERSION,
     }
+    if params.stack == "iso" and iso_stats is not None:
+        msgs = client_total // params.size if params.size else 0
+        for k in ("send_posts", "kicks", "doorbells_rung"):
+            iso_stats[f"{k}_per_msg"] = round(iso_stats[k] / msgs, 4) if msgs else None
+        result["isostack"] = iso_stats
     return result
 
 
@@ -1100,6 +1107,16 @@ def _summary(per_repeat: list[dict]) -> dict:
         for p in ("p50", "p99"):
             out[f"latency_{p}_us"] = mean_stddev([r["latency_us"][p] for r in per_repeat])
     return out
+
+
+def _isostack_stats() -> dict | None:
+    """The front-end's counters over the whole run (SEND commands posted, kicks, doorbells), or None."""
+    frontend = sys.modules.get("isostack.frontend")
+    stack = getattr(frontend, "_default", None) if frontend is not None else None
+    if stack is None:
+        return None
+    st = stack.stats()
+    return {k: st[k] for k in ("send_posts", "kicks", "doorbells_rung", "doorbells_saved")}
 
 
 def _detach_isostack() -> None:

@@ -1,0 +1,188 @@
+"""The front-end's send path: one C call per message (_fastpath.Tx) when the extension has it, the Python path
+otherwise; SEND commands and kicks only when the dispatcher is not draining the ring.  The dispatcher runs in
+this process and is driven by hand (no timing involved)."""
+
+import errno
+import gc
+import socket
+import threading
+import weakref
+
+import pytest
+
+from isostack import frontend
+from isostack.dispatcher import Dispatcher
+from isostack.frontend import Stack
+from isostack.layout import C_DRAINING, C_TX_HEAD, C_TX_TAIL, H_DISP_SLEEPING, Geometry
+
+HAVE_TX = frontend._TX is not None
+
+
+@pytest.fixture
+def listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(params=[True, False], ids=["c", "python"])
+def fast(request, monkeypatch):
+    if request.param and not HAVE_TX:
+        pytest.skip("the extension has no Tx here")
+    if not request.param:
+        monkeypatch.setattr(frontend, "_TX", None)
+    return request.param
+
+
+@pytest.fixture
+def manual(tmp_path, listener):
+    """(dispatcher stopped after the connection is up, stack, connected socket, kernel peer)."""
+    path = str(tmp_path / "d.sock")
+    d = Dispatcher(path, None, busy_poll_us=200, sleep_ms=20)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    st = Stack(path, Geometry(max_sockets=4, tx_size=4096, rx_size=4096, notif_rings=1))
+    try:
+        s = st.create_connection(listener.getsockname(), timeout=5)
+        peer, _ = listener.accept()
+        d.running = False
+        t.join(5)
+        yield d, st, s, peer
+        peer.close()
+    finally:
+        st.close()
+        d.running = False
+        t.join(5)
+        d.close()
+
+
+def _recv_exactly(peer, n):
+    got = bytearray()
+    while len(got) < n:
+        b = peer.recv(n - len(got))
+        assert b
+        got += b
+    return bytes(got)
+
+
+def test_send_posts_send_only_when_the_ring_is_not_being_drained(manual, fast):
+    d, st, s, peer = manual
+    if fast:  # installed on the instance: sock.send / sock.sendall are the C methods themselves
+        assert type(s.send).__name__ == "builtin_function_or_method" and s.send.__self__ is s._txp
+        assert s.sendall.__self__ is s._txp
+    q, cw = s._q, s._cw
+    commands, posts, kicks = d.stats["commands"], st.stats()["send_posts"], st.stats()["kicks"]
+    s.sendall(b"a" * 64)
+    assert s.send(b"b" * 64) == 64
+    assert st.stats()["send_posts"] == posts + 1  # the first found the flag clear, the second did not
+    assert q[cw + C_TX_TAIL] == s._tx_tail
+    for _ in range(3):
+        d.poll_once()
+    assert _recv_exactly(peer, 128) == b"a" * 64 + b"b" * 64
+    assert q[cw + C_DRAINING] == 1
+    for i in range(50):  # within the draining grace: copies only
+        s.sendall(bytes([i]) * 64)
+    d.poll_once()
+    assert _recv_exactly(peer, 3200) == b"".join(bytes([i]) * 64 for i in range(50))
+    assert d.stats["commands"] == commands + 1
+    assert st.stats()["send_posts"] == posts + 1
+    assert st.stats()["kicks"] == kicks  # the dispatcher never announced a sleep
+    d._sleep()  # releases the grace of the empty ring
+    assert q[cw + C_DRAINING] == 0
+    s._inst.q[H_DISP_SLEEPING] = 1  # as while it blocks in epoll: the next SEND must kick
+    s.sendall(b"c" * 64)
+    s._inst.q[H_DISP_SLEEPING] = 0
+    assert st.stats()["send_posts"] == posts + 2
+    assert st.stats()["kicks"] == kicks + 1
+    d.poll_once()
+    assert d.stats["commands"] == commands + 2
+    assert _recv_exactly(peer, 64) == b"c" * 64
+
+
+def test_send_across_the_wrap_and_partial_credits(manual, fast):
+    d, st, s, peer = manual
+    s.setblocking(False)
+    data = bytes(range(256)) * 16  # 4096: the whole ring
+    assert s.send(data[:3000]) == 3000
+    for _ in range(3):
+        d.poll_once()
+    assert _recv_exactly(peer, 3000) == data[:3000]
+    assert s.send(data) == 4096  # ring positions 3000..7096: the copy wraps
+    assert s._tx_tail == 7096 == s._q[s._cw + C_TX_TAIL]
+    with pytest.raises(BlockingIOError):  # no credits: the Python path arms the credit wait
+        s.send(b"x")
+    assert s._tx_armed
+    if fast:
+        assert not s._txp.fast
+    d.poll_once()
+    assert _recv_exactly(peer, 4096) == data
+    assert s.send(b"y" * 10) == 10  # credits back: the Python path disarms, the C path serves again
+    assert not s._tx_armed
+    if fast:
+        assert s._txp.fast
+    d.poll_once()
+    assert _recv_exactly(peer, 10) == b"y" * 10
+    s.setblocking(True)
+    s.settimeout(0.05)
+    half = bytes(3000)
+    s.sendall(half)
+    with pytest.raises(TimeoutError):  # 1096 bytes of credits, then the slow path waits and times out
+        s.sendall(bytes(2000))
+    assert s._tx_tail - s._q[s._cw + C_TX_HEAD] == 4096  # the ring is full, nothing lost from the count
+
+
+@pytest.fixture
+def running(tmp_path, listener):
+    """(stack, connected socket, kernel peer) served by a dispatcher thread."""
+    path = str(tmp_path / "d.sock")
+    d = Dispatcher(path, None, busy_poll_us=200, sleep_ms=20)
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    st = Stack(path, Geometry(max_sockets=4, tx_size=4096, rx_size=4096, notif_rings=1))
+    try:
+        s = st.create_connection(listener.getsockname(), timeout=5)
+        peer, _ = listener.accept()
+        peer.settimeout(5)
+        yield st, s, peer
+        peer.close()
+    finally:
+        st.close()
+        d.running = False
+        t.join(5)
+        d.close()
+
+
+def test_send_checks_are_kept(running, fast):
+    st, s, peer = running
+    assert s.send(b"") == 0
+    assert s.send(memoryview(b"abcd")[1:3], 0) == 2
+    with pytest.raises(OSError) as e:
+        s.send(b"x", socket.MSG_DONTWAIT)
+    assert e.value.errno == errno.EOPNOTSUPP
+    with pytest.raises(OSError) as e:
+        s.sendall(b"x", flags=socket.MSG_DONTWAIT)
+    assert e.value.errno == errno.EOPNOTSUPP
+    with pytest.raises(TypeError):
+        s.send("not bytes")
+    with pytest.raises(TypeError):
+        s.send()
+    other = st.socket()
+    with pytest.raises(OSError) as e:
+        other.send(b"x")  # not connected
+    assert e.value.errno == errno.ENOTCONN
+    ref = weakref.ref(other)
+    other.close()
+    del other, e  # (the traceback refers to it)
+    gc.collect()
+    assert ref() is None  # the socket <-> Tx cycle is collectable
+    assert _recv_exactly(peer, 2) == b"bc"
+    s.shutdown(socket.SHUT_WR)
+    with pytest.raises(OSError) as e:
+        s.send(b"x")
+    assert e.value.errno == errno.EPIPE
+    s.close()
+    with pytest.raises(OSError) as e:
+        s.sendall(b"x")
+    assert e.value.errno == errno.EBADF
