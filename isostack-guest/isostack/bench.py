@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['msgs_per_cpu_s'] / base['msgs_per_cpu_s']:.2f}x messages per consumed CPU-second")
     for r in rows:
         if "doorbells_rung" in r:
-            print(f"iso doorbells rung {r['doorbells_rung']}, saved {r['doorbells_saved']}, kicks {r['kicks']}")
+            print(f"iso doorbells rung {r['doorbells_rung']}, saved {r['doorbells_saved']}, kicks {r['kicks']},"
+                  f" SEND commands posted {r['send_posts']}"
+                  f" ({r['send_posts'] / max(r['messages'], 1):.5f} per message)")
     return 0
 
 

@@ -7,14 +7,16 @@
     s.close()
 
 `Stack(path)` is one attachment (one memfd with every socket's queues and rings, one doorbell eventfd);
-`iso.socket()` / `iso.create_connection()` use a per-process default one (ISOSTACK_SOCKET overrides the
-path).  A send copies into the socket's tx ring, publishes the tail, and posts a SEND command only when
-the dispatcher is not already draining that socket (xchg on the draining flag).  A recv copies out of the
-rx ring and publishes the head; the dispatcher sees the new credits itself.  Blocking calls spin briefly,
-then announce they sleep (the sleepers counter of their CPU's notification ring, after pointing the socket's
-events at that ring) and wait on that CPU's doorbell eventfd, which the dispatcher rings only when the ring has
-a sleeper (else it counts a saved doorbell).  Control operations (socket/bind/connect/...) post a command and wait for
-its completion in the socket's control page.
+`iso.socket()` / `iso.create_connection()` use a per-process default one (ISOSTACK_SOCKET overrides the path). A
+send copies into the socket's tx ring, publishes the tail, and posts a SEND command only when the dispatcher is
+not already draining that socket (xchg on the draining flag). With the C extension, `sock.send` and
+`sock.sendall` are the methods of a per-socket C object (_fastpath.Tx, holding the tx tail): one C call per
+message, the Python path for every edge case; stats() counts the SEND commands posted. A recv copies out of the
+rx ring and publishes the head; the dispatcher sees the new credits itself. Blocking calls spin briefly, then
+announce they sleep (the sleepers counter of their CPU's notification ring, after pointing the socket's events
+at that ring) and wait on that CPU's doorbell eventfd, which the dispatcher rings only when the ring has a
+sleeper (else it counts a saved doorbell). Control operations (socket/bind/connect/...) post a command and wait
+for its completion in the socket's control page.
 
 Non-blocking use (settimeout(0) / setblocking(False)): connect() raises BlockingIOError(EINPROGRESS) and the
 result is read with getsockopt(SOL_SOCKET, SO_ERROR); recv/send/accept raise BlockingIOError.  fileno() is an
