@@ -316,3 +316,32 @@ def test_recv_into_copies_from_the_ring_across_the_wrap(stack, listener, monkeyp
     peer.close()
     assert s.recv_into(bytearray(10)) == 0  # EOF
     s.close()
+
+
+USE_AFTER_CLOSE = r"""
+import errno, socket, sys
+from isostack.frontend import Stack
+from isostack.layout import Geometry
+
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+st = Stack(sys.argv[1], Geometry(max_sockets=2, tx_size=4096, rx_size=4096))
+s = st.create_connection(srv.getsockname(), timeout=5)
+s.sendall(b"x" * 64)
+st.close()  # the shared memory is unmapped; the socket object lives on
+for call in (lambda: s.send(b"y" * 64), lambda: s.sendall(b"y" * 64), lambda: s.recv(64)):
+    try:
+        call()
+    except OSError as e:
+        assert e.errno == errno.EBADF, e
+    else:
+        raise AssertionError("a socket of a closed Stack still served a call")
+print("ok")
+"""
+
+
+def test_a_socket_of_a_closed_stack_fails_with_ebadf_instead_of_touching_unmapped_memory(isostackd):
+    """The C send path holds raw addresses of the shared memory: closing the Stack must switch its sockets off
+    first. Run in a child, so that a regression shows as a failed test (SIGSEGV), not as a dead test run."""
+    res = subprocess.run([sys.executable, "-c", USE_AFTER_CLOSE, isostackd], env=dict(os.environ, PYTHONPATH=GUEST),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", (res.returncode, res.stderr[-2000:])

@@ -38,6 +38,7 @@ import socket as _socket
 import struct
 import threading
 import time
+import weakref
 
 from . import native, rss
 from .attach import DEFAULT_SOCKET, MAX_MESSAGE, Hello, discover, instance_path, parse_reply
@@ -206,12 +207,18 @@ class Instance:
         self._free = list(range(g.max_sockets - 1, -1, -1))
         self._closing: dict[int, int] = {}  # slot -> position of its CLOSE
         self.send_posts = 0  # SEND commands this process posted (counted only when one is posted)
+        self.sockets: weakref.WeakSet[IsoSocket] = weakref.WeakSet()  # switched off before the memory goes
         self.closed = False
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        # The C send/recv paths hold raw addresses of the region: a socket that outlives its Stack must fail
+        # with EBADF from the Python checks, not write into unmapped memory.
+        for sock in list(self.sockets):
+            sock._closed = True
+            sock._sync_fast()
         self.conn.close()
         os.close(self.kick)
         self.queues.clear()
@@ -596,6 +603,7 @@ class IsoSocket:
             self.sendall = self._txp.sendall
         else:
             self._txp = _PyTx(tail)
+        self._inst.sockets.add(self)
 
     @property
     def _tx_tail(self) -> int:
