@@ -322,9 +322,13 @@ def test_iperf3_parallel_streams_split_as_predicted(bed):
     print(f"\niperf3 -P 8: stream ports {sorted(ports.values())}; payload bytes by predicted queue {expected}; "
           f"iso-b rx bytes per queue {seen} (shares predicted {share_e[0]:.3f}/{share_e[1]:.3f}, "
           f"seen {share_s[0]:.3f}/{share_s[1]:.3f})")
-    assert total_s >= total_e  # payload plus headers
+    # Wire bytes are payload + headers + retransmits, 18-23 % more here, and that overhead differs between the
+    # queues by a few percent under load (segment sizes, losses). One stream on the wrong queue moves its whole
+    # share (about 1/8 of the bytes) from one queue to the other, so a 6 % tolerance still catches it. (The exact
+    # per-flow placement is checked with counted UDP datagrams below.)
+    assert total_s >= total_e
     for q in (0, 1):
-        assert abs(share_e[q] - share_s[q]) < 0.03, (share_e, share_s)
+        assert abs(share_e[q] - share_s[q]) < 0.06, (share_e, share_s)
     bed.ssh("iso-b", "pkill -x iperf3", check=False)
 
 
