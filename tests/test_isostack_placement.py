@@ -78,3 +78,15 @@ def test_cli_legacy_and_isostack_modes(tmp_path, capsys):
     assert "rps_cpus = 00000000" in out
     (proc / "interrupts").unlink()
     assert placement.main(["--legacy", "--proc-root", str(proc), "--sys-root", str(sysfs)]) == 1
+
+
+def test_single_queue_nic_has_no_xps_and_that_is_not_a_failure(tmp_path, capsys):
+    """Linux answers ENOENT to writing tx-0/xps_cpus of a single-queue device (seen in the guests); a dangling
+    symlink reproduces that answer here."""
+    proc, sysfs, iface, vec = fake_tree(tmp_path, queues=1, cpus="0-1")
+    (iface / "queues/tx-0/xps_cpus").symlink_to(tmp_path / "no-such-dir" / "xps_cpus")
+    for lines in (placement.place_legacy(None, str(proc), str(sysfs)), placement.place(1, None, str(proc), str(sysfs))):
+        xps = [line for line in lines if "xps_cpus" in line]
+        assert len(xps) == 1 and "not used (XPS needs more than one tx queue)" in xps[0], lines
+        assert not any("cannot" in line for line in lines), lines
+    assert placement.main(["--legacy", "--proc-root", str(proc), "--sys-root", str(sysfs)]) == 0

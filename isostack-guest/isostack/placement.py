@@ -116,6 +116,18 @@ def _write(path: Path, value: str) -> str:
         return f"{path}: cannot set {value}: {e.strerror or e}"
 
 
+def _write_xps(path: Path, value: str) -> str:
+    """XPS exists only for multi-queue devices: Linux answers ENOENT to a write on a single-queue device's
+    tx-0/xps_cpus (netif_is_multiqueue), which is nothing to place rather than a failure."""
+    try:
+        path.write_text(value + "\n")
+        return f"{path} = {value}"
+    except FileNotFoundError:
+        return f"{path}: not used (XPS needs more than one tx queue)"
+    except OSError as e:
+        return f"{path}: cannot set {value}: {e.strerror or e}"
+
+
 def _select_nics(sysfs: Path, interfaces: list[str] | None) -> tuple[dict[str, str], list[str]]:
     nics = virtio_net_interfaces(sysfs)
     if not interfaces:
@@ -158,7 +170,7 @@ def place_legacy(interfaces: list[str] | None = None, proc_root: str = "/proc", 
         for rx in sorted(qdir.glob("rx-*"), key=_queue_index):
             out.append(_write(rx / "rps_cpus", cpu_mask(set())))
         for tx in sorted(qdir.glob("tx-*"), key=_queue_index):
-            out.append(_write(tx / "xps_cpus", cpu_mask({order[_queue_index(tx) % len(order)]})))
+            out.append(_write_xps(tx / "xps_cpus", cpu_mask({order[_queue_index(tx) % len(order)]})))
     return out
 
 
@@ -190,7 +202,7 @@ def place(cpu: int, interfaces: list[str] | None = None, proc_root: str = "/proc
                 out.append(_write(q / "rps_cpus", mask))
         for q in sorted(qdir.glob("tx-*")):
             if queues is None or _queue_index(q) in queues:
-                out.append(_write(q / "xps_cpus", mask))
+                out.append(_write_xps(q / "xps_cpus", mask))
     return out
 
 
