@@ -193,3 +193,32 @@ def test_instances_show_in_the_stack_column_and_the_placement_below_the_markdown
     # runs stored before instances existed: one instance, no placement section
     old = results.load_run(FIXTURE_RUN / "run.json")
     assert "## Placement" not in report.markdown(old)
+
+
+def _stream_case(stack: str, conns: int, mps: float, busy: float, locks: bool = False, error: str = "") -> dict:
+    return {"test_name": "stream-64", "test": "stream", "stack": stack, "locks": locks, "size": 64,
+            "connections": conns, "client": "iso-a", "status": "failed" if error else "ok", "error": error,
+            "isoperf": {} if error else {"messages_per_s": mps, "cpu": {"client": {"all": busy}}}}
+
+
+def test_comparison_divides_by_the_client_guests_consumed_cpu_and_pairs_cases_of_the_same_shape():
+    run = {"topology": {"guests": [{"name": "iso-a", "vcpus": 2}, {"name": "iso-b", "vcpus": 2}]},
+           "cases": [_stream_case("legacy", 1, 20_000, 50.0),      # 20k msgs/s on one busy vCPU of two
+                     _stream_case("legacy", 16, 10_000, 100.0),
+                     _stream_case("iso", 1, 150_000, 75.0),        # 1.5 vCPUs busy: 100k per CPU-second
+                     _stream_case("iso", 16, 100_000, 50.0, locks=True),
+                     _stream_case("iso", 4, 90_000, 50.0),         # no legacy case with 4 connections
+                     _stream_case("legacy", 4, 0, 0, error="boom")]}
+    rows = report.comparison_rows(run)
+    assert rows == [["stream-64", "64", "1", "iso", "150,000", "100,000", "7.5", "5.0"],
+                    ["stream-64", "64", "16", "iso+locks", "100,000", "100,000", "10.0", "20.0"]]
+    out = io.StringIO()
+    report.print_report(run, Path("/x/run.json"), Console(file=out, width=250, color_system=None))
+    assert "IsoStack vs legacy in this run" in out.getvalue()
+    assert "| stream-64 | 64 | 16 | iso+locks | 100,000 | 100,000 | 10.0 | 20.0 |" in report.markdown(run)
+
+
+def test_no_comparison_without_a_legacy_baseline():
+    run = {"cases": [_stream_case("iso", 1, 150_000, 75.0)]}
+    assert report.comparison_rows(run) == [] and report.build_comparison(run) is None
+    assert "IsoStack vs legacy" not in report.markdown(run)

@@ -240,8 +240,56 @@ def placements(run: dict) -> list[str]:
     return out
 
 
+COMPARISON_HEADERS = ["test", "size", "conns", "stack", "msgs/s", "msgs/CPU-s", "× legacy msgs/s",
+                      "× legacy per CPU"]
+
+
+def comparison_rows(run: dict) -> list[list[str]]:
+    """Each IsoStack case against the legacy case of the same test, size and connections in this run: messages/s
+    and messages per consumed CPU-second of the client guest (its busy share of all vCPUs from /proc/stat, times
+    the vCPUs) — the seed's figure of merit ("10x the legacy stack's messages per consumed CPU")."""
+    vcpus = {g.get("name"): g.get("vcpus") for g in (run.get("topology") or {}).get("guests", [])}
+
+    def figures(case: dict) -> tuple[float, float | None] | None:
+        r = case.get("isoperf") or {}
+        mps = r.get("messages_per_s")
+        busy = ((r.get("cpu") or {}).get("client") or {}).get("all")
+        if case.get("error") or not isinstance(mps, (int, float)) or mps <= 0:
+            return None
+        n = vcpus.get(case.get("client")) or 1
+        per_cpu = mps / (busy / 100 * n) if isinstance(busy, (int, float)) and busy > 0 else None
+        return mps, per_cpu
+
+    key = lambda c: (c.get("test_name"), c.get("size"), c.get("connections"))  # noqa: E731
+    legacy = {key(c): f for c in run.get("cases", []) if c.get("stack") == "legacy" and (f := figures(c))}
+    out = []
+    for c in run.get("cases", []):
+        if c.get("stack") == "legacy" or key(c) not in legacy or not (f := figures(c)):
+            continue
+        base = legacy[key(c)]
+        per_cpu_ratio = f[1] / base[1] if f[1] and base[1] else None
+        out.append([str(c.get("test_name")), _size(c), str(c.get("connections")), results.stack_column(c),
+                    _fmt(f[0], ",.0f"), _fmt(f[1], ",.0f"), _fmt(f[0] / base[0], ".1f"), _fmt(per_cpu_ratio, ".1f")])
+    return out
+
+
+def build_comparison(run: dict) -> Table | None:
+    cmp_rows = comparison_rows(run)
+    if not cmp_rows:
+        return None
+    table = Table(title="IsoStack vs legacy in this run (client guest's consumed CPU)")
+    for h in COMPARISON_HEADERS:
+        table.add_column(h, justify="left" if h in ("test", "stack") else "right")
+    for cells in cmp_rows:
+        table.add_row(*(escape(c) for c in cells))
+    return table
+
+
 def print_report(run: dict, run_json: Path, console: Console) -> None:
     console.print(build_table(run))
+    comparison = build_comparison(run)
+    if comparison is not None:
+        console.print(comparison)
     for line in errors(run):
         console.print(escape(line), style="red", highlight=False)
     for line in notes(run):
@@ -270,6 +318,12 @@ def markdown(run: dict) -> str:
         "|" + "|".join(_align(h) for h in headers(run)) + "|",
     ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in rows(run)]
+    cmp_rows = comparison_rows(run)
+    if cmp_rows:
+        lines += ["", "## IsoStack vs legacy in this run (client guest's consumed CPU)", "",
+                  "| " + " | ".join(COMPARISON_HEADERS) + " |",
+                  "|" + "|".join("---" if h in ("test", "stack") else "--:" for h in COMPARISON_HEADERS) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in cmp_rows]
     errs = errors(run)
     if errs:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in errs]
