@@ -101,6 +101,84 @@ def test_send_posts_send_only_when_the_ring_is_not_being_drained(manual, fast):
     assert _recv_exactly(peer, 64) == b"c" * 64
 
 
+def test_stranded_tx_ring_is_adopted_when_idle(manual, fast, monkeypatch):
+    """A front-end that won the draining flag but whose SEND never arrived (here a _post that loses it) left data in
+    the ring that nobody drained: the sender then waits for credits forever (the hang of a 16-connection
+    64-byte STREAM).  The idle dispatcher finds the ring and drains it (tx_stranded), without timing here."""
+    from isostack import dispatcher
+
+    monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
+    monkeypatch.setattr(dispatcher, "STRANDED_CHECK_S", 0.0, raising=False)
+    d, st, s, peer = manual
+    q, cw = s._q, s._cw
+    s.sendall(b"a" * 64)
+    d.poll_once()
+    assert _recv_exactly(peer, 64) == b"a" * 64
+    d._sleep()  # the grace of the empty ring ends: the next send must post SEND
+    assert q[cw + C_DRAINING] == 0
+
+    monkeypatch.setattr(s, "_post", lambda *a, **k: 0)  # the SEND is lost on its way
+    s.sendall(b"b" * 64)
+    monkeypatch.undo()
+    monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
+    monkeypatch.setattr(dispatcher, "STRANDED_CHECK_S", 0.0, raising=False)
+    assert q[cw + C_DRAINING] == 1 and q[cw + C_TX_TAIL] == q[cw + C_TX_HEAD] + 64  # stranded
+    peer.settimeout(0.5)
+    for _ in range(4):
+        d._sleep()
+    assert _recv_exactly(peer, 64) == b"b" * 64
+    assert d.stats["tx_stranded"] == 1
+    s.sendall(b"c" * 64)  # and the path works on
+    for _ in range(3):
+        d.poll_once()
+    assert _recv_exactly(peer, 64) == b"c" * 64
+
+
+def test_a_failed_send_post_hands_the_draining_flag_back(manual, fast, monkeypatch):
+    """A SEND that cannot be posted (queue full for 5 s, an exception) must not keep the draining flag: the
+    ring would be stranded with nobody owing a SEND.  The send fails, the next one posts."""
+    d, st, s, peer = manual
+    q, cw = s._q, s._cw
+    s.sendall(b"a" * 64)
+    d.poll_once()
+    assert _recv_exactly(peer, 64) == b"a" * 64
+    d._sleep()
+    assert q[cw + C_DRAINING] == 0
+
+    def full(*a, **k):
+        raise OSError(errno.EAGAIN, "command queue full or corrupt")
+
+    monkeypatch.setattr(s, "_post", full)
+    with pytest.raises(OSError):
+        s.sendall(b"b" * 64)
+    monkeypatch.undo()
+    assert q[cw + C_DRAINING] == 0
+    commands = d.stats["commands"]
+    s.sendall(b"c" * 64)
+    for _ in range(3):
+        d.poll_once()
+    assert d.stats["commands"] == commands + 1
+    peer.settimeout(0.5)
+    assert _recv_exactly(peer, 128) == b"b" * 64 + b"c" * 64
+    assert d.stats["tx_stranded"] == 0
+
+
+def test_stranded_check_leaves_a_pending_send_alone(manual, fast, monkeypatch):
+    """The flag set with the SEND queued is the normal state between a post and the dispatcher's next loop."""
+    from isostack import dispatcher
+
+    monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
+    d, st, s, peer = manual
+    s.sendall(b"a" * 64)  # flag clear: SEND posted, not yet read
+    assert s._q[s._cw + C_DRAINING] == 1
+    d._check_stranded(0.0)
+    d._check_stranded(1.0)
+    assert d.stats["tx_stranded"] == 0
+    d.poll_once()
+    peer.settimeout(0.5)
+    assert _recv_exactly(peer, 64) == b"a" * 64
+
+
 def test_send_across_the_wrap_and_partial_credits(manual, fast):
     d, st, s, peer = manual
     s.setblocking(False)

@@ -157,6 +157,13 @@ NAP_LOW, NAP_HIGH = 1 / 8, 1 / 2
 NAP_MIN_S = 20e-6
 MAX_BACKLOG = 1024
 CLOSE_LINGER_S = 5.0
+# Stranded tx rings (see Dispatcher._check_stranded): a ring holding data that nobody will drain: the draining
+# flag is set but no SEND is queued and we do not drain it (a front-end won the flag and never posted, e.g. its
+# _post failed), or we drain it but track neither the ring nor its EPOLLOUT.  Looked for at most every
+# STRANDED_CHECK_S while idle; adopted once the same state held for STRANDED_S (a front-end between its xchg
+# and its SEND is microseconds away from posting, even preempted far less than this).
+STRANDED_CHECK_S = 0.25
+STRANDED_S = 0.5
 EPOLL_IN = select.EPOLLIN | select.EPOLLRDHUP
 SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 2)
 
@@ -220,6 +227,7 @@ class Sock:
         "tx_head",
         "rx_tail",
         "draining",
+        "stranded",
         "idle",
         "rx_stalled",
         "emask",
@@ -260,6 +268,7 @@ class Sock:
         self.backlog_max = 0
         self.connect_pos = -1
         self.close_pos = -1
+        self.stranded: tuple[float, int] | None = None  # (first seen, tx tail then): _check_stranded
         self.shut_pending = -1
         self.shut_how = 0
         self.close_deadline = 0.0
@@ -318,6 +327,7 @@ class Dispatcher:
         self.rx_stalled: set[Sock] = set()
         self.closing: set[Sock] = set()
         self.tx_progress: list[Sock] = []  # tx head advanced this loop
+        self.stranded_checked = 0.0  # monotonic time of the last _check_stranded
         self.bad_ring: list[Sock] = []  # named a notification ring that does not exist: failed after the loop
         self.watch_pending: set[Sock] = set()  # watched sockets posted to this loop
         self.next_app = 1
@@ -327,6 +337,7 @@ class Dispatcher:
                       "nap_us": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0,
                       "reuseport_programs": 0, "so_busy_poll_us": so_busy_poll_us, "so_busy_poll_set": 0,
                       "so_busy_poll_failed": 0, "epoll_busy_poll_us": None, "watch_writes": 0, "watch_saved": 0,
+                      "tx_stranded": 0,
                       "bad_messages": 0}
         self.so_busy_poll_us = so_busy_poll_us
         self.sysctl_path = os.path.join(proc_root, BUSY_POLL_SYSCTL)
@@ -1155,6 +1166,10 @@ class Dispatcher:
         at most `nap` seconds, while tx rings are being drained)."""
         if not nap:
             self._release_idle_rings()
+            now = time.monotonic()
+            if now - self.stranded_checked >= STRANDED_CHECK_S:
+                self.stranded_checked = now
+                self._check_stranded(now)
         for app in self.apps.values():
             app.region.q[H_DISP_SLEEPING] = 1
         native.fence()
@@ -1187,6 +1202,46 @@ class Dispatcher:
             if s.app.region.q[s.cw + C_TX_TAIL] == s.tx_head:
                 s.idle = TX_GRACE_LOOPS
                 self._tx_idle(s)
+
+    def _check_stranded(self, now: float) -> None:
+        """Safety net against a lost wake-up on the tx path (it turns a hang into a counted stall of about
+        STRANDED_S, tx_stranded in the stats, and a warning naming the socket).  A connected socket's tx ring
+        holds data nobody will drain when either we drain it (draining) but it is neither in tx_active nor
+        waiting for EPOLLOUT, or we do not drain it while its draining flag is set and no command is queued
+        (the front-end that set the flag owes us a SEND).  The second state is normal for the microseconds
+        between a front-end's xchg and its SEND, so it is adopted only when it held, with the same tail, for
+        STRANDED_S."""
+        for app in self.apps.values():
+            if app.region.mm.closed:
+                continue
+            q = app.region.q
+            for s in app.socks:
+                if s.k is None or s.dead or not s.state & ST_CONNECTED or s.state & (ST_ERROR | ST_TX_SHUT):
+                    s.stranded = None
+                    continue
+                tail = q[s.cw + C_TX_TAIL]
+                if tail == s.tx_head:
+                    s.stranded = None
+                    continue
+                if s.draining:
+                    s.stranded = None
+                    if s not in self.tx_active and not s.emask & select.EPOLLOUT:
+                        self._stranded(s, "drained but not tracked")
+                    continue
+                if not q[s.cw + C_DRAINING] or s.cmdq.poll()[0] != EMPTY:
+                    s.stranded = None  # the front-end posts (flag clear) or its SEND is queued
+                    continue
+                if s.stranded is None or s.stranded[1] != tail:
+                    s.stranded = (now, tail)
+                elif now - s.stranded[0] >= STRANDED_S:
+                    s.stranded = None
+                    self._stranded(s, "draining flag set, no SEND queued")
+
+    def _stranded(self, s: Sock, why: str) -> None:
+        self.stats["tx_stranded"] += 1
+        log.warning("app %d socket %d: tx ring stranded (%s, %d bytes): draining it", s.app.id, s.idx, why,
+                    s.app.region.q[s.cw + C_TX_TAIL] - s.tx_head)
+        self._start_drain(s)
 
     def _adapt_poll(self, slept: float) -> None:
         """Halt-polling style: work that came back within --busy-poll-us of a sleep would have been caught by

@@ -618,7 +618,15 @@ class IsoSocket:
         self._txp.fast = not (self._closed or self._tx_shut or self._tx_armed)
 
     def _post_send(self, tail: int) -> None:
-        self._post(Op.SEND, tail)
+        """Post SEND: we won the draining flag, so nobody drains the ring until this SEND is read.  If it
+        cannot be posted, hand the flag back (the dispatcher is not draining: it would have held the flag), so
+        the next send posts instead of leaving the ring stranded."""
+        try:
+            self._post(Op.SEND, tail)
+        except BaseException:
+            if not self._closed:
+                native.xchg64(self._draining_addr, 0)
+            raise
         self._inst.send_posts += 1
 
     # ---------------------------------------------------------------- plumbing
@@ -955,8 +963,7 @@ class IsoSocket:
                     self._disarm_tx()
                 self._tx_tail += r >> 1
                 if r & 1:
-                    self._post(Op.SEND, self._tx_tail)
-                    self._inst.send_posts += 1
+                    self._post_send(self._tx_tail)
                 return r >> 1
         return self._send_slow(data, flags)
 
@@ -1018,8 +1025,7 @@ class IsoSocket:
         # Post SEND only if the dispatcher is not draining this ring.  With membarrier (see queues.py) a plain
         # load of the flag is enough; the xchg decides who posts when the flag looked clear.
         if (not self._asym or not q[cw + C_DRAINING]) and not native.xchg64(self._draining_addr, 1):
-            self._post(Op.SEND, tail)
-            self._inst.send_posts += 1
+            self._post_send(tail)
         return k
 
     def sendall(self, data, flags: int = 0) -> None:
@@ -1030,8 +1036,7 @@ class IsoSocket:
                 sent = r >> 1
                 self._tx_tail += sent
                 if r & 1:
-                    self._post(Op.SEND, self._tx_tail)
-                    self._inst.send_posts += 1
+                    self._post_send(self._tx_tail)
                 if type(data) is bytes and sent == len(data):
                     return
         self._sendall_slow(data, flags, sent)
