@@ -96,10 +96,13 @@ def test_isostackd_on_vcpu1_and_the_client_on_vcpu0(benchmark):
         assert iso["commands"]["client"].startswith("taskset -c 0 ") and "--stack iso" in iso["commands"]["client"]
         assert f"--cpu {client.vcpus - 1}" in iso["commands"]["isostackd"]
         assert any(f"pinned to CPU {client.vcpus - 1}" in line for line in iso["isostackd_log"]), iso["isostackd_log"]
-        # isostackd polls on vCPU 1; the legacy client's work (its pinned threads and its kernel sends) is on vCPU 0
+        # isostackd works on vCPU 1 (adaptive polling: busy while there is work, napping otherwise, so its share
+        # follows the load: 24-90 % seen); the legacy client's work (its pinned threads and its kernel sends) is on
+        # vCPU 0, leaving vCPU 1 nearly idle
         iso_cpu = iso["isoperf"]["cpu"]["client"]
-        assert iso_cpu[f"cpu{client.vcpus - 1}"] > 30, iso_cpu
         legacy_cpu = legacy["isoperf"]["cpu"]["client"]
+        last = f"cpu{client.vcpus - 1}"
+        assert iso_cpu[last] > 10 and iso_cpu[last] > legacy_cpu[last] + 5, (iso_cpu, legacy_cpu)
         assert legacy_cpu["cpu0"] > legacy_cpu["cpu1"], legacy_cpu
 
 
