@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import pytest
@@ -36,18 +35,6 @@ from vhea.vring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
 
 # every test here runs on both datapaths (the Python reference and _datapath.c)
 pytestmark = pytest.mark.usefixtures("datapath")
-
-
-@pytest.fixture
-def sockdir(tmp_path_factory):
-    # a short path: unix socket paths are limited to 107 bytes
-    import tempfile
-
-    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 def test_handshake_offers_and_accepts_features(sockdir):

@@ -7,9 +7,6 @@ Native datapath (_datapath.c): the same batches in one C call, with the same che
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 from vhea_helpers import BCAST, MAC_A, MAC_B, frame, frontend, receive_n, running_server, wait_for
 
@@ -17,15 +14,6 @@ from vhea import native, vring
 from vhea import server as server_module
 from vhea.frontend import BUF_SIZE
 from vhea.vring import VRING_DESC_F_WRITE
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 @pytest.fixture(params=["numpy", "loop", "native"])

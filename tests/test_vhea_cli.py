@@ -21,15 +21,6 @@ def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
     return subprocess.run([*VHEA, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
-
-
 def assert_usage_error(p: subprocess.CompletedProcess, message: str) -> None:
     assert p.returncode == 2, p.stderr
     assert message in p.stderr

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_vhea_classifier import ipv4_frame, ipv6_frame
@@ -20,15 +18,6 @@ from vhea.server import Server
 from vhea.toeplitz import Toeplitz, tuple_input
 
 A_IP, B_IP = "10.10.0.1", "10.10.0.2"
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")  # short: unix socket paths are limited to 107 bytes
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 def vhea(capsys, sockdir, *args) -> tuple[int, str, str]:

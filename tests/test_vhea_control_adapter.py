@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 
 import pytest
@@ -14,15 +12,6 @@ from vhea_helpers import BCAST, MAC_A, MAC_B, frame, frontend, receive_n, runnin
 from vhea.cli import main
 from vhea.coalesce import Coalescer
 from vhea.protocol import VIRTIO_RING_F_EVENT_IDX, bit
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 def ask(server, **req) -> dict:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 
-import pytest
 from rich.console import Console
 from vhea_helpers import running_server
 
@@ -42,15 +39,6 @@ class FakeClient:
 
     def close(self) -> None:
         pass
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 def topology(sockdir: str) -> Topology:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import tempfile
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,15 +30,6 @@ from vhea.vring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT
 
 # every test here runs on both datapaths (the Python reference and _datapath.c)
 pytestmark = pytest.mark.usefixtures("datapath")
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 def check_a_to_b_still_works(a: Frontend, b: Frontend, tag: int) -> None:

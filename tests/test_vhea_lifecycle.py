@@ -10,11 +10,9 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator
 
-import pytest
 from vhea_helpers import BCAST, MAC_A, MAC_B, MAC_C, frame, receive_n, wait_for
 
 from vhea import cli
@@ -28,15 +26,6 @@ from vhea.protocol import (
     bit,
 )
 from vhea.server import Server
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="vl", dir="/tmp")  # short: unix socket paths are limited to 107 bytes
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 @contextlib.contextmanager

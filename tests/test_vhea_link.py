@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 
 import pytest
 from test_vhea_lifecycle import accept_frontend, exchange, listen, resume, serving
@@ -27,15 +26,6 @@ from vhea_helpers import (  # noqa: F401  (datapath: a fixture)
 
 from vhea.cli import main
 from vhea.frontend import Frontend
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")  # short: unix socket paths are limited to 107 bytes
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 def ask(server, **req) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -42,15 +41,6 @@ from vhea.offload import (
 
 # every test here runs on both datapaths (the Python reference and _datapath.c)
 pytestmark = pytest.mark.usefixtures("datapath")
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="vh", dir="/tmp")  # short: unix socket paths are limited to 107 bytes
-    yield d
-    for f in os.listdir(d):
-        os.unlink(os.path.join(d, f))
-    os.rmdir(d)
 
 
 ALL = (1 << 64) - 1
