@@ -162,6 +162,28 @@ def test_isostackd_argv_is_what_the_dispatcher_parses():
     )
 
 
+def _isostackd_args(start: str):
+    """What isostackd's own parser makes of the arguments of a start command."""
+    from isostack import dispatcher
+
+    argv = shlex.split(start)
+    return dispatcher.build_parser().parse_args(argv[argv.index("isostack.dispatcher") + 1 : argv.index(">")])
+
+
+def test_isostackd_nap_max_and_epoll_busy_poll_are_passed_only_when_set():
+    start = isoperf_cmd.isostackd_start_command(GuestLayout(), 1, so_busy_poll_us=0, nap_max_us=0,
+                                                epoll_busy_poll_us=50)
+    assert " --so-busy-poll-us 0 --nap-max-us 0 --epoll-busy-poll-us 50 > " in start
+    args = _isostackd_args(start)
+    assert (args.so_busy_poll_us, args.nap_max_us, args.epoll_busy_poll_us) == (0, 0, 50)
+    # -1 (leave net.core.busy_poll) is passed as a value, not taken for an option
+    args = _isostackd_args(isoperf_cmd.isostackd_start_command(GuestLayout(), 1, epoll_busy_poll_us=-1))
+    assert args.epoll_busy_poll_us == -1 and args.nap_max_us == 1000  # isostackd's default nap
+    default = isoperf_cmd.isostackd_start_command(GuestLayout(), 1)
+    assert "--nap-max-us" not in default and "--epoll-busy-poll-us" not in default
+    assert default == isoperf_cmd.isostackd_start_command(GuestLayout(), 1, nap_max_us=None, epoll_busy_poll_us=None)
+
+
 def test_client_command_for_stack_iso_is_pinned_to_cpu0_and_finds_isostackd():
     case = _case(PB.replace("    port: 5702\n", "    port: 5702\n    stack: iso\n    size: 64\n").replace(
         "    size: 1448\n", ""))

@@ -378,6 +378,57 @@ def test_instances_and_so_busy_poll_need_stack_iso():
     assert parse_playbook(GOOD.replace("    repeats: 2\n", "    repeats: 2\n    instances: 1\n", 1)).cases()
 
 
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("nap_max_us: -1", "pb.yaml:15: tests[0]: 'nap_max_us' must be between 0 and 1000000, got -1"),
+        ("nap_max_us: 1000001", "pb.yaml:15: tests[0]: 'nap_max_us' must be between 0 and 1000000, got 1000001"),
+        ("nap_max_us: [0, 1000]", "pb.yaml:15: tests[0]: 'nap_max_us' must be an integer, got a list"),
+        ("nap_max_us: 2.5", "pb.yaml:15: tests[0]: 'nap_max_us' must be an integer, got a number"),
+        ("nap_max_us: 1ms", "pb.yaml:15: tests[0]: 'nap_max_us' must be an integer, got a string"),
+        ("nap_max_us: true", "pb.yaml:15: tests[0]: 'nap_max_us' must be an integer, got a boolean"),
+        ("nap_max_us:", "pb.yaml:15: tests[0]: 'nap_max_us' must be an integer, got nothing (null)"),
+        ("epoll_busy_poll_us: -2",
+         "pb.yaml:15: tests[0]: 'epoll_busy_poll_us' must be between -1 and 1000000, got -2"),
+        ("epoll_busy_poll_us: 1000001",
+         "pb.yaml:15: tests[0]: 'epoll_busy_poll_us' must be between -1 and 1000000, got 1000001"),
+        ("epoll_busy_poll_us: [0, 50]", "pb.yaml:15: tests[0]: 'epoll_busy_poll_us' must be an integer, got a list"),
+        ("epoll_busy_poll_us: 0.5", "pb.yaml:15: tests[0]: 'epoll_busy_poll_us' must be an integer, got a number"),
+        ("epoll_busy_poll_us: off", "pb.yaml:15: tests[0]: 'epoll_busy_poll_us' must be an integer, got a boolean"),
+        ("epoll_busy_poll_us: fifty",
+         "pb.yaml:15: tests[0]: 'epoll_busy_poll_us' must be an integer, got a string"),
+        ("nap_max: 50", "did you mean 'nap_max_us'?"),
+        ("epoll_busy_poll: 50", "did you mean 'epoll_busy_poll_us'?"),
+    ],
+)
+def test_bad_nap_max_us_and_epoll_busy_poll_us(line, message):
+    assert message in _error(GOOD.replace("    repeats: 2\n", f"    repeats: 2\n    stack: iso\n    {line}\n", 1))
+
+
+@pytest.mark.parametrize("line, what", [
+    ("nap_max_us: 0", "'nap_max_us' is an isostackd option (the longest coalescing nap"),
+    ("epoll_busy_poll_us: 50", "'epoll_busy_poll_us' is an isostackd option (the net.core.busy_poll sysctl"),
+])
+def test_nap_max_and_epoll_busy_poll_need_stack_iso(line, what):
+    msg = _error(GOOD.replace("    repeats: 2\n", f"    repeats: 2\n    {line}\n", 1))
+    assert msg.startswith(f"pb.yaml:14: tests[0]: {what}") and msg.endswith("it needs stack iso")
+    # from defaults, the line of the key in defaults is named (stream-small is legacy)
+    msg = _error(GOOD.replace("  verify: true\n", f"  verify: true\n  {line}\n", 1))
+    assert msg.startswith(f"pb.yaml:8: tests[0]: {what}")
+
+
+def test_nap_max_and_epoll_busy_poll_values_from_tests_and_defaults():
+    text = GOOD.replace("    repeats: 2\n", "    repeats: 2\n    stack: [legacy, iso]\n    nap_max_us: 0\n"
+                        "    epoll_busy_poll_us: -1\n", 1)
+    small, big = parse_playbook(text, "pb.yaml").tests
+    assert (small.nap_max_us, small.epoll_busy_poll_us) == (0, -1)  # both at the bounds isostackd gives them
+    assert (big.nap_max_us, big.epoll_busy_poll_us) == (None, None)  # not set: isostackd's defaults
+    text = GOOD.replace("  verify: true\n", "  verify: true\n  stack: iso\n  nap_max_us: 1000000\n"
+                        "  epoll_busy_poll_us: 1000000\n", 1)
+    small, big = parse_playbook(text, "pb.yaml").tests
+    assert small.nap_max_us == big.nap_max_us == small.epoll_busy_poll_us == big.epoll_busy_poll_us == 1_000_000
+
+
 def test_so_busy_poll_and_instances_from_defaults():
     text = GOOD.replace("  verify: true\n", "  verify: true\n  stack: iso\n  so_busy_poll_us: 0\n  instances: 2\n", 1)
     small, big = parse_playbook(text, "pb.yaml").tests

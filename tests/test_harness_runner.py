@@ -549,6 +549,33 @@ def test_one_instance_on_a_two_queue_testbed_owns_every_queue(tmp_path):
     assert inst["queues"] == "all" and inst["stats"] == {"loops": 1000, "sends": 10}
 
 
+def test_nap_max_and_epoll_busy_poll_reach_every_instance_and_the_record(tmp_path):
+    runner, _client, _server = _instances_runner(tmp_path)
+    text = ISO_PB + "    instances: [2]\n    nap_max_us: 0\n    epoll_busy_poll_us: 25\n"
+    record = runner.run_case(parse_playbook(text).cases()[0])
+    assert record["status"] == "ok", record["error"]
+    for start in (record["commands"]["isostackd"], record["commands"]["isostackd-1"]):
+        assert " --nap-max-us 0 --epoll-busy-poll-us 25" in start and "--so-busy-poll-us" not in start
+    assert (record["nap_max_us"], record["epoll_busy_poll_us"], record["so_busy_poll_us"]) == (0, 25, None)
+    # the legacy case of the same test records neither (isostackd does not run) and starts no isostackd
+    runner, client, _server = _instances_runner(tmp_path)
+    legacy_text = text.replace("    stack: iso\n", "    stack: [legacy, iso]\n")
+    legacy = [c for c in parse_playbook(legacy_text).cases() if c.stack == "legacy"][0]
+    record = runner.run_case(legacy)
+    assert record["status"] == "ok", record["error"]
+    assert record["nap_max_us"] is None and record["epoll_busy_poll_us"] is None
+    assert not any("isostack.dispatcher" in c for c in client.commands)
+
+
+def test_nap_max_and_epoll_busy_poll_not_set_leave_isostackd_defaults(tmp_path):
+    runner, _client, _server = _instances_runner(tmp_path)
+    record = runner.run_case(parse_playbook(ISO_PB).cases()[0])
+    assert record["status"] == "ok", record["error"]
+    assert "--nap-max-us" not in record["commands"]["isostackd"]
+    assert "--epoll-busy-poll-us" not in record["commands"]["isostackd"]
+    assert record["nap_max_us"] is None and record["epoll_busy_poll_us"] is None
+
+
 def test_legacy_case_places_both_guests_the_legacy_way_before_the_client(tmp_path):
     runner, client, server = _instances_runner(tmp_path)
     text = ISO_PB.replace("    stack: iso\n", "    stack: legacy\n")

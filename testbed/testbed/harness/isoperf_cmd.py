@@ -87,6 +87,8 @@ def isostackd_start_command(
     queues: tuple[int, ...] | None = None,
     socket: str = ISOSTACKD_SOCKET,
     so_busy_poll_us: int | None = None,
+    nap_max_us: int | None = None,
+    epoll_busy_poll_us: int | None = None,
 ) -> str:
     """Start isostackd (instance `instance`, owning `queues`, all when None) on `cpu` detached from the SSH
     session; prints its PID.
@@ -100,6 +102,10 @@ def isostackd_start_command(
         extra += f" --queues {','.join(str(q) for q in queues)}"
     if so_busy_poll_us is not None:
         extra += f" --so-busy-poll-us {so_busy_poll_us}"
+    if nap_max_us is not None:
+        extra += f" --nap-max-us {nap_max_us}"
+    if epoll_busy_poll_us is not None:
+        extra += f" --epoll-busy-poll-us {epoll_busy_poll_us}"
     if uncontended_locks:
         extra += " --uncontended-locks"
     return (

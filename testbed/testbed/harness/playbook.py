@@ -24,6 +24,8 @@ CROSSCHECK_TOOLS = {"stream": "iperf3", "rr": "sockperf"}
 MAX_INTERVALS = 100  # isoperf's MAX_REPEATS
 MAX_INSTANCES = 16  # isostackd --instance 0..15 (isostack.attach.MAX_INSTANCES)
 MAX_SO_BUSY_POLL_US = 1_000_000  # SO_BUSY_POLL is an int of microseconds; a second is already absurd
+MAX_NAP_MAX_US = 1_000_000  # isostackd --nap-max-us: a coalescing nap of a second would stall every stream
+MAX_EPOLL_BUSY_POLL_US = 1_000_000  # the net.core.busy_poll sysctl (microseconds), like SO_BUSY_POLL
 SUPPORTED_STACKS = ("legacy", "iso")
 KNOWN_STACKS = ("legacy", "iso")
 
@@ -57,6 +59,8 @@ class TestSpec:
     crosscheck: bool = False  # legacy stream/rr cases: also run iperf3 / sockperf between the same guests
     instances: tuple[int, ...] = (1,)  # stack iso: isostackd instances on the client guest (matrix axis)
     so_busy_poll_us: int | None = None  # stack iso: isostackd --so-busy-poll-us (None: isostackd's default)
+    nap_max_us: int | None = None  # stack iso: isostackd --nap-max-us (None: isostackd's default)
+    epoll_busy_poll_us: int | None = None  # stack iso: isostackd --epoll-busy-poll-us (None: isostackd's default)
     instances_line: int = 0  # where `instances` was given (its default's line), for topology errors
 
 
@@ -174,6 +178,8 @@ _TEST_KEYS = {
     "crosscheck": False,
     "instances": False,
     "so_busy_poll_us": False,
+    "nap_max_us": False,
+    "epoll_busy_poll_us": False,
 }
 _DEFAULTS_KEYS = {k: False for k in _TEST_KEYS if k != "name"}
 
@@ -358,14 +364,13 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
     if instances != (1,) and "iso" not in stacks:
         raise check.fail(m.key_lines["instances"], where,
                          "'instances' is the number of isostackd instances: it needs stack iso")
-    so_busy_poll_us = None
-    if "so_busy_poll_us" in m:
-        (so_busy_poll_us,) = _list_of(check, m, "so_busy_poll_us", where, int, allow_list=False)
-        _range(check, m, "so_busy_poll_us", where, (so_busy_poll_us,), 0, MAX_SO_BUSY_POLL_US)
-        if "iso" not in stacks:
-            raise check.fail(m.key_lines["so_busy_poll_us"], where,
-                             "'so_busy_poll_us' is an isostackd option (SO_BUSY_POLL on its sockets): it needs"
-                             " stack iso")
+    so_busy_poll_us = _isostackd_int(check, m, "so_busy_poll_us", where, stacks, 0, MAX_SO_BUSY_POLL_US,
+                                     "SO_BUSY_POLL on its sockets")
+    nap_max_us = _isostackd_int(check, m, "nap_max_us", where, stacks, 0, MAX_NAP_MAX_US,
+                                "the longest coalescing nap between drains of its tx rings")
+    # -1 is isostackd's own "leave net.core.busy_poll as it is" (its default, also what leaving the key out does)
+    epoll_busy_poll_us = _isostackd_int(check, m, "epoll_busy_poll_us", where, stacks, -1, MAX_EPOLL_BUSY_POLL_US,
+                                        "the net.core.busy_poll sysctl while it runs")
     client = _string(check, m, "client", where) if "client" in m else None
     server = _string(check, m, "server", where) if "server" in m else None
     if client is not None and client == server:
@@ -390,8 +395,22 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
         crosscheck=crosscheck,
         instances=instances,
         so_busy_poll_us=so_busy_poll_us,
+        nap_max_us=nap_max_us,
+        epoll_busy_poll_us=epoll_busy_poll_us,
         instances_line=m.key_lines.get("instances", m.line),
     )
+
+
+def _isostackd_int(check: _Checker, m: _Mapping, key: str, where: str, stacks: tuple[str, ...], lo: int, hi: int,
+                   what: str) -> int | None:
+    """An optional single integer passed to isostackd (None when absent); it needs stack iso in the test."""
+    if key not in m:
+        return None
+    (value,) = _list_of(check, m, key, where, int, allow_list=False)
+    _range(check, m, key, where, (value,), lo, hi)
+    if "iso" not in stacks:
+        raise check.fail(m.key_lines[key], where, f"{key!r} is an isostackd option ({what}): it needs stack iso")
+    return value
 
 
 def _bools(check: _Checker, m: _Mapping, key: str, where: str) -> tuple[bool, ...]:

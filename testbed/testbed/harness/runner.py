@@ -10,12 +10,13 @@ snapshot, the same guests run iperf3 (stream) or sockperf ping-pong (rr) and the
 Stack iso: the package's C parts are built on the host before the upload (the guests have no gcc); per case,
 the case's isostackd instances (`instances: N`, placement_cmd.plan: instance K on vCPU vcpus - N + K with queue
 pairs K, K + N, ...; one instance: the last vCPU, all queues; `--uncontended-locks` when the case has locks,
-`--so-busy-poll-us` when the playbook sets it) run on the client guest from before the client starts until
-after it ends, the client is pinned to vCPU 0 and finds them all through the base socket (discovery).  Each
-instance places its own queues' IRQs/RPS/XPS on its vCPU; its command, PID, placement lines, final stats
-(its "stats: {...}" log line at exit) and log tail are recorded (`isostackd`, and `isostackd_log` for
-instance 0).  Before a run starts, every iso test is checked against the client guest's vCPUs and the
-testbed's queue pairs: a playbook asking for more is an error naming its line and the `testbed up` flags.
+`--so-busy-poll-us`, `--nap-max-us` and `--epoll-busy-poll-us` when the playbook sets them) run on the client
+guest from before the client starts until after it ends, the client is pinned to vCPU 0 and finds them all
+through the base socket (discovery).  Each instance places its own queues' IRQs/RPS/XPS on its vCPU; its
+command, PID, placement lines, final stats (its "stats: {...}" log line at exit) and log tail are recorded
+(`isostackd`, and `isostackd_log` for instance 0).  Before a run starts, every iso test is checked against
+the client guest's vCPUs and the testbed's queue pairs: a playbook asking for more is an error naming its line
+and the `testbed up` flags.
 
 Placement: the server guest (kernel sockets whatever the stack) and the client of a legacy case get the
 legacy placement (`isostack.placement --legacy`: queue IRQs spread over all vCPUs, RPS off) before the case;
@@ -156,6 +157,8 @@ class Runner:
             "locks": case.locks,
             "instances": case.instances,
             "so_busy_poll_us": case.spec.so_busy_poll_us if case.stack == "iso" else None,
+            "nap_max_us": case.spec.nap_max_us if case.stack == "iso" else None,
+            "epoll_busy_poll_us": case.spec.epoll_busy_poll_us if case.stack == "iso" else None,
             "size": case.size,
             "connections": case.connections,
             "repeat": case.repeat,
@@ -256,7 +259,8 @@ class Runner:
             for plan in plans:
                 start = isoperf_cmd.isostackd_start_command(
                     self.layout, plan.cpu, uncontended_locks=case.locks, instance=plan.instance, queues=plan.queues,
-                    socket=plan.socket, so_busy_poll_us=case.spec.so_busy_poll_us)
+                    socket=plan.socket, so_busy_poll_us=case.spec.so_busy_poll_us, nap_max_us=case.spec.nap_max_us,
+                    epoll_busy_poll_us=case.spec.epoll_busy_poll_us)
                 record["commands"]["isostackd" if plan.instance == 0 else f"isostackd-{plan.instance}"] = start
                 out = remote.check(shell, start).strip()
                 if not out.splitlines() or not out.splitlines()[-1].isdigit():
