@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--recreate", action="store_true",
                       help="take down a running testbed and start afresh (default: reuse it if its options match)")
 
-    p_down = sub.add_parser("down", help="stop the guests and the device model")
+    p_down = sub.add_parser(
+        "down", help="stop the guests and the device model (also those of a `testbed up` that was interrupted)",
+        description="Stop the guests, the supervisor that holds their libvirt connection and the device model "
+                    "(vhea). Without topology.json (a `testbed up` interrupted before it wrote it) they are found "
+                    "through the state dir: the supervisor is asked over its socket to stop the guests, then the "
+                    "supervisor, QEMUs and vhea are signalled by their pid files (vhea also through its control "
+                    "socket), but only a PID whose command line shows this state dir's process.")
     _add_state(p_down)
 
     p_status = sub.add_parser("status", help="show guests, accel, SSH ports and device-model ports")

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from testbed import procs
+
 
 class DeviceModelError(RuntimeError):
     pass
@@ -36,8 +38,13 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def start(socket_dir: Path, ports: list[str], queues: int, log: Path, timeout_s: float = 15.0) -> int:
-    """Start `vhea serve` detached (own session) and wait until every port socket exists."""
+def start(socket_dir: Path, ports: list[str], queues: int, log: Path, timeout_s: float = 15.0,
+          pid_file: Path | None = None) -> int:
+    """Start `vhea serve` detached (own session) and wait until every port socket exists.
+
+    `pid_file` gets the PID as soon as the process exists, so that whoever is interrupted while it starts
+    leaves a trace that `testbed down` can follow.
+    """
     socket_dir.mkdir(parents=True, exist_ok=True)
     for p in ports:
         (socket_dir / f"{p}.sock").unlink(missing_ok=True)
@@ -45,6 +52,8 @@ def start(socket_dir: Path, ports: list[str], queues: int, log: Path, timeout_s:
                             "--queues", str(queues)]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    if pid_file is not None:
+        pid_file.write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -59,11 +68,18 @@ def start(socket_dir: Path, ports: list[str], queues: int, log: Path, timeout_s:
 
 def is_vhea(pid: int) -> bool:
     """Guard against a recycled PID: only signal a process that is a `vhea serve`."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
+    argv = procs.cmdline(pid)
     return any(b"vhea" in a for a in argv) and b"serve" in argv
+
+
+def serves(pid: int, socket_dir: Path) -> bool:
+    """Whether `pid` is a `vhea serve` with exactly this --socket-dir (the one of a given testbed)."""
+    return is_vhea(pid) and procs.runs_with(pid, b"--socket-dir", socket_dir)
+
+
+def control_socket(socket_dir: Path) -> Path:
+    """The control socket `vhea serve` listens on next to its port sockets (vhea.cli.control_path)."""
+    return socket_dir / "control.sock"
 
 
 def stop(pid: int, timeout_s: float = 5.0) -> None:

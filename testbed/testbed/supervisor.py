@@ -25,9 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+from testbed import procs
+
 SOCKET_NAME = "testbed.sock"
 DOMAINS_FILE = "domains.json"  # [{"name": ..., "xml": ...}] written by `testbed up`
-READY_FILE = "supervisor.ready"
+READY_FILE = "supervisor.ready"  # its PID, written once it serves
+PID_FILE = "supervisor.pid"  # its PID, written by `spawn` as soon as it exists (before the guests start)
 MAX_REQUEST = 4096
 
 log = logging.getLogger("testbed.supervisor")
@@ -66,6 +69,11 @@ def request(state_dir: Path, cmd: str, timeout_s: float = 60.0) -> dict:
     return answer
 
 
+def is_supervisor_of(pid: int, state_dir: Path) -> bool:
+    """Whether `pid` is a `python -m testbed.supervisor --state-dir <state_dir>` (guards against recycled PIDs)."""
+    return b"testbed.supervisor" in procs.cmdline(pid) and procs.runs_with(pid, b"--state-dir", state_dir)
+
+
 def parse_request(line: bytes) -> str:
     """The command of one request line; ValueError with a reason for anything else."""
     if len(line) > MAX_REQUEST:
@@ -95,6 +103,8 @@ class Supervisor:
         started = []
         try:
             for d in self.domains:
+                if self.stopping:  # SIGTERM while starting: its down() stopped what runs, start no more
+                    break
                 self.virt.destroy_and_undefine(self.conn, d["name"])
                 self.virt.start_domain(self.conn, d["xml"])
                 started.append(d["name"])
@@ -161,6 +171,7 @@ def spawn(state_dir: Path, uri: str, timeout_s: float = 60.0) -> int:
             [sys.executable, "-m", "testbed.supervisor", "--state-dir", str(state_dir), "--uri", uri],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         )
+    (state_dir / PID_FILE).write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ready.exists():
