@@ -1,10 +1,11 @@
 """Measurements: queue operation costs, and small sends through IsoStack vs plain kernel sockets.
 
     python -m isostack.bench --queues          # ops/s of the shared-memory queues (justifies the C helper)
-    python -m isostack.bench [--size 64] [--duration 3] [--socket PATH]
+    python -m isostack.bench [--size 64] [--duration 3] [--socket PATH] [--send-loop python|c]
 
 The send benchmark runs, in one invocation, a TCP sink in a separate process on 127.0.0.1 and then
   * kernel: the application thread calls socket.sendall(size bytes) in a loop;
+    (--send-loop c: isoperf's C loop around the same sendall calls, for both stacks);
   * iso:    the same loop through the IsoStack front-end, served by an isostackd subprocess (started here
             on --dispatcher-cpu unless --socket names a running one).
 For each it prints messages/s (counted by the sink), the CPU seconds consumed by the application thread
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 
 SINK = r"""
 import socket, sys
@@ -97,25 +99,32 @@ def queue_bench(n: int = 200_000) -> dict:
     return out
 
 
-def _sender(send, msg: bytes, stop: threading.Event, res: dict) -> None:
+def _sender(send, msg: bytes, stop: threading.Event, res: dict, loop: str) -> None:
     n = 0
     t0 = time.thread_time()
-    while not stop.is_set():
-        for _ in range(64):
-            send(msg)
-        n += 64
+    if loop == "c":  # isoperf's C loop (_sendloop.c): the same send per message, no interpreter around it
+        from .isoperf import _send_loop
+
+        calls = array("Q", [0])
+        n = _send_loop()(send, msg, stop.is_set, calls)
+    else:
+        while not stop.is_set():
+            for _ in range(64):
+                send(msg)
+            n += 64
     res["cpu"] = time.thread_time() - t0
     res["sent"] = n
 
 
-def _run(label: str, make_sock, port: int, sink, size: int, duration: float, disp_pid: int | None) -> dict:
+def _run(label: str, make_sock, port: int, sink, size: int, duration: float, disp_pid: int | None,
+         loop: str) -> dict:
     s = make_sock(port)
     msg = b"m" * size
     stop = threading.Event()
     res: dict = {}
     d0 = _proc_cpu(disp_pid) if disp_pid else 0.0
     t0 = time.monotonic()
-    th = threading.Thread(target=_sender, args=(s.sendall, msg, stop, res))
+    th = threading.Thread(target=_sender, args=(s.sendall, msg, stop, res, loop))
     th.start()
     time.sleep(duration)
     stop.set()
@@ -128,21 +137,21 @@ def _run(label: str, make_sock, port: int, sink, size: int, duration: float, dis
     assert received == res["sent"] * size, (received, res["sent"] * size)
     app_us = res["cpu"] / msgs * 1e6
     disp_us = (d1 - d0) / msgs * 1e6
-    return {"stack": label, "size": size, "messages": msgs, "msgs_per_s": round(msgs / elapsed),
+    return {"stack": label, "loop": loop, "size": size, "messages": msgs, "msgs_per_s": round(msgs / elapsed),
             "app_cpu_s": round(res["cpu"], 3), "dispatcher_cpu_s": round(d1 - d0, 3),
             "app_cpu_us_per_msg": round(app_us, 3), "dispatcher_cpu_us_per_msg": round(disp_us, 3),
             "msgs_per_cpu_s": round(1e6 / (app_us + disp_us)), "elapsed_s": round(elapsed, 3)}
 
 
 def send_bench(size: int, duration: float, path: str | None, dispatcher_cpu: int | None,
-               busy_poll_us: int, locks: bool) -> list[dict]:
+               busy_poll_us: int, locks: bool, loop: str = "python") -> list[dict]:
     sink = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True)
     port = int(sink.stdout.readline())
     disp = None
     tmp = None
     try:
         rows = [_run("kernel", lambda p: socket.create_connection(("127.0.0.1", p)), port, sink, size, duration,
-                     None)]
+                     None, loop)]
         if path is None:
             tmp = tempfile.mkdtemp(prefix="isostack-bench-")
             path = os.path.join(tmp, "isostackd.sock")
@@ -164,7 +173,7 @@ def send_bench(size: int, duration: float, path: str | None, dispatcher_cpu: int
         pid = disp.pid if disp else int(stack.info["pid"])
         try:
             row = _run("iso-locks" if locks else "iso", lambda p: stack.create_connection(("127.0.0.1", p)), port,
-                       sink, size, duration, pid)
+                       sink, size, duration, pid, loop)
             row.update(stack.stats())
             rows.append(row)
         finally:
@@ -193,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--app-cpu", type=int, default=None, help="pin this process (the application) to a CPU")
     p.add_argument("--busy-poll-us", type=int, default=-1)
     p.add_argument("--uncontended-locks", action="store_true")
+    p.add_argument("--send-loop", choices=("python", "c"), default="python",
+                   help="the loop around the per-message sendall calls, for both stacks: python (64 calls per "
+                        "stop check) or isoperf's C loop (_sendloop.c)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.app_cpu is not None:
@@ -202,11 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res) if args.json else "\n".join(f"{k:>24}: {v}" for k, v in res.items()))
         return 0
     rows = send_bench(args.size, args.duration, args.socket, args.dispatcher_cpu, args.busy_poll_us,
-                      args.uncontended_locks)
+                      args.uncontended_locks, args.send_loop)
     if args.json:
         print(json.dumps(rows))
         return 0
-    cols = ["stack", "size", "msgs_per_s", "app_cpu_s", "dispatcher_cpu_s", "app_cpu_us_per_msg",
+    cols = ["stack", "loop", "size", "msgs_per_s", "app_cpu_s", "dispatcher_cpu_s", "app_cpu_us_per_msg",
             "dispatcher_cpu_us_per_msg", "msgs_per_cpu_s"]
     print("  ".join(f"{c:>{max(len(c), 8)}}" for c in cols))
     for r in rows:

@@ -9,7 +9,7 @@ Usage::
     isoperf server [--bind ADDR] [--port 5701] [--once]
     isoperf client --host H [--port 5701] [--test stream|maerts|rr|crr] [--size 1448] [--response-size S]
                    [--duration 10] [--warmup 1] [--repeats 1] [--connections 1] [--stack legacy|iso]
-                   [--cpu N] [--verify] [--json]
+                   [--cpu N] [--verify] [--send-loop auto|c|python] [--json]
 
 Tests (the client's view):
 
@@ -48,7 +48,8 @@ Client output (``--json``): test, stack, size, response_size, connections, durat
 s), requested_duration, warmup, repeats, bytes (payload carried in that interval: received by the server for
 stream, by the client for maerts, requests + responses for rr/crr), messages (stream/maerts: bytes // size;
 rr/crr: transactions), throughput_bps, messages_per_s, cpu {"client": {"all": %, "cpu0": %, ...},
-"server": {...}} (busy % from /proc/stat over the measured intervals, warm-up excluded), verified (null
+"server": {...}} (busy % from /proc/stat over the measured intervals, warm-up excluded), send_loop (stream:
+"c" or "python", the loop around the per-message sendall calls; null for the other tests), verified (null
 without --verify), errors (a non-empty list means exit 1), client_sent_bytes, client_total_bytes,
 server_total_bytes (whole run incl. warm-up, the sender's and the receiver's count; they must be equal);
 rr/crr add transactions, transactions_per_s, latency_us {p50, p90, p99, p99.9, max, min, mean, samples};
@@ -442,28 +443,55 @@ class Worker(threading.Thread):
     def finish(self) -> None:
         pass
 
+    def progress(self) -> tuple[int, int]:
+        """(bytes, count) so far, read by the control thread at the marks."""
+        return self.bytes, self.count
+
     def verify_error(self, message: str) -> None:
         if len(self.errors) < MAX_ERRORS:
             self.errors.append(message)
 
 
 class Sender(Worker):
-    """Sends size-byte messages, one send call each, until told to stop (STREAM client, MAERTS server)."""
+    """Sends size-byte messages, one sendall call each, until told to stop (STREAM client, MAERTS server).
+
+    Without --verify the loop around the calls runs in C where isostack's native parts are built
+    (_sendloop.c, `loop="c"`), as netperf's does: the same sendall is called per message for both stacks, only
+    the interpreter's cost per iteration is gone.  `loop="python"` keeps the Python loop (A/B runs, and
+    where the extension is missing); --verify always loops in Python (every message is different)."""
 
     what = "send"
 
     def __init__(self, sock, index: int, params: RunParams, stop: threading.Event, corrupt_at: int | None = None,
-                 cpu: int | None = None):
+                 cpu: int | None = None, loop: str = "auto"):
         super().__init__(index, stop, cpu)
         self.sock = sock
         self.params = params
         self.corrupt_at = corrupt_at
+        self.loop_kind = resolve_send_loop(loop) if not params.verify else "python"
+        self._calls = array("Q", [0])  # the C loop's progress, live
 
     def loop(self) -> None:
         if self.params.verify:
             self._run_verify()
+        elif self.loop_kind == "c":
+            self._run_c()
         else:
             self._run_plain()
+
+    def progress(self) -> tuple[int, int]:
+        if self.loop_kind == "c":
+            n = self._calls[0]
+            return n * self.params.size, n
+        return self.bytes, self.count
+
+    def _run_c(self) -> None:
+        msg = _pattern(self.index, self.params.size)
+        try:
+            _send_loop()(self.sock.sendall, msg, self.stop.is_set, self._calls)
+        finally:
+            self.count = n = self._calls[0]
+            self.bytes = n * self.params.size
 
     def _run_plain(self) -> None:
         msg = _pattern(self.index, self.params.size)
@@ -484,6 +512,41 @@ class Sender(Worker):
             seq += 1
             self.count = seq
             self.bytes = seq * size
+
+
+SEND_LOOPS = ("auto", "c", "python")
+_SEND_LOOP: list = []  # the loaded C function (or None), once
+
+
+def _send_loop():
+    """isoperf's C send loop (_sendloop.c), or None where isostack's native parts are neither built nor buildable
+    (isoperf is stdlib-only for the legacy stack)."""
+    if not _SEND_LOOP:
+        fn = None
+        try:
+            from .native import load_sendloop  # builds it first where gcc is (host, tests)
+
+            mod = load_sendloop()
+        except Exception:  # no native parts at all here (another Python, no .so uploaded)
+            mod = None
+        if mod is not None:
+            fn = mod.send_loop
+        _SEND_LOOP.append(fn)
+    return _SEND_LOOP[0]
+
+
+def resolve_send_loop(choice: str) -> str:
+    """auto -> c where the C loop loads, else python; c where it does not load is an error."""
+    if choice not in SEND_LOOPS:
+        raise IsoperfError(f"unknown send loop {choice!r} (one of {', '.join(SEND_LOOPS)})")
+    if choice == "python":
+        return "python"
+    if _send_loop() is not None:
+        return "c"
+    if choice == "c":
+        raise IsoperfError("the C send loop is not available here (isostack/_sendloop*.so is neither built nor "
+                           "buildable: run `python -m isostack.native` on a host with gcc)")
+    return "python"
 
 
 class Receiver(Worker):
@@ -791,7 +854,7 @@ def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None
         while True:
             msg = ctrl.recv(timeout=params.warmup + params.duration + CONTROL_TIMEOUT)
             if msg["type"] == "mark":
-                marks.append((time.monotonic(), sum(w.bytes for w in workers), read_proc_stat()))
+                marks.append((time.monotonic(), sum(w.progress()[0] for w in workers), read_proc_stat()))
                 phases.append(str(msg.get("phase", "")))
             elif msg["type"] == "done":
                 break
@@ -934,10 +997,11 @@ class _Mark:
 
 
 def _snapshot(workers: list[Worker]) -> _Mark:
+    progress = [w.progress() for w in workers]
     return _Mark(
         t=time.monotonic(),
-        bytes=sum(w.bytes for w in workers),
-        count=sum(w.count for w in workers),
+        bytes=sum(b for b, _ in progress),
+        count=sum(c for _, c in progress),
         lengths=[len(w.samples) for w in workers],
         cpu=read_proc_stat(),
     )
@@ -976,15 +1040,18 @@ def run_client(
     connect_timeout: float = 5.0,
     _corrupt_byte: int | None = None,
     cpu: int | None = None,
+    send_loop: str = "auto",
 ) -> dict:
     """Run one test against an isoperf server and return the result dict.
 
-    `cpu` pins the worker threads (one per connection) to that CPU. `_corrupt_byte` is a test hook: flip
-    one bit at that offset of what connection 0 sends (stream: the stream; rr/crr: the requests).
+    `cpu` pins the worker threads (one per connection) to that CPU. `send_loop` (auto|c|python) is the loop
+    around the stream senders' sendall calls (see Sender). `_corrupt_byte` is a test hook: flip one bit at
+    that offset of what connection 0 sends (stream: the stream; rr/crr: the requests).
     """
     params.check()
     if cpu is not None:
         check_cpu(cpu)
+    loop_kind = resolve_send_loop(send_loop) if params.test == "stream" and not params.verify else None
     ctrl = Control(_connect(host, port, connect_timeout))
     data_socks: list = []
     workers: list[Worker] = []
@@ -1013,7 +1080,7 @@ def run_client(
         for i in range(params.connections):
             corrupt = _corrupt_byte if i == 0 else None
             if test == "stream":
-                workers.append(Sender(data_socks[i], i, params, stop, corrupt, cpu))
+                workers.append(Sender(data_socks[i], i, params, stop, corrupt, cpu, loop_kind or "python"))
             elif test == "maerts":
                 workers.append(Receiver(data_socks[i], i, params, cpu))
             elif test == "rr":
@@ -1082,6 +1149,7 @@ def run_client(
         "warmup": params.warmup,
         "repeats": params.repeats,
         "cpu_binding": cpu,
+        "send_loop": loop_kind,
         "verified": verified,
         "errors": errors,
         "client_sent_bytes": marks[-1].bytes - marks[0].bytes,
@@ -1210,6 +1278,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--connections", type=_positive_int, default=1, help="parallel connections (default 1)")
     c.add_argument("--cpu", type=_nonneg_int, default=None, help="pin the worker threads to this CPU")
     c.add_argument("--verify", action="store_true", help="check every byte (seq + pattern + crc32)")
+    c.add_argument("--send-loop", choices=SEND_LOOPS, default="auto",
+                   help="stream without --verify: the loop around the per-message sendall calls, in C as netperf's "
+                        "(isostack's _sendloop extension) or in Python; auto: C where it is built (default). The "
+                        "result says which ran (send_loop)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.add_argument("--connect-timeout", type=_positive_float, default=5.0, help=argparse.SUPPRESS)
     return p
@@ -1284,9 +1356,11 @@ def main(argv: list[str] | None = None) -> int:
             params.check()
             if args.cpu is not None:
                 check_cpu(args.cpu)
+            resolve_send_loop(args.send_loop)
         except IsoperfError as e:
             parser.exit(2, f"isoperf client: error: {e}\n")
-        result = run_client(args.host, args.port, params, connect_timeout=args.connect_timeout, cpu=args.cpu)
+        result = run_client(args.host, args.port, params, connect_timeout=args.connect_timeout, cpu=args.cpu,
+                            send_loop=args.send_loop)
     except IsoperfError as e:
         print(f"isoperf: error: {e}", file=sys.stderr)
         return 1

@@ -60,15 +60,36 @@ def _python_include() -> str:
     return debian if os.path.exists(os.path.join(debian, "Python.h")) else sysconfig.get_paths()["include"]
 
 
-def build_fast(output: Path = FAST_LIBRARY) -> Path:
+def build_extension(source: Path, output: Path) -> Path:
+    """Compile a CPython extension's single C file into `output` with gcc (atomically replaced)."""
     cc = shutil.which(os.environ.get("CC", "gcc"))
     if cc is None:
         raise NativeError(f"{output.name} is missing and there is no C compiler here")
     tmp = output.with_suffix(f".tmp{os.getpid()}.so")
     subprocess.run([cc, "-O2", "-fPIC", "-shared", "-Wall", "-Werror", f"-I{_python_include()}", "-o", str(tmp),
-                    str(FAST_SOURCE)], check=True)
+                    str(source)], check=True)
     os.replace(tmp, output)
     return output
+
+
+def build_fast(output: Path = FAST_LIBRARY) -> Path:
+    return build_extension(FAST_SOURCE, output)
+
+
+SENDLOOP_SOURCE = HERE / "_sendloop.c"
+SENDLOOP_LIBRARY = HERE / ("_sendloop" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+
+
+def load_sendloop():
+    """isoperf's C send loop (_sendloop.c), or None where it cannot be built or imported (isoperf then loops
+    in Python, and says so in its result)."""
+    try:
+        if _stale(SENDLOOP_SOURCE, SENDLOOP_LIBRARY):
+            build_extension(SENDLOOP_SOURCE, SENDLOOP_LIBRARY)
+        from . import _sendloop
+    except (ImportError, NativeError, OSError, subprocess.CalledProcessError):
+        return None
+    return _sendloop
 
 
 def _stale(source: Path, lib: Path) -> bool:
@@ -173,6 +194,7 @@ def membarrier() -> None:
 def main() -> int:
     print(build())
     print(build_fast())
+    print(build_extension(SENDLOOP_SOURCE, SENDLOOP_LIBRARY))
     return 0
 
 
