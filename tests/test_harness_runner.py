@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from testbed import state
-from testbed.harness import dmstats, remote, results
+from testbed.harness import dmstats, remote, results, tcpstats
 from testbed.harness.isoperf_cmd import GuestLayout
 from testbed.harness.playbook import parse_playbook
 from testbed.harness.runner import PACKAGE_DIR, HarnessError, Runner, execute
@@ -353,6 +353,41 @@ tests:
     duration: 1
     verify: true
 """
+
+
+class TcpCountingShell(ScriptedShell):
+    """Answers the TCP counters command: `sent` more segments and `retrans` retransmitted at each read."""
+
+    def __init__(self, name: str, result: dict, readable: bool = True):
+        super().__init__(name, result)
+        self.readable = readable
+        self.reads = 0
+
+    def run(self, command: str, timeout_s: float = 60.0) -> remote.CommandResult:
+        if command == tcpstats.COMMAND:
+            self.commands.append(command)
+            self.reads += 1
+            if not self.readable:
+                return remote.CommandResult(1, "", "cat: /proc/net/netstat: No such file or directory")
+            n = self.reads
+            text = (f"Tcp: OutSegs RetransSegs\nTcp: {4000 * n} {40 * n}\n"
+                    f"TcpExt: TCPTimeouts TCPSpuriousRTOs TCPFastRetrans\nTcpExt: {n} 0 {30 * n}\n")
+            return remote.CommandResult(0, text, "")
+        return super().run(command, timeout_s)
+
+
+def test_case_records_both_guests_tcp_counters_around_the_client(tmp_path):
+    client = TcpCountingShell("iso-a", ISO_RESULT)
+    server = TcpCountingShell("iso-b", ISO_RESULT, readable=False)
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=200)
+    runner = Runner(_local_topology(), {"iso-a": client, "iso-b": server}, GuestLayout(), None, console)
+    record = runner.run_case(parse_playbook(ISO_PB).cases()[0])
+    assert record["status"] == "ok", record["error"]
+    assert record["tcp"]["client"] == {"out_segs": 4000, "retrans_segs": 40, "rto_timeouts": 1, "spurious_rtos": 0,
+                                       "fast_retrans": 30, "retrans_pct": 1.0}
+    assert record["tcp"]["server"] == {"error": f"{tcpstats.COMMAND} exited 1"}  # recorded, not fatal
+    i = client.commands.index(tcpstats.COMMAND)
+    assert "isostack.isoperf client" in client.commands[i + 1] and client.commands[i + 2] == tcpstats.COMMAND
 
 
 def test_stack_iso_case_runs_isostackd_around_the_pinned_client(tmp_path):

@@ -10,6 +10,7 @@ the isostackd instances ran.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from rich.console import Console
@@ -240,17 +241,23 @@ def placements(run: dict) -> list[str]:
     return out
 
 
-COMPARISON_HEADERS = ["test", "size", "conns", "stack", "msgs/s", "msgs/CPU-s", "× legacy msgs/s",
-                      "× legacy per CPU"]
+COMPARISON_HEADERS = ["test", "size", "conns", "stack", "runs", "msgs/s", "msgs/CPU-s", "× legacy msgs/s",
+                      "× legacy per CPU", "client retrans %"]
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def comparison_rows(run: dict) -> list[list[str]]:
-    """Each IsoStack case against the legacy case of the same test, size and connections in this run: messages/s
+    """Each stack's cases against the legacy cases of the same test, size and connections in this run: messages/s
     and messages per consumed CPU-second of the client guest (its busy share of all vCPUs from /proc/stat, times
-    the vCPUs) — the seed's figure of merit ("10x the legacy stack's messages per consumed CPU")."""
+    the vCPUs) — the seed's figure of merit ("10x the legacy stack's messages per consumed CPU").  With repeats
+    each figure is the median over the repeats that succeeded (`runs`), and the ratios are ratios of medians.
+    The client guest's retransmitted share of its TCP segments (median) shows a case spent in loss recovery."""
     vcpus = {g.get("name"): g.get("vcpus") for g in (run.get("topology") or {}).get("guests", [])}
 
-    def figures(case: dict) -> tuple[float, float | None] | None:
+    def figures(case: dict) -> tuple[float, float | None, float | None] | None:
         r = case.get("isoperf") or {}
         mps = r.get("messages_per_s")
         busy = ((r.get("cpu") or {}).get("client") or {}).get("all")
@@ -258,18 +265,30 @@ def comparison_rows(run: dict) -> list[list[str]]:
             return None
         n = vcpus.get(case.get("client")) or 1
         per_cpu = mps / (busy / 100 * n) if isinstance(busy, (int, float)) and busy > 0 else None
-        return mps, per_cpu
+        retrans = ((case.get("tcp") or {}).get("client") or {}).get("retrans_pct")
+        return mps, per_cpu, retrans if isinstance(retrans, (int, float)) else None
 
-    key = lambda c: (c.get("test_name"), c.get("size"), c.get("connections"))  # noqa: E731
-    legacy = {key(c): f for c in run.get("cases", []) if c.get("stack") == "legacy" and (f := figures(c))}
-    out = []
+    groups: dict[tuple, list[tuple]] = {}
     for c in run.get("cases", []):
-        if c.get("stack") == "legacy" or key(c) not in legacy or not (f := figures(c)):
+        if (f := figures(c)) is not None:
+            key = (c.get("test_name"), c.get("size"), c.get("connections"), results.stack_column(c))
+            groups.setdefault(key, []).append((c, f))
+
+    def medians(items: list[tuple]) -> tuple:
+        return tuple(_median([f[i] for _, f in items if f[i] is not None]) for i in range(3))
+
+    out = []
+    for (test, size, conns, stack), items in groups.items():
+        base_items = groups.get((test, size, conns, "legacy"))
+        if not base_items:
             continue
-        base = legacy[key(c)]
-        per_cpu_ratio = f[1] / base[1] if f[1] and base[1] else None
-        out.append([str(c.get("test_name")), _size(c), str(c.get("connections")), results.stack_column(c),
-                    _fmt(f[0], ",.0f"), _fmt(f[1], ",.0f"), _fmt(f[0] / base[0], ".1f"), _fmt(per_cpu_ratio, ".1f")])
+        mps, per_cpu, retrans = medians(items)
+        base = medians(base_items)
+        is_base = stack == "legacy"
+        per_cpu_ratio = per_cpu / base[1] if per_cpu and base[1] else None
+        out.append([str(test), _size(items[0][0]), str(conns), stack, str(len(items)), _fmt(mps, ",.0f"),
+                    _fmt(per_cpu, ",.0f"), "–" if is_base else _fmt(mps / base[0], ".1f"),
+                    "–" if is_base else _fmt(per_cpu_ratio, ".1f"), _fmt(retrans, ".2f")])
     return out
 
 

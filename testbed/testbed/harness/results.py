@@ -40,6 +40,10 @@ SAMPLE_COLUMNS = [
     "dm_s2c_bytes",
     "dm_drops",
     "crossed_device_model",
+    "send_loop",
+    "client_out_segs",
+    "client_retrans_segs",
+    "client_rto_timeouts",
     "error",
 ]
 
@@ -116,6 +120,7 @@ def sample_row(case: dict) -> dict:
     c2s, s2c = delta.get(cport) or {}, delta.get(sport) or {}
     cpu = r.get("cpu") or {}
     drops = sum(sum(p.get("drops", {}).values()) for p in delta.values()) if delta else ""
+    tcp = (case.get("tcp") or {}).get("client") or {}
     return {
         "test_name": case.get("test_name"),
         "test": case.get("test"),
@@ -139,6 +144,10 @@ def sample_row(case: dict) -> dict:
         "dm_s2c_bytes": s2c.get("from_guest_bytes", ""),
         "dm_drops": drops,
         "crossed_device_model": "" if dm.get("crossed") is None else dm.get("crossed"),
+        "send_loop": r.get("send_loop") or "",
+        "client_out_segs": tcp.get("out_segs", ""),
+        "client_retrans_segs": tcp.get("retrans_segs", ""),
+        "client_rto_timeouts": tcp.get("rto_timeouts", ""),
         "error": case.get("error") or "",
     }
 

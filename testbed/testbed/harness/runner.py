@@ -22,6 +22,10 @@ Placement: the server guest (kernel sockets whatever the stack) and the client o
 legacy placement (`isostack.placement --legacy`: queue IRQs spread over all vCPUs, RPS off) before the case;
 both guests' NIC layout (queue IRQ affinities, RPS/XPS masks) is read before the client runs and the
 interrupts per CPU of each queue vector are counted over the run: `placement` in the record.
+
+TCP: both guests' TCP counters (tcpstats: sent and retransmitted segments, RTO timeouts, ...) are read around
+the client's run; their change is `tcp` {"client": ..., "server": ...} in the record, and the client's
+retransmission share is a column of the IsoStack vs legacy table (a case spent in loss recovery shows).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 import isostack
 from testbed import state
-from testbed.harness import crosscheck, dmstats, isoperf_cmd, metadata, placement_cmd, remote, report, results
+from testbed.harness import crosscheck, dmstats, isoperf_cmd, metadata, placement_cmd, remote, report, results, tcpstats
 from testbed.harness.isoperf_cmd import GuestLayout, IsoperfOutputError
 from testbed.harness.playbook import Case, Playbook, load_playbook
 from testbed.harness.remote import RemoteError, Shell
@@ -176,6 +180,7 @@ class Runner:
             "error": None,
             "isoperf": None,
             "device_model": None,
+            "tcp": None,
             "crosscheck": None,
             "placement": {},
             "commands": {},
@@ -215,8 +220,11 @@ class Runner:
             for name, layout in layouts.items():
                 record["placement"][name]["layout"] = layout
             before = self._stats()
+            tcp_before = {role: self._tcp(g) for role, g in (("client", client), ("server", server))}
             r = cshell.run(cmd, timeout_s=isoperf_cmd.client_timeout(case))
             after = self._stats() if before is not None else None
+            record["tcp"] = {role: self._tcp_delta(g, tcp_before[role])
+                             for role, g in (("client", client), ("server", server))}
             for g in (client, server):
                 later = self._layout(self.shells[g.name])
                 record["placement"][g.name]["interrupts"] = placement_cmd.interrupts_delta(layouts[g.name], later)
@@ -318,6 +326,22 @@ class Runner:
             self.console.log(f"[yellow]{shell.name}: legacy placement exited {r.exit_code}:"
                              f" {' | '.join(lines[-2:])}[/yellow]")
         return {"mode": "legacy", "command": cmd, "exit_code": r.exit_code, "output": lines}
+
+    def _tcp(self, guest: state.GuestInfo) -> dict | str:
+        """The guest's TCP counters, or why they could not be read (the case goes on without them)."""
+        r = self.shells[guest.name].run(tcpstats.COMMAND)
+        if r.exit_code != 0:
+            return f"{tcpstats.COMMAND} exited {r.exit_code}"
+        try:
+            return tcpstats.parse(r.stdout)
+        except tcpstats.TcpStatsError as e:
+            return str(e)
+
+    def _tcp_delta(self, guest: state.GuestInfo, before: dict | str) -> dict:
+        after = self._tcp(guest)
+        if isinstance(before, str) or isinstance(after, str):
+            return {"error": before if isinstance(before, str) else after}
+        return tcpstats.delta(before, after)
 
     def _layout(self, shell: Shell) -> dict:
         return placement_cmd.parse_snapshot(shell.run(placement_cmd.snapshot_command()).stdout)
