@@ -132,6 +132,41 @@ def test_stranded_tx_ring_is_adopted_when_idle(manual, fast, monkeypatch):
     for _ in range(3):
         d.poll_once()
     assert _recv_exactly(peer, 64) == b"c" * 64
+    assert d.stats["tx_stranded_late_send"] == 0  # that SEND never came: really lost
+
+
+def test_an_adopted_ring_whose_send_comes_late_is_counted_as_late(manual, fast, monkeypatch):
+    """The front-end won the flag but its SEND comes only after the ring was adopted (a slow thread, not a lost
+    SEND): the data goes out once, the late SEND is harmless and tx_stranded_late_send says it was late."""
+    from isostack import dispatcher
+
+    d, st, s, peer = manual
+    q, cw = s._q, s._cw
+    s.sendall(b"a" * 64)
+    d.poll_once()
+    assert _recv_exactly(peer, 64) == b"a" * 64
+    d._sleep()
+    assert q[cw + C_DRAINING] == 0
+    held = []
+    real_post = s._post
+    monkeypatch.setattr(s, "_post", lambda *a, **k: held.append(a) or 0)  # the SEND is held back
+    s.sendall(b"b" * 64)
+    monkeypatch.undo()
+    monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
+    monkeypatch.setattr(dispatcher, "STRANDED_CHECK_S", 0.0, raising=False)
+    for _ in range(4):
+        d._sleep()
+    peer.settimeout(0.5)
+    assert _recv_exactly(peer, 64) == b"b" * 64
+    assert d.stats["tx_stranded"] == 1 and d.stats["tx_stranded_late_send"] == 0
+    real_post(*held[0])  # now the late SEND arrives
+    for _ in range(3):
+        d.poll_once()
+    assert d.stats["tx_stranded_late_send"] == 1 and d.stats["bad_entries"] == 0
+    s.sendall(b"c" * 64)
+    for _ in range(3):
+        d.poll_once()
+    assert _recv_exactly(peer, 64) == b"c" * 64  # nothing sent twice, nothing lost
 
 
 def test_a_failed_send_post_hands_the_draining_flag_back(manual, fast, monkeypatch):

@@ -228,6 +228,7 @@ class Sock:
         "rx_tail",
         "draining",
         "stranded",
+        "send_owed",
         "idle",
         "rx_stalled",
         "emask",
@@ -269,6 +270,7 @@ class Sock:
         self.connect_pos = -1
         self.close_pos = -1
         self.stranded: tuple[float, int] | None = None  # (first seen, tx tail then): _check_stranded
+        self.send_owed = -1  # tx tail of a ring adopted with the flag set and no SEND queued (late or lost SEND?)
         self.shut_pending = -1
         self.shut_how = 0
         self.close_deadline = 0.0
@@ -337,7 +339,7 @@ class Dispatcher:
                       "nap_us": 0, "rung": 0, "saved": 0, "apps_attached": 0, "apps_detached": 0,
                       "reuseport_programs": 0, "so_busy_poll_us": so_busy_poll_us, "so_busy_poll_set": 0,
                       "so_busy_poll_failed": 0, "epoll_busy_poll_us": None, "watch_writes": 0, "watch_saved": 0,
-                      "tx_stranded": 0,
+                      "tx_stranded": 0, "tx_stranded_late_send": 0,
                       "bad_messages": 0}
         self.so_busy_poll_us = so_busy_poll_us
         self.sysctl_path = os.path.join(proc_root, BUSY_POLL_SYSCTL)
@@ -849,6 +851,10 @@ class Dispatcher:
             raise BadEntry(errno.EFAULT, f"SEND names tx index {tail_at_post}, ring is at {s.tx_head}..{tail}")
         if s.state & ST_TX_SHUT:
             raise BadEntry(errno.EPIPE, "SEND after shutdown")
+        if s.send_owed >= 0:  # the first SEND after an adoption: the owed one (late, not lost) or a newer one
+            if tail_at_post <= s.send_owed:
+                self.stats["tx_stranded_late_send"] += 1
+            s.send_owed = -1
         self._start_drain(s)
 
     def _start_drain(self, s: Sock) -> None:
@@ -1205,7 +1211,10 @@ class Dispatcher:
 
     def _check_stranded(self, now: float) -> None:
         """Safety net against a lost wake-up on the tx path (it turns a hang into a counted stall of about
-        STRANDED_S, tx_stranded in the stats, and a warning naming the socket).  A connected socket's tx ring
+        STRANDED_S, tx_stranded in the stats, and a warning naming the socket).  A ring adopted with the flag set
+        whose SEND arrives later was only slow (a front-end thread descheduled between its xchg and its post, e.g.
+        waiting for the GIL): tx_stranded_late_send counts those, so tx_stranded minus it is the SENDs really
+        lost.  A connected socket's tx ring
         holds data nobody will drain when either we drain it (draining) but it is neither in tx_active nor
         waiting for EPOLLOUT, or we do not drain it while its draining flag is set and no command is queued
         (the front-end that set the flag owes us a SEND).  The second state is normal for the microseconds
@@ -1235,6 +1244,7 @@ class Dispatcher:
                     s.stranded = (now, tail)
                 elif now - s.stranded[0] >= STRANDED_S:
                     s.stranded = None
+                    s.send_owed = tail
                     self._stranded(s, "draining flag set, no SEND queued")
 
     def _stranded(self, s: Sock, why: str) -> None:
