@@ -241,3 +241,17 @@ def test_no_comparison_without_a_legacy_baseline():
     run = {"cases": [_stream_case("iso", 1, 150_000, 75.0)]}
     assert report.comparison_rows(run) == [] and report.build_comparison(run) is None
     assert "IsoStack vs legacy" not in report.markdown(run)
+
+
+def test_notes_name_the_cases_where_isostackd_drained_stranded_rings():
+    case = _stream_case("iso", 16, 100_000, 50.0, locks=True)
+    case["isostackd"] = [{"instance": 0, "stats": {"tx_stranded": 2, "tx_stranded_late_send": 2}},
+                         {"instance": 1, "stats": {"tx_stranded": 0}}]
+    quiet = _stream_case("iso", 1, 100_000, 50.0)
+    quiet["isostackd"] = [{"instance": 0, "stats": {"tx_stranded": 0, "tx_stranded_late_send": 0}}]
+    old = _stream_case("iso", 4, 100_000, 50.0)
+    old["isostackd"] = [{"instance": 0, "stats": {"tx_stranded": 1}}]  # before the late-SEND counter
+    assert report.notes({"cases": [case, quiet, old]}) == [
+        "stream-64 size=64 conns=16 iso+locks: isostackd instance 0 drained 2 stranded tx ring(s), 2 of them with a"
+        " late SEND",
+        "stream-64 size=64 conns=4 iso: isostackd instance 0 drained 1 stranded tx ring(s)"]

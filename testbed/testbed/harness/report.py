@@ -210,13 +210,22 @@ def errors(run: dict) -> list[str]:
 
 
 def notes(run: dict) -> list[str]:
-    """Why a cross-check was skipped (not an error: the tool cannot run that case)."""
-    return [
-        f"{c.get('test_name')} size={c.get('size')} conns={c.get('connections')}: cross-check {cc.get('tool')}"
-        f" skipped: {cc['skipped']}"
-        for c in run.get("cases", [])
-        if (cc := c.get("crosscheck") or {}).get("skipped")
-    ]
+    """Why a cross-check was skipped (not an error: the tool cannot run that case), and isostackd's safety net
+    at work: tx rings it found stranded and drained (tx_stranded; late SENDs were slow, the rest were lost)."""
+    out = []
+    for c in run.get("cases", []):
+        where = f"{c.get('test_name')} size={c.get('size')} conns={c.get('connections')}"
+        if (cc := c.get("crosscheck") or {}).get("skipped"):
+            out.append(f"{where}: cross-check {cc.get('tool')} skipped: {cc['skipped']}")
+        for inst in c.get("isostackd") or []:
+            st = inst.get("stats") if isinstance(inst, dict) else None
+            n = st.get("tx_stranded") if isinstance(st, dict) else None
+            if isinstance(n, int) and n > 0:
+                late = st.get("tx_stranded_late_send")
+                out.append(f"{where} {results.stack_column(c)}: isostackd instance {inst.get('instance', 0)} drained "
+                           f"{n} stranded tx ring(s)" + (f", {late} of them with a late SEND" if late is not None
+                                                         else ""))
+    return out
 
 
 def placements(run: dict) -> list[str]:
