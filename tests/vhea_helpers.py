@@ -33,9 +33,10 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 
 
 @contextlib.contextmanager
-def running_server(socket_dir: str, ports: list[str], queue_pairs: int = 1, ageing: float = 300.0
+def running_server(socket_dir: str, ports: list[str], queue_pairs: int = 1, ageing: float = 300.0, **kw
                    ) -> Iterator[Server]:
-    server = Server(socket_dir, ports, queue_pairs, ageing=ageing)
+    """A Server in a thread; `kw` goes to Server (e.g. flow_control=True, pause_max_us=...)."""
+    server = Server(socket_dir, ports, queue_pairs, ageing=ageing, **kw)
     server.bind()
     t = threading.Thread(target=server.serve_forever, name="vhea-test", daemon=True)
     t.start()

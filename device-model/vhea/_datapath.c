@@ -473,21 +473,24 @@ out:
     return result;
 }
 
-/* rx_push(mem, desc, avail, used, num, last_avail, used_idx, event_idx, mrg, hdr_len, src, meta, start, end, hdr)
+/* rx_push(mem, desc, avail, used, num, last_avail, used_idx, event_idx, mrg, hdr_len, src, meta, start, end, hdr
+ *         [, stop])
  * Frames meta[start:end] (int64 pairs: offset in src, length) into the ring, each with the 12-byte header
  * template `hdr` (num_buffers filled in) cut to hdr_len.
  * -> (next, last_avail, used_idx, frames, nbytes, no_buffers, too_small, code, error)
  * code 0: all done; 1: frame `next` needs the Python path (a chained or indirect rx buffer); 2: ring error
- * (message) at frame `next`. Frames before `next` are delivered and published in every case. */
+ * (message) at frame `next`; 3 (only with the optional `stop` true: flow control): frame `next` found no rx
+ * buffers (counted in no_buffers), nothing of it was written and nothing after it was tried (it and the rest
+ * are held by the caller, in order). Frames before `next` are delivered and published in every case. */
 static PyObject *rx_push(PyObject *mod, PyObject *args) {
     PyObject *memo, *desco, *availo, *usedo, *srco, *metao;
     unsigned int num, last_avail, used_idx, hdr_len;
-    int event_idx, mrg;
+    int event_idx, mrg, stop = 0;
     Py_ssize_t start, end;
     const char *hdrt;
     Py_ssize_t hdrt_len;
-    if (!PyArg_ParseTuple(args, "OOOOIIIppIOOnny#", &memo, &desco, &availo, &usedo, &num, &last_avail, &used_idx,
-                          &event_idx, &mrg, &hdr_len, &srco, &metao, &start, &end, &hdrt, &hdrt_len))
+    if (!PyArg_ParseTuple(args, "OOOOIIIppIOOnny#|p", &memo, &desco, &availo, &usedo, &num, &last_avail, &used_idx,
+                          &event_idx, &mrg, &hdr_len, &srco, &metao, &start, &end, &hdrt, &hdrt_len, &stop))
         return NULL;
     MemoryObject *m = get_mem(memo);
     if (m == NULL)
@@ -540,6 +543,10 @@ static PyObject *rx_push(PyObject *mod, PyObject *args) {
         barrier();
         if (avail == 0) {
             nobuf++;
+            if (stop) {
+                code = 3;
+                break;
+            }
             continue;
         }
         if (avail > num) {
@@ -632,6 +639,10 @@ static PyObject *rx_push(PyObject *mod, PyObject *args) {
         }
         if (capacity < need) {
             nobuf++;
+            if (stop) {
+                code = 3;
+                break;
+            }
             continue;
         }
         if (scratch[0].len < hdr_len) {
@@ -688,6 +699,6 @@ PyMODINIT_FUNC PyInit__datapath(void) {
         return NULL;
     }
     PyModule_AddIntConstant(m, "MAX_FRAME", MAX_FRAME);
-    PyModule_AddIntConstant(m, "ABI", 1);
+    PyModule_AddIntConstant(m, "ABI", 2);
     return m;
 }

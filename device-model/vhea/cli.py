@@ -12,6 +12,8 @@ import socket
 import sys
 
 from . import control, native
+from .classifier import ConfigError
+from .pause import DEFAULT_MAX_US
 from .server import Server
 
 PORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -68,8 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     clients = client_ports(args, ports)
     try:
         server = Server(args.socket_dir, ports, args.queues, ageing=args.ageing, client_ports=clients,
-                        datapath=args.datapath)
-    except native.NativeError as e:
+                        datapath=args.datapath, flow_control=args.flow_control, pause_max_us=args.pause_max_us)
+    except (native.NativeError, ConfigError) as e:
         raise UsageError(str(e)) from e
     try:
         server.bind()
@@ -141,8 +143,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f.add_row(e["mac"], e["port"])
     c = Table(title="classification and link")
     for col in ("port", "link", "rule", "rss", "default", "not-ready fallback", "classified per queue",
-                "tx pacing"):
-        c.add_column(col, justify="left" if col in ("port", "link", "tx pacing") else "right")
+                "tx pacing", "pause (flow control)"):
+        c.add_column(col, justify="left" if col in ("port", "link", "tx pacing", "pause (flow control)") else "right")
     for name, p in stats["ports"].items():
         cl, pace = p.get("classifier"), p.get("pacing")
         if cl is None:
@@ -151,8 +153,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         link = p.get("link", "up")
         if link == "down":
             link += " (emulated)" if p.get("link_emulated") else " (connection closed)"
+        pz = p.get("pause")
+        fc = "-" if pz is None else "off" if not pz["on"] else (
+            f"on ({pz['max_us']} us): {pz['events']} pauses, {pz['timeouts']} timeouts, {pz['held_frames']} held")
+        if pz and pz["tx_pauses"]:
+            fc += f"; tx paused {pz['tx_pauses']}x, {pz['tx_paused_us']} us"
         c.add_row(name, link, str(cl["rule"]), str(cl["rss"]), str(cl["default"]),
-                  str(cl["not_ready_fallback"]), " ".join(map(str, cl["classified"])), rate)
+                  str(cl["not_ready_fallback"]), " ".join(map(str, cl["classified"])), rate, fc)
     console = Console()
     console.print(t)
     console.print(q)
@@ -177,6 +184,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--datapath", default="auto", choices=list(native.DATAPATHS),
                    help="native: the C inner loop (vhea/_datapath.c, built with gcc on first use); python: the "
                         "reference implementation; auto (default): native when it builds and loads")
+    s.add_argument("--flow-control", action="store_true",
+                   help="802.3x flow control (pause) on every port: frames for a rx queue without buffers are held "
+                        "and the sender's tx queue paused instead of dropping them (rx_no_buffers); change it per "
+                        "port with `vhea pause on|off` (default off)")
+    s.add_argument("--pause-max-us", type=int, default=DEFAULT_MAX_US,
+                   help="how long a receiver may keep a sender's tx queue paused: then the frames still held for a rx "
+                        "queue without buffers are dropped as rx_pause_timeout and that queue pauses nobody until it "
+                        f"posts buffers again; microseconds, 1..1000000 (default {DEFAULT_MAX_US})")
     s.set_defaults(func=cmd_serve)
     st = sub.add_parser("stats", help="show counters of a running device model")
     st.add_argument("--socket-dir", required=True)

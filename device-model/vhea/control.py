@@ -17,6 +17,10 @@
                                                        the guest keeps carrier (front-ends that cannot reconnect)
     {"cmd": "link-set", "port": "a", "up": true}       serves the next connection: QEMU reconnects, link up
     {"cmd": "rate-set", "port": "a", "rate_bps": 10000000000, "burst_bytes": 1250000}   (0 = off; see pacing.py)
+    {"cmd": "pause-set", "port": "b", "on": true, "max_us": 5000}   802.3x flow control of port b as a receiver:
+                                                       frames for a rx queue without buffers are held and their
+                                                       tx queue paused, up to max_us (optional); see pause.py
+    {"cmd": "pause-show", "port": "b"}                 its settings and counters (also in stats)
     {"cmd": "port-add", "name": "c"}                   creates <socket dir>/c.sock and accepts a front-end on it
     {"cmd": "port-add", "name": "c", "connect": true}  client role: connects to c.sock (QEMU server=on), reconnects
     {"cmd": "port-del", "name": "c"}                   disconnects, frees the mappings, removes the socket, flushes
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
     from .server import Server
 
 COMMANDS = ("rule-add", "rule-list", "rule-del", "rss-show", "rss-set", "coalesce-set", "coalesce-show", "link-set",
-            "rate-set", "port-add", "port-del")
+            "rate-set", "pause-set", "pause-show", "port-add", "port-del")
 
 
 def _port(server: Server, req: dict, required: bool = True):
@@ -56,6 +60,13 @@ def handle(server: Server, req: dict) -> dict:
         return {"error": str(e)}
 
 
+def _only(req: dict, *fields: str) -> None:
+    """Refuse a request with fields other than cmd and `fields`."""
+    unknown = set(req) - {"cmd", *fields}
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(sorted(unknown))}")
+
+
 def _port_name(server: Server, req: dict) -> str:
     from .cli import MAX_SOCKET_PATH, PORT_NAME
 
@@ -71,9 +82,7 @@ def _port_name(server: Server, req: dict) -> str:
 def _handle(server: Server, req: dict) -> dict:
     cmd = req["cmd"]
     if cmd == "port-add":
-        unknown = set(req) - {"cmd", "name", "connect"}
-        if unknown:
-            raise ConfigError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        _only(req, "name", "connect")
         name = _port_name(server, req)
         if name in server.ports:
             raise ConfigError(f"port {name!r} exists; ports: {', '.join(server.ports)}")
@@ -99,9 +108,7 @@ def _handle(server: Server, req: dict) -> dict:
     port = _port(server, req)
     cls = port.classifier
     if cmd == "rule-add":
-        unknown = set(req) - {"cmd", "port", "proto", "src", "dst", "sport", "dport", "queue"}
-        if unknown:
-            raise ConfigError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        _only(req, "port", "proto", "src", "dst", "sport", "dport", "queue")
         for f in ("proto", "dport", "queue"):
             if f not in req:
                 raise ConfigError(f"rule-add needs {f}")
@@ -114,9 +121,7 @@ def _handle(server: Server, req: dict) -> dict:
     if cmd == "rss-show":
         return {"ok": True, "port": port.name, **cls.settings(), "counters": cls.stats()}
     if cmd == "rss-set":
-        unknown = set(req) - {"cmd", "port", "key", "hash_types", "reta", "queues"}
-        if unknown:
-            raise ConfigError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        _only(req, "port", "key", "hash_types", "reta", "queues")
         key = req.get("key")
         if key is not None:
             try:
@@ -137,9 +142,7 @@ def _handle(server: Server, req: dict) -> dict:
     if cmd == "coalesce-show":
         return {"ok": True, "port": port.name, "queues": port.coalescer.settings()}
     if cmd == "link-set":
-        unknown = set(req) - {"cmd", "port", "up", "emulate"}
-        if unknown:
-            raise ConfigError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        _only(req, "port", "up", "emulate")
         up = req.get("up")
         if not isinstance(up, bool):
             raise ConfigError("link-set needs up: true or false")
@@ -157,6 +160,14 @@ def _handle(server: Server, req: dict) -> dict:
             raise ConfigError("rate-set needs rate_bps (0 = off)")
         port.pacer.set(req["rate_bps"], req.get("burst_bytes"))
         return {"ok": True, "port": port.name, **port.pacer.settings()}
+    if cmd == "pause-set":
+        _only(req, "port", "on", "max_us")
+        on = req.get("on")
+        if not isinstance(on, bool):
+            raise ConfigError("pause-set needs on: true or false")
+        server.set_pause(port, on, req.get("max_us"))
+    if cmd in ("pause-set", "pause-show"):
+        return {"ok": True, "port": port.name, **server.stats()["ports"][port.name]["pause"]}
     raise ConfigError(f"unknown cmd {cmd!r}")
 
 
@@ -313,6 +324,29 @@ def cmd_rate(args) -> int:
     return 0
 
 
+def cmd_pause(args) -> int:
+    import json
+
+    from .cli import UsageError
+
+    if args.max_us is not None and args.state == "show":
+        raise UsageError("--max-us goes with 'on' or 'off'")
+    if args.state == "show":
+        reply = _ask(args, {"cmd": "pause-show", "port": args.port})
+    else:
+        req: dict = {"cmd": "pause-set", "port": args.port, "on": args.state == "on"}
+        if args.max_us is not None:
+            req["max_us"] = args.max_us
+        reply = _ask(args, req)
+    if args.json:
+        print(json.dumps(reply))
+        return 0
+    print(f"port {reply['port']}: flow control (pause) {'on' if reply['on'] else 'off'}, limit {reply['max_us']} us; "
+          f"pauses {reply['events']}, timeouts {reply['timeouts']}, held now {reply['held_frames']}; its tx queues "
+          f"paused {reply['tx_pauses']} times, {reply['tx_paused_us']} us in all")
+    return 0
+
+
 def cmd_port(args) -> int:
     import json
 
@@ -329,7 +363,8 @@ def cmd_port(args) -> int:
 
 
 def add_cli_commands(sub) -> None:
-    """`vhea rule add|list|del`, `vhea rss show|set`, `vhea coalesce show|set`, `vhea link`."""
+    """`vhea port add|del`, `vhea coalesce show|set`, `vhea link`, `vhea rate`, `vhea pause`, `vhea rule add|list|del`,
+    `vhea rss show|set`."""
     po = sub.add_parser("port", help="add or remove a switch port while the device model runs")
     psub = po.add_subparsers(dest="action", required=True)
     pa = psub.add_parser("add", help="create <socket-dir>/NAME.sock and accept a front-end on it")
@@ -379,6 +414,23 @@ def add_cli_commands(sub) -> None:
     ra.add_argument("--off", action="store_true", help="no pacing")
     ra.add_argument("--socket-dir", required=True)
     ra.set_defaults(func=cmd_rate)
+    pa = sub.add_parser(
+        "pause", help="802.3x flow control (pause) of a port as a receiver: hold frames instead of dropping them",
+        description="on: when a rx queue of the port has no buffers for a frame, the frame is not dropped "
+                    "(rx_no_buffers) but held, in order with the rest of its tx batch, and the sending port's tx "
+                    "queue is not pulled until the held frames are delivered: the sender's ring fills and its "
+                    "qdisc and TCP slow down instead of losing segments. Frames of that tx queue to other ports "
+                    "wait behind the held ones, as on a paused link. A tx queue stays paused at most --max-us: then "
+                    "the frames still held for a rx queue without buffers are dropped (rx_pause_timeout) and that "
+                    "queue pauses nobody until it posts buffers again. "
+                    "show: settings and counters.")
+    pa.add_argument("state", choices=["on", "off", "show"])
+    pa.add_argument("--port", required=True)
+    pa.add_argument("--max-us", type=int,
+                    help="pause limit in microseconds (1..1000000; default that of `vhea serve --pause-max-us`)")
+    pa.add_argument("--socket-dir", required=True)
+    pa.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    pa.set_defaults(func=cmd_pause)
     rule = sub.add_parser("rule", help="exact-match flow rules of a port (proto + dport, or 5-tuple -> queue)")
     rsub = rule.add_subparsers(dest="action", required=True)
     add = rsub.add_parser("add", help="add a rule: --proto tcp --dport 5001 --queue 1 [--src --dst --sport]")

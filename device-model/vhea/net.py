@@ -216,11 +216,8 @@ class VirtioNet:
         arena = type(frame) is ArenaTxFrame
         features = self.features
         if gso_type:
-            want = VIRTIO_NET_F_GUEST_TSO4 if gso_type & 0x7F == VIRTIO_NET_HDR_GSO_TCPV4 else \
-                VIRTIO_NET_F_GUEST_TSO6
             partial = bool(features & bit(VIRTIO_NET_F_GUEST_CSUM))
-            if partial and features & bit(want) and (
-                    not gso_type & VIRTIO_NET_HDR_GSO_ECN or features & bit(VIRTIO_NET_F_GUEST_ECN)):
+            if self.takes_gso(gso_type):
                 if arena:
                     return self._push_arena(ring, frame, NET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hdr_len,
                                                                       gso_size, frame.l4, 16, 1))
@@ -243,6 +240,19 @@ class VirtioNet:
             return self._push(ring, complete_csum(frame, csum_start, csum_offset), 0, 0, 0, 0, 0, 0)
         return self._push(ring, frame, 0, 0, 0, 0, 0, 0)
 
+    def takes_gso(self, gso_type: int) -> bool:
+        """Whether a GSO frame of `gso_type` goes to this port whole (it negotiated GUEST_CSUM and the matching
+        GUEST_TSO4/6, and GUEST_ECN for an ECN frame); else push_rx segments it."""
+        features = self.features
+        want = VIRTIO_NET_F_GUEST_TSO4 if gso_type & 0x7F == VIRTIO_NET_HDR_GSO_TCPV4 else VIRTIO_NET_F_GUEST_TSO6
+        return bool(features & bit(VIRTIO_NET_F_GUEST_CSUM) and features & bit(want) and (
+            not gso_type & VIRTIO_NET_HDR_GSO_ECN or features & bit(VIRTIO_NET_F_GUEST_ECN)))
+
+    def whole(self, frame: bytes) -> bool:
+        """Whether push_rx writes `frame` as one frame (so a rx_no_buffers outcome wrote nothing of it), not as
+        segments of which the first may have gone in before the buffers ran out."""
+        return not isinstance(frame, TxFrame) or not frame.vhdr[1] or self.takes_gso(frame.vhdr[1])
+
     def _push_many(self, ring: Vring, frames: list[bytes], flags: int, csum_start: int, csum_offset: int
                    ) -> str | None:
         if self.native is None:
@@ -259,12 +269,13 @@ class VirtioNet:
             raise RingError(err)
         return "rx_no_buffers" if nobuf else "rx_buffer_too_small" if small else None
 
-    def push_rx_many(self, ring: Vring, frames: list[bytes], start: int, end: int
+    def push_rx_many(self, ring: Vring, frames: list[bytes], start: int, end: int, stop: bool = False
                      ) -> tuple[int, int, int, int, str | None, int]:
         """Plain frames[start:end] into `ring`, the Python datapath's batch: the same outcome as _push_py frame by
         frame, but the lone buffers of a batch are translated in one call (numpy for big batches) and the used
         ring is published once per batch. (frames, bytes, rx_no_buffers, rx_buffer_too_small, ring error or
-        None, index of the frame that hit it), as rx_native; never raises RingError."""
+        None, index of the frame that hit it), as rx_native; never raises RingError. With `stop` (flow
+        control), the first frame without buffers ends the call: rx_no_buffers 1 and the index is that frame's."""
         mem = self.mem
         hl = self.hdr_len
         hdr = PLAIN_HDR[:hl]
@@ -310,6 +321,8 @@ class VirtioNet:
                     nbytes += len(frames[i])
                 elif reason == "rx_no_buffers":
                     nobuf += 1
+                    if stop:
+                        return delivered, nbytes, nobuf, small, None, i
                 else:
                     small += 1
                 i += 1
@@ -375,12 +388,13 @@ class VirtioNet:
             raise RingError(err)
         return "rx_no_buffers" if nobuf else "rx_buffer_too_small" if small else None
 
-    def rx_native(self, ring: Vring, src, meta, start: int, end: int, hdr: bytes
+    def rx_native(self, ring: Vring, src, meta, start: int, end: int, hdr: bytes, stop: bool = False
                   ) -> tuple[int, int, int, int, str | None, int]:
         """Frames meta[start:end] (offset, length pairs into `src`) into `ring` with the native datapath, each
         with the 12-byte header `hdr` (num_buffers filled in): (frames, bytes, rx_no_buffers, rx_buffer_too_small,
         ring error or None, index of the frame that hit it). Delivered frames are counted on the ring. A frame
         whose rx buffer is chained or indirect goes through the Python path (_push_py); never raises RingError.
+        With `stop` (flow control) the first frame without buffers ends the call, as in push_rx_many.
         """
         nat = self.native
         mregions = self.mem.native(nat)
@@ -391,7 +405,7 @@ class VirtioNet:
         while start < end:
             i, ring.last_avail_idx, ring.used_idx, f, b, nb, sm, code, err = nat.rx_push(
                 mregions, ring._desc, ring._avail, ring._used, ring.num, ring.last_avail_idx, ring.used_idx,
-                ring.event_idx, mrg, hl, src, meta, start, end, hdr)
+                ring.event_idx, mrg, hl, src, meta, start, end, hdr, stop)
             c.frames += f
             c.bytes += b
             frames += f
@@ -402,6 +416,8 @@ class VirtioNet:
                 break
             if code == 2:
                 return frames, nbytes, nobuf, small, err, i
+            if code == 3:  # stop: frame i found no buffers
+                return frames, nbytes, nobuf, small, None, i
             off, ln = meta[2 * i], meta[2 * i + 1]  # code 1: this frame's buffer needs the general path
             try:
                 reason = self._push_py(ring, bytes(memoryview(src)[off:off + ln]), *NET_HDR.unpack(hdr)[:6])
@@ -412,6 +428,8 @@ class VirtioNet:
                 nbytes += ln
             elif reason == "rx_no_buffers":
                 nobuf += 1
+                if stop:
+                    return frames, nbytes, nobuf, small, None, i
             else:
                 small += 1
             start = i + 1

@@ -9,6 +9,10 @@ serves a run of frames with the same MAC addresses, and each destination ring ge
 (classified frame by frame when the port has several queue pairs). The Python datapath (pull_tx,
 push_rx_many) is the reference; the native one (_service_tx_native: _datapath.c's tx_pull into an arena and
 rx_push from it) does the same with the inner loops in C.
+
+Flow control (pause.py): a receiving port with pause on holds frames for a rx queue without buffers instead of
+dropping them, and the tx queue they came from is not serviced until they are delivered or the pause limit
+is reached (_hold_begin, _drain_held). Nothing of it runs while nothing is held.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .handler import BackendHandler
 from .net import ARENA_PREFIX, MAX_FRAME, NET_HDR_LEN, PLAIN_HDR, ArenaTxFrame
 from .offload import VHDR, OffloadError, TxFrame, validate
 from .pacing import Pacer
+from .pause import DEFAULT_MAX_US, HOLD_POLL_S, Backlog, check_max_us
 from .protocol import ProtocolError, request_name
 from .switch import Switch
 from .vring import QueueCounters, RingError, Vring
@@ -78,6 +83,19 @@ class Port:
     refused_link_down: int = 0
     pacer: Pacer = field(default_factory=Pacer)
     queue_drops: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: 802.3x flow control as the receiver (`vhea pause`, pause.py): frames for a rx queue without buffers are
+    #: held and their tx queue paused, for at most pause_max_us
+    pause: bool = False
+    pause_max_us: int = DEFAULT_MAX_US
+    #: times a rx queue of this port had no buffers for a frame and paused its sender
+    pause_events: int = 0
+    #: times the pause limit was reached (the frames held for this port then dropped as rx_pause_timeout)
+    pause_timeouts: int = 0
+    #: rx queues that hit the pause limit: frames for them without buffers are dropped until they have buffers
+    stalled: set[int] = field(default_factory=set)
+    #: times a tx queue of this port was paused by a receiver, and for how long in all (seconds)
+    tx_pauses: int = 0
+    tx_paused_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.queue_counters = [QueueCounters() for _ in range(2 * self.queue_pairs)]
@@ -102,7 +120,8 @@ class Port:
             return "closed: link down"
         return "connecting" if self.client else "listening"
 
-    def stats(self) -> dict:
+    def stats(self, held_frames: int = 0, tx_paused: list | tuple = (), now: float = 0.0) -> dict:
+        """`held_frames`: frames held for this port now; `tx_paused`: the Backlogs of its tx queues paused now."""
         return {
             "connected": self.conn is not None,
             "connection": self.connection_state(),
@@ -118,6 +137,11 @@ class Port:
             "refused_link_down": self.refused_link_down,
             "coalesce": self.coalescer.settings(),
             "pacing": self.pacer.settings(),
+            "pause": {"on": self.pause, "max_us": self.pause_max_us, "events": self.pause_events,
+                      "timeouts": self.pause_timeouts, "stalled_queues": sorted(self.stalled),
+                      "held_frames": held_frames, "tx_pauses": self.tx_pauses,
+                      "tx_queues_paused": sorted(b.ring.index for b in tx_paused),
+                      "tx_paused_us": round(1e6 * (self.tx_paused_s + sum(now - b.start for b in tx_paused)))},
             "queues": [
                 {"index": i, "frames": c.frames, "bytes": c.bytes, "kicks": c.kicks, "calls": c.calls,
                  "drops": dict(sorted(self.queue_drops.get(i, {}).items()))}
@@ -131,7 +155,8 @@ class Server:
 
     def __init__(self, socket_dir: str, ports: list[str], queue_pairs: int = 1,
                  ageing: float = 300.0, client_ports: list[str] | tuple[str, ...] = (),
-                 datapath: str | None = None) -> None:
+                 datapath: str | None = None, flow_control: bool = False,
+                 pause_max_us: int = DEFAULT_MAX_US) -> None:
         #: "native" (vhea/_datapath.c) or "python" (the reference); NativeError if native is asked for and absent
         self.datapath = native.resolve(datapath or DEFAULT_DATAPATH)
         self._native = native.MOD if self.datapath == "native" else None
@@ -143,7 +168,10 @@ class Server:
             self._runs = array("q", bytes(8 * 4 * TX_BUDGET))
         self.socket_dir = socket_dir
         self.queue_pairs = queue_pairs
-        self.ports = {p: Port(p, os.path.join(socket_dir, f"{p}.sock"), queue_pairs, client=p in client_ports)
+        #: the flow control settings of a new port (`vhea serve --flow-control --pause-max-us`)
+        self.flow_control = flow_control
+        self.pause_max_us = check_max_us(pause_max_us)
+        self.ports = {p: self._new_port(p, os.path.join(socket_dir, f"{p}.sock"), client=p in client_ports)
                       for p in ports}
         self.control_path = os.path.join(socket_dir, "control.sock")
         self.switch = Switch(ports, ageing)
@@ -156,6 +184,9 @@ class Server:
         self._touched: set[tuple[Port, Vring]] = set()
         self._deferred: set[tuple[Port, Vring]] = set()  # calls held back by coalescing
         self._paced: set[tuple[Port, Vring]] = set()  # tx rings waiting for their port's rate limit
+        self._held: dict[tuple[Port, Vring], Backlog] = {}  # tx rings paused by a receiver: their frames
+        self._src: tuple[Port, Vring] | None = None  # the tx ring whose batch is being forwarded
+        self._hold: Backlog | None = None  # its Backlog once a frame of the batch was held
         self._control: socket.socket | None = None
         self._bound: list[str] = []
 
@@ -168,6 +199,11 @@ class Server:
         self._control = self._listen(self.control_path)
         self.sel.register(self._control, selectors.EVENT_READ, ("ctl-listen", None))
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+
+    def _new_port(self, name: str, path: str, client: bool) -> Port:
+        port = Port(name, path, self.queue_pairs, client=client)
+        port.pause, port.pause_max_us = self.flow_control, self.pause_max_us
+        return port
 
     def _open_port(self, port: Port) -> None:
         """Server role: create and watch the port's socket. Client role: connect at the next loop turn."""
@@ -196,7 +232,7 @@ class Server:
         """A new port on the switch: its socket (server role) or its connect loop (client role) starts now."""
         if name in self.ports:
             raise ValueError(f"port {name!r} exists")
-        port = Port(name, path or os.path.join(self.socket_dir, f"{name}.sock"), self.queue_pairs, client=client)
+        port = self._new_port(name, path or os.path.join(self.socket_dir, f"{name}.sock"), client)
         self._open_port(port)  # raises OSError (socket in use, bad dir) before anything changes
         self.ports[name] = port
         self.switch.ports.append(name)
@@ -239,6 +275,16 @@ class Server:
                 port.next_connect = 0.0  # connect at the next loop turn
             log.info("port %s: link up%s", port.name, "" if port.conn is not None else
                      ": serving the next front-end connection")
+
+    def set_pause(self, port: Port, on: bool, max_us: int | None = None) -> None:
+        """Flow control of `port` as a receiver (pause.py). Turned off, frames held for it are retried once more
+        and dropped as rx_no_buffers if its queue still has no buffers."""
+        if max_us is not None:
+            port.pause_max_us = check_max_us(max_us)
+        port.pause = on
+        port.stalled.clear()
+        log.info("port %s: flow control (pause) %s, limit %d us", port.name, "on" if on else "off",
+                 port.pause_max_us)
 
     def _connect_due(self, now: float) -> None:
         for port in self.ports.values():
@@ -362,6 +408,8 @@ class Server:
                         pass
             except Exception:  # the loop must survive anything; this is a bug, not a guest error
                 log.exception("internal error handling %s event", kind)
+        if self._held:
+            self._drain_held()
         if self._paced:
             self._release_paced()
         if self._busy:
@@ -461,6 +509,7 @@ class Server:
         self._touched = {(p, r) for p, r in self._touched if p is not port}
         self._deferred = {(p, r) for p, r in self._deferred if p is not port}
         self._paced = {(p, r) for p, r in self._paced if p is not port}
+        port.stalled.clear()  # frames held for the port are dropped as not_connected by _drain_held
         if port.handler is not None:
             port.handler.close()
         port.conn.close()
@@ -499,10 +548,14 @@ class Server:
             return
         if ring.index % 2 == 1:
             self._service_tx(port, ring)
-        # a kick on an rx ring only says buffers were posted; frames are not queued for later (yet)
+        elif port.stalled:  # buffers were posted: a queue that hit the pause limit pauses senders again
+            port.stalled.discard(ring.index)
+        # frames held for an rx ring are retried by _drain_held in this loop turn
 
     def _service_tx(self, port: Port, ring: Vring) -> None:
         assert port.handler is not None
+        if self._held and (port, ring) in self._held:
+            return  # paused by a receiver: _drain_held services it again when its held frames are gone
         if port.pacer.rate_bps and not port.pacer.ready(time.monotonic()):
             self._paced.add((port, ring))  # frames wait in the guest's ring: back-pressure, not loss
             return
@@ -532,18 +585,22 @@ class Server:
         port.from_guest_bytes += nbytes
         # one switch decision per run of plain frames with the same MAC addresses, one rx pass per ring
         i, n = 0, len(frames)
-        while i < n:
-            f = frames[i]
-            if type(f) is not bytes:  # a TxFrame (offload request): frame by frame
-                self._forward(port, f)
-                i += 1
-                continue
-            key = f[:12]
-            j = i + 1
-            while j < n and type(frames[j]) is bytes and frames[j].startswith(key):
-                j += 1
-            self._forward_run(port, f, i, j, frames)
-            i = j
+        self._src = (port, ring)
+        try:
+            while i < n:
+                f = frames[i]
+                if type(f) is not bytes:  # a TxFrame (offload request): frame by frame
+                    self._forward(port, f)
+                    i += 1
+                    continue
+                key = f[:12]
+                j = i + 1
+                while j < n and type(frames[j]) is bytes and frames[j].startswith(key):
+                    j += 1
+                self._forward_run(port, f, i, j, frames)
+                i = j
+        finally:
+            self._src = self._hold = None
 
     # ---- the native datapath: the same semantics per batch (the Python methods above are the reference) ------
 
@@ -607,18 +664,22 @@ class Server:
         port.from_guest_frames += nframes
         port.from_guest_bytes += nbytes
         arena_view = self._arena_view
-        for r in range(nruns):
-            first, count = runs[4 * r], runs[4 * r + 1]
-            if runs[4 * r + 2]:
-                data = offload[r]
-                if data is not None:
-                    self._forward(port, data)
-                continue
-            if not port.link_up:
-                port.drop("link_down", count)
-                continue
-            off = meta[2 * first]
-            self._forward_run(port, bytes(arena_view[off:off + 12]), first, first + count)
+        self._src = (port, ring)
+        try:
+            for r in range(nruns):
+                first, count = runs[4 * r], runs[4 * r + 1]
+                if runs[4 * r + 2]:
+                    data = offload[r]
+                    if data is not None:
+                        self._forward(port, data)
+                    continue
+                if not port.link_up:
+                    port.drop("link_down", count)
+                    continue
+                off = meta[2 * first]
+                self._forward_run(port, bytes(arena_view[off:off + 12]), first, first + count)
+        finally:
+            self._src = self._hold = None
 
     def _forward_run(self, port: Port, macs: bytes, start: int, end: int, frames: list[bytes] | None = None) -> None:
         """_forward for a run of plain frames that share their MAC addresses (`macs`: the first 12 bytes), taken
@@ -653,6 +714,9 @@ class Server:
             ring = rings[0] if rings and rings[0].ready else None
             self._push_run(port, device, ring, start, end, frames)
             return
+        if self._hold is not None:  # held: classified when delivered (counted once)
+            self._hold_frames(port, start, end, frames)
+            return
         classifier = port.classifier
         cur = None
         seg = start
@@ -661,6 +725,9 @@ class Server:
             if ring is not cur:
                 if i > seg:
                     self._push_run(port, device, cur, seg, i, frames)
+                    if self._hold is not None:
+                        self._hold_frames(port, i, end, frames)
+                        return
                 cur, seg = ring, i
         self._push_run(port, device, cur, seg, end, frames)
 
@@ -669,17 +736,28 @@ class Server:
         if ring is None:
             port.drop("rx_queue_not_ready", end - start)
             return
+        if self._hold is not None:  # an earlier frame of this batch is held: the rest waits behind it
+            self._hold_frames(port, start, end, frames)
+            return
+        stop = port.pause and ring.index not in port.stalled  # flow control: stop at a frame without buffers
         if frames is None:
             done, nbytes, nobuf, small, err, at = device.rx_native(ring, self._arena, self._meta, start, end,
-                                                                   PLAIN_HDR)
+                                                                   PLAIN_HDR, stop)
         else:
-            done, nbytes, nobuf, small, err, at = device.push_rx_many(ring, frames, start, end)
+            done, nbytes, nobuf, small, err, at = device.push_rx_many(ring, frames, start, end, stop)
         if done:
             port.to_guest_frames += done
             port.to_guest_bytes += nbytes
             self._touched.add((port, ring))
+            if port.stalled:
+                port.stalled.discard(ring.index)
         if nobuf:
-            port.drop("rx_no_buffers", nobuf, queue=ring.index)
+            if stop:  # frame `at` found no buffers: it and the rest of the batch are held, its tx queue paused
+                self._hold_begin(port, ring)
+                self._hold_frames(port, at, end, frames)
+            else:
+                port.drop("rx_pause_timeout" if ring.index in port.stalled else "rx_no_buffers", nobuf,
+                          queue=ring.index)
         if small:
             port.drop("rx_buffer_too_small", small, queue=ring.index)
         if err is not None:
@@ -700,29 +778,115 @@ class Server:
             self._deliver(self.ports[name], frame)
 
     def _deliver(self, port: Port, frame: bytes) -> None:
+        if self._hold is not None:  # an earlier frame of this batch is held: this one waits behind it
+            self._hold.add(port.name, frame)
+            return
+        ring = self._push_one(port, frame)
+        if ring is not None:
+            self._hold_begin(port, ring).add(port.name, frame)
+
+    def _push_one(self, port: Port, frame: bytes) -> Vring | None:
+        """One frame into `port` (classified), or dropped with a reason; the rx ring when the frame found no
+        buffers there, nothing of it was written, and the port pauses its senders (the caller holds it)."""
         if not port.link_up:
             port.drop("link_down")
-            return
+            return None
         if port.handler is None:
             port.drop("not_connected")
-            return
+            return None
         device = port.handler.device
         ring = select_rx_ring(port.classifier, device.rings, frame)
         if ring is None:
             port.drop("rx_queue_not_ready")
-            return
+            return None
+        hold = port.pause and ring.index not in port.stalled
         try:
+            if hold and not ring.pending():
+                return ring
             reason = device.push_rx(ring, frame)
         except RingError as e:
             self._stop_ring(port, ring, str(e))
             port.drop("rx_ring_error", queue=ring.index)
-            return
+            return None
         if reason is not None:
+            if reason == "rx_no_buffers":
+                if hold and device.whole(frame):
+                    return ring
+                if ring.index in port.stalled:
+                    reason = "rx_pause_timeout"
             port.drop(reason, queue=ring.index)
-            return
+            return None
         port.to_guest_frames += 1
         port.to_guest_bytes += len(frame)
         self._touched.add((port, ring))
+        if port.stalled:
+            port.stalled.discard(ring.index)
+        return None
+
+    # ---- flow control (pause.py): held frames and paused tx queues ------------------------------------------
+
+    def _hold_begin(self, port: Port, ring: Vring) -> Backlog:
+        """`port`'s rx `ring` has no buffers for a frame of the batch being forwarded, and `port` pauses its
+        senders: the batch's tx queue is paused (_service_tx skips it) and the rest of the batch is held."""
+        assert self._src is not None and self._hold is None
+        src, tx = self._src
+        now = time.monotonic()
+        self._hold = bl = Backlog(src, tx, now, deadline=now + port.pause_max_us / 1e6, blocked=(port, ring))
+        self._held[(src, tx)] = bl
+        port.pause_events += 1
+        src.tx_pauses += 1
+        return bl
+
+    def _hold_frames(self, port: Port, start: int, end: int, frames: list[bytes] | None) -> None:
+        add = self._hold.entries.append
+        name = port.name
+        for i in range(start, end):
+            add((name, self._frame(i, frames)))  # from the arena: a copy (bytes)
+
+    def _drain_held(self) -> None:
+        """Each loop turn while frames are held: deliver what the receivers take now, in order per tx queue;
+        drop what waited past the receiver's pause limit; service a tx queue again when its frames are gone."""
+        now = time.monotonic()
+        for key, bl in list(self._held.items()):
+            entries = bl.entries
+            while entries:
+                if bl.blocked is not None:  # still no buffers where the first frame waits: nothing to do yet
+                    port, ring = bl.blocked
+                    if now < bl.deadline and port.pause and ring.index not in port.stalled and ring.ready:
+                        try:
+                            if not ring.pending():
+                                break
+                        except RingError:
+                            pass  # _push_one meets it and stops the ring
+                    bl.blocked = None
+                name, frame = entries[0]
+                port = self.ports.get(name)
+                if port is None:  # removed while its frames were held
+                    bl.port.drop("dst_removed")
+                    entries.popleft()
+                    continue
+                ring = self._push_one(port, frame)
+                if ring is None:  # delivered (or dropped for another reason)
+                    entries.popleft()
+                    continue
+                bl.blocked = (port, ring)
+                bl.deadline = bl.start + port.pause_max_us / 1e6
+                if now < bl.deadline:
+                    break
+                # the limit: this frame and every later one for this queue without buffers are dropped
+                bl.blocked = None
+                port.pause_timeouts += 1
+                port.stalled.add(ring.index)
+                if port.pause_timeouts == 1 or port.pause_timeouts % 100 == 0:
+                    log.info("port %s: queue %d kept a tx queue paused for %d us: pause limit reached (%d times "
+                             "so far); frames for it are dropped until it posts rx buffers", port.name, ring.index,
+                             round((now - bl.start) * 1e6), port.pause_timeouts)
+            if not entries:
+                del self._held[key]
+                src = bl.port
+                src.tx_paused_s += now - bl.start
+                if src.handler is not None and bl.ring.ready:
+                    self._busy.add((src, bl.ring))
 
     def _flush_calls(self) -> None:
         """One call per touched ring per loop turn, or later if the port's coalescing settings hold it back."""
@@ -754,6 +918,9 @@ class Server:
             now = time.monotonic()
             for port, _ring in self._paced:
                 timeout = min(timeout, max(0.0, port.pacer.ready_at() - now))
+        if self._held:
+            now = time.monotonic()
+            timeout = min(timeout, HOLD_POLL_S, *(max(0.0, b.deadline - now) for b in self._held.values()))
         return timeout
 
     def _release_paced(self) -> None:
@@ -817,8 +984,16 @@ class Server:
         return {"error": f"unknown cmd {cmd!r}"}
 
     def stats(self) -> dict:
+        held: dict[str, int] = {}
+        paused: dict[str, list[Backlog]] = {}
+        for bl in list(self._held.values()):  # list(): safe against the loop thread (tests ask from another)
+            paused.setdefault(bl.port.name, []).append(bl)
+            for name, _f in list(bl.entries):
+                held[name] = held.get(name, 0) + 1
+        now = time.monotonic()
         return {
             "datapath": self.datapath,
-            "ports": {name: p.stats() for name, p in self.ports.items()},
+            "ports": {name: p.stats(held.get(name, 0), paused.get(name, ()), now)
+                      for name, p in self.ports.items()},
             "switch": {"fdb": self.switch.table()},
         }
