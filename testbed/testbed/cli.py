@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--isolate-cpus", default="", metavar="LIST",
                       help="guest vCPUs to dedicate (e.g. 1): isolcpus, nohz_full, rcu_nocbs on them and "
                            "irqaffinity on the others, for isostackd's core (default: none)")
+    p_up.add_argument("--no-flow-control", action="store_true",
+                      help="start vhea without 802.3x flow control: frames for a guest without rx buffers are "
+                           "dropped (rx_no_buffers) instead of pausing the sender (default: flow control on every "
+                           "port, so a slow receiver does not make the sender's TCP lose whole TSO frames)")
+    p_up.add_argument("--pause-max-us", type=int, metavar="US",
+                      help="how long a receiver may keep a sender paused before held frames are dropped "
+                           "(vhea serve --pause-max-us; default vhea's, 5000)")
     p_up.add_argument("--recreate", action="store_true",
                       help="take down a running testbed and start afresh (default: reuse it if its options match)")
 
@@ -73,7 +80,8 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
 
     opts = UpOptions(state_dir=st.state_dir(args.state_dir), uri=args.uri, guests=args.guests,
                      vcpus=args.vcpus, memory_mib=args.memory, queues=args.queues, accel=args.accel,
-                     isolate_cpus=args.isolate_cpus)
+                     isolate_cpus=args.isolate_cpus, flow_control=not args.no_flow_control,
+                     pause_max_us=args.pause_max_us)
     topo = up(opts, console, recreate=args.recreate)
     print_status(console, args.state_dir)
     console.print(f"topology: {st.topology_path(Path(topo.state_dir))}")

@@ -39,17 +39,22 @@ def pid_alive(pid: int) -> bool:
 
 
 def start(socket_dir: Path, ports: list[str], queues: int, log: Path, timeout_s: float = 15.0,
-          pid_file: Path | None = None) -> int:
+          pid_file: Path | None = None, flow_control: bool = False, pause_max_us: int | None = None) -> int:
     """Start `vhea serve` detached (own session) and wait until every port socket exists.
 
     `pid_file` gets the PID as soon as the process exists, so that whoever is interrupted while it starts
-    leaves a trace that `testbed down` can follow.
+    leaves a trace that `testbed down` can follow. `flow_control`: 802.3x pause on every port (`--flow-control`),
+    with `pause_max_us` as its limit (vhea's default when None).
     """
     socket_dir.mkdir(parents=True, exist_ok=True)
     for p in ports:
         (socket_dir / f"{p}.sock").unlink(missing_ok=True)
     cmd = vhea_command() + ["serve", "--socket-dir", str(socket_dir), "--ports", ",".join(ports),
                             "--queues", str(queues)]
+    if flow_control:
+        cmd.append("--flow-control")
+    if pause_max_us is not None:
+        cmd += ["--pause-max-us", str(pause_max_us)]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     if pid_file is not None:

@@ -45,11 +45,16 @@ class UpOptions:
     accel: str = "auto"
     isolate_cpus: str = ""  # guest vCPUs kept free of the scheduler, timer ticks and IRQs (e.g. "1")
     boot_timeout_s: float = 180.0
+    #: vhea's 802.3x flow control on every port: a receiving guest late with rx buffers pauses the sender
+    #: instead of losing TSO frames (the testbed measures the sender's stack); pause limit None: vhea's default
+    flow_control: bool = True
+    pause_max_us: int | None = None
 
     def fingerprint(self) -> dict:
         """What decides whether a running testbed can be reused for these options."""
         return {"uri": self.uri, "guests": self.guests, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
                 "queues": self.queues, "accel": self.accel, "isolate_cpus": self.isolate_cpus,
+                "flow_control": self.flow_control, "pause_max_us": self.pause_max_us,
                 "image": image.recipe_hash()}
 
     def isolated(self) -> list[int]:
@@ -79,6 +84,10 @@ class UpOptions:
             raise ValueError(f"--memory must be 256..65536 MiB, not {self.memory_mib}")
         if not 1 <= self.queues <= 16:
             raise ValueError(f"--queues must be 1..16, not {self.queues}")
+        if self.pause_max_us is not None and not 1 <= self.pause_max_us <= 1_000_000:
+            raise ValueError(f"--pause-max-us must be 1..1000000, not {self.pause_max_us}")
+        if self.pause_max_us is not None and not self.flow_control:
+            raise ValueError("--pause-max-us goes with flow control (not with --no-flow-control)")
         self.isolated()
 
 
@@ -171,7 +180,8 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
     try:
         with console.status("starting the device model (vhea serve)"):
             dm_pid = devicemodel.start(sock_dir, [p for _, p in names], opts.queues, dm_log,
-                                       pid_file=sdir / VHEA_PID_FILE)
+                                       pid_file=sdir / VHEA_PID_FILE, flow_control=opts.flow_control,
+                                       pause_max_us=opts.pause_max_us)
         ncpu = os.cpu_count() or 1
         guests: list[GuestInfo] = []
         domains: list[dict] = []
@@ -294,8 +304,10 @@ def restart_device_model(sdir: Path, console: Console, reconnect_timeout_s: floa
         console.print(f"stopped the device model (pid {dm.pid})")
     else:
         console.print(f"the device model (pid {dm.pid}) was not running")
+    # a topology.json from before flow control existed: its vhea ran without it
     new_pid = devicemodel.start(Path(dm.socket_dir), dm.ports, int(topo.options.get("queues", 1)), Path(dm.log),
-                                pid_file=sdir / VHEA_PID_FILE)
+                                pid_file=sdir / VHEA_PID_FILE, flow_control=bool(topo.options.get("flow_control")),
+                                pause_max_us=topo.options.get("pause_max_us"))
     topo.device_model.pid = new_pid
     topo.save(tpath)  # `testbed down` must stop the new one
     console.print(f"started the device model again (pid {new_pid})")
