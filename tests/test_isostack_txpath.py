@@ -117,8 +117,8 @@ def test_stranded_tx_ring_is_adopted_when_idle(manual, fast, monkeypatch):
     d._sleep()  # the grace of the empty ring ends: the next send must post SEND
     assert q[cw + C_DRAINING] == 0
 
-    monkeypatch.setattr(s, "_post", lambda *a, **k: 0)  # the SEND is lost on its way
-    s.sendall(b"b" * 64)
+    monkeypatch.setattr(s, "_post", lambda *a, **k: 0)  # the SEND is lost on its way (the Python path: the C
+    s._send_slow(b"b" * 64)  # path posts without any Python that could lose it)
     monkeypatch.undo()
     monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
     monkeypatch.setattr(dispatcher, "STRANDED_CHECK_S", 0.0, raising=False)
@@ -150,7 +150,7 @@ def test_an_adopted_ring_whose_send_comes_late_is_counted_as_late(manual, fast, 
     held = []
     real_post = s._post
     monkeypatch.setattr(s, "_post", lambda *a, **k: held.append(a) or 0)  # the SEND is held back
-    s.sendall(b"b" * 64)
+    s._send_slow(b"b" * 64)
     monkeypatch.undo()
     monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
     monkeypatch.setattr(dispatcher, "STRANDED_CHECK_S", 0.0, raising=False)
@@ -185,7 +185,7 @@ def test_a_failed_send_post_hands_the_draining_flag_back(manual, fast, monkeypat
 
     monkeypatch.setattr(s, "_post", full)
     with pytest.raises(OSError):
-        s.sendall(b"b" * 64)
+        s._send_slow(b"b" * 64)  # the Python path (the C path falls back to it when the queue is full)
     monkeypatch.undo()
     assert q[cw + C_DRAINING] == 0
     commands = d.stats["commands"]
@@ -299,3 +299,52 @@ def test_send_checks_are_kept(running, fast):
     with pytest.raises(OSError) as e:
         s.sendall(b"x")
     assert e.value.errno == errno.EBADF
+
+
+def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is_full(manual, monkeypatch):
+    """The C send path queues SEND (with the tail) and flags the socket pending without calling into Python; a full
+    command queue sends it to the Python post, which waits for a slot."""
+    if not HAVE_TX:
+        pytest.skip("the extension has no Tx here")
+    d, st, s, peer = manual
+    q, cw = s._q, s._cw
+    s.sendall(b"a" * 64)
+    d.poll_once()
+    assert _recv_exactly(peer, 64) == b"a" * 64
+    d._sleep()
+    assert q[cw + C_DRAINING] == 0
+    python_posts = []
+    real_post = s._post
+    monkeypatch.setattr(s, "_post", lambda *a, **k: python_posts.append(a) or real_post(*a, **k))
+    posts = st.stats()["send_posts"]
+    s.sendall(b"b" * 64)
+    assert python_posts == [] and st.stats()["send_posts"] == posts + 1
+    assert q[cw + C_DRAINING] == 1  # the SEND is queued (the dispatcher reads it below)
+    d.poll_once()
+    peer.settimeout(0.5)
+    assert _recv_exactly(peer, 64) == b"b" * 64
+    d._sleep()
+    assert q[cw + C_DRAINING] == 0
+
+    # Fill the command queue with harmless entries (NOPs are not valid commands: use GETSOCKNAME), then send.
+    filler = 0
+    while s._cmdq.push(frontend.Op.GETSOCKNAME, s._idx) >= 0:
+        filler += 1
+    assert filler == s._cmdq.nslots
+    s._inst._pending(s._idx)
+    done = threading.Event()
+
+    def drain_later():
+        threading.Event().wait(0.2)
+        d.poll_once()  # frees the slots; the Python post waiting in _post gets one
+        done.set()
+
+    t = threading.Thread(target=drain_later)
+    t.start()
+    s.sendall(b"c" * 64)
+    t.join(5)
+    assert done.is_set() and len(python_posts) == 1 and python_posts[0][0] == frontend.Op.SEND
+    for _ in range(3):
+        d.poll_once()
+    assert _recv_exactly(peer, 64) == b"c" * 64
+    assert st.stats()["send_posts"] == posts + 2

@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #define C_TX_TAIL 8
 #define C_RX_HEAD 16
@@ -178,6 +179,33 @@ static PyObject *fp_fence(PyObject *s, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* Vyukov enqueue of a 48-byte body: position, -1 full, -2 corrupt (see _atomics.c) */
+static long long mpsc_push_raw(uint64_t ta, uint64_t sa, uint64_t n, const void *body)
+{
+    uint64_t *tail = (uint64_t *)(uintptr_t)ta;
+    unsigned char *slots = (unsigned char *)(uintptr_t)sa;
+    uint64_t mask = n - 1;
+    uint64_t pos = __atomic_load_n(tail, __ATOMIC_RELAXED);
+    for (uint32_t spins = 0; spins < 1000000u; spins++) {
+        unsigned char *slot = slots + (pos & mask) * 64;
+        uint64_t seq = __atomic_load_n((uint64_t *)slot, __ATOMIC_ACQUIRE);
+        int64_t dif = (int64_t)(seq - pos);
+        if (dif == 0) {
+            if (__atomic_compare_exchange_n(tail, &pos, pos + 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+                memcpy(slot + 16, body, 48);
+                __atomic_store_n((uint64_t *)(slot + 8), pos, __ATOMIC_RELAXED);
+                __atomic_store_n((uint64_t *)slot, pos + 1, __ATOMIC_RELEASE);
+                return (long long)pos;
+            }
+        } else if (dif < 0) {
+            return -1;
+        } else {
+            pos = __atomic_load_n(tail, __ATOMIC_RELAXED);
+        }
+    }
+    return -2;
+}
+
 /* mpsc_push(tail_addr, slots_addr, nslots, body48) -> position, -1 full, -2 corrupt (see _atomics.c) */
 static PyObject *fp_mpsc_push(PyObject *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -196,30 +224,7 @@ static PyObject *fp_mpsc_push(PyObject *s, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "body must be 48 bytes");
         return NULL;
     }
-    uint64_t *tail = (uint64_t *)(uintptr_t)ta;
-    unsigned char *slots = (unsigned char *)(uintptr_t)sa;
-    uint64_t mask = n - 1;
-    uint64_t pos = __atomic_load_n(tail, __ATOMIC_RELAXED);
-    long long result = -2;
-    for (uint32_t spins = 0; spins < 1000000u; spins++) {
-        unsigned char *slot = slots + (pos & mask) * 64;
-        uint64_t seq = __atomic_load_n((uint64_t *)slot, __ATOMIC_ACQUIRE);
-        int64_t dif = (int64_t)(seq - pos);
-        if (dif == 0) {
-            if (__atomic_compare_exchange_n(tail, &pos, pos + 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-                memcpy(slot + 16, view.buf, 48);
-                __atomic_store_n((uint64_t *)(slot + 8), pos, __ATOMIC_RELAXED);
-                __atomic_store_n((uint64_t *)slot, pos + 1, __ATOMIC_RELEASE);
-                result = (long long)pos;
-                break;
-            }
-        } else if (dif < 0) {
-            result = -1;
-            break;
-        } else {
-            pos = __atomic_load_n(tail, __ATOMIC_RELAXED);
-        }
-    }
+    long long result = mpsc_push_raw(ta, sa, n, view.buf);
     PyBuffer_Release(&view);
     return PyLong_FromLongLong(result);
 }
@@ -247,12 +252,26 @@ static PyObject *fp_layout(PyObject *s, PyObject *const *args, Py_ssize_t nargs)
  * path with the caller's arguments unchanged: fast off (closed, shut down, waiting for credits), flags or
  * keywords, a buffer that is not simple, empty data, a socket that is not connected or failed, no credits;
  * sendall continues with slow_sendall(data, 0, sent) when the credits ran out part-way.
+ *
+ * With the optional 9th argument, a tuple (body, cmdq_tail, cmdq_slots, nslots, pending_word, pending_bit,
+ * sleeping_word, kicks_word, kick_fd, counter), the SEND is posted here too: `body` is the socket's 48-byte SEND
+ * entry (its tail field, at byte 8, is filled in), pushed onto the socket's command queue, then the socket's
+ * bit is set in the pending bitmap and, if the dispatcher announced that it sleeps, the kick eventfd written
+ * (as Instance._pending does); counter[0] (a writable buffer) counts the SENDs posted.  No Python runs between
+ * winning the draining flag and the SEND being queued, so no other thread (the GIL) can delay it.  A full or
+ * corrupt queue goes to post(tail), which retries and hands the flag back on failure.
  */
 typedef struct {
     PyObject_HEAD
     uint64_t ctl, ring, size, tail, asym;
     int fast;
     PyObject *slow_send, *slow_sendall, *post;
+    /* the C post (cq_slots == 0: post through the Python callable only) */
+    unsigned char body[48];
+    uint64_t cq_tail, cq_slots, cq_n, pending, pending_bit, sleeping, kicks;
+    int kick_fd;
+    PyObject *counter_obj;
+    Py_buffer counter;
 } TxObject;
 
 static int tx_traverse(TxObject *self, visitproc visit, void *arg)
@@ -260,7 +279,17 @@ static int tx_traverse(TxObject *self, visitproc visit, void *arg)
     Py_VISIT(self->slow_send);
     Py_VISIT(self->slow_sendall);
     Py_VISIT(self->post);
+    Py_VISIT(self->counter_obj);
     return 0;
+}
+
+static void tx_drop_cpost(TxObject *self)
+{
+    if (self->counter_obj) {
+        PyBuffer_Release(&self->counter);
+        Py_CLEAR(self->counter_obj);
+    }
+    self->cq_slots = 0;
 }
 
 static int tx_clear(TxObject *self)
@@ -268,6 +297,7 @@ static int tx_clear(TxObject *self)
     Py_CLEAR(self->slow_send);
     Py_CLEAR(self->slow_sendall);
     Py_CLEAR(self->post);
+    tx_drop_cpost(self);
     self->fast = 0;
     return 0;
 }
@@ -282,8 +312,8 @@ static void tx_dealloc(TxObject *self)
 static int tx_init(TxObject *self, PyObject *args, PyObject *kw)
 {
     unsigned long long ctl, ring, size, tail, asym;
-    PyObject *ss, *sa, *po;
-    if (!PyArg_ParseTuple(args, "KKKKKOOO:Tx", &ctl, &ring, &size, &tail, &asym, &ss, &sa, &po))
+    PyObject *ss, *sa, *po, *cpost = NULL;
+    if (!PyArg_ParseTuple(args, "KKKKKOOO|O:Tx", &ctl, &ring, &size, &tail, &asym, &ss, &sa, &po, &cpost))
         return -1;
     if (size == 0 || (size & (size - 1))) {
         PyErr_SetString(PyExc_ValueError, "ring size must be a power of two");
@@ -292,6 +322,34 @@ static int tx_init(TxObject *self, PyObject *args, PyObject *kw)
     if (!PyCallable_Check(ss) || !PyCallable_Check(sa) || !PyCallable_Check(po)) {
         PyErr_SetString(PyExc_TypeError, "slow_send, slow_sendall and post must be callable");
         return -1;
+    }
+    tx_drop_cpost(self);
+    if (cpost && cpost != Py_None) {
+        Py_buffer body;
+        unsigned long long ct, cs, cn, pw, pb, sw, kw;
+        int kfd;
+        PyObject *counter;
+        if (!PyArg_ParseTuple(cpost, "y*KKKKKKKiO:Tx post", &body, &ct, &cs, &cn, &pw, &pb, &sw, &kw, &kfd, &counter))
+            return -1;
+        int bad = body.len != 48 || cn == 0 || (cn & (cn - 1));
+        if (!bad)
+            memcpy(self->body, body.buf, 48);
+        PyBuffer_Release(&body);
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "Tx post: body must be 48 bytes and nslots a power of two");
+            return -1;
+        }
+        if (PyObject_GetBuffer(counter, &self->counter, PyBUF_WRITABLE) < 0)
+            return -1;
+        if (self->counter.len < 8) {
+            PyBuffer_Release(&self->counter);
+            PyErr_SetString(PyExc_ValueError, "Tx post: counter must hold 8 bytes");
+            return -1;
+        }
+        Py_INCREF(counter);
+        self->counter_obj = counter;
+        self->cq_tail = ct, self->cq_slots = cs, self->cq_n = cn, self->pending = pw, self->pending_bit = pb;
+        self->sleeping = sw, self->kicks = kw, self->kick_fd = kfd;
     }
     self->ctl = ctl, self->ring = ring, self->size = size, self->tail = tail, self->asym = asym;
     Py_INCREF(ss), Py_INCREF(sa), Py_INCREF(po);
@@ -348,6 +406,25 @@ static int tx_plain_args(TxObject *t, PyObject *const *args, Py_ssize_t nargs, P
 
 static int tx_post(TxObject *t)
 {
+    if (t->cq_slots) {
+        unsigned char body[48];
+        memcpy(body, t->body, 48);
+        memcpy(body + 8, &t->tail, 8); /* the entry's `a`: the tx tail at the post (x86-64: little endian) */
+        if (mpsc_push_raw(t->cq_tail, t->cq_slots, t->cq_n, body) >= 0) {
+            __atomic_fetch_or((uint64_t *)(uintptr_t)t->pending, t->pending_bit, __ATOMIC_SEQ_CST);
+            /* the locked OR above orders our stores before this load (Dekker with the dispatcher's sleep) */
+            if (__atomic_load_n((uint64_t *)(uintptr_t)t->sleeping, __ATOMIC_RELAXED)) {
+                __atomic_fetch_add((uint64_t *)(uintptr_t)t->kicks, 1, __ATOMIC_RELAXED);
+                uint64_t one = 1;
+                if (write(t->kick_fd, &one, sizeof one) < 0) {
+                    /* EAGAIN: the counter is full, the dispatcher wakes anyway; nothing else can be done */
+                }
+            }
+            ((uint64_t *)t->counter.buf)[0] += 1;
+            return 0;
+        }
+        /* full or corrupt: the Python path retries, and hands the draining flag back if it must give up */
+    }
     PyObject *tail = PyLong_FromUnsignedLongLong(t->tail);
     if (!tail)
         return -1;

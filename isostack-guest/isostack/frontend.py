@@ -39,10 +39,12 @@ import struct
 import threading
 import time
 import weakref
+from array import array
 
 from . import native, rss
 from .attach import DEFAULT_SOCKET, MAX_MESSAGE, Hello, discover, instance_path, parse_reply
 from .layout import (
+    BODY,
     C_ADDR_FAMILY,
     C_ADDR_IP0,
     C_ADDR_IP1,
@@ -206,7 +208,8 @@ class Instance:
         self._ctl_lock = threading.Lock()  # one readiness registration at a time on the attach connection
         self._free = list(range(g.max_sockets - 1, -1, -1))
         self._closing: dict[int, int] = {}  # slot -> position of its CLOSE
-        self.send_posts = 0  # SEND commands this process posted (counted only when one is posted)
+        self.send_posts = 0  # SEND commands this process posted through the Python path
+        self.c_send_posts = array("Q", [0])  # ... and through the C send path (each Tx posts into it)
         self.sockets: weakref.WeakSet[IsoSocket] = weakref.WeakSet()  # switched off before the memory goes
         self.closed = False
 
@@ -284,7 +287,8 @@ class Instance:
     def stats(self) -> dict:
         rings = self.ring_stats()
         out = {"instance": self.id, "cpu": self.cpu, "queues": None if self.rx_queues is None else
-               sorted(self.rx_queues), "kicks": self.q[H_KICKS], "send_posts": self.send_posts,
+               sorted(self.rx_queues), "kicks": self.q[H_KICKS],
+               "send_posts": self.send_posts + self.c_send_posts[0],
                "app": self.info.get("app"), "rings": rings}
         for k in ("doorbells_rung", "doorbells_saved", "notifications_dropped"):
             out[k] = sum(r[k] for r in rings)
@@ -597,8 +601,12 @@ class IsoSocket:
         # case (flags, not connected, no credits, closed, shut down, credits awaited) goes to the Python paths.
         tail = self._q[self._cw + C_TX_TAIL]
         if _TX is not None:
+            # The C path also posts the SEND itself (no Python between winning the flag and the SEND queued).
+            cpost = (BODY.pack(Op.SEND, 0, idx, 0, 0, 0, b""), self._cmdq.tail_addr, self._cmdq.slots_addr,
+                     self._cmdq.nslots, inst.base + (H_PENDING + (idx >> 6)) * 8, 1 << (idx & 63),
+                     inst.base + H_DISP_SLEEPING * 8, inst.base + H_KICKS * 8, inst.kick, inst.c_send_posts)
             self._txp = _TX(self._ctl, self._txr, self._tx_size, tail, self._asym, self._send_slow,
-                            self._sendall_slow, self._post_send)
+                            self._sendall_slow, self._post_send, cpost)
             self.send = self._txp.send
             self.sendall = self._txp.sendall
         else:
