@@ -67,6 +67,16 @@ def _recv_exactly(peer, n):
     return bytes(got)
 
 
+def _sent_and_released(d, s, peer) -> None:
+    """64 bytes sent and drained, then the dispatcher releases the ring's draining flag (the grace of the empty
+    ring ends before it sleeps): the next send must post SEND."""
+    s.sendall(b"a" * 64)
+    d.poll_once()
+    assert _recv_exactly(peer, 64) == b"a" * 64
+    d._sleep()
+    assert s._q[s._cw + C_DRAINING] == 0
+
+
 def test_send_posts_send_only_when_the_ring_is_not_being_drained(manual, fast):
     d, st, s, peer = manual
     if fast:  # installed on the instance: sock.send / sock.sendall are the C methods themselves
@@ -111,11 +121,7 @@ def test_stranded_tx_ring_is_adopted_when_idle(manual, fast, monkeypatch):
     monkeypatch.setattr(dispatcher, "STRANDED_CHECK_S", 0.0, raising=False)
     d, st, s, peer = manual
     q, cw = s._q, s._cw
-    s.sendall(b"a" * 64)
-    d.poll_once()
-    assert _recv_exactly(peer, 64) == b"a" * 64
-    d._sleep()  # the grace of the empty ring ends: the next send must post SEND
-    assert q[cw + C_DRAINING] == 0
+    _sent_and_released(d, s, peer)
 
     monkeypatch.setattr(s, "_post", lambda *a, **k: 0)  # the SEND is lost on its way (the Python path: the C
     s._send_slow(b"b" * 64)  # path posts without any Python that could lose it)
@@ -141,12 +147,7 @@ def test_an_adopted_ring_whose_send_comes_late_is_counted_as_late(manual, fast, 
     from isostack import dispatcher
 
     d, st, s, peer = manual
-    q, cw = s._q, s._cw
-    s.sendall(b"a" * 64)
-    d.poll_once()
-    assert _recv_exactly(peer, 64) == b"a" * 64
-    d._sleep()
-    assert q[cw + C_DRAINING] == 0
+    _sent_and_released(d, s, peer)
     held = []
     real_post = s._post
     monkeypatch.setattr(s, "_post", lambda *a, **k: held.append(a) or 0)  # the SEND is held back
@@ -174,11 +175,7 @@ def test_a_failed_send_post_hands_the_draining_flag_back(manual, fast, monkeypat
     ring would be stranded with nobody owing a SEND.  The send fails, the next one posts."""
     d, st, s, peer = manual
     q, cw = s._q, s._cw
-    s.sendall(b"a" * 64)
-    d.poll_once()
-    assert _recv_exactly(peer, 64) == b"a" * 64
-    d._sleep()
-    assert q[cw + C_DRAINING] == 0
+    _sent_and_released(d, s, peer)
 
     def full(*a, **k):
         raise OSError(errno.EAGAIN, "command queue full or corrupt")
@@ -308,11 +305,7 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
         pytest.skip("the extension has no Tx here")
     d, st, s, peer = manual
     q, cw = s._q, s._cw
-    s.sendall(b"a" * 64)
-    d.poll_once()
-    assert _recv_exactly(peer, 64) == b"a" * 64
-    d._sleep()
-    assert q[cw + C_DRAINING] == 0
+    _sent_and_released(d, s, peer)
     python_posts = []
     real_post = s._post
     monkeypatch.setattr(s, "_post", lambda *a, **k: python_posts.append(a) or real_post(*a, **k))
