@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from isostack.frontend import Stack
-from isostack.layout import Geometry
+from isostack.layout import C_TX_HEAD, C_TX_TAIL, Geometry
 
 GUEST = str(Path(__file__).resolve().parent.parent / "isostack-guest")
 
@@ -87,6 +87,49 @@ def test_connect_send_recv_eof(stack, listener):
     assert s.recv(100) == b""  # EOF stays
     s.shutdown(socket.SHUT_WR)
     assert peer.recv(10) == b""
+    s.close()
+    peer.close()
+
+
+def test_shutdown_returns_at_once_and_the_fin_follows_the_queued_data(stack, listener):
+    """As the kernel's: shutdown(SHUT_WR) with data still queued (the peer does not read, so the tx ring stays
+    full) returns without waiting for the drain, later sends fail with EPIPE, and the peer reads every byte, then
+    EOF."""
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    peer = box["c"]
+    s.settimeout(0.0)
+    data = bytearray()
+    chunk = os.urandom(4096)
+    deadline = time.monotonic() + 20
+    stuck_since = None
+    while time.monotonic() < deadline:  # fill the kernel buffers, then the tx ring, until nothing moves
+        try:
+            data += chunk[: s.send(chunk)]
+            stuck_since = None
+        except BlockingIOError:
+            head = s._q[s._cw + C_TX_HEAD]
+            if stuck_since is None or stuck_since[1] != head:
+                stuck_since = (time.monotonic(), head)
+            elif time.monotonic() - stuck_since[0] > 0.5:
+                break  # the ring is full and the kernel takes no more: the peer reads nothing
+            time.sleep(0.02)
+    assert s._q[s._cw + C_TX_TAIL] - s._q[s._cw + C_TX_HEAD] == stack.geometry.tx_size  # the ring is full
+    s.settimeout(5)
+    t0 = time.monotonic()
+    s.shutdown(socket.SHUT_WR)
+    assert time.monotonic() - t0 < 2  # did not wait for a peer that reads nothing
+    with pytest.raises(BrokenPipeError):
+        s.send(b"x")
+    got = bytearray()
+    peer.settimeout(10)
+    while True:
+        k = peer.recv(65536)
+        if not k:
+            break
+        got += k
+    assert bytes(got) == bytes(data)
     s.close()
     peer.close()
 
@@ -329,7 +372,7 @@ def test_recv_into_copies_from_the_ring_across_the_wrap(stack, listener, monkeyp
 USE_AFTER_CLOSE = r"""
 import errno, socket, sys
 from isostack.frontend import Stack
-from isostack.layout import Geometry
+from isostack.layout import C_TX_HEAD, C_TX_TAIL, Geometry
 
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
 st = Stack(sys.argv[1], Geometry(max_sockets=2, tx_size=4096, rx_size=4096))

@@ -795,14 +795,21 @@ class Dispatcher:
                 self._register(s, 0)  # stop the level-triggered wake-ups until the app accepts
 
     def _op_shutdown(self, s: Sock, cmd) -> None:
+        """As the kernel's shutdown(SHUT_WR): it returns at once and the FIN follows the queued data.  With data
+        still in the tx ring the command completes now (further sends fail: ST_TX_SHUT) and the kernel socket is
+        shut down once the ring is drained (_tx_idle); the application does not wait for the drain, which on a
+        slow connection can take long."""
         if cmd.a in (socket.SHUT_WR, socket.SHUT_RDWR) and s.app.region.q[s.cw + C_TX_TAIL] != s.tx_head:
-            s.shut_pending = cmd.pos  # after the tx ring drained
+            s.shut_pending = cmd.pos
             s.shut_how = cmd.a
+            self._set_state(s, s.state | ST_TX_SHUT)
+            self._complete(s, cmd.pos, 0)
             self._start_drain(s)
             return
         self._do_shutdown(s, cmd.a, cmd.pos)
 
-    def _do_shutdown(self, s: Sock, how: int, pos: int) -> None:
+    def _do_shutdown(self, s: Sock, how: int, pos: int | None) -> None:
+        """Shut the kernel socket down; complete the command at pos (None: it was completed when it came)."""
         try:
             s.k.shutdown(how)
             val = 0
@@ -810,7 +817,10 @@ class Dispatcher:
             val = -(e.errno or errno.EIO)
         if how != socket.SHUT_RD:
             self._set_state(s, s.state | ST_TX_SHUT)
-        self._complete(s, pos, val)
+        if pos is not None:
+            self._complete(s, pos, val)
+        elif val:
+            log.info("app %d socket %d: deferred shutdown failed: %s", s.app.id, s.idx, os.strerror(-val))
 
     def _op_close(self, s: Sock, pos: int) -> None:
         """Graceful close: queued tx bytes still go out (bounded by CLOSE_LINGER_S), then the slot is free."""
@@ -919,8 +929,8 @@ class Dispatcher:
 
     def _tx_idle(self, s: Sock) -> bool:
         if s.shut_pending >= 0:
-            pos, s.shut_pending = s.shut_pending, -1
-            self._do_shutdown(s, s.shut_how, pos)
+            s.shut_pending = -1
+            self._do_shutdown(s, s.shut_how, None)
         if s.close_pos >= 0:
             self._finish_close(s, s.close_pos)
             return True
