@@ -711,3 +711,44 @@ def test_send_loop_c_where_it_cannot_load_is_a_usage_error(monkeypatch, capsys):
         isoperf.main(["client", "--host", "127.0.0.1", "--port", str(_free_port()), "--send-loop", "c"])
     assert exc.value.code == 2
     assert "the C send loop is not available here" in capsys.readouterr().err
+
+
+def test_sndbuf_is_set_on_the_data_sockets_before_any_data(monkeypatch):
+    seen = []
+    real = isoperf._connect
+
+    def connect(host, port, timeout, stack="legacy"):
+        s = real(host, port, timeout, stack)
+        if port != server.port:  # a data connection (the control connection keeps the default)
+            orig = s.setsockopt
+
+            def setsockopt(level, name, value):
+                seen.append((level, name, value, s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)))
+                return orig(level, name, value)
+
+            s = _Wrapped(s, setsockopt)
+        return s
+
+    server = ServerThread()
+    monkeypatch.setattr(isoperf, "_connect", connect)
+    r = isoperf.run_client("127.0.0.1", server.port, RunParams(size=64, connections=2, duration=0.2, warmup=0),
+                           sndbuf=65536)
+    assert server.join() == 0 and r["errors"] == [] and r["sndbuf"] == 65536
+    assert [(lvl, name, value) for lvl, name, value, _ in seen] == [(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)] * 2
+
+
+class _Wrapped:
+    """A socket whose setsockopt is observed; everything else is the socket's."""
+
+    def __init__(self, sock, setsockopt):
+        self._sock = sock
+        self.setsockopt = setsockopt
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def test_sndbuf_bounds_are_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        isoperf.main(["client", "--host", "h", "--sndbuf", "0"])
+    assert exc.value.code == 2 and "--sndbuf: must be > 0" in capsys.readouterr().err

@@ -9,7 +9,7 @@ Usage::
     isoperf server [--bind ADDR] [--port 5701] [--once]
     isoperf client --host H [--port 5701] [--test stream|maerts|rr|crr] [--size 1448] [--response-size S]
                    [--duration 10] [--warmup 1] [--repeats 1] [--connections 1] [--stack legacy|iso]
-                   [--cpu N] [--verify] [--send-loop auto|c|python] [--json]
+                   [--cpu N] [--verify] [--send-loop auto|c|python] [--sndbuf BYTES] [--json]
 
 Tests (the client's view):
 
@@ -49,7 +49,8 @@ s), requested_duration, warmup, repeats, bytes (payload carried in that interval
 stream, by the client for maerts, requests + responses for rr/crr), messages (stream/maerts: bytes // size;
 rr/crr: transactions), throughput_bps, messages_per_s, cpu {"client": {"all": %, "cpu0": %, ...},
 "server": {...}} (busy % from /proc/stat over the measured intervals, warm-up excluded), send_loop (stream:
-"c" or "python", the loop around the per-message sendall calls; null for the other tests), verified (null
+"c" or "python", the loop around the per-message sendall calls; null for the other tests), sndbuf (--sndbuf or
+null), verified (null
 without --verify), errors (a non-empty list means exit 1), client_sent_bytes, client_total_bytes,
 server_total_bytes (whole run incl. warm-up, the sender's and the receiver's count; they must be equal);
 rr/crr add transactions, transactions_per_s, latency_us {p50, p90, p99, p99.9, max, min, mean, samples};
@@ -1041,12 +1042,14 @@ def run_client(
     _corrupt_byte: int | None = None,
     cpu: int | None = None,
     send_loop: str = "auto",
+    sndbuf: int | None = None,
 ) -> dict:
     """Run one test against an isoperf server and return the result dict.
 
     `cpu` pins the worker threads (one per connection) to that CPU. `send_loop` (auto|c|python) is the loop
-    around the stream senders' sendall calls (see Sender). `_corrupt_byte` is a test hook: flip one bit at
-    that offset of what connection 0 sends (stream: the stream; rr/crr: the requests).
+    around the stream senders' sendall calls (see Sender). `sndbuf` sets SO_SNDBUF on the data sockets before
+    any data (netperf's -s): it bounds the bytes a connection has in flight. `_corrupt_byte` is a test hook:
+    flip one bit at that offset of what connection 0 sends (stream: the stream; rr/crr: the requests).
     """
     params.check()
     if cpu is not None:
@@ -1071,6 +1074,8 @@ def run_client(
             for i in range(params.connections):
                 s = _connect(host, data_port, connect_timeout, params.stack)
                 s.settimeout(None)
+                if sndbuf is not None:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
                 if test == "rr":
                     _nodelay(s)
                 s.sendall(HELLO.pack(HELLO_MAGIC, i))
@@ -1150,6 +1155,7 @@ def run_client(
         "repeats": params.repeats,
         "cpu_binding": cpu,
         "send_loop": loop_kind,
+        "sndbuf": sndbuf,
         "verified": verified,
         "errors": errors,
         "client_sent_bytes": marks[-1].bytes - marks[0].bytes,
@@ -1282,6 +1288,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream without --verify: the loop around the per-message sendall calls, in C as netperf's "
                         "(isostack's _sendloop extension) or in Python; auto: C where it is built (default). The "
                         "result says which ran (send_loop)")
+    c.add_argument("--sndbuf", type=_positive_int, default=None,
+                   help="SO_SNDBUF of the data sockets in bytes (netperf's -s; the kernel doubles it): bounds what a "
+                        "connection has in flight (default: the kernel's autotuning)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.add_argument("--connect-timeout", type=_positive_float, default=5.0, help=argparse.SUPPRESS)
     return p
@@ -1360,7 +1369,7 @@ def main(argv: list[str] | None = None) -> int:
         except IsoperfError as e:
             parser.exit(2, f"isoperf client: error: {e}\n")
         result = run_client(args.host, args.port, params, connect_timeout=args.connect_timeout, cpu=args.cpu,
-                            send_loop=args.send_loop)
+                            send_loop=args.send_loop, sndbuf=args.sndbuf)
     except IsoperfError as e:
         print(f"isoperf: error: {e}", file=sys.stderr)
         return 1

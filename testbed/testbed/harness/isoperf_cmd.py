@@ -164,6 +164,8 @@ def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:
         args += ["--repeats", str(case.spec.intervals)]
     if case.spec.cpu is not None:
         args += ["--cpu", str(case.spec.cpu)]
+    if case.spec.sndbuf is not None:
+        args += ["--sndbuf", str(case.spec.sndbuf)]
     argv = " ".join(shlex.quote(a) for a in args)
     if case.stack == "iso":
         # The application on vCPU 0, isostackd on its own vCPU; the front-end finds it by its socket.

@@ -56,6 +56,7 @@ class TestSpec:
     response_size: int | None = None  # rr/crr: isoperf --response-size (None: the request size)
     intervals: int = 1  # isoperf --repeats: measured intervals per run, back to back
     cpu: int | None = None  # isoperf --cpu: the client's worker threads pinned to this vCPU
+    sndbuf: int | None = None  # isoperf --sndbuf: SO_SNDBUF of the client's data sockets (None: autotuning)
     crosscheck: bool = False  # legacy stream/rr cases: also run iperf3 / sockperf between the same guests
     instances: tuple[int, ...] = (1,)  # stack iso: isostackd instances on the client guest (matrix axis)
     so_busy_poll_us: int | None = None  # stack iso: isostackd --so-busy-poll-us (None: isostackd's default)
@@ -175,6 +176,7 @@ _TEST_KEYS = {
     "response_size": False,
     "intervals": False,
     "cpu": False,
+    "sndbuf": False,
     "crosscheck": False,
     "instances": False,
     "so_busy_poll_us": False,
@@ -346,6 +348,10 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
     if "cpu" in m:
         (cpu,) = _list_of(check, m, "cpu", where, int, allow_list=False)
         _range(check, m, "cpu", where, (cpu,), 0, 1023)
+    sndbuf = None
+    if "sndbuf" in m:
+        (sndbuf,) = _list_of(check, m, "sndbuf", where, int, allow_list=False)
+        _range(check, m, "sndbuf", where, (sndbuf,), 1024, 1 << 30)
     crosscheck = m.get("crosscheck", False)
     if not isinstance(crosscheck, bool):
         raise check.fail(
@@ -392,6 +398,7 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
         response_size=response_size,
         intervals=intervals,
         cpu=cpu,
+        sndbuf=sndbuf,
         crosscheck=crosscheck,
         instances=instances,
         so_busy_poll_us=so_busy_poll_us,

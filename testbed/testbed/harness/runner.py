@@ -172,6 +172,7 @@ class Runner:
             "response_size": case.spec.response_size,
             "intervals": case.spec.intervals,
             "cpu_binding": case.spec.cpu,
+            "sndbuf": case.spec.sndbuf,
             "client": client.name,
             "server": server.name,
             "server_ip": server.data_ip,
