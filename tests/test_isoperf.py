@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -752,3 +753,18 @@ def test_sndbuf_bounds_are_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         isoperf.main(["client", "--host", "h", "--sndbuf", "0"])
     assert exc.value.code == 2 and "--sndbuf: must be > 0" in capsys.readouterr().err
+
+
+def test_workers_are_joined_within_one_deadline_for_all():
+    """Stuck workers share the timeout: the control exchange is not held for N times it."""
+    release = threading.Event()
+    workers = [threading.Thread(target=release.wait, daemon=True) for _ in range(4)]
+    for w in workers:
+        w.start()
+    t0 = time.monotonic()
+    isoperf._join_all(workers, 0.3)
+    assert time.monotonic() - t0 < 0.9  # one by one with 0.3 s each would take 1.2 s
+    assert all(w.is_alive() for w in workers)
+    release.set()
+    isoperf._join_all(workers, 5)
+    assert not any(w.is_alive() for w in workers)

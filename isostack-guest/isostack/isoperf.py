@@ -762,6 +762,15 @@ class CRRServer(Worker):
 # ---------------------------------------------------------------- server
 
 
+def _join_all(workers: list[Worker], timeout: float) -> None:
+    """Join the workers within one deadline for all of them: one by one with the whole timeout each, 16 stuck
+    connections (TCP in RTO back-off under TCG) would hold the control exchange for minutes and the peer's
+    control timeout would end the session; a worker still alive after it is reported ("did not stop in time")."""
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        w.join(max(0.0, deadline - time.monotonic()))
+
+
 def _accept_data(listener: socket.socket, params: RunParams, timeout: float) -> list[socket.socket]:
     """Accept the session's N data connections and order them by the index in their hello."""
     listener.settimeout(timeout)
@@ -862,8 +871,7 @@ def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None
             else:
                 raise IsoperfError(f"unexpected control message {msg['type']!r}")
         stop.set()  # maerts senders and crr acceptors stop; stream/rr connections end at the client's EOF
-        for w in workers:
-            w.join(CONTROL_TIMEOUT)
+        _join_all(workers, CONTROL_TIMEOUT)
         if params.test == "maerts":
             for s in socks:
                 s.close()  # FIN after the queued data: the client's receivers reach EOF
@@ -1103,8 +1111,7 @@ def run_client(
             marks.append(_snapshot(workers))
         stop.set()
         if test != "maerts":
-            for w in workers:
-                w.join(CONTROL_TIMEOUT)
+            _join_all(workers, CONTROL_TIMEOUT)
             for s in data_socks:
                 s.shutdown(socket.SHUT_WR)
         done = {"sent_bytes": sum(w.bytes for w in workers) if test == "stream" else None}
@@ -1113,8 +1120,7 @@ def run_client(
         ctrl.send(type="done", **done)
         server = ctrl.expect("result", timeout=CONTROL_TIMEOUT + params.duration)
         if test == "maerts":  # the server closed its side after the result's figures were taken
-            for w in workers:
-                w.join(CONTROL_TIMEOUT)
+            _join_all(workers, CONTROL_TIMEOUT)
     finally:
         stop.set()
         for s in data_socks:
