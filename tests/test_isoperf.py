@@ -768,3 +768,38 @@ def test_workers_are_joined_within_one_deadline_for_all():
     release.set()
     isoperf._join_all(workers, 5)
     assert not any(w.is_alive() for w in workers)
+
+
+def test_a_connection_broken_at_the_end_is_an_error_in_the_result_not_a_crash(monkeypatch):
+    """A data connection reset under the client (its shutdown fails): the session still ends and reports it."""
+    real = isoperf._connect
+
+    def connect(host, port, timeout, stack="legacy"):
+        s = real(host, port, timeout, stack)
+        if port != server.port:
+            real_shutdown = s.shutdown
+
+            def shutdown(how):
+                real_shutdown(how)  # the server's side ends (as a reset would end it), the call fails
+                raise ConnectionResetError(104, "Connection reset by peer")
+
+            s = _Wrapped(s, s.setsockopt)
+            s.shutdown = shutdown
+        return s
+
+    server = ServerThread()
+    monkeypatch.setattr(isoperf, "_connect", connect)
+    r = isoperf.run_client("127.0.0.1", server.port, RunParams(size=64, connections=2, duration=0.2, warmup=0))
+    server.join()
+    assert "connection 0: shutdown failed: [Errno 104] Connection reset by peer" in r["errors"]
+    assert "connection 1: shutdown failed: [Errno 104] Connection reset by peer" in r["errors"]
+
+
+def test_cli_reports_a_broken_connection_as_an_error_line(monkeypatch, capsys):
+    def broken(*a, **k):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(isoperf, "run_client", broken)
+    assert isoperf.main(["client", "--host", "127.0.0.1", "--port", "5701"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "isoperf: error: [Errno 104] Connection reset by peer"

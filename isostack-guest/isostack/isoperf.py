@@ -1069,6 +1069,7 @@ def run_client(
     stop = threading.Event()
     test = params.test
     iso_stats: dict | None = None
+    end_errors: list[str] = []
     try:
         ctrl.send(type="start", version=PROTOCOL_VERSION, **asdict(params))
         try:
@@ -1112,8 +1113,11 @@ def run_client(
         stop.set()
         if test != "maerts":
             _join_all(workers, CONTROL_TIMEOUT)
-            for s in data_socks:
-                s.shutdown(socket.SHUT_WR)
+            for i, s in enumerate(data_socks):
+                try:
+                    s.shutdown(socket.SHUT_WR)
+                except OSError as e:  # the connection broke (reset): the session still ends with the figures
+                    end_errors.append(f"connection {i}: shutdown failed: {e}")
         done = {"sent_bytes": sum(w.bytes for w in workers) if test == "stream" else None}
         if test in TRANSACTION_TESTS:
             done["transactions"] = [w.count for w in workers]
@@ -1132,6 +1136,7 @@ def run_client(
 
     errors = [w.error for w in workers if w.error]
     errors += [f"connection {w.index} did not stop in time" for w in workers if w.is_alive()]
+    errors += end_errors
     errors += list(server.get("errors", []))
     client_total = sum(w.bytes for w in workers)
     server_total = server.get("total_bytes")
@@ -1376,7 +1381,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"isoperf client: error: {e}\n")
         result = run_client(args.host, args.port, params, connect_timeout=args.connect_timeout, cpu=args.cpu,
                             send_loop=args.send_loop, sndbuf=args.sndbuf)
-    except IsoperfError as e:
+    except (IsoperfError, OSError) as e:  # OSError: a data or control connection broke mid-session
         print(f"isoperf: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
