@@ -243,6 +243,12 @@ def test_no_comparison_without_a_legacy_baseline():
     assert "IsoStack vs legacy" not in report.markdown(run)
 
 
+def test_no_comparison_in_a_legacy_only_run():
+    run = {"cases": [_stream_case("legacy", 1, 20_000, 50.0), _stream_case("legacy", 4, 30_000, 80.0)]}
+    assert report.comparison_rows(run) == [] and report.build_comparison(run) is None
+    assert "IsoStack vs legacy" not in report.markdown(run)
+
+
 def test_notes_name_the_cases_where_isostackd_drained_stranded_rings():
     case = _stream_case("iso", 16, 100_000, 50.0, locks=True)
     case["isostackd"] = [{"instance": 0, "stats": {"tx_stranded": 2, "tx_stranded_late_send": 2}},

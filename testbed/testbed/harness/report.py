@@ -286,11 +286,12 @@ def comparison_rows(run: dict) -> list[list[str]]:
     def medians(items: list[tuple]) -> tuple:
         return tuple(_median([f[i] for _, f in items if f[i] is not None]) for i in range(3))
 
+    compared = {(t, sz, n) for (t, sz, n, stack) in groups if stack != "legacy" and (t, sz, n, "legacy") in groups}
     out = []
     for (test, size, conns, stack), items in groups.items():
-        base_items = groups.get((test, size, conns, "legacy"))
-        if not base_items:
+        if (test, size, conns) not in compared:  # no pair: nothing to compare (a legacy-only run has no table)
             continue
+        base_items = groups[(test, size, conns, "legacy")]
         mps, per_cpu, retrans = medians(items)
         base = medians(base_items)
         is_base = stack == "legacy"
