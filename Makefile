@@ -48,3 +48,8 @@ down:
 clean: down
 	rm -rf $(VENV) .tox .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Check commit messages as you commit (.githooks/commit-msg runs gitlint with .gitlint; docs/contributing.md).
+.PHONY: hooks
+hooks:
+	git config core.hooksPath .githooks
