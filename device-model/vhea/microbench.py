@@ -16,6 +16,7 @@ import struct
 import time
 from array import array
 
+from .datapath import tx_pull
 from .memory import GuestMemory, MappedRegion
 from .net import NET_HDR_LEN, PLAIN_HDR
 from .offload import OFFLOAD_FEATURES, VHDR, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
@@ -151,9 +152,7 @@ def measure(datapath: str, kind: str = "plain", size: int = 64, rounds: int = 20
             def pull() -> None:
                 a.offer(heads)
                 r = ra
-                consumed, *_rest = nat.tx_pull(mem, r._desc, r._avail, r._used, r.num, r.last_avail_idx, r.used_idx,
-                                               r.event_idx, r.indirect, 256, 12, server._arena, server._meta,
-                                               server._runs)
+                consumed = tx_pull(nat, mem, r.view(), 256, 12, server._arena, server._meta, server._runs).consumed
                 r.last_avail_idx = (r.last_avail_idx + consumed) & 0xFFFF
                 r.used_idx = (r.used_idx + consumed) & 0xFFFF
         else:
