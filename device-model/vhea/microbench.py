@@ -47,9 +47,10 @@ class _Side:
         self.mem = GuestMemory([MappedRegion(MemoryRegion(self.gpa, self.size, self.uva, 0), self.m,
                                              memoryview(self.m))])
         from .handler import BackendHandler
+        from .net_backend import NetBackend
 
         p = server.ports[port]
-        p.handler = BackendHandler(port, 1)
+        p.handler = BackendHandler(port, NetBackend(1, port))
         dev = p.handler.device
         dev.mem = self.mem
         dev.set_features(FEATURES)

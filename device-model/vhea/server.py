@@ -33,6 +33,7 @@ from .connection import Connection, Disconnected
 from .datapath import tx_pull
 from .handler import BackendHandler
 from .net import ARENA_PREFIX, MAX_FRAME, NET_HDR_LEN, PLAIN_HDR, ArenaTxFrame
+from .net_backend import NetBackend
 from .offload import VHDR, OffloadError, TxFrame, validate
 from .pacing import Pacer
 from .pause import DEFAULT_MAX_US, HOLD_POLL_S, Backlog, check_max_us
@@ -457,7 +458,7 @@ class Server:
 
     def _attach(self, port: Port, sock: socket.socket) -> None:
         port.conn = Connection(sock)
-        port.handler = BackendHandler(port.name, port.queue_pairs)
+        port.handler = BackendHandler(port.name, NetBackend(port.queue_pairs, port.name))
         for ring, counters in zip(port.handler.device.rings, port.queue_counters, strict=True):
             ring.counters = counters
         port.handler.device.native = self._native
