@@ -1,4 +1,4 @@
-"""The fast paths that `vhea bench` measures must behave exactly as the checked loop.
+"""Vring's batch fast paths (which `vhea bench` measures) must behave exactly as the checked loop.
 
 Python datapath: a batch of >= NP_BATCH single-buffer tx descriptors is translated with numpy; anything odd in it (a
 chain, a bad address, a wrong direction) falls back to the loop, which names the problem and stops the ring.
