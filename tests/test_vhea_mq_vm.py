@@ -121,11 +121,10 @@ def test_qemu_masks_rss_but_not_hash_report_for_vhost_user(monkeypatch):
     program in the back-end, which only tap takes). So a vhost-user guest can never configure RSS."""
     from vhea_helpers import running_server
 
-    import vhea.handler
     import vhea.net
 
     base = vhea.net.offered_features
-    monkeypatch.setattr(vhea.handler, "offered_features", lambda qp: base(qp) | (1 << 60) | (1 << 57))
+    monkeypatch.setattr(vhea.net, "offered_features", lambda qp: base(qp) | (1 << 60) | (1 << 57))
     d = tempfile.mkdtemp(prefix="vhq", dir="/tmp")
     qmp_path = os.path.join(d, "qmp.sock")
     with running_server(d, ["a"], queue_pairs=2):

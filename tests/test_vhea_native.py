@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from vhea import native
+from vhea.datapath import tx_pull
 from vhea.memory import GuestMemory, MappedRegion
 from vhea.net import PLAIN_HDR, VirtioNet
 from vhea.offload import OFFLOAD_FEATURES, VHDR, OffloadError, TxFrame, validate
@@ -137,9 +138,9 @@ def _pull_native(image, num, last, budget, indirect_ok):
     r.indirect = indirect_ok
     arena = bytearray(1 << 20)
     meta, runs = array("q", bytes(8 * 2 * 256)), array("q", bytes(8 * 4 * 256))
-    consumed, nframes, _nbytes, runts, oversize, nruns, err = nat.tx_pull(
-        mem.native(nat), r._desc, r._avail, r._used, num, last, last, r.event_idx, r.indirect, budget, dev.hdr_len,
-        arena, meta, runs)
+    assert (r.num, r.last_avail_idx, r.used_idx) == (num, last, last)
+    consumed, nframes, _nbytes, runts, oversize, nruns, err = tx_pull(
+        nat, mem.native(nat), r.view(), budget, dev.hdr_len, arena, meta, runs)
     out, drops = [], {}
     if runts:
         drops["tx_runt"] = runts

@@ -3,8 +3,11 @@
 Layers, each its own module (after rust-vmm's vhost crates):
   protocol   wire format: header, payload dataclasses, sans-I/O framing parser
   connection Unix socket + SCM_RIGHTS fds, non-blocking
-  handler    one method per request, a table that says which requests carry fds
+  handler    one method per request, a table that says which requests carry fds; session: its state
+  vhost_backend  the interface the handler drives a device through (after rust-vmm's VhostUserBackend)
   net        virtio-net semantics: virtio_net_hdr, tx gather, rx scatter with MRG_RXBUF
+  net_backend    VirtioNet configured by vhost-user requests (implements vhost_backend)
+  datapath   the native datapath's calls on a vring view, with named results
   vring      split virtqueue state and a bounds-checked avail -> chain -> used walk
   memory     SET_MEM_TABLE regions, mmapped, guest-physical and front-end-virtual translation
   native     the native datapath: _datapath.c (tx batch walk + copy + used ring, rx batch write), built with

@@ -2,18 +2,17 @@
 
 Like DPDK's vhost_message_handlers: fds on a message that must not carry them are closed before the
 handler runs; a request that is not in the table, or whose payload is malformed, is a ProtocolError and the
-connection closes. The handler changes device state only; the server reacts to it (kick fds, calls).
+connection closes. The handler decodes and checks requests and keeps the session state; the device behind
+the VhostUserBackend interface changes, and the server reacts to it (kick fds, calls).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-from .memory import AddressError, GuestMemory
-from .net import VirtioNet, offered_features
 from .protocol import (
     FLAG_NEED_REPLY,
     U64,
@@ -32,7 +31,8 @@ from .protocol import (
     request_name,
     unpack_u64,
 )
-from .vring import RingError, Vring
+from .session import SessionState
+from .vhost_backend import BackendError, VhostUserBackend
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ OFFERED_PROTOCOL_FEATURES_MQ = bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REP
 #: fds a request may carry: 0 none, 1 exactly one (unless the NOFD bit says none), "n" one per region.
 NO_FDS, ONE_FD, REGION_FDS = 0, 1, 2
 
+Device = TypeVar("Device", bound=VhostUserBackend)
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -50,15 +52,13 @@ class Entry:
     has_reply: bool = False
 
 
-class BackendHandler:
-    """State of one vhost-user session (a connected front-end) for one port."""
+class BackendHandler(Generic[Device]):
+    """One vhost-user session (a connected front-end) for one port, driving `device`."""
 
-    def __init__(self, port: str, queue_pairs: int) -> None:
+    def __init__(self, port: str, device: Device) -> None:
         self.port = port
-        self.device = VirtioNet(queue_pairs)
-        self.acked_features = 0
-        self.protocol_features = 0
-        self.owner = False
+        self.device = device
+        self.session = SessionState.new(device.vring_count)
 
     # ---- dispatch ------------------------------------------------------------------------------------------
 
@@ -86,66 +86,67 @@ class BackendHandler:
 
     @property
     def reply_ack(self) -> bool:
-        return bool(self.protocol_features & bit(ProtocolFeature.REPLY_ACK))
+        return bool(self.session.protocol_features & bit(ProtocolFeature.REPLY_ACK))
 
     def close(self) -> None:
-        for r in self.device.rings:
-            r.reset()
-        if self.device.mem is not None:
-            self.device.mem.close()
-            self.device.mem = None
+        """The session ends: the device lets go of its rings and memory."""
+        self.device.reset()
+        self.session.end()
 
-    def ring(self, index: int) -> Vring:
-        if not 0 <= index < len(self.device.rings):
-            raise ProtocolError(f"ring index {index} out of range ({len(self.device.rings)} rings)")
-        return self.device.rings[index]
+    def ring_index(self, index: int) -> int:
+        count = self.device.vring_count
+        if not 0 <= index < count:
+            raise ProtocolError(f"ring index {index} out of range ({count} rings)")
+        return index
 
-    def take_one_fd(self, msg: Message, what: str) -> tuple[Vring, int | None]:
+    def take_one_fd(self, msg: Message, what: str) -> tuple[int, int | None]:
+        """(ring index, fd or None) of a SET_VRING_KICK/CALL/ERR: the index and the NOFD bit checked."""
         value = unpack_u64(msg.payload)
         if value & ~(VRING_IDX_MASK | VRING_NOFD_MASK):
             raise ProtocolError(f"{what}: unknown bits in {value:#x}")
-        ring = self.ring(value & VRING_IDX_MASK)
+        index = self.ring_index(value & VRING_IDX_MASK)
         if value & VRING_NOFD_MASK:
             if msg.fds:
                 raise ProtocolError(f"{what}: NOFD flag but {len(msg.fds)} fd(s) sent")
-            return ring, None
+            return index, None
         if len(msg.fds) != 1:
             raise ProtocolError(f"{what}: expected 1 fd, got {len(msg.fds)}")
-        return ring, msg.fds.pop()
+        return index, msg.fds.pop()
+
+    def offered_protocol_features(self) -> int:
+        return OFFERED_PROTOCOL_FEATURES_MQ if self.device.queue_num > 1 else OFFERED_PROTOCOL_FEATURES_1Q
 
     # ---- requests ------------------------------------------------------------------------------------------
 
     def get_features(self, msg: Message) -> bytes:
-        return U64.pack(offered_features(self.device.queue_pairs))
+        return U64.pack(self.device.offered_features())
 
     def set_features(self, msg: Message) -> None:
         features = unpack_u64(msg.payload)
-        offered = offered_features(self.device.queue_pairs)
+        offered = self.device.offered_features()
         if features & ~offered:
             raise ProtocolError(f"SET_FEATURES {features:#x} has bits we did not offer ({features & ~offered:#x})")
-        self.acked_features = features
+        self.session.acked_features = features
         self.device.set_features(features)
         log.info("port %s: features %#x", self.port, features)
 
     def get_protocol_features(self, msg: Message) -> bytes:
-        offered = OFFERED_PROTOCOL_FEATURES_MQ if self.device.queue_pairs > 1 else OFFERED_PROTOCOL_FEATURES_1Q
-        return U64.pack(offered)
+        return U64.pack(self.offered_protocol_features())
 
     def set_protocol_features(self, msg: Message) -> None:
         features = unpack_u64(msg.payload)
-        offered = OFFERED_PROTOCOL_FEATURES_MQ if self.device.queue_pairs > 1 else OFFERED_PROTOCOL_FEATURES_1Q
-        if features & ~offered:
+        if features & ~self.offered_protocol_features():
             raise ProtocolError(f"SET_PROTOCOL_FEATURES {features:#x} has bits we did not offer")
-        self.protocol_features = features
+        self.session.protocol_features = features
 
     def set_owner(self, msg: Message) -> None:
-        self.owner = True  # QEMU sends it once per queue-pair vhost_dev; repeats are harmless
+        self.session.owner = True  # QEMU sends it once per queue-pair vhost_dev; repeats are harmless
 
     def reset_owner(self, msg: Message) -> None:
-        self.owner = False
+        self.session.owner = False
         self.close()
         self.device.set_features(0)
-        self.acked_features = 0
+        self.session.acked_features = 0
 
     def set_mem_table(self, msg: Message) -> None:
         table = MemoryTable.unpack(msg.payload)
@@ -153,102 +154,77 @@ class BackendHandler:
             raise ProtocolError(f"SET_MEM_TABLE: {len(table.regions)} regions but {len(msg.fds)} fds")
         fds, msg.fds = msg.fds, []
         try:
-            mem = GuestMemory.map(table.regions, fds)
-        except AddressError as e:
+            self.device.set_mem_table(table.regions, fds)
+        except BackendError as e:
             raise ProtocolError(f"SET_MEM_TABLE: {e}") from e
-        old = self.device.mem
-        for r in self.device.rings:
-            r.unmap()
-        self.device.mem = mem
-        if old is not None:
-            old.close()
-        for r in self.device.rings:
-            if r.addr is not None:
-                try:
-                    r.map(mem)
-                except RingError as e:
-                    r.stop(str(e))
-                    log.warning("port %s: ring %d stopped: %s", self.port, r.index, e)
+        self.session.memory_table = True
         log.info("port %s: memory table with %d region(s): %s", self.port, len(table.regions),
                  ", ".join(f"gpa {x.guest_phys_addr:#x} size {x.memory_size:#x}" for x in table.regions))
 
     def set_vring_num(self, msg: Message) -> None:
         st = VringState.unpack(msg.payload)
+        index = self.ring_index(st.index)
         try:
-            self.ring(st.index).set_num(st.num)
-        except RingError as e:
+            self.device.set_vring_num(index, st.num)
+        except BackendError as e:
             raise ProtocolError(str(e)) from e
+        self.session.rings[index].num = st.num
 
     def set_vring_addr(self, msg: Message) -> None:
         addr = VringAddr.unpack(msg.payload)
-        ring = self.ring(addr.index)
-        if self.device.mem is None:
+        index = self.ring_index(addr.index)
+        if not self.session.memory_table:
             raise ProtocolError("SET_VRING_ADDR before SET_MEM_TABLE")
-        if ring.num == 0:
+        if self.session.rings[index].num == 0:
             raise ProtocolError("SET_VRING_ADDR before SET_VRING_NUM")
-        ring.addr = addr
-        ring.error = None
         try:
-            ring.map(self.device.mem)
-        except RingError as e:
+            self.device.set_vring_addr(addr)
+        except BackendError as e:
             raise ProtocolError(str(e)) from e
-        base = ring.last_avail_idx
-        ring.sync_used_idx()
-        if ring.used_idx != 0 or base != 0:  # a front-end that reconnects (QEMU reconnect=1) or a ring restarted
-            log.info("port %s: ring %d resumes at used idx %d (SET_VRING_BASE gave %d)", self.port, ring.index,
-                     ring.used_idx, base)
 
     def set_vring_base(self, msg: Message) -> None:
         st = VringState.unpack(msg.payload)
-        ring = self.ring(st.index)
+        index = self.ring_index(st.index)
         if st.num > 0xFFFF:
             raise ProtocolError(f"SET_VRING_BASE {st.num} is not a 16-bit index")
-        ring.last_avail_idx = st.num
-        ring.used_idx = st.num
-        ring.signalled_used_valid = False
+        self.device.set_vring_base(index, st.num)
 
     def get_vring_base(self, msg: Message) -> bytes:
         st = VringState.unpack(msg.payload)
-        ring = self.ring(st.index)
-        base = ring.last_avail_idx
-        ring.started = False
-        if ring.kick_fd is not None:
-            os.close(ring.kick_fd)
-            ring.kick_fd = None
-        ring.error = None
-        log.info("port %s: ring %d stopped by GET_VRING_BASE at %d", self.port, ring.index, base)
+        index = self.ring_index(st.index)
+        base = self.device.get_vring_base(index)
+        self.session.rings[index].started = False
+        log.info("port %s: ring %d stopped by GET_VRING_BASE at %d", self.port, index, base)
         return VringState(st.index, base).pack()
 
     def set_vring_kick(self, msg: Message) -> None:
-        ring, fd = self.take_one_fd(msg, "SET_VRING_KICK")
-        if ring.kick_fd is not None:
-            os.close(ring.kick_fd)
-        ring.kick_fd = fd
+        index, fd = self.take_one_fd(msg, "SET_VRING_KICK")
+        ring = self.session.rings[index]
+        self.device.set_vring_kick(index, fd)
         ring.started = True
-        if not self.acked_features & bit(VHOST_USER_F_PROTOCOL_FEATURES):
-            ring.enabled = True  # without PROTOCOL_FEATURES a ring is enabled as soon as it starts
-        log.info("port %s: ring %d started (enabled=%s)", self.port, ring.index, ring.enabled)
+        if not self.session.acked_features & bit(VHOST_USER_F_PROTOCOL_FEATURES):
+            self.device.set_vring_enable(index, True)  # without PROTOCOL_FEATURES a ring is enabled as it starts
+            ring.enabled = True
+        log.info("port %s: ring %d started (enabled=%s)", self.port, index, ring.enabled)
 
     def set_vring_call(self, msg: Message) -> None:
-        ring, fd = self.take_one_fd(msg, "SET_VRING_CALL")
-        if ring.call_fd is not None:
-            os.close(ring.call_fd)
-        ring.call_fd = fd
+        index, fd = self.take_one_fd(msg, "SET_VRING_CALL")
+        self.device.set_vring_call(index, fd)
 
     def set_vring_err(self, msg: Message) -> None:
-        ring, fd = self.take_one_fd(msg, "SET_VRING_ERR")
-        if ring.err_fd is not None:
-            os.close(ring.err_fd)
-        ring.err_fd = fd
+        index, fd = self.take_one_fd(msg, "SET_VRING_ERR")
+        self.device.set_vring_err(index, fd)
 
     def get_queue_num(self, msg: Message) -> bytes:
-        return U64.pack(self.device.queue_pairs)
+        return U64.pack(self.device.queue_num)
 
     def set_vring_enable(self, msg: Message) -> None:
         st = VringState.unpack(msg.payload)
-        ring = self.ring(st.index)
-        ring.enabled = bool(st.num)
-        log.info("port %s: ring %d %s", self.port, ring.index, "enabled" if ring.enabled else "disabled")
+        index = self.ring_index(st.index)
+        enabled = bool(st.num)
+        self.device.set_vring_enable(index, enabled)
+        self.session.rings[index].enabled = enabled
+        log.info("port %s: ring %d %s", self.port, index, "enabled" if enabled else "disabled")
 
 
 def _table() -> dict[int, Entry]:

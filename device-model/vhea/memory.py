@@ -42,15 +42,16 @@ class GuestMemory:
 
     def __init__(self, regions: list[MappedRegion]) -> None:
         self.regions = regions
-        # plain tuples for the per-descriptor lookup (no attribute or property calls in the hot path)
-        self._by_gpa = [(r.gpa, r.size, r.view) for r in regions]
+        #: (guest-physical base, size, view) per region: plain tuples for the per-descriptor lookup in vring.py
+        #: (no attribute or property calls in the hot path)
+        self.gpa_spans = [(r.gpa, r.size, r.view) for r in regions]
         self._native = None  # the native datapath's view of the regions (holds buffer exports until close)
 
     def native(self, module):
         """The regions as the native datapath's Memory object (made once; released by close())."""
         m = self._native
         if m is None:
-            m = self._native = module.Memory([(gpa, size, view) for gpa, size, view in self._by_gpa])
+            m = self._native = module.Memory([(gpa, size, view) for gpa, size, view in self.gpa_spans])
         return m
 
     @classmethod
@@ -99,11 +100,11 @@ class GuestMemory:
             except BufferError:
                 pass  # a ring still holds a view; the map goes when that is dropped
         self.regions = []
-        self._by_gpa = []
+        self.gpa_spans = []
 
     def gpa(self, addr: int, length: int) -> memoryview:
         """Guest-physical [addr, addr+length) as a writable view; raises AddressError if not inside one region."""
-        for base, size, view in self._by_gpa:
+        for base, size, view in self.gpa_spans:
             off = addr - base
             if 0 <= off and off + length <= size:
                 return view[off:off + length]

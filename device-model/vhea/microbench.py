@@ -16,6 +16,7 @@ import struct
 import time
 from array import array
 
+from .datapath import tx_pull
 from .memory import GuestMemory, MappedRegion
 from .net import NET_HDR_LEN, PLAIN_HDR
 from .offload import OFFLOAD_FEATURES, VHDR, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
@@ -46,9 +47,10 @@ class _Side:
         self.mem = GuestMemory([MappedRegion(MemoryRegion(self.gpa, self.size, self.uva, 0), self.m,
                                              memoryview(self.m))])
         from .handler import BackendHandler
+        from .net_backend import NetBackend
 
         p = server.ports[port]
-        p.handler = BackendHandler(port, 1)
+        p.handler = BackendHandler(port, NetBackend(1, port))
         dev = p.handler.device
         dev.mem = self.mem
         dev.set_features(FEATURES)
@@ -151,9 +153,7 @@ def measure(datapath: str, kind: str = "plain", size: int = 64, rounds: int = 20
             def pull() -> None:
                 a.offer(heads)
                 r = ra
-                consumed, *_rest = nat.tx_pull(mem, r._desc, r._avail, r._used, r.num, r.last_avail_idx, r.used_idx,
-                                               r.event_idx, r.indirect, 256, 12, server._arena, server._meta,
-                                               server._runs)
+                consumed = tx_pull(nat, mem, r.view(), 256, 12, server._arena, server._meta, server._runs).consumed
                 r.last_avail_idx = (r.last_avail_idx + consumed) & 0xFFFF
                 r.used_idx = (r.used_idx + consumed) & 0xFFFF
         else:

@@ -12,6 +12,7 @@ import struct
 from array import array
 from dataclasses import dataclass
 
+from .datapath import RX_DONE, RX_RING_ERROR, RX_STOPPED, RxBatchResult, rx_push
 from .memory import GuestMemory
 from .offload import (
     OFFLOAD_FEATURES,
@@ -141,7 +142,7 @@ class VirtioNet:
         frames = 0
         nbytes = 0
         heads = ring.heads(n)
-        for head, v in zip(heads, ring.lone_views(heads, mem), strict=True):
+        for head, v in zip(heads, ring.single_buffer_views(heads, mem), strict=True):
             parts = None
             if v is not None:
                 total = len(v)
@@ -270,12 +271,12 @@ class VirtioNet:
         return "rx_no_buffers" if nobuf else "rx_buffer_too_small" if small else None
 
     def push_rx_many(self, ring: Vring, frames: list[bytes], start: int, end: int, stop: bool = False
-                     ) -> tuple[int, int, int, int, str | None, int]:
+                     ) -> RxBatchResult:
         """Plain frames[start:end] into `ring`, the Python datapath's batch: the same outcome as _push_py frame by
-        frame, but the lone buffers of a batch are translated in one call (numpy for big batches) and the used
-        ring is published once per batch. (frames, bytes, rx_no_buffers, rx_buffer_too_small, ring error or
-        None, index of the frame that hit it), as rx_native; never raises RingError. With `stop` (flow
-        control), the first frame without buffers ends the call: rx_no_buffers 1 and the index is that frame's."""
+        frame, but the single buffers of a batch are translated in one call (numpy for big batches) and the used
+        ring is published once per batch; the result is as rx_native's, and it never raises RingError. With
+        `stop` (flow control), the first frame without buffers ends the call: rx_no_buffers 1 and the index is
+        that frame's."""
         mem = self.mem
         hl = self.hdr_len
         hdr = PLAIN_HDR[:hl]
@@ -290,7 +291,7 @@ class VirtioNet:
                 if avail:
                     k = min(avail, end - i)
                     heads = ring.heads(k)
-                    for head, v in zip(heads, ring.lone_views(heads, mem, writable=True), strict=True):
+                    for head, v in zip(heads, ring.single_buffer_views(heads, mem, writable=True), strict=True):
                         f = frames[i + taken]
                         need = hl + len(f)
                         if v is None or len(v) < need:
@@ -315,23 +316,23 @@ class VirtioNet:
                 try:
                     reason = self._push_py(ring, frames[i], 0, 0, 0, 0, 0, 0)
                 except RingError as e:
-                    return delivered, nbytes, nobuf, small, str(e), i
+                    return RxBatchResult(delivered, nbytes, nobuf, small, str(e), i)
                 if reason is None:
                     delivered += 1
                     nbytes += len(frames[i])
                 elif reason == "rx_no_buffers":
                     nobuf += 1
                     if stop:
-                        return delivered, nbytes, nobuf, small, None, i
+                        return RxBatchResult(delivered, nbytes, nobuf, small, None, i)
                 else:
                     small += 1
                 i += 1
-        return delivered, nbytes, nobuf, small, None, end
+        return RxBatchResult(delivered, nbytes, nobuf, small, None, end)
 
     def _push_many_py(self, ring: Vring, frames: list[bytes], flags: int, csum_start: int, csum_offset: int
                       ) -> str | None:
         """Several frames with the same (non-GSO) header into one ring: buffers translated in one call, one
-        used/publish step per batch; a frame that does not fit one lone buffer goes through _push."""
+        used/publish step per batch; a frame that does not fit one single buffer goes through _push."""
         mem = self.mem
         assert mem is not None
         hl = self.hdr_len
@@ -347,7 +348,7 @@ class VirtioNet:
             heads = ring.heads(k)
             elems = []
             nbytes = 0
-            for head, v, f in zip(heads, ring.lone_views(heads, mem, writable=True), frames[done:done + k],
+            for head, v, f in zip(heads, ring.single_buffer_views(heads, mem, writable=True), frames[done:done + k],
                                   strict=True):
                 need = hl + len(f)
                 if v is None or len(v) < need:
@@ -389,10 +390,9 @@ class VirtioNet:
         return "rx_no_buffers" if nobuf else "rx_buffer_too_small" if small else None
 
     def rx_native(self, ring: Vring, src, meta, start: int, end: int, hdr: bytes, stop: bool = False
-                  ) -> tuple[int, int, int, int, str | None, int]:
+                  ) -> RxBatchResult:
         """Frames meta[start:end] (offset, length pairs into `src`) into `ring` with the native datapath, each
-        with the 12-byte header `hdr` (num_buffers filled in): (frames, bytes, rx_no_buffers, rx_buffer_too_small,
-        ring error or None, index of the frame that hit it). Delivered frames are counted on the ring. A frame
+        with the 12-byte header `hdr` (num_buffers filled in). Delivered frames are counted on the ring. A frame
         whose rx buffer is chained or indirect goes through the Python path (_push_py); never raises RingError.
         With `stop` (flow control) the first frame without buffers ends the call, as in push_rx_many.
         """
@@ -403,37 +403,36 @@ class VirtioNet:
         c = ring.counters
         frames = nbytes = nobuf = small = 0
         while start < end:
-            i, ring.last_avail_idx, ring.used_idx, f, b, nb, sm, code, err = nat.rx_push(
-                mregions, ring._desc, ring._avail, ring._used, ring.num, ring.last_avail_idx, ring.used_idx,
-                ring.event_idx, mrg, hl, src, meta, start, end, hdr, stop)
+            i, ring.last_avail_idx, ring.used_idx, f, b, nb, sm, code, err = rx_push(
+                nat, mregions, ring.view(), mrg, hl, src, meta, start, end, hdr, stop)
             c.frames += f
             c.bytes += b
             frames += f
             nbytes += b
             nobuf += nb
             small += sm
-            if code == 0:
+            if code == RX_DONE:
                 break
-            if code == 2:
-                return frames, nbytes, nobuf, small, err, i
-            if code == 3:  # stop: frame i found no buffers
-                return frames, nbytes, nobuf, small, None, i
-            off, ln = meta[2 * i], meta[2 * i + 1]  # code 1: this frame's buffer needs the general path
+            if code == RX_RING_ERROR:
+                return RxBatchResult(frames, nbytes, nobuf, small, err, i)
+            if code == RX_STOPPED:  # frame i found no buffers
+                return RxBatchResult(frames, nbytes, nobuf, small, None, i)
+            off, ln = meta[2 * i], meta[2 * i + 1]  # RX_NEEDS_PYTHON: this frame's buffer needs the general path
             try:
                 reason = self._push_py(ring, bytes(memoryview(src)[off:off + ln]), *NET_HDR.unpack(hdr)[:6])
             except RingError as e:
-                return frames, nbytes, nobuf, small, str(e), i
+                return RxBatchResult(frames, nbytes, nobuf, small, str(e), i)
             if reason is None:
                 frames += 1
                 nbytes += ln
             elif reason == "rx_no_buffers":
                 nobuf += 1
                 if stop:
-                    return frames, nbytes, nobuf, small, None, i
+                    return RxBatchResult(frames, nbytes, nobuf, small, None, i)
             else:
                 small += 1
             start = i + 1
-        return frames, nbytes, nobuf, small, None, end
+        return RxBatchResult(frames, nbytes, nobuf, small, None, end)
 
     def _push_py(self, ring: Vring, frame: bytes, flags: int, gso_type: int, hdr_len: int, gso_size: int,
                  csum_start: int, csum_offset: int) -> str | None:
@@ -442,7 +441,7 @@ class VirtioNet:
         hl = self.hdr_len
         flen = len(frame)
         need = hl + flen
-        avail, head, v = ring.peek_lone(mem)
+        avail, head, v = ring.peek_rx_buffer(mem)
         if avail == 0:
             return "rx_no_buffers"
         if v is not None and len(v) >= need:  # the common case: header and frame in one buffer

@@ -30,8 +30,10 @@ from . import control, native
 from .classifier import PortClassifier, select_rx_ring
 from .coalesce import Coalescer
 from .connection import Connection, Disconnected
+from .datapath import tx_pull
 from .handler import BackendHandler
 from .net import ARENA_PREFIX, MAX_FRAME, NET_HDR_LEN, PLAIN_HDR, ArenaTxFrame
+from .net_backend import NetBackend
 from .offload import VHDR, OffloadError, TxFrame, validate
 from .pacing import Pacer
 from .pause import DEFAULT_MAX_US, HOLD_POLL_S, Backlog, check_max_us
@@ -456,7 +458,7 @@ class Server:
 
     def _attach(self, port: Port, sock: socket.socket) -> None:
         port.conn = Connection(sock)
-        port.handler = BackendHandler(port.name, port.queue_pairs)
+        port.handler = BackendHandler(port.name, NetBackend(port.queue_pairs, port.name))
         for ring, counters in zip(port.handler.device.rings, port.queue_counters, strict=True):
             ring.counters = counters
         port.handler.device.native = self._native
@@ -614,9 +616,8 @@ class Server:
         hl = device.hdr_len
         nframes = nruns = 0
         try:
-            consumed, nframes, nbytes, runts, oversize, nruns, err = self._native.tx_pull(
-                device.mem.native(self._native), ring._desc, ring._avail, ring._used, ring.num, ring.last_avail_idx,
-                ring.used_idx, ring.event_idx, ring.indirect, budget, hl, arena, meta, runs)
+            consumed, nframes, nbytes, runts, oversize, nruns, err = tx_pull(
+                self._native, device.mem.native(self._native), ring.view(), budget, hl, arena, meta, runs)
             if err is not None:
                 raise RingError(err)
             ring.last_avail_idx = (ring.last_avail_idx + consumed) & 0xFFFF

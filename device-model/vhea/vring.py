@@ -11,11 +11,12 @@ import os
 import struct
 import threading
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .memory import AddressError, GuestMemory
 from .protocol import VringAddr
 
-try:  # optional: descriptor batches translated with structured views (~4x faster per frame, measured)
+try:  # optional: big descriptor batches translated with structured views, faster than the per-descriptor loop
     import numpy as _np
 
     DESC_DTYPE = _np.dtype([("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")])
@@ -25,7 +26,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 NP_BATCH = 16
 
 DESC = struct.Struct("<QIHH")
-U16 = struct.Struct("<H")
 USED_ELEM = struct.Struct("<II")
 
 VRING_DESC_F_NEXT = 1
@@ -60,6 +60,35 @@ class RingError(Exception):
 class Segment:
     view: memoryview
     writable: bool
+
+
+class RingView(NamedTuple):
+    """A mapped ring as the native datapath takes it; a snapshot: the caller stores back the indices it returns."""
+
+    desc: memoryview
+    avail: memoryview  # as u16
+    used: memoryview  # as u16
+    num: int
+    last_avail_idx: int
+    used_idx: int
+    event_idx: bool
+    indirect: bool
+
+
+class RxBuffer(NamedTuple):
+    """peek_rx_buffer(): heads the guest made available, the next head (-1: none), its view (None when it is
+    chained or indirect: walk it with chain()/gather())."""
+
+    available: int
+    head: int
+    view: memoryview | None
+
+
+class Gathered(NamedTuple):
+    """gather(): the chains taken, as (head, views), and the bytes they hold."""
+
+    chains: list[tuple[int, list[memoryview]]]
+    capacity: int
 
 
 @dataclass(slots=True)
@@ -131,6 +160,11 @@ class Vring:
             if v is not None:
                 v.release()
         self._desc = self._avail = self._used = self._used32 = None
+
+    def view(self) -> RingView:
+        """The ring for the native datapath (mapped rings only)."""
+        return RingView(self._desc, self._avail, self._used, self.num, self.last_avail_idx, self.used_idx,
+                        self.event_idx, self.indirect)
 
     @property
     def mapped(self) -> bool:
@@ -212,7 +246,7 @@ class Vring:
             raise RingError(f"avail ring names descriptor {bad}, ring has {self.num}")
         return heads
 
-    def lone(self, head: int, mem: GuestMemory) -> tuple[memoryview, int] | None:
+    def single_buffer(self, head: int, mem: GuestMemory) -> tuple[memoryview, int] | None:
         """Fast path for the common layout: (view, flags) of a head descriptor that is neither chained nor
         indirect, bounds-checked; None when chain() must walk it. `head` must be < num (heads/head_at)."""
         addr, length, flags, _nxt = DESC.unpack_from(self._desc, head << 4)
@@ -223,17 +257,18 @@ class Vring:
         except AddressError as e:
             raise RingError(f"descriptor {head}: {e}") from e
 
-    def lone_views(self, heads: list[int], mem: GuestMemory, writable: bool = False) -> list[memoryview | None]:
-        """lone() for a batch of heads (< num): for each, its view, or None when it is chained or indirect (walk
-        it with chain()). A lone buffer of the wrong direction (device-writable on tx, read-only on rx:
+    def single_buffer_views(self, heads: list[int], mem: GuestMemory, writable: bool = False
+                            ) -> list[memoryview | None]:
+        """single_buffer() for a batch of heads (< num): for each, its view, or None when it is chained or indirect
+        (walk it with chain()). A single buffer of the wrong direction (device-writable on tx, read-only on rx:
         `writable`) raises RingError."""
         want = VRING_DESC_F_WRITE if writable else 0
         if self._desc_np is not None and len(heads) >= NP_BATCH:
-            fast = self._lone_views_np(heads, mem, want)
+            fast = self._single_buffer_views_np(heads, mem, want)
             if fast is not None:
                 return fast
         desc = self._desc
-        regions = mem._by_gpa
+        regions = mem.gpa_spans
         unpack = DESC.unpack_from
         out: list[memoryview | None] = []
         append = out.append
@@ -254,8 +289,8 @@ class Vring:
                 raise RingError(f"descriptor {head}: guest address {addr:#x}+{length} is outside the mapped memory")
         return out
 
-    def _lone_views_np(self, heads: list[int], mem: GuestMemory, want: int) -> list[memoryview] | None:
-        """lone_views for a batch with numpy: one fancy-indexed read of the descriptors, vectorised checks.
+    def _single_buffer_views_np(self, heads: list[int], mem: GuestMemory, want: int) -> list[memoryview] | None:
+        """single_buffer_views for a batch with numpy: one fancy-indexed read of the descriptors, vectorised checks.
 
         None when anything is unusual (a chain, a wrong direction, an address outside every region): the
         caller then takes the per-descriptor loop, which finds and reports the exact problem.
@@ -267,7 +302,7 @@ class Vring:
             return None
         addr = d["addr"]
         end = addr + d["len"]  # uint64; addr near 2**64 would wrap: the loop below re-checks such a batch
-        regions = mem._by_gpa
+        regions = mem.gpa_spans
         if len(regions) == 1:
             base, size, view = regions[0]
             if (addr < base).any() or (end > base + size).any() or (end < addr).any():
@@ -285,15 +320,12 @@ class Vring:
             return None
         return out
 
-    def peek_lone(self, mem: GuestMemory) -> tuple[int, int, memoryview | None]:
-        """The rx hot path in one call: (available heads, next head, its view if it is a lone descriptor).
-
-        (0, -1, None) when the ring is empty; view None when the head needs chain()/gather(). Checks as
-        pending() + head_at(0) + lone() do; a device-read-only lone buffer raises RingError.
-        """
+    def peek_rx_buffer(self, mem: GuestMemory) -> RxBuffer:
+        """The rx hot path in one call, with the checks of pending() + head_at(0) + single_buffer(); a
+        device-read-only single buffer raises RingError."""
         n = (self._avail[1] - self.last_avail_idx) & 0xFFFF
         if n == 0:
-            return 0, -1, None
+            return RxBuffer(0, -1, None)
         num = self.num
         if n > num:
             raise RingError(f"avail idx moved {n} entries past last_avail {self.last_avail_idx}; ring has {num}")
@@ -302,21 +334,21 @@ class Vring:
             raise RingError(f"avail ring names descriptor {head}, ring has {num}")
         addr, length, flags, _nxt = DESC.unpack_from(self._desc, head << 4)
         if flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
-            return n, head, None
+            return RxBuffer(n, head, None)
         if not flags & VRING_DESC_F_WRITE:
             raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
-        for base, size, view in mem._by_gpa:
+        for base, size, view in mem.gpa_spans:
             off = addr - base
             if 0 <= off and off + length <= size:
-                return n, head, view[off:off + length]
+                return RxBuffer(n, head, view[off:off + length])
         raise RingError(f"descriptor {head}: guest address {addr:#x}+{length} is outside the mapped memory")
 
-    def gather(self, mem: GuestMemory, need: int, limit: int) -> tuple[list[tuple[int, list[memoryview]]], int]:
+    def gather(self, mem: GuestMemory, need: int, limit: int) -> Gathered:
         """Device-writable buffers from the avail ring (not consumed) until `need` bytes fit or `limit` chains
-        are taken: ([(head, views)], capacity). Lone descriptors (MRG_RXBUF buffers) take a fast inline path.
+        are taken: ([(head, views)], capacity). Single descriptors (MRG_RXBUF buffers) take a fast inline path.
         """
         desc = self._desc
-        regions = mem._by_gpa
+        regions = mem.gpa_spans
         unpack = DESC.unpack_from
         chains: list[tuple[int, list[memoryview]]] = []
         capacity = 0
@@ -347,7 +379,7 @@ class Vring:
                 taken += 1
                 if capacity >= need:
                     break
-        return chains, capacity
+        return Gathered(chains, capacity)
 
     def consume(self, count: int) -> None:
         self.last_avail_idx = (self.last_avail_idx + count) & 0xFFFF
@@ -359,7 +391,7 @@ class Vring:
         idx = head
         count = 0
         in_indirect = False
-        regions = mem._by_gpa
+        regions = mem.gpa_spans
         segs: list[Segment] = []
         while True:
             if idx >= table_len:

@@ -1,6 +1,6 @@
-"""The fast paths that `vhea bench` measures must behave exactly as the checked loop.
+"""Vring's batch fast paths (which `vhea bench` measures) must behave exactly as the checked loop.
 
-Python datapath: a batch of >= NP_BATCH lone tx descriptors is translated with numpy; anything odd in it (a
+Python datapath: a batch of >= NP_BATCH single-buffer tx descriptors is translated with numpy; anything odd in it (a
 chain, a bad address, a wrong direction) falls back to the loop, which names the problem and stops the ring.
 Native datapath (_datapath.c): the same batches in one C call, with the same checks and error texts.
 """
@@ -34,8 +34,9 @@ def path(request, monkeypatch):
 
 def test_big_batch_forwards_in_order(sockdir, path, monkeypatch):
     fast = []
-    real = vring.Vring._lone_views_np
-    monkeypatch.setattr(vring.Vring, "_lone_views_np", lambda self, *a: fast.append(real(self, *a)) or fast[-1])
+    real = vring.Vring._single_buffer_views_np
+    monkeypatch.setattr(vring.Vring, "_single_buffer_views_np",
+                        lambda self, *a: fast.append(real(self, *a)) or fast[-1])
     with running_server(sockdir, ["a", "b"]) as server, frontend(server, "a") as a, frontend(server, "b") as b:
         a.handshake()
         b.handshake()
@@ -100,7 +101,7 @@ def test_numpy_and_loop_give_the_same_views(path):
     for i in range(32):
         base = 0x1000_0000 + 0x4000 if i % 2 else 0x2_0000_0000
         struct.pack_into("<QIHH", m1, 16 * i, base + 64 * i, 60 + i, 0, 0)
-    views = r.lone_views(list(range(32)), mem)
+    views = r.single_buffer_views(list(range(32)), mem)
     assert [len(v) for v in views] == [60 + i for i in range(32)]
     m1[0x4000 + 64:0x4000 + 64 + 61] = b"x" * 61
     assert bytes(views[1]) == b"x" * 61

@@ -1,0 +1,123 @@
+"""A VirtioNet configured by a vhost-user front-end: the device side of the VhostUserBackend interface.
+
+The request handler (transport) has decoded and checked each request; what is left here is what the device
+owns: guest memory and the vrings. The server makes one per connection and hands it to the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from . import net
+from .memory import AddressError, GuestMemory
+from .net import VirtioNet
+from .protocol import MemoryRegion, VringAddr
+from .vhost_backend import BackendError
+from .vring import RingError
+
+log = logging.getLogger(__name__)
+
+
+class NetBackend(VirtioNet):
+    """VirtioNet plus the vhost-user configuration requests; `name` (the port's) is for the log."""
+
+    def __init__(self, queue_pairs: int, name: str = "") -> None:
+        super().__init__(queue_pairs)
+        self.name = name
+
+    @property
+    def queue_num(self) -> int:
+        return self.queue_pairs
+
+    @property
+    def vring_count(self) -> int:
+        return len(self.rings)
+
+    def offered_features(self) -> int:
+        return net.offered_features(self.queue_pairs)
+
+    def set_mem_table(self, regions: tuple[MemoryRegion, ...], fds: list[int]) -> None:
+        try:
+            mem = GuestMemory.map(regions, fds)
+        except AddressError as e:
+            raise BackendError(str(e)) from e
+        old = self.mem
+        for r in self.rings:
+            r.unmap()
+        self.mem = mem
+        if old is not None:
+            old.close()
+        for r in self.rings:
+            if r.addr is not None:
+                try:
+                    r.map(mem)
+                except RingError as e:
+                    r.stop(str(e))
+                    log.warning("port %s: ring %d stopped: %s", self.name, r.index, e)
+
+    def set_vring_num(self, index: int, num: int) -> None:
+        try:
+            self.rings[index].set_num(num)
+        except RingError as e:
+            raise BackendError(str(e)) from e
+
+    def set_vring_addr(self, addr: VringAddr) -> None:
+        ring = self.rings[addr.index]
+        assert self.mem is not None  # the handler checks that a memory table came first
+        ring.addr = addr
+        ring.error = None
+        try:
+            ring.map(self.mem)
+        except RingError as e:
+            raise BackendError(str(e)) from e
+        base = ring.last_avail_idx
+        ring.sync_used_idx()
+        if ring.used_idx != 0 or base != 0:  # a front-end that reconnects (QEMU reconnect=1) or a ring restarted
+            log.info("port %s: ring %d resumes at used idx %d (SET_VRING_BASE gave %d)", self.name, ring.index,
+                     ring.used_idx, base)
+
+    def set_vring_base(self, index: int, base: int) -> None:
+        ring = self.rings[index]
+        ring.last_avail_idx = base
+        ring.used_idx = base
+        ring.signalled_used_valid = False
+
+    def get_vring_base(self, index: int) -> int:
+        ring = self.rings[index]
+        base = ring.last_avail_idx
+        ring.started = False
+        if ring.kick_fd is not None:
+            os.close(ring.kick_fd)
+            ring.kick_fd = None
+        ring.error = None
+        return base
+
+    def set_vring_kick(self, index: int, fd: int | None) -> None:
+        ring = self.rings[index]
+        if ring.kick_fd is not None:
+            os.close(ring.kick_fd)
+        ring.kick_fd = fd
+        ring.started = True
+
+    def set_vring_call(self, index: int, fd: int | None) -> None:
+        ring = self.rings[index]
+        if ring.call_fd is not None:
+            os.close(ring.call_fd)
+        ring.call_fd = fd
+
+    def set_vring_err(self, index: int, fd: int | None) -> None:
+        ring = self.rings[index]
+        if ring.err_fd is not None:
+            os.close(ring.err_fd)
+        ring.err_fd = fd
+
+    def set_vring_enable(self, index: int, enabled: bool) -> None:
+        self.rings[index].enabled = enabled
+
+    def reset(self) -> None:
+        for r in self.rings:
+            r.reset()
+        if self.mem is not None:
+            self.mem.close()
+            self.mem = None
