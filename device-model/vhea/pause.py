@@ -133,6 +133,13 @@ class Drained(NamedTuple):
     timeouts: list[PauseTimeout]
 
 
+class HeldSummary(NamedTuple):
+    """Frames held per receiving port, and the Backlogs of the paused tx queues per sending port."""
+
+    frames: dict[str, int]
+    paused: dict[str, list[Backlog]]
+
+
 class FlowControl:
     """The paused tx queues and their held frames. Pure decisions: the caller passes the time and the functions
     that deliver a frame and find a port, so this module touches no socket, fd or clock."""
@@ -204,13 +211,12 @@ class FlowControl:
         """The earliest pause limit of the held frames (call only while some are held)."""
         return min(b.deadline for b in self.held.values())
 
-    def summary(self) -> tuple[dict[str, int], dict[str, list[Backlog]]]:
-        """Frames held per receiving port, and the Backlogs of the paused tx queues per sending port (for stats;
-        list(): safe against the loop thread, tests ask from another)."""
+    def summary(self) -> HeldSummary:
+        """What is held now, for stats (list(): safe against the loop thread, tests ask from another)."""
         held: dict[str, int] = {}
         paused: dict[str, list[Backlog]] = {}
         for bl in list(self.held.values()):
             paused.setdefault(bl.port.name, []).append(bl)
             for name, _f in list(bl.entries):
                 held[name] = held.get(name, 0) + 1
-        return held, paused
+        return HeldSummary(held, paused)

@@ -80,11 +80,11 @@ class ControlEndpoint:
 
     def stats(self) -> dict:
         """The `stats` reply: the datapath, every port's counters and settings, the switch's table."""
-        held, paused = self._flow.summary()
+        held = self._flow.summary()
         now = time.monotonic()
         return {
             "datapath": self.datapath,
-            "ports": {name: p.stats(held.get(name, 0), paused.get(name, ()), now)
+            "ports": {name: p.stats(held.frames.get(name, 0), held.paused.get(name, ()), now)
                       for name, p in self.ports.items()},
             "switch": {"fdb": self.switch.table()},
         }
