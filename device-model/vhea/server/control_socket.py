@@ -12,6 +12,10 @@ import time
 from collections.abc import Collection
 from typing import Any, Protocol
 
+from ..pause import FlowControl
+from ..switch import Switch
+from .port import Port
+
 
 class ControlAPI(Protocol):
     """The server-side control API (the module vhea.control satisfies it): the request names it answers and
@@ -23,7 +27,16 @@ class ControlAPI(Protocol):
 
 
 class ControlEndpoint:
-    """The control socket and its requests (mixed into Server)."""
+    """The control socket and its requests (mixed into Server). Uses _unregister (loop.py)."""
+
+    # the Server's state this mixin uses (set in loop.Server.__init__)
+    datapath: str
+    control: ControlAPI | None
+    ports: dict[str, Port]
+    sel: selectors.BaseSelector
+    switch: Switch
+    _control: socket.socket | None
+    _flow: FlowControl
 
     def _on_control_accept(self) -> None:
         assert self._control is not None

@@ -8,19 +8,34 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 
 from ..classifier import select_rx_ring
 from ..forwarding import egress, refusal, ring_segments
 from ..net import PLAIN_HDR
-from ..pause import Backlog, holds, no_buffers_reason
+from ..pause import Backlog, FlowControl, holds, no_buffers_reason
+from ..switch import Switch
 from ..vring import RingError, Vring
-from .port import Port
+from .port import Port, PortRing
 
 log = logging.getLogger(__package__)  # "vhea.server": one logger for the server package
 
 
 class Delivery:
-    """Frames from a tx batch to the destination ports' rx rings (mixed into Server)."""
+    """Frames from a tx batch to the destination ports' rx rings (mixed into Server). Uses _stop_ring
+(session.py)."""
+
+    # the Server's state this mixin uses (set in loop.Server.__init__; the arena only with the native datapath)
+    ports: dict[str, Port]
+    switch: Switch
+    _arena: bytearray
+    _arena_view: memoryview
+    _meta: array
+    _flow: FlowControl
+    _busy: set[PortRing]
+    _touched: set[PortRing]
+    _src: PortRing | None
+    _hold: Backlog | None
 
     def _forward_run(self, port: Port, macs: bytes, start: int, end: int, frames: list[bytes] | None = None) -> None:
         """_forward for a run of plain frames that share their MAC addresses (`macs`: the first 12 bytes), taken

@@ -22,11 +22,10 @@ import time
 from .. import native
 from ..pause import DEFAULT_MAX_US, HOLD_POLL_S, Backlog, FlowControl, check_max_us
 from ..switch import Switch
-from ..vring import Vring
 from .control_socket import ControlAPI, ControlEndpoint
 from .delivery import Delivery
 from .notify import Notifications
-from .port import Port
+from .port import PortRing
 from .ports import PortLifecycle
 from .session import VhostSession
 from .txservice import TxService
@@ -67,12 +66,12 @@ class Server(PortLifecycle, VhostSession, TxService, Delivery, Notifications, Co
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._running = False
-        self._busy: set[tuple[Port, Vring]] = set()
-        self._touched: set[tuple[Port, Vring]] = set()
-        self._deferred: set[tuple[Port, Vring]] = set()  # calls held back by coalescing
-        self._paced: set[tuple[Port, Vring]] = set()  # tx rings waiting for their port's rate limit
+        self._busy: set[PortRing] = set()
+        self._touched: set[PortRing] = set()
+        self._deferred: set[PortRing] = set()  # calls held back by coalescing
+        self._paced: set[PortRing] = set()  # tx rings waiting for their port's rate limit
         self._flow = FlowControl()  # tx rings paused by a receiver: their frames
-        self._src: tuple[Port, Vring] | None = None  # the tx ring whose batch is being forwarded
+        self._src: PortRing | None = None  # the tx ring whose batch is being forwarded
         self._hold: Backlog | None = None  # its Backlog once a frame of the batch was held
         self._control: socket.socket | None = None
         self._bound: list[str] = []

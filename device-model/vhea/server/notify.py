@@ -9,11 +9,19 @@ from __future__ import annotations
 import logging
 import time
 
+from .port import PortRing
+
 log = logging.getLogger(__package__)  # "vhea.server": one logger for the server package
 
 
 class Notifications:
     """Call coalescing and pacing timers (mixed into Server)."""
+
+    # the Server's state this mixin uses (set in loop.Server.__init__)
+    _busy: set[PortRing]
+    _touched: set[PortRing]
+    _deferred: set[PortRing]
+    _paced: set[PortRing]
 
     def _flush_calls(self) -> None:
         """One call per touched ring per loop turn, or later if the port's coalescing settings hold it back."""

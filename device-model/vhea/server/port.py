@@ -14,6 +14,9 @@ from ..pacing import Pacer
 from ..pause import DEFAULT_MAX_US
 from ..vring import QueueCounters, Vring
 
+#: a ring of a port: what the loop's work sets (rings to service, to call, paced) hold
+PortRing = tuple["Port", Vring]
+
 
 @dataclass(eq=False)
 class Port:

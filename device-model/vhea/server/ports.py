@@ -1,6 +1,10 @@
 """Port lifecycle and link state: ports made at start and added or removed at run time (control commands
 port-add / port-del), their listening sockets (a stale one of a dead back-end replaced), link up/down
 (link-set) and flow control settings (pause). A Server mixin (loop.py).
+
+The link status bit a guest sees (VIRTIO_NET_S_LINK_UP) belongs to QEMU, which a vhost-user back-end cannot
+set: link down therefore closes the port's connection (QEMU then clears the bit), or, emulated, keeps it and
+drops the port's frames as link_down.
 """
 
 from __future__ import annotations
@@ -11,13 +15,25 @@ import selectors
 import socket
 
 from ..pause import check_max_us
+from ..switch import Switch
 from .port import Port
 
 log = logging.getLogger(__package__)  # "vhea.server": one logger for the server package
 
 
 class PortLifecycle:
-    """Ports, their sockets and link state (mixed into Server)."""
+    """Ports, their sockets and link state (mixed into Server). Uses _disconnect (session.py) and _unregister
+(loop.py)."""
+
+    # the Server's state this mixin uses (set in loop.Server.__init__)
+    socket_dir: str
+    queue_pairs: int
+    flow_control: bool
+    pause_max_us: int
+    ports: dict[str, Port]
+    sel: selectors.BaseSelector
+    switch: Switch
+    _bound: list[str]
 
     def _new_port(self, name: str, path: str, client: bool) -> Port:
         port = Port(name, path, self.queue_pairs, client=client)

@@ -14,8 +14,9 @@ import time
 from ..connection import Connection, Disconnected
 from ..handler import BackendHandler
 from ..protocol import ProtocolError, request_name
+from ..switch import Switch
 from ..vring import Vring
-from .port import Port
+from .port import Port, PortRing
 
 log = logging.getLogger(__package__)  # "vhea.server": one logger for the server package
 
@@ -24,7 +25,18 @@ RECONNECT_S = 1.0
 
 
 class VhostSession:
-    """Front-end connections, their requests and kicks (mixed into Server)."""
+    """Front-end connections, their requests and kicks (mixed into Server). Uses _service_tx (txservice.py) and
+_unregister (loop.py)."""
+
+    # the Server's state this mixin uses (set in loop.Server.__init__)
+    ports: dict[str, Port]
+    sel: selectors.BaseSelector
+    switch: Switch
+    _native: object | None
+    _busy: set[PortRing]
+    _touched: set[PortRing]
+    _deferred: set[PortRing]
+    _paced: set[PortRing]
 
     def _connect_due(self, now: float) -> None:
         for port in self.ports.values():

@@ -12,8 +12,9 @@ from array import array
 from ..forwarding import mac_runs
 from ..net import ARENA_PREFIX, MAX_FRAME, NET_HDR_LEN, ArenaTxFrame
 from ..offload import VHDR, OffloadError, TxFrame, validate
+from ..pause import Backlog, FlowControl
 from ..vring import RingError, Vring
-from .port import Port
+from .port import Port, PortRing
 
 #: frames taken from one tx ring before other rings get a turn
 TX_BUDGET = 256
@@ -22,7 +23,21 @@ ARENA_BYTES = 4 << 20
 
 
 class TxService:
-    """Tx rings serviced in batches (mixed into Server)."""
+    """Tx rings serviced in batches (mixed into Server). Uses _forward and _forward_run (delivery.py) and
+_stop_ring (session.py)."""
+
+    # the Server's state this mixin uses (set in loop.Server.__init__; the arena only with the native datapath)
+    _native: object | None
+    _arena: bytearray
+    _arena_view: memoryview
+    _meta: array
+    _runs: array
+    _flow: FlowControl
+    _busy: set[PortRing]
+    _touched: set[PortRing]
+    _paced: set[PortRing]
+    _src: PortRing | None
+    _hold: Backlog | None
 
     def _init_arena(self) -> None:
         """The native datapath's buffers: the arena frames are copied into and the per-batch index arrays."""
