@@ -1,7 +1,12 @@
-"""Forwarding and rx delivery: the runs of a tx batch go where the switch decides (forwarding.py) and into the
-destination ports' rx rings, classified by queue; a frame that finds no buffers at a port with flow control on
-is held and its tx queue paused (pause.py decides; this module drives it and does the writing). A Server mixin
-(loop.py): `_src` is the tx ring whose batch is being forwarded, `_hold` its Backlog once a frame was held.
+"""Forwarding and rx delivery: each run of a tx batch (frames with the same MAC addresses) takes one switch
+decision (forwarding.py) and goes into each destination ring in one pass, classified frame by frame when the
+port has several queue pairs.
+
+Flow control (pause.py decides, this module drives it): a receiving port with pause on holds frames for a rx
+queue without buffers instead of dropping them, and the tx queue they came from is not serviced until they
+are delivered or the pause limit is reached (_hold_begin, _drain_held). Nothing of it runs while nothing is
+held. A Server mixin (loop.py): `_src` is the tx ring whose batch is being forwarded, `_hold` its Backlog once
+a frame of the batch was held.
 """
 
 from __future__ import annotations
