@@ -102,7 +102,7 @@ def test_link_down_twice_and_up_twice_are_harmless(sockdir):
 
 
 def test_client_role_does_not_reconnect_while_link_down(sockdir, caplog, monkeypatch):
-    from vhea import server as server_module
+    from vhea.server import session as server_module
 
     monkeypatch.setattr(server_module, "RECONNECT_S", 0.1)
     caplog.set_level(logging.INFO, logger="vhea.server")

@@ -11,8 +11,8 @@ import pytest
 from vhea_helpers import BCAST, MAC_A, MAC_B, frame, frontend, receive_n, running_server, wait_for
 
 from vhea import native, vring
-from vhea import server as server_module
 from vhea.frontend import BUF_SIZE
+from vhea.server import loop as server_module
 from vhea.vring import VRING_DESC_F_WRITE
 
 

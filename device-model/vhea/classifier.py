@@ -15,14 +15,10 @@ TCP/UDP packets whose L4 type is not enabled or that are fragments.
 Frames come from untrusted guests: the parser checks every length (truncated headers, IHL < 5 or beyond
 the frame, IPv6 extension header chains that run off the end) and answers "not IP" rather than raising.
 
-Why the host configures this and not the guest (checked with QEMU 10.0.2, see tests/test_vhea_mq_vm.py):
-with `-device virtio-net-pci,rss=on,hash=on` on a vhost-user netdev and a back-end that offers
-VIRTIO_NET_F_RSS (bit 60) and VIRTIO_NET_F_HASH_REPORT (bit 57), QEMU's device host-features keep
-HASH_REPORT but drop RSS: QEMU offers RSS with a vhost back-end only when it can load its eBPF steering
-program into the back-end, which only a tap back-end can take. So a guest never sees RSS over vhost-user
-(`ethtool -x` cannot set a key or table), and the control queue where it would configure RSS stays in QEMU
-anyway. As on the HEA, the adapter's owner sets classification (`vhea rule`, `vhea rss`) and the testbed
-hands each guest a copy (/etc/isostack/classifier.json; isostack/rss.py predicts queues from it).
+Why the host configures this and not the guest: QEMU does not offer VIRTIO_NET_F_RSS to a guest over
+vhost-user (tests/test_vhea_mq_vm.py checks it), so, as on the HEA, the adapter's owner sets classification
+(`vhea rule`, `vhea rss`) and the testbed hands each guest a copy (/etc/isostack/classifier.json;
+isostack/rss.py predicts queues from it).
 """
 
 from __future__ import annotations
@@ -161,8 +157,8 @@ class PortClassifier:
     def classify(self, frame: bytes) -> int:
         """The queue pair for this frame (counts it; never raises on any frame)."""
         # fast path: an untagged, unfragmented IPv4 TCP/UDP frame without options whose flow is cached.
-        # The counting below repeats the slow path's on purpose: a helper call per frame costs ~15 %
-        # of this path's 0.6 us.
+        # The counting below repeats the slow path's on purpose: a helper call per frame is a measurable
+        # share of this path's cost.
         if frame[12:14] == b"\x08\x00" and len(frame) >= 38 and frame[14] == 0x45 and \
                 not (frame[20] & 0x3F or frame[21]) and frame[23] in (6, 17):
             hit = self._cache.get((frame[23], frame[26:38]))

@@ -70,7 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     clients = client_ports(args, ports)
     try:
         server = Server(args.socket_dir, ports, args.queues, ageing=args.ageing, client_ports=clients,
-                        datapath=args.datapath, flow_control=args.flow_control, pause_max_us=args.pause_max_us)
+                        datapath=args.datapath, flow_control=args.flow_control, pause_max_us=args.pause_max_us,
+                        control=control)
     except (native.NativeError, ConfigError) as e:
         raise UsageError(str(e)) from e
     try:

@@ -5,12 +5,6 @@ Off (0, 0) by default: the server then signals every touched ring once per loop 
 a kick's worth of frames. A frame threshold needs a time threshold too, or a quiet ring would keep its last
 frames from the guest forever. `saved` counts the loop turns in which a ring would have been signalled
 without coalescing and was not (the calls saved; the guest's EVENT_IDX suppression comes on top).
-
-Link state lives here too: over vhost-user the link status bit (VIRTIO_NET_S_LINK_UP in the config space)
-belongs to QEMU (virtio_net_set_link_status, driven by QMP `set_link`); QEMU reads the virtio-net config from
-the back-end only for vhost-vdpa, so a vhost-user back-end cannot tell the guest its link went down. `vhea
-link set --down` therefore emulates a dead link: frames from and to the port are dropped with reason
-"link_down", and the guest still sees carrier.
 """
 
 from __future__ import annotations
