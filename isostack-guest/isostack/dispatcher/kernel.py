@@ -44,9 +44,10 @@ def reuseport_program(cpus: list[int], owners: dict[int, int]) -> list[tuple[int
     The front-end listens on every instance, in instance order, each with SO_REUSEPORT on the same address,
     so the kernel has one reuseport group whose i-th member is instance i.  skb->queue_mapping is the rx
     queue virtio-net recorded ("the queue the SYN arrived on"); SKF_AD_CPU is the CPU its queue's IRQ/RPS
-    targets.  SO_INCOMING_CPU alone would be simpler but mainline 6.1's reuseport group ignores it (fixed in
-    6.2 by b261eda84ec1, "soreuseport: Fix socket selection for SO_INCOMING_CPU"), and an eBPF SOCKARRAY
-    would need bpf(2) from every instance."""
+    targets; the guests' virtio-net records no rx queue, so there the CPU rule decides.  SO_INCOMING_CPU
+    alone would be simpler but mainline 6.1's reuseport group ignores it (fixed in 6.2 by b261eda84ec1,
+    "soreuseport: Fix socket selection for SO_INCOMING_CPU"), and an eBPF SOCKARRAY would need bpf(2) from
+    every instance."""
     program = [(BPF_LD_W_ABS, 0, 0, (SKF_AD_OFF + SKF_AD_QUEUE) & 0xFFFFFFFF)]
     for queue, member in sorted(owners.items()):
         program += [(BPF_JEQ_K, 0, 1, queue + 1), (BPF_RET_K, 0, 0, member)]  # queue_mapping is rx queue + 1
