@@ -17,6 +17,7 @@ from isostack.layout import (
     C_TX_HEAD,
     C_TX_TAIL,
     ENTRY,
+    ST_ACCEPTABLE,
     ST_ERROR,
     Geometry,
     Op,
@@ -190,3 +191,38 @@ def test_ring_index_near_2_64_fails_that_socket_only(daemon, echo, word):
         roundtrip(victim)
         assert proc.poll() is None
         victim.close()
+
+
+def test_closing_a_listener_with_queued_connections_closes_them(daemon, echo):
+    """CLOSE of a listening socket (and the detach of its application) with connections the dispatcher accepted
+    but the application did not: the queued connections are closed, the dispatcher lives on."""
+    proc, path = daemon
+    with Stack(path, GEO) as app, Stack(path, GEO) as other_app:
+        bystander = other_app.create_connection(echo.addr, timeout=5)
+        srv = app.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        clients = [socket.create_connection(srv.getsockname()) for _ in range(2)]
+        srv.settimeout(5)
+        conn, _ = srv.accept()  # the dispatcher has filled its backlog: the second one waits there
+        srv.close()
+        for client in clients[1:]:
+            client.settimeout(5)
+            assert client.recv(10) == b""  # closed by the dispatcher, not left half-open
+        conn.close()
+        for client in clients:
+            client.close()
+        roundtrip(bystander)
+        assert proc.poll() is None
+        srv = app.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        late = socket.create_connection(srv.getsockname())
+        deadline = time.monotonic() + 5
+        while not srv._state() & ST_ACCEPTABLE:  # queued in the dispatcher's backlog
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    late.settimeout(5)
+    assert late.recv(10) == b""  # the application detached: its queued connection is closed too
+    late.close()
+    assert proc.poll() is None
