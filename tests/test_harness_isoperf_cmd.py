@@ -152,11 +152,11 @@ def test_isostackd_commands():
 
 
 def test_isostackd_argv_is_what_the_dispatcher_parses():
-    from isostack import dispatcher
+    from isostack.dispatcher import cli
 
     argv = shlex.split(isoperf_cmd.isostackd_start_command(GuestLayout(), 1, uncontended_locks=True))
     argv = argv[argv.index("isostack.dispatcher") + 1 : argv.index(">")]
-    args = dispatcher.build_parser().parse_args(argv)
+    args = cli.build_parser().parse_args(argv)
     assert (args.cpu, args.allow_shared, args.interfaces, args.socket, args.uncontended_locks) == (
         1, True, "eth0", "/run/isostack/isostackd.sock", True
     )
@@ -164,10 +164,10 @@ def test_isostackd_argv_is_what_the_dispatcher_parses():
 
 def _isostackd_args(start: str):
     """What isostackd's own parser makes of the arguments of a start command."""
-    from isostack import dispatcher
+    from isostack.dispatcher import cli
 
     argv = shlex.split(start)
-    return dispatcher.build_parser().parse_args(argv[argv.index("isostack.dispatcher") + 1 : argv.index(">")])
+    return cli.build_parser().parse_args(argv[argv.index("isostack.dispatcher") + 1 : argv.index(">")])
 
 
 def test_isostackd_nap_max_and_epoll_busy_poll_are_passed_only_when_set():

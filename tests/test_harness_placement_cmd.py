@@ -48,7 +48,7 @@ def test_a_guest_too_small_for_the_instances_is_a_value_error_and_the_flags_fix_
 
 
 def test_instance_start_command_and_what_the_dispatcher_parses():
-    from isostack import dispatcher
+    from isostack.dispatcher import cli
 
     start = isoperf_cmd.isostackd_start_command(
         GuestLayout(), 2, instance=1, queues=(1, 3), socket="/run/isostack/isostackd-1.sock", so_busy_poll_us=0,
@@ -56,7 +56,7 @@ def test_instance_start_command_and_what_the_dispatcher_parses():
     assert start.startswith("rm -f /tmp/isostackd-1.log /run/isostack/isostackd-1.sock; nohup env ")
     assert start.endswith("> /tmp/isostackd-1.log 2>&1 < /dev/null & echo $!")
     argv = shlex.split(start)
-    args = dispatcher.build_parser().parse_args(argv[argv.index("isostack.dispatcher") + 1 : argv.index(">")])
+    args = cli.build_parser().parse_args(argv[argv.index("isostack.dispatcher") + 1 : argv.index(">")])
     assert (args.instance, args.cpu, args.queues, args.socket, args.so_busy_poll_us, args.uncontended_locks,
             args.interfaces, args.allow_shared) == (
         1, 2, "1,3", "/run/isostack/isostackd-1.sock", 0, True, "eth0", True)

@@ -1,4 +1,5 @@
-"""Front-end semantics through a real isostackd subprocess against kernel TCP peers on 127.0.0.1."""
+"""Front-end semantics through a real isostackd subprocess (conftest's isostackd fixture) against kernel TCP peers
+on 127.0.0.1."""
 
 import errno
 import os
@@ -16,30 +17,6 @@ from isostack.frontend import Stack
 from isostack.layout import C_TX_HEAD, C_TX_TAIL, Geometry
 
 GUEST = str(Path(__file__).resolve().parent.parent / "isostack-guest")
-
-
-def start_isostackd(path, *extra):
-    env = dict(os.environ, PYTHONPATH=GUEST)
-    p = subprocess.Popen(
-        [sys.executable, "-m", "isostack.dispatcher", "--socket", str(path), "--allow-shared", "--no-placement",
-         "--busy-poll-us", "200", "--sleep-ms", "20", *extra],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + 10
-    while not os.path.exists(path):
-        assert p.poll() is None, p.stderr.read()
-        assert time.monotonic() < deadline, "isostackd did not start"
-        time.sleep(0.02)
-    return p
-
-
-@pytest.fixture(scope="module")
-def isostackd(tmp_path_factory):
-    path = tmp_path_factory.mktemp("iso") / "isostackd.sock"
-    p = start_isostackd(path)
-    yield str(path)
-    p.terminate()
-    p.wait(5)
 
 
 @pytest.fixture

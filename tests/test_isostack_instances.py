@@ -1,5 +1,6 @@
 """Several isostackd instances: discovery, the reuseport group that gives a passive connection to the instance
-owning its rx queue / CPU, source ports of active opens that hash to the socket's instance, per-queue placement.
+owning its rx queue / CPU (its BPF program is tested in test_isostack_dispatcher_kernel.py), source ports of active
+opens that hash to the socket's instance, per-queue placement.
 
 The integration tests run two dispatchers over loopback on this host (instance k on CPU k); on loopback the SYN
 is processed on the sending thread's CPU and there is no rx queue, so the BPF program's CPU rule decides.
@@ -12,20 +13,10 @@ import threading
 import time
 
 import pytest
-from test_isostack_frontend import start_isostackd
 from test_isostack_layout import entry
 
 from isostack import placement
 from isostack.attach import discover, instance_path
-from isostack.dispatcher import (
-    BPF_JEQ_K,
-    BPF_LD_W_ABS,
-    BPF_RET_K,
-    SKF_AD_CPU,
-    SKF_AD_OFF,
-    SKF_AD_QUEUE,
-    reuseport_program,
-)
 from isostack.frontend import Stack
 from isostack.layout import BadEntry, Geometry, Op, decode_command, encode_listen_group, listen_group
 from isostack.rss import Classifier, ports_for_queues
@@ -66,33 +57,6 @@ def test_listen_group_roundtrip_and_hostile_groups():
         assert e.value.err == errno.EINVAL
     with pytest.raises(ValueError):
         encode_listen_group([0, 1], {2: 2})
-
-
-def run_cbpf(prog, queue_mapping, cpu):
-    """The three classic BPF instructions reuseport_program uses, interpreted (A register only)."""
-    a, pc = 0, 0
-    while True:
-        code, jt, jf, k = prog[pc]
-        if code == BPF_LD_W_ABS:
-            anc = {SKF_AD_QUEUE: queue_mapping, SKF_AD_CPU: cpu}
-            a = anc[(k - SKF_AD_OFF) & 0xFFFFFFFF]
-            pc += 1
-        elif code == BPF_JEQ_K:
-            pc += 1 + (jt if a == k else jf)
-        elif code == BPF_RET_K:
-            return k
-        else:
-            raise AssertionError(f"unexpected opcode {code:#x}")
-
-
-def test_reuseport_program_prefers_rx_queue_owner_then_cpu():
-    prog = reuseport_program([2, 5], {0: 1, 1: 0})  # member 0 on CPU 2 owns queue 1; member 1 on CPU 5 owns 0
-    assert len(prog) < 4096  # BPF_MAXINSNS
-    assert run_cbpf(prog, queue_mapping=1, cpu=2) == 1  # rx queue 0 (queue_mapping is queue + 1) wins over CPU
-    assert run_cbpf(prog, queue_mapping=2, cpu=5) == 0
-    assert run_cbpf(prog, queue_mapping=0, cpu=5) == 1  # no rx queue recorded (loopback): the CPU decides
-    assert run_cbpf(prog, queue_mapping=0, cpu=2) == 0
-    assert run_cbpf(prog, queue_mapping=9, cpu=7) == 0xFFFFFFFF  # neither: out of range, the kernel hashes
 
 
 def test_ports_for_queues_land_on_the_wanted_queues():
@@ -141,15 +105,15 @@ def test_place_only_the_instances_queues(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def two(tmp_path_factory):
+def two(tmp_path_factory, isostackd_launcher):
     base = str(tmp_path_factory.mktemp("inst") / "isostackd.sock")
     procs = []
     for k in (0, 1):
-        procs.append(start_isostackd(instance_path(base, k), "--instance", str(k), "--cpu", str(k), "--queues", str(k)))
+        procs.append(isostackd_launcher.start(instance_path(base, k), "--instance", str(k), "--cpu", str(k),
+                                              "--queues", str(k)))
     yield base
     for p in procs:
-        p.terminate()
-        p.wait(5)
+        isostackd_launcher.stop(p)
 
 
 def test_stack_attaches_to_every_instance(two):

@@ -7,16 +7,15 @@ and an isostackd started for the test. The front-end is only spied on (calls cou
 
 import pytest
 from test_isoperf import ServerThread, _free_port
-from test_isostack_frontend import start_isostackd
 
 from isostack import frontend, isoperf
 from isostack.isoperf import RunParams
 
 
 @pytest.fixture
-def isostackd(tmp_path, monkeypatch):
+def isostackd(tmp_path, monkeypatch, isostackd_launcher):
     path = tmp_path / "isostackd.sock"
-    daemon = start_isostackd(path)
+    daemon = isostackd_launcher.start(path)
     monkeypatch.setenv("ISOSTACK_SOCKET", str(path))
     monkeypatch.setattr(frontend, "_default", None)  # attach to this daemon, not an earlier one
     try:
@@ -24,8 +23,7 @@ def isostackd(tmp_path, monkeypatch):
     finally:
         if frontend._default is not None:
             frontend._default.close()
-        daemon.terminate()
-        daemon.wait(5)
+        isostackd_launcher.stop(daemon)
 
 
 @pytest.mark.parametrize("connections,size", [(1, 64), (4, 64), (2, 1448)])

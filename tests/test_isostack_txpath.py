@@ -1,6 +1,7 @@
 """The front-end's send path: one C call per message (_fastpath.Tx) when the extension has it, the Python path
 otherwise; SEND commands and kicks only when the dispatcher is not draining the ring.  The dispatcher runs in
-this process and is driven by hand (no timing involved)."""
+this process and is driven by hand (no timing involved; conftest's hand_driven and fast fixtures).  What the
+dispatcher does about a SEND that never comes: test_isostack_dispatcher_watchdog.py."""
 
 import errno
 import gc
@@ -11,51 +12,10 @@ import weakref
 import pytest
 
 from isostack import frontend
-from isostack.dispatcher import Dispatcher
 from isostack.frontend import Stack
 from isostack.layout import C_DRAINING, C_TX_HEAD, C_TX_TAIL, H_DISP_SLEEPING, Geometry
 
 HAVE_TX = frontend._TX is not None
-
-
-@pytest.fixture
-def listener():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    yield srv
-    srv.close()
-
-
-@pytest.fixture(params=[True, False], ids=["c", "python"])
-def fast(request, monkeypatch):
-    if request.param and not HAVE_TX:
-        pytest.skip("the extension has no Tx here")
-    if not request.param:
-        monkeypatch.setattr(frontend, "_TX", None)
-    return request.param
-
-
-@pytest.fixture
-def manual(tmp_path, listener):
-    """(dispatcher stopped after the connection is up, stack, connected socket, kernel peer)."""
-    path = str(tmp_path / "d.sock")
-    d = Dispatcher(path, None, busy_poll_us=200, sleep_ms=20)
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
-    st = Stack(path, Geometry(max_sockets=4, tx_size=4096, rx_size=4096, notif_rings=1))
-    try:
-        s = st.create_connection(listener.getsockname(), timeout=5)
-        peer, _ = listener.accept()
-        d.running = False
-        t.join(5)
-        yield d, st, s, peer
-        peer.close()
-    finally:
-        st.close()
-        d.running = False
-        t.join(5)
-        d.close()
 
 
 def _recv_exactly(peer, n):
@@ -73,12 +33,12 @@ def _sent_and_released(d, s, peer) -> None:
     s.sendall(b"a" * 64)
     d.poll_once()
     assert _recv_exactly(peer, 64) == b"a" * 64
-    d._sleep()
+    d.sleep_until_woken()
     assert s._q[s._cw + C_DRAINING] == 0
 
 
-def test_send_posts_send_only_when_the_ring_is_not_being_drained(manual, fast):
-    d, st, s, peer = manual
+def test_send_posts_send_only_when_the_ring_is_not_being_drained(hand_driven, fast):
+    d, st, s, peer = hand_driven
     if fast:  # installed on the instance: sock.send / sock.sendall are the C methods themselves
         assert type(s.send).__name__ == "builtin_function_or_method" and s.send.__self__ is s._txp
         assert s.sendall.__self__ is s._txp
@@ -99,7 +59,7 @@ def test_send_posts_send_only_when_the_ring_is_not_being_drained(manual, fast):
     assert d.stats["commands"] == commands + 1
     assert st.stats()["send_posts"] == posts + 1
     assert st.stats()["kicks"] == kicks  # the dispatcher never announced a sleep
-    d._sleep()  # releases the grace of the empty ring
+    d.sleep_until_woken()  # releases the grace of the empty ring
     assert q[cw + C_DRAINING] == 0
     s._inst.q[H_DISP_SLEEPING] = 1  # as while it blocks in epoll: the next SEND must kick
     s.sendall(b"c" * 64)
@@ -111,69 +71,10 @@ def test_send_posts_send_only_when_the_ring_is_not_being_drained(manual, fast):
     assert _recv_exactly(peer, 64) == b"c" * 64
 
 
-def test_stranded_tx_ring_is_adopted_when_idle(manual, fast, monkeypatch):
-    """A front-end that won the draining flag but whose SEND never arrived (here a _post that loses it) left data in
-    the ring that nobody drained: the sender then waits for credits forever (the hang of a 16-connection
-    64-byte STREAM).  The idle dispatcher finds the ring and drains it (tx_stranded), without timing here."""
-    from isostack import dispatcher
-
-    monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
-    monkeypatch.setattr(dispatcher, "STRANDED_CHECK_S", 0.0, raising=False)
-    d, st, s, peer = manual
-    q, cw = s._q, s._cw
-    _sent_and_released(d, s, peer)
-
-    monkeypatch.setattr(s, "_post", lambda *a, **k: 0)  # the SEND is lost on its way (the Python path: the C
-    s._send_slow(b"b" * 64)  # path posts without any Python that could lose it)
-    monkeypatch.undo()
-    monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
-    monkeypatch.setattr(dispatcher, "STRANDED_CHECK_S", 0.0, raising=False)
-    assert q[cw + C_DRAINING] == 1 and q[cw + C_TX_TAIL] == q[cw + C_TX_HEAD] + 64  # stranded
-    peer.settimeout(0.5)
-    for _ in range(4):
-        d._sleep()
-    assert _recv_exactly(peer, 64) == b"b" * 64
-    assert d.stats["tx_stranded"] == 1
-    s.sendall(b"c" * 64)  # and the path works on
-    for _ in range(3):
-        d.poll_once()
-    assert _recv_exactly(peer, 64) == b"c" * 64
-    assert d.stats["tx_stranded_late_send"] == 0  # that SEND never came: really lost
-
-
-def test_an_adopted_ring_whose_send_comes_late_is_counted_as_late(manual, fast, monkeypatch):
-    """The front-end won the flag but its SEND comes only after the ring was adopted (a slow thread, not a lost
-    SEND): the data goes out once, the late SEND is harmless and tx_stranded_late_send says it was late."""
-    from isostack import dispatcher
-
-    d, st, s, peer = manual
-    _sent_and_released(d, s, peer)
-    held = []
-    real_post = s._post
-    monkeypatch.setattr(s, "_post", lambda *a, **k: held.append(a) or 0)  # the SEND is held back
-    s._send_slow(b"b" * 64)
-    monkeypatch.undo()
-    monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
-    monkeypatch.setattr(dispatcher, "STRANDED_CHECK_S", 0.0, raising=False)
-    for _ in range(4):
-        d._sleep()
-    peer.settimeout(0.5)
-    assert _recv_exactly(peer, 64) == b"b" * 64
-    assert d.stats["tx_stranded"] == 1 and d.stats["tx_stranded_late_send"] == 0
-    real_post(*held[0])  # now the late SEND arrives
-    for _ in range(3):
-        d.poll_once()
-    assert d.stats["tx_stranded_late_send"] == 1 and d.stats["bad_entries"] == 0
-    s.sendall(b"c" * 64)
-    for _ in range(3):
-        d.poll_once()
-    assert _recv_exactly(peer, 64) == b"c" * 64  # nothing sent twice, nothing lost
-
-
-def test_a_failed_send_post_hands_the_draining_flag_back(manual, fast, monkeypatch):
+def test_a_failed_send_post_hands_the_draining_flag_back(hand_driven, fast, monkeypatch):
     """A SEND that cannot be posted (queue full for 5 s, an exception) must not keep the draining flag: the
     ring would be stranded with nobody owing a SEND.  The send fails, the next one posts."""
-    d, st, s, peer = manual
+    d, st, s, peer = hand_driven
     q, cw = s._q, s._cw
     _sent_and_released(d, s, peer)
 
@@ -195,24 +96,8 @@ def test_a_failed_send_post_hands_the_draining_flag_back(manual, fast, monkeypat
     assert d.stats["tx_stranded"] == 0
 
 
-def test_stranded_check_leaves_a_pending_send_alone(manual, fast, monkeypatch):
-    """The flag set with the SEND queued is the normal state between a post and the dispatcher's next loop."""
-    from isostack import dispatcher
-
-    monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
-    d, st, s, peer = manual
-    s.sendall(b"a" * 64)  # flag clear: SEND posted, not yet read
-    assert s._q[s._cw + C_DRAINING] == 1
-    d._check_stranded(0.0)
-    d._check_stranded(1.0)
-    assert d.stats["tx_stranded"] == 0
-    d.poll_once()
-    peer.settimeout(0.5)
-    assert _recv_exactly(peer, 64) == b"a" * 64
-
-
-def test_send_across_the_wrap_and_partial_credits(manual, fast):
-    d, st, s, peer = manual
+def test_send_across_the_wrap_and_partial_credits(hand_driven, fast):
+    d, st, s, peer = hand_driven
     s.setblocking(False)
     data = bytes(range(256)) * 16  # 4096: the whole ring
     assert s.send(data[:3000]) == 3000
@@ -244,12 +129,9 @@ def test_send_across_the_wrap_and_partial_credits(manual, fast):
 
 
 @pytest.fixture
-def running(tmp_path, listener):
+def running(dispatcher_thread, listener):
     """(stack, connected socket, kernel peer) served by a dispatcher thread."""
-    path = str(tmp_path / "d.sock")
-    d = Dispatcher(path, None, busy_poll_us=200, sleep_ms=20)
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
+    path = dispatcher_thread().path
     st = Stack(path, Geometry(max_sockets=4, tx_size=4096, rx_size=4096, notif_rings=1))
     try:
         s = st.create_connection(listener.getsockname(), timeout=5)
@@ -259,9 +141,6 @@ def running(tmp_path, listener):
         peer.close()
     finally:
         st.close()
-        d.running = False
-        t.join(5)
-        d.close()
 
 
 def test_send_checks_are_kept(running, fast):
@@ -298,12 +177,12 @@ def test_send_checks_are_kept(running, fast):
     assert e.value.errno == errno.EBADF
 
 
-def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is_full(manual, monkeypatch):
+def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is_full(hand_driven, monkeypatch):
     """The C send path queues SEND (with the tail) and flags the socket pending without calling into Python; a full
     command queue sends it to the Python post, which waits for a slot."""
     if not HAVE_TX:
         pytest.skip("the extension has no Tx here")
-    d, st, s, peer = manual
+    d, st, s, peer = hand_driven
     q, cw = s._q, s._cw
     _sent_and_released(d, s, peer)
     python_posts = []
@@ -316,7 +195,7 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
     d.poll_once()
     peer.settimeout(0.5)
     assert _recv_exactly(peer, 64) == b"b" * 64
-    d._sleep()
+    d.sleep_until_woken()
     assert q[cw + C_DRAINING] == 0
 
     # Fill the command queue with harmless entries (NOPs are not valid commands: use GETSOCKNAME), then send.

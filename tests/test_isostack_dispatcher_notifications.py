@@ -1,18 +1,19 @@
-"""Per-CPU notification rings: a socket's events reach the ring of the CPU its waiting thread runs on, and each
-ring's doorbell is rung only when a thread announced it sleeps on that ring (otherwise a saved doorbell)."""
+"""isostackd's notifications (notifications.py).  Per-CPU notification rings: a socket's events reach the ring of
+the CPU its waiting thread runs on, and each ring's doorbell is rung only when a thread announced it sleeps on that
+ring (otherwise a saved doorbell).  Readiness eventfds of watched sockets: written only when armed."""
 
 import os
+import selectors
 import socket
 import threading
 import time
 
 import pytest
-from test_isostack_frontend import isostackd  # noqa: F401  (fixture)
 
 from isostack.frontend import Stack
-from isostack.layout import C_NOTIF_RING, Geometry
+from isostack.layout import C_NOTIF_RING, C_WATCH_ARMED, Geometry
 
-pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 GEO = Geometry(max_sockets=8, tx_size=1 << 14, rx_size=1 << 14, notif_rings=2)
 
 
@@ -44,7 +45,7 @@ def send_later(peer, data, delay=0.5):
 
 
 @pytest.fixture
-def conn(isostackd):  # noqa: F811
+def conn(isostackd):
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
@@ -58,6 +59,7 @@ def conn(isostackd):  # noqa: F811
     srv.close()
 
 
+@two_cpus
 def test_events_reach_the_ring_of_the_waiting_threads_cpu(conn):
     st, s, peer = conn
     assert s._q[s._cw + C_NOTIF_RING] == 1  # connected from CPU 1
@@ -71,6 +73,7 @@ def test_events_reach_the_ring_of_the_waiting_threads_cpu(conn):
         assert after[1 - cpu] == before[1 - cpu], "an event reached the other CPU's ring"
 
 
+@two_cpus
 def test_doorbell_saved_without_sleeper_and_rung_with_one_per_ring(conn):
     st, s, peer = conn
     r1 = ring(st, 1)
@@ -94,7 +97,8 @@ def test_doorbell_saved_without_sleeper_and_rung_with_one_per_ring(conn):
     assert totals["doorbells_saved"] == sum(r["doorbells_saved"] for r in st.instances[0].ring_stats())
 
 
-def test_threads_on_two_cpus_each_sleep_on_their_own_ring(conn, isostackd):  # noqa: F811
+@two_cpus
+def test_threads_on_two_cpus_each_sleep_on_their_own_ring(conn, isostackd):
     st, s, peer = conn
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -130,8 +134,9 @@ def test_threads_on_two_cpus_each_sleep_on_their_own_ring(conn, isostackd):  # n
     srv.close()
 
 
+@two_cpus
 @pytest.mark.parametrize("word", ["R_TAIL", "R_RUNG", "R_SAVED", "R_DROPPED", "R_HEAD", "R_SLEEPERS"])
-def test_hostile_ring_header_words_hurt_only_their_application(isostackd, word):  # noqa: F811
+def test_hostile_ring_header_words_hurt_only_their_application(isostackd, word):
     """Every word of a ring header is in the application's memory: counters at 2**64 - 1 must wrap, a head
     beyond the tail or a huge sleeper count must not stop the dispatcher or another application's traffic."""
     import isostack.layout as L
@@ -158,3 +163,38 @@ def test_hostile_ring_header_words_hurt_only_their_application(isostackd, word):
         target.close()
         victim.close()
     srv.close()
+
+
+def readable(sock, timeout):
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock.fileno(), selectors.EVENT_READ)
+        return bool(sel.select(timeout))
+
+
+def test_readiness_writes_only_when_armed(dispatcher_thread, listener):
+    """Interrupt mitigation of the readiness eventfd: the dispatcher writes it once, then not again until a
+    would-block call re-armed it; the events in between are counted as saved and no wake-up is lost."""
+    running = dispatcher_thread()
+    path, d = running.path, running.dispatcher
+    with Stack(path, Geometry(max_sockets=4, tx_size=4096, rx_size=4096, notif_rings=1)) as st:
+        s = st.create_connection(listener.getsockname(), timeout=5)
+        peer, _ = listener.accept()
+        s.fileno()  # armed, nothing to report yet
+        for i in range(20):
+            peer.sendall(b"m%02d" % i)
+            assert s.recv(10) == b"m%02d" % i  # blocking recv: does not re-arm
+        assert d.stats["watch_writes"] == 1  # the first event only
+        assert d.stats["watch_saved"] >= 19
+        assert readable(s, 0)  # and the fd still says "look at me"
+        s.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            s.recv(10)  # re-arms and clears
+        assert not readable(s, 0.2)
+        s._q[s._cw + C_WATCH_ARMED] = (1 << 64) - 1  # application memory: any value; non-zero is armed
+        peer.sendall(b"again")
+        assert readable(s, 5)
+        assert d.stats["watch_writes"] == 2
+        assert s._q[s._cw + C_WATCH_ARMED] == 0  # disarmed by the write
+        assert s.recv(10) == b"again"
+        peer.close()
+        s.close()

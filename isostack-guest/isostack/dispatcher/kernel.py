@@ -1,0 +1,216 @@
+"""Kernel glue: the attach socket, the kernel sockets in the epoll set, busy-poll settings, reuseport steering.
+
+Kernel busy polling puts the NIC's receive processing into the dispatcher's loop, on its CPU, instead of in
+the softirq after an interrupt.  SO_BUSY_POLL (--so-busy-poll-us, default 50) on every kernel socket makes a
+recv that finds the socket empty first poll the device queue the flow arrives on (one NAPI poll: our sockets
+are non-blocking).  The net.core.busy_poll sysctl (--epoll-busy-poll-us) makes epoll_wait poll the NAPI
+context of our sockets before it reports "nothing".  Per-epoll parameters (EPIOCSPARAMS) exist only from
+Linux 6.9 and the guests run 6.1, so the sysctl is the only epoll knob there; it is global, hence off by
+default (-1) and an explicit choice of the experiment, and only instance 0 writes and restores it (another
+instance restoring it at its exit would switch it off under the others); the other instances report the
+value they see.  SO_BUSY_POLL above net.core.busy_read needs CAP_NET_ADMIN (isostackd runs as root in the
+guests); failures are counted, not fatal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+
+from ..layout import C_DRAINING, C_ERR, C_OWNER, C_RX_CPU, C_RX_HEAD, C_RX_TAIL, C_TX_HEAD, C_TX_TAIL, C_TX_WANT
+from .state import U64, SharedState, SocketSlot
+
+log = logging.getLogger("isostackd")
+
+EPOLL_IN = select.EPOLLIN | select.EPOLLRDHUP
+SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
+SO_BUSY_POLL = getattr(socket, "SO_BUSY_POLL", 46)
+BUSY_POLL_SYSCTL = "sys/net/core/busy_poll"
+SO_ATTACH_REUSEPORT_CBPF = 51
+BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
+SKF_AD_OFF, SKF_AD_QUEUE, SKF_AD_CPU = -0x1000, 16, 36
+SOCK_FILTER = "<HBBI"
+
+
+def reuseport_program(cpus: list[int], owners: dict[int, int]) -> list[tuple[int, int, int, int]]:
+    """Classic BPF for a reuseport group: the index of the member owning the SYN's rx queue, else of the
+    member on whose CPU the SYN is processed, else 0xffffffff (out of range: the kernel hashes).
+
+    The front-end listens on every instance, in instance order, each with SO_REUSEPORT on the same address,
+    so the kernel has one reuseport group whose i-th member is instance i.  skb->queue_mapping is the rx
+    queue virtio-net recorded ("the queue the SYN arrived on"); SKF_AD_CPU is the CPU its queue's IRQ/RPS
+    targets; the guests' virtio-net records no rx queue, so there the CPU rule decides.  SO_INCOMING_CPU
+    alone would be simpler but mainline 6.1's reuseport group ignores it (fixed in 6.2 by b261eda84ec1,
+    "soreuseport: Fix socket selection for SO_INCOMING_CPU"), and an eBPF SOCKARRAY would need bpf(2) from
+    every instance."""
+    program = [(BPF_LD_W_ABS, 0, 0, (SKF_AD_OFF + SKF_AD_QUEUE) & 0xFFFFFFFF)]
+    for queue, member in sorted(owners.items()):
+        program += [(BPF_JEQ_K, 0, 1, queue + 1), (BPF_RET_K, 0, 0, member)]  # queue_mapping is rx queue + 1
+    program.append((BPF_LD_W_ABS, 0, 0, (SKF_AD_OFF + SKF_AD_CPU) & 0xFFFFFFFF))
+    for member, cpu in enumerate(cpus):
+        program += [(BPF_JEQ_K, 0, 1, cpu), (BPF_RET_K, 0, 0, member)]
+    program.append((BPF_RET_K, 0, 0, 0xFFFFFFFF))
+    return program
+
+
+def attach_reuseport_program(kernel_socket: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    """setsockopt(SO_ATTACH_REUSEPORT_CBPF): struct sock_fprog {u16 len; struct sock_filter *filter}."""
+    instructions = ctypes.create_string_buffer(b"".join(struct.pack(SOCK_FILTER, *insn) for insn in program))
+    fprog = struct.pack("<H6xQ", len(program), ctypes.addressof(instructions))
+    kernel_socket.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
+def incoming_cpu(kernel_socket: socket.socket) -> int:
+    """The CPU the kernel last received the connection's packets on (-1: unknown)."""
+    try:
+        return kernel_socket.getsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU)
+    except OSError:
+        return -1
+
+
+def listen_attach_socket(path: str) -> socket.socket:
+    """The attach socket applications connect to; a stale one is replaced, a live one is an error."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SystemExit(f"isostackd: {path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale
+        else:
+            probe.close()
+            raise SystemExit(f"isostackd: another isostackd is listening on {path}")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    listener.bind(path)
+    os.chmod(path, 0o666)
+    listener.listen(64)
+    return listener
+
+
+class BusyPoll:
+    """SO_BUSY_POLL on every kernel socket, and net.core.busy_poll while the dispatcher runs (see above)."""
+
+    def __init__(self, stats: dict, instance: int, so_busy_poll_us: int, epoll_busy_poll_us: int,
+                 proc_root: str):
+        self.stats = stats
+        self.so_busy_poll_us = so_busy_poll_us
+        self.sysctl_path = os.path.join(proc_root, BUSY_POLL_SYSCTL)
+        self.sysctl_saved: str | None = None
+        if epoll_busy_poll_us >= 0:
+            if instance == 0:
+                self._set_epoll_busy_poll(epoll_busy_poll_us)
+            else:
+                self.stats["epoll_busy_poll_us"] = self._read_sysctl()
+                log.info("net.core.busy_poll is %s (instance 0 sets it)", self.stats["epoll_busy_poll_us"])
+
+    def _set_epoll_busy_poll(self, us: int) -> None:
+        """net.core.busy_poll = us (remembering the old value for restore()); the stats say what it is."""
+        try:
+            with open(self.sysctl_path) as f:
+                old = f.read().strip()
+            with open(self.sysctl_path, "w") as f:
+                f.write(f"{us}\n")
+            with open(self.sysctl_path) as f:
+                self.stats["epoll_busy_poll_us"] = int(f.read().strip())
+            self.sysctl_saved = old
+            log.info("net.core.busy_poll = %d (was %s)", us, old)
+        except (OSError, ValueError) as e:
+            log.warning("cannot set net.core.busy_poll to %d: %s", us, e)
+
+    def _read_sysctl(self) -> int | None:
+        try:
+            with open(self.sysctl_path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def apply_to(self, kernel_socket: socket.socket) -> None:
+        if self.so_busy_poll_us <= 0:
+            return
+        try:
+            kernel_socket.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, self.so_busy_poll_us)
+            self.stats["so_busy_poll_set"] += 1
+        except OSError:
+            self.stats["so_busy_poll_failed"] += 1
+
+    def restore(self) -> None:
+        """Put net.core.busy_poll back as it was (only if we changed it)."""
+        if self.sysctl_saved is not None:
+            try:
+                with open(self.sysctl_path, "w") as f:
+                    f.write(self.sysctl_saved + "\n")
+            except OSError as e:
+                log.warning("cannot restore net.core.busy_poll: %s", e)
+            self.sysctl_saved = None
+
+
+class KernelSockets:
+    """The kernel sockets behind the socket slots: adopting one into a slot, its epoll interest, closing it."""
+
+    def __init__(self, shared: SharedState, busy_poll: BusyPoll):
+        self.shared = shared
+        self.busy_poll = busy_poll
+
+    def register(self, slot: SocketSlot, mask: int) -> None:
+        """Set the slot's epoll interest to `mask` (0: out of the epoll set)."""
+        if slot.kernel_socket is None or mask == slot.epoll_mask:
+            return
+        epoll = self.shared.epoll
+        if slot.epoll_mask == 0:
+            epoll.register(slot.fd, mask)
+        elif mask == 0:
+            epoll.unregister(slot.fd)
+        else:
+            epoll.modify(slot.fd, mask)
+        slot.epoll_mask = mask
+
+    def close(self, slot: SocketSlot) -> None:
+        """Close the slot's kernel socket and its queued connections; the slot leaves every work set."""
+        shared = self.shared
+        if slot.kernel_socket is not None:
+            if slot.epoll_mask:
+                try:
+                    shared.epoll.unregister(slot.fd)
+                except (OSError, ValueError):
+                    pass
+            shared.by_fd.pop(slot.fd, None)
+            slot.kernel_socket.close()
+            slot.kernel_socket = None
+            slot.epoll_mask = 0
+        if slot.backlog:
+            for kernel_socket, _address in slot.backlog:
+                kernel_socket.close()
+            slot.backlog.clear()
+        shared.tx_active.discard(slot)
+        shared.rx_stalled.discard(slot)
+        shared.closing.discard(slot)
+
+    def adopt(self, slot: SocketSlot, kernel_socket: socket.socket, state: int) -> None:
+        """Bind a kernel socket to a free slot; ring indices restart where the front-end's are."""
+        words = slot.app.region.q
+        control = slot.control_word
+        kernel_socket.setblocking(False)
+        self.busy_poll.apply_to(kernel_socket)
+        slot.kernel_socket, slot.fd = kernel_socket, kernel_socket.fileno()
+        self.shared.by_fd[slot.fd] = slot
+        slot.tx_head = words[control + C_TX_TAIL]
+        slot.rx_tail = words[control + C_RX_HEAD]
+        words[control + C_TX_HEAD] = slot.tx_head
+        words[control + C_RX_TAIL] = slot.rx_tail
+        words[control + C_DRAINING] = 0
+        words[control + C_TX_WANT] = 0
+        words[control + C_ERR] = 0
+        words[control + C_OWNER] = self.shared.instance
+        words[control + C_RX_CPU] = incoming_cpu(kernel_socket) & U64
+        slot.set_state(state)

@@ -1,0 +1,147 @@
+"""What the parts of the dispatcher share: one socket slot, one attached application, and the loop's own state.
+
+The parts (kernel glue, attach, commands, data path, notifications, watchdog) are separate objects that all
+work on these records; keeping the records here, below every part, is what lets the parts import nothing of
+each other.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ..attach import AttachError
+from ..layout import C_STATE, H_MAGIC, H_PENDING, H_VERSION, MAGIC, R_DROPPED, R_HEAD, R_TAIL, VERSION, Geometry
+from ..queues import CommandQueue, NotifyRing, Region
+
+U64 = (1 << 64) - 1
+
+
+class StrandedSighting(NamedTuple):
+    """When the watchdog first saw a tx ring that looked stranded, and the ring's tail then."""
+
+    first_seen: float
+    tx_tail: int
+
+
+class SocketSlot:
+    """Dispatcher-side state of one socket slot of one application."""
+
+    __slots__ = (
+        "app",
+        "index",
+        "control_word",
+        "command_queue",
+        "kernel_socket",
+        "fd",
+        "state",
+        "tx_offset",
+        "rx_offset",
+        "tx_head",
+        "rx_tail",
+        "draining",
+        "stranded",
+        "send_owed",
+        "idle_loops",
+        "rx_stalled",
+        "epoll_mask",
+        "backlog",
+        "backlog_max",
+        "connect_pos",
+        "close_pos",
+        "shutdown_pos",
+        "shutdown_how",
+        "close_deadline",
+        "dead",
+        "busy_streak",
+    )
+
+    def __init__(self, app: Application, index: int):
+        geometry = app.geometry
+        self.app = app
+        self.index = index
+        self.control_word = geometry.control_off(index) // 8  # the socket's control page, as a u64 word index
+        self.command_queue = CommandQueue(app.region, self.control_word, geometry.cmdq_off(index),
+                                          geometry.cmdq_slots)
+        self.tx_offset = geometry.tx_off(index)
+        self.rx_offset = geometry.rx_off(index)
+        self.reset()
+        self.dead = False  # command queue corrupt: nothing more is read from it
+
+    def reset(self) -> None:
+        self.kernel_socket: socket.socket | None = None
+        self.fd = -1
+        self.state = 0
+        self.tx_head = 0
+        self.rx_tail = 0
+        self.draining = False
+        self.idle_loops = 0  # loops the tx ring was found empty while draining (the draining grace)
+        self.busy_streak = 0  # loops in a row the tx ring had data (a stream: coalescing naps pay off)
+        self.rx_stalled = False
+        self.epoll_mask = 0
+        self.backlog: deque | None = None
+        self.backlog_max = 0
+        self.connect_pos = -1
+        self.close_pos = -1
+        self.stranded: StrandedSighting | None = None
+        self.send_owed = -1  # tx tail of a ring adopted with the flag set and no SEND queued (late or lost SEND?)
+        self.shutdown_pos = -1  # a SHUTDOWN deferred until the tx ring is drained
+        self.shutdown_how = 0
+        self.close_deadline = 0.0
+
+    def set_state(self, state: int) -> None:
+        self.state = state
+        self.app.region.q[self.control_word + C_STATE] = state
+
+
+class Application:
+    """One attached application: its region, queues, doorbells and sockets."""
+
+    def __init__(self, app_id: int, connection: socket.socket, geometry: Geometry, memfd: int,
+                 doorbells: list[int], pid: int):
+        self.id = app_id
+        self.connection = connection
+        self.geometry = geometry
+        self.pid = pid
+        self.region = Region(memfd, geometry.total_size)
+        os.close(memfd)
+        self.doorbells = doorbells
+        words = self.region.q
+        if words[H_MAGIC] != MAGIC or words[H_VERSION] != VERSION:
+            self.region.close()
+            raise AttachError("shared memory header has a bad magic/version")
+        self.ring_count = geometry.notif_rings
+        self.ring_words = [geometry.ring_word(r) for r in range(self.ring_count)]
+        self.rings = [NotifyRing(self.region, geometry.ring_off(r), geometry.notif_slots, w + R_HEAD, w + R_TAIL,
+                                 w + R_DROPPED) for r, w in enumerate(self.ring_words)]
+        self.sockets = [SocketSlot(self, i) for i in range(geometry.max_sockets)]
+        self.pending_words = (geometry.max_sockets + 63) // 64
+        self.pending_addr = self.region.base + H_PENDING * 8
+        self.rings_posted: set[int] = set()  # rings posted to this loop: maybe ring their doorbells
+        self.readiness_fds: dict[int, int] = {}  # socket slot -> the application's readiness eventfd for it
+
+
+@dataclass
+class SharedState:
+    """The dispatcher's tables and per-loop flags, shared by all its parts."""
+
+    epoll: select.epoll
+    instance: int
+    lock: threading.Lock | None  # the lock ablation (--uncontended-locks)
+    membarrier: bool
+    stats: dict
+    apps: dict[int, Application] = field(default_factory=dict)  # by attach-connection fd
+    by_fd: dict[int, SocketSlot] = field(default_factory=dict)  # kernel socket fd -> its slot
+    tx_active: set[SocketSlot] = field(default_factory=set)  # tx rings drained every loop
+    rx_stalled: set[SocketSlot] = field(default_factory=set)  # rx rings full: polled for credits
+    closing: set[SocketSlot] = field(default_factory=set)  # closes lingering until their tx ring is sent
+    tx_progress: list[SocketSlot] = field(default_factory=list)  # tx head advanced this loop
+    bad_ring: list[SocketSlot] = field(default_factory=list)  # named a missing notification ring: failed later
+    watch_pending: set[SocketSlot] = field(default_factory=set)  # watched sockets posted to this loop
+    loop_latency: bool = False  # this loop did work someone waits for: no coalescing nap after it
+    loop_fill: float = 0.0  # the fullest tx ring drained this loop (0..1)
