@@ -13,6 +13,7 @@ import time
 
 from ..connection import Connection, Disconnected
 from ..handler import BackendHandler
+from ..net_backend import NetBackend
 from ..protocol import ProtocolError, request_name
 from ..switch import Switch
 from ..vring import Vring
@@ -82,7 +83,7 @@ _unregister (loop.py)."""
 
     def _attach(self, port: Port, sock: socket.socket) -> None:
         port.conn = Connection(sock)
-        port.handler = BackendHandler(port.name, port.queue_pairs)
+        port.handler = BackendHandler(port.name, NetBackend(port.queue_pairs, port.name))
         for ring, counters in zip(port.handler.device.rings, port.queue_counters, strict=True):
             ring.counters = counters
         port.handler.device.native = self._native

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from array import array
 
+from ..datapath import tx_pull
 from ..forwarding import mac_runs
 from ..net import ARENA_PREFIX, MAX_FRAME, NET_HDR_LEN, ArenaTxFrame
 from ..offload import VHDR, OffloadError, TxFrame, validate
@@ -101,9 +102,8 @@ _stop_ring (session.py)."""
         hl = device.hdr_len
         nframes = nruns = 0
         try:
-            consumed, nframes, nbytes, runts, oversize, nruns, err = self._native.tx_pull(
-                device.mem.native(self._native), ring._desc, ring._avail, ring._used, ring.num, ring.last_avail_idx,
-                ring.used_idx, ring.event_idx, ring.indirect, budget, hl, arena, meta, runs)
+            consumed, nframes, nbytes, runts, oversize, nruns, err = tx_pull(
+                self._native, device.mem.native(self._native), ring.view(), budget, hl, arena, meta, runs)
             if err is not None:
                 raise RingError(err)
             ring.last_avail_idx = (ring.last_avail_idx + consumed) & 0xFFFF
