@@ -109,13 +109,14 @@ def test_shutdown_returns_at_once_and_the_fin_follows_the_queued_data(stack, lis
             data += chunk[: s.send(chunk)]
             stuck_since = None
         except BlockingIOError:
-            head = s._q[s._cw + C_TX_HEAD]
+            head = s._words[s._control_word + C_TX_HEAD]
             if stuck_since is None or stuck_since[1] != head:
                 stuck_since = (time.monotonic(), head)
             elif time.monotonic() - stuck_since[0] > 0.5:
                 break  # the ring is full and the kernel takes no more: the peer reads nothing
             time.sleep(0.02)
-    assert s._q[s._cw + C_TX_TAIL] - s._q[s._cw + C_TX_HEAD] == stack.geometry.tx_size  # the ring is full
+    words, control = s._words, s._control_word
+    assert words[control + C_TX_TAIL] - words[control + C_TX_HEAD] == stack.geometry.tx_size  # the ring is full
     s.settimeout(5)
     t0 = time.monotonic()
     s.shutdown(socket.SHUT_WR)
@@ -323,12 +324,12 @@ def test_doorbell_rung_only_for_sleepers(stack, listener):
 def test_recv_into_copies_from_the_ring_across_the_wrap(stack, listener, monkeypatch, fast):
     """recv_into fills the caller's buffer straight from the rx ring (C fast path or memoryview slices), also
     when the data wraps around the ring's end, honours nbytes, offsets into a memoryview, EOF and misuse."""
-    from isostack import frontend
+    from isostack.frontend import IsoSocket, rx
     from isostack.layout import C_RX_TAIL
 
     if not fast:
-        monkeypatch.setattr(frontend, "_FAST_RECV_INTO", None)
-    monkeypatch.setattr(frontend.IsoSocket, "recv", lambda *a, **k: pytest.fail("recv_into went through recv"))
+        monkeypatch.setattr(rx, "C_RECV_INTO", None)
+    monkeypatch.setattr(IsoSocket, "recv", lambda *a, **k: pytest.fail("recv_into went through recv"))
     t, box = accept_in_thread(listener)
     s = stack.create_connection(listener.getsockname(), timeout=5)
     t.join(5)
@@ -336,7 +337,7 @@ def test_recv_into_copies_from_the_ring_across_the_wrap(stack, listener, monkeyp
 
     def buffered(n):  # wait until the dispatcher put n unread bytes into the rx ring
         deadline = time.monotonic() + 5
-        while s._q[s._cw + C_RX_TAIL] - s._rx_head < n:
+        while s._words[s._control_word + C_RX_TAIL] - s._rx_head < n:
             assert time.monotonic() < deadline
             time.sleep(0.001)
 

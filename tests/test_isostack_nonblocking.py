@@ -269,11 +269,12 @@ def test_readiness_writes_only_when_armed(tmp_path, listener):
             with pytest.raises(BlockingIOError):
                 s.recv(10)  # re-arms and clears
             assert not readable(s, 0.2)
-            s._q[s._cw + C_WATCH_ARMED] = (1 << 64) - 1  # application memory: any value; non-zero is armed
+            armed = s._control_word + C_WATCH_ARMED
+            s._words[armed] = (1 << 64) - 1  # application memory: any value; non-zero is armed
             peer.sendall(b"again")
             assert readable(s, 5)
             assert d.stats["watch_writes"] == 2
-            assert s._q[s._cw + C_WATCH_ARMED] == 0  # disarmed by the write
+            assert s._words[armed] == 0  # disarmed by the write
             assert s.recv(10) == b"again"
             peer.close()
             s.close()
@@ -302,7 +303,7 @@ def test_dispatcher_ends_the_draining_grace_before_it_sleeps(tmp_path, listener)
             peer, _ = listener.accept()
             d.running = False
             t.join(5)
-            q, cw = s._q, s._cw
+            q, cw = s._words, s._control_word
             commands = d.stats["commands"]
             s.sendall(b"a" * 64)
             for _ in range(3):
@@ -314,7 +315,7 @@ def test_dispatcher_ends_the_draining_grace_before_it_sleeps(tmp_path, listener)
             assert peer.recv(100) == b"b" * 64
             assert d.stats["commands"] == commands + 1  # the second send needed no SEND
             d._sleep()
-            assert q[cw + C_DRAINING] == 0 and s._idx not in {x.idx for x in d.tx_active}
+            assert q[cw + C_DRAINING] == 0 and s._slot not in {x.idx for x in d.tx_active}
             s.sendall(b"c" * 64)  # posts SEND (and kicks: the dispatcher had announced its sleep)
             d.poll_once()
             assert d.stats["commands"] == commands + 2

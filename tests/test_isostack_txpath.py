@@ -10,12 +10,11 @@ import weakref
 
 import pytest
 
-from isostack import frontend
 from isostack.dispatcher import Dispatcher
-from isostack.frontend import Stack
-from isostack.layout import C_DRAINING, C_TX_HEAD, C_TX_TAIL, H_DISP_SLEEPING, Geometry
+from isostack.frontend import Stack, tx
+from isostack.layout import C_DRAINING, C_TX_HEAD, C_TX_TAIL, H_DISP_SLEEPING, Geometry, Op
 
-HAVE_TX = frontend._TX is not None
+HAVE_TX = tx.C_TX_PATH is not None
 
 
 @pytest.fixture
@@ -32,7 +31,7 @@ def fast(request, monkeypatch):
     if request.param and not HAVE_TX:
         pytest.skip("the extension has no Tx here")
     if not request.param:
-        monkeypatch.setattr(frontend, "_TX", None)
+        monkeypatch.setattr(tx, "C_TX_PATH", None)
     return request.param
 
 
@@ -74,15 +73,15 @@ def _sent_and_released(d, s, peer) -> None:
     d.poll_once()
     assert _recv_exactly(peer, 64) == b"a" * 64
     d._sleep()
-    assert s._q[s._cw + C_DRAINING] == 0
+    assert s._words[s._control_word + C_DRAINING] == 0
 
 
 def test_send_posts_send_only_when_the_ring_is_not_being_drained(manual, fast):
     d, st, s, peer = manual
     if fast:  # installed on the instance: sock.send / sock.sendall are the C methods themselves
-        assert type(s.send).__name__ == "builtin_function_or_method" and s.send.__self__ is s._txp
-        assert s.sendall.__self__ is s._txp
-    q, cw = s._q, s._cw
+        assert type(s.send).__name__ == "builtin_function_or_method" and s.send.__self__ is s._tx_path
+        assert s.sendall.__self__ is s._tx_path
+    q, cw = s._words, s._control_word
     commands, posts, kicks = d.stats["commands"], st.stats()["send_posts"], st.stats()["kicks"]
     s.sendall(b"a" * 64)
     assert s.send(b"b" * 64) == 64
@@ -101,9 +100,9 @@ def test_send_posts_send_only_when_the_ring_is_not_being_drained(manual, fast):
     assert st.stats()["kicks"] == kicks  # the dispatcher never announced a sleep
     d._sleep()  # releases the grace of the empty ring
     assert q[cw + C_DRAINING] == 0
-    s._inst.q[H_DISP_SLEEPING] = 1  # as while it blocks in epoll: the next SEND must kick
+    s._owner.words[H_DISP_SLEEPING] = 1  # as while it blocks in epoll: the next SEND must kick
     s.sendall(b"c" * 64)
-    s._inst.q[H_DISP_SLEEPING] = 0
+    s._owner.words[H_DISP_SLEEPING] = 0
     assert st.stats()["send_posts"] == posts + 2
     assert st.stats()["kicks"] == kicks + 1
     d.poll_once()
@@ -120,7 +119,7 @@ def test_stranded_tx_ring_is_adopted_when_idle(manual, fast, monkeypatch):
     monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
     monkeypatch.setattr(dispatcher, "STRANDED_CHECK_S", 0.0, raising=False)
     d, st, s, peer = manual
-    q, cw = s._q, s._cw
+    q, cw = s._words, s._control_word
     _sent_and_released(d, s, peer)
 
     monkeypatch.setattr(s, "_post", lambda *a, **k: 0)  # the SEND is lost on its way (the Python path: the C
@@ -174,7 +173,7 @@ def test_a_failed_send_post_hands_the_draining_flag_back(manual, fast, monkeypat
     """A SEND that cannot be posted (queue full for 5 s, an exception) must not keep the draining flag: the
     ring would be stranded with nobody owing a SEND.  The send fails, the next one posts."""
     d, st, s, peer = manual
-    q, cw = s._q, s._cw
+    q, cw = s._words, s._control_word
     _sent_and_released(d, s, peer)
 
     def full(*a, **k):
@@ -202,7 +201,7 @@ def test_stranded_check_leaves_a_pending_send_alone(manual, fast, monkeypatch):
     monkeypatch.setattr(dispatcher, "STRANDED_S", 0.0, raising=False)
     d, st, s, peer = manual
     s.sendall(b"a" * 64)  # flag clear: SEND posted, not yet read
-    assert s._q[s._cw + C_DRAINING] == 1
+    assert s._words[s._control_word + C_DRAINING] == 1
     d._check_stranded(0.0)
     d._check_stranded(1.0)
     assert d.stats["tx_stranded"] == 0
@@ -220,18 +219,18 @@ def test_send_across_the_wrap_and_partial_credits(manual, fast):
         d.poll_once()
     assert _recv_exactly(peer, 3000) == data[:3000]
     assert s.send(data) == 4096  # ring positions 3000..7096: the copy wraps
-    assert s._tx_tail == 7096 == s._q[s._cw + C_TX_TAIL]
+    assert s._tx_tail == 7096 == s._words[s._control_word + C_TX_TAIL]
     with pytest.raises(BlockingIOError):  # no credits: the Python path arms the credit wait
         s.send(b"x")
     assert s._tx_armed
     if fast:
-        assert not s._txp.fast
+        assert not s._tx_path.fast
     d.poll_once()
     assert _recv_exactly(peer, 4096) == data
     assert s.send(b"y" * 10) == 10  # credits back: the Python path disarms, the C path serves again
     assert not s._tx_armed
     if fast:
-        assert s._txp.fast
+        assert s._tx_path.fast
     d.poll_once()
     assert _recv_exactly(peer, 10) == b"y" * 10
     s.setblocking(True)
@@ -240,7 +239,7 @@ def test_send_across_the_wrap_and_partial_credits(manual, fast):
     s.sendall(half)
     with pytest.raises(TimeoutError):  # 1096 bytes of credits, then the slow path waits and times out
         s.sendall(bytes(2000))
-    assert s._tx_tail - s._q[s._cw + C_TX_HEAD] == 4096  # the ring is full, nothing lost from the count
+    assert s._tx_tail - s._words[s._control_word + C_TX_HEAD] == 4096  # the ring is full, nothing lost from the count
 
 
 @pytest.fixture
@@ -304,7 +303,7 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
     if not HAVE_TX:
         pytest.skip("the extension has no Tx here")
     d, st, s, peer = manual
-    q, cw = s._q, s._cw
+    q, cw = s._words, s._control_word
     _sent_and_released(d, s, peer)
     python_posts = []
     real_post = s._post
@@ -321,10 +320,10 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
 
     # Fill the command queue with harmless entries (NOPs are not valid commands: use GETSOCKNAME), then send.
     filler = 0
-    while s._cmdq.push(frontend.Op.GETSOCKNAME, s._idx) >= 0:
+    while s._command_queue.push(Op.GETSOCKNAME, s._slot) >= 0:
         filler += 1
-    assert filler == s._cmdq.nslots
-    s._inst._pending(s._idx)
+    assert filler == s._command_queue.nslots
+    s._owner.flag_pending(s._slot)
     done = threading.Event()
 
     def drain_later():
@@ -336,7 +335,7 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
     t.start()
     s.sendall(b"c" * 64)
     t.join(5)
-    assert done.is_set() and len(python_posts) == 1 and python_posts[0][0] == frontend.Op.SEND
+    assert done.is_set() and len(python_posts) == 1 and python_posts[0][0] == Op.SEND
     for _ in range(3):
         d.poll_once()
     assert _recv_exactly(peer, 64) == b"c" * 64
