@@ -1,14 +1,18 @@
-"""The front-end's send path: one C call per message (_fastpath.Tx) when the extension has it, the Python path
-otherwise; SEND commands and kicks only when the dispatcher is not draining the ring.  The dispatcher runs in
-this process and is driven by hand (no timing involved)."""
+"""isostack/frontend/tx.py: the send path.  One C call per message (_fastpath.Tx) when the extension has it, the
+Python path otherwise; SEND commands and kicks only when the dispatcher is not draining the ring.  Most tests run
+the dispatcher in this process and drive it by hand (no timing involved); the last ones go through an isostackd
+subprocess."""
 
 import errno
 import gc
 import socket
+import struct
 import threading
+import time
 import weakref
 
 import pytest
+from test_isostack_frontend import accept_in_thread, isostackd, stack  # noqa: F401  (fixtures)
 
 from isostack.dispatcher import Dispatcher
 from isostack.frontend import Stack, tx
@@ -340,3 +344,52 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
         d.poll_once()
     assert _recv_exactly(peer, 64) == b"c" * 64
     assert st.stats()["send_posts"] == posts + 2
+
+
+# ---------------------------------------------------------------- through an isostackd subprocess
+
+
+def test_many_small_sends_are_aggregated_in_order(stack, listener):  # noqa: F811
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    peer = box["c"]
+    for i in range(5000):
+        s.sendall(struct.pack("<Q", i) + bytes(56))
+    s.close()  # graceful: queued bytes still go out
+    got = bytearray()
+    while True:
+        b = peer.recv(1 << 20)
+        if not b:
+            break
+        got += b
+    assert len(got) == 5000 * 64
+    assert [struct.unpack_from("<Q", got, i * 64)[0] for i in range(5000)] == list(range(5000))
+    peer.close()
+
+
+def test_partial_send_when_peer_does_not_read(stack, listener):  # noqa: F811
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    s.setblocking(False)
+    total = 0
+    partial = False
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            n = s.send(bytes(50_000))
+        except BlockingIOError:
+            break
+        partial |= n < 50_000
+        total += n
+        time.sleep(0.001)
+    else:
+        pytest.fail("send never ran out of credits")
+    assert partial  # the last send that fitted took only what the ring had room for
+    assert total >= 1 << 16
+    s.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        s.sendall(bytes(64 << 20))  # more than the ring plus any kernel buffer
+    s.close()
+    box["c"].close()
