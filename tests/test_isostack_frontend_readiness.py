@@ -242,3 +242,24 @@ def test_hostile_readiness_registrations_get_errors_and_hurt_nothing(stack, list
     peer.close()
     s.close()
     time.sleep(0.05)
+
+
+def test_stack_poll_returns_the_notification_hints(stack, listener):  # noqa: F811
+    """Stack.poll drains the notification rings: an rx event of a socket shows as a Notification of its slot."""
+    from isostack.frontend.readiness import Notification
+    from isostack.layout import EV_RX
+
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    peer, _ = listener.accept()
+    stack.poll()  # whatever the connect left
+    peer.sendall(b"x")
+    seen = []
+    deadline = time.monotonic() + 5
+    while not any(n.slot == s._slot and n.events & EV_RX for n in seen):
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.01)
+        seen += stack.poll()
+    assert all(isinstance(n, Notification) for n in seen)
+    assert s.recv(10) == b"x"
+    peer.close()
+    s.close()

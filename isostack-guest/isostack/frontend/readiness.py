@@ -16,11 +16,19 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from .. import native
 from ..layout import C_RX_TAIL, C_STATE, C_TX_HEAD, C_WATCH_ARMED, ST_ACCEPTABLE, ST_EOF, ST_ERROR
 from .instance import Instance
 from .slot import SocketSlot
+
+
+class Notification(NamedTuple):
+    """One hint from a notification ring: socket `slot` had `events` (EV_* bits of layout.py)."""
+
+    slot: int
+    events: int
 
 
 class Doorbells:
@@ -41,8 +49,8 @@ class Doorbells:
         """The notification ring of the CPU the calling thread runs on."""
         return native.getcpu() % self.ring_count
 
-    def poll(self, instances: Iterable[Instance]) -> list[tuple[int, int]]:
-        """Consume every doorbell and return the notification hints [(socket slot, events)] of every ring."""
+    def poll(self, instances: Iterable[Instance]) -> list[Notification]:
+        """Consume every doorbell and return the notification hints of every ring."""
         for fd in self.fds:
             try:
                 while True:
@@ -53,7 +61,7 @@ class Doorbells:
         out = []
         for r, lock in enumerate(self._ring_locks):
             with lock:
-                out += [(sock, ev) for inst in instances for sock, ev, _seq in inst.rings[r].drain()]
+                out += [Notification(sock, ev) for inst in instances for sock, ev, _seq in inst.rings[r].drain()]
         return out
 
     def drop_hints(self, ring: int, instances: Iterable[Instance]) -> None:

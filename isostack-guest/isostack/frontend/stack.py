@@ -23,7 +23,7 @@ from ..layout import Geometry, Op
 from ..queues import U64
 from .instance import Instance
 from .isosocket import IsoSocket
-from .readiness import Doorbells
+from .readiness import Doorbells, Notification
 from .slot import UNSET
 from .steering import load_classifier, local_ip_towards
 
@@ -144,8 +144,8 @@ class Stack:
         """The notification ring of the CPU the calling thread runs on."""
         return self.doorbells.current_ring()
 
-    def poll(self) -> list[tuple[int, int]]:
-        """Consume every doorbell and return the notification hints [(socket slot, events)] of every ring."""
+    def poll(self) -> list[Notification]:
+        """Consume every doorbell and return the notification hints (socket slot, events) of every ring."""
         return self.doorbells.poll(self.instances)
 
     def close(self) -> None:
