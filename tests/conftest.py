@@ -228,10 +228,10 @@ def hand_driven(dispatcher_thread, listener):
 @pytest.fixture(params=[True, False], ids=["c", "python"])
 def fast(request, monkeypatch):
     """The front-end's send path: the C one (_fastpath.Tx, skipped when the extension lacks it) or Python's."""
-    from isostack import frontend
+    from isostack.frontend import tx
 
-    if request.param and frontend._TX is None:
+    if request.param and tx.C_TX_PATH is None:
         pytest.skip("the extension has no Tx here")
     if not request.param:
-        monkeypatch.setattr(frontend, "_TX", None)
+        monkeypatch.setattr(tx, "C_TX_PATH", None)
     return request.param

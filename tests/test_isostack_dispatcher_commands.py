@@ -48,23 +48,24 @@ def wait_failed(s, timeout=2.0):
 
 def push_raw(s, op, **kw):
     """Post an entry the way a hostile front-end would: any values, then flag the socket pending."""
-    pos = s._cmdq.push(op, kw.pop("sock", s._idx), kw.get("a", 0), kw.get("b", 0), kw.get("c", 0))
+    pos = s._command_queue.push(op, kw.pop("sock", s._slot), kw.get("a", 0), kw.get("b", 0), kw.get("c", 0))
     assert pos >= 0
-    s._inst._pending(s._idx)
+    s._owner.flag_pending(s._slot)
     return pos
 
 
 HOSTILE = {
     "bad opcode": (lambda s: push_raw(s, 77), errno.EPROTO),
-    "other socket id": (lambda s: push_raw(s, Op.LISTEN, sock=s._idx + 1), errno.EBADF),
-    "send beyond the ring": (lambda s: (s._q.__setitem__(s._cw + C_TX_TAIL, s._q[s._cw + C_TX_HEAD] + 10 * (1 << 14)),
-                                        push_raw(s, Op.SEND, a=s._q[s._cw + C_TX_TAIL])), errno.EFAULT),
-    "send names a tail it never wrote": (lambda s: push_raw(s, Op.SEND, a=s._q[s._cw + C_TX_HEAD] + 5000),
+    "other socket id": (lambda s: push_raw(s, Op.LISTEN, sock=s._slot + 1), errno.EBADF),
+    "send beyond the ring": (lambda s: (s._words.__setitem__(s._control_word + C_TX_TAIL,
+                                                             s._words[s._control_word + C_TX_HEAD] + 10 * (1 << 14)),
+                                        push_raw(s, Op.SEND, a=s._words[s._control_word + C_TX_TAIL])), errno.EFAULT),
+    "send names a tail it never wrote": (lambda s: push_raw(s, Op.SEND, a=s._words[s._control_word + C_TX_HEAD] + 5000),
                                          errno.EFAULT),
     "accept into a slot out of range": (lambda s: push_raw(s, Op.ACCEPT, a=1000), errno.EBADF),
     "listen group naming a member it lacks": (lambda s: push_raw(s, Op.LISTEN, a=16, b=2, c=0xFFFFFFFFFFFFFF05),
                                               errno.EINVAL),
-    "notification ring that does not exist": (lambda s: (s._q.__setitem__(s._cw + C_NOTIF_RING, 99),
+    "notification ring that does not exist": (lambda s: (s._words.__setitem__(s._control_word + C_NOTIF_RING, 99),
                                                          push_raw(s, Op.GETSOCKNAME)), errno.EINVAL),
     "socket on a slot in use": (lambda s: push_raw(s, Op.SOCKET, a=socket.AF_INET, b=socket.SOCK_STREAM), errno.EBADF),
 }
@@ -72,24 +73,24 @@ HOSTILE = {
 
 def wrong_sequence(s):
     """Write a complete-looking entry whose command sequence field lies."""
-    cq = s._cmdq
+    cq = s._command_queue
     pos = cq.q[cq.tail_word]
     assert native_cas(cq, pos)
     off = cq.slots_off + (pos & cq.mask) * 64
-    cq.buf[off : off + 64] = ENTRY.pack(pos + 1, pos + 3, Op.LISTEN, 0, s._idx, 1, 0, 0, b"")
-    s._inst._pending(s._idx)
+    cq.buf[off : off + 64] = ENTRY.pack(pos + 1, pos + 3, Op.LISTEN, 0, s._slot, 1, 0, 0, b"")
+    s._owner.flag_pending(s._slot)
 
 
 def corrupt_sequence(s):
-    cq = s._cmdq
+    cq = s._command_queue
     pos = cq.q[cq.tail_word]
     cq.q[(cq.slots_off + (pos & cq.mask) * 64) // 8] = pos + 999
-    s._inst._pending(s._idx)
+    s._owner.flag_pending(s._slot)
 
 
 def rx_head_beyond_tail(s):
-    s._q[s._cw + C_RX_HEAD] = s._q[s._cw + C_RX_HEAD] + (1 << 20)
-    s._inst._pending(s._idx)
+    s._words[s._control_word + C_RX_HEAD] = s._words[s._control_word + C_RX_HEAD] + (1 << 20)
+    s._owner.flag_pending(s._slot)
     s.sendall(b"echo back, so the dispatcher looks at the rx credits")
 
 
@@ -131,8 +132,8 @@ def test_garbage_pending_bits_are_ignored(daemon, echo):
     with Stack(path, GEO) as app:
         s = app.create_connection(echo.addr, timeout=5)
         for idx in range(GEO.max_sockets):
-            app._pending(idx)  # free slots with empty queues: nothing happens
-        app.q[64 + 8 + 7] = (1 << 64) - 1  # bits beyond max_sockets in the bitmap's last word
+            app.instances[0].flag_pending(idx)  # free slots with empty queues: nothing happens
+        app.instances[0].words[64 + 8 + 7] = (1 << 64) - 1  # bits beyond max_sockets in the bitmap's last word
         roundtrip(s)
         assert proc.poll() is None
 
@@ -168,9 +169,9 @@ def test_fuzzed_entries_never_hurt_the_dispatcher_or_another_app(daemon, echo, e
         for body in entries:
             if int.from_bytes(body[:2], "little") in (Op.CONNECT, Op.BIND):  # loopback only, whatever the fuzz
                 body = body[:32] + socket.inet_aton("127.0.0.1").ljust(16, b"\0")
-            if target._cmdq.push_body(body) < 0:
+            if target._command_queue.push_body(body) < 0:
                 break
-            hostile_app._pending(target._idx)
+            hostile_app.instances[0].flag_pending(target._slot)
         roundtrip(victim)
         fresh = hostile_app.create_connection(echo.addr, timeout=5)
         roundtrip(fresh)
@@ -184,7 +185,7 @@ def test_ring_index_near_2_64_fails_that_socket_only(daemon, echo, word):
     with Stack(path, GEO) as victim_app, Stack(path, GEO) as hostile_app:
         victim = victim_app.create_connection(echo.addr, timeout=5)
         cw = GEO.control_off(0) // 8  # the slot the hostile app's next socket gets
-        hostile_app.q[cw + (C_TX_TAIL if word == "tx" else C_RX_HEAD)] = (1 << 64) - 10
+        hostile_app.instances[0].words[cw + (C_TX_TAIL if word == "tx" else C_RX_HEAD)] = (1 << 64) - 10
         with pytest.raises(OSError) as e:
             hostile_app.create_connection(echo.addr, timeout=5)
         assert e.value.errno == errno.EFAULT

@@ -14,7 +14,7 @@ def test_dispatcher_ends_the_draining_grace_before_it_sleeps(dispatcher_thread, 
         s = st.create_connection(listener.getsockname(), timeout=5)
         peer, _ = listener.accept()
         running.stop()
-        q, cw = s._q, s._cw
+        q, cw = s._words, s._control_word
         commands = d.stats["commands"]
         s.sendall(b"a" * 64)
         for _ in range(3):
@@ -26,7 +26,7 @@ def test_dispatcher_ends_the_draining_grace_before_it_sleeps(dispatcher_thread, 
         assert peer.recv(100) == b"b" * 64
         assert d.stats["commands"] == commands + 1  # the second send needed no SEND
         d.sleep_until_woken()
-        assert q[cw + C_DRAINING] == 0 and s._idx not in {x.index for x in d.shared.tx_active}
+        assert q[cw + C_DRAINING] == 0 and s._slot not in {x.index for x in d.shared.tx_active}
         s.sendall(b"c" * 64)  # posts SEND (and kicks: the dispatcher had announced its sleep)
         d.poll_once()
         assert d.stats["commands"] == commands + 2

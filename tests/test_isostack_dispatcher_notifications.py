@@ -62,13 +62,13 @@ def conn(isostackd):
 @two_cpus
 def test_events_reach_the_ring_of_the_waiting_threads_cpu(conn):
     st, s, peer = conn
-    assert s._q[s._cw + C_NOTIF_RING] == 1  # connected from CPU 1
+    assert s._words[s._control_word + C_NOTIF_RING] == 1  # connected from CPU 1
     for cpu in (1, 0, 1):
         before = [ring(st, r)["posted"] for r in (0, 1)]
         send_later(peer, b"x%d" % cpu)
         assert on_cpu(cpu, lambda: s.recv(10)) == b"x%d" % cpu  # blocks: the data comes 0.3 s later
         after = [ring(st, r)["posted"] for r in (0, 1)]
-        assert s._q[s._cw + C_NOTIF_RING] == cpu
+        assert s._words[s._control_word + C_NOTIF_RING] == cpu
         assert after[cpu] > before[cpu], "the rx event went elsewhere"
         assert after[1 - cpu] == before[1 - cpu], "an event reached the other CPU's ring"
 
@@ -151,8 +151,8 @@ def test_hostile_ring_header_words_hurt_only_their_application(isostackd, word):
         tpeer, _ = srv.accept()
         inst = hostile_app.instances[0]
         for r in range(GEO.notif_rings):
-            inst.q[inst.ring_words[r] + getattr(L, word)] = (1 << 64) - 1
-            inst.q[inst.ring_words[r] + L.R_DROPPED] = (1 << 64) - 1  # a full ring counts drops too
+            inst.words[inst.ring_words[r] + getattr(L, word)] = (1 << 64) - 1
+            inst.words[inst.ring_words[r] + L.R_DROPPED] = (1 << 64) - 1  # a full ring counts drops too
         for _ in range(3):
             tpeer.sendall(b"x")  # makes the dispatcher post to the hostile ring
             time.sleep(0.05)
@@ -190,11 +190,11 @@ def test_readiness_writes_only_when_armed(dispatcher_thread, listener):
         with pytest.raises(BlockingIOError):
             s.recv(10)  # re-arms and clears
         assert not readable(s, 0.2)
-        s._q[s._cw + C_WATCH_ARMED] = (1 << 64) - 1  # application memory: any value; non-zero is armed
+        s._words[s._control_word + C_WATCH_ARMED] = (1 << 64) - 1  # application memory: any value; non-zero is armed
         peer.sendall(b"again")
         assert readable(s, 5)
         assert d.stats["watch_writes"] == 2
-        assert s._q[s._cw + C_WATCH_ARMED] == 0  # disarmed by the write
+        assert s._words[s._control_word + C_WATCH_ARMED] == 0  # disarmed by the write
         assert s.recv(10) == b"again"
         peer.close()
         s.close()

@@ -22,7 +22,7 @@ def _sent_and_released(d, s, peer) -> None:
     d.poll_once()
     assert _recv_exactly(peer, 64) == b"a" * 64
     d.sleep_until_woken()
-    assert s._q[s._cw + C_DRAINING] == 0
+    assert s._words[s._control_word + C_DRAINING] == 0
 
 
 def test_stranded_tx_ring_is_adopted_when_idle(hand_driven, fast, monkeypatch):
@@ -32,7 +32,7 @@ def test_stranded_tx_ring_is_adopted_when_idle(hand_driven, fast, monkeypatch):
     monkeypatch.setattr(watchdog, "STRANDED_S", 0.0)
     monkeypatch.setattr(watchdog, "STRANDED_CHECK_S", 0.0)
     d, st, s, peer = hand_driven
-    q, cw = s._q, s._cw
+    q, cw = s._words, s._control_word
     _sent_and_released(d, s, peer)
 
     monkeypatch.setattr(s, "_post", lambda *a, **k: 0)  # the SEND is lost on its way (the Python path: the C
@@ -85,7 +85,7 @@ def test_stranded_check_leaves_a_pending_send_alone(hand_driven, fast, monkeypat
     monkeypatch.setattr(watchdog, "STRANDED_S", 0.0)
     d, st, s, peer = hand_driven
     s.sendall(b"a" * 64)  # flag clear: SEND posted, not yet read
-    assert s._q[s._cw + C_DRAINING] == 1
+    assert s._words[s._control_word + C_DRAINING] == 1
     d.watchdog.check(0.0)
     d.watchdog.check(1.0)
     assert d.stats["tx_stranded"] == 0

@@ -1,21 +1,24 @@
-"""The front-end's send path: one C call per message (_fastpath.Tx) when the extension has it, the Python path
-otherwise; SEND commands and kicks only when the dispatcher is not draining the ring.  The dispatcher runs in
-this process and is driven by hand (no timing involved; conftest's hand_driven and fast fixtures).  What the
-dispatcher does about a SEND that never comes: test_isostack_dispatcher_watchdog.py."""
+"""isostack/frontend/tx.py: the send path.  One C call per message (_fastpath.Tx) when the extension has it, the
+Python path otherwise; SEND commands and kicks only when the dispatcher is not draining the ring.  Most tests run
+the dispatcher in this process and drive it by hand (no timing involved; conftest's hand_driven and fast
+fixtures); the last ones go through an isostackd subprocess.  What the dispatcher does about a SEND that never
+comes: test_isostack_dispatcher_watchdog.py."""
 
 import errno
 import gc
 import socket
+import struct
 import threading
+import time
 import weakref
 
 import pytest
+from test_isostack_frontend import accept_in_thread, stack  # noqa: F401  (fixtures)
 
-from isostack import frontend
-from isostack.frontend import Stack
-from isostack.layout import C_DRAINING, C_TX_HEAD, C_TX_TAIL, H_DISP_SLEEPING, Geometry
+from isostack.frontend import Stack, tx
+from isostack.layout import C_DRAINING, C_TX_HEAD, C_TX_TAIL, H_DISP_SLEEPING, Geometry, Op
 
-HAVE_TX = frontend._TX is not None
+HAVE_TX = tx.C_TX_PATH is not None
 
 
 def _recv_exactly(peer, n):
@@ -34,15 +37,15 @@ def _sent_and_released(d, s, peer) -> None:
     d.poll_once()
     assert _recv_exactly(peer, 64) == b"a" * 64
     d.sleep_until_woken()
-    assert s._q[s._cw + C_DRAINING] == 0
+    assert s._words[s._control_word + C_DRAINING] == 0
 
 
 def test_send_posts_send_only_when_the_ring_is_not_being_drained(hand_driven, fast):
     d, st, s, peer = hand_driven
     if fast:  # installed on the instance: sock.send / sock.sendall are the C methods themselves
-        assert type(s.send).__name__ == "builtin_function_or_method" and s.send.__self__ is s._txp
-        assert s.sendall.__self__ is s._txp
-    q, cw = s._q, s._cw
+        assert type(s.send).__name__ == "builtin_function_or_method" and s.send.__self__ is s._tx_path
+        assert s.sendall.__self__ is s._tx_path
+    q, cw = s._words, s._control_word
     commands, posts, kicks = d.stats["commands"], st.stats()["send_posts"], st.stats()["kicks"]
     s.sendall(b"a" * 64)
     assert s.send(b"b" * 64) == 64
@@ -61,9 +64,9 @@ def test_send_posts_send_only_when_the_ring_is_not_being_drained(hand_driven, fa
     assert st.stats()["kicks"] == kicks  # the dispatcher never announced a sleep
     d.sleep_until_woken()  # releases the grace of the empty ring
     assert q[cw + C_DRAINING] == 0
-    s._inst.q[H_DISP_SLEEPING] = 1  # as while it blocks in epoll: the next SEND must kick
+    s._owner.words[H_DISP_SLEEPING] = 1  # as while it blocks in epoll: the next SEND must kick
     s.sendall(b"c" * 64)
-    s._inst.q[H_DISP_SLEEPING] = 0
+    s._owner.words[H_DISP_SLEEPING] = 0
     assert st.stats()["send_posts"] == posts + 2
     assert st.stats()["kicks"] == kicks + 1
     d.poll_once()
@@ -75,7 +78,7 @@ def test_a_failed_send_post_hands_the_draining_flag_back(hand_driven, fast, monk
     """A SEND that cannot be posted (queue full for 5 s, an exception) must not keep the draining flag: the
     ring would be stranded with nobody owing a SEND.  The send fails, the next one posts."""
     d, st, s, peer = hand_driven
-    q, cw = s._q, s._cw
+    q, cw = s._words, s._control_word
     _sent_and_released(d, s, peer)
 
     def full(*a, **k):
@@ -105,18 +108,18 @@ def test_send_across_the_wrap_and_partial_credits(hand_driven, fast):
         d.poll_once()
     assert _recv_exactly(peer, 3000) == data[:3000]
     assert s.send(data) == 4096  # ring positions 3000..7096: the copy wraps
-    assert s._tx_tail == 7096 == s._q[s._cw + C_TX_TAIL]
+    assert s._tx_tail == 7096 == s._words[s._control_word + C_TX_TAIL]
     with pytest.raises(BlockingIOError):  # no credits: the Python path arms the credit wait
         s.send(b"x")
     assert s._tx_armed
     if fast:
-        assert not s._txp.fast
+        assert not s._tx_path.fast
     d.poll_once()
     assert _recv_exactly(peer, 4096) == data
     assert s.send(b"y" * 10) == 10  # credits back: the Python path disarms, the C path serves again
     assert not s._tx_armed
     if fast:
-        assert s._txp.fast
+        assert s._tx_path.fast
     d.poll_once()
     assert _recv_exactly(peer, 10) == b"y" * 10
     s.setblocking(True)
@@ -125,7 +128,7 @@ def test_send_across_the_wrap_and_partial_credits(hand_driven, fast):
     s.sendall(half)
     with pytest.raises(TimeoutError):  # 1096 bytes of credits, then the slow path waits and times out
         s.sendall(bytes(2000))
-    assert s._tx_tail - s._q[s._cw + C_TX_HEAD] == 4096  # the ring is full, nothing lost from the count
+    assert s._tx_tail - s._words[s._control_word + C_TX_HEAD] == 4096  # the ring is full, nothing lost from the count
 
 
 @pytest.fixture
@@ -183,7 +186,7 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
     if not HAVE_TX:
         pytest.skip("the extension has no Tx here")
     d, st, s, peer = hand_driven
-    q, cw = s._q, s._cw
+    q, cw = s._words, s._control_word
     _sent_and_released(d, s, peer)
     python_posts = []
     real_post = s._post
@@ -200,10 +203,10 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
 
     # Fill the command queue with harmless entries (NOPs are not valid commands: use GETSOCKNAME), then send.
     filler = 0
-    while s._cmdq.push(frontend.Op.GETSOCKNAME, s._idx) >= 0:
+    while s._command_queue.push(Op.GETSOCKNAME, s._slot) >= 0:
         filler += 1
-    assert filler == s._cmdq.nslots
-    s._inst._pending(s._idx)
+    assert filler == s._command_queue.nslots
+    s._owner.flag_pending(s._slot)
     done = threading.Event()
 
     def drain_later():
@@ -215,8 +218,57 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
     t.start()
     s.sendall(b"c" * 64)
     t.join(5)
-    assert done.is_set() and len(python_posts) == 1 and python_posts[0][0] == frontend.Op.SEND
+    assert done.is_set() and len(python_posts) == 1 and python_posts[0][0] == Op.SEND
     for _ in range(3):
         d.poll_once()
     assert _recv_exactly(peer, 64) == b"c" * 64
     assert st.stats()["send_posts"] == posts + 2
+
+
+# ---------------------------------------------------------------- through an isostackd subprocess
+
+
+def test_many_small_sends_are_aggregated_in_order(stack, listener):  # noqa: F811
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    peer = box["c"]
+    for i in range(5000):
+        s.sendall(struct.pack("<Q", i) + bytes(56))
+    s.close()  # graceful: queued bytes still go out
+    got = bytearray()
+    while True:
+        b = peer.recv(1 << 20)
+        if not b:
+            break
+        got += b
+    assert len(got) == 5000 * 64
+    assert [struct.unpack_from("<Q", got, i * 64)[0] for i in range(5000)] == list(range(5000))
+    peer.close()
+
+
+def test_partial_send_when_peer_does_not_read(stack, listener):  # noqa: F811
+    t, box = accept_in_thread(listener)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    t.join(5)
+    s.setblocking(False)
+    total = 0
+    partial = False
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            n = s.send(bytes(50_000))
+        except BlockingIOError:
+            break
+        partial |= n < 50_000
+        total += n
+        time.sleep(0.001)
+    else:
+        pytest.fail("send never ran out of credits")
+    assert partial  # the last send that fitted took only what the ring had room for
+    assert total >= 1 << 16
+    s.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        s.sendall(bytes(64 << 20))  # more than the ring plus any kernel buffer
+    s.close()
+    box["c"].close()

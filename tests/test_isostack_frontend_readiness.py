@@ -1,5 +1,6 @@
-"""Front-end API for event loops: non-blocking connect, getsockopt, and fileno() as a per-socket readiness fd
-usable with selectors and asyncio's add_reader; hostile readiness registrations on the attach connection."""
+"""isostack/frontend/readiness.py: the per-socket readiness fd for event loops (selectors, asyncio's add_reader),
+non-blocking connect and getsockopt(SO_ERROR), hostile readiness registrations on the attach connection.  Through a
+real isostackd subprocess against kernel TCP peers on 127.0.0.1."""
 
 import asyncio
 import errno
@@ -18,10 +19,19 @@ GEO = Geometry(max_sockets=16, tx_size=4096, rx_size=4096)
 
 
 @pytest.fixture
-def stack(isostackd):
+def stack(isostackd):  # noqa: F811
     s = Stack(isostackd, GEO)
     yield s
     s.close()
+
+
+@pytest.fixture
+def listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    yield srv
+    srv.close()
 
 
 def readable(sock, timeout):
@@ -84,7 +94,7 @@ def test_connect_in_progress_is_ealready_and_not_readable():
 
 
 @pytest.fixture(autouse=True)
-def _path(isostackd, monkeypatch):
+def _path(isostackd, monkeypatch):  # noqa: F811
     monkeypatch.setenv("ISOSTACK_TEST_PATH", isostackd)
 
 
@@ -231,3 +241,24 @@ def test_hostile_readiness_registrations_get_errors_and_hurt_nothing(stack, list
     peer.close()
     s.close()
     time.sleep(0.05)
+
+
+def test_stack_poll_returns_the_notification_hints(stack, listener):  # noqa: F811
+    """Stack.poll drains the notification rings: an rx event of a socket shows as a Notification of its slot."""
+    from isostack.frontend.readiness import Notification
+    from isostack.layout import EV_RX
+
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    peer, _ = listener.accept()
+    stack.poll()  # whatever the connect left
+    peer.sendall(b"x")
+    seen = []
+    deadline = time.monotonic() + 5
+    while not any(n.slot == s._slot and n.events & EV_RX for n in seen):
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.01)
+        seen += stack.poll()
+    assert all(isinstance(n, Notification) for n in seen)
+    assert s.recv(10) == b"x"
+    peer.close()
+    s.close()
