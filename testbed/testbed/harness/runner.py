@@ -55,6 +55,7 @@ from testbed.harness import (
     report,
     results,
     tcpstats,
+    upload,
 )
 from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.isoperf_cmd import IsoperfOutputError
@@ -152,37 +153,18 @@ class Runner:
         return self.guest_root / "isostack"
 
     def build_sendloop(self) -> None:
-        """Build isoperf's C send loop (.so) on the host, into the package that is uploaded (the guests have no
-        gcc): `python -m isoperf.sendloop` with the guest code first on the path."""
-        env = dict(os.environ, PYTHONPATH=str(self.guest_root))
-        r = subprocess.run(
-            [sys.executable, "-m", "isoperf.sendloop"], env=env, capture_output=True, text=True, timeout=300
-        )
-        if r.returncode != 0:
-            tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
-            raise HarnessError(f"building isoperf's C send loop failed: {tail}")
-        self.console.log(f"isoperf send loop built: {', '.join(Path(p).name for p in r.stdout.split())}")
+        """Build isoperf's C send loop on the host, into the folder that is uploaded (upload.build_sendloop)."""
+        try:
+            built = upload.build_sendloop(self.guest_root)
+        except upload.BuildError as e:
+            raise HarnessError(str(e)) from None
+        self.console.log(f"isoperf send loop built: {', '.join(built)}")
 
     def prepare(self, guest_names: list[str]) -> dict:
-        """Upload the guest packages where needed; returns per-guest metadata (kernel, python, and the
-        packages' combined hash: remote.snapshots_hash)."""
-        info = {}
-        packages = [remote.PackageSnapshot.read(d) for d in guestcmd.package_dirs(self.guest_root)]
-        digest = remote.snapshots_hash(packages)
-        for name in guest_names:
-            shell = self.shells[name]
-            for package in packages:
-                uploaded = remote.sync_package(shell, package, self.layout.remote_root, self.layout.python)
-                outcome = "uploaded" if uploaded else "unchanged, not uploaded"
-                self.console.log(f"{name}: {package.name} package {outcome}")
-            out = remote.check(shell, f"uname -r; {self.layout.python} --version 2>&1")
-            lines = out.strip().splitlines() + ["", ""]
-            info[name] = {
-                "kernel": lines[0] or None,
-                "python": lines[1] or None,
-                "package_sha256": digest,
-            }
-        return info
+        """Upload the guest packages where needed; returns per-guest metadata (upload.sync_guest)."""
+        packages = upload.snapshots(self.guest_root)
+        return {name: upload.sync_guest(self.shells[name], packages, self.layout, self.console.log)
+                for name in guest_names}
 
     def run_case(self, case: Case) -> dict:
         client, server = self.pair(case)
