@@ -38,8 +38,8 @@ def snapshot(workers: list[Worker]) -> Mark:
     progress = [w.progress() for w in workers]
     return Mark(
         t=time.monotonic(),
-        bytes=sum(b for b, _ in progress),
-        count=sum(c for _, c in progress),
+        bytes=sum(p.bytes for p in progress),
+        count=sum(p.count for p in progress),
         lengths=[len(w.samples) for w in workers],
         cpu=read_proc_stat(),
     )

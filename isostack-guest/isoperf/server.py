@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 from . import sockets
 from .cpu import CpuTimes, cpu_busy_percent, read_proc_stat
@@ -59,7 +60,15 @@ def _accept_data(listener: socket.socket, params: RunParams, timeout: float) -> 
     return [socks[i] for i in range(params.connections)]
 
 
-def _intervals(marks: list[tuple[float, int, dict[str, CpuTimes]]]) -> list[dict]:
+class Mark(NamedTuple):
+    """The server's counters at one of the client's marks."""
+
+    t: float
+    bytes: int
+    cpu: dict[str, CpuTimes]
+
+
+def _intervals(marks: list[Mark]) -> list[dict]:
     """Figures between consecutive marks: bytes, elapsed seconds, busy % per CPU."""
     return [
         {"bytes": b1 - b0, "elapsed": round(t1 - t0, 6), "cpu": cpu_busy_percent(c0, c1)}
@@ -122,12 +131,12 @@ def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None
             w.start()
         ctrl.send(type="accepted")
 
-        marks: list[tuple[float, int, dict[str, CpuTimes]]] = []
+        marks: list[Mark] = []
         phases: list[str] = []
         while True:
             msg = ctrl.recv(timeout=params.warmup + params.duration + CONTROL_TIMEOUT)
             if msg["type"] == "mark":
-                marks.append((time.monotonic(), sum(w.progress()[0] for w in workers), read_proc_stat()))
+                marks.append(Mark(time.monotonic(), sum(w.progress().bytes for w in workers), read_proc_stat()))
                 phases.append(str(msg.get("phase", "")))
             elif msg["type"] == "done":
                 break
@@ -147,7 +156,7 @@ def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None
         errors.append("a data connection did not end in time")
     if len(marks) != params.repeats + 1 or phases[:1] != ["begin"] or phases[-1:] != ["end"]:
         errors.append(f"the client marked {phases} instead of begin, {params.repeats - 1} split(s), end")
-        marks = marks[:1] * 2 if marks else [(0.0, 0, {})] * 2
+        marks = marks[:1] * 2 if marks else [Mark(0.0, 0, {})] * 2
     total = sum(w.bytes for w in workers)
     sent = msg.get("sent_bytes")
     if params.test == "stream" and sent is not None and sent != total:

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from array import array
+from typing import NamedTuple
 
 from . import sendloop
 from .errors import IsoperfError
@@ -16,6 +17,13 @@ from .protocol import RunParams
 from .verify import MAX_ERRORS, MessageMaker, StreamVerifier, corrupted, pattern
 
 RECV_CHUNK = 256 * 1024
+
+
+class Progress(NamedTuple):
+    """A worker's counters so far, read by the control thread at the marks."""
+
+    bytes: int  # payload bytes moved (rr/crr: requests + responses)
+    count: int  # messages (stream/maerts) or transactions (rr/crr)
 
 
 class Worker(threading.Thread):
@@ -52,9 +60,8 @@ class Worker(threading.Thread):
     def finish(self) -> None:
         pass
 
-    def progress(self) -> tuple[int, int]:
-        """(bytes, count) so far, read by the control thread at the marks."""
-        return self.bytes, self.count
+    def progress(self) -> Progress:
+        return Progress(self.bytes, self.count)
 
     def verify_error(self, message: str) -> None:
         if len(self.errors) < MAX_ERRORS:
@@ -97,11 +104,11 @@ class Sender(Worker):
         else:
             self._run_plain()
 
-    def progress(self) -> tuple[int, int]:
+    def progress(self) -> Progress:
         if self.loop_kind == "c":
             n = self._calls[0]
-            return n * self.params.size, n
-        return self.bytes, self.count
+            return Progress(n * self.params.size, n)
+        return Progress(self.bytes, self.count)
 
     def _run_c(self) -> None:
         msg = pattern(self.index, self.params.size)
