@@ -8,9 +8,13 @@ import threading
 
 import pytest
 
-from isostack import isoperf
+import isoperf.cli
+import isoperf.client
+import isoperf.server
+from isoperf.protocol import RunParams
 from testbed.harness import isoperf_cmd
-from testbed.harness.isoperf_cmd import GuestLayout, IsoperfOutputError
+from testbed.harness.guestcmd import GuestLayout
+from testbed.harness.isoperf_cmd import IsoperfOutputError
 from testbed.harness.playbook import parse_playbook
 
 PB = """\
@@ -35,11 +39,11 @@ def _case(text: str = PB):
 def test_client_command_is_a_valid_isoperf_invocation():
     cmd = isoperf_cmd.client_command(GuestLayout(), _case(), "10.10.0.2")
     assert cmd == (
-        "PYTHONPATH=/opt python3 -m isostack.isoperf client --host 10.10.0.2 --port 5702 --test stream "
+        "PYTHONPATH=/opt python3 -m isoperf client --host 10.10.0.2 --port 5702 --test stream "
         "--stack legacy --size 1448 --connections 2 --duration 10 --warmup 2.5 --json --verify"
     )
     argv = shlex.split(cmd)[4:]
-    args = isoperf.build_parser().parse_args(argv)
+    args = isoperf.cli.build_parser().parse_args(argv)
     assert (args.host, args.port, args.size, args.connections, args.duration, args.warmup, args.verify, args.json) == (
         "10.10.0.2",
         5702,
@@ -61,7 +65,7 @@ def test_server_commands():
     layout = GuestLayout(remote_root="/opt dir", python="python3", log_dir="/tmp")
     start = isoperf_cmd.server_start_command(layout, "10.10.0.2", 5701)
     assert start == (
-        "rm -f /tmp/isoperf-server-5701.log; nohup env PYTHONPATH='/opt dir' python3 -m isostack.isoperf server"
+        "rm -f /tmp/isoperf-server-5701.log; nohup env PYTHONPATH='/opt dir' python3 -m isoperf server"
         " --bind 10.10.0.2 --port 5701 --once"
         " > /tmp/isoperf-server-5701.log 2>&1 < /dev/null & echo $!"
     )
@@ -120,13 +124,13 @@ def test_required_keys_are_what_isoperf_prints():
     ports = []
     ready = threading.Event()
     server = threading.Thread(
-        target=isoperf.run_server,
+        target=isoperf.server.run_server,
         args=("127.0.0.1", 0, True, lambda p: (ports.append(p), ready.set())),
         daemon=True,
     )
     server.start()
     assert ready.wait(5)
-    result = isoperf.run_client("127.0.0.1", ports[0], isoperf.RunParams(size=64, duration=0.1, warmup=0))
+    result = isoperf.client.run_client("127.0.0.1", ports[0], RunParams(size=64, duration=0.1, warmup=0))
     server.join(10)
     assert set(isoperf_cmd.REQUIRED_KEYS) <= set(result)
 
@@ -189,12 +193,12 @@ def test_client_command_for_stack_iso_is_pinned_to_cpu0_and_finds_isostackd():
         "    size: 1448\n", ""))
     cmd = isoperf_cmd.client_command(GuestLayout(), case, "10.10.0.2")
     assert cmd == (
-        "taskset -c 0 env ISOSTACK_SOCKET=/run/isostack/isostackd.sock PYTHONPATH=/opt python3 -m isostack.isoperf"
+        "taskset -c 0 env ISOSTACK_SOCKET=/run/isostack/isostackd.sock PYTHONPATH=/opt python3 -m isoperf"
         " client --host 10.10.0.2 --port 5702 --test stream --stack iso --size 64 --connections 2 --duration 10"
         " --warmup 2.5 --json --verify"
     )
     argv = shlex.split(cmd)
-    args = isoperf.build_parser().parse_args(argv[argv.index("isostack.isoperf") + 1 :])
+    args = isoperf.cli.build_parser().parse_args(argv[argv.index("isoperf") + 1 :])
     assert (args.stack, args.size) == ("iso", 64)
 
 
@@ -205,7 +209,7 @@ def test_client_command_passes_the_new_options_and_isoperf_parses_them():
     case = _case(text)
     cmd = isoperf_cmd.client_command(GuestLayout(), case, "10.10.0.2")
     assert "--test rr " in cmd and cmd.endswith("--verify --response-size 512 --repeats 3 --cpu 1 --sndbuf 131072")
-    args = isoperf.build_parser().parse_args(shlex.split(cmd)[4:])
+    args = isoperf.cli.build_parser().parse_args(shlex.split(cmd)[4:])
     assert (args.test, args.response_size, args.repeats, args.cpu, args.sndbuf) == ("rr", 512, 3, 1, 131072)
     assert isoperf_cmd.client_timeout(case) >= 2.5 + 3 * 10
 

@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from testbed.harness import isoperf_cmd, placement_cmd
-from testbed.harness.isoperf_cmd import GuestLayout
+from testbed.harness.guestcmd import GuestLayout
 
 
 def test_one_instance_keeps_the_last_vcpu_and_every_queue():
@@ -69,7 +69,7 @@ def test_instance_start_command_and_what_the_dispatcher_parses():
 
 
 def test_legacy_placement_command_is_what_the_placement_cli_parses():
-    cmd = placement_cmd.legacy_command("/opt", "python3")
+    cmd = placement_cmd.legacy_command(GuestLayout(remote_root="/opt", python="python3"))
     assert cmd == "PYTHONPATH=/opt python3 -m isostack.placement --legacy --interfaces eth0"
 
 

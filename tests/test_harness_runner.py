@@ -14,9 +14,9 @@ from rich.console import Console
 
 from testbed import state
 from testbed.harness import dmstats, remote, results, tcpstats
-from testbed.harness.isoperf_cmd import GuestLayout
+from testbed.harness.guestcmd import GUEST_ROOT, GuestLayout
 from testbed.harness.playbook import parse_playbook
-from testbed.harness.runner import PACKAGE_DIR, HarnessError, Runner, execute
+from testbed.harness.runner import HarnessError, Runner, execute
 
 FIXTURES = Path(__file__).parent / "fixtures" / "harness"
 
@@ -64,15 +64,16 @@ def _runner(tmp_path: Path, stats) -> Runner:
     (tmp_path / "opt").mkdir()
     shells = {"iso-a": remote.LocalShell("iso-a"), "iso-b": remote.LocalShell("iso-b")}
     console = Console(file=open(tmp_path / "console.txt", "w"), width=200)
-    # A snapshot of the package: the real tree may change while the test runs (others work on it), and the
-    # runner needs only isoperf for these tests.  Without placement.py the runner's legacy placement fails
-    # here (logged) instead of moving this host's NIC IRQs.
-    package = tmp_path / "src" / "isostack"
-    package.mkdir(parents=True)
-    for name in ("__init__.py", "isoperf.py"):
-        shutil.copyfile(PACKAGE_DIR / name, package / name)
-    assert not (package / "placement.py").exists()
-    return Runner(_local_topology(), shells, layout, stats, console, package_dir=package)
+    # A snapshot of the guest code: the real tree may change while the test runs (others work on it), and the
+    # runner needs only isoperf's Python modules for these tests.  Without placement.py the runner's legacy
+    # placement fails here (logged) instead of moving this host's NIC IRQs.
+    root = tmp_path / "src"
+    (root / "isostack").mkdir(parents=True)
+    shutil.copyfile(GUEST_ROOT / "isostack" / "__init__.py", root / "isostack" / "__init__.py")
+    python_only = shutil.ignore_patterns("__pycache__", "*.so", "*.c")
+    shutil.copytree(GUEST_ROOT / "isoperf", root / "isoperf", ignore=python_only)
+    assert not (root / "isostack" / "placement.py").exists()
+    return Runner(_local_topology(), shells, layout, stats, console, guest_root=root)
 
 
 def _playbook(port: int, extra: str = "") -> str:
@@ -113,16 +114,19 @@ def test_runner_runs_every_case_and_stores_results(tmp_path):
     assert stats.calls == 4
     assert run["playbook"]["text"] == playbook.text
     assert run["metadata"]["accel"] == "tcg"
-    assert run["metadata"]["guests"]["iso-a"]["package_sha256"] == remote.package_hash(runner.package_dir)
+    packages = [remote.PackageSnapshot.read(runner.guest_root / name) for name in ("isostack", "isoperf")]
+    assert run["metadata"]["guests"]["iso-a"]["package_sha256"] == remote.snapshots_hash(packages)
     assert run["ended_at"] is not None
     with open(run_json.parent / "samples.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["size"]) for r in rows] == [256, 1448]
     assert rows[0]["crossed_device_model"] == "True"
     assert "| stream-local | legacy | 256 |" in (run_json.parent / "report.md").read_text()
-    # the package landed where the guests' PYTHONPATH points
-    uploaded = tmp_path / "opt" / "isostack"
-    assert (uploaded / "isoperf.py").read_bytes() == (runner.package_dir / "isoperf.py").read_bytes()
+    # both packages landed where the guests' PYTHONPATH points
+    uploaded = tmp_path / "opt"
+    for rel in ("isoperf/client.py", "isoperf/__main__.py"):
+        assert (uploaded / rel).read_bytes() == (runner.guest_root / rel).read_bytes()
+    assert (uploaded / "isostack" / "__init__.py").exists()
 
 
 def test_runner_runs_rr_with_a_sockperf_crosscheck_and_maerts(tmp_path):
@@ -309,13 +313,13 @@ class ScriptedShell:
 
     def run(self, command: str, timeout_s: float = 60.0) -> remote.CommandResult:
         self.commands.append(command)
-        if "isostack.isoperf server" in command:
+        if "-m isoperf server" in command:
             return remote.CommandResult(0, "100\n", "")
         if "isostack.dispatcher" in command:
             return remote.CommandResult(0, "200\n", "")
         if command.startswith("test -S"):
             return remote.CommandResult(3 if self.daemon_dies else 0, "", "")
-        if "isostack.isoperf client" in command:
+        if "-m isoperf client" in command:
             return remote.CommandResult(0, json.dumps(self.result), "")
         if command.startswith("tail") and "isostackd" in command:
             return remote.CommandResult(0, "isostackd: CPU 1\nisostackd: stopped\n", "")
@@ -387,7 +391,7 @@ def test_case_records_both_guests_tcp_counters_around_the_client(tmp_path):
                                        "fast_retrans": 30, "retrans_pct": 1.0}
     assert record["tcp"]["server"] == {"error": f"{tcpstats.COMMAND} exited 1"}  # recorded, not fatal
     i = client.commands.index(tcpstats.COMMAND)
-    assert "isostack.isoperf client" in client.commands[i + 1] and client.commands[i + 2] == tcpstats.COMMAND
+    assert "-m isoperf client" in client.commands[i + 1] and client.commands[i + 2] == tcpstats.COMMAND
 
 
 def test_stack_iso_case_runs_isostackd_around_the_pinned_client(tmp_path):
@@ -400,7 +404,7 @@ def test_stack_iso_case_runs_isostackd_around_the_pinned_client(tmp_path):
             kinds.append("start")
         elif c.startswith("test -S"):
             kinds.append("ready")
-        elif "isostack.isoperf client" in c:
+        elif "-m isoperf client" in c:
             kinds.append("client")
         elif c.startswith("kill 200"):
             kinds.append("stop")
@@ -415,26 +419,36 @@ def test_stack_iso_case_fails_clearly_when_isostackd_dies(tmp_path):
     record = runner.run_case(parse_playbook(ISO_PB).cases()[0])
     assert record["status"] == "failed"
     assert record["error"].startswith("iso-a: isostackd exited: isostackd: CPU 1")
-    assert not any("isostack.isoperf client" in c for c in client.commands)
+    assert not any("-m isoperf client" in c for c in client.commands)
 
 
 def test_execute_builds_the_native_parts_before_uploading_for_stack_iso(tmp_path, monkeypatch):
     runner, _client = _iso_runner(tmp_path)
     calls = []
     monkeypatch.setattr(runner, "build_native", lambda: calls.append("build"))
+    monkeypatch.setattr(runner, "build_sendloop", lambda: calls.append("build sendloop"))
     monkeypatch.setattr(runner, "prepare", lambda guests: calls.append("prepare") or {})
     execute(runner, parse_playbook(ISO_PB), tmp_path / "results", ["iso-a", "iso-b"], runner.console)
-    assert calls == ["build", "prepare"]
+    assert calls == ["build", "build sendloop", "prepare"]
 
 
 def test_build_native_builds_the_so_files_into_the_uploaded_package(tmp_path):
     package = tmp_path / "src" / "isostack"
-    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    shutil.copytree(GUEST_ROOT / "isostack", package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     runner = Runner(_local_topology(), {}, GuestLayout(), None, Console(file=open(tmp_path / "c.txt", "w")),
-                    package_dir=package)
+                    guest_root=package.parent)
     runner.build_native()
     assert (package / "_atomics.so").exists()
     assert list(package.glob("_fastpath*.so"))
+
+
+def test_build_sendloop_builds_the_so_into_the_uploaded_isoperf(tmp_path):
+    package = tmp_path / "src" / "isoperf"
+    shutil.copytree(GUEST_ROOT / "isoperf", package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    runner = Runner(_local_topology(), {}, GuestLayout(), None, Console(file=open(tmp_path / "c.txt", "w")),
+                    guest_root=package.parent)
+    runner.build_sendloop()
+    assert list(package.glob("_sendloop*.so"))
 
 
 def test_stack_iso_with_locks_starts_isostackd_with_uncontended_locks(tmp_path):
@@ -534,7 +548,7 @@ def _kinds(commands: list[str]) -> list[str]:
             out.append("legacy placement")
         elif c == "snapshot":
             out.append(c)
-        elif "isostack.isoperf client" in c:
+        elif "-m isoperf client" in c:
             out.append("client")
         elif c.startswith("kill 20"):
             out.append("stop " + c.split()[1])

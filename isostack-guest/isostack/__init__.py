@@ -8,7 +8,8 @@ Modules, one concept each:
     dispatcher  isostackd: the back-end on a dedicated CPU
     frontend    the socket-like API applications use (Stack, IsoSocket, socket(), create_connection())
     placement   IRQ affinity / RPS / XPS of the virtio-net queues onto the dispatcher's CPU
-    bench       measurements: queue costs, 64-byte sends through IsoStack vs the kernel
-    isoperf     the netperf-style load generator
     rss         queue prediction from the guest's classifier settings
+
+The tools above the runtime (isoperf, its stack benchmark) are the package isoperf beside this one: isostack
+never imports it.
 """

@@ -4,10 +4,10 @@ fallback where the extension cannot load (another Python), the same atomics in a
 Why native: CPython has no atomic read-modify-write on shared memory, and the per-socket command queue is
 multi-producer (any thread or forked process of an application may post), so producers must claim a slot
 with a CAS on the shared tail.  Everything else (ordered loads and stores on x86-64) stays in Python.
-`python -m isostack.bench --queues` prints the measured cost (see the module docstring of queues.py).
+`python -m isoperf.stackbench --queues` prints the measured cost (see the module docstring of queues.py).
 
 Measured in a TCG guest: a ctypes call costs ~14 us, a Python-level 64-byte send ~120 us; the extension's
-one-call send is what makes a small send cheaper than a kernel send() there (bench.py prints both).
+one-call send is what makes a small send cheaper than a kernel send() there (isoperf/stackbench.py prints both).
 Since the per-socket Tx object (sock.send is its C method, no Python frame at all) the guest's bench shows
 2.6 us of application CPU per 64-byte message, down from 10.6 us with the Python wrapper around FAST.send.
 
@@ -74,22 +74,6 @@ def build_extension(source: Path, output: Path) -> Path:
 
 def build_fast(output: Path = FAST_LIBRARY) -> Path:
     return build_extension(FAST_SOURCE, output)
-
-
-SENDLOOP_SOURCE = HERE / "_sendloop.c"
-SENDLOOP_LIBRARY = HERE / ("_sendloop" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
-
-
-def load_sendloop():
-    """isoperf's C send loop (_sendloop.c), or None where it cannot be built or imported (isoperf then loops
-    in Python, and says so in its result)."""
-    try:
-        if _stale(SENDLOOP_SOURCE, SENDLOOP_LIBRARY):
-            build_extension(SENDLOOP_SOURCE, SENDLOOP_LIBRARY)
-        from . import _sendloop
-    except (ImportError, NativeError, OSError, subprocess.CalledProcessError):
-        return None
-    return _sendloop
 
 
 def _stale(source: Path, lib: Path) -> bool:
@@ -194,7 +178,6 @@ def membarrier() -> None:
 def main() -> int:
     print(build())
     print(build_fast())
-    print(build_extension(SENDLOOP_SOURCE, SENDLOOP_LIBRARY))
     return 0
 
 

@@ -29,7 +29,7 @@ Memory-ordering argument (x86-64 only, which is what the guests and the host are
   point and the dispatcher's reload sees it (then it re-takes the flag with a CAS and keeps draining).
   Without membarrier (the dispatcher says so at attach) the front-end always does the xchg.
 
-Measured (python -m isostack.bench --queues): on the host, MPSC push + pop 0.86 M/s with the extension
+Measured (python -m isoperf.stackbench --queues): on the host, MPSC push + pop 0.86 M/s with the extension
 (0.62 M/s with ctypes), an atomic xchg 101 ns through the extension vs 459 ns through ctypes, a plain
 memoryview store 74 ns; in a TCG guest a ctypes call costs ~14 us and a memoryview store ~1.2 us.  Hence:
 plain ordered stores wherever a single writer owns a word, one C call per message at most.

@@ -1,4 +1,4 @@
-"""isoperf command lines for the guests and the parse of what the client prints.
+"""isoperf and isostackd command lines for the guests and the parse of what the client prints.
 
 Apart from any I/O (as Flent separates a runner's `parse(output)` from the process), so both are tested on
 canned text.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
 
+from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.playbook import Case
 
 # Keys the harness reads from `isoperf client --json`; a missing one means an incompatible isoperf.
@@ -28,18 +28,6 @@ REQUIRED_KEYS = (
 )
 
 
-@dataclass(frozen=True)
-class GuestLayout:
-    """Where the package lives in a guest and which interpreter runs it."""
-
-    remote_root: str = "/opt"
-    python: str = "python3"
-    log_dir: str = "/tmp"
-
-    def module(self) -> str:
-        return f"PYTHONPATH={shlex.quote(self.remote_root)} {self.python} -m isostack.isoperf"
-
-
 def server_log(layout: GuestLayout, port: int) -> str:
     return f"{layout.log_dir}/isoperf-server-{port}.log"
 
@@ -51,7 +39,7 @@ def server_start_command(layout: GuestLayout, bind: str, port: int) -> str:
     """
     log = shlex.quote(server_log(layout, port))
     return (
-        f"rm -f {log}; nohup env {layout.module()} server --bind {shlex.quote(bind)} --port {port} --once"
+        f"rm -f {log}; nohup env {layout.isoperf()} server --bind {shlex.quote(bind)} --port {port} --once"
         f" > {log} 2>&1 < /dev/null & echo $!"
     )
 
@@ -109,8 +97,8 @@ def isostackd_start_command(
     if uncontended_locks:
         extra += " --uncontended-locks"
     return (
-        f"rm -f {log} {sock}; nohup env PYTHONPATH={shlex.quote(layout.remote_root)} {layout.python}"
-        f" -m isostack.dispatcher --cpu {cpu} --allow-shared --interfaces {ISOSTACKD_INTERFACES}"
+        f"rm -f {log} {sock}; nohup env {layout.isostackd()}"
+        f" --cpu {cpu} --allow-shared --interfaces {ISOSTACKD_INTERFACES}"
         f" --socket {sock}{extra} > {log} 2>&1 < /dev/null & echo $!"
     )
 
@@ -169,11 +157,8 @@ def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:
     argv = " ".join(shlex.quote(a) for a in args)
     if case.stack == "iso":
         # The application on vCPU 0, isostackd on its own vCPU; the front-end finds it by its socket.
-        return (
-            f"taskset -c {CLIENT_CPU} env ISOSTACK_SOCKET={shlex.quote(ISOSTACKD_SOCKET)}"
-            f" PYTHONPATH={shlex.quote(layout.remote_root)} {layout.python} -m isostack.isoperf {argv}"
-        )
-    return f"{layout.module()} {argv}"
+        return f"taskset -c {CLIENT_CPU} env {layout.isoperf(ISOSTACK_SOCKET=ISOSTACKD_SOCKET)} {argv}"
+    return f"{layout.isoperf()} {argv}"
 
 
 def _num(value: float) -> str:

@@ -20,6 +20,7 @@ import ast
 import shlex
 from dataclasses import asdict, dataclass
 
+from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.isoperf_cmd import CLIENT_CPU, ISOSTACKD_INTERFACES, ISOSTACKD_SOCKET
 
 DATA_INTERFACE = ISOSTACKD_INTERFACES  # the guests' vhost-user data NIC (eth1 is the management NIC)
@@ -106,11 +107,8 @@ def placement_lines(log_text: str) -> list[str]:
 # ---------------------------------------------------------------- legacy placement and the layout snapshot
 
 
-def legacy_command(remote_root: str, python: str, interface: str = DATA_INTERFACE) -> str:
-    return (
-        f"PYTHONPATH={shlex.quote(remote_root)} {python} -m isostack.placement --legacy"
-        f" --interfaces {shlex.quote(interface)}"
-    )
+def legacy_command(layout: GuestLayout, interface: str = DATA_INTERFACE) -> str:
+    return f"{layout.placement()} --legacy --interfaces {shlex.quote(interface)}"
 
 
 def snapshot_command(interface: str = DATA_INTERFACE) -> str:

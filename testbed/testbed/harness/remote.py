@@ -1,4 +1,4 @@
-"""Running commands on the guests and putting the isostack package there.
+"""Running commands on the guests and putting the guest packages there.
 
 `Shell` is the small interface the runner needs; `FabricShell` is SSH to a guest, `LocalShell` runs on this
 host (loopback tests, no VMs). Keeping the runner on this interface is what makes it testable.
@@ -155,6 +155,15 @@ class PackageSnapshot:
 
 def package_hash(package_dir: Path) -> str:
     return PackageSnapshot.read(package_dir).sha256
+
+
+def snapshots_hash(packages: list[PackageSnapshot]) -> str:
+    """One hash for several packages uploaded together (names and their content hashes, in order): what a
+    run's metadata records as the guest code it ran."""
+    h = hashlib.sha256()
+    for package in packages:
+        h.update(package.name.encode() + b"\0" + package.sha256.encode() + b"\n")
+    return h.hexdigest()
 
 
 def sync_package(shell: Shell, package: PackageSnapshot, remote_root: str, python: str = "python3") -> bool:

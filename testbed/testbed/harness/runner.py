@@ -2,12 +2,13 @@
 
 Per case: start a one-session `isoperf server` on the server guest (bound to its data IP), snapshot the
 device-model counters, run the client on the other guest against that data IP, snapshot again, store the
-isoperf JSON with the per-port deltas. The package is uploaded once per run (skipped when unchanged).
+isoperf JSON with the per-port deltas. The guest packages (guestcmd: isostack and isoperf, folders of this
+repository, never imported here) are uploaded once per run (each skipped when unchanged).
 
 Cross-checks (`crosscheck: true`, legacy stream/rr cases): after the isoperf run and the second counter
 snapshot, the same guests run iperf3 (stream) or sockperf ping-pong (rr) and the record gets its figures.
 
-Stack iso: the package's C parts are built on the host before the upload (the guests have no gcc); per case,
+Stack iso: the packages' C parts are built on the host before the upload (the guests have no gcc); per case,
 the case's isostackd instances (`instances: N`, placement_cmd.plan: instance K on vCPU vcpus - N + K with queue
 pairs K, K + N, ...; one instance: the last vCPU, all queues; `--uncontended-locks` when the case has locks,
 `--so-busy-poll-us`, `--nap-max-us` and `--epoll-busy-poll-us` when the playbook sets them) run on the client
@@ -42,14 +43,25 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-import isostack
 from testbed import state
-from testbed.harness import crosscheck, dmstats, isoperf_cmd, metadata, placement_cmd, remote, report, results, tcpstats
-from testbed.harness.isoperf_cmd import GuestLayout, IsoperfOutputError
+from testbed.harness import (
+    crosscheck,
+    dmstats,
+    guestcmd,
+    isoperf_cmd,
+    metadata,
+    placement_cmd,
+    remote,
+    report,
+    results,
+    tcpstats,
+    upload,
+)
+from testbed.harness.guestcmd import GuestLayout
+from testbed.harness.isoperf_cmd import IsoperfOutputError
 from testbed.harness.playbook import Case, Playbook, load_playbook
 from testbed.harness.remote import RemoteError, Shell
 
-PACKAGE_DIR = Path(isostack.__file__).resolve().parent
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SERVER_READY_TIMEOUT_S = 30.0
 ISOSTACKD_READY_TIMEOUT_S = 30.0
@@ -71,14 +83,14 @@ class Runner:
         layout: GuestLayout,
         stats_reader: StatsReader | None,
         console: Console,
-        package_dir: Path = PACKAGE_DIR,
+        guest_root: Path = guestcmd.GUEST_ROOT,
     ):
         self.topology = topology
         self.shells = shells
         self.layout = layout
         self.stats_reader = stats_reader
         self.console = console
-        self.package_dir = package_dir
+        self.guest_root = guest_root  # the folder holding the guest packages (guestcmd.GUEST_PACKAGES)
         self._stats_warned = False
         self._stats_error = "no device-model counters reader"
 
@@ -135,22 +147,24 @@ class Runner:
             raise HarnessError(f"building isostack's native parts failed: {tail}")
         self.console.log(f"isostack native parts built: {', '.join(Path(p).name for p in r.stdout.split())}")
 
+    @property
+    def package_dir(self) -> Path:
+        """The isostack package's folder, where build_native builds its C parts."""
+        return self.guest_root / "isostack"
+
+    def build_sendloop(self) -> None:
+        """Build isoperf's C send loop on the host, into the folder that is uploaded (upload.build_sendloop)."""
+        try:
+            built = upload.build_sendloop(self.guest_root)
+        except upload.BuildError as e:
+            raise HarnessError(str(e)) from None
+        self.console.log(f"isoperf send loop built: {', '.join(built)}")
+
     def prepare(self, guest_names: list[str]) -> dict:
-        """Upload the isostack package where needed; returns per-guest metadata (kernel, python)."""
-        info = {}
-        package = remote.PackageSnapshot.read(self.package_dir)
-        for name in guest_names:
-            shell = self.shells[name]
-            uploaded = remote.sync_package(shell, package, self.layout.remote_root, self.layout.python)
-            self.console.log(f"{name}: isostack package {'uploaded' if uploaded else 'unchanged, not uploaded'}")
-            out = remote.check(shell, f"uname -r; {self.layout.python} --version 2>&1")
-            lines = out.strip().splitlines() + ["", ""]
-            info[name] = {
-                "kernel": lines[0] or None,
-                "python": lines[1] or None,
-                "package_sha256": package.sha256,
-            }
-        return info
+        """Upload the guest packages where needed; returns per-guest metadata (upload.sync_guest)."""
+        packages = upload.snapshots(self.guest_root)
+        return {name: upload.sync_guest(self.shells[name], packages, self.layout, self.console.log)
+                for name in guest_names}
 
     def run_case(self, case: Case) -> dict:
         client, server = self.pair(case)
@@ -319,7 +333,7 @@ class Runner:
     def _place_legacy(self, shell: Shell, record: dict, role: str) -> dict:
         """The legacy placement on a guest; what it set (or could not) goes into the record, a failure is
         logged, not fatal (the layout snapshot says what the NIC looked like)."""
-        cmd = placement_cmd.legacy_command(self.layout.remote_root, self.layout.python)
+        cmd = placement_cmd.legacy_command(self.layout)
         record["commands"][f"placement_{role}"] = cmd
         r = shell.run(cmd)
         lines = (r.stdout.strip() or r.stderr.strip()).splitlines()
@@ -514,6 +528,7 @@ def execute(
     with console.status("preparing guests"):
         if any(case.stack == "iso" for case in playbook.cases()):
             runner.build_native()  # before the upload, so the .so files travel with the package
+            runner.build_sendloop()
         try:
             guest_info = runner.prepare(guests)
         except RemoteError as e:

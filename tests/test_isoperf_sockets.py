@@ -1,4 +1,4 @@
-"""isoperf's STREAM client with its data connections on IsoStack (`--stack iso`), through the real code path.
+"""isoperf.sockets' IsoStack path: the client's data connections on IsoStack (`--stack iso`), for real.
 
 The client opens its *data* connections with isostack.frontend.create_connection (the control connection
 stays a kernel socket), with payload verification on, against isoperf's own (kernel) server on 127.0.0.1
@@ -6,10 +6,14 @@ and an isostackd started for the test. The front-end is only spied on (calls cou
 """
 
 import pytest
-from test_isoperf import ServerThread, _free_port
+from isoperf_helpers import ServerThread, free_port
 
-from isostack import frontend, isoperf
-from isostack.isoperf import RunParams
+import isoperf.cli
+import isoperf.client
+import isoperf.sockets
+from isoperf.errors import IsoperfError
+from isoperf.protocol import RunParams
+from isostack import frontend
 
 
 @pytest.fixture
@@ -39,7 +43,7 @@ def test_isoperf_stream_over_isostack_verified(isostackd, monkeypatch, connectio
     monkeypatch.setattr(frontend, "create_connection", spy)
     server = ServerThread()
     params = RunParams(size=size, connections=connections, duration=0.6, warmup=0.2, stack="iso", verify=True)
-    r = isoperf.run_client("127.0.0.1", server.port, params)
+    r = isoperf.client.run_client("127.0.0.1", server.port, params)
     assert server.join() == 0
     assert r["errors"] == []
     assert r["verified"] is True
@@ -52,7 +56,7 @@ def test_isoperf_stream_over_isostack_verified(isostackd, monkeypatch, connectio
 
 def test_isoperf_cli_stack_iso(isostackd, capsys):
     server = ServerThread()
-    rc = isoperf.main(["client", "--host", "127.0.0.1", "--port", str(server.port), "--stack", "iso",
+    rc = isoperf.cli.main(["client", "--host", "127.0.0.1", "--port", str(server.port), "--stack", "iso",
                        "--size", "64", "--duration", "0.5", "--warmup", "0.1", "--verify", "--json"])
     assert server.join() == 0
     assert rc == 0, capsys.readouterr().err
@@ -62,8 +66,8 @@ def test_isoperf_cli_stack_iso(isostackd, capsys):
 def test_isoperf_stack_iso_without_isostackd_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("ISOSTACK_SOCKET", str(tmp_path / "none.sock"))
     monkeypatch.setattr(frontend, "_default", None)
-    with pytest.raises(isoperf.IsoperfError, match="cannot open an IsoStack connection to 127.0.0.1:.*isostackd"):
-        isoperf._connect("127.0.0.1", _free_port(), 1.0, "iso")
+    with pytest.raises(IsoperfError, match="cannot open an IsoStack connection to 127.0.0.1:.*isostackd"):
+        isoperf.sockets.connect("127.0.0.1", free_port(), 1.0, "iso")
 
 
 @pytest.mark.parametrize("test,connections", [("maerts", 2), ("rr", 1), ("rr", 3), ("crr", 2)])
@@ -81,7 +85,7 @@ def test_isoperf_other_tests_over_isostack_verified(isostackd, monkeypatch, test
     server = ServerThread()
     params = RunParams(test=test, size=100, connections=connections, duration=0.6, warmup=0.2, stack="iso",
                        verify=True)
-    r = isoperf.run_client("127.0.0.1", server.port, params)
+    r = isoperf.client.run_client("127.0.0.1", server.port, params)
     assert server.join() == 0
     assert r["errors"] == [] and r["verified"] is True
     assert r["server_total_bytes"] == r["client_total_bytes"] > 0
@@ -99,7 +103,7 @@ def test_isoperf_other_tests_over_isostack_verified(isostackd, monkeypatch, test
 def test_isoperf_rr_over_isostack_catches_a_corrupted_response(isostackd):
     server = ServerThread(corrupt_byte=3 * 64 + 30)
     params = RunParams(test="rr", size=64, duration=0.4, warmup=0.1, stack="iso", verify=True)
-    r = isoperf.run_client("127.0.0.1", server.port, params)
+    r = isoperf.client.run_client("127.0.0.1", server.port, params)
     assert server.join() == 0
     assert r["verified"] is False
     assert r["errors"] == ["connection 0 response 3: payload differs from the expected pattern"]

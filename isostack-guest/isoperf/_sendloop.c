@@ -13,8 +13,7 @@
  *   Every switch interval (sys.getswitchinterval(), checked every CHECK_EVERY calls) the GIL is released and
  *   taken again, as the interpreter's own loop does, so that the other threads (isoperf's control thread,
  *   another connection's loop) run even when sendall never releases it (an IsoSocket's C path).  Releasing it
- *   more often costs a thread switch each time: with 16 connections on one CPU, a release every 64 calls
- *   measured 40 % system time in a TCG guest.
+ *   more often costs a thread switch each time.
  *   An exception from sendall or stop ends the loop and propagates; counter[0] then holds the calls that
  *   completed.
  */

@@ -1,7 +1,7 @@
-"""Measurements: queue operation costs, and small sends through IsoStack vs plain kernel sockets.
+"""The stack-only benchmark: queue operation costs, and small sends through IsoStack vs plain kernel sockets.
 
-    python -m isostack.bench --queues          # ops/s of the shared-memory queues (justifies the C helper)
-    python -m isostack.bench [--size 64] [--duration 3] [--socket PATH] [--send-loop python|c]
+    python -m isoperf.stackbench --queues          # ops/s of the shared-memory queues (justifies the C helper)
+    python -m isoperf.stackbench [--size 64] [--duration 3] [--socket PATH] [--send-loop python|c]
 
 The send benchmark runs, in one invocation, a TCP sink in a separate process on 127.0.0.1 and then
   * kernel: the application thread calls socket.sendall(size bytes) in a loop;
@@ -12,6 +12,8 @@ For each it prints messages/s (counted by the sink), the CPU seconds consumed by
 (time.thread_time) and by the dispatcher (utime+stime from /proc/PID/stat), per message and in total,
 messages per consumed CPU-second, and the iso/kernel ratios of messages/s and of messages per CPU-second
 (the seed's goal: >= 10x per consumed CPU for 64-byte messages).
+
+It measures the runtime from above, as isoperf does, so it lives here and imports isostack lazily.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import tempfile
 import threading
 import time
 from array import array
+
+from . import sendloop
 
 SINK = r"""
 import socket, sys
@@ -53,9 +57,9 @@ def _proc_cpu(pid: int) -> float:
 
 def queue_bench(n: int = 200_000) -> dict:
     """ops/s of the MPSC command queue (CAS via ctypes) and of the pure-Python SPSC notification ring."""
-    from . import native
-    from .layout import Geometry
-    from .queues import CommandQueue, NotifyRing, Region, create_memfd
+    from isostack import native
+    from isostack.layout import Geometry
+    from isostack.queues import CommandQueue, NotifyRing, Region, create_memfd
 
     g = Geometry(max_sockets=1, cmdq_slots=1024, notif_slots=1024, tx_size=4096, rx_size=4096)
     fd = create_memfd(g.total_size)
@@ -103,10 +107,8 @@ def _sender(send, msg: bytes, stop: threading.Event, res: dict, loop: str) -> No
     n = 0
     t0 = time.thread_time()
     if loop == "c":  # isoperf's C loop (_sendloop.c): the same send per message, no interpreter around it
-        from .isoperf import _send_loop
-
         calls = array("Q", [0])
-        n = _send_loop()(send, msg, stop.is_set, calls)
+        n = sendloop.load()(send, msg, stop.is_set, calls)
     else:
         while not stop.is_set():
             for _ in range(64):
@@ -161,13 +163,15 @@ def send_bench(size: int, duration: float, path: str | None, dispatcher_cpu: int
                 cmd += ["--cpu", str(dispatcher_cpu)]
             if locks:
                 cmd.append("--uncontended-locks")
-            env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            import isostack
+
+            env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(isostack.__file__))))
             disp = subprocess.Popen(cmd, env=env)
             for _ in range(200):
                 if os.path.exists(path):
                     break
                 time.sleep(0.02)
-        from .frontend import Stack
+        from isostack.frontend import Stack
 
         stack = Stack(path)
         pid = disp.pid if disp else int(stack.info["pid"])
@@ -193,7 +197,7 @@ def send_bench(size: int, duration: float, path: str | None, dispatcher_cpu: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m isostack.bench")
+    p = argparse.ArgumentParser(prog="python -m isoperf.stackbench")
     p.add_argument("--queues", action="store_true", help="queue micro-benchmark only")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--duration", type=float, default=3.0)

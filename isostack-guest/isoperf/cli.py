@@ -1,0 +1,207 @@
+"""The `isoperf` command: options, the human-readable result, exit codes.
+
+Usage::
+
+    isoperf server [--bind ADDR] [--port 5701] [--once]
+    isoperf client --host H [--port 5701] [--test stream|maerts|rr|crr] [--size 1448] [--response-size S]
+                   [--duration 10] [--warmup 1] [--repeats 1] [--connections 1] [--stack legacy|iso]
+                   [--cpu N] [--verify] [--send-loop auto|c|python] [--sndbuf BYTES] [--json]
+
+Client output (``--json``): test, stack, size, response_size, connections, duration (the measured interval,
+s), requested_duration, warmup, repeats, bytes (payload carried in that interval: received by the server for
+stream, by the client for maerts, requests + responses for rr/crr), messages (stream/maerts: bytes // size;
+rr/crr: transactions), throughput_bps, messages_per_s, cpu {"client": {"all": %, "cpu0": %, ...},
+"server": {...}} (busy % from /proc/stat over the measured intervals, warm-up excluded), send_loop (stream:
+"c" or "python", the loop around the per-message sendall calls; null for the other tests), sndbuf (--sndbuf or
+null), verified (null without --verify), errors (a non-empty list means exit 1), client_sent_bytes,
+client_total_bytes, server_total_bytes (whole run incl. warm-up, the sender's and the receiver's count; they
+must be equal); rr/crr add transactions, transactions_per_s, latency_us {p50, p90, p99, p99.9, max, min,
+mean, samples}; intervals (one entry per repeat, the same figures) and summary {figure: {mean, stddev}} over
+the repeats. The top-level figures cover all K intervals together (they are back to back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import client, sendloop, server
+from .cpu import check_cpu
+from .errors import IsoperfError
+from .protocol import DEFAULT_PORT, KNOWN_STACKS, MAX_REPEATS, TESTS, RunParams
+
+
+def format_human(r: dict) -> str:
+    cpu_c = r["cpu"]["client"].get("all", 0.0)
+    cpu_s = r["cpu"]["server"].get("all", 0.0)
+    size = f"size={r['size']}"
+    if r.get("response_size") not in (None, r["size"]):
+        size += f"/{r['response_size']}"
+    lines = [f"{r['test'].upper()} {size} conns={r['connections']} stack={r['stack']} repeats={r['repeats']}"]
+    if "transactions" in r:
+        lat = r["latency_us"]
+        lines.append(
+            f"  {r['transactions']} transactions in {r['duration']:.3f} s = {r['transactions_per_s']:.0f} trans/s, "
+            f"{r['throughput_bps'] / 1e9:.3f} Gb/s"
+        )
+        if lat["samples"]:
+            lines.append(
+                "  latency us: " + "  ".join(f"{k} {lat[k]:.1f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
+            )
+    else:
+        lines.append(
+            f"  {r['bytes']} bytes in {r['duration']:.3f} s = {r['throughput_bps'] / 1e9:.3f} Gb/s, "
+            f"{r['messages_per_s']:.0f} msgs/s"
+        )
+    if r["repeats"] > 1:
+        s = r["summary"]["throughput_bps"]
+        lines.append(f"  per repeat: {s['mean'] / 1e9:.3f} +- {s['stddev'] / 1e9:.3f} Gb/s")
+        if "transactions_per_s" in r["summary"]:
+            t = r["summary"]["transactions_per_s"]
+            lines.append(f"  per repeat: {t['mean']:.0f} +- {t['stddev']:.0f} trans/s")
+    lines += [
+        f"  cpu busy: client {cpu_c:.1f}%  server {cpu_s:.1f}%",
+        f"  verified: {r['verified']}",
+    ]
+    lines += [f"  error: {e}" for e in r["errors"]]
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad options: one line on stderr and exit 2 (no usage block, no traceback)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="isoperf", description="netperf-style load generator for IsoStack")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("server", help="answer isoperf clients")
+    s.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    s.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"control port (default {DEFAULT_PORT})")
+    s.add_argument("--once", action="store_true", help="exit after one session")
+    c = sub.add_parser("client", help="run a test against an isoperf server")
+    c.add_argument("--host", required=True, help="server address")
+    c.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"control port (default {DEFAULT_PORT})")
+    c.add_argument("--test", choices=TESTS, default="stream",
+                   help="stream (send), maerts (receive), rr (request/response), crr (connect/request/response/"
+                        "close); default stream")
+    c.add_argument("--stack", choices=KNOWN_STACKS, default="legacy", help="network stack (default legacy)")
+    c.add_argument("--size", type=_positive_int, default=1448,
+                   help="message size in bytes; rr/crr: the request (default 1448)")
+    c.add_argument("--response-size", type=_positive_int, default=None,
+                   help="rr/crr: response size in bytes (default: --size)")
+    c.add_argument("--duration", type=_positive_float, default=10.0, help="measured seconds (default 10)")
+    c.add_argument("--warmup", type=_nonneg_float, default=1.0, help="seconds before measuring (default 1)")
+    c.add_argument("--repeats", type=_positive_int, default=1,
+                   help=f"measured intervals, back to back, each reported (default 1, at most {MAX_REPEATS})")
+    c.add_argument("--connections", type=_positive_int, default=1, help="parallel connections (default 1)")
+    c.add_argument("--cpu", type=_nonneg_int, default=None, help="pin the worker threads to this CPU")
+    c.add_argument("--verify", action="store_true", help="check every byte (seq + pattern + crc32)")
+    c.add_argument("--send-loop", choices=sendloop.SEND_LOOPS, default="auto",
+                   help="stream without --verify: the loop around the per-message sendall calls, in C as netperf's "
+                        "(isoperf's _sendloop extension) or in Python; auto: C where it is built (default). The "
+                        "result says which ran (send_loop)")
+    c.add_argument("--sndbuf", type=_positive_int, default=None,
+                   help="SO_SNDBUF of the data sockets in bytes (netperf's -s; the kernel doubles it): bounds what a "
+                        "connection has in flight (default: the kernel's autotuning)")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument("--connect-timeout", type=_positive_float, default=5.0, help=argparse.SUPPRESS)
+    return p
+
+
+def _positive_int(text: str) -> int:
+    v = _nonneg_int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return v
+
+
+def _port(text: str) -> int:
+    v = _positive_int(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    v = _float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "server":
+            return server.run_server(args.bind, args.port, args.once)
+        params = RunParams(
+            test=args.test,
+            stack=args.stack,
+            size=args.size,
+            connections=args.connections,
+            duration=args.duration,
+            warmup=args.warmup,
+            verify=args.verify,
+            response_size=args.response_size,
+            repeats=args.repeats,
+        )
+        try:  # option values that are wrong together: a usage error like any other bad option
+            params.check()
+            if args.cpu is not None:
+                check_cpu(args.cpu)
+            sendloop.resolve(args.send_loop)
+        except IsoperfError as e:
+            parser.exit(2, f"isoperf client: error: {e}\n")
+        result = client.run_client(args.host, args.port, params, connect_timeout=args.connect_timeout, cpu=args.cpu,
+                                   send_loop=args.send_loop, sndbuf=args.sndbuf)
+    except (IsoperfError, OSError) as e:  # OSError: a data or control connection broke mid-session
+        print(f"isoperf: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("isoperf: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(format_human(result))
+    if result["errors"]:
+        if not args.json:
+            print(f"isoperf: error: {len(result['errors'])} error(s), see above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""isoperf.stats: latency percentiles (nearest rank) and mean/stddev over repeats."""
+
+from __future__ import annotations
+
+import isoperf.stats
+
+
+def test_latency_summary_nearest_rank_percentiles_in_microseconds():
+    samples = [i * 1000 for i in range(1, 1001)]  # 1..1000 us, shuffled order must not matter
+    s = isoperf.stats.latency_summary(reversed(samples))
+    assert s == {"p50": 500.0, "p90": 900.0, "p99": 990.0, "p99.9": 999.0, "max": 1000.0, "min": 1.0,
+                 "mean": 500.5, "samples": 1000}
+    assert isoperf.stats.latency_summary([7000])["p99.9"] == 7.0
+    assert isoperf.stats.latency_summary([])["samples"] == 0 and isoperf.stats.latency_summary([])["p50"] is None
+
+
+def test_mean_stddev():
+    assert isoperf.stats.mean_stddev([2.0, 4.0, 6.0]) == {"mean": 4.0, "stddev": 2.0}
+    assert isoperf.stats.mean_stddev([5.0]) == {"mean": 5.0, "stddev": 0.0}
