@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .classifier import ConfigError
+from .errors import ConfigError
 from .net import ArenaTxFrame
 
 if TYPE_CHECKING:
