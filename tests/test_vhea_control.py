@@ -208,7 +208,7 @@ GOOD = {"port": st.sampled_from(["a", "b", "zz"]), "proto": st.sampled_from(["tc
 @given(cmd=st.sampled_from(list(control.COMMANDS)),
        fields=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6), data=st.data())
 def test_any_control_request_gets_an_answer(sockdir, cmd, fields, data):
-    server = Server(sockdir, ["a", "b"], queue_pairs=2)  # not bound: control_request needs no sockets
+    server = Server(sockdir, ["a", "b"], queue_pairs=2, control=control)  # not bound: needs no sockets
     req = {"cmd": cmd, **fields}
     for k, strat in GOOD.items():  # plausible values often, so requests get past the first check
         if data.draw(st.booleans()):

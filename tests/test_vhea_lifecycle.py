@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from vhea_helpers import BCAST, MAC_A, MAC_B, MAC_C, frame, receive_n, wait_for
 
-from vhea import cli
+from vhea import cli, control
 from vhea.frontend import Frontend
 from vhea.protocol import (
     U64,
@@ -30,7 +30,7 @@ from vhea.server import Server
 
 @contextlib.contextmanager
 def serving(sockdir: str, ports: list[str], client_ports: tuple[str, ...] = ()) -> Iterator[Server]:
-    server = Server(sockdir, ports, client_ports=client_ports)
+    server = Server(sockdir, ports, client_ports=client_ports, control=control)
     server.bind()
     t = threading.Thread(target=server.serve_forever, name="vhea-lifecycle", daemon=True)
     t.start()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from vhea import native
+from vhea import control, native
 from vhea import server as server_module
 from vhea.frontend import Frontend, ethernet
 from vhea.server import Server
@@ -35,8 +35,8 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 @contextlib.contextmanager
 def running_server(socket_dir: str, ports: list[str], queue_pairs: int = 1, ageing: float = 300.0, **kw
                    ) -> Iterator[Server]:
-    """A Server in a thread; `kw` goes to Server (e.g. flow_control=True, pause_max_us=...)."""
-    server = Server(socket_dir, ports, queue_pairs, ageing=ageing, **kw)
+    """A Server in a thread, answering control commands; `kw` goes to Server (e.g. flow_control=True)."""
+    server = Server(socket_dir, ports, queue_pairs, ageing=ageing, control=control, **kw)
     server.bind()
     t = threading.Thread(target=server.serve_forever, name="vhea-test", daemon=True)
     t.start()

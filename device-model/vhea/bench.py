@@ -202,7 +202,7 @@ def bench_anchor(workdir: str, sizes: list[int], seconds: float) -> dict[int, tu
 
 
 def _vhea_stats(sockdir: str) -> dict:
-    from .cli import query
+    from .ctl import query
 
     return query(sockdir, {"cmd": "stats"})
 

@@ -26,7 +26,7 @@ import time
 from array import array
 from dataclasses import dataclass, field
 
-from . import control, native
+from . import native
 from .classifier import PortClassifier, select_rx_ring
 from .coalesce import Coalescer
 from .connection import Connection, Disconnected
@@ -156,7 +156,9 @@ class Server:
     def __init__(self, socket_dir: str, ports: list[str], queue_pairs: int = 1,
                  ageing: float = 300.0, client_ports: list[str] | tuple[str, ...] = (),
                  datapath: str | None = None, flow_control: bool = False,
-                 pause_max_us: int = DEFAULT_MAX_US) -> None:
+                 pause_max_us: int = DEFAULT_MAX_US, control=None) -> None:
+        #: the control API (COMMANDS, handle(server, request)) that answers control commands; None: stats only
+        self.control = control
         #: "native" (vhea/_datapath.c) or "python" (the reference); NativeError if native is asked for and absent
         self.datapath = native.resolve(datapath or DEFAULT_DATAPATH)
         self._native = native.MOD if self.datapath == "native" else None
@@ -979,8 +981,8 @@ class Server:
             return self.stats()
         if cmd == "ping":
             return {"ok": True, "time": time.time()}
-        if cmd in control.COMMANDS:
-            return control.handle(self, req)
+        if self.control is not None and cmd in self.control.COMMANDS:
+            return self.control.handle(self, req)
         return {"error": f"unknown cmd {cmd!r}"}
 
     def stats(self) -> dict:
