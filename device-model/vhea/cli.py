@@ -129,7 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from . import vmbench
 
         return vmbench.cli_main(args)
-    from . import bench
+    from . import bench, bench_report
 
     try:
         sizes = [int(x) for x in args.sizes.split(",")]
@@ -156,11 +156,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runs.append(bench.run(sizes, args.seconds, dpdk=not args.no_dpdk, python=not args.no_python,
                               tso=not args.no_tso, progress=progress, datapaths=datapaths,
                               inprocess=not args.no_inprocess))
-    rows = runs[0] if args.repeat == 1 else bench.median_rows(runs)
+    rows = runs[0] if args.repeat == 1 else bench_report.median_rows(runs)
     if args.json:
-        print(bench.to_json(rows, args.seconds))
+        print(bench_report.to_json(rows, args.seconds))
     else:
-        bench.print_table(rows, args.seconds)
+        bench_report.print_table(rows, args.seconds)
     return 0
 
 

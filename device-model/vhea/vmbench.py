@@ -38,6 +38,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .bench_serve import proc_cpu_s
+
 NETNS_PREFIX = "vhbench-"
 GUEST_MEM = "1G"
 BOOT_TIMEOUT_S = 180.0
@@ -305,12 +307,6 @@ def wait_ssh(key: Path, g: Guest, netns: str | None, timeout: float) -> None:
             time.sleep(1.0)
 
 
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # ---- one set-up -------------------------------------------------------------------------------------------------
 
 def measure_pair(image, accel: str, workdir: Path, tag: str, data_nics: list[list[str]], duration: float,
@@ -431,7 +427,7 @@ def run(duration: float = 10.0, accel: str = "auto", ping: bool = True, progress
 
 def _measure_vhea(image, accel: str, workdir: Path, tag: str, duration: float, ping: bool, sockdir: str,
                   say) -> VmRow:
-    from .bench import vhea_server
+    from .bench_serve import vhea_server
 
     say(f"{tag}: starting vhea serve and two guests on ports a, b")
     with vhea_server(sockdir, str(workdir / f"{tag}-vhea.log")) as vhea:
