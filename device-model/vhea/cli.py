@@ -116,19 +116,18 @@ def parser() -> argparse.ArgumentParser:
                    help="repeat the whole run N times and print medians (the anchor too; for a noisy machine)")
     b.add_argument("--no-inprocess", action="store_true",
                    help="skip the datapath-alone rows (microbench: pre-filled rings in one process)")
-    b.add_argument("--vm", action="store_true",
-                   help="instead: TCP between two guests through vhea vs tap+bridge (root; see vhea.vmbench)")
-    b.add_argument("--duration", type=float, default=10.0, help="--vm: iperf3 seconds per set-up (default 10)")
-    b.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"], help="--vm: accelerator")
+    # --vm moved to `testbed bench-vm` (it boots guests); its options still parse, so that the old command
+    # line gets the one line that says where it went rather than an argparse error
+    b.add_argument("--vm", action="store_true", help="moved: use `testbed bench-vm`")
+    b.add_argument("--duration", type=float, default=10.0, help=argparse.SUPPRESS)
+    b.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"], help=argparse.SUPPRESS)
     b.set_defaults(func=cmd_bench)
     return ap
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.vm:
-        from . import vmbench
-
-        return vmbench.cli_main(args)
+        raise UsageError("the VM benchmark moved to the testbed: use `testbed bench-vm` (same options)")
     from . import bench, bench_report
 
     try:
