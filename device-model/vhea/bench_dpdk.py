@@ -96,15 +96,12 @@ def _stop_testpmd(tp: testpmd.Testpmd) -> None:
     except (BrokenPipeError, OSError):
         pass
     tp.quit(10)
-    prefix = getattr(tp, "prefix", None)
-    if prefix:
-        shutil.rmtree(os.path.join("/var/run/dpdk", prefix), ignore_errors=True)
+    if tp.prefix:
+        shutil.rmtree(os.path.join("/var/run/dpdk", tp.prefix), ignore_errors=True)
 
 
 def _start_testpmd(vdev: str, prefix: str, main_lcore: int, timeout_s: int, log: str) -> testpmd.Testpmd:
-    tp = testpmd.Testpmd(_testpmd_cmd(vdev, prefix, main_lcore, timeout_s), log)
-    tp.prefix = prefix
-    return tp
+    return testpmd.Testpmd(_testpmd_cmd(vdev, prefix, main_lcore, timeout_s), log, prefix)
 
 
 def bench_anchor(workdir: str, sizes: list[int], seconds: float) -> dict[int, DpdkFigure]:
