@@ -11,7 +11,7 @@ import sys
 import time
 from typing import NamedTuple
 
-from .ctl import query
+from .ctl import control_path, query
 
 #: traffic runs this long before a measuring window opens
 WARMUP_S = 1.0
@@ -60,7 +60,7 @@ def vhea_server(sockdir: str, log_path: str, datapath: str = "auto"):
                                  "--log-level", "warning", "--datapath", datapath], stderr=log)
     try:
         deadline = time.monotonic() + 10
-        while not os.path.exists(os.path.join(sockdir, "control.sock")):
+        while not os.path.exists(control_path(sockdir)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"vhea serve did not start, see {log_path}")
             time.sleep(0.05)
