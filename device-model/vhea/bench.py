@@ -16,17 +16,19 @@ The figures and the table are bench_report's.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
 import tempfile
 
-from . import microbench, testpmd
+from . import microbench, native, testpmd
 from .bench_dpdk import bench_anchor, bench_vhea_dpdk
 from .bench_frames import TSO_MSS, tso_test_frame
 from .bench_python import bench_python
-from .bench_report import Row, make_row, set_taken
+from .bench_report import Row, make_row, median_rows, print_table, set_taken, to_json
 from .bench_serve import vhea_server
+from .errors import UsageError
 
 
 def run(sizes: list[int], seconds: float, dpdk: bool = True, python: bool = True, tso: bool = True,
@@ -114,3 +116,37 @@ def _bench_vhea(sockdir: str, workdir: str, pid: int, dp: str, sizes: list[int],
             rows.append(python_row("64K TSO -> plain peer", 14 + 20 + 32 + TSO_MSS, "tso", 0, True, None,
                                    "segmented + checksummed in vhea; frames = segments"))
     return rows
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """`vhea bench` after parsing (vhea.cli): check the options, run `--repeat` times, print the table or JSON."""
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    except ValueError as e:
+        raise UsageError(f"--sizes {args.sizes!r}: {e}") from e
+    if not sizes or any(not 60 <= s <= 1518 for s in sizes):
+        raise UsageError("--sizes must be frame sizes in 60..1518")
+    if not 0.2 <= args.seconds <= 60:
+        raise UsageError("--seconds must be in 0.2..60")
+    progress = None if args.json else (lambda m: print(f"vhea bench: {m}", file=sys.stderr, flush=True))
+    datapaths = ["native", "python"] if args.datapath == "both" else [args.datapath]
+    if "native" in datapaths and native.MOD is None:
+        if args.datapath == "native":
+            raise UsageError(f"the native datapath is not available: {native.why_not}")
+        print(f"vhea bench: native datapath not available ({native.why_not}); measuring the Python datapath only",
+              file=sys.stderr)
+        datapaths.remove("native")
+    if not 1 <= args.repeat <= 20:
+        raise UsageError("--repeat must be in 1..20")
+    runs = []
+    for repeat_index in range(args.repeat):
+        if progress and args.repeat > 1:
+            progress(f"run {repeat_index + 1} of {args.repeat}")
+        runs.append(run(sizes, args.seconds, dpdk=not args.no_dpdk, python=not args.no_python, tso=not args.no_tso,
+                        progress=progress, datapaths=datapaths, inprocess=not args.no_inprocess))
+    rows = runs[0] if args.repeat == 1 else median_rows(runs)
+    if args.json:
+        print(to_json(rows, args.seconds))
+    else:
+        print_table(rows, args.seconds)
+    return 0

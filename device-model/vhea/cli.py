@@ -128,39 +128,10 @@ def parser() -> argparse.ArgumentParser:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.vm:
         raise UsageError("the VM benchmark moved to the testbed: use `testbed bench-vm` (same options)")
-    from . import bench, bench_report
+    # imported here, not at the top: `vhea serve` and the control commands need none of the bench modules
+    from . import bench
 
-    try:
-        sizes = [int(x) for x in args.sizes.split(",")]
-    except ValueError as e:
-        raise UsageError(f"--sizes {args.sizes!r}: {e}") from e
-    if not sizes or any(not 60 <= s <= 1518 for s in sizes):
-        raise UsageError("--sizes must be frame sizes in 60..1518")
-    if not 0.2 <= args.seconds <= 60:
-        raise UsageError("--seconds must be in 0.2..60")
-    progress = None if args.json else (lambda m: print(f"vhea bench: {m}", file=sys.stderr, flush=True))
-    datapaths = ["native", "python"] if args.datapath == "both" else [args.datapath]
-    if "native" in datapaths and native.MOD is None:
-        if args.datapath == "native":
-            raise UsageError(f"the native datapath is not available: {native.why_not}")
-        print(f"vhea bench: native datapath not available ({native.why_not}); measuring the Python datapath only",
-              file=sys.stderr)
-        datapaths.remove("native")
-    if not 1 <= args.repeat <= 20:
-        raise UsageError("--repeat must be in 1..20")
-    runs = []
-    for k in range(args.repeat):
-        if progress and args.repeat > 1:
-            progress(f"run {k + 1} of {args.repeat}")
-        runs.append(bench.run(sizes, args.seconds, dpdk=not args.no_dpdk, python=not args.no_python,
-                              tso=not args.no_tso, progress=progress, datapaths=datapaths,
-                              inprocess=not args.no_inprocess))
-    rows = runs[0] if args.repeat == 1 else bench_report.median_rows(runs)
-    if args.json:
-        print(bench_report.to_json(rows, args.seconds))
-    else:
-        bench_report.print_table(rows, args.seconds)
-    return 0
+    return bench.cli_main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
