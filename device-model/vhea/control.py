@@ -53,10 +53,10 @@ def _port(server: Server, req: dict, required: bool = True) -> Port | None:
     return server.ports[name]
 
 
-def handle(server: Server, req: dict) -> dict:
+def handle(server: Server, request: dict) -> dict:
     """The answer to one control request (its cmd is one of COMMANDS): {"ok": true, ...} or {"error": ...}."""
     try:
-        return _handle(server, req)
+        return _handle(server, request)
     except ConfigError as e:
         return {"error": str(e)}
 
