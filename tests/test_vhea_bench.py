@@ -8,21 +8,11 @@ import sys
 
 import pytest
 
-from vhea import bench, native, testpmd
+from vhea import native, testpmd
 from vhea.cli import main
 
 #: the datapaths `vhea bench` measures side by side here
 DATAPATHS = ["native", "python"] if native.MOD is not None else ["python"]
-
-
-def test_tso_test_frame_is_a_valid_tcp_frame():
-    from vhea import offload
-
-    f = bench.tso_test_frame(3000)
-    h = offload.parse(f)
-    assert (h.l3, h.l4, h.l4_end, h.proto) == (14, 34, 66, 6)
-    assert offload.verify_ipv4_header(f, 14)
-    assert len(f) == 66 + 3000
 
 
 def test_bench_usage_errors(capsys):
@@ -91,50 +81,3 @@ def test_bench_with_dpdk_and_anchor():
                 assert r["core_ratio"] == pytest.approx(r["fps_per_core"] / anchor["fps"])
                 assert r["gbps"] == pytest.approx(r["fps"] * int(size) * 8 / 1e9)
             assert by[("vhea + Python front-end", dp, size)]["bad"] == 0
-
-
-@pytest.mark.parametrize("kind, size", [("plain", 64), ("plain", 1518), ("tso", 0)])
-@pytest.mark.parametrize("datapath", DATAPATHS)
-def test_inprocess_datapath_figures(datapath, kind, size):
-    """The datapath-alone measurement forwards every frame (it checks counts, drops and the bytes itself)."""
-    from vhea import microbench
-
-    m = microbench.measure(datapath, kind, size, rounds=3)
-    assert m["datapath"] == datapath and m["frames"] == 8 * m["batch"] > 0
-    assert m["us_per_frame"] > 0 and m["fps_per_core"] == pytest.approx(1e6 / m["us_per_frame"])
-    assert m["tx_pull_us"] > 0 and m["rx_write_us"] > 0
-
-
-def test_median_rows_over_repeated_runs():
-    def run(anchor, vhea, cpu):
-        return [bench._row("anchor (DPDK vhost PMD)", "64", 64, anchor, None, anchor),
-                bench._row("vhea + DPDK virtio-user", "64", 64, vhea, cpu, anchor, datapath="native")]
-
-    rows = {(r.case, r.datapath): r for r in bench.median_rows([run(100, 10, 0.5), run(300, 30, 0.5),
-                                                                run(200, 50, 0.25)])}
-    a, v = rows[("anchor (DPDK vhost PMD)", None)], rows[("vhea + DPDK virtio-user", "native")]
-    assert a.fps == 200 and a.ratio == 1.0
-    assert v.fps == 30 and v.ratio == pytest.approx(30 / 200) and v.vhea_cpu == 0.5
-    assert v.fps_per_core == 60 and v.core_ratio == pytest.approx(60 / 200)
-    assert "median of 3 runs (10..50)" in v.note
-
-
-def test_median_rows_leave_out_runs_without_traffic():
-    def run(anchor, vhea):
-        return [bench._row("anchor (DPDK vhost PMD)", "64", 64, anchor, None, anchor),
-                bench._row("vhea + DPDK virtio-user", "64", 64, vhea, 0.5 if vhea else None, anchor,
-                           datapath="native")]
-
-    rows = {r.case: r for r in bench.median_rows([run(0, 0), run(300, 30), run(100, 10)])}
-    assert rows["anchor (DPDK vhost PMD)"].fps == 200 and rows["anchor (DPDK vhost PMD)"].ratio == 1.0
-    v = rows["vhea + DPDK virtio-user"]
-    assert v.fps == 20 and v.ratio == pytest.approx(0.1) and "1 run(s) saw no traffic" in v.note
-
-
-def test_plain_table_has_every_row_whole():
-    rows = [bench._row("anchor (DPDK vhost PMD)", "64", 64, 1e6, None, 1e6),
-            bench._row("vhea + DPDK virtio-user", "64", 64, 2e5, 0.25, 1e6, "a long note " * 5, datapath="native")]
-    text = bench.plain_table(rows, 2).splitlines()
-    assert len(text) == 4 and "frames/s" in text[1]
-    assert text[3].split()[:4] == ["vhea", "+", "DPDK", "virtio-user"] and "800,000" in text[3]
-    assert text[3].endswith("a long note " * 5)

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from vhea.classifier import (
     DEFAULT_RETA_LEN,
-    ConfigError,
     PortClassifier,
     parse_flow,
     select_rx_ring,
 )
+from vhea.errors import ConfigError
 from vhea.toeplitz import DEFAULT_KEY, Toeplitz, hash_reference, tuple_input
 
 VECTORS = json.loads((Path(__file__).parent / "fixtures" / "rss-toeplitz-vectors.json").read_text())

@@ -1,5 +1,6 @@
-"""Classification through a running back-end: the control socket commands, the `vhea rule`/`vhea rss` CLI,
-and frames from a front-end landing on the rx queue the Toeplitz hash, the RETA or a rule names."""
+"""Classification through a running back-end: the control socket commands (vhea.control), and frames from a
+front-end landing on the rx queue the Toeplitz hash, the RETA or a rule names (the `vhea rule`/`vhea rss`
+command lines: test_vhea_ctl.py)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,11 @@ from test_vhea_classifier import ipv4_frame, ipv6_frame
 from vhea_helpers import MAC_A, MAC_B, frontend, receive_n, running_server, wait_for
 
 from vhea import control
-from vhea.cli import main
 from vhea.protocol import Request, VringState
 from vhea.server import Server
 from vhea.toeplitz import Toeplitz, tuple_input
 
 A_IP, B_IP = "10.10.0.1", "10.10.0.2"
-
-
-def vhea(capsys, sockdir, *args) -> tuple[int, str, str]:
-    argv = list(args)
-    argv[2:2] = ["--socket-dir", sockdir]  # after "rule add" / "rss show"
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def tcp_a_to_b(sport: int, dport: int = 5201) -> bytes:
@@ -70,49 +62,6 @@ def test_control_requests_and_errors(sockdir):
         assert r["ok"] and r["key"] == "11" * 40 and r["hash_types"] == ["tcp4"] and r["reta"] == [1, 0]
         assert ask(cmd="rss-show", port="b")["key"] != "11" * 40  # per port
         assert "unknown cmd" in ask(cmd="rss-frobnicate", port="a")["error"]
-
-
-def test_cli_rule_and_rss(sockdir, capsys):
-    with running_server(sockdir, ["a", "b"], queue_pairs=2):
-        code, out, _ = vhea(capsys, sockdir, "rule", "add", "--port", "a", "--proto", "tcp", "--dport", "5001",
-                            "--queue", "1")
-        assert code == 0 and "rule 1 added on port a" in out
-        code, out, _ = vhea(capsys, sockdir, "rule", "add", "--port", "a", "--proto", "udp", "--src", "10.0.0.1",
-                            "--dst", "10.0.0.2", "--sport", "7", "--dport", "9", "--queue", "0")
-        assert code == 0
-        code, out, _ = vhea(capsys, sockdir, "rule", "list")
-        assert "tcp dport 5001" in out and "udp 10.0.0.1:7 -> 10.0.0.2:9" in out
-        code, out, _ = vhea(capsys, sockdir, "rule", "list", "--port", "a", "--json")
-        assert [r["id"] for r in json.loads(out)["rules"]["a"]] == [1, 2]
-        code, out, _ = vhea(capsys, sockdir, "rule", "del", "--port", "a", "--id", "2")
-        assert code == 0 and "rule 2 deleted" in out
-        code, out, err = vhea(capsys, sockdir, "rule", "del", "--port", "a", "--id", "2")
-        assert code == 2 and "no rule with id 2" in err
-        code, out, err = vhea(capsys, sockdir, "rule", "add", "--port", "q", "--proto", "tcp", "--dport", "1",
-                              "--queue", "0")
-        assert code == 2 and "unknown port 'q'" in err
-        code, out, err = vhea(capsys, sockdir, "rule", "add", "--port", "a", "--proto", "tcp", "--dport", "1",
-                              "--queue", "4")
-        assert code == 2 and "queue 4 is beyond this port's 2 queue pair(s)" in err
-
-        code, out, _ = vhea(capsys, sockdir, "rss", "show", "--port", "a")
-        assert code == 0 and "6d5a56da" in out and "128 entries" in out and "tcp dport 5001" in out
-        code, out, _ = vhea(capsys, sockdir, "rss", "set", "--port", "a", "--hash-types", "ipv4,tcp4",
-                            "--reta", "1,0,1,0")
-        assert code == 0 and "ipv4, tcp4" in out
-        code, out, _ = vhea(capsys, sockdir, "rss", "show", "--port", "a", "--json")
-        s = json.loads(out)
-        assert s["reta"] == [1, 0, 1, 0] and s["hash_types"] == ["ipv4", "tcp4"]
-        code, out, _ = vhea(capsys, sockdir, "rss", "set", "--port", "a", "--queues", "1")
-        assert code == 0
-        code, out, err = vhea(capsys, sockdir, "rss", "set", "--port", "a", "--key", "abcd")
-        assert code == 2 and "must be 40 bytes" in err
-        code, out, err = vhea(capsys, sockdir, "rss", "set", "--port", "a", "--reta", "0,x")
-        assert code == 2 and "comma-separated integers" in err
-        code, out, err = vhea(capsys, sockdir, "rss", "set", "--port", "a")
-        assert code == 2 and "at least one of" in err
-        code, out, err = vhea(capsys, sockdir, "rss", "set", "--port", "a", "--queues", "3")
-        assert code == 2 and "queues must be 1..2" in err
 
 
 # ---- frames on the predicted queue ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import time
 import pytest
 from vhea_helpers import BCAST, MAC_A, MAC_B, frame, frontend, receive_n, running_server, wait_for
 
-from vhea.cli import main
 from vhea.coalesce import Coalescer
 from vhea.protocol import VIRTIO_RING_F_EVENT_IDX, bit
 
@@ -82,21 +81,6 @@ def test_emulated_link_down_drops_both_ways_with_a_reason(sockdir):
         assert len(receive_n(b, 1)) == 1
 
 
-def test_cli_coalesce_and_link(sockdir, capsys):
-    with running_server(sockdir, ["a"], queue_pairs=2) as server:
-        assert main(["coalesce", "set", "--socket-dir", sockdir, "--port", "a", "--queue", "2", "--max-frames", "16",
-                     "--max-usecs", "100"]) == 0
-        assert main(["coalesce", "show", "--socket-dir", sockdir, "--port", "a"]) == 0
-        out = capsys.readouterr().out
-        assert "  2 (rx)         16       100" in out
-        assert main(["coalesce", "set", "--socket-dir", sockdir, "--port", "a", "--max-frames", "16",
-                     "--max-usecs", "0"]) == 2
-        assert "needs max_usecs" in capsys.readouterr().err
-        assert main(["link", "down", "--socket-dir", sockdir, "--port", "a"]) == 0
-        assert "port a: link down" in capsys.readouterr().out
-        assert server.ports["a"].link_up is False and server.ports["a"].link_emulated is False
-
-
 def test_pacing_holds_a_port_to_its_rate_without_drops(sockdir):
     with running_server(sockdir, ["a", "b"]) as server, frontend(server, "a") as a, frontend(server, "b") as b:
         a.handshake()
@@ -131,16 +115,6 @@ def test_pacing_holds_a_port_to_its_rate_without_drops(sockdir):
             a.send_frame(frame(MAC_B, MAC_A, i, size=size))
         got = receive_n(b, 50)
         assert len(got) == 50 and time.monotonic() - t0 < 1.0
-
-
-def test_cli_rate(sockdir, capsys):
-    with running_server(sockdir, ["a"]) as server:
-        assert main(["rate", "set", "--socket-dir", sockdir, "--port", "a", "--gbps", "10"]) == 0
-        assert "port a: tx pacing 10 Gb/s, burst 1250000 bytes" in capsys.readouterr().out
-        assert server.ports["a"].pacer.rate_bps == 10**10
-        assert main(["rate", "set", "--socket-dir", sockdir, "--port", "a", "--off"]) == 0
-        assert "tx pacing off" in capsys.readouterr().out
-        assert main(["rate", "set", "--socket-dir", sockdir, "--port", "a"]) == 2
 
 
 def test_rx_drops_are_counted_per_queue(sockdir):

@@ -21,7 +21,7 @@ from vhea_helpers import (
 )
 
 from vhea import cli
-from vhea.bench import TSO_MSS, tso_test_frame
+from vhea.bench_frames import TSO_MSS, tso_test_frame
 from vhea.offload import VHDR, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
 
 pytestmark = pytest.mark.usefixtures("datapath")

@@ -14,7 +14,10 @@ Layers, each its own module (after rust-vmm's vhost crates):
              gcc at import; vring/net stay the reference and the fallback (`vhea serve --datapath`)
   switch     MAC learning with ageing, flooding
   server     the single-threaded selectors loop, ports, counters, control socket
-  cli        `vhea serve` and `vhea stats`
-  bench      `vhea bench` (microbench: the datapath alone in one process)
+  control    the requests the control socket answers (rules, RSS, coalescing, link, pacing, pause, ports)
+  ctl        `vhea stats`, `vhea rule|rss|port|...`: the client side of the control socket
+  cli        `vhea serve`, `vhea bench` and the argparse entry `vhea`
+  bench      `vhea bench` (bench_dpdk, bench_python, bench_report; microbench: the datapath alone in one process)
+  errors     ConfigError, UsageError and the limits every layer shares (port names, socket path length)
   frontend   a vhost-user front-end for tests (no VM); testpmd: DPDK testpmd as a real peer
 """

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .errors import ConfigError
 from .toeplitz import DEFAULT_KEY, KEY_LEN, Toeplitz
 
 HASH_TYPES = ("ipv4", "tcp4", "udp4", "ipv6", "tcp6", "udp6")
@@ -44,10 +45,6 @@ VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
 IPV6_EXT = {0, 43, 60, 51}
 IPV6_FRAG = 44
 MAX_EXT_HEADERS = 8
-
-
-class ConfigError(ValueError):
-    """A classifier setting that the port cannot take; the message says why."""
 
 
 def parse_flow(frame: bytes) -> tuple[int, int, bytes, bytes] | None:

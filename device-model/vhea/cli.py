@@ -1,35 +1,22 @@
-"""`vhea` command line: `serve` runs the device model, `stats` asks a running one over its control socket."""
+"""`vhea` command line: `serve` runs the device model, `bench` measures it; the commands that ask a running one
+over its control socket (`stats`, `rule`, `rss`, `port`, ...) are vhea.ctl."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import re
 import signal
-import socket
 import sys
 
-from . import control, native
-from .classifier import ConfigError
+from . import control, ctl, native
+from .errors import MAX_SOCKET_PATH, PORT_NAME_RULE, ConfigError, UsageError, is_port_name
 from .pause import DEFAULT_MAX_US
 from .server import Server
 
-PORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
-#: sun_path is 108 bytes including the terminating NUL
-MAX_SOCKET_PATH = 107
 EXIT_USAGE = 2
 
 log = logging.getLogger("vhea")
-
-
-class UsageError(Exception):
-    """A mistake in the command line or environment, reported as one line and exit code 2."""
-
-
-def control_path(socket_dir: str) -> str:
-    return os.path.join(socket_dir, "control.sock")
 
 
 def check_serve_args(socket_dir: str, ports_arg: str, queues: int) -> list[str]:
@@ -38,14 +25,14 @@ def check_serve_args(socket_dir: str, ports_arg: str, queues: int) -> list[str]:
     ports = [p.strip() for p in ports_arg.split(",")]
     seen: set[str] = set()
     for p in ports:
-        if not PORT_NAME.match(p) or p == "control":
-            raise UsageError(f"bad port name {p!r}: use 1-32 letters, digits, '-' or '_' (not 'control')")
+        if not is_port_name(p):
+            raise UsageError(f"bad port name {p!r}: {PORT_NAME_RULE}")
         if p in seen:
             raise UsageError(f"port name {p!r} is used twice")
         seen.add(p)
     if not 1 <= queues <= 128:
         raise UsageError(f"--queues {queues} is out of range 1..128")
-    for path in [os.path.join(socket_dir, f"{p}.sock") for p in ports] + [control_path(socket_dir)]:
+    for path in [os.path.join(socket_dir, f"{p}.sock") for p in ports] + [ctl.control_path(socket_dir)]:
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise UsageError(f"socket path {path} is {len(os.fsencode(path))} bytes, over the "
                              f"{MAX_SOCKET_PATH}-byte limit of a unix socket; use a shorter --socket-dir")
@@ -90,85 +77,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def query(socket_dir: str, request: dict, timeout: float = 5.0) -> dict:
-    path = control_path(socket_dir)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError) as e:
-        raise UsageError(f"no device model is listening on {path} ({e.strerror}); start `vhea serve`") from e
-    except OSError as e:
-        raise UsageError(f"cannot connect to {path}: {e}") from e
-    with s:
-        s.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                raise UsageError(f"the device model on {path} closed the connection without an answer")
-            buf += chunk
-    return json.loads(buf)
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    stats = query(args.socket_dir, {"cmd": "stats"})
-    if "error" in stats:
-        raise UsageError(stats["error"])
-    if args.json:
-        print(json.dumps(stats))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"vhea ports in {args.socket_dir} ({stats.get('datapath', 'python')} datapath)")
-    for col in ("port", "connected", "from guest frames", "from guest bytes", "to guest frames",
-                "to guest bytes", "drops"):
-        t.add_column(col, justify="right" if "frames" in col or "bytes" in col else "left")
-    for name, p in stats["ports"].items():
-        drops = ", ".join(f"{k}={v}" for k, v in p["drops"].items()) or "-"
-        t.add_row(name, "yes" if p["connected"] else "no", str(p["from_guest_frames"]),
-                  str(p["from_guest_bytes"]), str(p["to_guest_frames"]), str(p["to_guest_bytes"]), drops)
-    q = Table(title="queues")
-    for col in ("port", "queue", "frames", "bytes", "kicks", "calls", "drops"):
-        q.add_column(col, justify="left" if col == "drops" else "right")
-    for name, p in stats["ports"].items():
-        for qs in p["queues"]:
-            kind = "rx" if qs["index"] % 2 == 0 else "tx"
-            q.add_row(name, f"{qs['index']} ({kind})", str(qs["frames"]), str(qs["bytes"]), str(qs["kicks"]),
-                      str(qs["calls"]), ", ".join(f"{k}={v}" for k, v in qs.get("drops", {}).items()) or "-")
-    f = Table(title="switch fdb")
-    f.add_column("mac")
-    f.add_column("port")
-    for e in stats["switch"]["fdb"]:
-        f.add_row(e["mac"], e["port"])
-    c = Table(title="classification and link")
-    for col in ("port", "link", "rule", "rss", "default", "not-ready fallback", "classified per queue",
-                "tx pacing", "pause (flow control)"):
-        c.add_column(col, justify="left" if col in ("port", "link", "tx pacing", "pause (flow control)") else "right")
-    for name, p in stats["ports"].items():
-        cl, pace = p.get("classifier"), p.get("pacing")
-        if cl is None:
-            continue
-        rate = f"{pace['rate_bps'] / 1e9:g} Gb/s" if pace and pace["rate_bps"] else "off"
-        link = p.get("link", "up")
-        if link == "down":
-            link += " (emulated)" if p.get("link_emulated") else " (connection closed)"
-        pz = p.get("pause")
-        fc = "-" if pz is None else "off" if not pz["on"] else (
-            f"on ({pz['max_us']} us): {pz['events']} pauses, {pz['timeouts']} timeouts, {pz['held_frames']} held")
-        if pz and pz["tx_pauses"]:
-            fc += f"; tx paused {pz['tx_pauses']}x, {pz['tx_paused_us']} us"
-        c.add_row(name, link, str(cl["rule"]), str(cl["rss"]), str(cl["default"]),
-                  str(cl["not_ready_fallback"]), " ".join(map(str, cl["classified"])), rate, fc)
-    console = Console()
-    console.print(t)
-    console.print(q)
-    console.print(c)
-    console.print(f)
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="vhea", description="virtual HEA: a vhost-user virtio-net back-end")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -194,11 +102,7 @@ def parser() -> argparse.ArgumentParser:
                         "queue without buffers are dropped as rx_pause_timeout and that queue pauses nobody until it "
                         f"posts buffers again; microseconds, 1..1000000 (default {DEFAULT_MAX_US})")
     s.set_defaults(func=cmd_serve)
-    st = sub.add_parser("stats", help="show counters of a running device model")
-    st.add_argument("--socket-dir", required=True)
-    st.add_argument("--json", action="store_true", help="print the raw JSON")
-    st.set_defaults(func=cmd_stats)
-    control.add_cli_commands(sub)
+    ctl.add_cli_commands(sub)
     b = sub.add_parser("bench", help="measure frames/s and Gb/s through vhea against DPDK's vhost PMD")
     b.add_argument("--sizes", default="64,1518", help="frame sizes in bytes (default 64,1518)")
     b.add_argument("--seconds", type=float, default=3.0, help="measuring time per figure (default 3)")
@@ -212,52 +116,22 @@ def parser() -> argparse.ArgumentParser:
                    help="repeat the whole run N times and print medians (the anchor too; for a noisy machine)")
     b.add_argument("--no-inprocess", action="store_true",
                    help="skip the datapath-alone rows (microbench: pre-filled rings in one process)")
-    b.add_argument("--vm", action="store_true",
-                   help="instead: TCP between two guests through vhea vs tap+bridge (root; see vhea.vmbench)")
-    b.add_argument("--duration", type=float, default=10.0, help="--vm: iperf3 seconds per set-up (default 10)")
-    b.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"], help="--vm: accelerator")
+    # --vm moved to `testbed bench-vm` (it boots guests); its options still parse, so that the old command
+    # line gets the one line that says where it went rather than an argparse error
+    b.add_argument("--vm", action="store_true", help="moved: use `testbed bench-vm`")
+    b.add_argument("--duration", type=float, default=10.0, help=argparse.SUPPRESS)
+    b.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"], help=argparse.SUPPRESS)
     b.set_defaults(func=cmd_bench)
     return ap
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.vm:
-        from . import vmbench
-
-        return vmbench.cli_main(args)
+        raise UsageError("the VM benchmark moved to the testbed: use `testbed bench-vm` (same options)")
+    # imported here, not at the top: `vhea serve` and the control commands need none of the bench modules
     from . import bench
 
-    try:
-        sizes = [int(x) for x in args.sizes.split(",")]
-    except ValueError as e:
-        raise UsageError(f"--sizes {args.sizes!r}: {e}") from e
-    if not sizes or any(not 60 <= s <= 1518 for s in sizes):
-        raise UsageError("--sizes must be frame sizes in 60..1518")
-    if not 0.2 <= args.seconds <= 60:
-        raise UsageError("--seconds must be in 0.2..60")
-    progress = None if args.json else (lambda m: print(f"vhea bench: {m}", file=sys.stderr, flush=True))
-    datapaths = ["native", "python"] if args.datapath == "both" else [args.datapath]
-    if "native" in datapaths and native.MOD is None:
-        if args.datapath == "native":
-            raise UsageError(f"the native datapath is not available: {native.why_not}")
-        print(f"vhea bench: native datapath not available ({native.why_not}); measuring the Python datapath only",
-              file=sys.stderr)
-        datapaths.remove("native")
-    if not 1 <= args.repeat <= 20:
-        raise UsageError("--repeat must be in 1..20")
-    runs = []
-    for k in range(args.repeat):
-        if progress and args.repeat > 1:
-            progress(f"run {k + 1} of {args.repeat}")
-        runs.append(bench.run(sizes, args.seconds, dpdk=not args.no_dpdk, python=not args.no_python,
-                              tso=not args.no_tso, progress=progress, datapaths=datapaths,
-                              inprocess=not args.no_inprocess))
-    rows = runs[0] if args.repeat == 1 else bench.median_rows(runs)
-    if args.json:
-        print(bench.to_json(rows, args.seconds))
-    else:
-        bench.print_table(rows, args.seconds)
-    return 0
+    return bench.cli_main(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .classifier import ConfigError
+from .errors import ConfigError
 
 #: an upper bound that keeps a mistyped setting from silencing a queue for minutes
 MAX_USECS = 1_000_000

@@ -14,6 +14,7 @@ import select
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .net import NET_HDR, NET_HDR_LEN
 from .protocol import (
@@ -35,6 +36,30 @@ from .vring import DESC, USED_ELEM, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 
 PAGE = 4096
 BUF_SIZE = 2048
+
+
+class UsedEntry(NamedTuple):
+    """One element of a used ring: the chain's head descriptor and the bytes the back-end wrote."""
+
+    head: int
+    length: int
+
+
+class NetHeader(NamedTuple):
+    """The virtio_net_hdr (with num_buffers) in front of a received frame."""
+
+    flags: int
+    gso_type: int
+    hdr_len: int
+    gso_size: int
+    csum_start: int
+    csum_offset: int
+    num_buffers: int
+
+
+class ReceivedFrame(NamedTuple):
+    header: NetHeader
+    frame: bytes  # the Ethernet frame, its buffers merged and the header stripped
 
 
 def _align(n: int, a: int = PAGE) -> int:
@@ -249,11 +274,12 @@ class Frontend:
                             0 if last else ds[k + 1])
         self.publish(r, ds[0], kick)
 
-    def used_entries(self, r: DriverRing) -> list[tuple[int, int]]:
+    def used_entries(self, r: DriverRing) -> list[UsedEntry]:
+        """The used elements the back-end added since the last call."""
         idx = self.mem16[(r.used + 2) // 2]
         out = []
         while r.last_used != idx:
-            out.append(USED_ELEM.unpack_from(self.mem, r.used + 4 + 8 * (r.last_used % r.num)))
+            out.append(UsedEntry(*USED_ELEM.unpack_from(self.mem, r.used + 4 + 8 * (r.last_used % r.num))))
             r.last_used = (r.last_used + 1) & 0xFFFF
         return out
 
@@ -285,11 +311,10 @@ class Frontend:
 
     def receive(self, pair: int = 0) -> list[bytes]:
         """Frames the back-end wrote into rx buffers (merging MRG_RXBUF buffers), header stripped."""
-        return [f for _h, f in self.receive_with_header(pair)]
+        return [received.frame for received in self.receive_with_header(pair)]
 
-    def receive_with_header(self, pair: int = 0) -> list[tuple[tuple[int, ...], bytes]]:
-        """(virtio_net_hdr fields, frame) for each frame received: flags, gso_type, hdr_len, gso_size,
-        csum_start, csum_offset, num_buffers."""
+    def receive_with_header(self, pair: int = 0) -> list[ReceivedFrame]:
+        """The virtio_net_hdr fields and the frame of each frame received."""
         r = self.rx_ring(pair)
         frames = []
         entries = self.used_entries(r)
@@ -297,8 +322,8 @@ class Frontend:
         while i < len(entries):
             head, length = entries[i]
             first = self.mem[r.bufs + head * BUF_SIZE: r.bufs + head * BUF_SIZE + length]
-            hdr = NET_HDR.unpack_from(first)
-            nbuf = max(hdr[6], 1)
+            hdr = NetHeader(*NET_HDR.unpack_from(first))
+            nbuf = max(hdr.num_buffers, 1)
             parts = [first]
             for j in range(1, nbuf):
                 h, ln = entries[i + j]
@@ -306,7 +331,7 @@ class Frontend:
             for j in range(nbuf):
                 r.free.append(entries[i + j][0])
             i += nbuf
-            frames.append((hdr, b"".join(parts)[NET_HDR_LEN:]))
+            frames.append(ReceivedFrame(hdr, b"".join(parts)[NET_HDR_LEN:]))
         return frames
 
     def wait_call(self, r: DriverRing, timeout: float = 2.0) -> bool:

@@ -16,10 +16,11 @@ import struct
 import time
 from array import array
 
+from .bench_frames import TSO_MSS, TSO_VHDR, plain_frame, tso_test_frame
 from .datapath import tx_pull
 from .memory import GuestMemory, MappedRegion
 from .net import NET_HDR_LEN, PLAIN_HDR
-from .offload import OFFLOAD_FEATURES, VHDR, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4
+from .offload import OFFLOAD_FEATURES
 from .protocol import (
     VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MRG_RXBUF,
@@ -29,6 +30,7 @@ from .protocol import (
     VringAddr,
     bit,
 )
+from .server import Server
 from .vring import VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 
 BUF = 2048
@@ -85,21 +87,13 @@ class _Side:
         self.mem.close()
 
 
-def _frame(size: int) -> bytes:
-    return bytes.fromhex("02000000000b02000000000a88b5") + bytes(size - 14)
-
-
 def measure(datapath: str, kind: str = "plain", size: int = 64, rounds: int = 200, ring: int = 256) -> dict:
     """us per frame for the whole service (tx pull + switch + rx write) and for the tx pull and rx write alone."""
-    from .bench import TSO_MSS, tso_test_frame
-    from .server import Server
-
     server = Server("/nonexistent", ["a", "b"], datapath=datapath)
     server.switch.learn(bytes.fromhex("02000000000b"), "b", time.monotonic())  # a -> b, no flooding
     tso = kind == "tso"
-    frame = tso_test_frame() if tso else _frame(size)
-    vhdr = (VHDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, 66, TSO_MSS, 34, 16) + b"\0\0"
-            if tso else PLAIN_HDR)
+    frame = tso_test_frame() if tso else plain_frame(size)
+    vhdr = TSO_VHDR if tso else PLAIN_HDR
     data = vhdr + frame
     per = -(-len(data) // BUF)  # descriptors per tx frame
     nframes = ring // per

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .classifier import ConfigError
+from .errors import ConfigError
 
 LINE_RATE_BPS = 10_000_000_000
 MIN_BURST = 65536 + 64

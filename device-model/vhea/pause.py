@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from .classifier import ConfigError
+from .errors import ConfigError
 from .net import ArenaTxFrame
 from .vring import RingError
 

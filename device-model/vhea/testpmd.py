@@ -1,7 +1,7 @@
 """DPDK testpmd as a real vhost-user front-end (virtio-user): command line, stdin script, output parsing.
 
 Parsing is apart from process I/O (Flent style) so it can be tested on canned output. Used by the real-peer
-test now and by `vhea bench` later.
+test and by `vhea bench` (bench_dpdk).
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ def command(socket_path: str, prefix: str, main_lcore: int, queues: int = 1, tim
 class Testpmd:
     """One interactive testpmd process, fed commands on stdin."""
 
-    def __init__(self, cmd: list[str], log_path: str) -> None:
+    def __init__(self, cmd: list[str], log_path: str, prefix: str | None = None) -> None:
         self.log_path = log_path
+        #: the EAL --file-prefix, if the caller gave one: names the runtime directory to remove after it
+        self.prefix = prefix
         self._log = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
                                      text=True)

@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     img_sub = p_img.add_subparsers(dest="image_command", required=True)
     p_build = img_sub.add_parser("build", help="build the guest image (cached by recipe hash)")
     p_build.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+    p_bvm = sub.add_parser(
+        "bench-vm", help="TCP between two guests through vhea vs tap+bridge (root; see testbed.benchvm)",
+        description="Boot two plain QEMU guests on ports a, b of a `vhea serve` started here, and two on tap "
+                    "devices joined by a Linux bridge in a network namespace, and run iperf3 between each pair.")
+    p_bvm.add_argument("--duration", type=float, default=10.0, help="iperf3 seconds per set-up (default 10)")
+    p_bvm.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"], help="accelerator")
+    p_bvm.add_argument("--repeat", type=int, default=1,
+                       help="measure the pair N times in alternating order and print medians (1..10)")
+    p_bvm.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return parser
 
 
@@ -139,12 +149,18 @@ def cmd_image(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_bench_vm(args: argparse.Namespace, console: Console) -> int:
+    from testbed.benchvm import cli_main
+
+    return cli_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = make_console()
     handlers = {"up": cmd_up, "down": cmd_down, "status": lambda a, c: print_status(c, a.state_dir),
                 "ssh": cmd_ssh, "image": cmd_image,
-                "restart-device-model": cmd_restart_device_model}
+                "restart-device-model": cmd_restart_device_model, "bench-vm": cmd_bench_vm}
     try:
         return handlers[args.command](args, console)
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""`vhea bench --vm`: TCP between two guests through vhea, against QEMU's virtio-net on tap + Linux bridge.
+"""`testbed bench-vm`: TCP between two guests through vhea, against QEMU's virtio-net on tap + Linux bridge.
 
 Both set-ups run on this machine, with the same accelerator (KVM if it really boots, else TCG), in the same
 run, one after the other so they do not fight for the cores. With `--repeat N` the pair is measured N times in
@@ -37,6 +37,11 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import testbed.accel
+import testbed.image
+from testbed.state import cache_root
+from vhea.bench_serve import proc_cpu_s, vhea_server
 
 NETNS_PREFIX = "vhbench-"
 GUEST_MEM = "1G"
@@ -305,20 +310,12 @@ def wait_ssh(key: Path, g: Guest, netns: str | None, timeout: float) -> None:
             time.sleep(1.0)
 
 
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 # ---- one set-up -------------------------------------------------------------------------------------------------
 
 def measure_pair(image, accel: str, workdir: Path, tag: str, data_nics: list[list[str]], duration: float,
                  netns: str | None, ping: bool, cpu_pid: int | None, say) -> tuple[float, int | None,
                                                                                       float | None, float | None]:
     """Boot the two guests, run iperf3 A -> B; (bits/s, retransmits, rtt ms, vhea cores)."""
-    from testbed.image import create_overlay, kernel_cmdline
-
     qemu = shutil.which("qemu-system-x86_64")
     if not qemu:
         raise VmBenchError("qemu-system-x86_64 not found")
@@ -328,8 +325,8 @@ def measure_pair(image, accel: str, workdir: Path, tag: str, data_nics: list[lis
         for (name, mgmt, data, cidr), nic in zip(GUESTS, data_nics, strict=True):
             g = Guest(name, mgmt, data, cidr, _free_port(), workdir / f"{tag}-{name}.qcow2",
                       workdir / f"{tag}-{name}.console")
-            create_overlay(image, g.overlay)
-            cmdline = kernel_cmdline(image, name, [(mgmt, "10.0.2.15/24"), (data, cidr)])
+            testbed.image.create_overlay(image, g.overlay)
+            cmdline = testbed.image.kernel_cmdline(image, name, [(mgmt, "10.0.2.15/24"), (data, cidr)])
             log = workdir / f"{tag}-{name}.qemu.log"
             cmd = netns_exec(netns, qemu_cmd(qemu, accel, image.kernel, image.initrd, cmdline, g, nic,
                                              f"{NETNS_PREFIX}{os.getpid()}"))
@@ -384,17 +381,13 @@ def _sigterm_as_interrupt():
 
 
 def run(duration: float = 10.0, accel: str = "auto", ping: bool = True, progress=None, repeat: int = 1) -> VmResult:
-    from testbed.accel import choose_accel
-    from testbed.image import ensure_image
-    from testbed.state import cache_root
-
     say = progress or (lambda _m: None)
     if os.geteuid() != 0:
-        raise VmBenchError("vhea bench --vm needs root (network namespace, tap devices)")
+        raise VmBenchError("testbed bench-vm needs root (network namespace, tap devices)")
     from rich.console import Console
 
-    image = ensure_image(console=Console(stderr=True, quiet=progress is None))
-    accel, reason = choose_accel(accel, image.kernel, cache_root())
+    image = testbed.image.ensure_image(console=Console(stderr=True, quiet=progress is None))
+    accel, reason = testbed.accel.choose_accel(accel, image.kernel, cache_root())
     vhost, vhost_reason = vhost_net_usable()
     say(f"accel {accel} ({reason}); vhost-net {'on' if vhost else 'off'} ({vhost_reason})")
     result = VmResult(duration, accel, reason, vhost, repeat=repeat)
@@ -424,15 +417,13 @@ def run(duration: float = 10.0, accel: str = "auto", ping: bool = True, progress
         if ok:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
-            print(f"vhea bench --vm: logs kept in {workdir}", file=sys.stderr)
+            print(f"testbed bench-vm: logs kept in {workdir}", file=sys.stderr)
             for f in workdir.glob("*.qcow2"):
                 f.unlink(missing_ok=True)
 
 
 def _measure_vhea(image, accel: str, workdir: Path, tag: str, duration: float, ping: bool, sockdir: str,
                   say) -> VmRow:
-    from .bench import vhea_server
-
     say(f"{tag}: starting vhea serve and two guests on ports a, b")
     with vhea_server(sockdir, str(workdir / f"{tag}-vhea.log")) as vhea:
         nics = [vhost_user_nic(f"{sockdir}/{p}.sock", g[2]) for p, g in zip("ab", GUESTS, strict=True)]
@@ -454,7 +445,7 @@ def print_table(res: VmResult) -> None:
     from rich.table import Table
 
     runs = f", medians of {res.repeat} alternating runs" if res.repeat > 1 else ""
-    t = Table(title=f"vhea bench --vm: TCP guest A -> guest B, iperf3 {res.duration:g} s, accel {res.accel}, "
+    t = Table(title=f"testbed bench-vm: TCP guest A -> guest B, iperf3 {res.duration:g} s, accel {res.accel}, "
                     f"vhost-net {'on' if res.vhost_net else 'off'}{runs}")
     for col, just in (("set-up", "left"), ("Mbit/s", "right"), ("vs tap+bridge", "right"),
                       ("vhea CPU", "right"), ("ping RTT", "right"), ("retransmits", "right"), ("note", "left")):
@@ -478,22 +469,22 @@ def to_json(res: VmResult) -> str:
 
 
 def cli_main(args) -> int:
-    """Entry point from `vhea bench --vm` (args: duration, accel, json, repeat)."""
+    """Entry point from `testbed bench-vm` (args: duration, accel, json, repeat)."""
     if not 1 <= args.duration <= 120:
-        print("vhea: error: --duration must be in 1..120", file=sys.stderr)
+        print("testbed bench-vm: error: --duration must be in 1..120", file=sys.stderr)
         return 2
-    repeat = getattr(args, "repeat", 1)
+    repeat = args.repeat
     if not 1 <= repeat <= 10:
-        print("vhea: error: --repeat must be in 1..10 with --vm", file=sys.stderr)
+        print("testbed bench-vm: error: --repeat must be in 1..10", file=sys.stderr)
         return 2
-    progress = None if args.json else (lambda m: print(f"vhea bench --vm: {m}", file=sys.stderr, flush=True))
+    progress = None if args.json else (lambda m: print(f"testbed bench-vm: {m}", file=sys.stderr, flush=True))
     try:
         res = run(args.duration, args.accel, progress=progress, repeat=repeat)
     except VmBenchError as e:
-        print(f"vhea bench --vm: error: {e}", file=sys.stderr)
+        print(f"testbed bench-vm: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM, after everything started here was removed
-        print("vhea bench --vm: interrupted; guests, vhea serve and the namespace removed", file=sys.stderr)
+        print("testbed bench-vm: interrupted; guests, vhea serve and the namespace removed", file=sys.stderr)
         return 130
     if args.json:
         print(to_json(res))
