@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import socket
 import sys
@@ -427,14 +428,35 @@ def test_execute_builds_the_native_parts_before_uploading_for_stack_iso(tmp_path
     assert calls == ["build", "prepare"]
 
 
-def test_build_native_builds_the_so_files_into_the_uploaded_package(tmp_path):
+def _package_copy(tmp_path, with_built_parts: bool):
+    """isostack's folder as the harness uploads it (copytree keeps the files' times)."""
     package = tmp_path / "src" / "isostack"
-    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    skip = ("__pycache__",) if with_built_parts else ("__pycache__", "*.so")
+    shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns(*skip))
     runner = Runner(_local_topology(), {}, GuestLayout(), None, Console(file=open(tmp_path / "c.txt", "w")),
                     package_dir=package)
-    runner.build_native()
+    return package, runner
+
+
+def test_build_native_finds_the_so_files_built_into_the_uploaded_package(tmp_path):
+    package, runner = _package_copy(tmp_path, with_built_parts=True)
+    runner.build_native()  # installing the project built them (setup.py); nothing is compiled here
     assert (package / "_atomics.so").exists()
     assert list(package.glob("_fastpath*.so"))
+
+
+def test_build_native_refuses_a_package_without_its_built_parts_naming_the_command(tmp_path):
+    _package, runner = _package_copy(tmp_path, with_built_parts=False)
+    with pytest.raises(HarnessError, match=r"_atomics is not built; _fastpath is not built.*`make native`"):
+        runner.build_native()
+
+
+def test_build_native_refuses_a_part_older_than_its_source(tmp_path):
+    package, runner = _package_copy(tmp_path, with_built_parts=True)
+    built = next(package.glob("_fastpath*.so"))
+    os.utime(built, (1, 1))
+    with pytest.raises(HarnessError, match=rf"{built.name} is older than _fastpath.c; build them with `make native`"):
+        runner.build_native()
 
 
 def test_stack_iso_with_locks_starts_isostackd_with_uncontended_locks(tmp_path):

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,16 +122,23 @@ class Runner:
                 ) from None
 
     def build_native(self) -> None:
-        """Build isostack's C parts (.so) on the host, into the package that is uploaded (the guests have no
-        gcc): `python -m isostack.native` with that package first on the path."""
-        env = dict(os.environ, PYTHONPATH=str(self.package_dir.parent))
-        r = subprocess.run(
-            [sys.executable, "-m", "isostack.native"], env=env, capture_output=True, text=True, timeout=300
-        )
-        if r.returncode != 0:
-            tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
-            raise HarnessError(f"building isostack's native parts failed: {tail}")
-        self.console.log(f"isostack native parts built: {', '.join(Path(p).name for p in r.stdout.split())}")
+        """Check that isostack's C parts are built in the package folder that is uploaded (the guests have no
+        compiler; installing the project builds them on the host): every <name>.c there needs its <name>.so or
+        <name><EXT_SUFFIX>, not older than the source, else a HarnessError naming the command that builds them."""
+        suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+        problems = []
+        for source in sorted(self.package_dir.glob("*.c")):
+            built = next((p for p in (source.with_name(source.stem + suffix), source.with_suffix(".so"))
+                          if p.exists()), None)
+            if built is None:
+                problems.append(f"{source.stem} is not built")
+            elif int(built.stat().st_mtime) < int(source.stat().st_mtime):  # setuptools' copy keeps whole seconds
+                problems.append(f"{built.name} is older than {source.name}")
+        if problems:
+            raise HarnessError(f"isostack's native parts in {self.package_dir}: {'; '.join(problems)}; build them "
+                               "with `make native` (or `pip install -e .`) before the run")
+        parts = sorted(self.package_dir.glob("*.so"))
+        self.console.log(f"isostack native parts built: {', '.join(p.name for p in parts)}")
 
     def prepare(self, guest_names: list[str]) -> dict:
         """Upload the isostack package where needed; returns per-guest metadata (kernel, python)."""
