@@ -6,6 +6,7 @@ import os
 import tempfile
 
 import pytest
+from vm_helpers import Testbed
 
 
 @pytest.fixture
@@ -16,3 +17,27 @@ def sockdir():
     for f in os.listdir(d):
         os.unlink(os.path.join(d, f))
     os.rmdir(d)
+
+
+@pytest.fixture(scope="module")
+def testbed_up_args() -> list[str]:
+    """The `testbed up` flags of a module's testbed (a module overrides this fixture, e.g. `--queues 2`)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def testbed(request, tmp_path_factory, testbed_up_args):
+    """A testbed of the test module's own (`vm` tests): `testbed up` in a fresh state dir before its first test
+    that asks for it, `testbed down` after its last test, whatever happened."""
+    bed = Testbed(tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_")))
+    try:
+        bed.up(*testbed_up_args)
+        yield bed
+    finally:
+        bed.down()
+
+
+@pytest.fixture(scope="module")
+def topology(testbed):
+    """The topology (testbed.state.Topology) as `testbed up` left the module's testbed."""
+    return testbed.topology()
