@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 
 import pytest
@@ -17,6 +18,22 @@ def sockdir():
     for f in os.listdir(d):
         os.unlink(os.path.join(d, f))
     os.rmdir(d)
+
+
+@pytest.fixture
+def processes(sockdir):
+    """The processes a test starts on `sockdir` (QEMU, vhea) are appended here: after the test they are stopped,
+    the last started first (SIGTERM, SIGKILL after 10 s), before `sockdir` is removed."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 @pytest.fixture(scope="module")

@@ -171,20 +171,17 @@ def _qemu_server(path: str, log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
 
 
-def test_client_role_against_qemu_server_either_side_restarts(tmp_path):
+def test_client_role_against_qemu_server_either_side_restarts(tmp_path, sockdir, processes):
     import shutil
-    import tempfile
 
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("no qemu-system-x86_64")
-    sdir = tempfile.mkdtemp(prefix="vq", dir="/tmp")  # short: unix socket paths are limited to 107 bytes
-    path = os.path.join(sdir, "a.sock")
+    path = os.path.join(sockdir, "a.sock")
     vlog = tmp_path / "vhea.log"
-    vhea_cmd = devicemodel.vhea_command() + ["serve", "--socket-dir", sdir, "--ports", "a", "--connect"]
-    procs: list[subprocess.Popen] = []
+    vhea_cmd = devicemodel.vhea_command() + ["serve", "--socket-dir", sockdir, "--ports", "a", "--connect"]
 
     def start(cmd_or_proc):
-        procs.append(cmd_or_proc)
+        processes.append(cmd_or_proc)
         return cmd_or_proc
 
     def vhea() -> subprocess.Popen:
@@ -193,35 +190,24 @@ def test_client_role_against_qemu_server_either_side_restarts(tmp_path):
 
     def connected() -> bool:
         try:
-            return devicemodel.stats(Path(sdir))["ports"]["a"]["connected"]
+            return devicemodel.stats(Path(sockdir))["ports"]["a"]["connected"]
         except devicemodel.DeviceModelError:
             return False
 
-    try:
-        v = vhea()
-        assert wait_until(lambda: "cannot connect" in vlog.read_text(), 10, 0.2)  # QEMU not there yet: retries
-        q = start(_qemu_server(path, tmp_path / "qemu1.log"))
-        assert wait_until(connected, 20), vlog.read_text()
-        q.terminate()  # the front-end goes away ...
-        q.wait(10)
-        assert wait_until(lambda: not connected(), 10)
-        assert wait_until(lambda: "reconnecting to" in vlog.read_text(), 10), vlog.read_text()
-        q = start(_qemu_server(path, tmp_path / "qemu2.log"))  # ... and comes back: vhea finds it
-        assert wait_until(connected, 20), vlog.read_text()
-        v.kill()  # now the back-end dies; QEMU (the server) waits for a new connection
-        v.wait(10)
-        assert q.poll() is None
-        vhea()
-        assert wait_until(connected, 20), vlog.read_text()
-        text = vlog.read_text()
-        assert text.count("connected to the front-end") == 3, text
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
-        shutil.rmtree(sdir, ignore_errors=True)
+    v = vhea()
+    assert wait_until(lambda: "cannot connect" in vlog.read_text(), 10, 0.2)  # QEMU not there yet: retries
+    q = start(_qemu_server(path, tmp_path / "qemu1.log"))
+    assert wait_until(connected, 20), vlog.read_text()
+    q.terminate()  # the front-end goes away ...
+    q.wait(10)
+    assert wait_until(lambda: not connected(), 10)
+    assert wait_until(lambda: "reconnecting to" in vlog.read_text(), 10), vlog.read_text()
+    q = start(_qemu_server(path, tmp_path / "qemu2.log"))  # ... and comes back: vhea finds it
+    assert wait_until(connected, 20), vlog.read_text()
+    v.kill()  # now the back-end dies; QEMU (the server) waits for a new connection
+    v.wait(10)
+    assert q.poll() is None
+    vhea()
+    assert wait_until(connected, 20), vlog.read_text()
+    text = vlog.read_text()
+    assert text.count("connected to the front-end") == 3, text

@@ -126,50 +126,35 @@ def test_link_down_takes_the_guests_carrier_and_up_brings_it_back(testbed):
     assert qemu_pids(state) == []
 
 
-def test_client_role_link_down_against_a_qemu_server(tmp_path):
+def test_client_role_link_down_against_a_qemu_server(tmp_path, sockdir, processes):
     """vhea --connect against a QEMU that listens (server=on): link down closes the connection and vhea does
     not reconnect while down (QEMU keeps listening); link up connects again."""
     import shutil
-    import tempfile
 
     from test_vhea_lifecycle_vm import _qemu_server
 
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("no qemu-system-x86_64")
-    sdir = tempfile.mkdtemp(prefix="vq", dir="/tmp")  # short: unix socket paths are limited to 107 bytes
     vlog = tmp_path / "vhea.log"
-    procs: list[subprocess.Popen] = []
 
     def port_a() -> dict:
         try:
-            return devicemodel.stats(Path(sdir))["ports"]["a"]
+            return devicemodel.stats(Path(sockdir))["ports"]["a"]
         except devicemodel.DeviceModelError:
             return {}
 
-    try:
-        procs.append(_qemu_server(os.path.join(sdir, "a.sock"), tmp_path / "qemu.log"))
-        with open(vlog, "ab") as out:
-            procs.append(subprocess.Popen(devicemodel.vhea_command() + ["serve", "--socket-dir", sdir, "--ports", "a",
-                                                                        "--connect"],
-                                          stdin=subprocess.DEVNULL, stdout=out, stderr=out))
-        assert wait_until(lambda: port_a().get("connected"), 20, 0.2), vlog.read_text()
-        out = run([str(BIN / "vhea"), "link", "down", "--port", "a", "--socket-dir", sdir], 30).stdout
-        assert "link down (vhost-user connection closed" in out
-        time.sleep(3.0)  # three reconnect intervals
-        st = port_a()
-        assert st["connection"] == "closed: link down" and not st["connected"], st
-        assert procs[0].poll() is None  # QEMU is still there, listening
-        assert vlog.read_text().count("connected to the front-end") == 1
-        run([str(BIN / "vhea"), "link", "up", "--port", "a", "--socket-dir", sdir], 30)
-        assert wait_until(lambda: port_a().get("connected"), 10, 0.1), vlog.read_text()
-        assert vlog.read_text().count("connected to the front-end") == 2
-    finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
-        shutil.rmtree(sdir, ignore_errors=True)
+    processes.append(_qemu_server(os.path.join(sockdir, "a.sock"), tmp_path / "qemu.log"))
+    vhea_cmd = devicemodel.vhea_command() + ["serve", "--socket-dir", sockdir, "--ports", "a", "--connect"]
+    with open(vlog, "ab") as out:
+        processes.append(subprocess.Popen(vhea_cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out))
+    assert wait_until(lambda: port_a().get("connected"), 20, 0.2), vlog.read_text()
+    out = run([str(BIN / "vhea"), "link", "down", "--port", "a", "--socket-dir", sockdir], 30).stdout
+    assert "link down (vhost-user connection closed" in out
+    time.sleep(3.0)  # three reconnect intervals
+    st = port_a()
+    assert st["connection"] == "closed: link down" and not st["connected"], st
+    assert processes[0].poll() is None  # QEMU is still there, listening
+    assert vlog.read_text().count("connected to the front-end") == 1
+    run([str(BIN / "vhea"), "link", "up", "--port", "a", "--socket-dir", sockdir], 30)
+    assert wait_until(lambda: port_a().get("connected"), 10, 0.1), vlog.read_text()
+    assert vlog.read_text().count("connected to the front-end") == 2
