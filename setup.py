@@ -26,23 +26,27 @@ GUEST_INCLUDE = [DEBIAN_INCLUDE] if os.path.exists(os.path.join(DEBIAN_INCLUDE, 
 #: plain shared libraries loaded with ctypes: named <name>.so, not <name><EXT_SUFFIX>
 CTYPES_LIBRARIES = {"isostack._atomics"}
 
+
+def native_part(name: str, source: str, extra_flags: tuple[str, ...] = (), for_guests: bool = False) -> Extension:
+    """One optional C part; `for_guests`: a CPython extension the guests load (built against their headers)."""
+    include = GUEST_INCLUDE if for_guests else []
+    return Extension(name, [source], include_dirs=include, extra_compile_args=[*FLAGS, *extra_flags], optional=True)
+
+
 NATIVE_PARTS = [
-    # host: the device model's native datapath (falls back to the Python datapath)
-    Extension("vhea._datapath", ["device-model/vhea/_datapath.c"], extra_compile_args=[*FLAGS, "-std=gnu11"],
-              optional=True),
-    # guest: the front-end's fast path and atomics, the atomics alone for ctypes, isoperf's C send loop
-    Extension("isostack._fastpath", ["isostack-guest/isostack/_fastpath.c"], include_dirs=GUEST_INCLUDE,
-              extra_compile_args=FLAGS, optional=True),
-    Extension("isostack._atomics", ["isostack-guest/isostack/_atomics.c"], extra_compile_args=[*FLAGS, "-std=c11"],
-              optional=True),
-    Extension("isostack._sendloop", ["isostack-guest/isostack/_sendloop.c"], include_dirs=GUEST_INCLUDE,
-              extra_compile_args=FLAGS, optional=True),
+    # host: the device model's native datapath (else the Python datapath)
+    native_part("vhea._datapath", "device-model/vhea/_datapath.c", ("-std=gnu11",)),
+    # guests: the front-end's fast path with the atomics; the atomics alone for ctypes; isoperf's C send loop
+    native_part("isostack._fastpath", "isostack-guest/isostack/_fastpath.c", for_guests=True),
+    native_part("isostack._atomics", "isostack-guest/isostack/_atomics.c", ("-std=c11",)),
+    native_part("isostack._sendloop", "isostack-guest/isostack/_sendloop.c", for_guests=True),
 ]
 
 
 class BuildNative(build_ext):
-    """build_ext that names the ctypes libraries <name>.so and, with --required, fails on a part that does
-    not build (a developer's compile error must not pass as 'no compiler here')."""
+    """build_ext that names the ctypes libraries <name>.so, puts a built file next to its source by a rename,
+    and, with --required, fails on a part that does not build (a developer's compile error must not pass as
+    'no compiler here')."""
 
     user_options = [*build_ext.user_options, ("required", None, "fail when a C part does not build")]
     boolean_options = [*build_ext.boolean_options, "required"]
@@ -56,6 +60,17 @@ class BuildNative(build_ext):
             for ext in self.extensions:
                 ext.optional = False
         super().run()
+
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        """Replace a built .so by a rename, never by rewriting it in place: a running vhea or isostackd has the
+        old one mapped, and rewriting that file under it crashes it."""
+        outfile = str(outfile)
+        if not outfile.endswith(".so"):
+            return super().copy_file(infile, outfile, *args, **kwargs)
+        tmp = f"{outfile[:-3]}.tmp{os.getpid()}.so"
+        _, copied = super().copy_file(infile, tmp, *args, **kwargs)
+        os.replace(tmp, outfile)
+        return outfile, copied
 
     def get_ext_filename(self, fullname: str) -> str:
         # called with the full dotted name and (by distutils) with the last part only: ext_map has both
