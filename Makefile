@@ -3,19 +3,31 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NATIVE_STAMP := $(VENV)/.native
+C_SOURCES := $(wildcard device-model/*/*.c isostack-guest/*/*.c)
 PLAYBOOK ?= playbooks/smoke.yaml
 
-.PHONY: deps image testbed benchmark test test-unit test-vm lint down clean status
+.PHONY: deps native image testbed benchmark test test-unit test-vm lint down clean status
 
-# Host packages (apt) and the venv with the project installed in it.
-$(STAMP): pyproject.toml testbed/install-deps.sh
+# Host packages (apt) and the venv with the project installed in it (which builds the C parts: setup.py).
+$(STAMP): pyproject.toml setup.py testbed/install-deps.sh
 	bash testbed/install-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q --upgrade pip setuptools
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-deps: $(STAMP)
+# The C parts, next to their sources (the guests get isostack's with the package folder): rebuilt when a .c
+# file changed; `make native` also rebuilds a missing one. --required: a part that does not compile is an error.
+$(NATIVE_STAMP): $(STAMP) $(C_SOURCES)
+	$(PY) setup.py -q build_ext --inplace --required
+	touch $(NATIVE_STAMP)
+
+native: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace --required
+	touch $(NATIVE_STAMP)
+
+deps: $(STAMP) $(NATIVE_STAMP)
 
 image: deps
 	$(VENV)/bin/testbed image build
@@ -46,7 +58,8 @@ down:
 	@if [ -x $(VENV)/bin/testbed ]; then $(VENV)/bin/testbed down; else echo "nothing to stop (no venv)"; fi
 
 clean: down
-	rm -rf $(VENV) .tox .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tox .pytest_cache .ruff_cache build
+	find device-model isostack-guest -name '*.so' -delete
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Check commit messages as you commit (.githooks/commit-msg runs gitlint with .gitlint; docs/contributing.md).

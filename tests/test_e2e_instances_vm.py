@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 import tarfile
 import time
 
@@ -88,28 +86,30 @@ print(json.dumps({"rows": rows}), flush=True)
 
 
 def package() -> bytes:
-    subprocess.run([sys.executable, "-m", "isostack.native"], env=dict(os.environ, PYTHONPATH=str(GUEST_SRC)),
-                   check=True, capture_output=True)
+    """The isostack folder as a tar, with the C parts that installing the project built (the guests have none)."""
+    folder = GUEST_SRC / "isostack"
+    assert (folder / "_atomics.so").exists() and list(folder.glob("_fastpath*.so")), \
+        f"isostack's native parts are not built in {folder}: run `make native`"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(GUEST_SRC / "isostack", "isostack", filter=lambda t: None if "__pycache__" in t.name else t)
+        tar.add(folder, "isostack", filter=lambda t: None if "__pycache__" in t.name else t)
     return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory):
-    state = tmp_path_factory.mktemp("tb-inst")
-    env = dict(os.environ, ISOSTACK_STATE_DIR=str(state))
-    try:
-        run([str(BIN / "testbed"), "up", "--queues", "2"], timeout=900, env=env)
-        tar = package()
-        for g in ("iso-a", "iso-b"):
-            unpack = "rm -rf /tmp/rt && mkdir -p /tmp/rt && tar -C /tmp/rt -xf -"
-            subprocess.run([str(BIN / "testbed"), "ssh", g, unpack], input=tar, env=env, check=True, timeout=120,
-                           capture_output=True, cwd=REPO)
-        yield env
-    finally:
-        subprocess.run([str(BIN / "testbed"), "down"], env=env, capture_output=True, timeout=120, cwd=REPO)
+def testbed_up_args() -> list[str]:
+    return ["--queues", "2"]
+
+
+@pytest.fixture(scope="module")
+def bed(testbed):
+    """The shared testbed with 2 queue pairs and the isostack package unpacked in /tmp/rt of both guests."""
+    tar = package()
+    for g in ("iso-a", "iso-b"):
+        unpack = "rm -rf /tmp/rt && mkdir -p /tmp/rt && tar -C /tmp/rt -xf -"
+        subprocess.run([str(BIN / "testbed"), "ssh", g, unpack], input=tar, env=testbed.env, check=True, timeout=120,
+                       capture_output=True, cwd=REPO)
+    return testbed.env
 
 
 def ssh(env, guest, cmd, timeout=180, stdin=None):

@@ -9,11 +9,9 @@ embedded driver also allows one root per process, and the unit tests open anothe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
-from vm_helpers import BIN, REPO, qemu_pids, run
+from vm_helpers import BIN, qemu_pids, run
 
 from testbed.devicemodel import pid_alive
 from testbed.state import Topology
@@ -21,40 +19,26 @@ from testbed.state import Topology
 pytestmark = pytest.mark.vm
 
 
-@pytest.fixture(scope="module")
-def testbed_up(tmp_path_factory):
-    state = tmp_path_factory.mktemp("tb")
-    env = dict(os.environ, ISOSTACK_STATE_DIR=str(state))
-    try:
-        run([str(BIN / "testbed"), "up"], timeout=900, env=env)
-        yield state, env, Topology.load(state / "topology.json")
-    finally:
-        subprocess.run([str(BIN / "testbed"), "down"], env=env, capture_output=True, timeout=120, cwd=REPO)
-
-
-def test_status_shows_running_guests_and_connected_ports(testbed_up):
-    state, env, topo = testbed_up
-    out = run([str(BIN / "testbed"), "status"], timeout=60, env=env).stdout
-    assert [g.name for g in topo.guests] == ["iso-a", "iso-b"]
-    for g in topo.guests:
+def test_status_shows_running_guests_and_connected_ports(testbed, topology):
+    out = run([str(BIN / "testbed"), "status"], timeout=60, env=testbed.env).stdout
+    assert [g.name for g in topology.guests] == ["iso-a", "iso-b"]
+    for g in topology.guests:
         assert g.name in out
     assert out.count("running") >= 2 and out.count("connected") >= 2
-    assert topo.accel in ("kvm", "tcg")
+    assert topology.accel in ("kvm", "tcg")
 
 
-def test_up_again_reuses_the_running_testbed(testbed_up):
-    state, env, topo = testbed_up
-    out = run([str(BIN / "testbed"), "up"], timeout=120, env=env).stdout
+def test_up_again_reuses_the_running_testbed(testbed, topology):
+    out = testbed.up(timeout=120).stdout
     assert "already up" in out
-    assert Topology.load(state / "topology.json").supervisor_pid == topo.supervisor_pid
+    assert Topology.load(testbed.state / "topology.json").supervisor_pid == topology.supervisor_pid
 
 
-def test_stream_crosses_the_device_model(testbed_up):
+def test_stream_crosses_the_device_model(testbed, topology):
     """Both stacks: the legacy case (1448 B) and the IsoStack case (64 B, isostackd on iso-a's last vCPU)."""
-    state, env, topo = testbed_up
-    results = state / "results"
+    results = testbed.state / "results"
     run([str(BIN / "fab"), "run-benchmark", "--playbook", "tests/fixtures/e2e-stream.yaml",
-         "--results-dir", str(results)], timeout=400, env=env)
+         "--results-dir", str(results)], timeout=400, env=testbed.env)
     run_json = next(results.glob("*/run.json"))
     cases = {c["stack"]: c for c in json.loads(run_json.read_text())["cases"]}
     assert set(cases) == {"legacy", "iso"}
@@ -79,13 +63,12 @@ def test_stream_crosses_the_device_model(testbed_up):
             assert sent // 65536 <= a["from_guest_frames"] <= sent // 100
     iso = cases["iso"]
     assert "--stack iso" in iso["commands"]["client"] and iso["commands"]["client"].startswith("taskset -c 0 ")
-    assert f"--cpu {topo.guests[0].vcpus - 1}" in iso["commands"]["isostackd"]
+    assert f"--cpu {topology.guests[0].vcpus - 1}" in iso["commands"]["isostackd"]
     assert iso["isostackd_log"], "isostackd's log tail is recorded"
 
 
-def test_down_leaves_nothing_running(tmp_path_factory, testbed_up):
-    state, env, topo = testbed_up
-    run([str(BIN / "testbed"), "down"], timeout=120, env=env)
-    assert not (state / "topology.json").exists()
-    assert not pid_alive(topo.device_model.pid)
-    assert qemu_pids(state) == []
+def test_down_leaves_nothing_running(testbed, topology):
+    run([str(BIN / "testbed"), "down"], timeout=120, env=testbed.env)
+    assert not (testbed.state / "topology.json").exists()
+    assert not pid_alive(topology.device_model.pid)
+    assert qemu_pids(testbed.state) == []

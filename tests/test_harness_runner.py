@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import socket
 import sys
@@ -422,33 +423,48 @@ def test_stack_iso_case_fails_clearly_when_isostackd_dies(tmp_path):
     assert not any("-m isoperf client" in c for c in client.commands)
 
 
-def test_execute_builds_the_native_parts_before_uploading_for_stack_iso(tmp_path, monkeypatch):
+def test_execute_checks_the_native_parts_before_uploading_for_stack_iso(tmp_path, monkeypatch):
     runner, _client = _iso_runner(tmp_path)
     calls = []
-    monkeypatch.setattr(runner, "build_native", lambda: calls.append("build"))
-    monkeypatch.setattr(runner, "build_sendloop", lambda: calls.append("build sendloop"))
+    monkeypatch.setattr(runner, "check_native", lambda: calls.append("check native"))
     monkeypatch.setattr(runner, "prepare", lambda guests: calls.append("prepare") or {})
     execute(runner, parse_playbook(ISO_PB), tmp_path / "results", ["iso-a", "iso-b"], runner.console)
-    assert calls == ["build", "build sendloop", "prepare"]
+    assert calls == ["check native", "prepare"]
 
 
-def test_build_native_builds_the_so_files_into_the_uploaded_package(tmp_path):
-    package = tmp_path / "src" / "isostack"
-    shutil.copytree(GUEST_ROOT / "isostack", package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+def _guest_copy(tmp_path, with_built_parts: bool):
+    """The guest packages' folders as the harness uploads them (copytree keeps the files' times)."""
+    root = tmp_path / "src"
+    skip = ("__pycache__",) if with_built_parts else ("__pycache__", "*.so")
+    for name in ("isostack", "isoperf"):
+        shutil.copytree(GUEST_ROOT / name, root / name, ignore=shutil.ignore_patterns(*skip))
     runner = Runner(_local_topology(), {}, GuestLayout(), None, Console(file=open(tmp_path / "c.txt", "w")),
-                    guest_root=package.parent)
-    runner.build_native()
-    assert (package / "_atomics.so").exists()
-    assert list(package.glob("_fastpath*.so"))
+                    guest_root=root)
+    return root, runner
 
 
-def test_build_sendloop_builds_the_so_into_the_uploaded_isoperf(tmp_path):
-    package = tmp_path / "src" / "isoperf"
-    shutil.copytree(GUEST_ROOT / "isoperf", package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-    runner = Runner(_local_topology(), {}, GuestLayout(), None, Console(file=open(tmp_path / "c.txt", "w")),
-                    guest_root=package.parent)
-    runner.build_sendloop()
-    assert list(package.glob("_sendloop*.so"))
+def test_check_native_finds_the_so_files_built_into_the_uploaded_packages(tmp_path):
+    root, runner = _guest_copy(tmp_path, with_built_parts=True)
+    runner.check_native()  # installing the project built them (setup.py); nothing is compiled here
+    assert (root / "isostack" / "_atomics.so").exists()
+    assert list((root / "isostack").glob("_fastpath*.so"))
+    assert list((root / "isoperf").glob("_sendloop*.so"))
+
+
+def test_check_native_refuses_packages_without_their_built_parts_naming_the_command(tmp_path):
+    _root, runner = _guest_copy(tmp_path, with_built_parts=False)
+    with pytest.raises(HarnessError, match=r"isostack: _atomics is not built; isostack: _fastpath is not built; "
+                                           r"isoperf: _sendloop is not built.*`make native`"):
+        runner.check_native()
+
+
+def test_check_native_refuses_a_part_older_than_its_source(tmp_path):
+    root, runner = _guest_copy(tmp_path, with_built_parts=True)
+    built = next((root / "isostack").glob("_fastpath*.so"))
+    os.utime(built, (1, 1))
+    with pytest.raises(HarnessError, match=rf"isostack: {built.name} is older than _fastpath.c; build them with "
+                                           r"`make native`"):
+        runner.check_native()
 
 
 def test_stack_iso_with_locks_starts_isostackd_with_uncontended_locks(tmp_path):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from array import array
+from pathlib import Path
 
 import pytest
 from isoperf_helpers import GUEST_SRC, ServerThread, free_port
@@ -132,3 +134,16 @@ def test_send_loop_c_where_it_cannot_load_is_a_usage_error(monkeypatch, capsys):
         isoperf.cli.main(["client", "--host", "127.0.0.1", "--port", str(free_port()), "--send-loop", "c"])
     assert exc.value.code == 2
     assert "the C send loop is not available here" in capsys.readouterr().err
+
+
+def test_the_send_loop_is_none_when_it_is_not_built(tmp_path):
+    """Importing a copy of isoperf without its built extension compiles nothing: load() says None (python -S: the
+    editable install's import hook would find the extension next to the sources)."""
+    package = Path(isoperf.sendloop.__file__).resolve().parent
+    shutil.copytree(package, tmp_path / "isoperf", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    code = "from isoperf import sendloop; print(sendloop.load(), sendloop.resolve('auto'))"
+    p = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["None", "python"]
+    assert not list((tmp_path / "isoperf").glob("_sendloop*.so"))

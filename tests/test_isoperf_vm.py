@@ -15,14 +15,11 @@ not an equality; the figures themselves are in the run's report.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import pytest
-from vm_helpers import BIN, REPO, qemu_pids, run
+from vm_helpers import BIN, qemu_pids, run
 
 from testbed.devicemodel import pid_alive
-from testbed.state import Topology
 
 pytestmark = pytest.mark.vm
 
@@ -39,30 +36,18 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def testbed_up(tmp_path_factory):
-    state = tmp_path_factory.mktemp("isoperf-tb")
-    env = dict(os.environ, ISOSTACK_STATE_DIR=str(state))
-    try:
-        run([str(BIN / "testbed"), "up"], timeout=900, env=env)
-        yield state, env, Topology.load(state / "topology.json")
-    finally:
-        subprocess.run([str(BIN / "testbed"), "down"], env=env, capture_output=True, timeout=120, cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def benchmark(testbed_up):
-    state, env, topo = testbed_up
-    results = state / "results"
+def benchmark(testbed, topology):
+    results = testbed.state / "results"
     out = run([str(BIN / "fab"), "run-benchmark", "--playbook", PLAYBOOK, "--results-dir", str(results)],
-              timeout=600, env=env, check=False)
+              timeout=600, env=testbed.env, check=False)
     run_json = next(results.glob("*/run.json"), None)
     assert run_json is not None, f"no run stored\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     cases = {(c["test_name"], c["stack"]): c for c in json.loads(run_json.read_text())["cases"]}
-    return topo, cases, out
+    return topology, cases, out
 
 
 def test_every_case_is_ok_verified_and_crossed_the_device_model(benchmark):
-    topo, cases, out = benchmark
+    topology, cases, out = benchmark
     assert set(cases) == EXPECTED
     for key, case in cases.items():
         assert case["status"] == "ok", (key, case.get("error"), case.get("isostackd_log"), case.get("server_log"))
@@ -80,7 +65,7 @@ def test_every_case_is_ok_verified_and_crossed_the_device_model(benchmark):
 
 
 def test_rr_reports_transactions_and_ordered_percentiles(benchmark):
-    _topo, cases, _out = benchmark
+    _topology, cases, _out = benchmark
     for stack in ("legacy", "iso"):
         perf = cases[("rr-64", stack)]["isoperf"]
         lat = perf["latency_us"]
@@ -94,8 +79,8 @@ def test_rr_reports_transactions_and_ordered_percentiles(benchmark):
 
 
 def test_isostackd_on_vcpu1_and_the_client_on_vcpu0(benchmark):
-    topo, cases, _out = benchmark
-    client = next(g for g in topo.guests if g.name == "iso-a")
+    topology, cases, _out = benchmark
+    client = next(g for g in topology.guests if g.name == "iso-a")
     assert client.vcpus >= 2
     for name in ("stream-1448", "rr-64"):
         iso, legacy = cases[(name, "iso")], cases[(name, "legacy")]
@@ -113,7 +98,7 @@ def test_isostackd_on_vcpu1_and_the_client_on_vcpu0(benchmark):
 
 
 def test_maerts_data_flows_from_the_server(benchmark):
-    topo, cases, _out = benchmark
+    topology, cases, _out = benchmark
     case = cases[("maerts-1448", "legacy")]
     delta = case["device_model"]["delta"]
     server_port = case["device_model"]["server_port"]
@@ -123,7 +108,7 @@ def test_maerts_data_flows_from_the_server(benchmark):
 
 
 def test_legacy_figures_are_cross_checked_by_iperf3_and_sockperf(benchmark):
-    _topo, cases, _out = benchmark
+    _topology, cases, _out = benchmark
     stream, rr = cases[("stream-1448", "legacy")], cases[("rr-64", "legacy")]
     iperf3, sockperf = stream["crosscheck"], rr["crosscheck"]
     assert iperf3["tool"] == "iperf3" and iperf3["error"] is None, iperf3
@@ -138,10 +123,9 @@ def test_legacy_figures_are_cross_checked_by_iperf3_and_sockperf(benchmark):
         assert cases[("stream-1448", stack)]["crosscheck"] is None
 
 
-def test_down_leaves_nothing_running(testbed_up, benchmark):
-    state, env, topo = testbed_up
-    run([str(BIN / "testbed"), "down"], timeout=120, env=env)
-    assert not (state / "topology.json").exists()
-    assert not pid_alive(topo.device_model.pid)
-    assert topo.supervisor_pid > 0 and not pid_alive(topo.supervisor_pid)
-    assert qemu_pids(state) == []
+def test_down_leaves_nothing_running(testbed, topology, benchmark):
+    run([str(BIN / "testbed"), "down"], timeout=120, env=testbed.env)
+    assert not (testbed.state / "topology.json").exists()
+    assert not pid_alive(topology.device_model.pid)
+    assert topology.supervisor_pid > 0 and not pid_alive(topology.supervisor_pid)
+    assert qemu_pids(testbed.state) == []

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from vm_helpers import BIN, REPO, qemu_pids, run
+from vm_helpers import qemu_pids
 
 from testbed import devicemodel
 from testbed.devicemodel import pid_alive
-from testbed.state import Topology
 
 pytestmark = pytest.mark.vm
 
@@ -88,81 +87,73 @@ def wait_until(cond, timeout: float, step: float = 0.5):
     return cond()
 
 
-def test_device_model_restart_resumes_traffic_and_tcp_survives(tmp_path_factory):
-    state = tmp_path_factory.mktemp("lc")
-    env = dict(os.environ, ISOSTACK_STATE_DIR=str(state))
-    tpath = state / "topology.json"
-
-    def ssh(guest: str, cmd: str, timeout: float = 120, stdin: str | None = None, check: bool = True):
-        return run([str(BIN / "testbed"), "ssh", guest, cmd], timeout, env, check, stdin)
+def test_device_model_restart_resumes_traffic_and_tcp_survives(testbed):
+    state, tpath, ssh = testbed.state, testbed.topology_path, testbed.ssh
 
     def vhea_stats() -> dict:
         return devicemodel.stats(Path(topo.device_model.socket_dir))
 
     dm_pids: list[int] = []
-    try:
-        run([str(BIN / "testbed"), "up"], timeout=900, env=env)
-        topo = Topology.load(tpath)
-        dm = topo.device_model
-        dm_pids.append(dm.pid)
-        for g in ("iso-a", "iso-b"):
-            ssh(g, "cat > /tmp/echo.py", stdin=TCP_ECHO)
-        ssh("iso-a", f"ping -c 2 -W 5 {B_IP} >/dev/null")
-        ssh("iso-b", "setsid nohup python3 /tmp/echo.py server 7007 >/dev/null 2>&1 </dev/null & sleep 1")
-        ssh("iso-a", f"rm -f /tmp/echo.out /tmp/echo.progress; setsid nohup sh -c "
-                     f"'python3 /tmp/echo.py client {B_IP} 7007 45 >/tmp/echo.out 2>&1' >/dev/null 2>&1 </dev/null &"
-                     " sleep 1")
+    topo = testbed.topology()
+    dm = topo.device_model
+    dm_pids.append(dm.pid)
+    for g in ("iso-a", "iso-b"):
+        ssh(g, "cat > /tmp/echo.py", stdin=TCP_ECHO)
+    ssh("iso-a", f"ping -c 2 -W 5 {B_IP} >/dev/null")
+    ssh("iso-b", "setsid nohup python3 /tmp/echo.py server 7007 >/dev/null 2>&1 </dev/null & sleep 1")
+    ssh("iso-a", f"rm -f /tmp/echo.out /tmp/echo.progress; setsid nohup sh -c "
+                 f"'python3 /tmp/echo.py client {B_IP} 7007 45 >/tmp/echo.out 2>&1' >/dev/null 2>&1 </dev/null &"
+                 " sleep 1")
 
-        def progress() -> tuple[int, int]:
-            out = ssh("iso-a", "cat /tmp/echo.progress 2>/dev/null || echo 0 0").stdout.split()
-            return int(out[0]), int(out[1])
+    def progress() -> tuple[int, int]:
+        out = ssh("iso-a", "cat /tmp/echo.progress 2>/dev/null || echo 0 0").stdout.split()
+        return int(out[0]), int(out[1])
 
-        assert wait_until(lambda: progress()[1] >= 20, 60), "the TCP echo did not get going"
-        before = vhea_stats()["ports"]
-        assert all(before[p]["connected"] for p in dm.ports)
+    assert wait_until(lambda: progress()[1] >= 20, 60), "the TCP echo did not get going"
+    before = vhea_stats()["ports"]
+    assert all(before[p]["connected"] for p in dm.ports)
 
-        # kill the device model the hard way: no clean shutdown, its sockets stay behind
-        assert devicemodel.is_vhea(dm.pid)
-        os.kill(dm.pid, signal.SIGKILL)
-        t_kill = time.monotonic()
-        assert wait_until(lambda: not pid_alive(dm.pid), 10, 0.1)
-        time.sleep(2.0)  # the gap: guests keep sending into rings nobody serves
-        echoed_in_gap = progress()[1]
-        assert all(pid_alive(p) for p in qemu_pids(state)) and len(qemu_pids(state)) == 2
+    # kill the device model the hard way: no clean shutdown, its sockets stay behind
+    assert devicemodel.is_vhea(dm.pid)
+    os.kill(dm.pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    assert wait_until(lambda: not pid_alive(dm.pid), 10, 0.1)
+    time.sleep(2.0)  # the gap: guests keep sending into rings nobody serves
+    echoed_in_gap = progress()[1]
+    assert all(pid_alive(p) for p in qemu_pids(state)) and len(qemu_pids(state)) == 2
 
-        # the same arguments as `testbed up` gave it (vhea.log shows them too)
-        new_pid = devicemodel.start(Path(dm.socket_dir), dm.ports, int(topo.options.get("queues", 1)), Path(dm.log))
-        dm_pids.append(new_pid)
-        topo.device_model.pid = new_pid
-        topo.save(tpath)  # so that `testbed down` stops the new one
-        t_start = time.monotonic()
+    # the same arguments as `testbed up` gave it (vhea.log shows them too)
+    new_pid = devicemodel.start(Path(dm.socket_dir), dm.ports, int(topo.options.get("queues", 1)), Path(dm.log))
+    dm_pids.append(new_pid)
+    topo.device_model.pid = new_pid
+    topo.save(tpath)  # so that `testbed down` stops the new one
+    t_start = time.monotonic()
 
-        # QEMU reconnects (reconnect=1) and replays the whole handshake; both ports come back
-        assert wait_until(lambda: all(p["connected"] for p in vhea_stats()["ports"].values()), 30), vhea_stats()
-        t_connected = time.monotonic()
-        # traffic resumes: the echo makes progress again
-        assert wait_until(lambda: progress()[1] > echoed_in_gap + 20, 60), "no echo after the restart"
-        t_resumed = time.monotonic()
-        after = vhea_stats()["ports"]
-        assert all(after[p]["from_guest_frames"] > 0 and after[p]["to_guest_frames"] > 0 for p in dm.ports)
-        log = Path(dm.log).read_text(errors="replace")
-        assert re.search(r"ring \d+ resumes at used idx \d+", log), log[-3000:]
+    # QEMU reconnects (reconnect=1) and replays the whole handshake; both ports come back
+    assert wait_until(lambda: all(p["connected"] for p in vhea_stats()["ports"].values()), 30), vhea_stats()
+    t_connected = time.monotonic()
+    # traffic resumes: the echo makes progress again
+    assert wait_until(lambda: progress()[1] > echoed_in_gap + 20, 60), "no echo after the restart"
+    t_resumed = time.monotonic()
+    after = vhea_stats()["ports"]
+    assert all(after[p]["from_guest_frames"] > 0 and after[p]["to_guest_frames"] > 0 for p in dm.ports)
+    log = Path(dm.log).read_text(errors="replace")
+    assert re.search(r"ring \d+ resumes at used idx \d+", log), log[-3000:]
 
-        # the TCP connection survived: one connection, every line echoed in order, no error
-        res = wait_until(lambda: ssh("iso-a", "cat /tmp/echo.out 2>/dev/null").stdout.strip(), 120, 2)
-        summary = json.loads(res.splitlines()[-1])
-        assert summary["error"] is None, summary
-        assert summary["sent"] > 400 and summary["echoed"] == summary["sent"], summary
-        assert summary["max_gap_s"] >= 2.0  # the connection really crossed the gap
-        # and a fresh ping crosses the new device model
-        ping = ssh("iso-a", f"ping -c 3 -W 5 {B_IP}").stdout
-        loss = re.search(r"(\d+) packets transmitted, (\d+) received", ping)
-        assert loss and int(loss.group(2)) == 3, ping
-        print(f"\nlifecycle: kill -> restart {t_start - t_kill:.1f} s, -> QEMU reconnected "
-              f"{t_connected - t_kill:.1f} s, -> echo flowing {t_resumed - t_kill:.1f} s after the kill; "
-              f"TCP: {summary}; ping: {loss.group(0)}")
-    finally:
-        subprocess.run([str(BIN / "testbed"), "down"], env=env, capture_output=True, timeout=120, cwd=REPO)
+    # the TCP connection survived: one connection, every line echoed in order, no error
+    res = wait_until(lambda: ssh("iso-a", "cat /tmp/echo.out 2>/dev/null").stdout.strip(), 120, 2)
+    summary = json.loads(res.splitlines()[-1])
+    assert summary["error"] is None, summary
+    assert summary["sent"] > 400 and summary["echoed"] == summary["sent"], summary
+    assert summary["max_gap_s"] >= 2.0  # the connection really crossed the gap
+    # and a fresh ping crosses the new device model
+    ping = ssh("iso-a", f"ping -c 3 -W 5 {B_IP}").stdout
+    loss = re.search(r"(\d+) packets transmitted, (\d+) received", ping)
+    assert loss and int(loss.group(2)) == 3, ping
+    print(f"\nlifecycle: kill -> restart {t_start - t_kill:.1f} s, -> QEMU reconnected "
+          f"{t_connected - t_kill:.1f} s, -> echo flowing {t_resumed - t_kill:.1f} s after the kill; "
+          f"TCP: {summary}; ping: {loss.group(0)}")
+    testbed.down()  # the fixture takes it down too, whatever happened; here the test checks what is left
     assert not tpath.exists()
     assert not any(pid_alive(p) for p in dm_pids)
     assert qemu_pids(state) == []
@@ -180,20 +171,17 @@ def _qemu_server(path: str, log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
 
 
-def test_client_role_against_qemu_server_either_side_restarts(tmp_path):
+def test_client_role_against_qemu_server_either_side_restarts(tmp_path, sockdir, processes):
     import shutil
-    import tempfile
 
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("no qemu-system-x86_64")
-    sdir = tempfile.mkdtemp(prefix="vq", dir="/tmp")  # short: unix socket paths are limited to 107 bytes
-    path = os.path.join(sdir, "a.sock")
+    path = os.path.join(sockdir, "a.sock")
     vlog = tmp_path / "vhea.log"
-    vhea_cmd = devicemodel.vhea_command() + ["serve", "--socket-dir", sdir, "--ports", "a", "--connect"]
-    procs: list[subprocess.Popen] = []
+    vhea_cmd = devicemodel.vhea_command() + ["serve", "--socket-dir", sockdir, "--ports", "a", "--connect"]
 
     def start(cmd_or_proc):
-        procs.append(cmd_or_proc)
+        processes.append(cmd_or_proc)
         return cmd_or_proc
 
     def vhea() -> subprocess.Popen:
@@ -202,35 +190,24 @@ def test_client_role_against_qemu_server_either_side_restarts(tmp_path):
 
     def connected() -> bool:
         try:
-            return devicemodel.stats(Path(sdir))["ports"]["a"]["connected"]
+            return devicemodel.stats(Path(sockdir))["ports"]["a"]["connected"]
         except devicemodel.DeviceModelError:
             return False
 
-    try:
-        v = vhea()
-        assert wait_until(lambda: "cannot connect" in vlog.read_text(), 10, 0.2)  # QEMU not there yet: retries
-        q = start(_qemu_server(path, tmp_path / "qemu1.log"))
-        assert wait_until(connected, 20), vlog.read_text()
-        q.terminate()  # the front-end goes away ...
-        q.wait(10)
-        assert wait_until(lambda: not connected(), 10)
-        assert wait_until(lambda: "reconnecting to" in vlog.read_text(), 10), vlog.read_text()
-        q = start(_qemu_server(path, tmp_path / "qemu2.log"))  # ... and comes back: vhea finds it
-        assert wait_until(connected, 20), vlog.read_text()
-        v.kill()  # now the back-end dies; QEMU (the server) waits for a new connection
-        v.wait(10)
-        assert q.poll() is None
-        vhea()
-        assert wait_until(connected, 20), vlog.read_text()
-        text = vlog.read_text()
-        assert text.count("connected to the front-end") == 3, text
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
-        shutil.rmtree(sdir, ignore_errors=True)
+    v = vhea()
+    assert wait_until(lambda: "cannot connect" in vlog.read_text(), 10, 0.2)  # QEMU not there yet: retries
+    q = start(_qemu_server(path, tmp_path / "qemu1.log"))
+    assert wait_until(connected, 20), vlog.read_text()
+    q.terminate()  # the front-end goes away ...
+    q.wait(10)
+    assert wait_until(lambda: not connected(), 10)
+    assert wait_until(lambda: "reconnecting to" in vlog.read_text(), 10), vlog.read_text()
+    q = start(_qemu_server(path, tmp_path / "qemu2.log"))  # ... and comes back: vhea finds it
+    assert wait_until(connected, 20), vlog.read_text()
+    v.kill()  # now the back-end dies; QEMU (the server) waits for a new connection
+    v.wait(10)
+    assert q.poll() is None
+    vhea()
+    assert wait_until(connected, 20), vlog.read_text()
+    text = vlog.read_text()
+    assert text.count("connected to the front-end") == 3, text

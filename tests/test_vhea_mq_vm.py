@@ -17,10 +17,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
-from vm_helpers import BIN, REPO, run
+from vm_helpers import BIN, REPO, Testbed, run
 
 from vhea.toeplitz import Toeplitz, tuple_input
 
@@ -152,14 +151,8 @@ def test_qemu_masks_rss_but_not_hash_report_for_vhost_user(monkeypatch):
 # ---- real guests -----------------------------------------------------------------------------------------------
 
 
-class Bed:
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.env = dict(os.environ, ISOSTACK_STATE_DIR=str(state))
-        self.sock_dir = str(state / "vhea")
-
-    def ssh(self, guest: str, cmd: str, timeout: float = 120, stdin: str | None = None, check: bool = True):
-        return run([str(BIN / "testbed"), "ssh", guest, cmd], timeout, self.env, check, stdin)
+class Bed(Testbed):
+    """The module's testbed (the shared `testbed` fixture's state dir) with the counters these tests compare."""
 
     def vhea(self, *args: str, check: bool = True):
         return run([str(BIN / "vhea"), *args[:2], "--socket-dir", self.sock_dir, *args[2:]], 30, self.env, check)
@@ -188,20 +181,20 @@ def vdelta(before: dict, after: dict, port: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def bed(tmp_path_factory):
-    state = tmp_path_factory.mktemp("mq")
-    b = Bed(state)
-    try:
-        run([str(BIN / "testbed"), "up", "--queues", "2"], timeout=900, env=b.env)
-        for g in ("iso-a", "iso-b"):
-            b.ssh(g, "ethtool -L eth0 combined 2 2>/dev/null; ethtool -l eth0 | tail -2")
-            b.ssh(g, "cat > /tmp/udp.py", stdin=UDP_CLIENT)
-            b.ssh(g, "cat > /tmp/tcp.py", stdin=TCP_PEER)
-            b.ssh(g, "cat > /tmp/rss.py", stdin=RSS_PY.read_text())
-        b.ssh("iso-a", f"ping -c 2 -W 5 {B_IP} >/dev/null")  # ARP resolved before anything is counted
-        yield b
-    finally:
-        subprocess.run([str(BIN / "testbed"), "down"], env=b.env, capture_output=True, timeout=180, cwd=REPO)
+def testbed_up_args() -> list[str]:
+    return ["--queues", "2"]
+
+
+@pytest.fixture(scope="module")
+def bed(testbed):
+    b = Bed(testbed.state)
+    for g in ("iso-a", "iso-b"):
+        b.ssh(g, "ethtool -L eth0 combined 2 2>/dev/null; ethtool -l eth0 | tail -2")
+        b.ssh(g, "cat > /tmp/udp.py", stdin=UDP_CLIENT)
+        b.ssh(g, "cat > /tmp/tcp.py", stdin=TCP_PEER)
+        b.ssh(g, "cat > /tmp/rss.py", stdin=RSS_PY.read_text())
+    b.ssh("iso-a", f"ping -c 2 -W 5 {B_IP} >/dev/null")  # ARP resolved before anything is counted
+    return b
 
 
 def test_guest_cannot_see_rss_and_has_its_ports_settings(bed):

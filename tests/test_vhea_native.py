@@ -9,9 +9,14 @@ the frames and their offload headers, the drops, the ring indices and every byte
 from __future__ import annotations
 
 import mmap
+import os
 import random
+import shutil
 import struct
+import subprocess
+import sys
 from array import array
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -308,3 +313,32 @@ def test_resolve_choices(monkeypatch):
     assert native.resolve("auto") == "python"
     with pytest.raises(native.NativeError, match="no gcc"):
         native.resolve("native")
+
+
+def _import_a_copy(tmp_path, with_built: bool) -> subprocess.CompletedProcess:
+    """Import vhea.native from a copy of the package, with or without the built extension (`python -S`: the editable
+    install's import hook would find the extension next to the sources)."""
+    src = Path(native.__file__).parent
+    skip = ("__pycache__",) if with_built else ("__pycache__", "*.so")
+    shutil.copytree(src, tmp_path / "vhea", ignore=shutil.ignore_patterns(*skip))
+    code = "from vhea import native; print(native.MOD is not None); print(native.why_not)"
+    env = {k: v for k, v in os.environ.items() if k != "VHEA_NO_NATIVE"}
+    return subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=dict(env, PYTHONPATH=str(tmp_path)))
+
+
+def test_import_loads_the_built_extension_and_compiles_nothing(tmp_path):
+    before = sorted(p.name for p in (Path(native.__file__).parent).glob("*.so"))
+    p = _import_a_copy(tmp_path, with_built=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["True", "None"]
+    assert sorted(p.name for p in (tmp_path / "vhea").rglob("*.so")) == before  # nothing built at import
+
+
+def test_import_without_the_built_extension_falls_back_and_names_the_build_command(tmp_path):
+    p = _import_a_copy(tmp_path, with_built=False)
+    assert p.returncode == 0, p.stderr
+    loaded, why = p.stdout.splitlines()
+    assert loaded == "False"
+    assert why.startswith("vhea._datapath is not built; build it with `make native`"), why
+    assert not list((tmp_path / "vhea").rglob("*.so"))  # nothing was compiled

@@ -1,10 +1,14 @@
-"""Helpers for tests that drive the testbed's CLIs in subprocesses (the `vm` tests)."""
+"""Helpers for tests that drive the testbed's CLIs in subprocesses (the `vm` tests); the fixtures that bring a
+testbed up and down (conftest.py) use `Testbed`."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from testbed.state import Topology
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: testbed, vhea, fab
@@ -31,3 +35,32 @@ def qemu_pids(state_dir: Path) -> list[int]:
             if b"qemu-system" in cmd and str(state_dir).encode() in cmd:
                 pids.append(int(proc.name))
     return pids
+
+
+class Testbed:
+    """A testbed of a test module's own, in its own state dir (ISOSTACK_STATE_DIR), driven through the CLIs as a
+    user drives it (libvirt's embedded driver allows one root per process, and the unit tests open another)."""
+
+    __test__ = False  # a helper, not a test class (pytest collects Test* names)
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.env = dict(os.environ, ISOSTACK_STATE_DIR=str(state))
+        self.topology_path = state / "topology.json"
+        self.sock_dir = str(state / "vhea")
+
+    def up(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        """`testbed up` (with its flags); fails the test with the output when it exits non-zero."""
+        return run([str(BIN / "testbed"), "up", *args], timeout=timeout, env=self.env)
+
+    def down(self, timeout: float = 180) -> subprocess.CompletedProcess:
+        """`testbed down`, unchecked: the teardown that runs whatever happened (a test that checks it says so)."""
+        return subprocess.run([str(BIN / "testbed"), "down"], env=self.env, capture_output=True, timeout=timeout,
+                              cwd=REPO)
+
+    def topology(self) -> Topology:
+        return Topology.load(self.topology_path)
+
+    def ssh(self, guest: str, cmd: str, timeout: float = 120, stdin: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+        return run([str(BIN / "testbed"), "ssh", guest, cmd], timeout, self.env, check, stdin)

@@ -1,33 +1,27 @@
-"""The native datapath: _datapath.c, a CPython extension built with gcc at import when missing or older than
-its source, and the Python path (vring.py / net.py) as the reference and the fallback.
+"""The native datapath: _datapath.c, a CPython extension built when the project is installed (setup.py), and the
+Python path (vring.py / net.py) as the reference and the fallback.
 
 `vhea serve --datapath native|python|auto` chooses; auto (the default) takes native when it loads. The C
 code does the same checked walk as the Python code, with the same error texts (tests/test_vhea_hostile.py
-and tests/test_vhea_native.py run the hostile rings through both). The built module goes to __pycache__
-next to the source (git ignores it), or, where that is not writable, to ~/.cache/vhea.
+and tests/test_vhea_native.py run the hostile rings through both). Importing this module only loads the built
+extension, it never compiles: where it is missing (installed without a C compiler), `why_not` names the
+command that builds it.
 
-`python -m vhea.native` (re)builds it and says where.
+`python -m vhea.native` says whether it loads, and from where.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
+import importlib
 import logging
 import os
-import shutil
-import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "_datapath.c"
-NAME = "_datapath"
-SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-CFLAGS = ["-O2", "-fPIC", "-shared", "-Wall", "-Werror", "-std=gnu11"]
+SOURCE = Path(__file__).resolve().parent / "_datapath.c"
+BUILD_COMMAND = "`make native` (or `pip install -e .`) on a machine with a C compiler"
 DATAPATHS = ("auto", "native", "python")
 
 #: why the native datapath is not there (None when it loaded)
@@ -35,43 +29,7 @@ why_not: str | None = None
 
 
 class NativeError(RuntimeError):
-    """The native datapath cannot be built or loaded here."""
-
-
-def _include() -> str:
-    inc = sysconfig.get_paths()["include"]
-    if os.path.exists(os.path.join(inc, "Python.h")):
-        return inc
-    debian = f"/usr/include/python{sys.version_info.major}.{sys.version_info.minor}"
-    return debian
-
-
-def _targets() -> list[Path]:
-    return [HERE / "__pycache__" / (NAME + SUFFIX), Path.home() / ".cache" / "vhea" / (NAME + SUFFIX)]
-
-
-def build(output: Path | None = None) -> Path:
-    cc = shutil.which(os.environ.get("CC", "gcc"))
-    if cc is None:
-        raise NativeError("no C compiler (gcc) here")
-    errors = []
-    for out in [output] if output else _targets():
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-            p = subprocess.run([cc, *CFLAGS, f"-I{_include()}", "-o", str(tmp), str(SOURCE)], capture_output=True,
-                               text=True)
-            if p.returncode != 0:
-                raise NativeError(f"gcc failed: {p.stderr.strip()[-500:]}")
-            os.replace(tmp, out)
-            return out
-        except OSError as e:
-            errors.append(f"{out}: {e}")
-    raise NativeError("cannot write the module: " + "; ".join(errors))
-
-
-def _fresh(lib: Path) -> bool:
-    return lib.exists() and (not SOURCE.exists() or lib.stat().st_mtime >= SOURCE.stat().st_mtime)
+    """The native datapath is not available here."""
 
 
 def load():
@@ -81,18 +39,18 @@ def load():
         why_not = "VHEA_NO_NATIVE is set"
         return None
     try:
-        lib = next((t for t in _targets() if _fresh(t)), None)
-        if lib is None:
-            lib = build()
-        loader = importlib.machinery.ExtensionFileLoader(f"vhea.{NAME}", str(lib))
-        spec = importlib.util.spec_from_file_location(f"vhea.{NAME}", str(lib), loader=loader)
-        mod = importlib.util.module_from_spec(spec)
-        loader.exec_module(mod)
-    except (NativeError, ImportError, OSError, subprocess.SubprocessError) as e:
-        why_not = str(e)
+        _datapath = importlib.import_module(f"{__package__}._datapath")
+    except ModuleNotFoundError:
+        why_not = f"vhea._datapath is not built; build it with {BUILD_COMMAND}"
+        return None
+    except ImportError as e:
+        why_not = f"vhea._datapath does not load ({e}); rebuild it with {BUILD_COMMAND}"
         return None
     why_not = None
-    return mod
+    built = Path(_datapath.__file__)
+    if SOURCE.exists() and int(SOURCE.stat().st_mtime) > int(built.stat().st_mtime):  # setuptools keeps whole seconds
+        log.warning("%s is older than %s; rebuild it with %s", built.name, SOURCE.name, BUILD_COMMAND)
+    return _datapath
 
 
 MOD = load()
@@ -114,4 +72,5 @@ def resolve(choice: str | None) -> str:
 
 
 if __name__ == "__main__":
-    print(build())
+    print(MOD.__file__ if MOD is not None else f"not available: {why_not}")
+    sys.exit(0 if MOD is not None else 1)

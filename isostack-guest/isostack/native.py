@@ -6,90 +6,32 @@ multi-producer (any thread or forked process of an application may post), so pro
 with a CAS on the shared tail.  Everything else (ordered loads and stores on x86-64) stays in Python.
 `python -m isoperf.stackbench --queues` prints the measured cost (see the module docstring of queues.py).
 
-Measured in a TCG guest: a ctypes call costs ~14 us, a Python-level 64-byte send ~120 us; the extension's
-one-call send is what makes a small send cheaper than a kernel send() there (isoperf/stackbench.py prints both).
-Since the per-socket Tx object (sock.send is its C method, no Python frame at all) the guest's bench shows
-2.6 us of application CPU per 64-byte message, down from 10.6 us with the Python wrapper around FAST.send.
-
-The guest has no compiler, so the .so files are built on the host (same architecture and glibc: x86-64 Debian 12)
-next to the source and uploaded with the package.  `python -m isostack.native` (re)builds it; importing
-this module builds it automatically when it is missing or older than the source and gcc is present.
+The guests have no compiler: the parts are built on the host when the project is installed (setup.py puts them
+next to their sources) and uploaded with the package.  Importing this module only loads them, it never
+compiles; `python -m isostack.native` says which parts load here.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import shutil
-import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "_atomics.c"
 LIBRARY = HERE / "_atomics.so"
-CFLAGS = ["-O2", "-fPIC", "-shared", "-Wall", "-Werror", "-std=c11"]
+BUILD_COMMAND = "`make native` (or `pip install -e .`) on a host with a C compiler"
 
 
 class NativeError(RuntimeError):
-    """The atomics helper is missing and cannot be built here."""
-
-
-def build(output: Path = LIBRARY) -> Path:
-    """Compile _atomics.c into `output` with gcc (atomically replaced)."""
-    cc = shutil.which(os.environ.get("CC", "gcc"))
-    if cc is None:
-        raise NativeError(
-            f"{output.name} is missing and there is no C compiler here; build it on the host with "
-            "`python -m isostack.native` before uploading isostack"
-        )
-    tmp = output.with_suffix(f".tmp{os.getpid()}.so")
-    subprocess.run([cc, *CFLAGS, "-o", str(tmp), str(SOURCE)], check=True)
-    os.replace(tmp, output)
-    return output
-
-
-FAST_SOURCE = HERE / "_fastpath.c"
-FAST_LIBRARY = HERE / ("_fastpath" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
-
-
-def _python_include() -> str:
-    """Debian's headers when present (the guests run Debian's python3.11), else this interpreter's."""
-    debian = f"/usr/include/python{sys.version_info.major}.{sys.version_info.minor}"
-    return debian if os.path.exists(os.path.join(debian, "Python.h")) else sysconfig.get_paths()["include"]
-
-
-def build_extension(source: Path, output: Path) -> Path:
-    """Compile a CPython extension's single C file into `output` with gcc (atomically replaced)."""
-    cc = shutil.which(os.environ.get("CC", "gcc"))
-    if cc is None:
-        raise NativeError(f"{output.name} is missing and there is no C compiler here")
-    tmp = output.with_suffix(f".tmp{os.getpid()}.so")
-    subprocess.run([cc, "-O2", "-fPIC", "-shared", "-Wall", "-Werror", f"-I{_python_include()}", "-o", str(tmp),
-                    str(source)], check=True)
-    os.replace(tmp, output)
-    return output
-
-
-def build_fast(output: Path = FAST_LIBRARY) -> Path:
-    return build_extension(FAST_SOURCE, output)
-
-
-def _stale(source: Path, lib: Path) -> bool:
-    if not lib.exists():
-        return True
-    return source.exists() and source.stat().st_mtime > lib.stat().st_mtime and shutil.which("gcc") is not None
-
-
-def _needs_build() -> bool:
-    return _stale(SOURCE, LIBRARY)
+    """The native parts are not built here, or were built for another shared-memory layout."""
 
 
 def load() -> ctypes.CDLL:
-    """Load (building first if needed) the helper and declare its signatures."""
-    if _needs_build():
-        build()
+    """Load the atomics library (_atomics.so) and declare its signatures."""
+    if not LIBRARY.exists():
+        raise NativeError(f"isostack's native parts are not built ({LIBRARY.name} and _fastpath are missing in "
+                          f"{HERE}); build them with {BUILD_COMMAND}")
     lib = ctypes.CDLL(str(LIBRARY))
     u64, ptr, i64 = ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int64
     for name, res, args in (
@@ -109,21 +51,20 @@ def load() -> ctypes.CDLL:
 
 
 def load_fast():
-    """The extension module, or None (ISOSTACK_NO_FASTPATH=1, or it cannot be built or imported here)."""
+    """The extension module, or None (ISOSTACK_NO_FASTPATH=1, or it is not built or does not import here)."""
     if os.environ.get("ISOSTACK_NO_FASTPATH"):
         return None
     try:
-        if _stale(FAST_SOURCE, FAST_LIBRARY):
-            build_fast()
         from . import _fastpath
-    except (ImportError, NativeError, OSError, subprocess.CalledProcessError):
+    except ImportError:
         return None
     from . import layout as L
 
     expected = (L.C_TX_TAIL, L.C_RX_HEAD, L.C_DRAINING, L.C_TX_HEAD, L.C_RX_TAIL, L.C_STATE, L.ST_CONNECTED,
                 L.ST_ERROR)
     if _fastpath.layout() != expected:
-        raise NativeError(f"_fastpath was built for another layout: {_fastpath.layout()} != {expected}")
+        raise NativeError(f"_fastpath was built for another layout: {_fastpath.layout()} != {expected}; rebuild "
+                          f"it with {BUILD_COMMAND}")
     return _fastpath
 
 
@@ -176,8 +117,11 @@ def membarrier() -> None:
 
 
 def main() -> int:
-    print(build())
-    print(build_fast())
+    """Say which native parts load here (the guests have no compiler: this checks an upload). Where neither
+    _fastpath nor _atomics is there, importing this module already failed with the command that builds them."""
+    fast = load_fast()
+    print(f"_fastpath: {fast.__file__ if fast is not None else 'not loaded'}")
+    print(f"_atomics: {LIBRARY if LIBRARY.exists() else 'missing'}")
     return 0
 
 

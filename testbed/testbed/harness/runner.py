@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -135,30 +132,13 @@ class Runner:
                     f" its other options)"
                 ) from None
 
-    def build_native(self) -> None:
-        """Build isostack's C parts (.so) on the host, into the package that is uploaded (the guests have no
-        gcc): `python -m isostack.native` with that package first on the path."""
-        env = dict(os.environ, PYTHONPATH=str(self.package_dir.parent))
-        r = subprocess.run(
-            [sys.executable, "-m", "isostack.native"], env=env, capture_output=True, text=True, timeout=300
-        )
-        if r.returncode != 0:
-            tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
-            raise HarnessError(f"building isostack's native parts failed: {tail}")
-        self.console.log(f"isostack native parts built: {', '.join(Path(p).name for p in r.stdout.split())}")
-
-    @property
-    def package_dir(self) -> Path:
-        """The isostack package's folder, where build_native builds its C parts."""
-        return self.guest_root / "isostack"
-
-    def build_sendloop(self) -> None:
-        """Build isoperf's C send loop on the host, into the folder that is uploaded (upload.build_sendloop)."""
+    def check_native(self) -> None:
+        """The guest packages' C parts must be built in the folders that are uploaded (upload.check_native_parts)."""
         try:
-            built = upload.build_sendloop(self.guest_root)
-        except upload.BuildError as e:
+            built = upload.check_native_parts(self.guest_root)
+        except upload.NativePartsMissing as e:
             raise HarnessError(str(e)) from None
-        self.console.log(f"isoperf send loop built: {', '.join(built)}")
+        self.console.log(f"guest native parts built: {', '.join(built)}")
 
     def prepare(self, guest_names: list[str]) -> dict:
         """Upload the guest packages where needed; returns per-guest metadata (upload.sync_guest)."""
@@ -527,8 +507,7 @@ def execute(
     runner.check_playbook(playbook)
     with console.status("preparing guests"):
         if any(case.stack == "iso" for case in playbook.cases()):
-            runner.build_native()  # before the upload, so the .so files travel with the package
-            runner.build_sendloop()
+            runner.check_native()  # before the upload, so the .so files travel with the packages
         try:
             guest_info = runner.prepare(guests)
         except RemoteError as e:

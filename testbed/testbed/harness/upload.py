@@ -1,4 +1,4 @@
-"""Putting the guest code on the guests: isoperf's C send loop built on the host, each guest package synced.
+"""Putting the guest code on the guests: their C parts checked (built at install time), each package synced.
 
 The packages are folders (guestcmd.package_dirs), read from disk, never imported: the host process must not
 run the runtime's module code to find them.
@@ -6,9 +6,7 @@ run the runtime's module code to find them.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import sysconfig
 from pathlib import Path
 
 from testbed.harness import guestcmd, remote
@@ -16,20 +14,30 @@ from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.remote import Shell
 
 
-class BuildError(RuntimeError):
-    """A host-side build of a guest package's C part failed; the message quotes its last lines."""
+class NativePartsMissing(RuntimeError):
+    """A guest package's C part is not built (or older than its source) in the folder that is uploaded."""
 
 
-def build_sendloop(guest_root: Path) -> list[str]:
-    """Build isoperf's C send loop (.so) into the folder that is uploaded (the guests have no gcc):
-    `python -m isoperf.sendloop` with the guest code first on the path; returns the built file names."""
-    env = dict(os.environ, PYTHONPATH=str(guest_root))
-    r = subprocess.run([sys.executable, "-m", "isoperf.sendloop"], env=env, capture_output=True, text=True,
-                       timeout=300)
-    if r.returncode != 0:
-        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
-        raise BuildError(f"building isoperf's C send loop failed: {tail}")
-    return [Path(p).name for p in r.stdout.split()]
+def check_native_parts(guest_root: Path) -> list[str]:
+    """Every <name>.c of the guest packages needs its <name><EXT_SUFFIX> (or <name>.so, loaded by ctypes) beside
+    it, not older than the source: the guests have no compiler, so installing the project builds them on the
+    host (setup.py) and they travel with the upload. Returns the built files' names; nothing is compiled here."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    problems, built_names = [], []
+    for package in guestcmd.package_dirs(guest_root):
+        for source in sorted(package.glob("*.c")):
+            built = next((p for p in (source.with_name(source.stem + suffix), source.with_suffix(".so"))
+                          if p.exists()), None)
+            if built is None:
+                problems.append(f"{package.name}: {source.stem} is not built")
+            elif int(built.stat().st_mtime) < int(source.stat().st_mtime):  # setuptools' copy keeps whole seconds
+                problems.append(f"{package.name}: {built.name} is older than {source.name}")
+            else:
+                built_names.append(f"{package.name}/{built.name}")
+    if problems:
+        raise NativePartsMissing(f"the guest packages' native parts in {guest_root}: {'; '.join(problems)}; build "
+                                 "them with `make native` (or `pip install -e .`) before the run")
+    return built_names
 
 
 def sync_guest(shell: Shell, packages: list[remote.PackageSnapshot], layout: GuestLayout, log) -> dict:
