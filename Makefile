@@ -38,8 +38,9 @@ testbed: deps
 benchmark: testbed
 	$(VENV)/bin/fab run-benchmark --playbook $(PLAYBOOK)
 
+# The test suite after the lint (ruff, the import contracts, the commit messages).
 # pytest exits 5 when it collects no tests: not a failure of the code under test.
-test: deps
+test: lint
 	$(VENV)/bin/pytest || [ $$? = 5 ]
 
 test-unit: deps
@@ -48,8 +49,12 @@ test-unit: deps
 test-vm: deps
 	$(VENV)/bin/pytest -m vm
 
+# ruff; the architecture as import contracts ([tool.importlinter] in pyproject.toml); commit messages since
+# .gitlint-since (subject <= 72 characters, a body: .gitlint).
 lint: deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	GITLINT=$(VENV)/bin/gitlint bash .ci/check-commits
 
 status: deps
 	$(VENV)/bin/testbed status
