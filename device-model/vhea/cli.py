@@ -91,8 +91,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--client-ports", help="comma-separated ports to run in the client role (the rest listen)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--datapath", default="auto", choices=list(native.DATAPATHS),
-                   help="native: the C inner loop (vhea/_datapath.c, built with gcc on first use); python: the "
-                        "reference implementation; auto (default): native when it builds and loads")
+                   help="native: the C inner loop (vhea/_datapath.c, built when the project is installed: "
+                        "make native); python: the reference implementation; auto (default): native when it is "
+                        "built and loads")
     s.add_argument("--flow-control", action="store_true",
                    help="802.3x flow control (pause) on every port: frames for a rx queue without buffers are held "
                         "and the sender's tx queue paused instead of dropping them (rx_no_buffers); change it per "

@@ -83,7 +83,7 @@ def serves(pid: int, socket_dir: Path) -> bool:
 
 
 def control_socket(socket_dir: Path) -> Path:
-    """The control socket `vhea serve` listens on next to its port sockets (vhea.cli.control_path)."""
+    """The control socket `vhea serve` listens on next to its port sockets (vhea.ctl.control_path)."""
     return socket_dir / "control.sock"
 
 
