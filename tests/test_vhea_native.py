@@ -26,7 +26,7 @@ from vhea import native
 from vhea.datapath import tx_pull
 from vhea.memory import GuestMemory, MappedRegion
 from vhea.net import PLAIN_HDR, VirtioNet
-from vhea.offload import OFFLOAD_FEATURES, VHDR, OffloadError, TxFrame, validate
+from vhea.offload import OFFLOAD_FEATURES, OffloadError, OffloadRequest, TxFrame, validate
 from vhea.protocol import (
     VIRTIO_F_VERSION_1,
     VIRTIO_NET_F_MRG_RXBUF,
@@ -162,7 +162,7 @@ def _pull_native(image, num, last, budget, indirect_ok):
                     assert f[:12] == bytes(arena[meta[2 * first]:meta[2 * first] + 12])  # a run shares its MACs
                 if kind:
                     tf = TxFrame(f)
-                    tf.vhdr = VHDR.unpack_from(arena, off - dev.hdr_len)
+                    tf.vhdr = OffloadRequest.unpack_from(arena, off - dev.hdr_len)
                     try:
                         validate(tf, dev.features)
                     except OffloadError as e:

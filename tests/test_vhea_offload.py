@@ -36,6 +36,7 @@ from vhea.offload import (
     VIRTIO_NET_HDR_GSO_TCPV6,
     VIRTIO_NET_HDR_GSO_UDP,
     OffloadError,
+    OffloadRequest,
     TxFrame,
 )
 
@@ -106,7 +107,7 @@ def gso_hdr(gso_type: int, mss: int, l4: int = 34, flags: int = VIRTIO_NET_HDR_F
 
 def txframe(frame: bytes, vhdr: bytes, features: int = ALL) -> TxFrame:
     f = TxFrame(frame)
-    f.vhdr = VHDR.unpack_from(vhdr)
+    f.vhdr = OffloadRequest.unpack_from(vhdr)
     offload.validate(f, features)
     return f
 
@@ -262,7 +263,7 @@ BAD = [
 @pytest.mark.parametrize("name, frame, vhdr, reason", BAD, ids=[b[0] for b in BAD])
 def test_hostile_offload_request_is_a_reasoned_error(name, frame, vhdr, reason):
     f = TxFrame(frame)
-    f.vhdr = VHDR.unpack_from(vhdr)
+    f.vhdr = OffloadRequest.unpack_from(vhdr)
     with pytest.raises(OffloadError) as e:
         offload.validate(f, ALL)
     assert e.value.reason == reason
@@ -270,7 +271,7 @@ def test_hostile_offload_request_is_a_reasoned_error(name, frame, vhdr, reason):
 
 def test_offload_not_negotiated_is_refused():
     f = TxFrame(tso_frame(b"x" * 3000))
-    f.vhdr = VHDR.unpack_from(gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 1448))
+    f.vhdr = OffloadRequest.unpack_from(gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 1448))
     with pytest.raises(OffloadError) as e:
         offload.validate(f, 1 << VIRTIO_NET_F_CSUM)
     assert e.value.reason == "tx_gso_not_negotiated"
@@ -286,7 +287,7 @@ def test_offload_not_negotiated_is_refused():
 def test_fuzz_offload_never_raises_anything_else(hdr, body, cut, v6):
     frame = (tso_frame(body, v6=v6) + body)[:14 + cut] if cut < 150 else tso_frame(body, v6=v6)
     f = TxFrame(frame)
-    f.vhdr = hdr
+    f.vhdr = OffloadRequest._make(hdr)
     try:
         offload.validate(f, ALL)
     except OffloadError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from array import array
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .datapath import RX_DONE, RX_RING_ERROR, RX_STOPPED, RxBatchResult, rx_push
 from .memory import GuestMemory
@@ -25,6 +26,7 @@ from .offload import (
     VIRTIO_NET_HDR_GSO_ECN,
     VIRTIO_NET_HDR_GSO_TCPV4,
     OffloadError,
+    OffloadRequest,
     TxFrame,
     complete_csum,
     segment_tcp,
@@ -57,13 +59,21 @@ MIN_FRAME = 14
 ARENA_PREFIX = 256
 
 
+class ArenaSlot(NamedTuple):
+    """Where a frame of the native datapath's tx batch lies: arena[meta[2 * index]:][:meta[2 * index + 1]]."""
+
+    arena: object
+    meta: object
+    index: int
+
+
 class ArenaTxFrame(TxFrame):
     """A TSO frame still in the native datapath's arena (valid until the next tx batch): the object holds the
     first ARENA_PREFIX bytes and len() is the whole frame's. A peer that takes the frame whole gets it copied
     from the arena straight into its buffers; segmentation and checksumming take the whole frame (full()).
     Saves a 64 KiB bytes object (allocation, page faults and copy) per TSO frame."""
 
-    src: tuple  # (arena, meta, index): the frame is arena[meta[2i]:][:meta[2i+1]]
+    src: ArenaSlot  # the frame is arena[meta[2i]:][:meta[2i+1]]
     length: int
 
     def __len__(self) -> int:
@@ -176,7 +186,7 @@ class VirtioNet:
                 v = hv[hdr_len:]
             if hv[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM or hv[1]:
                 data = TxFrame(v)
-                data.vhdr = VHDR.unpack_from(hv, 0)
+                data.vhdr = OffloadRequest.unpack_from(hv, 0)
                 try:
                     validate(data, features)
                 except OffloadError as e:
@@ -252,7 +262,7 @@ class VirtioNet:
     def whole(self, frame: bytes) -> bool:
         """Whether push_rx writes `frame` as one frame (so a rx_no_buffers outcome wrote nothing of it), not as
         segments of which the first may have gone in before the buffers ran out."""
-        return not isinstance(frame, TxFrame) or not frame.vhdr[1] or self.takes_gso(frame.vhdr[1])
+        return not isinstance(frame, TxFrame) or not frame.vhdr.gso_type or self.takes_gso(frame.vhdr.gso_type)
 
     def _push_many(self, ring: Vring, frames: list[bytes], flags: int, csum_start: int, csum_offset: int
                    ) -> str | None:

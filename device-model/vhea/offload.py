@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 try:  # optional: much faster checksums over big buffers
     import numpy as _np
@@ -75,6 +76,21 @@ _H = struct.Struct("!H")
 _I = struct.Struct("!I")
 
 
+class OffloadRequest(NamedTuple):
+    """The offload fields of a virtio_net_hdr as the guest wrote them (the 10 bytes before num_buffers)."""
+
+    flags: int
+    gso_type: int
+    hdr_len: int
+    gso_size: int
+    csum_start: int
+    csum_offset: int
+
+    @classmethod
+    def unpack_from(cls, buffer, offset: int = 0) -> OffloadRequest:
+        return cls._make(VHDR.unpack_from(buffer, offset))
+
+
 class OffloadError(Exception):
     """A frame whose offload request cannot be honoured; `reason` is the drop counter name."""
 
@@ -90,7 +106,7 @@ class TxFrame(bytes):
     TxFrame, so the switch and classifier see bytes either way.
     """
 
-    vhdr: tuple[int, int, int, int, int, int]  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+    vhdr: OffloadRequest
     l4: int  # offset of the TCP header (GSO frames, after validate)
     l4_end: int  # end of the TCP header (GSO frames)
 

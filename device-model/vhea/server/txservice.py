@@ -11,8 +11,8 @@ from array import array
 
 from ..datapath import tx_pull
 from ..forwarding import mac_runs
-from ..net import ARENA_PREFIX, MAX_FRAME, NET_HDR_LEN, ArenaTxFrame
-from ..offload import VHDR, OffloadError, TxFrame, validate
+from ..net import ARENA_PREFIX, MAX_FRAME, NET_HDR_LEN, ArenaSlot, ArenaTxFrame
+from ..offload import OffloadError, OffloadRequest, TxFrame, validate
 from ..pause import Backlog, FlowControl
 from ..vring import RingError, Vring
 from .port import Port, PortRing
@@ -117,11 +117,11 @@ _stop_ring (session.py)."""
                 if runs[4 * r + 2]:
                     first = runs[4 * r]
                     off, ln = meta[2 * first], meta[2 * first + 1]
-                    vhdr = VHDR.unpack_from(arena, off - hl)
-                    if vhdr[1] and ln > ARENA_PREFIX:  # GSO: only the headers leave the arena (ArenaTxFrame)
+                    vhdr = OffloadRequest.unpack_from(arena, off - hl)
+                    if vhdr.gso_type and ln > ARENA_PREFIX:  # GSO: only the headers leave the arena (ArenaTxFrame)
                         data = ArenaTxFrame(self._arena_view[off:off + ARENA_PREFIX])
                         data.length = ln
-                        data.src = (arena, meta, first)
+                        data.src = ArenaSlot(arena, meta, first)
                     else:
                         data = TxFrame(self._arena_view[off:off + ln])
                     data.vhdr = vhdr
