@@ -1,9 +1,12 @@
 /* CPython extension: the front-end's per-message fast path and the atomics, without ctypes.
  *
- * Why: measured in a TCG guest, a ctypes call costs ~14 us and the Python send path ~120 us per 64-byte
- * message, against ~31 us for a kernel send(); one extension call that copies into the ring, publishes the
- * tail and checks the draining flag brings the per-message work down to one C call (see bench.py).
- * Word indices must match layout.py (checked at import by native.py).
+ * Why: a ctypes call, and the Python send path even more, cost many times a kernel send() per 64-byte
+ * message in a TCG guest (docs/measurements.md); one extension call that copies into the ring, publishes the
+ * tail and checks the draining flag brings the per-message work down to one C call (isoperf.stackbench
+ * measures it). Word indices must match layout.py (checked at import by native.py).
+ *
+ * Longer than the project's ~500-line guide on purpose: the send path (Tx), the receive path and the atomics
+ * share the ring and control-word helpers, and the guests load this one extension (no compiler there).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
