@@ -19,6 +19,7 @@ import pytest
 from rich.console import Console
 
 from testbed import devicemodel, lifecycle, supervisor, virt
+from testbed.image import cache as image_cache
 
 SLEEP = "import time; time.sleep(60)"
 IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
@@ -198,7 +199,7 @@ def test_up_first_stops_what_an_interrupted_up_left(sdir, children, monkeypatch)
     def no_image(*_a, **_k):
         raise RuntimeError("stop before building anything")
 
-    monkeypatch.setattr(lifecycle.image, "ensure_image", no_image)
+    monkeypatch.setattr(image_cache, "ensure_image", no_image)
     with pytest.raises(RuntimeError, match="stop before building"):
         lifecycle.up(lifecycle.UpOptions(state_dir=sdir), quiet())
     assert sup.wait(timeout=10) == -signal.SIGTERM

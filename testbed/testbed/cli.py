@@ -142,7 +142,7 @@ def cmd_ssh(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_image(args: argparse.Namespace, console: Console) -> int:
-    from testbed.image import ensure_image
+    from testbed.image.cache import ensure_image
 
     img = ensure_image(st.cache_root(), force=args.force, console=console)
     console.print(f"image {img.recipe_hash}: kernel {img.kernel_version} in {img.dir}")

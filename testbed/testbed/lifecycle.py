@@ -21,9 +21,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from testbed import devicemodel, image, procs, supervisor, virt
+from testbed import devicemodel, procs, supervisor, virt
 from testbed.accel import choose_accel
 from testbed.domain import GuestSpec, render_domain
+from testbed.image import cache as image_cache
+from testbed.image.cmdline import kernel_cmdline
+from testbed.image.overlay import create_overlay
+from testbed.image.recipe import recipe_hash
 from testbed.ssh import connect, run, wait_for_ssh
 from testbed.state import DeviceModelInfo, GuestInfo, Topology, cache_root, topology_path
 
@@ -55,7 +59,7 @@ class UpOptions:
         return {"uri": self.uri, "guests": self.guests, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
                 "queues": self.queues, "accel": self.accel, "isolate_cpus": self.isolate_cpus,
                 "flow_control": self.flow_control, "pause_max_us": self.pause_max_us,
-                "image": image.recipe_hash()}
+                "image": recipe_hash()}
 
     def isolated(self) -> list[int]:
         """The vCPUs of --isolate-cpus ("1", "1,3", "1-3"), checked against --vcpus."""
@@ -168,7 +172,7 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
         # only by the supervisor: a second opener would disturb its guests.)
         virt.connect(uri).close()
 
-    img = image.ensure_image(cache_root(), console=console)
+    img = image_cache.ensure_image(cache_root(), console=console)
     accel, reason = choose_accel(opts.accel, img.kernel, cache_root())
     if accel == "tcg" and opts.accel == "auto":
         console.print(f"[yellow]warning: KVM unusable, using TCG (software emulation): {reason}[/]")
@@ -188,7 +192,7 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
         for i, (name, port) in enumerate(names):
             gdir = sdir / "guests" / name
             gdir.mkdir(parents=True, exist_ok=True)
-            disk = image.create_overlay(img, gdir / "disk.qcow2")
+            disk = create_overlay(img, gdir / "disk.qcow2")
             console_log = gdir / "console.log"
             console_log.unlink(missing_ok=True)
             data_mac = f"52:54:00:10:00:{i + 1:02x}"
@@ -199,9 +203,8 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
                 name=name, accel=accel, vcpus=opts.vcpus, memory_mib=opts.memory_mib,
                 vcpu_pins=[v % ncpu for v in range(opts.vcpus)],
                 kernel=img.kernel, initrd=img.initrd,
-                cmdline=image.kernel_cmdline(img, name, [(mgmt_mac, "10.0.2.15/24"),
-                                                         (data_mac, f"{data_ip}/24")],
-                                             extra=opts.guest_kernel_args()),
+                cmdline=kernel_cmdline(img, name, [(mgmt_mac, "10.0.2.15/24"), (data_mac, f"{data_ip}/24")],
+                                       extra=opts.guest_kernel_args()),
                 disk=disk, data_mac=data_mac, vhost_socket=sock_dir / f"{port}.sock",
                 queues=opts.queues, console_log=console_log, ssh_port=ssh_port, mgmt_mac=mgmt_mac,
             )
