@@ -12,7 +12,7 @@ import pytest
 
 from testbed import accel, devicemodel, virt
 from testbed.domain import GuestSpec, render_domain
-from testbed.lifecycle import UpOptions, guest_names
+from testbed.lifecycle.options import UpOptions, guest_names
 from testbed.state import DeviceModelInfo, GuestInfo, Topology
 
 QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
@@ -235,7 +235,7 @@ def test_restart_device_model_replaces_the_process_and_records_it(tmp_path):
     """Without guests: the old vhea goes, a new one serves the same port sockets, topology.json points at it."""
     from rich.console import Console
 
-    from testbed.lifecycle import restart_device_model
+    from testbed.lifecycle.restart import restart_device_model
 
     sock_dir, log = tmp_path / "vhea", tmp_path / "vhea.log"
     old = devicemodel.start(sock_dir, ["a", "b"], 2, log)
