@@ -53,7 +53,7 @@ test-vm: deps
 # .gitlint-since (subject <= 72 characters, a body: .gitlint).
 lint: deps
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/lint-imports --no-cache
+	LINT_IMPORTS=$(VENV)/bin/lint-imports bash .ci/check-imports
 	GITLINT=$(VENV)/bin/gitlint bash .ci/check-commits
 
 status: deps

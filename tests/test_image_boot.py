@@ -15,7 +15,9 @@ import time
 import paramiko
 import pytest
 
-from testbed.image import create_overlay, ensure_image, kernel_cmdline
+from testbed.image.cache import ensure_image
+from testbed.image.cmdline import kernel_cmdline
+from testbed.image.overlay import create_overlay
 
 pytestmark = pytest.mark.vm
 

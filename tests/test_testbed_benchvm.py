@@ -169,7 +169,7 @@ def test_guests_stop_kills_what_it_started(tmp_path):
 def test_run_cleans_up_vhea_and_netns_when_a_setup_fails(monkeypatch, tmp_path):
     """A failure in the second set-up: the namespace and vhea serve are gone, the logs are kept."""
     import testbed.accel
-    import testbed.image
+    import testbed.image.cache
 
     seen = {}
 
@@ -182,7 +182,7 @@ def test_run_cleans_up_vhea_and_netns_when_a_setup_fails(monkeypatch, tmp_path):
         assert netns in _netns_list()
         raise benchvm.VmBenchError("guest did not boot")
 
-    monkeypatch.setattr(testbed.image, "ensure_image", lambda **kw: SimpleNamespace(kernel=tmp_path / "vmlinux"))
+    monkeypatch.setattr(testbed.image.cache, "ensure_image", lambda **kw: SimpleNamespace(kernel=tmp_path / "vmlinux"))
     monkeypatch.setattr(testbed.accel, "choose_accel", lambda req, kernel, cache: ("tcg", "test"))
     monkeypatch.setattr(benchvm, "measure_pair", fake_measure)
     with pytest.raises(benchvm.VmBenchError, match="did not boot"):
@@ -201,7 +201,7 @@ def test_run_cleans_up_vhea_and_netns_when_a_setup_fails(monkeypatch, tmp_path):
 def test_repeats_alternate_the_order_and_report_medians(monkeypatch, tmp_path):
     """--repeat 3: vhea, tap | tap, vhea | vhea, tap; each set-up's row is the median, every run kept."""
     import testbed.accel
-    import testbed.image
+    import testbed.image.cache
 
     order = []
     rates = {"vhea1": 100e6, "vhea2": 300e6, "vhea3": 200e6, "tap1": 400e6, "tap2": 600e6, "tap3": 500e6}
@@ -210,7 +210,7 @@ def test_repeats_alternate_the_order_and_report_medians(monkeypatch, tmp_path):
         order.append(tag)
         return rates[tag], 1, 2.0, (0.1 if tag.startswith("vhea") else None)
 
-    monkeypatch.setattr(testbed.image, "ensure_image", lambda **kw: SimpleNamespace(kernel=tmp_path / "vmlinux"))
+    monkeypatch.setattr(testbed.image.cache, "ensure_image", lambda **kw: SimpleNamespace(kernel=tmp_path / "vmlinux"))
     monkeypatch.setattr(testbed.accel, "choose_accel", lambda req, kernel, cache: ("tcg", "test"))
     monkeypatch.setattr(benchvm, "measure_pair", fake_measure)
     res = benchvm.run(duration=1, repeat=3)

@@ -9,7 +9,8 @@ from rich.console import Console
 
 from testbed import devicemodel
 from testbed.cli import build_parser
-from testbed.lifecycle import UpOptions, restart_device_model
+from testbed.lifecycle.options import UpOptions
+from testbed.lifecycle.restart import restart_device_model
 from testbed.state import DeviceModelInfo, Topology
 
 

@@ -39,7 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import testbed.accel
-import testbed.image
+import testbed.image.cache
+import testbed.image.cmdline
+import testbed.image.overlay
 from testbed.state import cache_root
 from vhea.bench_serve import proc_cpu_s, vhea_server
 
@@ -325,8 +327,8 @@ def measure_pair(image, accel: str, workdir: Path, tag: str, data_nics: list[lis
         for (name, mgmt, data, cidr), nic in zip(GUESTS, data_nics, strict=True):
             g = Guest(name, mgmt, data, cidr, _free_port(), workdir / f"{tag}-{name}.qcow2",
                       workdir / f"{tag}-{name}.console")
-            testbed.image.create_overlay(image, g.overlay)
-            cmdline = testbed.image.kernel_cmdline(image, name, [(mgmt, "10.0.2.15/24"), (data, cidr)])
+            testbed.image.overlay.create_overlay(image, g.overlay)
+            cmdline = testbed.image.cmdline.kernel_cmdline(image, name, [(mgmt, "10.0.2.15/24"), (data, cidr)])
             log = workdir / f"{tag}-{name}.qemu.log"
             cmd = netns_exec(netns, qemu_cmd(qemu, accel, image.kernel, image.initrd, cmdline, g, nic,
                                              f"{NETNS_PREFIX}{os.getpid()}"))
@@ -386,7 +388,7 @@ def run(duration: float = 10.0, accel: str = "auto", ping: bool = True, progress
         raise VmBenchError("testbed bench-vm needs root (network namespace, tap devices)")
     from rich.console import Console
 
-    image = testbed.image.ensure_image(console=Console(stderr=True, quiet=progress is None))
+    image = testbed.image.cache.ensure_image(console=Console(stderr=True, quiet=progress is None))
     accel, reason = testbed.accel.choose_accel(accel, image.kernel, cache_root())
     vhost, vhost_reason = vhost_net_usable()
     say(f"accel {accel} ({reason}); vhost-net {'on' if vhost else 'off'} ({vhost_reason})")

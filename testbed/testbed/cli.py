@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_up(args: argparse.Namespace, console: Console) -> int:
-    from testbed.lifecycle import UpOptions, up
+    from testbed.lifecycle.options import UpOptions
+    from testbed.lifecycle.up import up
 
     opts = UpOptions(state_dir=st.state_dir(args.state_dir), uri=args.uri, guests=args.guests,
                      vcpus=args.vcpus, memory_mib=args.memory, queues=args.queues, accel=args.accel,
@@ -99,7 +100,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_down(args: argparse.Namespace, console: Console) -> int:
-    from testbed.lifecycle import down
+    from testbed.lifecycle.down import down
 
     if not down(st.state_dir(args.state_dir), console):
         console.print("no testbed is up")
@@ -107,7 +108,7 @@ def cmd_down(args: argparse.Namespace, console: Console) -> int:
 
 
 def print_status(console: Console, state_dir: str | None) -> int:
-    from testbed.lifecycle import status
+    from testbed.lifecycle.status import status
 
     topo, states, counters = status(st.state_dir(state_dir))
     table = Table(title=f"testbed: {len(topo.guests)} guests, accel {topo.accel}")
@@ -127,7 +128,7 @@ def print_status(console: Console, state_dir: str | None) -> int:
 
 
 def cmd_restart_device_model(args: argparse.Namespace, console: Console) -> int:
-    from testbed.lifecycle import restart_device_model
+    from testbed.lifecycle.restart import restart_device_model
 
     restart_device_model(st.state_dir(args.state_dir), console)
     return 0
@@ -142,7 +143,7 @@ def cmd_ssh(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_image(args: argparse.Namespace, console: Console) -> int:
-    from testbed.image import ensure_image
+    from testbed.image.cache import ensure_image
 
     img = ensure_image(st.cache_root(), force=args.force, console=console)
     console.print(f"image {img.recipe_hash}: kernel {img.kernel_version} in {img.dir}")

@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from testbed import devicemodel, lifecycle, supervisor, virt
+from testbed import devicemodel, supervisor, virt
+from testbed.image import cache as image_cache
+from testbed.lifecycle import down
+from testbed.lifecycle.options import UpOptions
+from testbed.lifecycle.up import up
 
 SLEEP = "import time; time.sleep(60)"
 IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
@@ -78,11 +82,11 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_down_without_topology_stops_the_real_supervisor_and_vhea_an_interrupted_up_left(sdir):
     """What `testbed up` had started when it was killed: vhea, and the supervisor serving (no guests here)."""
     (sdir / supervisor.DOMAINS_FILE).write_text(json.dumps([]))
-    dm = devicemodel.start(sdir / "vhea", ["a", "b"], 1, sdir / "vhea.log", pid_file=sdir / lifecycle.VHEA_PID_FILE)
+    dm = devicemodel.start(sdir / "vhea", ["a", "b"], 1, sdir / "vhea.log", pid_file=sdir / down.VHEA_PID_FILE)
     sup = 0
     try:
         sup = supervisor.spawn(sdir, virt.embed_uri(sdir / "libvirt"))
-        assert (sdir / lifecycle.VHEA_PID_FILE).read_text() == f"{dm}\n"
+        assert (sdir / down.VHEA_PID_FILE).read_text() == f"{dm}\n"
         assert (sdir / supervisor.PID_FILE).read_text() == f"{sup}\n"
         assert not (sdir / "topology.json").exists()
 
@@ -131,17 +135,17 @@ def test_down_without_topology_signals_what_does_not_answer(sdir, children):
     wait_for(sock_dir / "control.sock")
     (sock_dir / "a.sock").touch()  # not a socket: left alone
 
-    left = lifecycle.find_leftovers(sdir)
+    left = down.find_leftovers(sdir)
     assert (left.supervisor_pid, left.supervisor_answers, left.device_model_pid) == (sup.pid, False, dm.pid)
     assert left.qemus == [(qemu.pid, "iso-a")]
 
-    assert lifecycle.down(sdir, quiet()) is True
+    assert down.down(sdir, quiet()) is True
     for p in (sup, qemu, dm):
         assert p.wait(timeout=10) is not None
     assert qemu.returncode == -signal.SIGKILL and sup.returncode == -signal.SIGTERM
     assert not (sdir / supervisor.PID_FILE).exists()
     assert sorted(p.name for p in sock_dir.iterdir()) == ["a.sock"]  # the stale control socket is removed
-    assert not lifecycle.find_leftovers(sdir)
+    assert not down.find_leftovers(sdir)
 
 
 def test_a_supervisor_that_ignores_sigterm_is_killed(sdir, children):
@@ -149,7 +153,7 @@ def test_a_supervisor_that_ignores_sigterm_is_killed(sdir, children):
     (sdir / supervisor.READY_FILE).write_text(f"{sup.pid}\n")  # the pid the supervisor writes once it serves
     time.sleep(0.3)  # let it install its handler
     t0 = time.monotonic()
-    assert lifecycle.stop_leftovers(sdir, quiet(), supervisor_timeout_s=0.5) is True
+    assert down.stop_leftovers(sdir, quiet(), supervisor_timeout_s=0.5) is True
     assert sup.wait(timeout=10) == -signal.SIGKILL and time.monotonic() - t0 < 5
     assert not (sdir / supervisor.READY_FILE).exists()
 
@@ -166,16 +170,16 @@ def test_stale_pid_files_never_signal_an_unrelated_process(sdir, children):
     foreign_qemu = children(SLEEP, "qemu-system-x86_64", "-pidfile", str(other / "iso-a.pid"))
     (sdir / supervisor.PID_FILE).write_text(f"{foreign_sup.pid}\n")
     (sdir / supervisor.READY_FILE).write_text(f"{unrelated.pid}\n")
-    (sdir / lifecycle.VHEA_PID_FILE).write_text(f"{foreign_dm.pid}\n")
+    (sdir / down.VHEA_PID_FILE).write_text(f"{foreign_dm.pid}\n")
     _qemu_pid_file(sdir, "iso-a", unrelated.pid)
     _qemu_pid_file(sdir, "iso-b", foreign_qemu.pid)
     wait_for(other / "vhea" / "control.sock")
 
-    assert not lifecycle.find_leftovers(sdir)
-    assert lifecycle.down(sdir, quiet()) is False
+    assert not down.find_leftovers(sdir)
+    assert down.down(sdir, quiet()) is False
     time.sleep(0.3)
     assert all(p.poll() is None for p in (unrelated, foreign_sup, foreign_dm, foreign_qemu))
-    assert not any((sdir / f).exists() for f in (supervisor.PID_FILE, supervisor.READY_FILE, lifecycle.VHEA_PID_FILE))
+    assert not any((sdir / f).exists() for f in (supervisor.PID_FILE, supervisor.READY_FILE, down.VHEA_PID_FILE))
     res = cli("status", "--state-dir", str(sdir))
     assert res.returncode == 1 and "no testbed is up" in res.stdout and "still run" not in res.stdout
 
@@ -183,8 +187,8 @@ def test_stale_pid_files_never_signal_an_unrelated_process(sdir, children):
 def test_pid_files_are_written_before_the_processes_are_ready(sdir):
     """Both start helpers record the PID at once: even a start that fails leaves the PID it had."""
     with pytest.raises(devicemodel.DeviceModelError):
-        devicemodel.start(sdir / "vhea", ["bad name"], 1, sdir / "vhea.log", pid_file=sdir / lifecycle.VHEA_PID_FILE)
-    assert int((sdir / lifecycle.VHEA_PID_FILE).read_text()) > 0
+        devicemodel.start(sdir / "vhea", ["bad name"], 1, sdir / "vhea.log", pid_file=sdir / down.VHEA_PID_FILE)
+    assert int((sdir / down.VHEA_PID_FILE).read_text()) > 0
     (sdir / supervisor.DOMAINS_FILE).write_text("not json")
     with pytest.raises(supervisor.SupervisorError):
         supervisor.spawn(sdir, "qemu:///embed?root=" + str(sdir / "libvirt"))
@@ -198,17 +202,17 @@ def test_up_first_stops_what_an_interrupted_up_left(sdir, children, monkeypatch)
     def no_image(*_a, **_k):
         raise RuntimeError("stop before building anything")
 
-    monkeypatch.setattr(lifecycle.image, "ensure_image", no_image)
+    monkeypatch.setattr(image_cache, "ensure_image", no_image)
     with pytest.raises(RuntimeError, match="stop before building"):
-        lifecycle.up(lifecycle.UpOptions(state_dir=sdir), quiet())
+        up(UpOptions(state_dir=sdir), quiet())
     assert sup.wait(timeout=10) == -signal.SIGTERM
 
 
 def test_socket_peer_pid_names_the_listener_and_zero_without_one(sdir):
     path = sdir / "x.sock"
-    assert lifecycle.socket_peer_pid(path) == 0
+    assert down.socket_peer_pid(path) == 0
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(path))
         s.listen(1)
-        assert lifecycle.socket_peer_pid(path) == os.getpid()
-    assert lifecycle.socket_peer_pid(path) == 0  # closed: refused
+        assert down.socket_peer_pid(path) == os.getpid()
+    assert down.socket_peer_pid(path) == 0  # closed: refused

@@ -1,5 +1,5 @@
-"""The testbed's hand-over of classifier settings to guests (testbed.lifecycle.publish_classifier_settings),
-against a running device model, with SSH replaced by a recorder."""
+"""testbed.lifecycle.classifier_settings: the hand-over of classifier settings to guests
+(publish_classifier_settings), against a running device model, with SSH replaced by a recorder."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from rich.console import Console
 from vhea_helpers import running_server
 
-from testbed import lifecycle
+from testbed.lifecycle import classifier_settings
 from testbed.state import DeviceModelInfo, GuestInfo, Topology
 
 
@@ -62,13 +62,13 @@ def test_each_guest_gets_its_ports_settings(sockdir, monkeypatch):
         commands.append((next(p for p, f in files.items() if f is client.files), cmd))
         return 0, "", ""
 
-    monkeypatch.setattr(lifecycle, "connect", connect)
-    monkeypatch.setattr(lifecycle, "run", run)
+    monkeypatch.setattr(classifier_settings, "connect", connect)
+    monkeypatch.setattr(classifier_settings, "run", run)
     with running_server(sockdir, ["a", "b"], queue_pairs=2) as server:
         server.control_request(b'{"cmd": "rule-add", "port": "b", "proto": "tcp", "dport": 5201, "queue": 1}')
         server.control_request(b'{"cmd": "rss-set", "port": "a", "reta": [1, 0]}')
         out = io.StringIO()
-        lifecycle.publish_classifier_settings(topology(sockdir), Console(file=out))
+        classifier_settings.publish_classifier_settings(topology(sockdir), Console(file=out))
     assert "warning" not in out.getvalue()
     assert commands == [(22000, "mkdir -p /etc/isostack"), (22001, "mkdir -p /etc/isostack")]
     a = json.loads(files[22000]["/etc/isostack/classifier.json"])
@@ -83,11 +83,11 @@ def test_failures_are_warnings(sockdir, monkeypatch):
     def connect(host, port, user, key):
         raise OSError("connection refused")
 
-    monkeypatch.setattr(lifecycle, "connect", connect)
+    monkeypatch.setattr(classifier_settings, "connect", connect)
     out = io.StringIO()
     with running_server(sockdir, ["a", "b"]):
-        lifecycle.publish_classifier_settings(topology(sockdir), Console(file=out, width=200))
+        classifier_settings.publish_classifier_settings(topology(sockdir), Console(file=out, width=200))
     assert out.getvalue().count("could not write /etc/isostack/classifier.json") == 2
     out = io.StringIO()
-    lifecycle.publish_classifier_settings(topology(sockdir), Console(file=out, width=200))  # no device model
+    classifier_settings.publish_classifier_settings(topology(sockdir), Console(file=out, width=200))  # no device model
     assert "no device model is listening" in out.getvalue()

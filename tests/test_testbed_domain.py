@@ -1,0 +1,64 @@
+"""testbed.domain: the libvirt domain XML of a guest (vhost-user NIC, shared memory, pins, checks)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from testbed.domain import GuestSpec, render_domain
+
+QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+
+
+def spec(tmp_path: Path, **over) -> GuestSpec:
+    base = dict(
+        name="iso-a", accel="tcg", vcpus=2, memory_mib=1024, vcpu_pins=[0, 1],
+        kernel=tmp_path / "vmlinux", initrd=tmp_path / "initrd.img", cmdline="console=ttyS0 quiet",
+        disk=tmp_path / "disk.qcow2", data_mac="52:54:00:10:00:01", vhost_socket=tmp_path / "a.sock",
+        queues=2, console_log=tmp_path / "console.log", ssh_port=22201, mgmt_mac="52:54:00:ff:00:01",
+    )
+    base.update(over)
+    return GuestSpec(**base)
+
+
+def test_domain_xml_has_what_vhost_user_needs(tmp_path):
+    root = ET.fromstring(render_domain(spec(tmp_path)))
+    assert root.get("type") == "qemu"  # TCG
+    assert root.find("memoryBacking/source").get("type") == "memfd"
+    assert root.find("memoryBacking/access").get("mode") == "shared"
+    nic = root.find("devices/interface[@type='vhostuser']")
+    assert nic.find("source").get("path") == str(tmp_path / "a.sock")
+    assert nic.find("source").get("mode") == "client"
+    assert nic.find("driver").get("queues") == "2"
+    assert nic.find("mac").get("address") == "52:54:00:10:00:01"
+    pins = [(p.get("vcpu"), p.get("cpuset")) for p in root.findall("cputune/vcpupin")]
+    assert pins == [("0", "0"), ("1", "1")]
+    assert root.find("seclabel").get("type") == "none"
+    args = [a.get("value") for a in root.find(f"{QEMU_NS}commandline")]
+    assert "user,id=mgmt0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:22201-:22" in args
+    assert root.find("cpu").get("mode") == "maximum"
+
+
+def test_domain_xml_kvm_uses_host_cpu(tmp_path):
+    root = ET.fromstring(render_domain(spec(tmp_path, accel="kvm")))
+    assert root.get("type") == "kvm"
+    assert root.find("cpu").get("mode") == "host-passthrough"
+
+
+def test_domain_xml_escapes_cmdline(tmp_path):
+    root = ET.fromstring(render_domain(spec(tmp_path, cmdline="a=<b>&c")))
+    assert root.find("os/cmdline").text == "a=<b>&c"
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(accel="xen"), "accel must be kvm or tcg"),
+    (dict(vcpus=2, vcpu_pins=[0]), "2 vCPUs but 1 pins"),
+    (dict(queues=17), "queue pairs must be 1..16"),
+    (dict(memory_mib=16), "out of range"),
+    (dict(vhost_socket=Path("/" + "x" * 120)), "too long for AF_UNIX"),
+])
+def test_domain_spec_rejects_bad_values(tmp_path, over, message):
+    with pytest.raises(ValueError, match=message):
+        render_domain(spec(tmp_path, **over))
