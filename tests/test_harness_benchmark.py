@@ -18,7 +18,7 @@ from harness_helpers import (
     stream_playbook,
 )
 
-from testbed.harness import remote, results
+from testbed.harness import results, upload
 from testbed.harness.benchmark import execute
 from testbed.harness.errors import HarnessError
 from testbed.harness.playbook import parse_playbook
@@ -47,8 +47,8 @@ def test_runner_runs_every_case_and_stores_results(tmp_path):
     assert stats.calls == 4
     assert run["playbook"]["text"] == playbook.text
     assert run["metadata"]["accel"] == "tcg"
-    packages = [remote.PackageSnapshot.read(runner.guest_root / name) for name in ("isostack", "isoperf")]
-    assert run["metadata"]["guests"]["iso-a"]["package_sha256"] == remote.snapshots_hash(packages)
+    packages = [upload.PackageSnapshot.read(runner.guest_root / name) for name in ("isostack", "isoperf")]
+    assert run["metadata"]["guests"]["iso-a"]["package_sha256"] == upload.snapshots_hash(packages)
     assert run["ended_at"] is not None
     with open(run_json.parent / "samples.csv") as f:
         rows = list(csv.DictReader(f))
