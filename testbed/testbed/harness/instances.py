@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from testbed import state
-from testbed.harness import detached, isoperf_cmd, placement_cmd, remote
+from testbed.harness import detached, isostackd_cmd, placement_cmd, remote
 from testbed.harness.detached import Readiness
 from testbed.harness.errors import HarnessError
 from testbed.harness.guestcmd import GuestLayout
@@ -40,8 +40,8 @@ def plan(case: Case, guest: state.GuestInfo, queue_pairs: int) -> list[InstanceP
     """The case's instances on its client guest, or a HarnessError saying why the guest cannot hold them."""
     if guest.vcpus < 2:
         raise HarnessError(f"{guest.name}: stack iso needs >= 2 vCPUs (one for isostackd), it has {guest.vcpus}")
-    if case.spec.cpu not in (None, isoperf_cmd.CLIENT_CPU):
-        raise HarnessError(f"stack iso runs the client on vCPU {isoperf_cmd.CLIENT_CPU} (isostackd has the last"
+    if case.spec.cpu not in (None, isostackd_cmd.CLIENT_CPU):
+        raise HarnessError(f"stack iso runs the client on vCPU {isostackd_cmd.CLIENT_CPU} (isostackd has the last"
                            f" one); 'cpu: {case.spec.cpu}' does not fit")
     try:
         return placement_cmd.plan(case.instances, guest.vcpus, queue_pairs)
@@ -53,11 +53,11 @@ def start(shell: Shell, layout: GuestLayout, guest: state.GuestInfo, case: Case,
           commands: dict) -> list[Daemon]:
     """Start every planned instance (their commands go into `commands` as they start); returns them once every
     socket exists.  If one fails, the ones started are stopped and the error carries its log."""
-    remote.check(shell, isoperf_cmd.isostackd_cleanup_command())
+    remote.check(shell, isostackd_cmd.cleanup_command())
     started: list[Daemon] = []
     try:
         for p in plans:
-            command = isoperf_cmd.isostackd_start_command(
+            command = isostackd_cmd.start_command(
                 layout, p.cpu, uncontended_locks=case.locks, instance=p.instance, queues=p.queues,
                 socket=p.socket, so_busy_poll_us=case.spec.so_busy_poll_us, nap_max_us=case.spec.nap_max_us,
                 epoll_busy_poll_us=case.spec.epoll_busy_poll_us)
@@ -72,11 +72,11 @@ def start(shell: Shell, layout: GuestLayout, guest: state.GuestInfo, case: Case,
 
 
 def _wait_ready(shell: Shell, layout: GuestLayout, guest: state.GuestInfo, daemon: Daemon) -> None:
-    readiness = detached.wait_ready(shell, isoperf_cmd.isostackd_ready_command(daemon.pid, daemon.plan.socket),
+    readiness = detached.wait_ready(shell, isostackd_cmd.ready_command(daemon.pid, daemon.plan.socket),
                                     READY_TIMEOUT_S)
     if readiness is Readiness.READY:
         return
-    log = detached.log_tail(shell, isoperf_cmd.isostackd_log(layout, daemon.plan.instance), 5)
+    log = detached.log_tail(shell, isostackd_cmd.log_path(layout, daemon.plan.instance), 5)
     why = "exited" if readiness is Readiness.EXITED else f"has no socket after {READY_TIMEOUT_S:.0f} s"
     name = "isostackd" if daemon.plan.instance == 0 else f"isostackd instance {daemon.plan.instance}"
     raise HarnessError(f"{guest.name}: {name} {why}: {' | '.join(log)}")
@@ -85,7 +85,7 @@ def _wait_ready(shell: Shell, layout: GuestLayout, guest: state.GuestInfo, daemo
 def stop(shell: Shell, daemons: list[Daemon]) -> None:
     """Stop the instances, the last started first."""
     for daemon in reversed(daemons):
-        shell.run(isoperf_cmd.isostackd_stop_command(daemon.pid))
+        shell.run(isostackd_cmd.stop_command(daemon.pid))
 
 
 def records(shell: Shell, layout: GuestLayout, plans: list[InstancePlan], daemons: list[Daemon],
@@ -95,7 +95,7 @@ def records(shell: Shell, layout: GuestLayout, plans: list[InstancePlan], daemon
     pids = {daemon.plan.instance: daemon.pid for daemon in daemons}
     out = []
     for p in plans:
-        text = shell.run(f"tail -n 200 {isoperf_cmd.isostackd_log(layout, p.instance)}").stdout
+        text = shell.run(f"tail -n 200 {isostackd_cmd.log_path(layout, p.instance)}").stdout
         lines = text.strip().splitlines()
         out.append({
             **p.to_dict(),
