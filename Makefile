@@ -50,7 +50,9 @@ test-vm: deps
 	$(VENV)/bin/pytest -m vm
 
 # ruff; the architecture as import contracts ([tool.importlinter] in pyproject.toml); commit messages since
-# .gitlint-since (subject <= 72 characters, a body: .gitlint).
+# .gitlint-since (subject <= 72 characters, a body: .gitlint). lint-imports runs from testbed/: it puts its
+# working directory first on sys.path, and from the root the folder testbed/ would shadow the package testbed
+# (the graph then holds testbed.testbed.* and every contract on testbed checks nothing).
 lint: deps
 	$(VENV)/bin/ruff check .
 	LINT_IMPORTS=$(VENV)/bin/lint-imports bash .ci/check-imports

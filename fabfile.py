@@ -31,8 +31,8 @@ def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_di
     """Run a playbook between the testbed guests and store results/<UTC time>/run.json + samples.csv."""
     from testbed.console import make_console
     from testbed.harness import report, results
-    from testbed.harness.runner import HarnessError
-    from testbed.harness.runner import run_benchmark as _run
+    from testbed.harness.benchmark import run_benchmark as _run
+    from testbed.harness.errors import HarnessError
 
     console = make_console()
     try:

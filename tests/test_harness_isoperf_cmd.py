@@ -138,56 +138,6 @@ def test_required_keys_are_what_isoperf_prints():
 # ------------------------------------------------------------ stack iso
 
 
-def test_isostackd_commands():
-    layout = GuestLayout()
-    start = isoperf_cmd.isostackd_start_command(layout, 1)
-    assert start == (
-        "rm -f /tmp/isostackd.log /run/isostack/isostackd.sock; nohup env PYTHONPATH=/opt python3"
-        " -m isostack.dispatcher --cpu 1 --allow-shared --interfaces eth0 --socket /run/isostack/isostackd.sock"
-        " > /tmp/isostackd.log 2>&1 < /dev/null & echo $!"
-    )
-    assert "--uncontended-locks" in isoperf_cmd.isostackd_start_command(layout, 3, uncontended_locks=True)
-    assert isoperf_cmd.isostackd_ready_command(42) == (
-        "test -S /run/isostack/isostackd.sock && exit 0; kill -0 42 2>/dev/null || exit 3; exit 1"
-    )
-    stop = isoperf_cmd.isostackd_stop_command(42, grace_s=2)
-    assert stop.startswith("kill 42 2>/dev/null || exit 0; for i in $(seq 20);")
-    assert stop.endswith("kill -9 42 2>/dev/null; true")
-
-
-def test_isostackd_argv_is_what_the_dispatcher_parses():
-    from isostack.dispatcher import cli
-
-    argv = shlex.split(isoperf_cmd.isostackd_start_command(GuestLayout(), 1, uncontended_locks=True))
-    argv = argv[argv.index("isostack.dispatcher") + 1 : argv.index(">")]
-    args = cli.build_parser().parse_args(argv)
-    assert (args.cpu, args.allow_shared, args.interfaces, args.socket, args.uncontended_locks) == (
-        1, True, "eth0", "/run/isostack/isostackd.sock", True
-    )
-
-
-def _isostackd_args(start: str):
-    """What isostackd's own parser makes of the arguments of a start command."""
-    from isostack.dispatcher import cli
-
-    argv = shlex.split(start)
-    return cli.build_parser().parse_args(argv[argv.index("isostack.dispatcher") + 1 : argv.index(">")])
-
-
-def test_isostackd_nap_max_and_epoll_busy_poll_are_passed_only_when_set():
-    start = isoperf_cmd.isostackd_start_command(GuestLayout(), 1, so_busy_poll_us=0, nap_max_us=0,
-                                                epoll_busy_poll_us=50)
-    assert " --so-busy-poll-us 0 --nap-max-us 0 --epoll-busy-poll-us 50 > " in start
-    args = _isostackd_args(start)
-    assert (args.so_busy_poll_us, args.nap_max_us, args.epoll_busy_poll_us) == (0, 0, 50)
-    # -1 (leave net.core.busy_poll) is passed as a value, not taken for an option
-    args = _isostackd_args(isoperf_cmd.isostackd_start_command(GuestLayout(), 1, epoll_busy_poll_us=-1))
-    assert args.epoll_busy_poll_us == -1 and args.nap_max_us == 1000  # isostackd's default nap
-    default = isoperf_cmd.isostackd_start_command(GuestLayout(), 1)
-    assert "--nap-max-us" not in default and "--epoll-busy-poll-us" not in default
-    assert default == isoperf_cmd.isostackd_start_command(GuestLayout(), 1, nap_max_us=None, epoll_busy_poll_us=None)
-
-
 def test_client_command_for_stack_iso_is_pinned_to_cpu0_and_finds_isostackd():
     case = _case(PB.replace("    port: 5702\n", "    port: 5702\n    stack: iso\n    size: 64\n").replace(
         "    size: 1448\n", ""))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shlex
-
 import pytest
 
-from testbed.harness import isoperf_cmd, placement_cmd
+from testbed.harness import isostackd_cmd, placement_cmd
 from testbed.harness.guestcmd import GuestLayout
 
 
@@ -31,7 +29,7 @@ def test_socket_paths_are_where_the_front_end_discovers_instances():
     from isostack.attach import instance_path
 
     for k in range(4):
-        assert placement_cmd.socket_path(k) == instance_path(isoperf_cmd.ISOSTACKD_SOCKET, k)
+        assert placement_cmd.socket_path(k) == instance_path(isostackd_cmd.SOCKET, k)
 
 
 @pytest.mark.parametrize(
@@ -45,27 +43,6 @@ def test_a_guest_too_small_for_the_instances_is_a_value_error_and_the_flags_fix_
     assert placement_cmd.testbed_flags(n, vcpus, queues) == flags
     words = flags.split()  # "--vcpus V --queues Q": a testbed with those fits
     assert placement_cmd.plan(n, int(words[1]), int(words[3]))
-
-
-def test_instance_start_command_and_what_the_dispatcher_parses():
-    from isostack.dispatcher import cli
-
-    start = isoperf_cmd.isostackd_start_command(
-        GuestLayout(), 2, instance=1, queues=(1, 3), socket="/run/isostack/isostackd-1.sock", so_busy_poll_us=0,
-        uncontended_locks=True)
-    assert start.startswith("rm -f /tmp/isostackd-1.log /run/isostack/isostackd-1.sock; nohup env ")
-    assert start.endswith("> /tmp/isostackd-1.log 2>&1 < /dev/null & echo $!")
-    argv = shlex.split(start)
-    args = cli.build_parser().parse_args(argv[argv.index("isostack.dispatcher") + 1 : argv.index(">")])
-    assert (args.instance, args.cpu, args.queues, args.socket, args.so_busy_poll_us, args.uncontended_locks,
-            args.interfaces, args.allow_shared) == (
-        1, 2, "1,3", "/run/isostack/isostackd-1.sock", 0, True, "eth0", True)
-    # instance 0 with the defaults: the command line of one isostackd, as before instances existed
-    assert isoperf_cmd.isostackd_start_command(GuestLayout(), 1) == isoperf_cmd.isostackd_start_command(
-        GuestLayout(), 1, instance=0, queues=None, socket=isoperf_cmd.ISOSTACKD_SOCKET, so_busy_poll_us=None)
-    assert isoperf_cmd.isostackd_ready_command(7, "/run/isostack/isostackd-1.sock").startswith(
-        "test -S /run/isostack/isostackd-1.sock && exit 0;")
-    assert isoperf_cmd.isostackd_cleanup_command() == "rm -f /run/isostack/isostackd-[0-9]*.sock; true"
 
 
 def test_legacy_placement_command_is_what_the_placement_cli_parses():

@@ -88,3 +88,11 @@ def test_load_run_rejects_other_files(tmp_path, content):
     p.write_text(content)
     with pytest.raises(ResultsError):
         results.load_run(p)
+
+
+def test_run_json_is_valid_json_after_each_case(tmp_path):
+    store = results.RunStore(results.new_run_dir(tmp_path, results.utc_now()), {"started_at": "t"})
+    store.add_case({"test_name": "x", "status": "failed", "error": "boom"})
+    run = json.loads(store.run_json.read_text())
+    assert run["cases"][0]["error"] == "boom"
+    assert run.get("ended_at") is None

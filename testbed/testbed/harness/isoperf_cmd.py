@@ -1,4 +1,4 @@
-"""isoperf and isostackd command lines for the guests and the parse of what the client prints.
+"""isoperf command lines for the guests and the parse of what the client prints.
 
 Apart from any I/O (as Flent separates a runner's `parse(output)` from the process), so both are tested on
 canned text.
@@ -10,6 +10,7 @@ import json
 import shlex
 
 from testbed.harness.guestcmd import GuestLayout
+from testbed.harness.isostackd_cmd import CLIENT_CPU, SOCKET
 from testbed.harness.playbook import Case
 
 # Keys the harness reads from `isoperf client --json`; a missing one means an incompatible isoperf.
@@ -58,71 +59,6 @@ def server_stop_command(pid: int, grace_s: int = 5) -> str:
     )
 
 
-ISOSTACKD_SOCKET = "/run/isostack/isostackd.sock"
-ISOSTACKD_INTERFACES = "eth0"
-CLIENT_CPU = 0  # the application's vCPU when isostackd has the last one
-
-
-def isostackd_log(layout: GuestLayout, instance: int = 0) -> str:
-    return f"{layout.log_dir}/isostackd.log" if instance == 0 else f"{layout.log_dir}/isostackd-{instance}.log"
-
-
-def isostackd_start_command(
-    layout: GuestLayout,
-    cpu: int,
-    uncontended_locks: bool = False,
-    instance: int = 0,
-    queues: tuple[int, ...] | None = None,
-    socket: str = ISOSTACKD_SOCKET,
-    so_busy_poll_us: int | None = None,
-    nap_max_us: int | None = None,
-    epoll_busy_poll_us: int | None = None,
-) -> str:
-    """Start isostackd (instance `instance`, owning `queues`, all when None) on `cpu` detached from the SSH
-    session; prints its PID.
-
-    Log and socket are removed first so neither an old log line nor an old socket passes for this daemon.
-    """
-    log = shlex.quote(isostackd_log(layout, instance))
-    sock = shlex.quote(socket)
-    extra = f" --instance {instance}" if instance else ""
-    if queues is not None:
-        extra += f" --queues {','.join(str(q) for q in queues)}"
-    if so_busy_poll_us is not None:
-        extra += f" --so-busy-poll-us {so_busy_poll_us}"
-    if nap_max_us is not None:
-        extra += f" --nap-max-us {nap_max_us}"
-    if epoll_busy_poll_us is not None:
-        extra += f" --epoll-busy-poll-us {epoll_busy_poll_us}"
-    if uncontended_locks:
-        extra += " --uncontended-locks"
-    return (
-        f"rm -f {log} {sock}; nohup env {layout.isostackd()}"
-        f" --cpu {cpu} --allow-shared --interfaces {ISOSTACKD_INTERFACES}"
-        f" --socket {sock}{extra} > {log} 2>&1 < /dev/null & echo $!"
-    )
-
-
-def isostackd_cleanup_command() -> str:
-    """Remove the sockets other instances may have left (a SIGKILLed isostackd cannot remove its own), so the
-    front-end does not discover an instance that is not running."""
-    stem = shlex.quote(ISOSTACKD_SOCKET.rsplit(".", 1)[0])
-    return f"rm -f {stem}-[0-9]*.sock; true"
-
-
-def isostackd_ready_command(pid: int, socket: str = ISOSTACKD_SOCKET) -> str:
-    """Exit 0 once isostackd's socket exists, 3 if it died (its log then says why), 1 if not yet."""
-    return f"test -S {shlex.quote(socket)} && exit 0; kill -0 {pid} 2>/dev/null || exit 3; exit 1"
-
-
-def isostackd_stop_command(pid: int, grace_s: int = 5) -> str:
-    """SIGTERM isostackd (it closes its applications' sockets and removes its socket), SIGKILL after grace_s."""
-    return (
-        f"kill {pid} 2>/dev/null || exit 0; for i in $(seq {grace_s * 10}); do kill -0 {pid} 2>/dev/null || exit 0;"
-        f" sleep 0.1; done; kill -9 {pid} 2>/dev/null; true"
-    )
-
-
 def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:
     args = [
         "client",
@@ -157,7 +93,7 @@ def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:
     argv = " ".join(shlex.quote(a) for a in args)
     if case.stack == "iso":
         # The application on vCPU 0, isostackd on its own vCPU; the front-end finds it by its socket.
-        return f"taskset -c {CLIENT_CPU} env {layout.isoperf(ISOSTACK_SOCKET=ISOSTACKD_SOCKET)} {argv}"
+        return f"taskset -c {CLIENT_CPU} env {layout.isoperf(ISOSTACK_SOCKET=SOCKET)} {argv}"
     return f"{layout.isoperf()} {argv}"
 
 

@@ -21,10 +21,10 @@ import shlex
 from dataclasses import asdict, dataclass
 
 from testbed.harness.guestcmd import GuestLayout
-from testbed.harness.isoperf_cmd import CLIENT_CPU, ISOSTACKD_INTERFACES, ISOSTACKD_SOCKET
+from testbed.harness.isostackd_cmd import CLIENT_CPU, INTERFACES, SOCKET
 
-DATA_INTERFACE = ISOSTACKD_INTERFACES  # the guests' vhost-user data NIC (eth1 is the management NIC)
-SOCKET_BASE = ISOSTACKD_SOCKET  # instance K > 0: /run/isostack/isostackd-K.sock
+DATA_INTERFACE = INTERFACES  # the guests' vhost-user data NIC (eth1 is the management NIC)
+SOCKET_BASE = SOCKET  # instance K > 0: /run/isostack/isostackd-K.sock
 
 
 @dataclass(frozen=True)

@@ -197,10 +197,15 @@ def build_table(run: dict) -> Table:
     return table
 
 
+def _case_name(case: dict) -> str:
+    """How the error and note lines name a case: test name, size and connections."""
+    return f"{case.get('test_name')} size={case.get('size')} conns={case.get('connections')}"
+
+
 def errors(run: dict) -> list[str]:
     out = []
     for c in run.get("cases", []):
-        where = f"{c.get('test_name')} size={c.get('size')} conns={c.get('connections')}"
+        where = _case_name(c)
         if c.get("error"):
             out.append(f"{where}: {c['error']}")
         cc = c.get("crosscheck") or {}
@@ -214,7 +219,7 @@ def notes(run: dict) -> list[str]:
     at work: tx rings it found stranded and drained (tx_stranded; late SENDs were slow, the rest were lost)."""
     out = []
     for c in run.get("cases", []):
-        where = f"{c.get('test_name')} size={c.get('size')} conns={c.get('connections')}"
+        where = _case_name(c)
         if (cc := c.get("crosscheck") or {}).get("skipped"):
             out.append(f"{where}: cross-check {cc.get('tool')} skipped: {cc['skipped']}")
         for inst in c.get("isostackd") or []:

@@ -1,0 +1,163 @@
+"""One case between two guests: its record, and the order of what runs on the guests to fill it.
+
+Per case: start a one-session `isoperf server` on the server guest (bound to its data IP), place the NICs
+(legacy placement, or the case's isostackd instances on the client guest), read the counters, run the client
+against the server's data IP, read them again, stop everything and store the isoperf JSON with the changes.
+A failure on a guest ends the case with its message in `error`; the run goes on with the next case.
+
+Placement: the server guest (kernel sockets whatever the stack) and the client of a legacy case get the
+legacy placement (`isostack.placement --legacy`: queue IRQs spread over all vCPUs, RPS off) before the case;
+both guests' NIC layout (queue IRQ affinities, RPS/XPS masks) is read before the client runs and the
+interrupts per CPU of each queue vector are counted over the run: `placement` in the record.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from testbed import state
+from testbed.harness import (
+    crosscheck,
+    crosscheck_run,
+    detached,
+    instances,
+    isoperf_cmd,
+    measure,
+    placement_cmd,
+    results,
+)
+from testbed.harness.detached import SERVER_READY_TIMEOUT_S, Readiness
+from testbed.harness.errors import HarnessError
+from testbed.harness.guestcmd import GuestLayout
+from testbed.harness.isoperf_cmd import IsoperfOutputError
+from testbed.harness.playbook import Case
+from testbed.harness.remote import RemoteError, Shell
+
+
+def new_record(case: Case, client: state.GuestInfo, server: state.GuestInfo) -> dict:
+    """The record of a case before it runs: what was asked, on which guests; `failed` until proven `ok`."""
+    return {
+        "test_name": case.spec.name,
+        "test": case.spec.test,
+        "stack": case.stack,
+        "locks": case.locks,
+        "instances": case.instances,
+        "so_busy_poll_us": case.spec.so_busy_poll_us if case.stack == "iso" else None,
+        "nap_max_us": case.spec.nap_max_us if case.stack == "iso" else None,
+        "epoll_busy_poll_us": case.spec.epoll_busy_poll_us if case.stack == "iso" else None,
+        "size": case.size,
+        "connections": case.connections,
+        "repeat": case.repeat,
+        "duration": case.spec.duration,
+        "warmup": case.spec.warmup,
+        "verify": case.spec.verify,
+        "response_size": case.spec.response_size,
+        "intervals": case.spec.intervals,
+        "cpu_binding": case.spec.cpu,
+        "sndbuf": case.spec.sndbuf,
+        "client": client.name,
+        "server": server.name,
+        "server_ip": server.data_ip,
+        "started_at": results.iso(results.utc_now()),
+        "status": "failed",
+        "error": None,
+        "isoperf": None,
+        "device_model": None,
+        "tcp": None,
+        "crosscheck": None,
+        "placement": {},
+        "commands": {},
+    }
+
+
+class CaseRunner:
+    """Runs one case on two guests through their Shells; knows nothing of the topology or the playbook."""
+
+    def __init__(self, shells: dict[str, Shell], layout: GuestLayout, counters: measure.DeviceModelCounters,
+                 console: Console):
+        self.shells = shells
+        self.layout = layout
+        self.counters = counters
+        self.console = console
+
+    def run(self, case: Case, client: state.GuestInfo, server: state.GuestInfo, queue_pairs: int) -> dict:
+        """The case's record; errors of the guests end up in it, not raised."""
+        record = new_record(case, client, server)
+        try:
+            self._run(case, client, server, queue_pairs, record)
+        except (RemoteError, IsoperfOutputError, HarnessError) as e:
+            record["error"] = str(e)
+        if crosscheck.tool(case):
+            record["crosscheck"] = crosscheck_run.run(case, self.shells[client.name], self.shells[server.name],
+                                                      server, record["commands"])
+        record["ended_at"] = results.iso(results.utc_now())
+        return record
+
+    def _run(self, case: Case, client: state.GuestInfo, server: state.GuestInfo, queue_pairs: int,
+             record: dict) -> None:
+        cshell, sshell = self.shells[client.name], self.shells[server.name]
+        port = case.spec.port
+        start = isoperf_cmd.server_start_command(self.layout, server.data_ip, port)
+        pid = detached.start(sshell, start, server.name, "the isoperf server")
+        cmd = isoperf_cmd.client_command(self.layout, case, server.data_ip)
+        record["commands"] = {"server": start, "client": cmd}
+        daemons: list[instances.Daemon] = []
+        plans: list[placement_cmd.InstancePlan] = []
+        try:
+            self._wait_server(sshell, port, pid)
+            record["placement"][server.name] = self._place_legacy(sshell, record, "server")
+            if case.stack == "iso":
+                plans = instances.plan(case, client, queue_pairs)
+                daemons = instances.start(cshell, self.layout, client, case, plans, record["commands"])
+                record["placement"][client.name] = {"mode": "isostack", "command": None, "exit_code": None,
+                                                    "output": []}
+            else:
+                record["placement"][client.name] = self._place_legacy(cshell, record, "client")
+            layouts = {g.name: measure.nic_layout(self.shells[g.name]) for g in (client, server)}
+            for name, layout in layouts.items():
+                record["placement"][name]["layout"] = layout
+            before = self.counters.read()
+            tcp_before = {role: measure.tcp_counters(self.shells[g.name])
+                          for role, g in (("client", client), ("server", server))}
+            r = cshell.run(cmd, timeout_s=isoperf_cmd.client_timeout(case))
+            after = self.counters.read() if before is not None else None
+            record["tcp"] = {role: measure.tcp_change(self.shells[g.name], tcp_before[role])
+                             for role, g in (("client", client), ("server", server))}
+            for g in (client, server):
+                later = measure.nic_layout(self.shells[g.name])
+                record["placement"][g.name]["interrupts"] = placement_cmd.interrupts_delta(layouts[g.name], later)
+        finally:
+            sshell.run(isoperf_cmd.server_stop_command(pid))
+            record["server_log"] = detached.log_tail(sshell, isoperf_cmd.server_log(self.layout, port), 20)
+            instances.stop(cshell, daemons)
+            if plans:
+                record["isostackd"] = instances.records(cshell, self.layout, plans, daemons, record["commands"])
+                record["isostackd_log"] = record["isostackd"][0]["log"] if record["isostackd"] else []
+        result = isoperf_cmd.parse_client_output(r.exit_code, r.stdout, r.stderr)
+        record["isoperf"] = result
+        record["device_model"] = self.counters.record(before, after, client.port, server.port, result)
+        if result["errors"]:
+            record["error"] = "; ".join(result["errors"][:3])
+        else:
+            record["status"] = "ok"
+
+    def _wait_server(self, shell: Shell, port: int, pid: int) -> None:
+        readiness = detached.wait_ready(shell, isoperf_cmd.server_ready_command(self.layout, port, pid),
+                                        SERVER_READY_TIMEOUT_S)
+        if readiness is Readiness.READY:
+            return
+        log = detached.log_tail(shell, isoperf_cmd.server_log(self.layout, port), 5)
+        why = "exited" if readiness is Readiness.EXITED else f"is not listening after {SERVER_READY_TIMEOUT_S:.0f} s"
+        raise HarnessError(f"{shell.name}: isoperf server {why}: {' | '.join(log)}")
+
+    def _place_legacy(self, shell: Shell, record: dict, role: str) -> dict:
+        """The legacy placement on a guest; what it set (or could not) goes into the record, a failure is
+        logged, not fatal (the layout snapshot says what the NIC looked like)."""
+        cmd = placement_cmd.legacy_command(self.layout)
+        record["commands"][f"placement_{role}"] = cmd
+        r = shell.run(cmd)
+        lines = (r.stdout.strip() or r.stderr.strip()).splitlines()
+        if r.exit_code != 0:
+            self.console.log(f"[yellow]{shell.name}: legacy placement exited {r.exit_code}:"
+                             f" {' | '.join(lines[-2:])}[/yellow]")
+        return {"mode": "legacy", "command": cmd, "exit_code": r.exit_code, "output": lines}
