@@ -2,27 +2,10 @@
 by the idle dispatcher.  The dispatcher runs in this process and is driven by hand (no timing involved)."""
 
 
+from isostack_helpers import recv_exactly, sent_and_released
+
 from isostack.dispatcher import watchdog
 from isostack.layout import C_DRAINING, C_TX_HEAD, C_TX_TAIL
-
-
-def _recv_exactly(peer, n):
-    got = bytearray()
-    while len(got) < n:
-        b = peer.recv(n - len(got))
-        assert b
-        got += b
-    return bytes(got)
-
-
-def _sent_and_released(d, s, peer) -> None:
-    """64 bytes sent and drained, then the dispatcher releases the ring's draining flag (the grace of the empty
-    ring ends before it sleeps): the next send must post SEND."""
-    s.sendall(b"a" * 64)
-    d.poll_once()
-    assert _recv_exactly(peer, 64) == b"a" * 64
-    d.sleep_until_woken()
-    assert s._words[s._control_word + C_DRAINING] == 0
 
 
 def test_stranded_tx_ring_is_adopted_when_idle(hand_driven, fast, monkeypatch):
@@ -33,7 +16,7 @@ def test_stranded_tx_ring_is_adopted_when_idle(hand_driven, fast, monkeypatch):
     monkeypatch.setattr(watchdog, "STRANDED_CHECK_S", 0.0)
     d, st, s, peer = hand_driven
     q, cw = s._words, s._control_word
-    _sent_and_released(d, s, peer)
+    sent_and_released(d, s, peer)
 
     monkeypatch.setattr(s, "_post", lambda *a, **k: 0)  # the SEND is lost on its way (the Python path: the C
     s._send_slow(b"b" * 64)  # path posts without any Python that could lose it)
@@ -44,12 +27,12 @@ def test_stranded_tx_ring_is_adopted_when_idle(hand_driven, fast, monkeypatch):
     peer.settimeout(0.5)
     for _ in range(4):
         d.sleep_until_woken()
-    assert _recv_exactly(peer, 64) == b"b" * 64
+    assert recv_exactly(peer, 64) == b"b" * 64
     assert d.stats["tx_stranded"] == 1
     s.sendall(b"c" * 64)  # and the path works on
     for _ in range(3):
         d.poll_once()
-    assert _recv_exactly(peer, 64) == b"c" * 64
+    assert recv_exactly(peer, 64) == b"c" * 64
     assert d.stats["tx_stranded_late_send"] == 0  # that SEND never came: really lost
 
 
@@ -57,7 +40,7 @@ def test_an_adopted_ring_whose_send_comes_late_is_counted_as_late(hand_driven, f
     """The front-end won the flag but its SEND comes only after the ring was adopted (a slow thread, not a lost
     SEND): the data goes out once, the late SEND is harmless and tx_stranded_late_send says it was late."""
     d, st, s, peer = hand_driven
-    _sent_and_released(d, s, peer)
+    sent_and_released(d, s, peer)
     held = []
     real_post = s._post
     monkeypatch.setattr(s, "_post", lambda *a, **k: held.append(a) or 0)  # the SEND is held back
@@ -68,7 +51,7 @@ def test_an_adopted_ring_whose_send_comes_late_is_counted_as_late(hand_driven, f
     for _ in range(4):
         d.sleep_until_woken()
     peer.settimeout(0.5)
-    assert _recv_exactly(peer, 64) == b"b" * 64
+    assert recv_exactly(peer, 64) == b"b" * 64
     assert d.stats["tx_stranded"] == 1 and d.stats["tx_stranded_late_send"] == 0
     real_post(*held[0])  # now the late SEND arrives
     for _ in range(3):
@@ -77,7 +60,7 @@ def test_an_adopted_ring_whose_send_comes_late_is_counted_as_late(hand_driven, f
     s.sendall(b"c" * 64)
     for _ in range(3):
         d.poll_once()
-    assert _recv_exactly(peer, 64) == b"c" * 64  # nothing sent twice, nothing lost
+    assert recv_exactly(peer, 64) == b"c" * 64  # nothing sent twice, nothing lost
 
 
 def test_stranded_check_leaves_a_pending_send_alone(hand_driven, fast, monkeypatch):
@@ -91,4 +74,4 @@ def test_stranded_check_leaves_a_pending_send_alone(hand_driven, fast, monkeypat
     assert d.stats["tx_stranded"] == 0
     d.poll_once()
     peer.settimeout(0.5)
-    assert _recv_exactly(peer, 64) == b"a" * 64
+    assert recv_exactly(peer, 64) == b"a" * 64

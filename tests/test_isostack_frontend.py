@@ -26,14 +26,6 @@ def stack(isostackd):
     s.close()
 
 
-@pytest.fixture
-def listener():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    yield srv
-    srv.close()
-
 
 def accept_in_thread(srv):
     box = {}

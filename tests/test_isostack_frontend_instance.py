@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from test_isostack_frontend import GUEST, listener  # noqa: F401  (fixture)
+from test_isostack_frontend import GUEST
 from test_isostack_frontend_steering import GEO, two  # noqa: F401  (fixture)
 
 from isostack.attach import instance_path

@@ -25,14 +25,6 @@ def stack(isostackd):  # noqa: F811
     s.close()
 
 
-@pytest.fixture
-def listener():
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    yield srv
-    srv.close()
-
 
 def readable(sock, timeout):
     with selectors.DefaultSelector() as sel:

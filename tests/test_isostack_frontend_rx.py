@@ -5,7 +5,7 @@ import os
 import time
 
 import pytest
-from test_isostack_frontend import accept_in_thread, listener, stack  # noqa: F401  (fixtures)
+from test_isostack_frontend import accept_in_thread, stack  # noqa: F401  (fixture)
 
 
 def test_recv_timeout_and_nonblocking(stack, listener):  # noqa: F811

@@ -4,7 +4,7 @@ rings only for sleepers), through a real isostackd subprocess."""
 import threading
 import time
 
-from test_isostack_frontend import accept_in_thread, listener, stack  # noqa: F401  (fixtures)
+from test_isostack_frontend import accept_in_thread, stack  # noqa: F401  (fixture)
 
 
 def test_doorbell_rung_only_for_sleepers(stack, listener):  # noqa: F811

@@ -13,6 +13,7 @@ import time
 import weakref
 
 import pytest
+from isostack_helpers import recv_exactly, sent_and_released
 from test_isostack_frontend import accept_in_thread, stack  # noqa: F401  (fixtures)
 
 from isostack.frontend import Stack, tx
@@ -21,23 +22,6 @@ from isostack.layout import C_DRAINING, C_TX_HEAD, C_TX_TAIL, H_DISP_SLEEPING, G
 HAVE_TX = tx.C_TX_PATH is not None
 
 
-def _recv_exactly(peer, n):
-    got = bytearray()
-    while len(got) < n:
-        b = peer.recv(n - len(got))
-        assert b
-        got += b
-    return bytes(got)
-
-
-def _sent_and_released(d, s, peer) -> None:
-    """64 bytes sent and drained, then the dispatcher releases the ring's draining flag (the grace of the empty
-    ring ends before it sleeps): the next send must post SEND."""
-    s.sendall(b"a" * 64)
-    d.poll_once()
-    assert _recv_exactly(peer, 64) == b"a" * 64
-    d.sleep_until_woken()
-    assert s._words[s._control_word + C_DRAINING] == 0
 
 
 def test_send_posts_send_only_when_the_ring_is_not_being_drained(hand_driven, fast):
@@ -53,12 +37,12 @@ def test_send_posts_send_only_when_the_ring_is_not_being_drained(hand_driven, fa
     assert q[cw + C_TX_TAIL] == s._tx_tail
     for _ in range(3):
         d.poll_once()
-    assert _recv_exactly(peer, 128) == b"a" * 64 + b"b" * 64
+    assert recv_exactly(peer, 128) == b"a" * 64 + b"b" * 64
     assert q[cw + C_DRAINING] == 1
     for i in range(50):  # within the draining grace: copies only
         s.sendall(bytes([i]) * 64)
     d.poll_once()
-    assert _recv_exactly(peer, 3200) == b"".join(bytes([i]) * 64 for i in range(50))
+    assert recv_exactly(peer, 3200) == b"".join(bytes([i]) * 64 for i in range(50))
     assert d.stats["commands"] == commands + 1
     assert st.stats()["send_posts"] == posts + 1
     assert st.stats()["kicks"] == kicks  # the dispatcher never announced a sleep
@@ -71,7 +55,7 @@ def test_send_posts_send_only_when_the_ring_is_not_being_drained(hand_driven, fa
     assert st.stats()["kicks"] == kicks + 1
     d.poll_once()
     assert d.stats["commands"] == commands + 2
-    assert _recv_exactly(peer, 64) == b"c" * 64
+    assert recv_exactly(peer, 64) == b"c" * 64
 
 
 def test_a_failed_send_post_hands_the_draining_flag_back(hand_driven, fast, monkeypatch):
@@ -79,7 +63,7 @@ def test_a_failed_send_post_hands_the_draining_flag_back(hand_driven, fast, monk
     ring would be stranded with nobody owing a SEND.  The send fails, the next one posts."""
     d, st, s, peer = hand_driven
     q, cw = s._words, s._control_word
-    _sent_and_released(d, s, peer)
+    sent_and_released(d, s, peer)
 
     def full(*a, **k):
         raise OSError(errno.EAGAIN, "command queue full or corrupt")
@@ -95,7 +79,7 @@ def test_a_failed_send_post_hands_the_draining_flag_back(hand_driven, fast, monk
         d.poll_once()
     assert d.stats["commands"] == commands + 1
     peer.settimeout(0.5)
-    assert _recv_exactly(peer, 128) == b"b" * 64 + b"c" * 64
+    assert recv_exactly(peer, 128) == b"b" * 64 + b"c" * 64
     assert d.stats["tx_stranded"] == 0
 
 
@@ -106,7 +90,7 @@ def test_send_across_the_wrap_and_partial_credits(hand_driven, fast):
     assert s.send(data[:3000]) == 3000
     for _ in range(3):
         d.poll_once()
-    assert _recv_exactly(peer, 3000) == data[:3000]
+    assert recv_exactly(peer, 3000) == data[:3000]
     assert s.send(data) == 4096  # ring positions 3000..7096: the copy wraps
     assert s._tx_tail == 7096 == s._words[s._control_word + C_TX_TAIL]
     with pytest.raises(BlockingIOError):  # no credits: the Python path arms the credit wait
@@ -115,13 +99,13 @@ def test_send_across_the_wrap_and_partial_credits(hand_driven, fast):
     if fast:
         assert not s._tx_path.fast
     d.poll_once()
-    assert _recv_exactly(peer, 4096) == data
+    assert recv_exactly(peer, 4096) == data
     assert s.send(b"y" * 10) == 10  # credits back: the Python path disarms, the C path serves again
     assert not s._tx_armed
     if fast:
         assert s._tx_path.fast
     d.poll_once()
-    assert _recv_exactly(peer, 10) == b"y" * 10
+    assert recv_exactly(peer, 10) == b"y" * 10
     s.setblocking(True)
     s.settimeout(0.05)
     half = bytes(3000)
@@ -169,7 +153,7 @@ def test_send_checks_are_kept(running, fast):
     del other, e  # (the traceback refers to it)
     gc.collect()
     assert ref() is None  # the socket <-> Tx cycle is collectable
-    assert _recv_exactly(peer, 2) == b"bc"
+    assert recv_exactly(peer, 2) == b"bc"
     s.shutdown(socket.SHUT_WR)
     with pytest.raises(OSError) as e:
         s.send(b"x")
@@ -187,7 +171,7 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
         pytest.skip("the extension has no Tx here")
     d, st, s, peer = hand_driven
     q, cw = s._words, s._control_word
-    _sent_and_released(d, s, peer)
+    sent_and_released(d, s, peer)
     python_posts = []
     real_post = s._post
     monkeypatch.setattr(s, "_post", lambda *a, **k: python_posts.append(a) or real_post(*a, **k))
@@ -197,7 +181,7 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
     assert q[cw + C_DRAINING] == 1  # the SEND is queued (the dispatcher reads it below)
     d.poll_once()
     peer.settimeout(0.5)
-    assert _recv_exactly(peer, 64) == b"b" * 64
+    assert recv_exactly(peer, 64) == b"b" * 64
     d.sleep_until_woken()
     assert q[cw + C_DRAINING] == 0
 
@@ -221,7 +205,7 @@ def test_c_path_posts_the_send_itself_and_falls_back_to_python_when_the_queue_is
     assert done.is_set() and len(python_posts) == 1 and python_posts[0][0] == Op.SEND
     for _ in range(3):
         d.poll_once()
-    assert _recv_exactly(peer, 64) == b"c" * 64
+    assert recv_exactly(peer, 64) == b"c" * 64
     assert st.stats()["send_posts"] == posts + 2
 
 
