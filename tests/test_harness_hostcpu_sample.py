@@ -42,7 +42,8 @@ def test_record_per_guest_per_vcpu_vhea_and_messages_per_host_cpu_second(tmp_pat
     b = rec["guests"]["iso-b"]
     assert b["role"] == "server" and b["vcpu_seconds"] == 0.2 and [v["seconds"] for v in b["vcpus"]] == [0.2, 0.0]
     assert "guest_busy_pct" not in b["vcpus"][0]  # the guest's own view is isoperf's, of the client only
-    assert rec["vhea"] == {"pid": FakeHost.VHEA_PID, "seconds": 0.5, "pct": 25.0, "error": None}
+    assert rec["vhea"] == {"pid": FakeHost.VHEA_PID, "seconds": 0.5, "pct": 25.0, "error": None,
+                           "busiest_thread": {"tid": FakeHost.VHEA_PID, "comm": "vhea", "seconds": 0.5, "pct": 25.0}}
     assert rec["peer"] is None
     # 100k msgs/s on 0.9 host cores: 111,111 per host CPU-second; the guest saw 1 of 2 vCPUs busy: 100,000
     assert rec["client_messages_per_host_cpu_s"] == 111111.1
@@ -70,14 +71,31 @@ def test_a_pid_that_is_not_vhea_a_peer_and_a_missing_qemu(tmp_path):
     host.burn(FakeHost.VHEA_PID, FakeHost.VHEA_PID, 30)
     interval.stop()
     rec = interval.record(RESULT, 2)
-    assert rec["vhea"] == {"pid": 1000, "seconds": None, "pct": None,
+    assert rec["vhea"] == {"pid": 1000, "seconds": None, "pct": None, "busiest_thread": None,
                            "error": "PID 1000 is not vhea (its command line has no 'vhea')"}
-    assert rec["peer"] == {"pid": FakeHost.VHEA_PID, "seconds": 0.3, "pct": 30.0, "error": None}
+    assert rec["peer"] == {"pid": FakeHost.VHEA_PID, "seconds": 0.3, "pct": 30.0, "error": None,
+                           "busiest_thread": {"tid": FakeHost.VHEA_PID, "comm": "vhea", "seconds": 0.3, "pct": 30.0}}
     assert rec["guests"]["iso-b"]["error"].startswith("no QEMU pid in ")
     assert rec["guests"]["iso-a"]["error"] is None
     assert sampler(host, 0.0).start(GUESTS).vhea.error is None  # 4242 is vhea: measured
     no_vhea = HostCpuSampler(host.uri, None, proc_root=host.proc, ticks_per_s=100, clock=FakeClock(0.0, 1.0))
     assert no_vhea.start(GUESTS).record(None, 2)["vhea"]["error"] == "no vhea PID"
+
+
+def test_the_busiest_thread_of_a_peer_shows_a_single_threaded_bottleneck(tmp_path):
+    host = FakeHost(tmp_path)
+    peer = FakeHost.VHEA_PID
+    host.threads[peer][peer + 1] = ["isoperf-worker", 0, 0, 1, "0-1"]
+    host.threads[peer][peer + 2] = ["isoperf-worker", 0, 0, 0, "0-1"]
+    host.write()
+    interval = sampler(host, 0.0, 1.0, vhea_pid=None).start(GUESTS, peer_pid=peer)
+    host.burn(peer, peer + 1, 95)   # one worker at 95 % of a core
+    host.burn(peer, peer + 2, 10)
+    host.burn(peer, peer, 5)
+    interval.stop()
+    rec = interval.record(RESULT, 2)
+    assert rec["peer"]["seconds"] == 1.1 and rec["peer"]["pct"] == 110.0
+    assert rec["peer"]["busiest_thread"] == {"tid": peer + 1, "comm": "isoperf-worker", "seconds": 0.95, "pct": 95.0}
 
 
 def test_a_vcpu_thread_that_ends_or_a_process_that_exits_during_the_case(tmp_path):

@@ -26,6 +26,7 @@ class _Process:
     times: StatTimes | None = None
     vcpus: dict[int, ThreadSample] = field(default_factory=dict)
     error: str | None = None
+    threads: dict[int, ThreadSample] = field(default_factory=dict)  # vhea, peer: to find the busiest thread
 
 
 class HostCpuSampler:
@@ -66,7 +67,8 @@ class HostCpuSampler:
         if must_run and not any(must_run in a for a in hostcpu.cmdline(pid, self.proc_root)):
             return _Process(pid, error=f"PID {pid} is not {what} (its command line has no {must_run!r})")
         try:
-            return _Process(pid, hostcpu.process_times(pid, self.proc_root))
+            return _Process(pid, hostcpu.process_times(pid, self.proc_root),
+                            threads={t.tid: t for t in hostcpu.threads(pid, self.proc_root)})
         except ProcError as e:
             return _Process(pid, error=str(e))
 
@@ -99,13 +101,22 @@ class HostCpuInterval:
         return round(s, 3), round(100 * s / interval, 1) if interval > 0 else None
 
     def _process_after(self, p: _Process, interval: float) -> dict:
-        out: dict = {"pid": p.pid, "seconds": None, "pct": None, "error": p.error}
+        """Seconds and % of a host core of the whole process, and its busiest thread: a single-threaded loop
+        near 100 % is a bottleneck even where the process total is not."""
+        out: dict = {"pid": p.pid, "seconds": None, "pct": None, "busiest_thread": None, "error": p.error}
         if p.error is None and p.times is not None:
             try:
                 out["seconds"], out["pct"] = self._seconds(
                     p.times, hostcpu.process_times(p.pid, self.sampler.proc_root), interval)
+                now = hostcpu.threads(p.pid, self.sampler.proc_root)
             except ProcError as e:
                 out["error"] = str(e)
+                return out
+            busiest = [(self._seconds(p.threads[t.tid].times, t.times, interval), t) for t in now
+                       if t.tid in p.threads and p.threads[t.tid].comm == t.comm]
+            if busiest:
+                (secs, pct), t = max(busiest, key=lambda item: item[0][0])
+                out["busiest_thread"] = {"tid": t.tid, "comm": t.comm, "seconds": secs, "pct": pct}
         return out
 
     def _guest_after(self, p: _Process, interval: float) -> dict:
