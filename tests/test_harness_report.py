@@ -210,14 +210,16 @@ def test_comparison_divides_by_the_client_guests_consumed_cpu_and_pairs_cases_of
                      _stream_case("iso", 4, 90_000, 50.0),         # no legacy case with 4 connections
                      _stream_case("legacy", 4, 0, 0, error="boom")]}
     rows = report.comparison_rows(run)
-    assert rows == [["stream-64", "64", "1", "legacy", "1", "20,000", "20,000", "–", "–", "-"],
-                    ["stream-64", "64", "16", "legacy", "1", "10,000", "5,000", "–", "–", "-"],
-                    ["stream-64", "64", "1", "iso", "1", "150,000", "100,000", "7.5", "5.0", "-"],
-                    ["stream-64", "64", "16", "iso+locks", "1", "100,000", "100,000", "10.0", "20.0", "-"]]
+    assert rows == [["stream-64", "64", "1", "legacy", "1", "20,000", "20,000", "–", "–", "-", "-", "–"],
+                    ["stream-64", "64", "16", "legacy", "1", "10,000", "5,000", "–", "–", "-", "-", "–"],
+                    ["stream-64", "64", "1", "iso", "1", "150,000", "100,000", "7.5", "5.0", "-", "-", "-"],
+                    ["stream-64", "64", "16", "iso+locks", "1", "100,000", "100,000", "10.0", "20.0", "-", "-",
+                     "-"]]
     out = io.StringIO()
     report.print_report(run, Path("/x/run.json"), Console(file=out, width=250, color_system=None))
     assert "IsoStack vs legacy in this run" in out.getvalue()
-    assert "| stream-64 | 64 | 16 | iso+locks | 1 | 100,000 | 100,000 | 10.0 | 20.0 | - |" in report.markdown(run)
+    assert ("| stream-64 | 64 | 16 | iso+locks | 1 | 100,000 | 100,000 | 10.0 | 20.0 | - | - | - |"
+            in report.markdown(run))
 
 
 def test_comparison_takes_medians_over_repeats_and_shows_the_clients_retransmissions():
@@ -233,8 +235,24 @@ def test_comparison_takes_medians_over_repeats_and_shows_the_clients_retransmiss
                      _stream_case("iso", 4, 0, 0, error="stalled")]}  # a failed repeat is not a run
     rows = report.comparison_rows(run)
     # legacy medians: 20k msgs/s, 20k per CPU-s; iso medians of two: 250k msgs/s, (100k + 200k) / 2 per CPU-s
-    assert rows == [["stream-64", "64", "4", "legacy", "3", "20,000", "20,000", "–", "–", "0.10"],
-                    ["stream-64", "64", "4", "iso", "2", "250,000", "150,000", "12.5", "7.5", "5.00"]]
+    assert rows == [["stream-64", "64", "4", "legacy", "3", "20,000", "20,000", "–", "–", "0.10", "-", "–"],
+                    ["stream-64", "64", "4", "iso", "2", "250,000", "150,000", "12.5", "7.5", "5.00", "-", "-"]]
+
+
+def test_comparison_shows_messages_per_host_cpu_second_next_to_the_guests_view():
+    def case(stack, mps, busy, per_host):
+        c = _stream_case(stack, 1, mps, busy)
+        c["host_cpu"] = {"client_messages_per_host_cpu_s": per_host}
+        return c
+
+    run = {"topology": {"guests": [{"name": "iso-a", "vcpus": 2}]},
+           "cases": [case("legacy", 20_000, 50.0, 16_000.0), case("legacy", 20_000, 50.0, 24_000.0),
+                     case("iso", 150_000, 75.0, 200_000.0), case("iso", 150_000, 75.0, None)]}
+    rows = report.comparison_rows(run)
+    # host medians: legacy (16k + 24k) / 2 = 20k; iso 200k (the repeat without host CPU does not count): 10×
+    assert rows == [["stream-64", "64", "1", "legacy", "2", "20,000", "20,000", "–", "–", "-", "20,000", "–"],
+                    ["stream-64", "64", "1", "iso", "2", "150,000", "100,000", "7.5", "5.0", "-", "200,000", "10.0"]]
+    assert "| msgs/host-CPU-s | × legacy per host CPU |" in report.markdown(run)
 
 
 def test_no_comparison_without_a_legacy_baseline():

@@ -1,5 +1,7 @@
 """Choosing the accelerator: KVM where it really boots a guest, else TCG.
 
+A CPU without a virtualization flag (vmx, svm) in /proc/cpuinfo cannot run KVM, and neither can a host
+without an accessible /dev/kvm: both mean TCG at once, without the boot probe. Beyond that,
 /dev/kvm existing proves little (nested KVM on these machines aborts QEMU or hangs the guest
 at boot), so the probe boots the guest kernel under KVM with no root disk and waits for the
 kernel to get as far as looking for its root filesystem. The verdict is cached per host
@@ -19,6 +21,9 @@ import time
 from pathlib import Path
 
 PROBE_TIMEOUT_S = 25.0
+CPUINFO = Path("/proc/cpuinfo")
+DEV_KVM = Path("/dev/kvm")
+VIRT_FLAGS = ("vmx", "svm")  # Intel VT-x, AMD-V
 # Lines a kernel prints once it ran through its initcalls and looks for a root filesystem.
 BOOTED_MARKERS = ("VFS: Cannot open root device", "Kernel panic", "Unable to mount root", "Run /init")
 
@@ -32,6 +37,29 @@ def probe_key(kernel: Path) -> str:
     qemu_id = f"{qemu.stat().st_size}:{qemu.stat().st_mtime_ns}" if qemu.exists() else "missing"
     text = f"{platform.release()}|{qemu_id}|{kernel}:{kernel.stat().st_size}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def virtualization_flags(cpuinfo_text: str) -> set[str]:
+    """The virtualization flags (vmx, svm) on the `flags` lines of /proc/cpuinfo text."""
+    found: set[str] = set()
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            found.update(f for f in value.split() if f in VIRT_FLAGS)
+    return found
+
+
+def kvm_possible(cpuinfo: Path = CPUINFO, dev_kvm: Path = DEV_KVM) -> tuple[bool, str]:
+    """Cheap checks before any boot: the CPU's virtualization flag, then /dev/kvm; (False, why) if KVM cannot be."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError as e:
+        return False, f"cannot read {cpuinfo}: {e.strerror or e}"
+    if not virtualization_flags(text):
+        return False, f"the CPU has no virtualization flag ({'/'.join(VIRT_FLAGS)} in {cpuinfo})"
+    if not os.access(dev_kvm, os.R_OK | os.W_OK):
+        return False, f"{dev_kvm} is missing or not accessible"
+    return True, "the CPU has a virtualization flag and /dev/kvm is accessible"
 
 
 def kvm_boots(kernel: Path, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
@@ -63,8 +91,10 @@ def kvm_boots(kernel: Path, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[bool, s
             proc.wait()
 
 
-def choose_accel(requested: str, kernel: Path, cache_dir: Path) -> tuple[str, str]:
-    """Return (accel, reason). `requested` is auto, kvm or tcg; auto probes (cached)."""
+def choose_accel(requested: str, kernel: Path, cache_dir: Path, cpuinfo: Path = CPUINFO,
+                 dev_kvm: Path = DEV_KVM) -> tuple[str, str]:
+    """Return (accel, reason). `requested` is auto, kvm or tcg; auto probes (cached), unless the CPU flags or
+    /dev/kvm already rule KVM out."""
     if requested == "tcg":
         return "tcg", "TCG requested"
     if requested not in ("auto", "kvm"):
@@ -79,6 +109,8 @@ def choose_accel(requested: str, kernel: Path, cache_dir: Path) -> tuple[str, st
             verdicts = {}
     if key in verdicts:
         ok, reason = verdicts[key]["ok"], verdicts[key]["reason"] + " (cached probe)"
+    elif not (possible := kvm_possible(cpuinfo, dev_kvm))[0]:
+        ok, reason = possible  # not cached: it costs nothing to check again, and a new CPU may have the flag
     else:
         ok, reason = kvm_boots(kernel)
         verdicts[key] = {"ok": ok, "reason": reason, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -20,6 +20,7 @@ from testbed.harness import (
     crosscheck,
     crosscheck_run,
     detached,
+    hostcpu_sample,
     instances,
     isoperf_cmd,
     measure,
@@ -65,6 +66,7 @@ def new_record(case: Case, client: state.GuestInfo, server: state.GuestInfo) -> 
         "device_model": None,
         "tcp": None,
         "crosscheck": None,
+        "host_cpu": None,
         "placement": {},
         "commands": {},
     }
@@ -74,11 +76,12 @@ class CaseRunner:
     """Runs one case on two guests through their Shells; knows nothing of the topology or the playbook."""
 
     def __init__(self, shells: dict[str, Shell], layout: GuestLayout, counters: measure.DeviceModelCounters,
-                 console: Console):
+                 console: Console, hostcpu: hostcpu_sample.HostCpuSampler | None = None):
         self.shells = shells
         self.layout = layout
         self.counters = counters
         self.console = console
+        self.hostcpu = hostcpu  # host CPU of the guests' vCPU threads and vhea per case; None: not sampled
 
     def run(self, case: Case, client: state.GuestInfo, server: state.GuestInfo, queue_pairs: int) -> dict:
         """The case's record; errors of the guests end up in it, not raised."""
@@ -103,6 +106,7 @@ class CaseRunner:
         record["commands"] = {"server": start, "client": cmd}
         daemons: list[instances.Daemon] = []
         plans: list[placement_cmd.InstancePlan] = []
+        host_cpu: hostcpu_sample.HostCpuInterval | None = None
         try:
             self._wait_server(sshell, port, pid)
             record["placement"][server.name] = self._place_legacy(sshell, record, "server")
@@ -119,7 +123,11 @@ class CaseRunner:
             before = self.counters.read()
             tcp_before = {role: measure.tcp_counters(self.shells[g.name])
                           for role, g in (("client", client), ("server", server))}
+            if self.hostcpu:
+                host_cpu = self.hostcpu.start({"client": client.name, "server": server.name})
             r = cshell.run(cmd, timeout_s=isoperf_cmd.client_timeout(case))
+            if host_cpu:
+                host_cpu.stop()
             after = self.counters.read() if before is not None else None
             record["tcp"] = {role: measure.tcp_change(self.shells[g.name], tcp_before[role])
                              for role, g in (("client", client), ("server", server))}
@@ -135,6 +143,8 @@ class CaseRunner:
                 record["isostackd_log"] = record["isostackd"][0]["log"] if record["isostackd"] else []
         result = isoperf_cmd.parse_client_output(r.exit_code, r.stdout, r.stderr)
         record["isoperf"] = result
+        if host_cpu:
+            record["host_cpu"] = host_cpu.record(result, client.vcpus)
         record["device_model"] = self.counters.record(before, after, client.port, server.port, result)
         if result["errors"]:
             record["error"] = "; ".join(result["errors"][:3])

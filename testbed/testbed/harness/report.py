@@ -256,7 +256,7 @@ def placements(run: dict) -> list[str]:
 
 
 COMPARISON_HEADERS = ["test", "size", "conns", "stack", "runs", "msgs/s", "msgs/CPU-s", "× legacy msgs/s",
-                      "× legacy per CPU", "client retrans %"]
+                      "× legacy per CPU", "client retrans %", "msgs/host-CPU-s", "× legacy per host CPU"]
 
 
 def _median(values: list[float]) -> float | None:
@@ -268,10 +268,11 @@ def comparison_rows(run: dict) -> list[list[str]]:
     and messages per consumed CPU-second of the client guest (its busy share of all vCPUs from /proc/stat, times
     the vCPUs) — the seed's figure of merit ("10x the legacy stack's messages per consumed CPU").  With repeats
     each figure is the median over the repeats that succeeded (`runs`), and the ratios are ratios of medians.
-    The client guest's retransmitted share of its TCP segments (median) shows a case spent in loss recovery."""
+    The client guest's retransmitted share of its TCP segments (median) shows a case spent in loss recovery.
+    msgs/host-CPU-s is the same cost counted on the host: the client guest's vCPU threads (`host_cpu`)."""
     vcpus = {g.get("name"): g.get("vcpus") for g in (run.get("topology") or {}).get("guests", [])}
 
-    def figures(case: dict) -> tuple[float, float | None, float | None] | None:
+    def figures(case: dict) -> tuple[float, float | None, float | None, float | None] | None:
         r = case.get("isoperf") or {}
         mps = r.get("messages_per_s")
         busy = ((r.get("cpu") or {}).get("client") or {}).get("all")
@@ -280,7 +281,9 @@ def comparison_rows(run: dict) -> list[list[str]]:
         n = vcpus.get(case.get("client")) or 1
         per_cpu = mps / (busy / 100 * n) if isinstance(busy, (int, float)) and busy > 0 else None
         retrans = ((case.get("tcp") or {}).get("client") or {}).get("retrans_pct")
-        return mps, per_cpu, retrans if isinstance(retrans, (int, float)) else None
+        per_host = (case.get("host_cpu") or {}).get("client_messages_per_host_cpu_s")
+        return (mps, per_cpu, retrans if isinstance(retrans, (int, float)) else None,
+                per_host if isinstance(per_host, (int, float)) else None)
 
     groups: dict[tuple, list[tuple]] = {}
     for c in run.get("cases", []):
@@ -289,7 +292,7 @@ def comparison_rows(run: dict) -> list[list[str]]:
             groups.setdefault(key, []).append((c, f))
 
     def medians(items: list[tuple]) -> tuple:
-        return tuple(_median([f[i] for _, f in items if f[i] is not None]) for i in range(3))
+        return tuple(_median([f[i] for _, f in items if f[i] is not None]) for i in range(4))
 
     compared = {(t, sz, n) for (t, sz, n, stack) in groups if stack != "legacy" and (t, sz, n, "legacy") in groups}
     out = []
@@ -297,13 +300,15 @@ def comparison_rows(run: dict) -> list[list[str]]:
         if (test, size, conns) not in compared:  # no pair: nothing to compare (a legacy-only run has no table)
             continue
         base_items = groups[(test, size, conns, "legacy")]
-        mps, per_cpu, retrans = medians(items)
+        mps, per_cpu, retrans, per_host = medians(items)
         base = medians(base_items)
         is_base = stack == "legacy"
         per_cpu_ratio = per_cpu / base[1] if per_cpu and base[1] else None
+        per_host_ratio = per_host / base[3] if per_host and base[3] else None
         out.append([str(test), _size(items[0][0]), str(conns), stack, str(len(items)), _fmt(mps, ",.0f"),
                     _fmt(per_cpu, ",.0f"), "–" if is_base else _fmt(mps / base[0], ".1f"),
-                    "–" if is_base else _fmt(per_cpu_ratio, ".1f"), _fmt(retrans, ".2f")])
+                    "–" if is_base else _fmt(per_cpu_ratio, ".1f"), _fmt(retrans, ".2f"),
+                    _fmt(per_host, ",.0f"), "–" if is_base else _fmt(per_host_ratio, ".1f")])
     return out
 
 

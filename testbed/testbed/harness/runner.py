@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from testbed import state
-from testbed.harness import guestcmd, measure, placement_cmd, upload
+from testbed.harness import guestcmd, hostcpu_sample, measure, placement_cmd, upload
 from testbed.harness.case import CaseRunner
 from testbed.harness.errors import HarnessError
 from testbed.harness.guestcmd import GuestLayout
@@ -41,7 +41,8 @@ class Runner:
         self.layout = layout
         self.console = console
         self.guest_root = guest_root  # the folder holding the guest packages (guestcmd.GUEST_PACKAGES)
-        self.cases = CaseRunner(shells, layout, measure.DeviceModelCounters(stats_reader, console), console)
+        self.cases = CaseRunner(shells, layout, measure.DeviceModelCounters(stats_reader, console), console,
+                                hostcpu_sample.HostCpuSampler.for_topology(topology))
 
     def pair(self, case: Case) -> tuple[state.GuestInfo, state.GuestInfo]:
         """(client, server) guests of a case: named in the playbook or the topology's first two."""
