@@ -24,6 +24,30 @@ from testbed.harness.errors import HarnessError
 from testbed.harness.playbook import parse_playbook
 
 
+def test_repeats_run_interleaved_and_the_run_records_its_order_seed_and_statistics(tmp_path):
+    huge = 10**12
+    stats = FakeStats([counters(k * huge, 0) for k in range(8)])
+    runner = local_runner(tmp_path, stats)
+    text = stream_playbook(free_port()).replace("    port:", "    repeats: 2\n    port:")
+    playbook = parse_playbook("seed: 99\n" + text, "local.yaml")
+    run_json, bad = execute(runner, playbook, tmp_path / "results", ["iso-a", "iso-b"], runner.console, "native")
+    assert bad == 0
+    run = results.load_run(run_json)
+    assert [(c["size"], c["repeat"]) for c in run["cases"]] == [(256, 0), (1448, 0), (256, 1), (1448, 1)]
+    assert run["order"]["order"] == "interleaved" and run["order"]["seed"] == 99 and run["order"]["interval_s"] == 0
+    assert run["order"]["cases"][1] == "stream-local legacy size=1448 conns=1 #1"
+    assert run["metadata"]["device_model_datapath"] == "native"
+    assert "host_cpu_model" in run["metadata"]
+    assert all("host_load" in c for c in run["cases"])
+    st = run["statistics"]
+    assert st["seed"] == 99 and st["confidence"] == 0.95
+    assert [(c["size"], c["runs"], c["failed"]) for c in st["cases"]] == [(256, 2, 0), (1448, 2, 0)]
+    assert st["cases"][0]["messages_per_s"]["ci_low"] <= st["cases"][0]["messages_per_s"]["median"]
+    md = (run_json.parent / "report.md").read_text()
+    assert "## Repeats: median, bootstrap 95 % interval of the median, CV" in md
+    assert "run order interleaved, seed 99" in md
+
+
 def test_runner_runs_every_case_and_stores_results(tmp_path):
     huge = 10**12  # the fake device model "saw" more bytes than isoperf could send in 0.3 s
     stats = FakeStats([counters(0, 0), counters(huge, 1000), counters(huge, 1000), counters(2 * huge, 2000)])

@@ -104,9 +104,22 @@ def test_read_stats_from_a_real_vhea_serve(tmp_path):
                     pytest.skip("vhea serve did not come up here")
                 time.sleep(0.2)
         after = dmstats.read_stats(str(tmp_path))
+        datapath = dmstats.read_datapath(str(tmp_path))
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(10)
     assert set(before) == {"a", "b"}
     assert dmstats.stats_delta(before, after)["a"] == PortDelta(0, 0, 0, 0, {})
     json.dumps(before)  # stays JSON-serialisable for run.json
+    assert datapath in ("native", "python")  # what run.json records as the device model's datapath
+
+
+def test_datapath_from_the_stats_json():
+    assert dmstats.parse_datapath('{"datapath": "native", "ports": {}}') == "native"
+    assert dmstats.parse_datapath('{"ports": {}}') == "python"  # vhea before the field: python only
+    assert dmstats.parse_datapath("not json") is None
+    assert dmstats.parse_datapath("[1]") is None
+
+
+def test_no_device_model_no_datapath(tmp_path):
+    assert dmstats.read_datapath(str(tmp_path)) is None

@@ -441,3 +441,33 @@ def test_so_busy_poll_and_instances_from_defaults():
     assert small.so_busy_poll_us == big.so_busy_poll_us == 0
     assert small.instances == big.instances == (2,)
     assert small.instances_line == 10  # the line in defaults
+
+
+def test_run_order_seed_and_interval_at_the_top_level():
+    pb = parse_playbook(GOOD, "m.yaml")
+    assert (pb.order, pb.seed, pb.interval_s) == ("interleaved", None, 0.0)  # the defaults
+    text = GOOD.replace("description: sizes x connections\n",
+                        "description: sizes x connections\norder: shuffled\nseed: 42\ninterval_s: 2.5\n")
+    pb = parse_playbook(text, "m.yaml")
+    assert (pb.order, pb.seed, pb.interval_s) == ("shuffled", 42, 2.5)
+    assert parse_playbook(text.replace("shuffled", "sequential"), "m.yaml").order == "sequential"
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("order: random\n", "pb.yaml:4: order: must be one of interleaved, shuffled, sequential, got 'random'"),
+        ("order: 3\n", "pb.yaml:4: top level: 'order' must be a non-empty string, got an integer"),
+        ("seed: -1\n", "pb.yaml:4: top level: 'seed' must be between 0 and 4294967295, got -1"),
+        ("seed: 1.5\n", "pb.yaml:4: top level: 'seed' must be an integer, got a number"),
+        ("seed: [1, 2]\n", "pb.yaml:4: top level: 'seed' must be an integer, got a list"),
+        ("interval_s: -1\n", "pb.yaml:4: top level: 'interval_s' must be between 0 and 3600 seconds, got -1"),
+        ("interval_s: soon\n", "pb.yaml:4: top level: 'interval_s' must be a number, got a string"),
+        ("ordre: shuffled\n", "pb.yaml:4: top level: unknown key 'ordre'"),
+    ],
+)
+def test_bad_run_order_keys_name_file_and_line(line, expected):
+    msg = _error(GOOD.replace("description: sizes x connections\n", "description: sizes x connections\n" + line))
+    assert msg.startswith(expected)
+    if line.startswith("ordre"):
+        assert "did you mean 'order'?" in msg

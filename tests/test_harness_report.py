@@ -45,6 +45,7 @@ def test_table_shows_throughput_cpu_and_device_model_frames():
         "55.2",
         "1,022,000",
         "511,000",
+        "",
         "yes",
         "ok",
     ]
@@ -53,7 +54,7 @@ def test_table_shows_throughput_cpu_and_device_model_frames():
 def test_failed_case_shows_no_numbers_and_its_error_below_the_table():
     text = _render(results.load_run(FIXTURE_RUN / "run.json"))
     failed = _row(text, "stream │ legacy │   64")
-    assert failed == ["stream", "legacy", "64", "1", "-", "-", "-", "-", "-", "-", "-", "n/a", "n/a", "-",
+    assert failed == ["stream", "legacy", "64", "1", "-", "-", "-", "-", "-", "-", "-", "n/a", "n/a", "", "-",
                       "failed (see below)"]
     out = io.StringIO()
     report.print_report(
@@ -93,11 +94,11 @@ def test_markdown_report_has_one_row_per_case():
     md = report.markdown(results.load_run(FIXTURE_RUN / "run.json"))
     rows = [ln for ln in md.splitlines() if ln.startswith("| stream")]
     assert rows[0] == (
-        "| stream | legacy | 1448 | 1 | 0.988 | 85,251 | - | - | - | 61.5 | 55.2 | 1,022,000 | 511,000 | yes | ok |"
+        "| stream | legacy | 1448 | 1 | 0.988 | 85,251 | - | - | - | 61.5 | 55.2 | 1,022,000 | 511,000 |  | yes | ok |"
     )
-    assert rows[1] == "| stream | legacy | 64 | 1 | - | - | - | - | - | - | - | n/a | n/a | - | failed |"
+    assert rows[1] == "| stream | legacy | 64 | 1 | - | - | - | - | - | - | - | n/a | n/a |  | - | failed |"
     header, align = md.splitlines()[4:6]
-    assert header.count("|") == align.count("|") == 16
+    assert header.count("|") == align.count("|") == 17
     assert "- stream size=64 conns=1: isoperf client exited 1: isoperf: error: cannot reach" in md
     assert "DM frames a→b" in md
 
@@ -143,7 +144,7 @@ def test_rr_rows_show_transactions_latency_and_the_crosscheck_rows_below():
     assert "2,469 trans/s, p50 380 p99 1,210 µs" in report.summary(run["cases"][1])
     assert "sockperf 2,600 trans/s, p50 360 p99 1,100 µs" in report.summary(run["cases"][1])
     md = report.markdown(run)
-    assert "| ↳ sockperf | legacy | 64/256 | 1 | - | - | 2,600 | 360 | 1,100 | - | - | - | - | - | ok |" in md
+    assert "| ↳ sockperf | legacy | 64/256 | 1 | - | - | 2,600 | 360 | 1,100 | - | - | - | - |  | - | ok |" in md
 
 
 def test_latency_below_100_us_keeps_a_decimal():
@@ -210,16 +211,21 @@ def test_comparison_divides_by_the_client_guests_consumed_cpu_and_pairs_cases_of
                      _stream_case("iso", 4, 90_000, 50.0),         # no legacy case with 4 connections
                      _stream_case("legacy", 4, 0, 0, error="boom")]}
     rows = report.comparison_rows(run)
-    assert rows == [["stream-64", "64", "1", "legacy", "1", "20,000", "20,000", "–", "–", "-", "-", "–"],
-                    ["stream-64", "64", "16", "legacy", "1", "10,000", "5,000", "–", "–", "-", "-", "–"],
-                    ["stream-64", "64", "1", "iso", "1", "150,000", "100,000", "7.5", "5.0", "-", "-", "-"],
-                    ["stream-64", "64", "16", "iso+locks", "1", "100,000", "100,000", "10.0", "20.0", "-", "-",
-                     "-"]]
+    # one repeat each: no interval (nothing to resample), no suspect marks
+    # no host CPU in these records: those three cells are empty
+    assert rows == [["stream-64", "64", "1", "legacy", "1", "20,000", "20,000", "–", "–", "–", "–", "-",
+                     "-", "–", "–", ""],
+                    ["stream-64", "64", "16", "legacy", "1", "10,000", "5,000", "–", "–", "–", "–", "-",
+                     "-", "–", "–", ""],
+                    ["stream-64", "64", "1", "iso", "1", "150,000", "100,000", "7.5", "-", "5.0", "-", "-",
+                     "-", "-", "-", ""],
+                    ["stream-64", "64", "16", "iso+locks", "1", "100,000", "100,000", "10.0", "-", "20.0", "-", "-",
+                     "-", "-", "-", ""]]
     out = io.StringIO()
     report.print_report(run, Path("/x/run.json"), Console(file=out, width=250, color_system=None))
     assert "IsoStack vs legacy in this run" in out.getvalue()
-    assert ("| stream-64 | 64 | 16 | iso+locks | 1 | 100,000 | 100,000 | 10.0 | 20.0 | - | - | - |"
-            in report.markdown(run))
+    md_row = "| stream-64 | 64 | 16 | iso+locks | 1 | 100,000 | 100,000 | 10.0 | - | 20.0 | - | - | - | - | - |  |"
+    assert md_row in report.markdown(run)
 
 
 def test_comparison_takes_medians_over_repeats_and_shows_the_clients_retransmissions():
@@ -235,8 +241,13 @@ def test_comparison_takes_medians_over_repeats_and_shows_the_clients_retransmiss
                      _stream_case("iso", 4, 0, 0, error="stalled")]}  # a failed repeat is not a run
     rows = report.comparison_rows(run)
     # legacy medians: 20k msgs/s, 20k per CPU-s; iso medians of two: 250k msgs/s, (100k + 200k) / 2 per CPU-s
-    assert rows == [["stream-64", "64", "4", "legacy", "3", "20,000", "20,000", "–", "–", "0.10", "-", "–"],
-                    ["stream-64", "64", "4", "iso", "2", "250,000", "150,000", "12.5", "7.5", "5.00", "-", "-"]]
+    # the intervals resample the two pairs of repeats (in run order: these records have no repeat numbers):
+    # msgs/s ratio 100k/10k = 10.0, 400k/30k = 13.3 or 250k/20k = 12.5; per CPU 10.0, 6.7 or 7.5.
+    # The iso case had a failed repeat: marked.
+    assert rows == [["stream-64", "64", "4", "legacy", "3", "20,000", "20,000", "–", "–", "–", "–", "0.10",
+                     "-", "–", "–", ""],
+                    ["stream-64", "64", "4", "iso", "2", "250,000", "150,000", "12.5", "10.0–13.3", "7.5", "6.7–10.0",
+                     "5.00", "-", "-", "-", "failed"]]
 
 
 def test_comparison_shows_messages_per_host_cpu_second_next_to_the_guests_view():
@@ -250,8 +261,11 @@ def test_comparison_shows_messages_per_host_cpu_second_next_to_the_guests_view()
                      case("iso", 150_000, 75.0, 200_000.0), case("iso", 150_000, 75.0, None)]}
     rows = report.comparison_rows(run)
     # host medians: legacy (16k + 24k) / 2 = 20k; iso 200k (the repeat without host CPU does not count): 10×
-    assert rows == [["stream-64", "64", "1", "legacy", "2", "20,000", "20,000", "–", "–", "-", "20,000", "–"],
-                    ["stream-64", "64", "1", "iso", "2", "150,000", "100,000", "7.5", "5.0", "-", "200,000", "10.0"]]
+    # (both repeats' msgs/s and guest CPU are equal: zero-width intervals; one host-CPU pair: no interval)
+    assert rows == [["stream-64", "64", "1", "legacy", "2", "20,000", "20,000", "–", "–", "–", "–", "-",
+                     "20,000", "–", "–", ""],
+                    ["stream-64", "64", "1", "iso", "2", "150,000", "100,000", "7.5", "7.5–7.5", "5.0", "5.0–5.0", "-",
+                     "200,000", "10.0", "-", ""]]
     assert "| msgs/host-CPU-s | × legacy per host CPU |" in report.markdown(run)
 
 
@@ -279,3 +293,38 @@ def test_notes_name_the_cases_where_isostackd_drained_stranded_rings():
         "stream-64 size=64 conns=16 iso+locks: isostackd instance 0 drained 2 stranded tx ring(s), 2 of them with a"
         " late SEND",
         "stream-64 size=64 conns=4 iso: isostackd instance 0 drained 1 stranded tx ring(s)"]
+
+
+def test_repeats_table_shows_median_interval_cv_and_marks_with_a_legend():
+    def case(stack, mps, repeat, rto=0):
+        c = _stream_case(stack, 1, mps, 50.0)
+        c["repeat"] = repeat
+        c["tcp"] = {"client": {"rto_timeouts": rto, "retrans_pct": 0.0}}
+        return c
+
+    run = {"topology": {"guests": [{"name": "iso-a", "vcpus": 2}]}, "statistics": {"seed": 3},
+           "cases": [case("legacy", 20_000, 0), case("iso", 200_000, 0, rto=2),
+                     case("legacy", 20_000, 1), case("iso", 200_000, 1),
+                     case("legacy", 20_000, 2), case("iso", 200_000, 2)]}
+    # constant repeats: CV 0 and an interval of zero width; the ratio of two constants is exact
+    assert report.repeats_rows(run) == [
+        ["stream-64", "64", "1", "legacy", "3", "0", "20,000", "20,000–20,000", "0.0", "20,000", "20,000–20,000",
+         "0.0", ""],
+        ["stream-64", "64", "1", "iso", "3", "0", "200,000", "200,000–200,000", "0.0", "200,000",
+         "200,000–200,000", "0.0", "RTO"]]
+    assert report.comparison_rows(run)[1][7:12] == ["10.0", "10.0–10.0", "10.0", "10.0–10.0", "0.00"]
+    md = report.markdown(run)
+    assert "| stream-64 | 64 | 1 | iso | 3 | 0 | 200,000 | 200,000–200,000 | 0.0 |" in md
+    assert "## Suspect marks" in md and "- RTO: TCP retransmission timeouts on a guest during the run" in md
+    out = io.StringIO()
+    report.print_report(run, Path("/x/run.json"), Console(file=out, width=250, color_system=None))
+    assert "Repeats: median" in out.getvalue() and "suspect: RTO:" in out.getvalue()
+
+
+def test_runs_stored_before_repeats_statistics_still_show():
+    old = results.load_run(FIXTURE_RUN / "run.json")  # no order, statistics, host_load or suspect fields
+    md = report.markdown(old)
+    assert "## Suspect marks" not in md and "run order" not in md
+    out = io.StringIO()
+    report.print_report(old, FIXTURE_RUN / "run.json", Console(file=out, width=250, color_system=None))
+    assert "results:" in out.getvalue()

@@ -96,3 +96,12 @@ def test_run_json_is_valid_json_after_each_case(tmp_path):
     run = json.loads(store.run_json.read_text())
     assert run["cases"][0]["error"] == "boom"
     assert run.get("ended_at") is None
+
+
+def test_samples_carry_the_host_load_around_a_case_and_its_suspect_marks():
+    case = {"status": "ok", "duration": 10.0, "isoperf": {"duration": 12.0},
+            "tcp": {"client": {"rto_timeouts": 1}}, "host_load": {"before": {"1m": 1.0}, "after": {"1m": 3.5}}}
+    row = results.sample_row(case, cpus=2)
+    assert (row["host_load_before"], row["host_load_after"]) == (1.0, 3.5)
+    assert row["suspect"] == "overrun RTO load"
+    assert results.sample_row({"status": "ok"})["host_load_before"] == ""  # records before issue 10

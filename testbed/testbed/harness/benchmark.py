@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 from pathlib import Path
 
 from rich.console import Console
 
 from testbed import state
-from testbed.harness import dmstats, metadata, remote, report, results
+from testbed.harness import dmstats, metadata, order, remote, repeats, report, results, stats
 from testbed.harness.errors import HarnessError
 from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.playbook import Playbook, load_playbook
@@ -48,17 +49,22 @@ def run_benchmark(
     runner = Runner(topology, shells, GuestLayout(), lambda: dmstats.read_stats(socket_dir), console)
     try:
         used = sorted({g.name for case in playbook.cases() for g in runner.pair(case)})
-        return execute(runner, playbook, Path(results_dir), used, console)
+        return execute(runner, playbook, Path(results_dir), used, console, dmstats.read_datapath(socket_dir))
     finally:
         for shell in shells.values():
             shell.close()
 
 
 def execute(
-    runner: Runner, playbook: Playbook, results_dir: Path, guests: list[str], console: Console
+    runner: Runner, playbook: Playbook, results_dir: Path, guests: list[str], console: Console,
+    device_model_datapath: str | None = None,
 ) -> tuple[Path, int]:
-    """Prepare the guests, open the run directory, run the cases; shared by the CLI and tests."""
+    """Prepare the guests, open the run directory, run the cases in the playbook's order; shared by the CLI
+    and tests. The seed (the playbook's, or one drawn now) shuffles the order and seeds the bootstrap
+    intervals; both are recorded, so the run and its report can be reproduced."""
     started = results.utc_now()
+    seed = playbook.seed if playbook.seed is not None else secrets.randbelow(2**32)
+    cases = order.arrange(playbook.cases(), playbook.order, seed)
     runner.check_playbook(playbook)
     with console.status("preparing guests"):
         if any(case.stack == "iso" for case in playbook.cases()):
@@ -71,6 +77,7 @@ def execute(
     host["accel"] = runner.topology.accel
     host["guests"] = guest_info
     host["guest_image"] = runner.topology.image
+    host["device_model_datapath"] = device_model_datapath
     store = results.RunStore(
         results.new_run_dir(results_dir, started),
         {
@@ -84,9 +91,14 @@ def execute(
                 "sha256": playbook.sha256,
                 "text": playbook.text,
             },
+            "order": {"order": playbook.order, "seed": seed, "interval_s": playbook.interval_s,
+                      "cases": order.describe(cases)},
+            "statistics": {"seed": seed, "resamples": stats.RESAMPLES, "confidence": stats.CONFIDENCE,
+                           "cases": None},
         },
     )
-    bad = run_playbook(runner, playbook, store, console)
+    bad = run_playbook(runner, playbook.name, cases, store, console, playbook.interval_s)
+    store.run["statistics"]["cases"] = [cs.to_dict() for cs in repeats.case_statistics(store.run)]
     store.finish(results.iso(results.utc_now()))
     (store.path / "report.md").write_text(report.markdown(store.run))
     return store.run_json, bad

@@ -84,6 +84,30 @@ def stats_delta(before: dict[str, dict], after: dict[str, dict]) -> dict[str, Po
 
 def read_stats(socket_dir: str, timeout_s: float = 15.0) -> dict[str, dict]:
     """Run `vhea stats --socket-dir D --json` and parse it."""
+    return parse_stats(_stats_json(socket_dir, timeout_s))
+
+
+def parse_datapath(text: str) -> str | None:
+    """The datapath `vhea stats --json` names ("native" or "python"; vhea before the field had only python)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    value = data.get("datapath", "python")
+    return value if isinstance(value, str) else None
+
+
+def read_datapath(socket_dir: str, timeout_s: float = 15.0) -> str | None:
+    """The running device model's datapath for run.json (best effort: None when vhea cannot be asked)."""
+    try:
+        return parse_datapath(_stats_json(socket_dir, timeout_s))
+    except StatsError:
+        return None
+
+
+def _stats_json(socket_dir: str, timeout_s: float) -> str:
     cmd = vhea_command() + ["stats", "--socket-dir", socket_dir, "--json"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -92,7 +116,7 @@ def read_stats(socket_dir: str, timeout_s: float = 15.0) -> dict[str, dict]:
     if proc.returncode != 0:
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
         raise StatsError(f"vhea stats exited {proc.returncode}: {tail}")
-    return parse_stats(proc.stdout)
+    return proc.stdout
 
 
 def crossed_device_model(delta: dict[str, PortDelta], client_port: str, payload_bytes: int) -> bool:

@@ -1,4 +1,7 @@
-"""What a stored result records about where it was measured, so runs can be compared honestly later."""
+"""What a stored result records about where it was measured, so runs can be compared honestly later: the
+host (CPU model, kernel, versions) once per run, and its load average around each case (a host busy with
+something else moves the figures: the report marks such a case suspect).
+"""
 
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ def host_metadata(repo: Path) -> dict:
         "hostname": socket.gethostname(),
         "host_kernel": platform.release(),
         "host_cpu_count": _cpu_count(),
+        "host_cpu_model": cpu_model(),
         "python": platform.python_version(),
         "qemu": qemu_version(),
         "libvirt": libvirt_version(),
@@ -57,3 +61,35 @@ def _cpu_count() -> int | None:
     import os
 
     return os.cpu_count()
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The host CPU's "model name" (the first one; None where /proc/cpuinfo has none, e.g. some ARM hosts)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return None
+
+
+def parse_loadavg(text: str) -> dict | None:
+    """/proc/loadavg ("0.52 0.58 0.59 1/467 12345") as {"1m", "5m", "15m", "runnable", "threads"}; None if not."""
+    fields = text.split()
+    try:
+        runnable, _, threads = fields[3].partition("/")
+        return {"1m": float(fields[0]), "5m": float(fields[1]), "15m": float(fields[2]),
+                "runnable": int(runnable), "threads": int(threads)}
+    except (IndexError, ValueError):
+        return None
+
+
+def loadavg(path: Path = Path("/proc/loadavg")) -> dict | None:
+    """The host's load average now (parse_loadavg), None where it cannot be read."""
+    try:
+        return parse_loadavg(path.read_text())
+    except OSError:
+        return None

@@ -26,6 +26,9 @@ MAX_INSTANCES = 16  # isostackd --instance 0..15 (isostack.attach.MAX_INSTANCES)
 MAX_SO_BUSY_POLL_US = 1_000_000  # SO_BUSY_POLL is an int of microseconds; a second is already absurd
 MAX_NAP_MAX_US = 1_000_000  # isostackd --nap-max-us: a coalescing nap of a second would stall every stream
 MAX_EPOLL_BUSY_POLL_US = 1_000_000  # the net.core.busy_poll sysctl (microseconds), like SO_BUSY_POLL
+MAX_SEED = 2**32 - 1
+MAX_INTERVAL_S = 3600.0  # a pause of an hour between cases is a typo, not a cool-down
+RUN_ORDERS = ("interleaved", "shuffled", "sequential")  # order.arrange: A B A B, shuffled rounds, A A B B
 SUPPORTED_STACKS = ("legacy", "iso")
 KNOWN_STACKS = ("legacy", "iso")
 
@@ -99,6 +102,9 @@ class Playbook:
     description: str
     tests: tuple[TestSpec, ...]
     text: str
+    order: str = "interleaved"  # how the cases' repeats are laid out in time (order.arrange)
+    seed: int | None = None  # shuffled order and bootstrap intervals (None: the run picks one and records it)
+    interval_s: float = 0.0  # pause between two cases, so the host settles
 
     @property
     def sha256(self) -> str:
@@ -157,7 +163,8 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 
 # ---------------------------------------------------------------- validation
 
-_TOP_KEYS = {"version": True, "name": True, "description": False, "defaults": False, "tests": True}
+_TOP_KEYS = {"version": True, "name": True, "description": False, "order": False, "seed": False,
+             "interval_s": False, "defaults": False, "tests": True}
 # key -> required (after defaults are applied)
 _TEST_KEYS = {
     "name": True,
@@ -262,6 +269,7 @@ def parse_playbook(text: str, path: str | Path = "<playbook>") -> Playbook:
         raise check.fail(top.key_lines["version"], "version", f"must be {PLAYBOOK_VERSION}, got {version!r}")
     name = _string(check, top, "name", "top level")
     description = _string(check, top, "description", "top level") if "description" in top else ""
+    order, seed, interval_s = _run_order(check, top)
 
     defaults = _Mapping()
     defaults.key_lines = {}
@@ -288,7 +296,24 @@ def parse_playbook(text: str, path: str | Path = "<playbook>") -> Playbook:
             raise check.fail(merged.key_lines["name"], where, f"duplicate test name {spec.name!r}")
         seen[spec.name] = i
         tests.append(spec)
-    return Playbook(path=path, name=name, description=description, tests=tuple(tests), text=text)
+    return Playbook(path=path, name=name, description=description, tests=tuple(tests), text=text, order=order,
+                    seed=seed, interval_s=interval_s)
+
+
+def _run_order(check: _Checker, top: _Mapping) -> tuple[str, int | None, float]:
+    """The top level's `order`, `seed` and `interval_s` (how the cases are laid out in time)."""
+    order = _string(check, top, "order", "top level") if "order" in top else "interleaved"
+    if order not in RUN_ORDERS:
+        raise check.fail(top.key_lines["order"], "order", f"must be one of {', '.join(RUN_ORDERS)}, got {order!r}")
+    seed = None
+    if "seed" in top:
+        (seed,) = _list_of(check, top, "seed", "top level", int, allow_list=False)
+        _range(check, top, "seed", "top level", (seed,), 0, MAX_SEED)
+    interval_s = _number(check, top, "interval_s", "top level", default=0.0)
+    if not 0 <= interval_s <= MAX_INTERVAL_S:
+        raise check.fail(top.key_lines["interval_s"], "top level",
+                         f"'interval_s' must be between 0 and {MAX_INTERVAL_S:.0f} seconds, got {interval_s}")
+    return order, seed, interval_s
 
 
 def _merge(defaults: _Mapping, entry: _Mapping) -> _Mapping:

@@ -4,8 +4,10 @@ The stack column says "iso×2" for two isostackd instances and "+locks" for the 
 rr/crr rows add transactions/s and p50/p99 latency (µs). A cross-checked case is followed by a row of what
 iperf3 (stream: Gb/s) or sockperf ping-pong (rr: trans/s, p50/p99 µs) measured between the same guests, in
 the same columns. Printed with rich on the terminal and stored as report.md next to run.json; both come from
-`rows()`.  report.md also lists, per case, each guest's NIC placement (queue IRQ affinities, RPS) and where
-the isostackd instances ran.
+`rows()`. A `suspect` column names what may have moved a case's figure (suspects.LEGEND, explained under
+the tables); with repeats, a table per case gives the median, its bootstrap 95 % interval and the CV, and the
+IsoStack vs legacy table an interval for each ratio. report.md also lists, per case, each guest's NIC
+placement (queue IRQ affinities, RPS) and where the isostackd instances ran.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from testbed.harness import placement_cmd, results
+from testbed.harness import placement_cmd, repeats, results, stats, suspects
 
 _RIGHT = {"size", "conns", "Gb/s", "msgs/s", "trans/s", "p50 µs", "p99 µs", "CPU client %", "CPU server %"}
 CROSSCHECK_MARK = "↳ "  # test cell of a cross-check row: "↳ iperf3"
@@ -58,6 +60,7 @@ def headers(run: dict) -> list[str]:
         "CPU server %",
         f"DM frames {a}→{b}",
         f"DM frames {b}→{a}",
+        "suspect",
         "verified",
         "status",
     ]
@@ -90,7 +93,7 @@ def summary(case: dict) -> str:
     return f"{text}; {crosscheck_text(cc)}" if cc else text
 
 
-def _case_row(case: dict, a: str, b: str) -> list[str]:
+def _case_row(case: dict, a: str, b: str, cpus: int | None = None) -> list[str]:
     r = case.get("isoperf") or {}
     cpu = r.get("cpu") or {}
     dm = case.get("device_model") or {}
@@ -114,6 +117,7 @@ def _case_row(case: dict, a: str, b: str) -> list[str]:
         _fmt((cpu.get("server") or {}).get("all"), ".1f"),
         _fmt((delta.get(a) or {}).get("from_guest_frames"), ",d", "n/a"),
         _fmt((delta.get(b) or {}).get("from_guest_frames"), ",d", "n/a"),
+        " ".join(suspects.case_marks(case, cpus)),
         "-" if verified is None else ("yes" if verified else "NO"),
         status,
     ]
@@ -148,6 +152,7 @@ def _crosscheck_row(case: dict, cc: dict) -> list[str]:
         "-",
         "-",
         "-",
+        "",
         "-",
         status,
     ]
@@ -156,9 +161,10 @@ def _crosscheck_row(case: dict, cc: dict) -> list[str]:
 def table_rows(run: dict) -> list[tuple[list[str], dict, bool]]:
     """(cells, case, is a cross-check row) for every case and, under it, its cross-check if it has one."""
     a, b = _ports(run)
+    cpus = repeats.host_cpus(run)
     out = []
     for case in run.get("cases", []):
-        out.append((_case_row(case, a, b), case, False))
+        out.append((_case_row(case, a, b, cpus), case, False))
         cc = case.get("crosscheck")
         if cc:
             out.append((_crosscheck_row(case, cc), case, True))
@@ -256,79 +262,135 @@ def placements(run: dict) -> list[str]:
 
 
 COMPARISON_HEADERS = ["test", "size", "conns", "stack", "runs", "msgs/s", "msgs/CPU-s", "× legacy msgs/s",
-                      "× legacy per CPU", "client retrans %", "msgs/host-CPU-s", "× legacy per host CPU"]
+                      "95 % CI msgs/s", "× legacy per CPU", "95 % CI per CPU", "client retrans %",
+                      "msgs/host-CPU-s", "× legacy per host CPU", "95 % CI per host CPU", "suspect"]
+REPEATS_HEADERS = ["test", "size", "conns", "stack", "runs", "failed", "msgs/s", "95 % CI", "CV %", "msgs/CPU-s",
+                   "95 % CI per CPU", "CV % per CPU", "suspect"]
+_LEFT = ("test", "stack", "suspect")
 
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _interval(interval: stats.Interval | None, spec: str) -> str:
+    return "-" if interval is None else f"{format(interval.low, spec)}–{format(interval.high, spec)}"
+
+
+def _cv(summary: stats.Summary | None) -> str:
+    return "-" if summary is None or summary.cv is None else format(100 * summary.cv, ".1f")
+
+
+def repeats_rows(run: dict) -> list[list[str]]:
+    """Per case over its repeats: runs that succeeded and failed, the median of msgs/s and msgs per CPU-second
+    with its bootstrap 95 % interval and CV, and the suspect marks of any repeat (repeats.case_statistics)."""
+    out = []
+    for cs in repeats.case_statistics(run):
+        test, size, conns, stack = cs.key
+        mps, per_cpu = cs.messages_per_s, cs.per_cpu
+        out.append([str(test), _size(cs.records[0]), str(conns), stack, str(len(cs.ok)), str(cs.failed),
+                    _fmt(mps.median if mps else None, ",.0f"), _interval(mps.interval if mps else None, ",.0f"),
+                    _cv(mps), _fmt(per_cpu.median if per_cpu else None, ",.0f"),
+                    _interval(per_cpu.interval if per_cpu else None, ",.0f"), _cv(per_cpu), " ".join(cs.marks)])
+    return out
+
+
 def comparison_rows(run: dict) -> list[list[str]]:
     """Each stack's cases against the legacy cases of the same test, size and connections in this run: messages/s
     and messages per consumed CPU-second of the client guest (its busy share of all vCPUs from /proc/stat, times
     the vCPUs) — the seed's figure of merit ("10x the legacy stack's messages per consumed CPU").  With repeats
-    each figure is the median over the repeats that succeeded (`runs`), and the ratios are ratios of medians.
-    The client guest's retransmitted share of its TCP segments (median) shows a case spent in loss recovery.
-    msgs/host-CPU-s is the same cost counted on the host: the client guest's vCPU threads (`host_cpu`)."""
-    vcpus = {g.get("name"): g.get("vcpus") for g in (run.get("topology") or {}).get("guests", [])}
+    each figure is the median over the repeats that succeeded (`runs`), and the ratios are ratios of medians,
+    each with its bootstrap 95 % interval over the pairs of repeats (repeats.ratio_interval).
+    The client guest's retransmitted share of its TCP segments (median) shows a case spent in loss recovery;
+    msgs/host-CPU-s is the same cost counted on the host: the client guest's vCPU threads (`host_cpu`).
+    `suspect` lists the marks of any of the case's repeats (suspects.LEGEND)."""
+    cases = {cs.key: cs for cs in repeats.case_statistics(run) if cs.ok}
 
-    def figures(case: dict) -> tuple[float, float | None, float | None, float | None] | None:
-        r = case.get("isoperf") or {}
-        mps = r.get("messages_per_s")
-        busy = ((r.get("cpu") or {}).get("client") or {}).get("all")
-        if case.get("error") or not isinstance(mps, (int, float)) or mps <= 0:
-            return None
-        n = vcpus.get(case.get("client")) or 1
-        per_cpu = mps / (busy / 100 * n) if isinstance(busy, (int, float)) and busy > 0 else None
-        retrans = ((case.get("tcp") or {}).get("client") or {}).get("retrans_pct")
-        per_host = (case.get("host_cpu") or {}).get("client_messages_per_host_cpu_s")
-        return (mps, per_cpu, retrans if isinstance(retrans, (int, float)) else None,
-                per_host if isinstance(per_host, (int, float)) else None)
+    def medians(items: list[repeats.Figures]) -> tuple:
+        return tuple(_median([f[i] for f in items if f[i] is not None]) for i in (1, 2, 3, 4))
 
-    groups: dict[tuple, list[tuple]] = {}
-    for c in run.get("cases", []):
-        if (f := figures(c)) is not None:
-            key = (c.get("test_name"), c.get("size"), c.get("connections"), results.stack_column(c))
-            groups.setdefault(key, []).append((c, f))
-
-    def medians(items: list[tuple]) -> tuple:
-        return tuple(_median([f[i] for _, f in items if f[i] is not None]) for i in range(4))
-
-    compared = {(t, sz, n) for (t, sz, n, stack) in groups if stack != "legacy" and (t, sz, n, "legacy") in groups}
+    compared = {(t, sz, n) for (t, sz, n, stack) in cases if stack != "legacy" and (t, sz, n, "legacy") in cases}
     out = []
-    for (test, size, conns, stack), items in groups.items():
+    for (test, size, conns, stack), cs in cases.items():
         if (test, size, conns) not in compared:  # no pair: nothing to compare (a legacy-only run has no table)
             continue
-        base_items = groups[(test, size, conns, "legacy")]
-        mps, per_cpu, retrans, per_host = medians(items)
+        base_items = cases[(test, size, conns, "legacy")].ok
+        mps, per_cpu, retrans, per_host = medians(cs.ok)
         base = medians(base_items)
         is_base = stack == "legacy"
         per_cpu_ratio = per_cpu / base[1] if per_cpu and base[1] else None
         per_host_ratio = per_host / base[3] if per_host and base[3] else None
-        out.append([str(test), _size(items[0][0]), str(conns), stack, str(len(items)), _fmt(mps, ",.0f"),
+        mps_ci = None if is_base else repeats.ratio_interval(run, cs.ok, base_items, "mps")
+        per_cpu_ci = None if is_base or per_cpu_ratio is None else repeats.ratio_interval(run, cs.ok, base_items,
+                                                                                           "per_cpu")
+        per_host_ci = None if is_base or per_host_ratio is None else repeats.ratio_interval(
+            run, cs.ok, base_items, "per_host_cpu")
+        out.append([str(test), _size(cs.records[0]), str(conns), stack, str(len(cs.ok)), _fmt(mps, ",.0f"),
                     _fmt(per_cpu, ",.0f"), "–" if is_base else _fmt(mps / base[0], ".1f"),
-                    "–" if is_base else _fmt(per_cpu_ratio, ".1f"), _fmt(retrans, ".2f"),
-                    _fmt(per_host, ",.0f"), "–" if is_base else _fmt(per_host_ratio, ".1f")])
+                    "–" if is_base else _interval(mps_ci, ".1f"),
+                    "–" if is_base else _fmt(per_cpu_ratio, ".1f"),
+                    "–" if is_base else _interval(per_cpu_ci, ".1f"), _fmt(retrans, ".2f"),
+                    _fmt(per_host, ",.0f"), "–" if is_base else _fmt(per_host_ratio, ".1f"),
+                    "–" if is_base else _interval(per_host_ci, ".1f"), " ".join(cs.marks)])
     return out
+
+
+def _table(title: str, headers_: list[str], cells: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for h in headers_:
+        table.add_column(h, justify="left" if h in _LEFT else "right")
+    for row in cells:
+        table.add_row(*(escape(c) for c in row))
+    return table
 
 
 def build_comparison(run: dict) -> Table | None:
     cmp_rows = comparison_rows(run)
     if not cmp_rows:
         return None
-    table = Table(title="IsoStack vs legacy in this run (client guest's consumed CPU)")
-    for h in COMPARISON_HEADERS:
-        table.add_column(h, justify="left" if h in ("test", "stack") else "right")
-    for cells in cmp_rows:
-        table.add_row(*(escape(c) for c in cells))
-    return table
+    return _table("IsoStack vs legacy in this run (client guest's consumed CPU)", COMPARISON_HEADERS, cmp_rows)
+
+
+def build_repeats(run: dict) -> Table | None:
+    """The repeats table, when some case ran more than once (one run per case has no spread to show)."""
+    if not _has_repeats(run):
+        return None
+    return _table(_REPEATS_TITLE, REPEATS_HEADERS, repeats_rows(run))
+
+
+_REPEATS_TITLE = "Repeats: median, bootstrap 95 % interval of the median, CV"
+
+
+def _has_repeats(run: dict) -> bool:
+    return any(len(records) > 1 for records in repeats.groups(run).values())
+
+
+def legend(run: dict) -> list[str]:
+    """What the suspect marks shown in the run's tables mean (suspects.LEGEND)."""
+    cpus = repeats.host_cpus(run)
+    shown = {m for c in run.get("cases", []) for m in suspects.case_marks(c, cpus)}
+    if _has_repeats(run) or comparison_rows(run):  # the tables per case also show "failed"
+        shown |= {m for cases in repeats.groups(run).values() for m in suspects.group_marks(cases, cpus)}
+    return suspects.legend(shown)
+
+
+def _order_line(run: dict) -> str | None:
+    """How the cases were laid out in time and the seed of the shuffle and the intervals (run.json `order`)."""
+    order = run.get("order")
+    if not isinstance(order, dict):
+        return None
+    pause = order.get("interval_s")
+    return (f"run order {order.get('order')}, seed {order.get('seed')}"
+            + (f", {pause:g} s between cases" if pause else ""))
 
 
 def print_report(run: dict, run_json: Path, console: Console) -> None:
     console.print(build_table(run))
-    comparison = build_comparison(run)
-    if comparison is not None:
-        console.print(comparison)
+    for table in (build_repeats(run), build_comparison(run)):
+        if table is not None:
+            console.print(table)
+    if marks := legend(run):
+        console.print(escape("suspect: " + "; ".join(marks)), style="yellow", highlight=False)
     for line in errors(run):
         console.print(escape(line), style="red", highlight=False)
     for line in notes(run):
@@ -336,6 +398,8 @@ def print_report(run: dict, run_json: Path, console: Console) -> None:
     git = (run.get("metadata") or {}).get("git") or {}
     if git.get("commit"):
         console.print(f"commit {git['commit'][:12]}{' (dirty)' if git.get('dirty') else ''}")
+    if order := _order_line(run):
+        console.print(order, highlight=False)
     console.print(f"results: {run_json}", highlight=False)
 
 
@@ -343,6 +407,11 @@ def _align(header: str) -> str:
     if header == "verified":
         return ":-:"
     return "--:" if header in _RIGHT or header.startswith("DM ") else "---"
+
+
+def _md_table(headers_: list[str], cells: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(headers_) + " |", "|" + "|".join("---" if h in _LEFT else "--:" for h in headers_) + "|"]
+            + ["| " + " | ".join(row) + " |" for row in cells])
 
 
 def markdown(run: dict) -> str:
@@ -357,12 +426,16 @@ def markdown(run: dict) -> str:
         "|" + "|".join(_align(h) for h in headers(run)) + "|",
     ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in rows(run)]
+    if order := _order_line(run):
+        lines[2] += f", {order}"
+    if _has_repeats(run):
+        lines += ["", f"## {_REPEATS_TITLE}", ""] + _md_table(REPEATS_HEADERS, repeats_rows(run))
     cmp_rows = comparison_rows(run)
     if cmp_rows:
-        lines += ["", "## IsoStack vs legacy in this run (client guest's consumed CPU)", "",
-                  "| " + " | ".join(COMPARISON_HEADERS) + " |",
-                  "|" + "|".join("---" if h in ("test", "stack") else "--:" for h in COMPARISON_HEADERS) + "|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in cmp_rows]
+        lines += ["", "## IsoStack vs legacy in this run (client guest's consumed CPU)", ""]
+        lines += _md_table(COMPARISON_HEADERS, cmp_rows)
+    if marks := legend(run):
+        lines += ["", "## Suspect marks", ""] + [f"- {m}" for m in marks]
     errs = errors(run)
     if errs:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in errs]

@@ -11,6 +11,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from testbed.harness import suspects
 from testbed.harness.playbook import stack_label
 
 RUN_FORMAT = 1
@@ -45,6 +46,9 @@ SAMPLE_COLUMNS = [
     "client_retrans_segs",
     "client_rto_timeouts",
     "error",
+    "host_load_before",
+    "host_load_after",
+    "suspect",
 ]
 
 
@@ -90,8 +94,9 @@ class RunStore:
 
     def add_case(self, case: dict) -> None:
         self.run["cases"].append(case)
+        cpus = (self.run.get("metadata") or {}).get("host_cpu_count")
         with open(self.path / SAMPLES_FILE, "a", newline="") as f:
-            csv.writer(f).writerow([sample_row(case).get(c, "") for c in SAMPLE_COLUMNS])
+            csv.writer(f).writerow([sample_row(case, cpus).get(c, "") for c in SAMPLE_COLUMNS])
         self._write()
 
     def finish(self, ended_at: str) -> None:
@@ -111,8 +116,9 @@ def stack_column(case: dict) -> str:
     return stack_label(str(case.get("stack")), bool(case.get("locks")), n)
 
 
-def sample_row(case: dict) -> dict:
-    """Flatten one case record into the CSV columns (empty where a value does not exist)."""
+def sample_row(case: dict, cpus: int | None = None) -> dict:
+    """Flatten one case record into the CSV columns (empty where a value does not exist); `cpus`, the host's,
+    scales the load mark (suspects.load_moved)."""
     r = case.get("isoperf") or {}
     dm = case.get("device_model") or {}
     delta = dm.get("delta") or {}
@@ -149,7 +155,16 @@ def sample_row(case: dict) -> dict:
         "client_retrans_segs": tcp.get("retrans_segs", ""),
         "client_rto_timeouts": tcp.get("rto_timeouts", ""),
         "error": case.get("error") or "",
+        "host_load_before": _load_1m(case, "before"),
+        "host_load_after": _load_1m(case, "after"),
+        "suspect": " ".join(suspects.case_marks(case, cpus if isinstance(cpus, int) else None)),
     }
+
+
+def _load_1m(case: dict, when: str) -> float | str:
+    """The host's 1-minute load average before or after the case ("" where not read)."""
+    value = ((case.get("host_load") or {}).get(when) or {}).get("1m")
+    return value if isinstance(value, (int, float)) else ""
 
 
 def resolve_run(path: str | Path | None, results_dir: Path) -> Path:
