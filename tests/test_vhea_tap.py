@@ -246,3 +246,25 @@ def test_frames_to_a_tap_are_written_with_either_datapath(server_with_fake_tap):
 
 def test_vhdr_struct_is_the_first_ten_bytes_of_the_tap_header():
     assert VHDR.size == 10 and NET_HDR_LEN == 12
+
+
+def test_a_write_to_a_device_that_is_down_is_a_tap_down_drop(monkeypatch):
+    def eio(fd, buffers):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(tap.os, "writev", eio)
+    assert tap.TapDevice("x", 99).write(bytes(60)) == "tap_down"
+
+
+def test_queue_settings_are_refused_for_a_tap_port(server_with_fake_tap):
+    server, _peer = server_with_fake_tap
+    for req in ({"cmd": "rule-add", "port": "p", "proto": "tcp", "dport": 5001, "queue": 0},
+                {"cmd": "coalesce-set", "port": "p", "max_frames": 8, "max_usecs": 10},
+                {"cmd": "rate-set", "port": "p", "rate_bps": 10**9},
+                {"cmd": "pause-set", "port": "p", "on": True},
+                {"cmd": "rss-set", "port": "p", "queues": 1}):
+        reply = control.handle(server, req)
+        assert "is a tap port" in reply["error"], (req, reply)
+    assert control.handle(server, {"cmd": "link-set", "port": "p", "up": False}).get("ok") is True
+    assert server.ports["p"].link_up is False
+    assert control.handle(server, {"cmd": "rule-list", "port": "p"})["ok"] is True

@@ -47,6 +47,10 @@ COMMANDS = ("rule-add", "rule-list", "rule-del", "rss-show", "rss-set", "coalesc
             "rate-set", "pause-set", "pause-show", "port-add", "port-del")
 
 
+#: settings of a guest port's queues that a tap port does not have
+_NOT_FOR_TAP_PORTS = ("rule-add", "rss-set", "coalesce-set", "rate-set", "pause-set")
+
+
 def _port(server: Server, req: dict, required: bool = True) -> Port | None:
     name = req.get("port")
     if name is None and not required:
@@ -129,6 +133,9 @@ def _handle(server: Server, req: dict) -> dict:
         ports = [port] if port is not None else list(server.ports.values())
         return {"ok": True, "rules": {p.name: [r.to_json() for r in p.classifier.rules.values()] for p in ports}}
     port = _port(server, req)
+    if port.ifname is not None and cmd in _NOT_FOR_TAP_PORTS:
+        raise ConfigError(f"port {port.name!r} is a tap port (one queue, written as the kernel takes it): "
+                          f"{cmd} does not apply")
     cls = port.classifier
     if cmd == "rule-add":
         _only(req, "port", "proto", "src", "dst", "sport", "dport", "queue")

@@ -47,6 +47,8 @@ TAP_FEATURES = (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_HOST_TSO4) | (1 << 
 MAX_IFNAME = 15
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 IFNAME_RULE = f"1 to {MAX_IFNAME} characters of A-Z a-z 0-9 _ . -"
+#: drop reasons of a failed write by errno
+_WRITE_ERRORS = {errno.EIO: "tap_down", errno.EINVAL: "tap_rejected"}
 #: all-zero header: a frame without offload requests
 PLAIN_TAP_HDR = bytes(NET_HDR_LEN)
 #: a read buffer that holds the biggest frame the kernel sends (64 KiB TSO) and tells a longer one apart
@@ -171,12 +173,13 @@ class TapDevice:
 
     def write(self, frame: bytes) -> str | None:
         """One frame to the tap with its header; None when written, else the drop reason: tap_full when the
-        kernel's queue is full (EAGAIN: never wait for it), tap_rejected when it refuses the frame (EINVAL: e.g.
-        a header length beyond the frame), tap_write_error otherwise."""
+        kernel's queue is full (EAGAIN: never wait for it), tap_down while the device is down (EIO: the peer has
+        not brought it up yet), tap_rejected when the kernel refuses the frame (EINVAL: e.g. a header length
+        beyond the frame), tap_write_error otherwise."""
         try:
             os.writev(self.fd, (tap_header(frame), whole(frame)))
         except (BlockingIOError, InterruptedError):
             return "tap_full"
         except OSError as e:
-            return "tap_rejected" if e.errno == errno.EINVAL else "tap_write_error"
+            return _WRITE_ERRORS.get(e.errno, "tap_write_error")
         return None
