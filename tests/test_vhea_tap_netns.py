@@ -282,7 +282,7 @@ def test_a_flood_from_the_namespace_does_not_stop_the_guest_port(sockdir, netns,
         fe.handshake()
         tap_mac = move_into(netns, ifname)
         rx = started(in_ns(netns, NS_RECEIVE, ifname, str(ETHERTYPE), "100", "20"))
-        flood = started(in_ns(netns, NS_FLOOD, ifname, "4"))
+        flood = started(in_ns(netns, NS_FLOOD, ifname, "8"))
         assert wait_for(lambda: server.stats()["ports"]["p"]["from_guest_frames"] > 1000, 10)
         t0 = time.monotonic()
         frames = [ethernet(tap_mac, MAC_A, i.to_bytes(4, "big") + bytes(60)) for i in range(100)]
@@ -291,6 +291,7 @@ def test_a_flood_from_the_namespace_does_not_stop_the_guest_port(sockdir, netns,
             fe.send_frame(f)
         reply = ctl.query(sockdir, {"cmd": "stats"}, timeout=5)
         assert reply["ports"]["p"]["kind"] == "tap"
+        assert flood.poll() is None, "the flood ended before the guest port's frames were taken"
         got = [bytes.fromhex(h) for h in finish(rx)]
         elapsed = time.monotonic() - t0
         flooded = int(flood.communicate(timeout=30)[0].strip().splitlines()[-1])
