@@ -191,6 +191,7 @@ def serving(server: Server):
 def test_a_tap_is_read_at_most_tap_budget_frames_per_loop_pass(server_with_fake_tap):
     server, peer = server_with_fake_tap
     assert server.ports["p"].ifname == "vh-p" and server.stats()["ports"]["p"]["kind"] == "tap"
+    assert server.ports["a"].pause and not server.ports["p"].pause  # --flow-control: guest ports only
     n = 3 * tapservice.TAP_BUDGET + 5
     for i in range(n):
         peer.send(hdr() + frame(MAC_A, TAP_MAC, i))

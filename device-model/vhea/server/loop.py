@@ -6,10 +6,10 @@ ring, with a logged reason, and the other ports keep forwarding.
 
 Server is put together from one mixin per concept, each in its module of this package: ports and link state
 (ports.py), the vhost-user session (session.py), the tx service of both datapaths (txservice.py), tap ports
-(tapservice.py), forwarding
-and rx delivery with flow control (delivery.py), calls and pacing timers (notify.py), the control socket and
-stats (control_socket.py). This module holds the state they share and the loop that drives them; the
-decisions of forwarding and flow control are pure code below the server (forwarding.py, pause.py).
+(tapservice.py), forwarding and rx delivery with flow control (delivery.py), calls and pacing timers
+(notify.py), the control socket and stats (control_socket.py). This module holds the state they share and the
+loop that drives them; the decisions of forwarding and flow control are pure code below the server
+(forwarding.py, pause.py).
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ _close_tap (tapservice.py) and _unregister (loop.py)."""
     def _new_port(self, name: str, path: str, client: bool, ifname: str | None = None) -> Port:
         """A vhost-user port on socket `path`, or with `ifname` a tap port (one queue pair, no socket)."""
         port = Port(name, path, 1 if ifname is not None else self.queue_pairs, client=client, ifname=ifname)
-        port.pause, port.pause_max_us = self.flow_control, self.pause_max_us
+        # flow control holds frames for a guest's rx queue; a tap takes them or drops them (tapservice.py)
+        port.pause, port.pause_max_us = self.flow_control and ifname is None, self.pause_max_us
         return port
 
     def _open_port(self, port: Port) -> None:
