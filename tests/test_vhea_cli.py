@@ -91,10 +91,11 @@ def test_serve_stats_json_and_clean_sigterm(sockdir):
         assert st["datapath"] in ("native", "python")
         assert set(st["ports"]) == {"a", "b"}
         pa, pb = st["ports"]["a"], st["ports"]["b"]
-        assert set(pa) == {"connected", "connection", "from_guest_frames", "from_guest_bytes", "to_guest_frames",
-                           "to_guest_bytes", "drops", "classifier", "link", "link_emulated", "link_changes",
-                           "refused_link_down", "coalesce", "pacing", "pause", "queues"}
+        assert set(pa) == {"kind", "connected", "connection", "from_guest_frames", "from_guest_bytes",
+                           "to_guest_frames", "to_guest_bytes", "drops", "classifier", "link", "link_emulated",
+                           "link_changes", "refused_link_down", "coalesce", "pacing", "pause", "queues"}
         assert pa["connected"] is True and pa["connection"] == "connected" and pa["link"] == "up"
+        assert pa["kind"] == "vhost-user"
         assert pa["from_guest_frames"] == 10 and pa["from_guest_bytes"] == sum(map(len, frames))
         assert pb["to_guest_frames"] == 10 and pb["to_guest_bytes"] == sum(map(len, frames))
         assert pa["queues"][1] == {"index": 1, "frames": 10, "bytes": sum(map(len, frames)),

@@ -13,6 +13,7 @@ from . import control, ctl, native
 from .errors import MAX_SOCKET_PATH, PORT_NAME_RULE, ConfigError, UsageError, is_port_name
 from .pause import DEFAULT_MAX_US
 from .server import Server
+from .tap import IFNAME_RULE, default_ifname, is_ifname
 
 EXIT_USAGE = 2
 
@@ -52,20 +53,39 @@ def client_ports(args: argparse.Namespace, ports: list[str]) -> list[str]:
     return named
 
 
+def tap_ports(specs: list[str], ports: list[str]) -> dict[str, str | None]:
+    """`--tap-port NAME[=IFNAME]` (repeatable): tap port name -> TAP device name (None: the default vh-NAME)."""
+    taps: dict[str, str | None] = {}
+    for spec in specs:
+        name, eq, ifname = spec.partition("=")
+        if not is_port_name(name):
+            raise UsageError(f"bad port name {name!r} in --tap-port {spec!r}: {PORT_NAME_RULE}")
+        if name in ports or name in taps:
+            raise UsageError(f"port name {name!r} is used twice")
+        if eq and not is_ifname(ifname):
+            raise UsageError(f"bad interface name {ifname!r} in --tap-port {spec!r}: {IFNAME_RULE}")
+        taps[name] = ifname if eq else None
+    devices = [ifname or default_ifname(name) for name, ifname in taps.items()]
+    if len(set(devices)) != len(devices):
+        raise UsageError(f"two tap ports name one TAP device: {', '.join(devices)}")
+    return taps
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     ports = check_serve_args(args.socket_dir, args.ports, args.queues)
     clients = client_ports(args, ports)
+    taps = tap_ports(args.tap_port, ports)
     try:
         server = Server(args.socket_dir, ports, args.queues, ageing=args.ageing, client_ports=clients,
                         datapath=args.datapath, flow_control=args.flow_control, pause_max_us=args.pause_max_us,
-                        control=control)
+                        control=control, tap_ports=taps)
     except (native.NativeError, ConfigError) as e:
         raise UsageError(str(e)) from e
     try:
         server.bind()
     except OSError as e:
         server.close()
-        raise UsageError(f"cannot create sockets in {args.socket_dir}: {e}") from e
+        raise UsageError(f"cannot create sockets in {args.socket_dir} or TAP devices: {e}") from e
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
@@ -89,6 +109,10 @@ def parser() -> argparse.ArgumentParser:
                    help="vhost-user client role on every port: connect to <port>.sock, where the front-end "
                         "listens (QEMU server=on), and reconnect every second when it goes away")
     s.add_argument("--client-ports", help="comma-separated ports to run in the client role (the rest listen)")
+    s.add_argument("--tap-port", action="append", default=[], metavar="NAME[=IFNAME]",
+                   help="a tap port (repeatable): vhea creates the TAP device IFNAME (default vh-NAME) with a vnet "
+                        "header and checksum/TSO offloads, down and without an address, for whoever owns the peer "
+                        "to move into a namespace and configure")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--datapath", default="auto", choices=list(native.DATAPATHS),
                    help="native: the C inner loop (vhea/_datapath.c, built when the project is installed: "

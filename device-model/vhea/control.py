@@ -24,6 +24,8 @@
     {"cmd": "pause-show", "port": "b"}                 its settings and counters (also in stats)
     {"cmd": "port-add", "name": "c"}                   creates <socket dir>/c.sock and accepts a front-end on it
     {"cmd": "port-add", "name": "c", "connect": true}  client role: connects to c.sock (QEMU server=on), reconnects
+    {"cmd": "port-add", "name": "p", "tap": true, "ifname": "vh-p"}   a tap port: creates the TAP device (ifname
+                                                       default "vh-" + name), DOWN, no address, in vhea's namespace
     {"cmd": "port-del", "name": "c"}                   disconnects, frees the mappings, removes the socket, flushes
                                                        the port's MAC entries
 
@@ -39,9 +41,14 @@ import os
 
 from .errors import MAX_SOCKET_PATH, PORT_NAME_RULE, ConfigError, is_port_name
 from .server import Port, Server
+from .tap import IFNAME_RULE, default_ifname, is_ifname
 
 COMMANDS = ("rule-add", "rule-list", "rule-del", "rss-show", "rss-set", "coalesce-set", "coalesce-show", "link-set",
             "rate-set", "pause-set", "pause-show", "port-add", "port-del")
+
+
+#: settings of a guest port's queues that a tap port does not have
+_NOT_FOR_TAP_PORTS = ("rule-add", "rss-set", "coalesce-set", "rate-set", "pause-set")
 
 
 def _port(server: Server, req: dict, required: bool = True) -> Port | None:
@@ -78,13 +85,34 @@ def _port_name(server: Server, req: dict) -> str:
     return name
 
 
+def _add_tap_port(server: Server, name: str, req: dict) -> dict:
+    if req.get("tap") is not True:
+        raise ConfigError("tap must be true (ifname names the TAP device of a tap port)")
+    if req.get("connect", False):
+        raise ConfigError("a tap port has no vhost-user role: give tap or connect, not both")
+    ifname = req.get("ifname")
+    if ifname is None:
+        ifname = default_ifname(name)
+    if not is_ifname(ifname):
+        raise ConfigError(f"bad interface name {ifname!r}: {IFNAME_RULE}")
+    if any(p.ifname == ifname for p in server.ports.values()):
+        raise ConfigError(f"TAP device {ifname!r} belongs to another port")
+    try:
+        port = server.add_tap_port(name, ifname)
+    except OSError as e:
+        raise ConfigError(f"cannot create TAP device {ifname!r} for port {name!r}: {e}") from None
+    return {"ok": True, "port": name, "kind": "tap", "ifname": port.ifname}
+
+
 def _handle(server: Server, req: dict) -> dict:
     cmd = req["cmd"]
     if cmd == "port-add":
-        _only(req, "name", "connect")
+        _only(req, "name", "connect", "tap", "ifname")
         name = _port_name(server, req)
         if name in server.ports:
             raise ConfigError(f"port {name!r} exists; ports: {', '.join(server.ports)}")
+        if req.get("tap", False) is not False or "ifname" in req:
+            return _add_tap_port(server, name, req)
         client = req.get("connect", False)
         if not isinstance(client, bool):
             raise ConfigError("connect must be true or false")
@@ -105,6 +133,9 @@ def _handle(server: Server, req: dict) -> dict:
         ports = [port] if port is not None else list(server.ports.values())
         return {"ok": True, "rules": {p.name: [r.to_json() for r in p.classifier.rules.values()] for p in ports}}
     port = _port(server, req)
+    if port.ifname is not None and cmd in _NOT_FOR_TAP_PORTS:
+        raise ConfigError(f"port {port.name!r} is a tap port (one queue, written as the kernel takes it): "
+                          f"{cmd} does not apply")
     cls = port.classifier
     if cmd == "rule-add":
         _only(req, "port", "proto", "src", "dst", "sport", "dport", "queue")

@@ -59,7 +59,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         t.add_column(col, justify="right" if "frames" in col or "bytes" in col else "left")
     for name, p in stats["ports"].items():
         drops = ", ".join(f"{k}={v}" for k, v in p["drops"].items()) or "-"
-        t.add_row(name, "yes" if p["connected"] else "no", str(p["from_guest_frames"]),
+        label = f"{name} (tap {p.get('ifname')})" if p.get("kind") == "tap" else name
+        t.add_row(label, "yes" if p["connected"] else "no", str(p["from_guest_frames"]),
                   str(p["from_guest_bytes"]), str(p["to_guest_frames"]), str(p["to_guest_bytes"]), drops)
     q = Table(title="queues")
     for col in ("port", "queue", "frames", "bytes", "kicks", "calls", "drops"):
@@ -254,9 +255,16 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 def cmd_port(args: argparse.Namespace) -> int:
     if args.action == "add":
-        reply = _ask(args, {"cmd": "port-add", "name": args.name, "connect": args.connect})
-        text = (f"port {reply['port']} added: {'connecting to' if args.connect else 'listening on'} "
-                f"{reply['path']}")
+        if args.tap or args.ifname:
+            request = {"cmd": "port-add", "name": args.name, "tap": True}
+            if args.ifname:
+                request["ifname"] = args.ifname
+            reply = _ask(args, request)
+            text = f"port {reply['port']} added: TAP device {reply['ifname']} (down, no address)"
+        else:
+            reply = _ask(args, {"cmd": "port-add", "name": args.name, "connect": args.connect})
+            text = (f"port {reply['port']} added: {'connecting to' if args.connect else 'listening on'} "
+                    f"{reply['path']}")
     else:
         reply = _ask(args, {"cmd": "port-del", "name": args.name})
         text = f"port {reply['port']} removed" + (" (its front-end was disconnected)" if reply["was_connected"]
@@ -274,12 +282,18 @@ def add_cli_commands(sub) -> None:
     st.set_defaults(func=cmd_stats)
     po = sub.add_parser("port", help="add or remove a switch port while the device model runs")
     psub = po.add_subparsers(dest="action", required=True)
-    pa = psub.add_parser("add", help="create <socket-dir>/NAME.sock and accept a front-end on it")
-    pa.add_argument("--name", required=True)
+    pa = psub.add_parser("add", help="create <socket-dir>/NAME.sock and accept a front-end on it (or, --tap, "
+                                     "a TAP device)")
+    pa.add_argument("--name", "--port", dest="name", required=True)
     pa.add_argument("--connect", action="store_true",
                     help="client role: connect to NAME.sock, where the front-end listens (QEMU server=on)")
-    pd = psub.add_parser("del", help="disconnect the port's front-end, remove its socket, flush its MACs")
-    pd.add_argument("--name", required=True)
+    pa.add_argument("--tap", action="store_true",
+                    help="a tap port: a TAP device (vnet header, checksum and TSO offloads), left down without an "
+                         "address for whoever owns the peer to move into a namespace and configure")
+    pa.add_argument("--ifname", help="the TAP device's name (implies --tap; default vh-NAME, at most 15 characters)")
+    pd = psub.add_parser("del", help="disconnect the port's front-end (or remove its TAP device), remove its "
+                                     "socket, flush its MACs")
+    pd.add_argument("--name", "--port", dest="name", required=True)
     for p in (pa, pd):
         p.add_argument("--socket-dir", required=True)
         p.add_argument("--json", action="store_true", help="print the raw JSON answer")

@@ -6,7 +6,7 @@ Flow control (pause.py decides, this module drives it): a receiving port with pa
 queue without buffers instead of dropping them, and the tx queue they came from is not serviced until they
 are delivered or the pause limit is reached (_hold_begin, _drain_held). Nothing of it runs while nothing is
 held. A Server mixin (loop.py): `_src` is the tx ring whose batch is being forwarded, `_hold` its Backlog once
-a frame of the batch was held.
+a frame of the batch was held; None while a tap's frames are forwarded (tapservice.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ log = logging.getLogger(__package__)  # "vhea.server": one logger for the server
 
 class Delivery:
     """Frames from a tx batch to the destination ports' rx rings (mixed into Server). Uses _stop_ring
-(session.py)."""
+(session.py), and _tap_write, _tap_write_run (tapservice.py) for tap ports."""
 
     # the Server's state this mixin uses (set in loop.Server.__init__; the arena only with the native datapath)
     ports: dict[str, Port]
@@ -60,6 +60,9 @@ class Delivery:
 
     def _deliver_run(self, port: Port, start: int, end: int, frames: list[bytes] | None = None) -> None:
         """_deliver for frames[start:end] (or meta[start:end] of the arena: native datapath)."""
+        if port.ifname is not None:  # a tap port (tapservice.py)
+            self._tap_write_run(port, start, end, frames)
+            return
         reason = refusal(port.link_up, port.handler is not None)
         if reason is not None:
             port.drop(reason, end - start)
@@ -89,7 +92,8 @@ class Delivery:
         if self._hold is not None:  # an earlier frame of this batch is held: the rest waits behind it
             self._hold_frames(port, start, end, frames)
             return
-        stop = holds(port, ring.index)  # flow control: stop at a frame without buffers
+        # flow control: stop at a frame without buffers (not for frames from a tap: no tx queue to pause)
+        stop = self._src is not None and holds(port, ring.index)
         if frames is None:
             done, nbytes, nobuf, small, err, at = device.rx_native(ring, self._arena, self._meta, start, end,
                                                                    PLAIN_HDR, stop)
@@ -129,11 +133,17 @@ class Delivery:
             return
         ring = self._push_one(port, frame)
         if ring is not None:
+            if self._src is None:  # a frame from a tap: nothing to pause, dropped
+                port.drop(no_buffers_reason(port, ring.index), queue=ring.index)
+                return
             self._hold_begin(port, ring).add(port.name, frame)
 
     def _push_one(self, port: Port, frame: bytes) -> Vring | None:
         """One frame into `port` (classified), or dropped with a reason; the rx ring when the frame found no
         buffers there, nothing of it was written, and the port pauses its senders (the caller holds it)."""
+        if port.ifname is not None:  # a tap port (tapservice.py): written or dropped, never held
+            self._tap_write(port, frame)
+            return None
         reason = refusal(port.link_up, port.handler is not None)
         if reason is not None:
             port.drop(reason)

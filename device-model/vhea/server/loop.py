@@ -5,10 +5,11 @@ Nothing a guest or a front-end does may raise out of the loop: errors close that
 ring, with a logged reason, and the other ports keep forwarding.
 
 Server is put together from one mixin per concept, each in its module of this package: ports and link state
-(ports.py), the vhost-user session (session.py), the tx service of both datapaths (txservice.py), forwarding
-and rx delivery with flow control (delivery.py), calls and pacing timers (notify.py), the control socket and
-stats (control_socket.py). This module holds the state they share and the loop that drives them; the
-decisions of forwarding and flow control are pure code below the server (forwarding.py, pause.py).
+(ports.py), the vhost-user session (session.py), the tx service of both datapaths (txservice.py), tap ports
+(tapservice.py), forwarding and rx delivery with flow control (delivery.py), calls and pacing timers
+(notify.py), the control socket and stats (control_socket.py). This module holds the state they share and the
+loop that drives them; the decisions of forwarding and flow control are pure code below the server
+(forwarding.py, pause.py).
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import time
 from .. import native
 from ..pause import DEFAULT_MAX_US, HOLD_POLL_S, Backlog, FlowControl, check_max_us
 from ..switch import Switch
+from ..tap import default_ifname
 from .control_socket import ControlAPI, ControlEndpoint
 from .delivery import Delivery
 from .notify import Notifications
 from .port import PortRing
 from .ports import PortLifecycle
 from .session import VhostSession
+from .tapservice import TapService
 from .txservice import TxService
 
 log = logging.getLogger(__package__)  # "vhea.server": one logger for the server package
@@ -38,13 +41,15 @@ DEFAULT_DATAPATH = "auto"
 POLL_S = 0.2
 
 
-class Server(PortLifecycle, VhostSession, TxService, Delivery, Notifications, ControlEndpoint):
+class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notifications, ControlEndpoint):
     """vhost-user back-end for a set of ports joined by a learning switch."""
 
     def __init__(self, socket_dir: str, ports: list[str], queue_pairs: int = 1,
                  ageing: float = 300.0, client_ports: list[str] | tuple[str, ...] = (),
                  datapath: str | None = None, flow_control: bool = False,
-                 pause_max_us: int = DEFAULT_MAX_US, control: ControlAPI | None = None) -> None:
+                 pause_max_us: int = DEFAULT_MAX_US, control: ControlAPI | None = None,
+                 tap_ports: dict[str, str | None] | None = None) -> None:
+        """`tap_ports`: tap ports made at bind(), name -> TAP device name (None: the default "vh-" + name)."""
         #: "native" (vhea/_datapath.c) or "python" (the reference); NativeError if native is asked for and absent
         self.datapath = native.resolve(datapath or DEFAULT_DATAPATH)
         self._native = native.MOD if self.datapath == "native" else None
@@ -57,10 +62,14 @@ class Server(PortLifecycle, VhostSession, TxService, Delivery, Notifications, Co
         self.pause_max_us = check_max_us(pause_max_us)
         self.ports = {p: self._new_port(p, os.path.join(socket_dir, f"{p}.sock"), client=p in client_ports)
                       for p in ports}
+        for name, ifname in (tap_ports or {}).items():
+            if name in self.ports:
+                raise ValueError(f"port {name!r} is given twice")
+            self.ports[name] = self._new_port(name, "", False, ifname or default_ifname(name))
         self.control_path = os.path.join(socket_dir, "control.sock")
         #: the control API of the requests beyond stats and ping (vhea.control); None: only those two
         self.control = control
-        self.switch = Switch(ports, ageing)
+        self.switch = Switch(list(self.ports), ageing)
         self.sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -70,6 +79,7 @@ class Server(PortLifecycle, VhostSession, TxService, Delivery, Notifications, Co
         self._touched: set[PortRing] = set()
         self._deferred: set[PortRing] = set()  # calls held back by coalescing
         self._paced: set[PortRing] = set()  # tx rings waiting for their port's rate limit
+        self._tap_busy: set = set()  # tap ports to read at this pass (readable, or their budget ran out)
         self._flow = FlowControl()  # tx rings paused by a receiver: their frames
         self._src: PortRing | None = None  # the tx ring whose batch is being forwarded
         self._hold: Backlog | None = None  # its Backlog once a frame of the batch was held
@@ -99,13 +109,14 @@ class Server(PortLifecycle, VhostSession, TxService, Delivery, Notifications, Co
         log.info("serving ports %s in %s (%s datapath)", ", ".join(self.ports), self.socket_dir, self.datapath)
         try:
             while self._running:
-                self.run_once(0 if self._busy else self._idle_timeout())
+                self.run_once(0 if self._busy or self._tap_busy else self._idle_timeout())
         finally:
             self.close()
 
     def close(self) -> None:
         for port in self.ports.values():
             self._disconnect(port, "shutting down", retry=False)
+            self._close_tap(port)
             if port.listener is not None:
                 self._unregister(port.listener)
                 port.listener.close()
@@ -154,6 +165,8 @@ class Server(PortLifecycle, VhostSession, TxService, Delivery, Notifications, Co
                 if kind == "kick":
                     port, ring = obj
                     self._on_kick(port, ring, key.fd)
+                elif kind == "tap":
+                    self._tap_busy.add(obj)
                 elif kind == "conn":
                     self._on_message(obj)
                 elif kind == "listen":
@@ -169,6 +182,8 @@ class Server(PortLifecycle, VhostSession, TxService, Delivery, Notifications, Co
                         pass
             except Exception:  # the loop must survive anything; this is a bug, not a guest error
                 log.exception("internal error handling %s event", kind)
+        if self._tap_busy:
+            self._service_taps()
         if self._flow:
             self._drain_held()
         if self._paced:
@@ -178,7 +193,7 @@ class Server(PortLifecycle, VhostSession, TxService, Delivery, Notifications, Co
             for port, ring in busy:
                 if port.handler is not None and ring.ready:
                     self._service_tx(port, ring)
-        elif not events:
+        elif not events and not self._tap_busy:
             self._poll_all()
         self._flush_calls()
 

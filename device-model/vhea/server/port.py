@@ -1,5 +1,5 @@
-"""A switch port: its socket and front-end connection, link state, the host's settings that outlive connections
-(classifier, coalescing, pacing, flow control) and its counters."""
+"""A switch port: its socket and front-end connection (or its TAP device: a tap port), link state, the host's
+settings that outlive connections (classifier, coalescing, pacing, flow control) and its counters."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..connection import Connection
 from ..handler import BackendHandler
 from ..pacing import Pacer
 from ..pause import DEFAULT_MAX_US
+from ..tap import TapDevice
 from ..vring import QueueCounters, Vring
 
 #: a ring of a port: what the loop's work sets (rings to service, to call, paced) hold
@@ -29,6 +30,10 @@ class Port:
     next_connect: float = 0.0
     connect_attempts: int = 0
     conn: Connection | None = None
+    #: a tap port: the TAP device IFNAME (ifname set, device open while the port exists) instead of a vhost-user
+    #: front-end; one queue, no classifier or coalescing
+    ifname: str | None = None
+    tap: TapDevice | None = None
     handler: BackendHandler | None = None
     from_guest_frames: int = 0
     from_guest_bytes: int = 0
@@ -78,7 +83,13 @@ class Port:
         """Whether a front-end connection is served now: not while the link is down (unless emulated)."""
         return self.link_up or self.link_emulated
 
+    @property
+    def kind(self) -> str:
+        return "vhost-user" if self.ifname is None else "tap"
+
     def connection_state(self) -> str:
+        if self.ifname is not None:
+            return "tap open" if self.tap is not None else "tap closed"
         if self.conn is not None:
             return "connected"
         if not self.serves:
@@ -87,8 +98,9 @@ class Port:
 
     def stats(self, held_frames: int = 0, tx_paused: list | tuple = (), now: float = 0.0) -> dict:
         """`held_frames`: frames held for this port now; `tx_paused`: the Backlogs of its tx queues paused now."""
-        return {
-            "connected": self.conn is not None,
+        out = {
+            "kind": self.kind,
+            "connected": self.conn is not None or self.tap is not None,
             "connection": self.connection_state(),
             "from_guest_frames": self.from_guest_frames,
             "from_guest_bytes": self.from_guest_bytes,
@@ -113,3 +125,6 @@ class Port:
                 for i, c in enumerate(self.queue_counters)
             ],
         }
+        if self.ifname is not None:
+            out["ifname"] = self.ifname
+        return out

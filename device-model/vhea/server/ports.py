@@ -1,5 +1,6 @@
 """Port lifecycle and link state: ports made at start and added or removed at run time (control commands
-port-add / port-del), their listening sockets (a stale one of a dead back-end replaced), link up/down
+port-add / port-del), vhost-user ports and tap ports (their TAP device: tapservice.py), their listening
+sockets (a stale one of a dead back-end replaced), link up/down
 (link-set) and flow control settings (pause). A Server mixin (loop.py).
 
 The link status bit a guest sees (VIRTIO_NET_S_LINK_UP) belongs to QEMU, which a vhost-user back-end cannot
@@ -16,14 +17,15 @@ import socket
 
 from ..pause import check_max_us
 from ..switch import Switch
+from ..tap import default_ifname
 from .port import Port
 
 log = logging.getLogger(__package__)  # "vhea.server": one logger for the server package
 
 
 class PortLifecycle:
-    """Ports, their sockets and link state (mixed into Server). Uses _disconnect (session.py) and _unregister
-(loop.py)."""
+    """Ports, their sockets and link state (mixed into Server). Uses _disconnect (session.py), _open_tap and
+_close_tap (tapservice.py) and _unregister (loop.py)."""
 
     # the Server's state this mixin uses (set in loop.Server.__init__)
     socket_dir: str
@@ -35,13 +37,19 @@ class PortLifecycle:
     switch: Switch
     _bound: list[str]
 
-    def _new_port(self, name: str, path: str, client: bool) -> Port:
-        port = Port(name, path, self.queue_pairs, client=client)
-        port.pause, port.pause_max_us = self.flow_control, self.pause_max_us
+    def _new_port(self, name: str, path: str, client: bool, ifname: str | None = None) -> Port:
+        """A vhost-user port on socket `path`, or with `ifname` a tap port (one queue pair, no socket)."""
+        port = Port(name, path, 1 if ifname is not None else self.queue_pairs, client=client, ifname=ifname)
+        # flow control holds frames for a guest's rx queue; a tap takes them or drops them (tapservice.py)
+        port.pause, port.pause_max_us = self.flow_control and ifname is None, self.pause_max_us
         return port
 
     def _open_port(self, port: Port) -> None:
-        """Server role: create and watch the port's socket. Client role: connect at the next loop turn."""
+        """Server role: create and watch the port's socket. Client role: connect at the next loop turn. A tap
+        port: create its TAP device."""
+        if port.ifname is not None:
+            self._open_tap(port)
+            return
         if port.client:
             port.next_connect = 0.0
             return
@@ -50,6 +58,7 @@ class PortLifecycle:
 
     def _close_port(self, port: Port, reason: str) -> None:
         self._disconnect(port, reason, retry=False)
+        self._close_tap(port)
         if port.listener is not None:
             self._unregister(port.listener)
             port.listener.close()
@@ -72,6 +81,18 @@ class PortLifecycle:
         self.ports[name] = port
         self.switch.ports.append(name)
         log.info("port %s: added (%s role, %s)", name, "client" if client else "server", port.path)
+        return port
+
+    def add_tap_port(self, name: str, ifname: str | None = None) -> Port:
+        """A new tap port: its TAP device IFNAME (default "vh-" + name) is created now, DOWN and without an
+        address (whoever owns the peer moves it into a namespace and configures it); OSError if it cannot be."""
+        if name in self.ports:
+            raise ValueError(f"port {name!r} exists")
+        port = self._new_port(name, "", False, ifname or default_ifname(name))
+        self._open_port(port)
+        self.ports[name] = port
+        self.switch.ports.append(name)
+        log.info("port %s: added (tap %s)", name, port.ifname)
         return port
 
     def del_port(self, name: str) -> None:
