@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .eventfds import eventfd_signal
 from .memory import AddressError, GuestMemory
 from .protocol import VringAddr
 
@@ -97,6 +98,9 @@ class QueueCounters:
     bytes: int = 0
     kicks: int = 0
     calls: int = 0
+    #: calls not made because the call eventfd was not writable (a peer that fills its counter and clears
+    #: O_NONBLOCK on the shared file description would otherwise hang the loop in the write)
+    calls_skipped: int = 0
 
 
 @dataclass(eq=False)
@@ -492,9 +496,8 @@ class Vring:
         """Signal the guest if it wants it; returns whether the call eventfd was written."""
         if self.call_fd is None or not self.need_call():
             return False
-        try:
-            os.eventfd_write(self.call_fd, 1)
-        except OSError:
+        if not eventfd_signal(self.call_fd):
+            self.counters.calls_skipped += 1
             return False
         self.counters.calls += 1
         return True
