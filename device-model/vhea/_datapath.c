@@ -598,7 +598,13 @@ static PyObject *rx_push(PyObject *mod, PyObject *args) {
             small++;
             continue;
         }
-        /* MRG_RXBUF: lone device-writable buffers until the frame fits (Vring.gather) */
+        /* MRG_RXBUF: lone device-writable buffers until the frame fits (Vring.gather); a zero-length one is
+           a ring error (a ring full of them made every frame scan the whole avail ring in vain) */
+        if (d.len == 0) {
+            snprintf(err, ERRLEN, "rx descriptor %u is a zero-length buffer", head);
+            code = 2;
+            break;
+        }
         uint64_t capacity = d.len;
         uint32_t k = 1;
         scratch[0].p = p;
@@ -619,6 +625,11 @@ static PyObject *rx_push(PyObject *mod, PyObject *args) {
             }
             if (!(d.flags & F_WRITE)) {
                 snprintf(err, ERRLEN, "rx descriptor chain %u has a device-read-only buffer", h);
+                code = 2;
+                break;
+            }
+            if (d.len == 0) {
+                snprintf(err, ERRLEN, "rx descriptor %u is a zero-length buffer", h);
                 code = 2;
                 break;
             }

@@ -347,9 +347,12 @@ class Vring:
                 return RxBuffer(n, head, view[off:off + length])
         raise RingError(f"descriptor {head}: guest address {addr:#x}+{length} is outside the mapped memory")
 
-    def gather(self, mem: GuestMemory, need: int, limit: int) -> Gathered:
+    def gather(self, mem: GuestMemory, need: int, limit: int, mergeable: bool = False) -> Gathered:
         """Device-writable buffers from the avail ring (not consumed) until `need` bytes fit or `limit` chains
         are taken: ([(head, views)], capacity). Single descriptors (MRG_RXBUF buffers) take a fast inline path.
+
+        `mergeable`: a zero-length single buffer is a RingError; it holds nothing, and a ring full of them
+        made every frame scan the whole avail ring in vain (issue 12).
         """
         desc = self._desc
         regions = mem.gpa_spans
@@ -363,6 +366,8 @@ class Vring:
                 if not flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
                     if not flags & VRING_DESC_F_WRITE:
                         raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
+                    if not length and mergeable:
+                        raise RingError(f"rx descriptor {head} is a zero-length buffer")
                     for base, size, view in regions:
                         off = addr - base
                         if 0 <= off and off + length <= size:
