@@ -13,7 +13,7 @@ import time
 from ..connection import Connection, Disconnected, RepliesNotRead
 from ..eventfds import eventfd_drain, eventfd_signal
 from ..handler import BackendHandler
-from ..net_backend import NetBackend
+from ..net_backend import NetBackend, guard_hits, memory_truncated
 from ..protocol import ProtocolError, request_name
 from ..switch import Switch
 from ..vring import Vring
@@ -38,6 +38,8 @@ _unregister (loop.py)."""
     _touched: set[PortRing]
     _deferred: set[PortRing]
     _paced: set[PortRing]
+    #: SIGBUS guard hits already handled (_check_memory_guard)
+    _guard_hits_seen: int = 0
 
     def _connect_due(self, now: float) -> None:
         for port in self.ports.values():
@@ -120,6 +122,19 @@ _unregister (loop.py)."""
         finally:
             for msg in msgs[handled:]:  # the batch ended early: fds nobody will take are closed
                 msg.close_fds()
+
+    def _check_memory_guard(self) -> None:
+        """Close the ports whose front-end shrank its guest memory file under us (SIGBUS guard, net_backend.py):
+        their memory is zero pages of our own now. One integer compare per loop turn when nothing happened."""
+        hits = guard_hits()
+        if hits == self._guard_hits_seen:
+            return
+        self._guard_hits_seen = hits
+        for port in list(self.ports.values()):
+            if port.handler is not None and memory_truncated(port.handler.device.mem):
+                log.warning("port %s: the front-end shrank its guest memory file (SIGBUS caught); closing the "
+                            "connection", port.name)
+                self._close_peer(port, "memory truncated")
 
     def _close_peer(self, port: Port, reason: str) -> None:
         """vhea closes this front-end (its fault, or ours): counted by reason in the port's stats."""
