@@ -120,7 +120,7 @@ def test_a_peer_writing_without_pause_gets_a_bounded_share_and_memory(sockdir):
         hostile = Hostile(flood)
         times = exchanges_while(sockdir, hostile, 3.0)
         rss_after = proc_rss_kib(proc.pid)
-        assert len(times) >= 10 and max(times) < 0.5, f"{len(times)} exchanges, slowest {max(times):.2f} s"
+        assert len(times) >= 10 and max(times) < 1.0, f"{len(times)} exchanges, slowest {max(times):.2f} s"
         assert rss_after - rss_before < 16 * 1024, f"RSS grew {rss_before} -> {rss_after} KiB"
 
 
@@ -141,7 +141,7 @@ def test_a_peer_that_does_not_read_its_replies_is_closed_without_stalling_the_ot
         hostile = Hostile(mute)
         times = exchanges_while(sockdir, hostile, 6.0)
         assert hostile.rounds >= 2
-        assert len(times) >= 10 and max(times) < 0.5, f"{len(times)} exchanges, slowest {max(times):.2f} s"
+        assert len(times) >= 10 and max(times) < 1.0, f"{len(times)} exchanges, slowest {max(times):.2f} s"
         assert serve_stats(sockdir)["ports"]["c"]["closed"].get("replies not read", 0) >= 1
 
 
