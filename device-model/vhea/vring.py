@@ -98,9 +98,7 @@ class QueueCounters:
     bytes: int = 0
     kicks: int = 0
     calls: int = 0
-    #: calls not made because the call eventfd was not writable (a peer that fills its counter and clears
-    #: O_NONBLOCK on the shared file description would otherwise hang the loop in the write)
-    calls_skipped: int = 0
+    calls_skipped: int = 0  # the call eventfd was not writable (its peer filled it): skipped, never blocked on
 
 
 @dataclass(eq=False)
@@ -349,10 +347,8 @@ class Vring:
 
     def gather(self, mem: GuestMemory, need: int, limit: int, mergeable: bool = False) -> Gathered:
         """Device-writable buffers from the avail ring (not consumed) until `need` bytes fit or `limit` chains
-        are taken: ([(head, views)], capacity). Single descriptors (MRG_RXBUF buffers) take a fast inline path.
-
-        `mergeable`: a zero-length single buffer is a RingError; it holds nothing, and a ring full of them
-        made every frame scan the whole avail ring in vain (issue 12).
+        are taken: ([(head, views)], capacity). Single descriptors (MRG_RXBUF buffers) take a fast inline path;
+        with `mergeable` an empty one is a RingError (a ring of them made each frame scan the whole ring).
         """
         desc = self._desc
         regions = mem.gpa_spans
