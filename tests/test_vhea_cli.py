@@ -93,14 +93,14 @@ def test_serve_stats_json_and_clean_sigterm(sockdir):
         pa, pb = st["ports"]["a"], st["ports"]["b"]
         assert set(pa) == {"kind", "connected", "connection", "from_guest_frames", "from_guest_bytes",
                            "to_guest_frames", "to_guest_bytes", "drops", "classifier", "link", "link_emulated",
-                           "link_changes", "refused_link_down", "coalesce", "pacing", "pause", "queues"}
+                           "link_changes", "refused_link_down", "closed", "coalesce", "pacing", "pause", "queues"}
         assert pa["connected"] is True and pa["connection"] == "connected" and pa["link"] == "up"
         assert pa["kind"] == "vhost-user"
         assert pa["from_guest_frames"] == 10 and pa["from_guest_bytes"] == sum(map(len, frames))
         assert pb["to_guest_frames"] == 10 and pb["to_guest_bytes"] == sum(map(len, frames))
         assert pa["queues"][1] == {"index": 1, "frames": 10, "bytes": sum(map(len, frames)),
                                    "kicks": pa["queues"][1]["kicks"], "calls": pa["queues"][1]["calls"],
-                                   "drops": {}}
+                                   "calls_skipped": 0, "drops": {}}
         assert pa["queues"][1]["kicks"] >= 1
         assert [q["index"] for q in pb["queues"]] == [0, 1]
         assert st["switch"]["fdb"] == [{"mac": "02:00:00:00:00:0a", "port": "a"}]

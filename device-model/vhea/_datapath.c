@@ -19,9 +19,12 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define F_NEXT 1
 #define F_WRITE 2
@@ -598,7 +601,13 @@ static PyObject *rx_push(PyObject *mod, PyObject *args) {
             small++;
             continue;
         }
-        /* MRG_RXBUF: lone device-writable buffers until the frame fits (Vring.gather) */
+        /* MRG_RXBUF: lone device-writable buffers until the frame fits (Vring.gather); a zero-length one is
+           a ring error (a ring full of them made every frame scan the whole avail ring in vain) */
+        if (d.len == 0) {
+            snprintf(err, ERRLEN, "rx descriptor %u is a zero-length buffer", head);
+            code = 2;
+            break;
+        }
         uint64_t capacity = d.len;
         uint32_t k = 1;
         scratch[0].p = p;
@@ -619,6 +628,11 @@ static PyObject *rx_push(PyObject *mod, PyObject *args) {
             }
             if (!(d.flags & F_WRITE)) {
                 snprintf(err, ERRLEN, "rx descriptor chain %u has a device-read-only buffer", h);
+                code = 2;
+                break;
+            }
+            if (d.len == 0) {
+                snprintf(err, ERRLEN, "rx descriptor %u is a zero-length buffer", h);
                 code = 2;
                 break;
             }
@@ -682,9 +696,105 @@ out:
     return result;
 }
 
+/* ---- the SIGBUS guard -----------------------------------------------------------------------------------------
+ * A front-end that shrinks (ftruncates) its unsealed guest-memory file after SET_MEM_TABLE makes the next access
+ * to the lost pages raise SIGBUS, which kills the process. QEMU's memory-backend-memfd seals its memfd
+ * (F_SEAL_SHRINK) but memory-backend-file, DPDK's --no-huge memfd and vhea's own front-end do not, so refusing
+ * unsealed memory would refuse real front-ends. Instead, unsealed regions are registered here: a SIGBUS inside
+ * one replaces the whole mapping with anonymous zero pages (the faulting access then completes, reading zeros)
+ * and marks the region hit; the server closes that port. A SIGBUS anywhere else goes to the previous handler.
+ */
+#define GUARD_SLOTS 256
+
+struct guard_slot {
+    uintptr_t start, end;
+    volatile sig_atomic_t used, hit;
+};
+
+static struct guard_slot guards[GUARD_SLOTS];
+static volatile sig_atomic_t guard_hit_count;
+static struct sigaction guard_previous;
+static int guard_installed;
+
+static void guard_on_sigbus(int sig, siginfo_t *info, void *ctx) {
+    uintptr_t a = (uintptr_t)info->si_addr;
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        if (guards[i].used && guards[i].start <= a && a < guards[i].end) {
+            void *p = mmap((void *)guards[i].start, guards[i].end - guards[i].start, PROT_READ | PROT_WRITE,
+                           MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p != MAP_FAILED) {
+                guards[i].hit = 1;
+                guard_hit_count++;
+                return; /* the access is retried on the zero pages */
+            }
+            break;
+        }
+    }
+    /* not ours: the previous disposition takes the retried access */
+    sigaction(SIGBUS, &guard_previous, NULL);
+    (void)sig;
+    (void)ctx;
+}
+
+static PyObject *guard_add(PyObject *mod, PyObject *args) {
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "O", &obj))
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(obj, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uintptr_t start = (uintptr_t)b.buf, end = start + (uintptr_t)b.len;
+    PyBuffer_Release(&b);
+    if (!guard_installed) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = guard_on_sigbus;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGBUS, &sa, &guard_previous) < 0)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        guard_installed = 1;
+    }
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        if (!guards[i].used) {
+            guards[i].start = start;
+            guards[i].end = end;
+            guards[i].hit = 0;
+            guards[i].used = 1;
+            return PyLong_FromLong(i);
+        }
+    }
+    PyErr_SetString(PyExc_RuntimeError, "no free SIGBUS guard slot");
+    return NULL;
+}
+
+static PyObject *guard_remove(PyObject *mod, PyObject *args) {
+    int i;
+    if (!PyArg_ParseTuple(args, "i", &i))
+        return NULL;
+    if (i >= 0 && i < GUARD_SLOTS)
+        guards[i].used = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *guard_was_hit(PyObject *mod, PyObject *args) {
+    int i;
+    if (!PyArg_ParseTuple(args, "i", &i))
+        return NULL;
+    return PyBool_FromLong(i >= 0 && i < GUARD_SLOTS && guards[i].used && guards[i].hit);
+}
+
+static PyObject *guard_hits(PyObject *mod, PyObject *noargs) {
+    return PyLong_FromLong((long)guard_hit_count);
+}
+
 static PyMethodDef methods[] = {
     {"tx_pull", tx_pull, METH_VARARGS, "take a batch of tx chains into an arena (see the source)"},
     {"rx_push", rx_push, METH_VARARGS, "write a batch of frames into an rx ring (see the source)"},
+    {"guard_add", guard_add, METH_VARARGS, "guard a mapping (a buffer) against SIGBUS; returns its slot"},
+    {"guard_remove", guard_remove, METH_VARARGS, "stop guarding a slot (before the mapping goes)"},
+    {"guard_was_hit", guard_was_hit, METH_VARARGS, "whether a SIGBUS hit this slot's mapping"},
+    {"guard_hits", guard_hits, METH_NOARGS, "SIGBUS hits in guarded mappings so far"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from .eventfds import is_eventfd
 from .protocol import (
     FLAG_NEED_REPLY,
     U64,
@@ -111,6 +112,8 @@ class BackendHandler(Generic[Device]):
             return index, None
         if len(msg.fds) != 1:
             raise ProtocolError(f"{what}: expected 1 fd, got {len(msg.fds)}")
+        if not is_eventfd(msg.fds[0]):  # a pipe would block our writes once full (docs: "Limits")
+            raise ProtocolError(f"{what}: the fd is not an eventfd")
         return index, msg.fds.pop()
 
     def offered_protocol_features(self) -> int:

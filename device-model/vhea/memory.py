@@ -7,8 +7,10 @@ is untrusted.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .protocol import MemoryRegion
@@ -23,6 +25,8 @@ class MappedRegion:
     region: MemoryRegion
     map: mmap.mmap
     view: memoryview  # starts at mmap_offset, memory_size long
+    #: the fd had F_SEAL_SHRINK: the front-end cannot shrink the file under the mapping (no SIGBUS possible)
+    sealed: bool = False
 
     @property
     def gpa(self) -> int:
@@ -37,6 +41,14 @@ class MappedRegion:
         return self.region.memory_size
 
 
+def shrink_sealed(fd: int) -> bool:
+    """Whether the file has F_SEAL_SHRINK (QEMU's memory-backend-memfd seals; files and DPDK's memfd do not)."""
+    try:
+        return bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK)
+    except OSError:
+        return False  # not a memfd/shmem file: no seals
+
+
 class GuestMemory:
     """All regions of one memory table. `close()` unmaps them."""
 
@@ -46,6 +58,10 @@ class GuestMemory:
         #: (no attribute or property calls in the hot path)
         self.gpa_spans = [(r.gpa, r.size, r.view) for r in regions]
         self._native = None  # the native datapath's view of the regions (holds buffer exports until close)
+        #: run by close() before the mappings go (the SIGBUS guard of net_backend.py lets go of them)
+        self.on_close: list[Callable[[], None]] = []
+        #: SIGBUS guard slots of the unsealed regions (net_backend.guard_memory)
+        self.guards: list[int] = []
 
     def native(self, module):
         """The regions as the native datapath's Memory object (made once; released by close())."""
@@ -77,7 +93,7 @@ class GuestMemory:
                 except (OSError, ValueError, OverflowError) as e:
                     raise AddressError(f"mmap of {length} bytes failed: {e}") from e
                 view = memoryview(m)[r.mmap_offset:length]
-                mapped.append(MappedRegion(r, m, view))
+                mapped.append(MappedRegion(r, m, view, shrink_sealed(fd)))
         except AddressError:
             cls(mapped).close()
             raise
@@ -90,6 +106,9 @@ class GuestMemory:
         return cls(mapped)
 
     def close(self) -> None:
+        for release in self.on_close:
+            release()
+        self.on_close = []
         if self._native is not None:
             self._native.close()  # first: its buffer exports would keep the views below from being released
             self._native = None

@@ -468,7 +468,7 @@ class VirtioNet:
             c.bytes += flen
             return None
         # several buffers (MRG_RXBUF) or a chained buffer: collect views until the frame fits
-        chains, capacity = ring.gather(mem, need, avail if self.mrg_rxbuf else 1)
+        chains, capacity = ring.gather(mem, need, avail if self.mrg_rxbuf else 1, self.mrg_rxbuf)
         if capacity < need:
             return "rx_no_buffers" if self.mrg_rxbuf else "rx_buffer_too_small"
         first = chains[0][1][0]

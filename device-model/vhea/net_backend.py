@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import net
+from . import native, net
 from .memory import AddressError, GuestMemory
 from .net import VirtioNet
 from .protocol import MemoryRegion, VringAddr
@@ -17,6 +17,35 @@ from .vhost_backend import BackendError
 from .vring import RingError
 
 log = logging.getLogger(__name__)
+
+
+def guard_memory(mem: GuestMemory, port: str) -> None:
+    """Register the regions whose file is not sealed against shrinking with the SIGBUS guard of _datapath.c: a
+    front-end that ftruncates its memory file then loses its port instead of killing vhea (memory_truncated).
+    Without the native module there is no guard: logged, and a shrinking front-end can still kill vhea."""
+    mod = native.MOD
+    for r in mem.regions:
+        if r.sealed:
+            continue
+        if mod is None or not hasattr(mod, "guard_add"):
+            log.warning("port %s: guest memory is not sealed against shrinking and the native module (SIGBUS guard) "
+                        "is not there: a front-end that truncates its memory file can kill vhea", port)
+            return
+        slot = mod.guard_add(r.map)
+        mem.guards.append(slot)
+        mem.on_close.append(lambda slot=slot: mod.guard_remove(slot))
+
+
+def memory_truncated(mem: GuestMemory | None) -> bool:
+    """Whether the front-end shrank a guarded region's file under its mapping (now zero pages of our own)."""
+    mod = native.MOD
+    return mem is not None and mod is not None and any(mod.guard_was_hit(slot) for slot in mem.guards)
+
+
+def guard_hits() -> int:
+    """SIGBUS hits in guarded guest memory so far (0 without the native module): cheap, for every loop turn."""
+    mod = native.MOD
+    return mod.guard_hits() if mod is not None and hasattr(mod, "guard_hits") else 0
 
 
 class NetBackend(VirtioNet):
@@ -42,6 +71,7 @@ class NetBackend(VirtioNet):
             mem = GuestMemory.map(regions, fds)
         except AddressError as e:
             raise BackendError(str(e)) from e
+        guard_memory(mem, self.name)
         old = self.mem
         for r in self.rings:
             r.unmap()

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 DEFAULT_AGEING_S = 300.0
+#: at most this many learned MACs: a guest spraying source MACs cannot grow the table (and vhea's memory);
+#: when full, new sources are not learned (their frames still flood) and `not_learned` counts them
+MAX_FDB_ENTRIES = 4096
 
 
 def mac_str(mac: bytes) -> str:
@@ -29,12 +32,18 @@ class Switch:
         self.ageing = ageing
         self.clock = clock
         self.fdb: dict[bytes, FdbEntry] = {}
+        self.max_entries = MAX_FDB_ENTRIES
+        #: sources not learned because the table was full
+        self.not_learned = 0
 
     def learn(self, src: bytes, port: str, now: float) -> None:
         if src[0] & 1:
             return  # a multicast source address is bogus; never learn it
         e = self.fdb.get(src)
         if e is None:
+            if len(self.fdb) >= self.max_entries:
+                self.not_learned += 1
+                return
             self.fdb[src] = FdbEntry(port, now)
         else:
             e.port = port
@@ -48,7 +57,10 @@ class Switch:
         if not frame[6] & 1:  # a multicast source address is bogus; never learn it
             e = fdb.get(src)
             if e is None:
-                fdb[src] = FdbEntry(ingress, now)
+                if len(fdb) < self.max_entries:
+                    fdb[src] = FdbEntry(ingress, now)
+                else:
+                    self.not_learned += 1
             else:
                 e.port = ingress
                 e.seen = now

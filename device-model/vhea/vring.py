@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .eventfds import eventfd_signal
 from .memory import AddressError, GuestMemory
 from .protocol import VringAddr
 
@@ -97,6 +98,7 @@ class QueueCounters:
     bytes: int = 0
     kicks: int = 0
     calls: int = 0
+    calls_skipped: int = 0  # the call eventfd was not writable (its peer filled it): skipped, never blocked on
 
 
 @dataclass(eq=False)
@@ -343,9 +345,10 @@ class Vring:
                 return RxBuffer(n, head, view[off:off + length])
         raise RingError(f"descriptor {head}: guest address {addr:#x}+{length} is outside the mapped memory")
 
-    def gather(self, mem: GuestMemory, need: int, limit: int) -> Gathered:
+    def gather(self, mem: GuestMemory, need: int, limit: int, mergeable: bool = False) -> Gathered:
         """Device-writable buffers from the avail ring (not consumed) until `need` bytes fit or `limit` chains
-        are taken: ([(head, views)], capacity). Single descriptors (MRG_RXBUF buffers) take a fast inline path.
+        are taken: ([(head, views)], capacity). Single descriptors (MRG_RXBUF buffers) take a fast inline path;
+        with `mergeable` an empty one is a RingError (a ring of them made each frame scan the whole ring).
         """
         desc = self._desc
         regions = mem.gpa_spans
@@ -359,6 +362,8 @@ class Vring:
                 if not flags & (VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT):
                     if not flags & VRING_DESC_F_WRITE:
                         raise RingError(f"rx descriptor chain {head} has a device-read-only buffer")
+                    if not length and mergeable:
+                        raise RingError(f"rx descriptor {head} is a zero-length buffer")
                     for base, size, view in regions:
                         off = addr - base
                         if 0 <= off and off + length <= size:
@@ -492,9 +497,8 @@ class Vring:
         """Signal the guest if it wants it; returns whether the call eventfd was written."""
         if self.call_fd is None or not self.need_call():
             return False
-        try:
-            os.eventfd_write(self.call_fd, 1)
-        except OSError:
+        if not eventfd_signal(self.call_fd):
+            self.counters.calls_skipped += 1
             return False
         self.counters.calls += 1
         return True

@@ -99,5 +99,6 @@ class ControlEndpoint:
             "datapath": self.datapath,
             "ports": {name: p.stats(held.frames.get(name, 0), held.paused.get(name, ()), now)
                       for name, p in self.ports.items()},
-            "switch": {"fdb": self.switch.table()},
+            "switch": {"fdb": self.switch.table(), "fdb_max": self.switch.max_entries,
+                       "fdb_not_learned": self.switch.not_learned},
         }

@@ -25,6 +25,7 @@ class Notifications:
 
     def _flush_calls(self) -> None:
         """One call per touched ring per loop turn, or later if the port's coalescing settings hold it back."""
+        self._check_memory_guard()  # every loop turn passes here: a port whose memory was truncated closes
         touched, self._touched = self._touched, set()
         if self._deferred:
             touched |= self._deferred

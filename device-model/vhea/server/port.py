@@ -66,6 +66,8 @@ class Port:
     #: times a tx queue of this port was paused by a receiver, and for how long in all (seconds)
     tx_pauses: int = 0
     tx_paused_s: float = 0.0
+    #: front-end connections closed by vhea, by reason (protocol error, replies not read, ...)
+    closed: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.queue_counters = [QueueCounters() for _ in range(2 * self.queue_pairs)]
@@ -112,6 +114,7 @@ class Port:
             "link_emulated": self.link_emulated,
             "link_changes": self.link_changes,
             "refused_link_down": self.refused_link_down,
+            "closed": dict(sorted(self.closed.items())),
             "coalesce": self.coalescer.settings(),
             "pacing": self.pacer.settings(),
             "pause": {"on": self.pause, "max_us": self.pause_max_us, "events": self.pause_events,
@@ -121,6 +124,7 @@ class Port:
                       "tx_paused_us": round(1e6 * (self.tx_paused_s + sum(now - b.start for b in tx_paused)))},
             "queues": [
                 {"index": i, "frames": c.frames, "bytes": c.bytes, "kicks": c.kicks, "calls": c.calls,
+                 "calls_skipped": c.calls_skipped,
                  "drops": dict(sorted(self.queue_drops.get(i, {}).items()))}
                 for i, c in enumerate(self.queue_counters)
             ],

@@ -6,14 +6,14 @@ connection closed with a logged reason. A Server mixin (loop.py): it uses the lo
 from __future__ import annotations
 
 import logging
-import os
 import selectors
 import socket
 import time
 
-from ..connection import Connection, Disconnected
+from ..connection import Connection, Disconnected, RepliesNotRead
+from ..eventfds import eventfd_drain, eventfd_signal
 from ..handler import BackendHandler
-from ..net_backend import NetBackend
+from ..net_backend import NetBackend, guard_hits, memory_truncated
 from ..protocol import ProtocolError, request_name
 from ..switch import Switch
 from ..vring import Vring
@@ -38,6 +38,8 @@ _unregister (loop.py)."""
     _touched: set[PortRing]
     _deferred: set[PortRing]
     _paced: set[PortRing]
+    #: SIGBUS guard hits already handled (_check_memory_guard)
+    _guard_hits_seen: int = 0
 
     def _connect_due(self, now: float) -> None:
         for port in self.ports.values():
@@ -93,24 +95,51 @@ _unregister (loop.py)."""
         conn, handler = port.conn, port.handler
         if conn is None or handler is None:
             return
+        msgs = []
+        handled = 0
         try:
-            msgs = conn.read()
+            msgs = conn.read()  # bounded per call (connection.READ_BUDGET_*); the rest comes next loop pass
             self._unwatch_kicks(port)  # before any handler closes or replaces a kick fd (epoll keeps stale ones)
             for msg in msgs:
                 log.debug("port %s: %s size %d fds %d", port.name, request_name(msg.request), msg.header.size,
                           len(msg.fds))
+                handled += 1  # handle() consumes or closes the fds of its message, whatever happens
                 reply = handler.handle(msg)
                 if reply is not None:
                     conn.send(reply)
             self._watch_kicks(port)
+        except RepliesNotRead as e:
+            log.warning("port %s: %s; closing the connection", port.name, e)
+            self._close_peer(port, "replies not read")
         except Disconnected as e:
             self._disconnect(port, f"front-end disconnected ({e})")
         except ProtocolError as e:
             log.warning("port %s: protocol error: %s; closing the connection", port.name, e)
-            self._disconnect(port, "protocol error")
+            self._close_peer(port, "protocol error")
         except Exception:
             log.exception("port %s: internal error in the request handler; closing the connection", port.name)
-            self._disconnect(port, "internal error")
+            self._close_peer(port, "internal error")
+        finally:
+            for msg in msgs[handled:]:  # the batch ended early: fds nobody will take are closed
+                msg.close_fds()
+
+    def _check_memory_guard(self) -> None:
+        """Close the ports whose front-end shrank its guest memory file under us (SIGBUS guard, net_backend.py):
+        their memory is zero pages of our own now. One integer compare per loop turn when nothing happened."""
+        hits = guard_hits()
+        if hits == self._guard_hits_seen:
+            return
+        self._guard_hits_seen = hits
+        for port in list(self.ports.values()):
+            if port.handler is not None and memory_truncated(port.handler.device.mem):
+                log.warning("port %s: the front-end shrank its guest memory file (SIGBUS caught); closing the "
+                            "connection", port.name)
+                self._close_peer(port, "memory truncated")
+
+    def _close_peer(self, port: Port, reason: str) -> None:
+        """vhea closes this front-end (its fault, or ours): counted by reason in the port's stats."""
+        port.closed[reason] = port.closed.get(reason, 0) + 1
+        self._disconnect(port, reason)
 
     def _unwatch_kicks(self, port: Port) -> None:
         for fd in list(port.kick_fds):
@@ -157,17 +186,11 @@ _unregister (loop.py)."""
             self._unregister(ring.kick_fd)
             del port.kick_fds[ring.kick_fd]
         if ring.err_fd is not None:
-            try:
-                os.eventfd_write(ring.err_fd, 1)
-            except OSError:
-                pass
+            eventfd_signal(ring.err_fd)  # never blocks, whatever the peer did to the eventfd
         ring.stop(reason)  # last: a test thread that waits for ring.error then finds the log and the err eventfd
 
     def _on_kick(self, port: Port, ring: Vring, fd: int) -> None:
-        try:
-            os.eventfd_read(fd)
-        except (BlockingIOError, OSError):
-            pass
+        eventfd_drain(fd)  # never blocks, whatever the peer did to the eventfd
         ring.counters.kicks += 1
         if port.handler is None or not ring.ready:
             return
