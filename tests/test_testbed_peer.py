@@ -259,3 +259,41 @@ def test_real_vhea_tap_port_in_the_peer_namespace(sdir):
         assert not peer.exists(info.namespace) and not link_in_host(info.interface)
     finally:
         devicemodel.stop(dm)
+
+
+@needs_netns
+def test_restart_device_model_puts_a_new_device_into_the_same_namespace(sdir):
+    """vhea's TAP device goes with the old process; the namespace and what runs there stay, a new device goes in
+    (a persistent TAP device stands in for vhea's here, so the old one is still there and is replaced)."""
+    from testbed.lifecycle.restart import restart_device_model
+
+    sock_dir, log = sdir / "vhea", sdir / "vhea.log"
+    old = devicemodel.start(sock_dir, ["a"], 1, log)
+    new = 0
+    info = peer.create(sdir, "10.10.0", make_tap)
+    sleeper = subprocess.Popen(peer.exec_argv(info.namespace, ["sleep", "60"]), stdin=subprocess.DEVNULL)
+    try:
+        topo = state.Topology.load(FIXTURE_TOPOLOGY)
+        topo.state_dir, topo.guests, topo.peer = str(sdir), [], info
+        topo.device_model = state.DeviceModelInfo(str(sock_dir), old, ["a"], str(log))
+        topo.save(state.topology_path(sdir))
+        made: list[str] = []
+
+        def new_tap(ifname: str) -> None:
+            assert not link_in_host(ifname) and ifname not in in_ns(info.namespace, "ip", "-o", "link")
+            made.append(ifname)
+            make_tap(ifname)
+
+        new = restart_device_model(sdir, quiet(), provide_peer_device=new_tap)
+        assert made == [info.interface]
+        assert "10.10.0.254/24" in in_ns(info.namespace, "ip", "-o", "-4", "address", "show", "dev", info.interface)
+        assert sleeper.poll() is None  # what ran in the namespace still runs
+        back = state.Topology.load(state.topology_path(sdir))
+        assert back.peer is not None and back.peer.namespace == info.namespace and back.device_model.pid == new
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for pid in (old, new):
+            if pid:
+                devicemodel.stop(pid)
+        peer.remove(info.namespace)

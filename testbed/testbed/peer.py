@@ -14,6 +14,7 @@ obtained is a parameter, so the namespace steps are tested with a TAP device the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -82,25 +83,44 @@ def _ip(*args: str, namespace: str | None = None) -> str:
 
 
 def create(sdir: Path, subnet: str, provide_device: DeviceProvider) -> PeerInfo:
-    """Make the peer namespace of `sdir`, get the device from `provide_device`, move it in, address it and bring
-    it (and lo) up. A failure removes the namespace again and raises PeerError."""
-    ns, ifname = namespace_name(sdir), interface_name(sdir)
+    """Make the peer namespace of `sdir` and attach a device from `provide_device` (attach). A failure removes
+    the namespace again and raises."""
+    ns = namespace_name(sdir)
     if exists(ns):
         remove(ns)  # one a killed run left behind (`up` runs `down` first; this is the last guard)
     _ip("netns", "add", ns)
     try:
+        return attach(PeerInfo(namespace=ns, interface=interface_name(sdir), address=address(subnet),
+                               prefix_len=PREFIX_LEN, port=PORT), provide_device)
+    except BaseException:
+        remove(ns)
+        raise
+
+
+def attach(peer: PeerInfo, provide_device: DeviceProvider) -> PeerInfo:
+    """Get the device from `provide_device`, move it into the peer's namespace (made if missing), set the
+    address and bring it and lo up; returns `peer` with the device's MAC.
+
+    Also after a device-model restart: vhea's TAP device went with the old process, while the namespace and
+    what runs in it stay. A device of that name still in the namespace is deleted first; one made but not
+    moved is deleted on failure (it would stay in the host's namespace otherwise).
+    """
+    ns, ifname = peer.namespace, peer.interface
+    if not exists(ns):
+        _ip("netns", "add", ns)
+    subprocess.run(["ip", "-n", ns, "link", "del", "dev", ifname], capture_output=True, timeout=15,
+                   stdin=subprocess.DEVNULL)
+    try:
         provide_device(ifname)
         _ip("link", "set", "dev", ifname, "netns", ns)
-        addr = address(subnet)
-        _ip("address", "add", f"{addr}/{PREFIX_LEN}", "dev", ifname, namespace=ns)
+        _ip("address", "add", f"{peer.address}/{peer.prefix_len}", "dev", ifname, namespace=ns)
         _ip("link", "set", "dev", "lo", "up", namespace=ns)
         _ip("link", "set", "dev", ifname, "up", namespace=ns)
         mac = read_mac(ns, ifname)
     except BaseException:
-        remove(ns)
-        _delete_link(ifname)  # a device that was made but not moved stays in the host's namespace otherwise
+        _delete_link(ifname)
         raise
-    return PeerInfo(namespace=ns, interface=ifname, address=addr, prefix_len=PREFIX_LEN, port=PORT, mac=mac)
+    return dataclasses.replace(peer, mac=mac)
 
 
 def read_mac(namespace: str, ifname: str) -> str:
