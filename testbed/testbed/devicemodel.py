@@ -126,8 +126,8 @@ def tap_ports_supported() -> bool:
 def add_tap_port(socket_dir: Path, port: str, ifname: str) -> None:
     """Ask the running vhea for a port backed by the TAP device `ifname`, which it creates DOWN in its own
     network namespace (the caller moves it, addresses it and brings it up)."""
-    # The port's name option: --port in the TAP-port interface, --name in vhea's older `port add`.
-    name_flag = "--port" if "--port" in port_add_help() else "--name"
+    # The port's name option: vhea's `port add` has --name (the TAP-port interface adds --port as its alias).
+    name_flag = "--name" if "--name" in port_add_help() else "--port"
     res = subprocess.run(vhea_command() + ["port", "add", "--socket-dir", str(socket_dir), name_flag, port, "--tap",
                                            "--ifname", ifname], capture_output=True, text=True, timeout=30)
     if res.returncode != 0:
