@@ -5,15 +5,18 @@ network namespace."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from harness_helpers import free_port, local_runner, stream_playbook
+from rich.console import Console
 
+from testbed import devicemodel, state
 from testbed import peer as testbed_peer
-from testbed import state
 from testbed.harness import peer_role, remote
 from testbed.harness.errors import HarnessError
 from testbed.harness.playbook import PEER, PlaybookError, parse_playbook
@@ -90,8 +93,6 @@ def test_a_testbed_without_a_peer_says_how_to_get_one(tmp_path):
 
 
 def test_runner_gives_the_peer_a_shell_in_its_namespace(tmp_path):
-    from rich.console import Console
-
     from testbed.harness.guestcmd import GuestLayout
     from testbed.harness.runner import Runner
 
@@ -194,3 +195,45 @@ def test_a_case_against_a_real_peer_namespace_over_a_veth(tmp_path):
         subprocess.run(["ip", "link", "del", "dev", host_end], capture_output=True)
     assert not testbed_peer.exists(info.namespace)
     assert subprocess.run(["ip", "link", "show", "dev", host_end], capture_output=True).returncode != 0
+
+
+@pytest.mark.skipif(bool(testbed_peer.unavailable_reason()), reason="network namespaces need root and `ip`")
+@pytest.mark.skipif(not devicemodel.tap_ports_supported(),
+                    reason="this vhea has no TAP ports yet (`vhea port add --tap`: the tap-port branch)")
+def test_a_case_guest_to_peer_through_a_real_vhea(tmp_path):
+    """The whole data path without VMs: vhea serving the peer's TAP port (made by `testbed up`'s add_peer) and a
+    second TAP port in a namespace of its own standing in for guest iso-a (10.10.0.1); the case's client runs
+    there, the server natively in the peer, the bytes cross vhea's switch (its counters say so)."""
+    import tempfile
+
+    from testbed.harness import dmstats
+    from testbed.lifecycle.options import UpOptions
+    from testbed.lifecycle.up import add_peer
+
+    sdir = Path(tempfile.mkdtemp(prefix="tbh", dir="/tmp"))  # short: vhea's socket paths
+    sock_dir = sdir / "vhea"
+    dm = devicemodel.start(sock_dir, ["a"], 1, sdir / "vhea.log")
+    guest_ns = state.PeerInfo("isotb-g" + testbed_peer.namespace_name(sdir)[6:], "vh-g-" +
+                              testbed_peer.interface_name(sdir)[6:], "10.10.0.1", 24, "g")
+    info = None
+    try:
+        info = add_peer(UpOptions(state_dir=sdir, peer="on"), sock_dir, Console(file=open(os.devnull, "w")))
+        testbed_peer.attach(guest_ns, lambda ifname: devicemodel.add_tap_port(sock_dir, "g", ifname))
+        runner = local_runner(tmp_path, lambda: dmstats.read_stats(str(sock_dir)))
+        runner.topology.peer, runner.topology.state_dir = info, str(sdir)
+        guest = runner.topology.guests[0]
+        guest.data_ip, guest.port = "10.10.0.1", "g"
+        runner.shells["iso-a"] = remote.PeerShell("iso-a", guest_ns.namespace)
+        runner.shells[PEER] = peer_role.shell(info)
+        runner.cases.layouts[PEER] = peer_role.layout(runner.topology, runner.guest_root)
+        runner.prepare([PEER])
+        record = runner.run_case(parse_playbook(peer_playbook(free_port(), "server"), "p.yaml").cases()[0])
+        assert record["status"] == "ok", (record["error"], record["server_log"])
+        assert record["server_ip"] == "10.10.0.254" and record["isoperf"]["verified"] is True
+        assert record["device_model"]["error"] is None and record["device_model"]["crossed"] is True
+        assert record["device_model"]["server_port"] == "peer"
+    finally:
+        devicemodel.stop(dm)
+        for ns in (guest_ns.namespace, info.namespace if info else testbed_peer.namespace_name(sdir)):
+            testbed_peer.remove(ns)
+        shutil.rmtree(sdir, ignore_errors=True)
