@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--pause-max-us", type=int, metavar="US",
                       help="how long a receiver may keep a sender paused before held frames are dropped "
                            "(vhea serve --pause-max-us; default vhea's, 5000)")
+    peer_group = p_up.add_mutually_exclusive_group()
+    peer_group.add_argument("--peer", dest="peer", action="store_const", const="on", default="auto",
+                            help="require the native peer: a network namespace on the host with address "
+                                 "10.10.0.254 on a TAP port of vhea, where `server: peer` tests run isoperf "
+                                 "(default: make it where the host can, i.e. as root with a vhea that has TAP "
+                                 "ports, and say why not elsewhere)")
+    peer_group.add_argument("--no-peer", dest="peer", action="store_const", const="off",
+                            help="no native peer")
     p_up.add_argument("--recreate", action="store_true",
                       help="take down a running testbed and start afresh (default: reuse it if its options match)")
 
@@ -56,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "socket), but only a PID whose command line shows this state dir's process.")
     _add_state(p_down)
 
-    p_status = sub.add_parser("status", help="show guests, accel, SSH ports and device-model ports")
+    p_status = sub.add_parser("status", help="show guests, the peer, accel, SSH ports and device-model ports")
     _add_state(p_status)
 
     p_rdm = sub.add_parser("restart-device-model",
@@ -67,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state(p_ssh)
     p_ssh.add_argument("guest", help="guest name, e.g. iso-a")
     p_ssh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run (default: a shell)")
+
+    p_peer = sub.add_parser(
+        "peer", help="run a command natively in the peer's network namespace, e.g. `testbed peer -- ping 10.10.0.1`",
+        description="Run a command (default: a shell) on the host inside the native peer's network namespace "
+                    "(`ip netns exec`), where it has the peer's address on the guests' data subnet.")
+    _add_state(p_peer)
+    p_peer.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run after `--` (default: a shell)")
 
     p_img = sub.add_parser("image", help="guest image commands")
     img_sub = p_img.add_subparsers(dest="image_command", required=True)
@@ -92,7 +107,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
     opts = UpOptions(state_dir=st.state_dir(args.state_dir), uri=args.uri, guests=args.guests,
                      vcpus=args.vcpus, memory_mib=args.memory, queues=args.queues, accel=args.accel,
                      isolate_cpus=args.isolate_cpus, flow_control=not args.no_flow_control,
-                     pause_max_us=args.pause_max_us)
+                     pause_max_us=args.pause_max_us, peer=args.peer)
     topo = up(opts, console, recreate=args.recreate)
     print_status(console, args.state_dir)
     console.print(f"topology: {st.topology_path(Path(topo.state_dir))}")
@@ -122,9 +137,36 @@ def print_status(console: Console, state_dir: str | None) -> int:
     console.print(table)
     dm = "running" if counters is not None else "NOT ANSWERING"
     console.print(f"libvirt: {topo.uri}")
+    console.print(f"peer: {peer_line(topo, ports if counters is not None else None)}")
     console.print(f"device model: pid {topo.device_model.pid}, {dm}, sockets in {topo.device_model.socket_dir}, "
                   f"log {topo.device_model.log}")
     return 0
+
+
+def peer_line(topo: st.Topology, ports: dict | None) -> str:
+    """The status line of the native peer: where it is and whether its namespace and vhea port are there."""
+    from testbed import peer
+
+    p = topo.peer
+    if p is None:
+        return "none (`testbed up --peer` makes one)"
+    ns = "" if peer.exists(p.namespace) else " [red](namespace MISSING)[/]"
+    link = "?" if ports is None else ("connected" if ports.get(p.port, {}).get("connected") else "down")
+    return (f"{p.address}/{p.prefix_len} on {p.interface} in namespace {p.namespace}{ns}, vhea port {p.port} "
+            f"({link}); `testbed peer -- CMD` runs there")
+
+
+def cmd_peer(args: argparse.Namespace, console: Console) -> int:
+    from testbed import peer
+
+    topo = st.Topology.load(st.topology_path(st.state_dir(args.state_dir)))
+    if topo.peer is None:
+        raise RuntimeError("this testbed has no native peer (bring it up with `testbed up --peer`)")
+    if not peer.exists(topo.peer.namespace):
+        raise RuntimeError(f"the peer namespace {topo.peer.namespace} is gone (`testbed up --recreate`)")
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    argv = peer.exec_argv(topo.peer.namespace, cmd or [os.environ.get("SHELL", "/bin/sh")])
+    os.execvp(argv[0], argv)
 
 
 def cmd_restart_device_model(args: argparse.Namespace, console: Console) -> int:
@@ -160,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = make_console()
     handlers = {"up": cmd_up, "down": cmd_down, "status": lambda a, c: print_status(c, a.state_dir),
-                "ssh": cmd_ssh, "image": cmd_image,
+                "ssh": cmd_ssh, "peer": cmd_peer, "image": cmd_image,
                 "restart-device-model": cmd_restart_device_model, "bench-vm": cmd_bench_vm}
     try:
         return handlers[args.command](args, console)

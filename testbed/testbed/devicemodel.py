@@ -107,3 +107,29 @@ def stats(socket_dir: Path) -> dict:
     if res.returncode != 0:
         raise DeviceModelError(f"vhea stats failed: {res.stderr.strip()}")
     return json.loads(res.stdout)
+
+
+def port_add_help() -> str:
+    """`vhea port add --help` of this venv's vhea ("" if it cannot say)."""
+    try:
+        res = subprocess.run(vhea_command() + ["port", "add", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return res.stdout if res.returncode == 0 else ""
+
+
+def tap_ports_supported() -> bool:
+    """Whether this vhea can back a port with a TAP device (`vhea port add ... --tap`)."""
+    return "--tap" in port_add_help()
+
+
+def add_tap_port(socket_dir: Path, port: str, ifname: str) -> None:
+    """Ask the running vhea for a port backed by the TAP device `ifname`, which it creates DOWN in its own
+    network namespace (the caller moves it, addresses it and brings it up)."""
+    # The port's name option: vhea's `port add` has --name (the TAP-port interface adds --port as its alias).
+    name_flag = "--name" if "--name" in port_add_help() else "--port"
+    res = subprocess.run(vhea_command() + ["port", "add", "--socket-dir", str(socket_dir), name_flag, port, "--tap",
+                                           "--ifname", ifname], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise DeviceModelError(f"vhea port add --tap {port} ({ifname}) failed: "
+                               f"{res.stderr.strip() or res.stdout.strip()}")

@@ -55,6 +55,18 @@ class DeviceModelInfo:
 
 
 @dataclass
+class PeerInfo:
+    """The native peer (testbed.peer): a network namespace on the host on the guests' data subnet."""
+
+    namespace: str  # `ip netns exec <namespace> ...` runs there
+    interface: str  # the TAP device of the device model's port, inside the namespace
+    address: str  # its IPv4 address, e.g. 10.10.0.254
+    prefix_len: int
+    port: str  # the device model's port name ("peer")
+    mac: str = ""
+
+
+@dataclass
 class Topology:
     state_dir: str
     uri: str
@@ -67,6 +79,7 @@ class Topology:
     supervisor_pid: int = 0  # the process that holds the libvirt connection (testbed.supervisor)
     options: dict = field(default_factory=dict)  # what `testbed up` was asked for, to reuse a running testbed
     version: int = TOPOLOGY_VERSION
+    peer: PeerInfo | None = None  # None: brought up without the native peer (and every topology file before it)
 
     def guest(self, name: str) -> GuestInfo:
         for g in self.guests:
@@ -90,6 +103,7 @@ class Topology:
             raise ValueError(f"{path}: topology version {raw.get('version')!r}, expected {TOPOLOGY_VERSION}")
         raw["device_model"] = DeviceModelInfo(**raw["device_model"])
         raw["guests"] = [GuestInfo(**g) for g in raw["guests"]]
+        raw["peer"] = PeerInfo(**raw["peer"]) if raw.get("peer") else None
         return cls(**raw)
 
 

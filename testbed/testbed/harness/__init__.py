@@ -7,7 +7,7 @@ A run, top down (the import contract harness-layers in pyproject.toml checks the
   (iperf3/sockperf); detached: a process started on a guest, its PID and readiness;
 - upload (the guest packages onto the guests), report (tables), metadata (what makes a result reproducible);
 - command lines and parsers, no I/O: placement_cmd, crosscheck, dmstats (device-model counters), tcpstats,
-  isoperf_cmd, isostackd_cmd; results (run directories);
+  peer_role (the native peer as a side of a case), isoperf_cmd, isostackd_cmd; results (run directories);
 - playbook (YAML schema), guestcmd (the guest packages and the `python3 -m` prefix of every guest command
-  line), remote (SSH and local shells), errors (HarnessError). The topology comes from testbed.state.
+  line), remote (SSH, local and peer shells), errors (HarnessError). The topology comes from testbed.state.
 """

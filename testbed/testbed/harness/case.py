@@ -24,6 +24,7 @@ from testbed.harness import (
     instances,
     isoperf_cmd,
     measure,
+    peer_role,
     placement_cmd,
     results,
 )
@@ -76,9 +77,11 @@ class CaseRunner:
     """Runs one case on two guests through their Shells; knows nothing of the topology or the playbook."""
 
     def __init__(self, shells: dict[str, Shell], layout: GuestLayout, counters: measure.DeviceModelCounters,
-                 console: Console, hostcpu: hostcpu_sample.HostCpuSampler | None = None):
+                 console: Console, hostcpu: hostcpu_sample.HostCpuSampler | None = None,
+                 layouts: dict[str, GuestLayout] | None = None):
         self.shells = shells
         self.layout = layout
+        self.layouts = layouts or {}  # a node's own layout by name (the native peer's), else `layout`
         self.counters = counters
         self.console = console
         self.hostcpu = hostcpu  # host CPU of the guests' vCPU threads and vhea per case; None: not sampled
@@ -100,43 +103,50 @@ class CaseRunner:
              record: dict) -> None:
         cshell, sshell = self.shells[client.name], self.shells[server.name]
         port = case.spec.port
-        start = isoperf_cmd.server_start_command(self.layout, server.data_ip, port)
+        slayout = self.layouts.get(server.name, self.layout)
+        start = isoperf_cmd.server_start_command(slayout, server.data_ip, port)
         pid = detached.start(sshell, start, server.name, "the isoperf server")
-        cmd = isoperf_cmd.client_command(self.layout, case, server.data_ip)
+        cmd = isoperf_cmd.client_command(self.layouts.get(client.name, self.layout), case, server.data_ip)
         record["commands"] = {"server": start, "client": cmd}
         daemons: list[instances.Daemon] = []
         plans: list[placement_cmd.InstancePlan] = []
         host_cpu: hostcpu_sample.HostCpuInterval | None = None
         try:
-            self._wait_server(sshell, port, pid)
-            record["placement"][server.name] = self._place_legacy(sshell, record, "server")
+            self._wait_server(sshell, slayout, port, pid)
+            record["placement"][server.name] = (peer_role.placement_record() if peer_role.is_peer(server)
+                                                else self._place_legacy(sshell, record, "server"))
             if case.stack == "iso":
                 plans = instances.plan(case, client, queue_pairs)
                 daemons = instances.start(cshell, self.layout, client, case, plans, record["commands"])
                 record["placement"][client.name] = {"mode": "isostack", "command": None, "exit_code": None,
                                                     "output": []}
+            elif peer_role.is_peer(client):
+                record["placement"][client.name] = peer_role.placement_record()
             else:
                 record["placement"][client.name] = self._place_legacy(cshell, record, "client")
-            layouts = {g.name: measure.nic_layout(self.shells[g.name]) for g in (client, server)}
+            layouts = {g.name: measure.nic_layout(self.shells[g.name]) for g in (client, server)
+                       if not peer_role.is_peer(g)}
             for name, layout in layouts.items():
                 record["placement"][name]["layout"] = layout
             before = self.counters.read()
             tcp_before = {role: measure.tcp_counters(self.shells[g.name])
                           for role, g in (("client", client), ("server", server))}
-            if self.hostcpu:
-                host_cpu = self.hostcpu.start({"client": client.name, "server": server.name})
+            if self.hostcpu:  # guests by their vCPU threads; the native peer's isoperf server by its host PID
+                host_cpu = self.hostcpu.start(
+                    {role: g.name for role, g in (("client", client), ("server", server)) if not peer_role.is_peer(g)},
+                    peer_pid=pid if peer_role.is_peer(server) else None)
             r = cshell.run(cmd, timeout_s=isoperf_cmd.client_timeout(case))
             if host_cpu:
                 host_cpu.stop()
             after = self.counters.read() if before is not None else None
             record["tcp"] = {role: measure.tcp_change(self.shells[g.name], tcp_before[role])
                              for role, g in (("client", client), ("server", server))}
-            for g in (client, server):
-                later = measure.nic_layout(self.shells[g.name])
-                record["placement"][g.name]["interrupts"] = placement_cmd.interrupts_delta(layouts[g.name], later)
+            for name in layouts:
+                later = measure.nic_layout(self.shells[name])
+                record["placement"][name]["interrupts"] = placement_cmd.interrupts_delta(layouts[name], later)
         finally:
             sshell.run(isoperf_cmd.server_stop_command(pid))
-            record["server_log"] = detached.log_tail(sshell, isoperf_cmd.server_log(self.layout, port), 20)
+            record["server_log"] = detached.log_tail(sshell, isoperf_cmd.server_log(slayout, port), 20)
             instances.stop(cshell, daemons)
             if plans:
                 record["isostackd"] = instances.records(cshell, self.layout, plans, daemons, record["commands"])
@@ -151,12 +161,12 @@ class CaseRunner:
         else:
             record["status"] = "ok"
 
-    def _wait_server(self, shell: Shell, port: int, pid: int) -> None:
-        readiness = detached.wait_ready(shell, isoperf_cmd.server_ready_command(self.layout, port, pid),
+    def _wait_server(self, shell: Shell, layout: GuestLayout, port: int, pid: int) -> None:
+        readiness = detached.wait_ready(shell, isoperf_cmd.server_ready_command(layout, port, pid),
                                         SERVER_READY_TIMEOUT_S)
         if readiness is Readiness.READY:
             return
-        log = detached.log_tail(shell, isoperf_cmd.server_log(self.layout, port), 5)
+        log = detached.log_tail(shell, isoperf_cmd.server_log(layout, port), 5)
         why = "exited" if readiness is Readiness.EXITED else f"is not listening after {SERVER_READY_TIMEOUT_S:.0f} s"
         raise HarnessError(f"{shell.name}: isoperf server {why}: {' | '.join(log)}")
 

@@ -8,6 +8,7 @@ files next to each other under the guests' PYTHONPATH and run there by Debian's 
 from __future__ import annotations
 
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,3 +48,8 @@ class GuestLayout:
 
     def placement(self) -> str:
         return self.module_command(PLACEMENT)
+
+
+def peer_layout(log_dir: Path, root: Path = GUEST_ROOT) -> GuestLayout:
+    """The native peer runs the packages where they are, with this venv's Python (nothing is uploaded)."""
+    return GuestLayout(remote_root=str(root), python=sys.executable, log_dir=str(log_dir))

@@ -31,6 +31,7 @@ MAX_INTERVAL_S = 3600.0  # a pause of an hour between cases is a typo, not a coo
 RUN_ORDERS = ("interleaved", "shuffled", "sequential")  # order.arrange: A B A B, shuffled rounds, A A B B
 SUPPORTED_STACKS = ("legacy", "iso")
 KNOWN_STACKS = ("legacy", "iso")
+PEER = "peer"  # `server: peer` / `client: peer`: the testbed's native peer (testbed.peer), not a guest
 
 
 class PlaybookError(ValueError):
@@ -406,6 +407,12 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
     server = _string(check, m, "server", where) if "server" in m else None
     if client is not None and client == server:
         raise check.fail(m.key_lines["server"], where, f"client and server are the same guest {client!r}")
+    if client == PEER and "iso" in stacks:
+        raise check.fail(m.key_lines["client"], where, "the peer runs isoperf natively on kernel sockets: stack iso "
+                         "needs its client on a guest (for the guest receiving, put the peer as server of maerts)")
+    if crosscheck and PEER in (client, server):
+        raise check.fail(m.key_lines["crosscheck"], where, "'crosscheck' runs iperf3/sockperf on two guests, not on"
+                         " the peer")
     return TestSpec(
         name=name,
         test=test,

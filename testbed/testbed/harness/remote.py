@@ -1,11 +1,13 @@
 """Running commands on the guests: the Shell interface and its SSH and local implementations.
 
 `Shell` is the small interface the runner needs; `FabricShell` is SSH to a guest, `LocalShell` runs on this
-host (loopback tests, no VMs). Keeping the runner on this interface is what makes it testable.
+host (loopback tests, no VMs), `PeerShell` on this host in the native peer's network namespace. Keeping the
+runner on this interface is what makes it testable.
 """
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -90,6 +92,19 @@ class LocalShell:
 
     def close(self) -> None:
         pass
+
+
+class PeerShell(LocalShell):
+    """The testbed's native peer: commands run on this host inside its network namespace (`ip netns exec`), so
+    they see the peer's address, routes and TCP counters, not the host's."""
+
+    def __init__(self, name: str, namespace: str):
+        super().__init__(name)
+        self.namespace = namespace
+
+    def run(self, command: str, timeout_s: float = 60.0) -> CommandResult:
+        return super().run(f"exec ip netns exec {shlex.quote(self.namespace)} sh -c {shlex.quote(command)}",
+                           timeout_s)
 
 
 def check(shell: Shell, command: str, timeout_s: float = 60.0) -> str:

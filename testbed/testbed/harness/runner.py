@@ -5,7 +5,8 @@ anything runs; the guest packages (guestcmd: isostack and isoperf, folders of th
 here) are uploaded once per run, each skipped when unchanged. For stack iso the packages' C parts must be
 built on the host before the upload (the guests have no gcc), and every iso test is checked against the
 client guest's vCPUs and the testbed's queue pairs: a playbook asking for more is an error naming its line
-and the `testbed up` flags. One case is case.CaseRunner's work.
+and the `testbed up` flags. One case is case.CaseRunner's work. A test may name the native peer (`server: peer`,
+`client: peer`): it has its own shell and layout and gets no upload (peer_role).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from pathlib import Path
 from rich.console import Console
 
 from testbed import state
-from testbed.harness import guestcmd, hostcpu_sample, measure, placement_cmd, upload
+from testbed.harness import guestcmd, hostcpu_sample, measure, peer_role, placement_cmd, upload
 from testbed.harness.case import CaseRunner
 from testbed.harness.errors import HarnessError
 from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.measure import StatsReader
-from testbed.harness.playbook import Case, Playbook
+from testbed.harness.playbook import PEER, Case, Playbook
 from testbed.harness.remote import Shell
 
 
@@ -41,22 +42,36 @@ class Runner:
         self.layout = layout
         self.console = console
         self.guest_root = guest_root  # the folder holding the guest packages (guestcmd.GUEST_PACKAGES)
+        layouts = {}
+        if topology.peer is not None:  # the native peer: its own shell (unless given) and layout (peer_role)
+            shells.setdefault(PEER, peer_role.shell(topology.peer))
+            layouts[PEER] = peer_role.layout(topology, guest_root)
         self.cases = CaseRunner(shells, layout, measure.DeviceModelCounters(stats_reader, console), console,
-                                hostcpu_sample.HostCpuSampler.for_topology(topology))
+                                hostcpu=hostcpu_sample.HostCpuSampler.for_topology(topology), layouts=layouts)
 
     def pair(self, case: Case) -> tuple[state.GuestInfo, state.GuestInfo]:
-        """(client, server) guests of a case: named in the playbook or the topology's first two."""
+        """(client, server) guests of a case: named in the playbook or the topology's first two; opposite the
+        peer, the first guest."""
         guests = self.topology.guests
-        if len(guests) < 2 and not (case.spec.client and case.spec.server):
+        with_peer = PEER in (case.spec.client, case.spec.server)
+        if len(guests) < (1 if with_peer else 2) and not (case.spec.client and case.spec.server):
             raise HarnessError(f"the testbed has {len(guests)} guest(s); a test needs two")
         try:
-            client = self.topology.guest(case.spec.client) if case.spec.client else guests[0]
-            server = self.topology.guest(case.spec.server) if case.spec.server else guests[1]
+            client = self.node(case.spec.client) if case.spec.client else guests[0]
+            server = self.node(case.spec.server) if case.spec.server else guests[0 if with_peer else 1]
         except KeyError as e:
             raise HarnessError(f"test {case.spec.name!r}: {e.args[0]}") from None
         if client.name == server.name:
             raise HarnessError(f"test {case.spec.name!r}: client and server are both {client.name!r}")
         return client, server
+
+    def node(self, name: str) -> state.GuestInfo:
+        """A guest by name, or the native peer (as a GuestInfo: peer_role.node); KeyError says what is missing."""
+        if name != PEER:
+            return self.topology.guest(name)
+        if self.topology.peer is None:
+            raise KeyError("the testbed has no native peer (bring it up with `testbed up --peer`)")
+        return peer_role.node(self.topology.peer)
 
     def queue_pairs(self) -> int:
         """The data NIC's queue pairs per guest, as `testbed up --queues` set them (1 if not recorded)."""
@@ -96,8 +111,14 @@ class Runner:
     def prepare(self, guest_names: list[str]) -> dict:
         """Upload the guest packages where needed; returns per-guest metadata (upload.sync_guest)."""
         packages = upload.snapshots(self.guest_root)
-        return {name: upload.sync_guest(self.shells[name], packages, self.layout, self.console.log)
-                for name in guest_names}
+        out = {}
+        for name in guest_names:
+            if name == PEER and self.topology.peer is not None:  # native: runs the code where it is
+                peer_role.log_dir(self.topology).mkdir(parents=True, exist_ok=True)
+                out[name] = peer_role.prepare_record(self.topology.peer, self.guest_root)
+            else:
+                out[name] = upload.sync_guest(self.shells[name], packages, self.layout, self.console.log)
+        return out
 
     def run_case(self, case: Case) -> dict:
         """The case's record (case.CaseRunner); an unknown guest in the playbook is a HarnessError."""

@@ -1,4 +1,5 @@
-"""Taking the testbed down: by topology.json, or by the pid files and sockets an interrupted `up` left.
+"""Taking the testbed down: by topology.json, or by the pid files, sockets and peer namespace an interrupted
+`up` left.
 
 Every PID is checked to be ours by its command line before it is signalled, so a stale pid file with a
 reused PID never stops an unrelated process.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from testbed import devicemodel, procs, supervisor
+from testbed import devicemodel, peer, procs, supervisor
 from testbed.state import Topology, topology_path
 
 # `testbed up` writes the PID of vhea serve here as soon as it exists (the supervisor's goes to
@@ -73,6 +74,8 @@ def down(sdir: Path, console: Console) -> bool:
     stop_supervisor(sdir, topo.supervisor_pid, console)
     devicemodel.stop(topo.device_model.pid)
     console.print("stopped the device model")
+    if topo.peer is not None and peer.remove(topo.peer.namespace):
+        console.print(f"removed the peer namespace {topo.peer.namespace}")
     stop_leftovers(sdir, console, ask_supervisor=False)  # whatever did not go, and the pid files
     tpath.unlink()
     return True
@@ -87,9 +90,11 @@ class Leftovers:
     supervisor_answers: bool = False  # something answers on the supervisor's socket
     device_model_pid: int = 0  # a `vhea serve --socket-dir <sdir>/vhea`
     qemus: list[tuple[int, str]] = field(default_factory=list)  # (PID, guest) from libvirt's pid files
+    peer_namespace: str = ""  # the state dir's peer namespace (testbed.peer.namespace_name), if it exists
 
     def __bool__(self) -> bool:
-        return bool(self.supervisor_pid or self.supervisor_answers or self.device_model_pid or self.qemus)
+        return bool(self.supervisor_pid or self.supervisor_answers or self.device_model_pid or self.qemus
+                    or self.peer_namespace)
 
     def describe(self) -> str:
         parts = []
@@ -100,6 +105,8 @@ class Leftovers:
             parts.append(f"the device model (pid {self.device_model_pid})")
         if self.qemus:
             parts.append(", ".join(f"QEMU of {name} (pid {pid})" for pid, name in self.qemus))
+        if self.peer_namespace:
+            parts.append(f"the peer namespace {self.peer_namespace}")
         return "; ".join(parts) or "nothing"
 
 
@@ -131,6 +138,7 @@ def find_leftovers(sdir: Path, ask_supervisor: bool = True) -> Leftovers:
                                    socket_peer_pid(devicemodel.control_socket(sock_dir))],
                                   lambda pid: devicemodel.serves(pid, sock_dir)),
         qemus=leftover_qemus(sdir),
+        peer_namespace=ns if peer.exists(ns := peer.namespace_name(sdir)) else "",
     )
     if ask_supervisor and supervisor.socket_path(sdir).exists():
         try:
@@ -186,6 +194,9 @@ def stop_leftovers(sdir: Path, console: Console, ask_supervisor: bool = True,
         ran = True
         _terminate(left.device_model_pid, lambda p: devicemodel.serves(p, sock_dir), 5.0)
         console.print(f"stopped the device model (pid {left.device_model_pid})")
+    if left.peer_namespace and peer.remove(left.peer_namespace):
+        ran = True
+        console.print(f"removed the peer namespace {left.peer_namespace}")
     for name in (supervisor.PID_FILE, supervisor.READY_FILE, VHEA_PID_FILE):
         (sdir / name).unlink(missing_ok=True)
     for path in [supervisor.socket_path(sdir), *sorted(sock_dir.glob("*.sock"))]:

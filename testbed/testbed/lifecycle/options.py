@@ -10,6 +10,8 @@ from pathlib import Path
 
 from testbed.image.recipe import recipe_hash
 
+PEER_CHOICES = ("auto", "on", "off")
+
 
 @dataclass
 class UpOptions:
@@ -26,12 +28,15 @@ class UpOptions:
     #: instead of losing TSO frames (the testbed measures the sender's stack); pause limit None: vhea's default
     flow_control: bool = True
     pause_max_us: int | None = None
+    #: the native peer (testbed.peer): "auto" makes it where the host can (root, a vhea with TAP ports) and says
+    #: why not elsewhere; "on" requires it; "off" leaves it out
+    peer: str = "auto"
 
     def fingerprint(self) -> dict:
         """What decides whether a running testbed can be reused for these options."""
         return {"uri": self.uri, "guests": self.guests, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
                 "queues": self.queues, "accel": self.accel, "isolate_cpus": self.isolate_cpus,
-                "flow_control": self.flow_control, "pause_max_us": self.pause_max_us,
+                "flow_control": self.flow_control, "pause_max_us": self.pause_max_us, "peer": self.peer,
                 "image": recipe_hash()}
 
     def isolated(self) -> list[int]:
@@ -65,6 +70,8 @@ class UpOptions:
             raise ValueError(f"--pause-max-us must be 1..1000000, not {self.pause_max_us}")
         if self.pause_max_us is not None and not self.flow_control:
             raise ValueError("--pause-max-us goes with flow control (not with --no-flow-control)")
+        if self.peer not in PEER_CHOICES:
+            raise ValueError(f"peer must be one of {', '.join(PEER_CHOICES)}, not {self.peer!r}")
         self.isolated()
 
 

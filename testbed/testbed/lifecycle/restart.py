@@ -10,19 +10,22 @@ from pathlib import Path
 
 from rich.console import Console
 
-from testbed import devicemodel
+from testbed import devicemodel, peer
 from testbed.lifecycle.classifier_settings import publish_classifier_settings
 from testbed.lifecycle.down import VHEA_PID_FILE
 from testbed.state import Topology, topology_path
 
 
-def restart_device_model(sdir: Path, console: Console, reconnect_timeout_s: float = 30.0) -> int:
+def restart_device_model(sdir: Path, console: Console, reconnect_timeout_s: float = 30.0,
+                         provide_peer_device: peer.DeviceProvider | None = None) -> int:
     """Stop the testbed's `vhea serve` (if it still runs) and start it again with the same arguments.
 
     The guests' QEMUs are vhost-user clients with `reconnect`, so they replay the whole handshake with the new
     back-end and traffic resumes; TCP connections in the guests survive a gap of a few seconds. Rules and RSS
     settings made at run time with `vhea rule` / `vhea rss` are not kept (a new process starts with the
-    defaults), so the guests' classifier files are written again. Returns the new PID.
+    defaults), so the guests' classifier files are written again. The native peer's TAP device went with the
+    old process: the new one makes it again (or `provide_peer_device`, in tests) and it goes back into the
+    peer's namespace, which stays with what runs in it. Returns the new PID.
     """
     tpath = topology_path(sdir)
     if not tpath.exists():
@@ -41,6 +44,12 @@ def restart_device_model(sdir: Path, console: Console, reconnect_timeout_s: floa
     topo.device_model.pid = new_pid
     topo.save(tpath)  # `testbed down` must stop the new one
     console.print(f"started the device model again (pid {new_pid})")
+    if topo.peer is not None:
+        sock_dir, port = Path(dm.socket_dir), topo.peer.port
+        topo.peer = peer.attach(topo.peer, provide_peer_device or (
+            lambda ifname: devicemodel.add_tap_port(sock_dir, port, ifname)))
+        topo.save(tpath)
+        console.print(f"the peer's TAP port is back in namespace {topo.peer.namespace}")
     if topo.guests:
         with console.status("waiting for the guests' QEMUs to reconnect"):
             deadline = time.monotonic() + reconnect_timeout_s

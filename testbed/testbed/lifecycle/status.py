@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from testbed import devicemodel, supervisor
+from testbed import devicemodel, peer, supervisor
 from testbed.lifecycle.down import find_leftovers
 from testbed.state import Topology, topology_path
 
@@ -40,10 +40,12 @@ def status(sdir: Path) -> StatusReport:
 
 
 def healthy(sdir: Path) -> Topology | None:
-    """The running testbed of `sdir` if every guest runs and the device model answers, else None."""
+    """The running testbed of `sdir` if every guest runs, the device model answers and the peer namespace (if it
+    has a peer) exists, else None."""
     try:
         topo, states, counters = status(sdir)
     except (OSError, ValueError):
         return None
     ok = counters is not None and all(states.get(g.name) == "running" for g in topo.guests)
+    ok = ok and (topo.peer is None or peer.exists(topo.peer.namespace))
     return topo if ok else None

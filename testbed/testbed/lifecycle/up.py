@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from testbed import devicemodel, supervisor, virt
+from testbed import devicemodel, peer, supervisor, virt
 from testbed.accel import choose_accel
 from testbed.domain import GuestSpec, render_domain
 from testbed.image import cache as image_cache
@@ -26,7 +26,7 @@ from testbed.lifecycle.down import VHEA_PID_FILE, down, find_leftovers, stop_lef
 from testbed.lifecycle.options import UpOptions, guest_names
 from testbed.lifecycle.status import healthy
 from testbed.ssh import wait_for_ssh
-from testbed.state import DeviceModelInfo, GuestInfo, Topology, cache_root, topology_path
+from testbed.state import DeviceModelInfo, GuestInfo, PeerInfo, Topology, cache_root, topology_path
 
 READY_MARKER = "ISOSTACK-READY"
 DATA_SUBNET = "10.10.0"
@@ -48,6 +48,31 @@ def wait_for_console(log: Path, marker: str, timeout_s: float, alive) -> float:
             raise RuntimeError(f"guest stopped while booting; console: {' | '.join(tail) or 'empty'}")
         time.sleep(0.25)
     raise TimeoutError(f"no {marker!r} on {log} within {timeout_s:.0f} s")
+
+
+def add_peer(opts: UpOptions, sock_dir: Path, console: Console,
+             provide_device: peer.DeviceProvider | None = None) -> PeerInfo | None:
+    """The native peer as `opts.peer` asks: made (None when "off", or "auto" on a host that cannot; a warning
+    says why). `provide_device`: the TAP port of the running vhea unless a test passes its own device."""
+    if opts.peer == "off":
+        return None
+    why_not = peer.unavailable_reason()
+    if why_not is None and provide_device is None and not devicemodel.tap_ports_supported():
+        why_not = "this vhea has no TAP ports (`vhea port add --tap`)"
+    if why_not is None:
+        try:
+            with console.status("making the native peer (network namespace on a vhea TAP port)"):
+                info = peer.create(opts.state_dir, DATA_SUBNET, provide_device or (
+                    lambda ifname: devicemodel.add_tap_port(sock_dir, peer.PORT, ifname)))
+            console.print(f"  peer: {info.address}/{info.prefix_len} on {info.interface} in namespace "
+                          f"{info.namespace}")
+            return info
+        except (peer.PeerError, devicemodel.DeviceModelError) as e:
+            why_not = str(e)
+    if opts.peer == "on":
+        raise RuntimeError(f"no native peer: {why_not}")
+    console.print(f"[yellow]warning: no native peer ({why_not}); `server: peer` tests cannot run[/]")
+    return None
 
 
 def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
@@ -87,6 +112,7 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
             dm_pid = devicemodel.start(sock_dir, [p for _, p in names], opts.queues, dm_log,
                                        pid_file=sdir / VHEA_PID_FILE, flow_control=opts.flow_control,
                                        pause_max_us=opts.pause_max_us)
+        peer_info = add_peer(opts, sock_dir, console)
         ncpu = os.cpu_count() or 1
         guests: list[GuestInfo] = []
         domains: list[dict] = []
@@ -142,6 +168,7 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
             guests=guests,
             supervisor_pid=sup_pid,
             options=opts.fingerprint(),
+            peer=peer_info,
         )
         topo.save(tpath)
         publish_classifier_settings(topo, console)
