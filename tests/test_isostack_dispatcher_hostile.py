@@ -17,7 +17,7 @@ import pytest
 
 from isostack.attach import MAX_MESSAGE, Hello
 from isostack.frontend import Stack
-from isostack.layout import C_NOTIF_RING, H_MAGIC, H_VERSION, MAGIC, R_SLEEPERS, VERSION, Geometry, Op
+from isostack.layout import C_NOTIF_RING, C_WATCH_ARMED, H_MAGIC, H_VERSION, MAGIC, R_SLEEPERS, VERSION, Geometry, Op
 from isostack.queues import Region, create_memfd
 
 GEOMETRY = Geometry(max_sockets=16, tx_size=1 << 16, rx_size=1 << 16)
@@ -179,6 +179,28 @@ def test_a_blocking_full_doorbell_does_not_hang_the_dispatcher(daemon):
     finally:
         for fd in hostile.doorbells.fds:
             os.set_blocking(fd, False)
+        hostile.close()
+
+
+def test_a_blocking_full_readiness_fd_does_not_hang_the_dispatcher(daemon):
+    process, path = daemon()
+    hostile = Stack(path, GEOMETRY)
+    efd = os.eventfd(0)
+    try:
+        instance = hostile.instances[0]
+        slot = instance.alloc_slot(hostile.wait)
+        instance.watch(slot, efd)  # the dispatcher makes it non-blocking: the description is shared
+        os.set_blocking(efd, True)
+        os.eventfd_write(efd, 0xFFFFFFFFFFFFFFFE)
+        control = GEOMETRY.resolved().check().control_off(slot) // 8
+        instance.words[control + C_WATCH_ARMED] = 1
+        instance.queues[slot].push(Op.SOCKET, slot, socket.AF_INET, socket.SOCK_STREAM)  # its result: an event
+        instance.flag_pending(slot)
+        time.sleep(0.3)
+        serves(process, path)
+    finally:
+        os.set_blocking(efd, False)
+        os.close(efd)
         hostile.close()
 
 

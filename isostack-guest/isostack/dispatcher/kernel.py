@@ -116,7 +116,7 @@ class EventfdWriter:
             if not ready.poll(0):
                 self.stats["eventfd_full"] += 1
                 return False
-            if not self.guarded:
+            if not self.guarded or threading.current_thread() is not threading.main_thread():
                 if not fcntl_nonblocking(fd):
                     raise EventfdBlocked
                 os.eventfd_write(fd, value)
