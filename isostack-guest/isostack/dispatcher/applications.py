@@ -2,6 +2,8 @@
 of an application's sockets and memory as soon as its attach connection closes (it exited or crashed).
 
 The attach connection also carries readiness registrations (an eventfd per watched socket) while it lives.
+Anyone may connect (the socket is 0666): the hello is awaited without blocking the loop (a handshake with a
+deadline), the peer's credentials (SO_PEERCRED) are recorded, and every limit (state.Limits) is counted.
 """
 
 from __future__ import annotations
