@@ -15,7 +15,6 @@ guests); failures are counted, not fatal.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import select
@@ -143,7 +142,7 @@ def fcntl_nonblocking(fd: int) -> bool:
         return False
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's setfsuid
 
 
 def socket_as(uid: int, family: int, kind: int) -> socket.socket:
