@@ -114,3 +114,31 @@ def test_silent_connections_are_bounded_and_timed_out(dispatcher_thread):
     for c in silent:
         c.close()
     Stack(running.path, GEOMETRY).close()  # and a well-behaved one attaches
+
+
+def test_an_eventfd_write_that_blocks_nevertheless_is_interrupted(monkeypatch):
+    """The race poll(POLLOUT) cannot close (the owner fills its eventfd right after our poll): the SIGALRM guard
+    ends the blocked write and says so."""
+    import os
+
+    from isostack.dispatcher import kernel
+
+    class AlwaysWritable:
+        def register(self, fd, events):
+            self.fd = fd
+
+        def poll(self, timeout):
+            return [(self.fd, kernel.select.POLLOUT)]
+
+    writer = kernel.EventfdWriter({"eventfd_full": 0})
+    efd = os.eventfd(0)  # blocking
+    os.eventfd_write(efd, 0xFFFFFFFFFFFFFFFE)  # full
+    monkeypatch.setattr(kernel.select, "poll", AlwaysWritable)
+    try:
+        start = time.monotonic()
+        with pytest.raises(kernel.EventfdBlocked):
+            writer.write(efd, 1)
+        assert time.monotonic() - start < 1.0
+        assert os.eventfd_read(efd) == 0xFFFFFFFFFFFFFFFE
+    finally:
+        os.close(efd)
