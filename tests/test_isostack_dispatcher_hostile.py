@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import resource
+import shutil
 import socket
 import struct
 import subprocess
@@ -53,6 +54,7 @@ def daemon(isostackd_launcher):
                 isostackd_launcher.stop(process)
             else:
                 isostackd_launcher.running.remove(process)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def serves(process, path, timeout: float = 5.0) -> None:
