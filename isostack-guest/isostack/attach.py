@@ -80,12 +80,19 @@ class Hello:
         return json.dumps(msg).encode()
 
 
+def _loads(data: bytes, what: str):
+    """JSON from an untrusted peer: any failure (deep nesting raises RecursionError) is an AttachError."""
+    try:
+        return json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise AttachError(f"{what} is not JSON: {e}") from None
+    except RecursionError:
+        raise AttachError(f"{what} is nested too deeply") from None
+
+
 def parse_hello(data: bytes, nfds: int) -> Hello:
     """Validate an attach request; raises AttachError with the reason to send back."""
-    try:
-        msg = json.loads(data.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AttachError(f"attach request is not JSON: {e}") from None
+    msg = _loads(data, "attach request")
     if not isinstance(msg, dict) or msg.get("type") != "attach":
         raise AttachError("expected an attach request")
     if msg.get("version") != VERSION:
@@ -109,10 +116,7 @@ def parse_hello(data: bytes, nfds: int) -> Hello:
 
 def parse_watch(data: bytes, nfds: int, max_sockets: int) -> tuple[str, int]:
     """Validate a readiness registration: (type, socket); AttachError with the reason otherwise."""
-    try:
-        msg = json.loads(data.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AttachError(f"message is not JSON: {e}") from None
+    msg = _loads(data, "message")
     if not isinstance(msg, dict) or msg.get("type") not in ("watch", "unwatch"):
         raise AttachError("expected watch or unwatch")
     sock = msg.get("sock")

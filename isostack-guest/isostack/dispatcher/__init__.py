@@ -23,5 +23,8 @@ front-end binds a source port whose Toeplitz hash maps to one of the instance's 
 
 Producers are untrusted: every entry and every index an application controls is validated; a bad one fails
 that socket (state ST_ERROR + errno, notification EV_ERR) and nothing else.  An application's sockets and
-memory are released as soon as its attach connection closes.
+memory are released as soon as its attach connection closes.  Applications are untrusted too (the attach
+socket is 0666): each is bounded (state.Limits), served in turn with a command budget per pass, isolated from
+the others by its own uid on its kernel sockets, and closed alone if anything unexpected happens on its path
+(docs/isostack.md, "Hostile applications and limits").
 """

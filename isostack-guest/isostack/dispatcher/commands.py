@@ -46,7 +46,7 @@ from ..layout import (
 )
 from ..queues import CORRUPT, EMPTY
 from .datapath import DataPath
-from .kernel import EPOLL_IN, KernelSockets, attach_reuseport_program, incoming_cpu, reuseport_program
+from .kernel import EPOLL_IN, KernelSockets, attach_reuseport_program, incoming_cpu, reuseport_program, socket_as
 from .notifications import Notifier
 from .state import U64, Application, SharedState, SocketSlot
 
@@ -56,44 +56,69 @@ MAX_BACKLOG = 1024
 CLOSE_LINGER_S = 5.0
 
 
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
 class CommandExecutor:
     """Reads the command queues of the sockets whose pending bit is set and carries the commands out."""
 
-    def __init__(self, shared: SharedState, kernel_sockets: KernelSockets, notifier: Notifier, datapath: DataPath):
+    def __init__(self, shared: SharedState, kernel_sockets: KernelSockets, notifier: Notifier, datapath: DataPath,
+                 unprivileged_port_start: int = 1024):
         self.shared = shared
         self.kernel_sockets = kernel_sockets
         self.notifier = notifier
         self.datapath = datapath
+        self.unprivileged_port_start = unprivileged_port_start
 
     def take_commands(self, app: Application) -> bool:
-        """Execute the commands of every socket whose bit is set in the application's pending bitmap."""
+        """Execute the commands of every socket whose bit is set in the application's pending bitmap, at most
+        Limits.queue_budget per socket and Limits.app_budget per application in one pass: a socket (or an
+        application) with more keeps its pending bit and goes on in the next pass, after the others had
+        theirs (fairness: an application keeping its queues full does not starve the others)."""
         words = app.region.q
         did_work = False
+        limits = self.shared.limits
+        budget = limits.app_budget
         for word in range(app.pending_words):
             if not words[H_PENDING + word]:
                 continue
             bits = native.xchg64(app.pending_addr + word * 8, 0)
             while bits:
                 lowest = bits & -bits
-                bits ^= lowest
                 index = word * 64 + lowest.bit_length() - 1
+                if budget <= 0:  # the rest of this word waits for the next pass
+                    native.fetch_or64(app.pending_addr + word * 8, bits)
+                    self.shared.stats["budget_deferred"] += 1
+                    return did_work
+                bits ^= lowest
                 if index < len(app.sockets):
-                    did_work |= self._socket_commands(app.sockets[index])
+                    taken, more = self._socket_commands(app.sockets[index], min(budget, limits.queue_budget))
+                    budget -= taken
+                    did_work |= taken > 0
+                    if more:
+                        native.fetch_or64(app.pending_addr + word * 8, lowest)
+                        self.shared.stats["budget_deferred"] += 1
         return did_work
 
-    def _socket_commands(self, slot: SocketSlot) -> bool:
-        did_work = False
+    def _socket_commands(self, slot: SocketSlot, budget: int) -> tuple[int, bool]:
+        """Execute up to `budget` commands of the slot's queue: (entries taken, budget used up: more may wait).
+        A corrupt queue counts as one entry taken."""
+        taken = 0
         command_queue = slot.command_queue
         stats = self.shared.stats
         lock = self.shared.lock
         while not slot.dead:
+            if taken >= budget:
+                return taken, True
             if lock:
                 lock.acquire()
             state, view = command_queue.poll()
             if state == EMPTY:
                 if lock:
                     lock.release()
-                return did_work
+                return taken, False
+            taken += 1
             if state == CORRUPT:
                 if lock:
                     lock.release()
@@ -101,7 +126,7 @@ class CommandExecutor:
                 stats["bad_entries"] += 1
                 self.notifier.fail(slot, errno.EPROTO,
                                    f"command queue slot {command_queue.head} has a corrupt sequence number")
-                return True
+                return taken, False
             try:
                 command = decode_command(view, command_queue.head, slot.index, slot.app.geometry)
             except BadEntry as e:
@@ -111,20 +136,18 @@ class CommandExecutor:
                     lock.release()
                 stats["bad_entries"] += 1
                 self.notifier.fail(slot, e.err, e.reason)
-                did_work = True
                 continue
             view.release()
             command_queue.release()
             if lock:
                 lock.release()
             stats["commands"] += 1
-            did_work = True
             try:
                 self._execute(slot, command)
             except BadEntry as e:
                 stats["bad_entries"] += 1
                 self.notifier.fail(slot, e.err, e.reason)
-        return did_work
+        return taken, False
 
     def _execute(self, slot: SocketSlot, command) -> None:
         op = command.op
@@ -141,7 +164,17 @@ class CommandExecutor:
             if slot.kernel_socket is not None or (slot.state and not slot.state & ST_CLOSED):
                 raise BadEntry(errno.EBADF, "SOCKET on a slot that is in use")
             self._check_start(slot)
-            self.kernel_sockets.adopt(slot, socket.socket(command.a, command.b), ST_OPEN)
+            app = slot.app
+            if app.kernel_sockets >= self.shared.limits.max_kernel_sockets:
+                self.shared.stats["app_socket_limit"] += 1
+                complete(slot, command.pos, -errno.EMFILE)
+                return
+            try:  # EMFILE, EAFNOSUPPORT (no IPv6), EINVAL...: that command fails, as socket() would
+                kernel_socket = socket_as(app.uid, command.a, command.b)
+            except OSError as e:
+                complete(slot, command.pos, -(e.errno or errno.EIO))
+                return
+            self.kernel_sockets.adopt(slot, kernel_socket, ST_OPEN)
             complete(slot, command.pos, 0)
             return
         if slot.kernel_socket is None:
@@ -152,7 +185,12 @@ class CommandExecutor:
         kernel_socket = slot.kernel_socket
         try:
             if op == Op.BIND:
-                kernel_socket.bind((*self._address(slot, command),))
+                address = self._address(slot, command)
+                if 0 < address[1] < self.unprivileged_port_start and slot.app.uid != 0:
+                    self.shared.stats["privileged_port_refused"] += 1
+                    complete(slot, command.pos, -errno.EACCES)
+                    return
+                kernel_socket.bind((*address,))
                 complete(slot, command.pos, 0)
             elif op == Op.LISTEN:
                 self._listen(slot, command)
@@ -204,6 +242,10 @@ class CommandExecutor:
     # ------------------------------------------------------------------ passive opens
 
     def _listen(self, slot: SocketSlot, command) -> None:
+        if command.b and self._group_shared_with_others(slot):
+            self.shared.stats["steering_refused"] += 1
+            self.notifier.complete(slot, command.pos, -errno.EPERM)
+            return
         slot.kernel_socket.listen(command.a)
         if command.b:  # one member of a multi-instance reuseport group: steer SYNs to their queue's owner
             attach_reuseport_program(slot.kernel_socket,
@@ -214,6 +256,24 @@ class CommandExecutor:
         slot.set_state(slot.state | ST_LISTENING)
         self.kernel_sockets.register(slot, select.EPOLLIN)
         self.notifier.complete(slot, command.pos, 0)
+
+    def _group_shared_with_others(self, slot: SocketSlot) -> bool:
+        """Whether a socket of another application is bound where this one is (same family, type and port,
+        overlapping address): the reuseport group it would steer is not this application's alone."""
+        mine = slot.kernel_socket
+        name = mine.getsockname()
+        for other in self.shared.by_fd.values():
+            theirs = other.kernel_socket
+            if other.app is slot.app or theirs is None or theirs.family != mine.family or theirs.type != mine.type:
+                continue
+            try:
+                other_name = theirs.getsockname()
+            except OSError:
+                continue
+            if other_name[1] == name[1] and (other_name[0] == name[0] or _wildcard(other_name[0])
+                                             or _wildcard(name[0])):
+                return True
+        return False
 
     def _accept(self, slot: SocketSlot, command) -> None:
         complete = self.notifier.complete
@@ -234,6 +294,7 @@ class CommandExecutor:
             complete(slot, command.pos, -e.err)
             return
         kernel_socket, address = slot.backlog.popleft()
+        slot.app.kernel_sockets -= 1  # adopt counts it again
         self.kernel_sockets.adopt(new, kernel_socket, ST_OPEN | ST_CONNECTED)
         self._store_address(new, address)
         self.kernel_sockets.register(new, EPOLL_IN)
@@ -244,9 +305,14 @@ class CommandExecutor:
 
     def fill_backlog(self, slot: SocketSlot) -> None:
         """Accept what the kernel queued on a listening socket, up to its backlog; tell the front-end."""
+        app = slot.app
         while len(slot.backlog) < slot.backlog_max:
+            if app.kernel_sockets >= self.shared.limits.max_kernel_sockets:
+                self.shared.stats["app_socket_limit"] += 1  # the connections wait in the kernel's queue
+                break
             try:
                 slot.backlog.append(slot.kernel_socket.accept())
+                app.kernel_sockets += 1
             except BlockingIOError:
                 break
             except OSError as e:
@@ -256,7 +322,7 @@ class CommandExecutor:
             if not slot.state & ST_ACCEPTABLE:
                 slot.set_state(slot.state | ST_ACCEPTABLE)
                 self.notifier.post(slot, EV_ACCEPT)
-            if len(slot.backlog) >= slot.backlog_max:
+            if len(slot.backlog) >= slot.backlog_max or app.kernel_sockets >= self.shared.limits.max_kernel_sockets:
                 self.kernel_sockets.register(slot, 0)  # stop the level-triggered wake-ups until the app accepts
 
     # ------------------------------------------------------------------ active opens

@@ -18,9 +18,11 @@ import ctypes
 import logging
 import os
 import select
+import signal
 import socket
 import stat
 import struct
+import threading
 
 from ..layout import C_DRAINING, C_ERR, C_OWNER, C_RX_CPU, C_RX_HEAD, C_RX_TAIL, C_TX_HEAD, C_TX_TAIL, C_TX_WANT
 from .state import U64, SharedState, SocketSlot
@@ -71,6 +73,99 @@ def incoming_cpu(kernel_socket: socket.socket) -> int:
         return kernel_socket.getsockopt(socket.SOL_SOCKET, SO_INCOMING_CPU)
     except OSError:
         return -1
+
+
+class EventfdBlocked(Exception):
+    """An application's eventfd would have blocked the loop: its owner cleared O_NONBLOCK and filled it."""
+
+
+class EventfdWriter:
+    """Writes the applications' eventfds (doorbells, readiness fds) without ever blocking the loop.
+
+    The application shares the eventfd's open file description with us: it can clear O_NONBLOCK whenever it
+    likes, and a blocking write on a counter at 0xFFFFFFFFFFFFFFFE waits until the application reads it, i.e.
+    forever.  Neither a private non-blocking description (opening /proc/self/fd/N of an eventfd fails with
+    ENXIO) nor pwritev2(RWF_NOWAIT) (EOPNOTSUPP on eventfds) is available, and poll(POLLOUT) then write leaves
+    a window in which the owner can fill the counter.  So: poll(POLLOUT, 0) first (a full counter is skipped:
+    False, "eventfd_full"), then the write under a one-shot ITIMER_REAL guard whose SIGALRM interrupts a write
+    that blocks nevertheless (EventfdBlocked: the caller closes that application).  The guard needs the main
+    thread (signals); a dispatcher run by another thread (tests) checks O_NONBLOCK instead, which narrows the
+    window without closing it."""
+
+    GUARD_S = 0.05
+
+    def __init__(self, stats: dict):
+        self.stats = stats
+        self.guarded = threading.current_thread() is threading.main_thread()
+        self._armed = False
+        if self.guarded:
+            signal.signal(signal.SIGALRM, self._alarm)
+
+    def _alarm(self, _signum, _frame) -> None:
+        if self._armed:
+            self._armed = False
+            raise EventfdBlocked
+
+    def write(self, fd: int, value: int) -> bool:
+        """Add `value` to the eventfd: True if written, False if it is full (or gone).  EventfdBlocked if the
+        write blocked (the application made its eventfd blocking: close it)."""
+        try:
+            ready = select.poll()
+            ready.register(fd, select.POLLOUT)
+            if not ready.poll(0):
+                self.stats["eventfd_full"] += 1
+                return False
+            if not self.guarded or threading.current_thread() is not threading.main_thread():
+                if not fcntl_nonblocking(fd):
+                    raise EventfdBlocked
+                os.eventfd_write(fd, value)
+                return True
+            self._armed = True
+            signal.setitimer(signal.ITIMER_REAL, self.GUARD_S)
+            try:
+                os.eventfd_write(fd, value)
+            finally:
+                self._armed = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            return True
+        except BlockingIOError:
+            self.stats["eventfd_full"] += 1
+            return False
+        except OSError:
+            return False
+
+
+def fcntl_nonblocking(fd: int) -> bool:
+    try:
+        return not os.get_blocking(fd)
+    except OSError:
+        return False
+
+
+_libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's setfsuid
+
+
+def socket_as(uid: int, family: int, kind: int) -> socket.socket:
+    """A kernel socket owned by `uid` as the kernel sees it (sk_uid: the socket inode's owner, taken from the
+    creating thread's fsuid), so the kernel's same-uid rule of SO_REUSEPORT groups protects the applications
+    from each other as it would without isostackd.  setfsuid is per thread and changes nothing else we use;
+    a dispatcher that may not switch (not root) creates the socket as itself."""
+    if uid == os.geteuid():
+        return socket.socket(family, kind)
+    previous = _libc.setfsuid(uid)
+    try:
+        return socket.socket(family, kind)
+    finally:
+        _libc.setfsuid(previous)
+
+
+def unprivileged_port_start(proc_root: str = "/proc") -> int:
+    """The lowest port an unprivileged process may bind (net.ipv4.ip_unprivileged_port_start, 1024 if unknown)."""
+    try:
+        with open(os.path.join(proc_root, "sys/net/ipv4/ip_unprivileged_port_start")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 1024
 
 
 def listen_attach_socket(path: str) -> socket.socket:
@@ -179,6 +274,7 @@ class KernelSockets:
         """Close the slot's kernel socket and its queued connections; the slot leaves every work set."""
         shared = self.shared
         if slot.kernel_socket is not None:
+            slot.app.kernel_sockets -= 1
             if slot.epoll_mask:
                 try:
                     shared.epoll.unregister(slot.fd)
@@ -191,6 +287,7 @@ class KernelSockets:
         if slot.backlog:
             for kernel_socket, _address in slot.backlog:
                 kernel_socket.close()
+            slot.app.kernel_sockets -= len(slot.backlog)
             slot.backlog.clear()
         shared.tx_active.discard(slot)
         shared.rx_stalled.discard(slot)
@@ -203,6 +300,7 @@ class KernelSockets:
         kernel_socket.setblocking(False)
         self.busy_poll.apply_to(kernel_socket)
         slot.kernel_socket, slot.fd = kernel_socket, kernel_socket.fileno()
+        slot.app.kernel_sockets += 1
         self.shared.by_fd[slot.fd] = slot
         slot.tx_head = words[control + C_TX_TAIL]
         slot.rx_tail = words[control + C_RX_HEAD]

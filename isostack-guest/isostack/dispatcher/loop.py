@@ -13,6 +13,7 @@ the watchdog look for stranded tx rings (watchdog.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import threading
@@ -24,11 +25,13 @@ from ..layout import H_DISP_SLEEPING, H_PENDING, ST_CONNECTING, ST_LISTENING
 from .applications import Applications
 from .commands import CommandExecutor
 from .datapath import DataPath
-from .kernel import BusyPoll, KernelSockets, listen_attach_socket
+from .kernel import BusyPoll, KernelSockets, listen_attach_socket, unprivileged_port_start
 from .notifications import Notifier
 from .polling import PollingPolicy
-from .state import SharedState, SocketSlot
+from .state import Application, Limits, SharedState, SocketSlot
 from .watchdog import StrandedRingWatchdog
+
+log = logging.getLogger("isostackd")
 
 RECEIVE_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
 
@@ -40,7 +43,7 @@ class Dispatcher:
                  uncontended_locks: bool = False, sleep_ms: int = 100, instance: int = 0,
                  queues: set[int] | None = None, so_busy_poll_us: int = 50, epoll_busy_poll_us: int = -1,
                  nap_max_us: int = 1000, adaptive_poll: bool = True,
-                 proc_root: str = "/proc"):
+                 proc_root: str = "/proc", limits: Limits | None = None):
         self.path = path
         self.sleep_ms = sleep_ms
         self.running = True
@@ -51,11 +54,16 @@ class Dispatcher:
                       "reuseport_programs": 0, "so_busy_poll_us": so_busy_poll_us, "so_busy_poll_set": 0,
                       "so_busy_poll_failed": 0, "epoll_busy_poll_us": None, "watch_writes": 0, "watch_saved": 0,
                       "tx_stranded": 0, "tx_stranded_late_send": 0,
-                      "bad_messages": 0}
+                      "bad_messages": 0, "apps_failed": 0, "app_failures": {}, "attach_refused": 0,
+                      "attach_refused_limit": 0, "attach_failed": 0, "accept_failed": 0, "handshakes_dropped": 0,
+                      "handshakes_timed_out": 0, "watch_limit": 0, "app_socket_limit": 0, "budget_deferred": 0,
+                      "eventfd_full": 0, "privileged_port_refused": 0, "reuseport_refused": 0,
+                      "steering_refused": 0}
         self.busy_poll = BusyPoll(self.stats, instance, so_busy_poll_us, epoll_busy_poll_us, proc_root)
         self.shared = SharedState(epoll=select.epoll(), instance=instance,
                                   lock=threading.Lock() if uncontended_locks else None,
-                                  membarrier=native.membarrier_supported(), stats=self.stats)
+                                  membarrier=native.membarrier_supported(), stats=self.stats,
+                                  limits=limits or Limits())
         epoll = self.shared.epoll
         self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         epoll.register(self.kick_fd, select.EPOLLIN)
@@ -64,7 +72,8 @@ class Dispatcher:
         self.kernel_sockets = KernelSockets(self.shared, self.busy_poll)
         self.notifier = Notifier(self.shared, self.kernel_sockets)
         self.datapath = DataPath(self.shared, self.kernel_sockets, self.notifier)
-        self.commands = CommandExecutor(self.shared, self.kernel_sockets, self.notifier, self.datapath)
+        self.commands = CommandExecutor(self.shared, self.kernel_sockets, self.notifier, self.datapath,
+                                        unprivileged_port_start(proc_root))
         self.applications = Applications(self.shared, self.kernel_sockets, self.listener, self.kick_fd, cpu,
                                          None if queues is None else sorted(queues), so_busy_poll_us)
         self.watchdog = StrandedRingWatchdog(self.shared, self.datapath)
@@ -73,6 +82,7 @@ class Dispatcher:
         self.busy_poll.restore()
         for app in list(self.shared.apps.values()):
             self.applications.detach(app, "dispatcher stopping")
+        self.applications.close()
         self.shared.epoll.close()
         self.listener.close()
         os.close(self.kick_fd)
@@ -98,9 +108,33 @@ class Dispatcher:
             did_work |= self.datapath.receive(slot)
         return did_work
 
+    def _app_failed(self, app: Application, reason: str) -> None:
+        """The last line of defence: whatever went wrong on one application's path closes that application
+        (counted by reason), and the loop goes on serving the others."""
+        if app.detached:
+            return
+        stats = self.stats
+        stats["apps_failed"] += 1
+        stats["app_failures"][reason] = stats["app_failures"].get(reason, 0) + 1
+        log.error("app %d closed: %s", app.id, reason)
+        try:
+            self.applications.detach(app, reason)
+        except Exception:  # noqa: BLE001 - its memory may stay mapped; the loop must go on
+            log.exception("app %d: detach failed", app.id)
+
+    def _guarded(self, app: Application, step, *args) -> bool:
+        try:
+            return bool(step(*args))
+        except Exception as e:  # noqa: BLE001 - see _app_failed
+            log.exception("app %d: unexpected %s", app.id, type(e).__name__)
+            self._app_failed(app, f"unexpected {type(e).__name__} in {step.__name__}")
+            return True
+
     def poll_once(self, timeout: float = 0) -> bool:
         """One loop: events, commands, tx drains, rx credits, lingering closes, doorbells.  True if it did work."""
         shared = self.shared
+        applications = self.applications
+        guarded = self._guarded
         did_work = False
         shared.loop_latency = False
         shared.loop_fill = 0.0
@@ -108,30 +142,45 @@ class Dispatcher:
             shared.loop_latency = True
             slot = shared.by_fd.get(fd)
             if slot is not None:
-                did_work |= self._kernel_event(slot, events)
+                did_work |= guarded(slot.app, self._kernel_event, slot, events)
             elif fd == self.kick_fd:
                 try:
                     os.eventfd_read(self.kick_fd)
                 except BlockingIOError:
                     pass
             elif fd == self.listener.fileno():
-                self.applications.accept()
+                applications.accept()
+                did_work = True
+            elif fd in applications.handshakes:
+                applications.hello(fd)
                 did_work = True
             elif fd in shared.apps:
-                self.applications.message(shared.apps[fd])
+                app = shared.apps[fd]
+                guarded(app, applications.message, app)
                 did_work = True
-        for app in list(shared.apps.values()):
-            if self.commands.take_commands(app):
+        apps = list(shared.apps.values())
+        if len(apps) > 1:  # round-robin: a different application goes first every loop
+            start = self.stats["loops"] % len(apps)
+            apps = apps[start:] + apps[:start]
+        for app in apps:
+            if not app.detached and guarded(app, self.commands.take_commands, app):
                 did_work = shared.loop_latency = True
         for slot in list(shared.tx_active):
-            did_work |= self.datapath.drain(slot)
+            if not slot.app.detached:
+                did_work |= guarded(slot.app, self.datapath.drain, slot)
         for slot in list(shared.rx_stalled):
-            if self.datapath.unstall(slot):
+            if not slot.app.detached and guarded(slot.app, self.datapath.unstall, slot):
                 did_work = shared.loop_latency = True
         if shared.closing:
             self.datapath.expire_lingering_closes()
         self.notifier.fail_bad_rings()
         self.notifier.ring_doorbells()
+        while shared.failed_apps:
+            self._app_failed(*shared.failed_apps.pop())
+        if applications.handshakes or applications.listener_paused_until:
+            now = time.monotonic()
+            applications.expire_handshakes(now)
+            applications.resume_listening(now)
         self.stats["loops"] += 1
         return did_work
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 
 from .. import native
 from ..layout import (
@@ -30,7 +29,7 @@ from ..layout import (
     ST_CLOSED,
     ST_ERROR,
 )
-from .kernel import KernelSockets
+from .kernel import EventfdBlocked, EventfdWriter, KernelSockets
 from .state import U64, SharedState, SocketSlot
 
 log = logging.getLogger("isostackd")
@@ -42,6 +41,7 @@ class Notifier:
     def __init__(self, shared: SharedState, kernel_sockets: KernelSockets):
         self.shared = shared
         self.kernel_sockets = kernel_sockets
+        self.eventfds = EventfdWriter(shared.stats)
 
     def post(self, slot: SocketSlot, events: int) -> None:
         """Post to the ring the front-end chose for this socket.  An impossible choice goes to ring 0 and fails
@@ -109,9 +109,9 @@ class Notifier:
                 sleepers = words[ring_word + R_SLEEPERS]
                 if sleepers:
                     try:  # a semaphore eventfd: one token per sleeping thread
-                        os.eventfd_write(app.doorbells[ring], min(sleepers, 1 << 16))
-                    except OSError:
-                        pass
+                        self.eventfds.write(app.doorbells[ring], min(sleepers, 1 << 16))
+                    except EventfdBlocked:
+                        shared.failed_apps.append((app, "doorbell eventfd would block"))
                     words[ring_word + R_RUNG] = (words[ring_word + R_RUNG] + 1) & U64  # the application's: wraps
                     stats["rung"] += 1
                 else:
@@ -136,9 +136,9 @@ class Notifier:
                 words[slot.control_word + C_WATCH_ARMED] = 0
                 stats["watch_writes"] += 1
                 try:
-                    os.eventfd_write(fd, 1)
-                except OSError:
-                    pass
+                    self.eventfds.write(fd, 1)
+                except EventfdBlocked:
+                    self.shared.failed_apps.append((app, "readiness eventfd would block"))
             else:
                 stats["watch_saved"] += 1
         self.shared.watch_pending.clear()

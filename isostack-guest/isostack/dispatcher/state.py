@@ -103,11 +103,14 @@ class Application:
     """One attached application: its region, queues, doorbells and sockets."""
 
     def __init__(self, app_id: int, connection: socket.socket, geometry: Geometry, memfd: int,
-                 doorbells: list[int], pid: int):
+                 doorbells: list[int], pid: int, uid: int = 0):
         self.id = app_id
         self.connection = connection
         self.geometry = geometry
         self.pid = pid
+        self.uid = uid  # SO_PEERCRED at attach: the kernel sockets are created with it (kernel.socket_as)
+        self.detached = False
+        self.kernel_sockets = 0  # kernel sockets held for it: in its slots and accepted into its backlogs
         self.region = Region(memfd, geometry.total_size)
         os.close(memfd)
         self.doorbells = doorbells
@@ -143,5 +146,21 @@ class SharedState:
     tx_progress: list[SocketSlot] = field(default_factory=list)  # tx head advanced this loop
     bad_ring: list[SocketSlot] = field(default_factory=list)  # named a missing notification ring: failed later
     watch_pending: set[SocketSlot] = field(default_factory=set)  # watched sockets posted to this loop
+    limits: Limits = field(default_factory=lambda: Limits())
+    failed_apps: list[tuple[Application, str]] = field(default_factory=list)  # to detach after this loop
     loop_latency: bool = False  # this loop did work someone waits for: no coalescing nap after it
     loop_fill: float = 0.0  # the fullest tx ring drained this loop (0..1)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one application can make the dispatcher hold or spend; each limit is counted in stats when hit
+    (docs/isostack.md, "Limits").  The defaults are far above what a well-behaved front-end uses."""
+
+    max_apps: int = 64  # attached applications (attach_refused_limit)
+    max_handshakes: int = 16  # connections accepted whose hello has not arrived (handshakes_dropped)
+    handshake_timeout_s: float = 1.0  # a hello must arrive within this (handshakes_timed_out)
+    max_watches: int = 1024  # readiness eventfds per application (watch_limit)
+    max_kernel_sockets: int = 1024  # per application: in slots + accepted, not yet taken (app_socket_limit)
+    queue_budget: int = 64  # commands taken from one socket's queue per pass (budget_deferred)
+    app_budget: int = 1024  # commands taken from one application's queues per pass (budget_deferred)

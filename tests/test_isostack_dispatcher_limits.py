@@ -1,0 +1,144 @@
+"""The limits isostackd puts on one application (docs/isostack.md, "Limits"), each counted when hit, and its last
+line of defence: an unexpected exception on one application's path closes that application only."""
+
+import errno
+import socket
+import time
+
+import pytest
+
+from isostack.dispatcher.state import Limits
+from isostack.frontend import Stack
+from isostack.layout import Geometry, Op
+
+GEOMETRY = Geometry(max_sockets=16, tx_size=1 << 12, rx_size=1 << 12)
+
+
+def test_an_unexpected_exception_closes_that_application_only(dispatcher_thread):
+    running = dispatcher_thread()
+    victim, bystander = Stack(running.path, GEOMETRY), Stack(running.path, GEOMETRY)
+    try:
+        commands = running.dispatcher.commands
+        take = commands.take_commands
+        victim_id = victim.instances[0].info["app"]
+
+        def broken(app):
+            if app.id == victim_id:
+                raise ZeroDivisionError("a bug on this application's path")
+            return take(app)
+
+        commands.take_commands = broken
+        instance = victim.instances[0]
+        slot = instance.alloc_slot(victim.wait)
+        instance.queues[slot].push(Op.SOCKET, slot, socket.AF_INET, socket.SOCK_STREAM)
+        instance.flag_pending(slot)  # (its front-end would wait for the result forever: not waited for here)
+        stats = running.dispatcher.stats
+        deadline = time.monotonic() + 5
+        while not stats["apps_failed"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        s = bystander.socket()
+        s.bind(("127.0.0.1", 0))
+        s.close()
+        assert stats["apps_failed"] == 1
+        assert stats["app_failures"] == {"unexpected ZeroDivisionError in broken": 1}
+        assert running.thread.is_alive()
+    finally:
+        victim.close()
+        bystander.close()
+
+
+def test_kernel_sockets_per_application_are_bounded(dispatcher_thread):
+    running = dispatcher_thread(limits=Limits(max_kernel_sockets=3))
+    stack = Stack(running.path, GEOMETRY)
+    try:
+        sockets = [stack.socket() for _ in range(3)]
+        with pytest.raises(OSError) as refused:
+            stack.socket()
+        assert refused.value.errno == errno.EMFILE
+        assert running.dispatcher.stats["app_socket_limit"] == 1
+        sockets.pop().close()
+        time.sleep(0.1)
+        sockets.append(stack.socket())  # a closed one frees its place
+        for s in sockets:
+            s.close()
+    finally:
+        stack.close()
+
+
+def test_accepted_connections_count_against_the_limit(dispatcher_thread):
+    running = dispatcher_thread(limits=Limits(max_kernel_sockets=3))
+    stack = Stack(running.path, GEOMETRY)
+    try:
+        listener = stack.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        clients = [socket.create_connection(listener.getsockname(), timeout=5) for _ in range(5)]
+        deadline = time.monotonic() + 5
+        while running.dispatcher.stats["app_socket_limit"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        app = next(iter(running.dispatcher.shared.apps.values()))
+        assert app.kernel_sockets == 3  # the listener and two accepted: the rest wait in the kernel
+        for c in clients:
+            c.close()
+        listener.close()
+    finally:
+        stack.close()
+
+
+def test_attachments_are_bounded(dispatcher_thread):
+    running = dispatcher_thread(limits=Limits(max_apps=2))
+    stacks = [Stack(running.path, GEOMETRY) for _ in range(2)]
+    try:
+        with pytest.raises(Exception, match="applications already"):
+            Stack(running.path, GEOMETRY)
+        assert running.dispatcher.stats["attach_refused_limit"] == 1
+    finally:
+        for stack in stacks:
+            stack.close()
+
+
+def test_silent_connections_are_bounded_and_timed_out(dispatcher_thread):
+    running = dispatcher_thread(limits=Limits(max_handshakes=2, handshake_timeout_s=0.2))
+    silent = []
+    for _ in range(3):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        c.connect(running.path)
+        silent.append(c)
+    for c in silent:
+        c.settimeout(2)
+    replies = [c.recv(4096) for c in silent]
+    assert replies.count(b"") >= 1  # the third one was closed at once
+    assert any(b"no attach request in time" in r for r in replies)
+    stats = running.dispatcher.stats
+    assert stats["handshakes_dropped"] == 1 and stats["handshakes_timed_out"] == 2
+    for c in silent:
+        c.close()
+    Stack(running.path, GEOMETRY).close()  # and a well-behaved one attaches
+
+
+def test_an_eventfd_write_that_blocks_nevertheless_is_interrupted(monkeypatch):
+    """The race poll(POLLOUT) cannot close (the owner fills its eventfd right after our poll): the SIGALRM guard
+    ends the blocked write and says so."""
+    import os
+
+    from isostack.dispatcher import kernel
+
+    class AlwaysWritable:
+        def register(self, fd, events):
+            self.fd = fd
+
+        def poll(self, timeout):
+            return [(self.fd, kernel.select.POLLOUT)]
+
+    writer = kernel.EventfdWriter({"eventfd_full": 0})
+    efd = os.eventfd(0)  # blocking
+    os.eventfd_write(efd, 0xFFFFFFFFFFFFFFFE)  # full
+    monkeypatch.setattr(kernel.select, "poll", AlwaysWritable)
+    try:
+        start = time.monotonic()
+        with pytest.raises(kernel.EventfdBlocked):
+            writer.write(efd, 1)
+        assert time.monotonic() - start < 1.0
+        assert os.eventfd_read(efd) == 0xFFFFFFFFFFFFFFFE
+    finally:
+        os.close(efd)
