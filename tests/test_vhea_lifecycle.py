@@ -10,10 +10,10 @@ import json
 import logging
 import os
 import socket
-import threading
 from collections.abc import Iterator
 
 from vhea_helpers import BCAST, MAC_A, MAC_B, MAC_C, frame, receive_n, wait_for
+from vhea_helpers import serving as serve_in_thread
 
 from vhea import cli, control
 from vhea.frontend import Frontend
@@ -32,14 +32,8 @@ from vhea.server import Server
 def serving(sockdir: str, ports: list[str], client_ports: tuple[str, ...] = ()) -> Iterator[Server]:
     server = Server(sockdir, ports, client_ports=client_ports, control=control)
     server.bind()
-    t = threading.Thread(target=server.serve_forever, name="vhea-lifecycle", daemon=True)
-    t.start()
-    try:
+    with serve_in_thread(server, "vhea-lifecycle"):
         yield server
-    finally:
-        server.stop()
-        t.join(5)
-        assert not t.is_alive(), "server thread did not stop"
 
 
 def listen(path: str) -> socket.socket:

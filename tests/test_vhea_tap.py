@@ -4,15 +4,13 @@ pass, frames from a tap never held by flow control). test_vhea_tap_netns.py runs
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import struct
-import threading
 
 import pytest
 from test_vhea_offload import gso_hdr, tso_frame
-from vhea_helpers import MAC_A, datapath, frame, frontend, wait_for  # noqa: F401  (datapath: the fixture)
+from vhea_helpers import MAC_A, datapath, frame, frontend, serving, wait_for  # noqa: F401  (datapath: the fixture)
 
 from vhea import control, tap
 from vhea.frontend import ethernet
@@ -173,19 +171,6 @@ def server_with_fake_tap(sockdir, monkeypatch):
             server.close()
         for p in peers:
             p.close()
-
-
-@contextlib.contextmanager
-def serving(server: Server):
-    """The server's loop in a thread (a front-end's handshake needs it answering)."""
-    t = threading.Thread(target=server.serve_forever, name="vhea-tap-test", daemon=True)
-    t.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        t.join(5)
-        assert not t.is_alive()
 
 
 def test_a_tap_is_read_at_most_tap_budget_frames_per_loop_pass(server_with_fake_tap):

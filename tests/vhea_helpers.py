@@ -43,7 +43,14 @@ def running_server(socket_dir: str, ports: list[str], queue_pairs: int = 1, agei
     """A Server in a thread; `kw` goes to Server (e.g. flow_control=True, pause_max_us=...)."""
     server = Server(socket_dir, ports, queue_pairs, ageing=ageing, control=control, **kw)
     server.bind()
-    t = threading.Thread(target=server.serve_forever, name="vhea-test", daemon=True)
+    with serving(server):
+        yield server
+
+
+@contextlib.contextmanager
+def serving(server: Server, name: str = "vhea-test") -> Iterator[Server]:
+    """The server's loop in a thread (a front-end's handshake needs it answering); stopped and joined after."""
+    t = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     t.start()
     try:
         yield server
