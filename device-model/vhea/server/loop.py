@@ -24,10 +24,11 @@ from .. import native
 from ..pause import DEFAULT_MAX_US, HOLD_POLL_S, Backlog, FlowControl, check_max_us
 from ..switch import Switch
 from ..tap import default_ifname
+from ..vring import Vring
 from .control_socket import ControlAPI, ControlEndpoint
 from .delivery import Delivery
 from .notify import Notifications
-from .port import PortRing
+from .port import Port, PortRing
 from .ports import PortLifecycle
 from .session import VhostSession
 from .tapservice import TapService
@@ -181,7 +182,10 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
                     except OSError:
                         pass
             except Exception:  # the loop must survive anything; this is a bug, not a guest error
-                log.exception("internal error handling %s event", kind)
+                if kind in ("kick", "conn"):
+                    self._internal_error(obj[0] if kind == "kick" else obj, f"{kind} event")
+                else:
+                    log.exception("internal error handling %s event", kind)
         if self._tap_busy:
             self._service_taps()
         if self._flow:
@@ -192,7 +196,7 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
             busy, self._busy = self._busy, set()
             for port, ring in busy:
                 if port.handler is not None and ring.ready:
-                    self._service_tx(port, ring)
+                    self._guarded_tx(port, ring)
         elif not events and not self._tap_busy:
             self._poll_all()
         self._flush_calls()
@@ -203,9 +207,25 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
             if port.handler is None:
                 continue
             for ring in port.handler.device.rings[1::2]:
-                if ring.ready:
-                    self._service_tx(port, ring)
+                if port.handler is not None and ring.ready:
+                    self._guarded_tx(port, ring)
         self.switch.expire()
+
+    def _guarded_tx(self, port: Port, ring: Vring) -> None:
+        """_service_tx with the last line of defence: a bug on one port's path closes that port only."""
+        try:
+            self._service_tx(port, ring)
+        except Exception:
+            self._internal_error(port, f"tx service of queue {ring.index}")
+
+    def _internal_error(self, port: Port, where: str) -> None:
+        """An unexpected exception (a bug, not a guest error) on `port`'s path: logged, and that port's
+        connection closed and counted as "internal error"; the loop and the other ports go on."""
+        log.exception("port %s: internal error in the %s; closing the connection", port.name, where)
+        try:
+            self._close_peer(port, "internal error")
+        except Exception:
+            log.exception("port %s: internal error while closing the connection", port.name)
 
     def _idle_timeout(self) -> float:
         """The select timeout when no ring is busy: the poll interval, or sooner for a held-back call."""
