@@ -38,6 +38,10 @@ log = logging.getLogger(__package__)  # "vhea.server": one logger for the server
 
 #: the datapath of a Server made without one ("auto": native when it loads); tests set this
 DEFAULT_DATAPATH = "auto"
+#: port sockets: the owner and its group may connect (QEMU as another user: `vhea serve --socket-mode/-group`)
+DEFAULT_SOCKET_MODE = 0o660
+#: the control socket: its owner only (and root); each connection's SO_PEERCRED is checked too
+CONTROL_SOCKET_MODE = 0o600
 #: idle select timeout; each timeout also polls rings in case a kick was lost
 POLL_S = 0.2
 
@@ -49,8 +53,13 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
                  ageing: float = 300.0, client_ports: list[str] | tuple[str, ...] = (),
                  datapath: str | None = None, flow_control: bool = False,
                  pause_max_us: int = DEFAULT_MAX_US, control: ControlAPI | None = None,
-                 tap_ports: dict[str, str | None] | None = None) -> None:
-        """`tap_ports`: tap ports made at bind(), name -> TAP device name (None: the default "vh-" + name)."""
+                 tap_ports: dict[str, str | None] | None = None, socket_mode: int = DEFAULT_SOCKET_MODE,
+                 socket_group: int | None = None) -> None:
+        """`tap_ports`: tap ports made at bind(), name -> TAP device name (None: the default "vh-" + name).
+        `socket_mode`, `socket_group`: the permissions and group (None: ours) of the port sockets; the control
+        socket is always CONTROL_SOCKET_MODE, owner only (docs/device-model.md, "Who may connect")."""
+        self.socket_mode = socket_mode
+        self.socket_group = socket_group
         #: "native" (vhea/_datapath.c) or "python" (the reference); NativeError if native is asked for and absent
         self.datapath = native.resolve(datapath or DEFAULT_DATAPATH)
         self._native = native.MOD if self.datapath == "native" else None
@@ -85,6 +94,7 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
         self._src: PortRing | None = None  # the tx ring whose batch is being forwarded
         self._hold: Backlog | None = None  # its Backlog once a frame of the batch was held
         self._control: socket.socket | None = None
+        self.control_refused = 0  # control connections of another user, refused (SO_PEERCRED)
         self._bound: list[str] = []
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
@@ -93,7 +103,7 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
         """Create the port sockets and the control socket (the back-end is the server side)."""
         for port in self.ports.values():
             self._open_port(port)
-        self._control = self._listen(self.control_path)
+        self._control = self._listen(self.control_path, CONTROL_SOCKET_MODE, -1)
         self.sel.register(self._control, selectors.EVENT_READ, ("ctl-listen", None))
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
 
