@@ -87,7 +87,7 @@ def test_serve_stats_json_and_clean_sigterm(sockdir):
         finally:
             a.close()
             b.close()
-        assert set(st) == {"datapath", "ports", "switch"}
+        assert set(st) == {"datapath", "ports", "switch", "control"}
         assert st["datapath"] in ("native", "python")
         assert set(st["ports"]) == {"a", "b"}
         pa, pb = st["ports"]["a"], st["ports"]["b"]

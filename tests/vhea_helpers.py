@@ -95,10 +95,12 @@ VHEA_CMD = [sys.executable, "-m", "vhea.cli"]
 
 
 @contextlib.contextmanager
-def vhea_serve(sockdir: str, ports: list[str], datapath: str = "auto") -> Iterator[subprocess.Popen]:
-    """`vhea serve` in a subprocess, its sockets ready; stopped with SIGTERM. The test fails if it died."""
+def vhea_serve(sockdir: str, ports: list[str], datapath: str = "auto", extra: tuple[str, ...] = ()
+               ) -> Iterator[subprocess.Popen]:
+    """`vhea serve` in a subprocess (`extra`: more of its options), its sockets ready; stopped with SIGTERM.
+    The test fails if it died."""
     proc = subprocess.Popen([*VHEA_CMD, "serve", "--socket-dir", sockdir, "--ports", ",".join(ports),
-                             "--datapath", datapath, "--log-level", "warning"],
+                             "--datapath", datapath, "--log-level", "warning", *extra],
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 15

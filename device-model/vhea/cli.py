@@ -4,6 +4,7 @@ over its control socket (`stats`, `rule`, `rss`, `port`, ...) are vhea.ctl."""
 from __future__ import annotations
 
 import argparse
+import grp
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ from . import control, ctl, native
 from .errors import MAX_SOCKET_PATH, PORT_NAME_RULE, ConfigError, UsageError, is_port_name
 from .pause import DEFAULT_MAX_US
 from .server import Server
+from .server.loop import DEFAULT_SOCKET_MODE
 from .tap import IFNAME_RULE, default_ifname, is_ifname
 
 EXIT_USAGE = 2
@@ -71,6 +73,29 @@ def tap_ports(specs: list[str], ports: list[str]) -> dict[str, str | None]:
     return taps
 
 
+def socket_mode(text: str) -> int:
+    """`--socket-mode`: octal permissions of the port sockets (e.g. 0660, 0666)."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (0..0777)")
+    return mode
+
+
+def socket_group(name: str | None) -> int | None:
+    """`--socket-group`: a group name or number -> gid (None: the group vhea runs as)."""
+    if name is None:
+        return None
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise UsageError(f"--socket-group: no group {name!r}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     ports = check_serve_args(args.socket_dir, args.ports, args.queues)
     clients = client_ports(args, ports)
@@ -78,7 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         server = Server(args.socket_dir, ports, args.queues, ageing=args.ageing, client_ports=clients,
                         datapath=args.datapath, flow_control=args.flow_control, pause_max_us=args.pause_max_us,
-                        control=control, tap_ports=taps)
+                        control=control, tap_ports=taps, socket_mode=args.socket_mode,
+                        socket_group=socket_group(args.socket_group))
     except (native.NativeError, ConfigError) as e:
         raise UsageError(str(e)) from e
     try:
@@ -113,6 +139,11 @@ def parser() -> argparse.ArgumentParser:
                    help="a tap port (repeatable): vhea creates the TAP device IFNAME (default vh-NAME) with a vnet "
                         "header and checksum/TSO offloads, down and without an address, for whoever owns the peer "
                         "to move into a namespace and configure")
+    s.add_argument("--socket-mode", type=socket_mode, default=DEFAULT_SOCKET_MODE, metavar="MODE",
+                   help="octal permissions of the port sockets (default 0660: owner and group; 0666 lets a "
+                        "front-end of any user connect). control.sock is always 0600")
+    s.add_argument("--socket-group", metavar="GROUP",
+                   help="group (name or gid) of the port sockets, e.g. the group QEMU runs as")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--datapath", default="auto", choices=list(native.DATAPATHS),
                    help="native: the C inner loop (vhea/_datapath.c, built when the project is installed: "

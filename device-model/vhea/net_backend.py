@@ -87,10 +87,24 @@ class NetBackend(VirtioNet):
                     log.warning("port %s: ring %d stopped: %s", self.name, r.index, e)
 
     def set_vring_num(self, index: int, num: int) -> None:
+        """A started ring is not resized (the spec stops a ring with GET_VRING_BASE before it is reconfigured);
+        a stopped ring whose addresses were set is re-mapped for its new size, or left unmapped until the next
+        SET_VRING_ADDR: its views never disagree with `num`."""
+        ring = self.rings[index]
+        old = ring.num
         try:
-            self.rings[index].set_num(num)
+            ring.set_num(num)
         except RingError as e:
             raise BackendError(str(e)) from e
+        if ring.started and old != num:
+            ring.num = old
+            raise BackendError(f"SET_VRING_NUM {num} on started ring {index} (size {old})")
+        if ring.mapped and self.mem is not None:
+            try:
+                ring.map(self.mem)
+            except RingError as e:
+                ring.unmap()  # not ready until SET_VRING_ADDR maps it again
+                log.warning("port %s: ring %d unmapped after SET_VRING_NUM %d: %s", self.name, index, num, e)
 
     def set_vring_addr(self, addr: VringAddr) -> None:
         ring = self.rings[addr.index]

@@ -243,6 +243,8 @@ class Vring:
             heads = avail[2 + start:2 + end].tolist()
         else:
             heads = avail[2 + start:2 + self.num].tolist() + avail[2:2 + end - self.num].tolist()
+        if len(heads) != count:  # the view is shorter than the ring: never hand back fewer heads than asked
+            raise RingError(f"avail ring view holds {len(avail) - 3} entries, ring has {self.num}")
         if heads and max(heads) >= self.num:
             bad = next(h for h in heads if h >= self.num)
             raise RingError(f"avail ring names descriptor {bad}, ring has {self.num}")

@@ -6,8 +6,11 @@ injected so that the server never imports the layer above it). A Server mixin (l
 from __future__ import annotations
 
 import json
+import logging
+import os
 import selectors
 import socket
+import struct
 import time
 from collections.abc import Collection
 from typing import Any, Protocol
@@ -15,6 +18,8 @@ from typing import Any, Protocol
 from ..pause import FlowControl
 from ..switch import Switch
 from .port import Port
+
+log = logging.getLogger(__package__)  # "vhea.server": one logger for the server package
 
 
 class ControlAPI(Protocol):
@@ -24,6 +29,15 @@ class ControlAPI(Protocol):
     COMMANDS: Collection[str]
 
     def handle(self, server: Any, request: dict) -> dict: ...
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED), None if it cannot be read."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return struct.unpack("3i", creds)[1]
 
 
 class ControlEndpoint:
@@ -36,6 +50,7 @@ class ControlEndpoint:
     sel: selectors.BaseSelector
     switch: Switch
     _control: socket.socket | None
+    control_refused: int
     _flow: FlowControl
 
     def _on_control_accept(self) -> None:
@@ -43,6 +58,13 @@ class ControlEndpoint:
         try:
             sock, _ = self._control.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        uid = peer_uid(sock)
+        if uid not in (0, os.geteuid()):  # the socket is 0600; this also holds if its mode was widened
+            sock.close()
+            self.control_refused += 1
+            log.warning("control connection of uid %s refused (only uid %d or root may use it; %d refused)",
+                        uid, os.geteuid(), self.control_refused)
             return
         sock.setblocking(False)
         self.sel.register(sock, selectors.EVENT_READ, ("ctl", bytearray()))
@@ -101,4 +123,5 @@ class ControlEndpoint:
                       for name, p in self.ports.items()},
             "switch": {"fdb": self.switch.table(), "fdb_max": self.switch.max_entries,
                        "fdb_not_learned": self.switch.not_learned},
+            "control": {"refused": self.control_refused},
         }

@@ -24,10 +24,11 @@ from .. import native
 from ..pause import DEFAULT_MAX_US, HOLD_POLL_S, Backlog, FlowControl, check_max_us
 from ..switch import Switch
 from ..tap import default_ifname
+from ..vring import Vring
 from .control_socket import ControlAPI, ControlEndpoint
 from .delivery import Delivery
 from .notify import Notifications
-from .port import PortRing
+from .port import Port, PortRing
 from .ports import PortLifecycle
 from .session import VhostSession
 from .tapservice import TapService
@@ -37,6 +38,10 @@ log = logging.getLogger(__package__)  # "vhea.server": one logger for the server
 
 #: the datapath of a Server made without one ("auto": native when it loads); tests set this
 DEFAULT_DATAPATH = "auto"
+#: port sockets: the owner and its group may connect (QEMU as another user: `vhea serve --socket-mode/-group`)
+DEFAULT_SOCKET_MODE = 0o660
+#: the control socket: its owner only (and root); each connection's SO_PEERCRED is checked too
+CONTROL_SOCKET_MODE = 0o600
 #: idle select timeout; each timeout also polls rings in case a kick was lost
 POLL_S = 0.2
 
@@ -48,8 +53,13 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
                  ageing: float = 300.0, client_ports: list[str] | tuple[str, ...] = (),
                  datapath: str | None = None, flow_control: bool = False,
                  pause_max_us: int = DEFAULT_MAX_US, control: ControlAPI | None = None,
-                 tap_ports: dict[str, str | None] | None = None) -> None:
-        """`tap_ports`: tap ports made at bind(), name -> TAP device name (None: the default "vh-" + name)."""
+                 tap_ports: dict[str, str | None] | None = None, socket_mode: int = DEFAULT_SOCKET_MODE,
+                 socket_group: int | None = None) -> None:
+        """`tap_ports`: tap ports made at bind(), name -> TAP device name (None: the default "vh-" + name).
+        `socket_mode`, `socket_group`: the permissions and group (None: ours) of the port sockets; the control
+        socket is always CONTROL_SOCKET_MODE, owner only (docs/device-model.md, "Who may connect")."""
+        self.socket_mode = socket_mode
+        self.socket_group = socket_group
         #: "native" (vhea/_datapath.c) or "python" (the reference); NativeError if native is asked for and absent
         self.datapath = native.resolve(datapath or DEFAULT_DATAPATH)
         self._native = native.MOD if self.datapath == "native" else None
@@ -84,6 +94,7 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
         self._src: PortRing | None = None  # the tx ring whose batch is being forwarded
         self._hold: Backlog | None = None  # its Backlog once a frame of the batch was held
         self._control: socket.socket | None = None
+        self.control_refused = 0  # control connections of another user, refused (SO_PEERCRED)
         self._bound: list[str] = []
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
@@ -92,7 +103,7 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
         """Create the port sockets and the control socket (the back-end is the server side)."""
         for port in self.ports.values():
             self._open_port(port)
-        self._control = self._listen(self.control_path)
+        self._control = self._listen(self.control_path, CONTROL_SOCKET_MODE, -1)
         self.sel.register(self._control, selectors.EVENT_READ, ("ctl-listen", None))
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
 
@@ -181,7 +192,10 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
                     except OSError:
                         pass
             except Exception:  # the loop must survive anything; this is a bug, not a guest error
-                log.exception("internal error handling %s event", kind)
+                if kind in ("kick", "conn"):
+                    self._internal_error(obj[0] if kind == "kick" else obj, f"{kind} event")
+                else:
+                    log.exception("internal error handling %s event", kind)
         if self._tap_busy:
             self._service_taps()
         if self._flow:
@@ -192,7 +206,7 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
             busy, self._busy = self._busy, set()
             for port, ring in busy:
                 if port.handler is not None and ring.ready:
-                    self._service_tx(port, ring)
+                    self._guarded_tx(port, ring)
         elif not events and not self._tap_busy:
             self._poll_all()
         self._flush_calls()
@@ -203,9 +217,25 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
             if port.handler is None:
                 continue
             for ring in port.handler.device.rings[1::2]:
-                if ring.ready:
-                    self._service_tx(port, ring)
+                if port.handler is not None and ring.ready:
+                    self._guarded_tx(port, ring)
         self.switch.expire()
+
+    def _guarded_tx(self, port: Port, ring: Vring) -> None:
+        """_service_tx with the last line of defence: a bug on one port's path closes that port only."""
+        try:
+            self._service_tx(port, ring)
+        except Exception:
+            self._internal_error(port, f"tx service of queue {ring.index}")
+
+    def _internal_error(self, port: Port, where: str) -> None:
+        """An unexpected exception (a bug, not a guest error) on `port`'s path: logged, and that port's
+        connection closed and counted as "internal error"; the loop and the other ports go on."""
+        log.exception("port %s: internal error in the %s; closing the connection", port.name, where)
+        try:
+            self._close_peer(port, "internal error")
+        except Exception:
+            log.exception("port %s: internal error while closing the connection", port.name)
 
     def _idle_timeout(self) -> float:
         """The select timeout when no ring is busy: the poll interval, or sooner for a held-back call."""

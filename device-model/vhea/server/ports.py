@@ -36,6 +36,8 @@ _close_tap (tapservice.py) and _unregister (loop.py)."""
     sel: selectors.BaseSelector
     switch: Switch
     _bound: list[str]
+    socket_mode: int
+    socket_group: int | None
 
     def _new_port(self, name: str, path: str, client: bool, ifname: str | None = None) -> Port:
         """A vhost-user port on socket `path`, or with `ifname` a tap port (one queue pair, no socket)."""
@@ -142,7 +144,9 @@ _close_tap (tapservice.py) and _unregister (loop.py)."""
         log.info("port %s: flow control (pause) %s, limit %d us", port.name, "on" if on else "off",
                  port.pause_max_us)
 
-    def _listen(self, path: str) -> socket.socket:
+    def _listen(self, path: str, mode: int | None = None, group: int | None = None) -> socket.socket:
+        """A listening socket at `path` with permissions `mode` (default: the port socket mode) and `group`
+        (default: the port socket group, None: ours), set between bind and listen: nobody connects earlier."""
         if os.path.exists(path):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -155,7 +159,16 @@ _close_tap (tapservice.py) and _unregister (loop.py)."""
                 probe.close()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind(path)
+        self._bound.append(path)
+        try:
+            if group is None:
+                group = self.socket_group
+            if group is not None:
+                os.chown(path, -1, group)
+            os.chmod(path, self.socket_mode if mode is None else mode)
+        except OSError:
+            s.close()
+            raise
         s.listen(4)
         s.setblocking(False)
-        self._bound.append(path)
         return s
