@@ -104,10 +104,15 @@ def _start_testpmd(vdev: str, prefix: str, main_lcore: int, timeout_s: int, log:
     return testpmd.Testpmd(_testpmd_cmd(vdev, prefix, main_lcore, timeout_s), log, prefix)
 
 
+def _testpmd_budget(sizes: list[int], seconds: float) -> int:
+    """Seconds a bench's testpmd may live (its `timeout`): start-up, each size's warm-up and window, the stop."""
+    return int(10 + len(sizes) * (seconds + WARMUP_S + 3) + 30)
+
+
 def bench_anchor(workdir: str, sizes: list[int], seconds: float) -> dict[int, DpdkFigure]:
     """testpmd virtio-user txonly -> testpmd vhost PMD rxonly (no vhea: no CPU share, no probe)."""
     sock = os.path.join(workdir, "anchor.sock")
-    budget = int(10 + len(sizes) * (seconds + WARMUP_S + 3) + 30)
+    budget = _testpmd_budget(sizes, seconds)
     tag = f"{os.getpid()}"
     rx = _start_testpmd(f"net_vhost0,iface={sock},queues=1", f"vhbA{tag}", 1, budget,
                         os.path.join(workdir, "anchor-vhost.log"))
@@ -128,7 +133,7 @@ def bench_anchor(workdir: str, sizes: list[int], seconds: float) -> dict[int, Dp
 def bench_vhea_dpdk(sockdir: str, workdir: str, sizes: list[int], seconds: float,
                     pid: int | None = None) -> dict[int, DpdkFigure]:
     """testpmd virtio-user txonly on vhea's port a -> testpmd virtio-user rxonly on port b; `pid` is vhea's."""
-    budget = int(10 + len(sizes) * (seconds + WARMUP_S + 3) + 30)
+    budget = _testpmd_budget(sizes, seconds)
     tag = f"{os.getpid()}"
     rx = _start_testpmd(f"net_virtio_user0,path={sockdir}/b.sock,queues=1", f"vhbB{tag}", 1, budget,
                         os.path.join(workdir, "vhea-b.log"))
