@@ -7,6 +7,7 @@ marks and sends back the result.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
@@ -191,9 +192,23 @@ def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None
     return result
 
 
+def _tell_client(sock: socket.socket, message: str) -> None:
+    """Best effort: the client learns why its session failed before the connection closes."""
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(json.dumps({"type": "error", "message": message}).encode() + b"\n")
+    except OSError:
+        pass
+
+
 def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = False, ready=None,
-               _corrupt_byte: int | None = None) -> int:
-    """Serve sessions one after another; `ready` (a callable, for tests) gets the bound port."""
+               _corrupt_byte: int | None = None, data_bind: str | None = None) -> int:
+    """Serve sessions one after another; `ready` (a callable, for tests) gets the bound port.
+
+    The control port listens on `bind`; each session's data listener on `data_bind` (default `bind`), so the
+    control connection can come over a management network while the data takes the link under test.
+    """
+    data_bind = data_bind or bind
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -210,7 +225,7 @@ def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = Fal
         while True:
             sock, peer = listener.accept()
             try:
-                result = serve_session(sock, bind, _corrupt_byte)
+                result = serve_session(sock, data_bind, _corrupt_byte)
                 print(
                     f"session from {peer[0]}: {result['bytes']} bytes in {result['elapsed']:.3f}s, "
                     f"errors={len(result['errors'])}",
@@ -219,6 +234,7 @@ def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = Fal
                 status = 1 if result["errors"] else 0
             except (IsoperfError, OSError) as e:
                 print(f"session from {peer[0]} failed: {e}", file=sys.stderr, flush=True)
+                _tell_client(sock, str(e))
                 status = 1
             finally:
                 sock.close()
