@@ -2,7 +2,7 @@
 
 Usage::
 
-    isoperf server [--bind ADDR] [--port 5701] [--data-bind ADDR] [--once]
+    isoperf server [--bind ADDR] [--port 5701] [--data-bind ADDR] [--stack legacy|iso] [--once]
     isoperf client --host H [--port 5701] [--control-host C] [--control-port P]
                    [--test stream|maerts|rr|crr] [--size 1448] [--response-size S]
                    [--duration 10] [--warmup 1] [--repeats 1] [--connections 1] [--stack legacy|iso]
@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address the data connections' listener binds to (default: --bind); with a control "
                         "connection on a management network, the data address under test")
     s.add_argument("--once", action="store_true", help="exit after one session")
+    s.add_argument("--stack", choices=KNOWN_STACKS, default="legacy",
+                   help="the server's network stack for the data connections: legacy (kernel sockets) or iso "
+                        "(IsoStack: listen, accept, receive and answer through isostackd, found by $ISOSTACK_SOCKET "
+                        "like the client's); the control connection is a kernel socket (default legacy)")
     c = sub.add_parser("client", help="run a test against an isoperf server")
     c.add_argument("--host", required=True, help="server address: the data connections go there")
     c.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"control port (default {DEFAULT_PORT})")
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "server":
-            return server.run_server(args.bind, args.port, args.once, data_bind=args.data_bind)
+            return server.run_server(args.bind, args.port, args.once, data_bind=args.data_bind, stack=args.stack)
         params = RunParams(
             test=args.test,
             stack=args.stack,

@@ -218,6 +218,7 @@ def run_client(
     result = {
         "test": test,
         "stack": params.stack,
+        "server_stack": server.get("stack", "legacy"),  # servers before --stack served kernel sockets only
         "size": params.size,
         "response_size": params.rsize if test in TRANSACTION_TESTS else None,
         "connections": params.connections,
