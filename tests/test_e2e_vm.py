@@ -45,6 +45,9 @@ def test_stream_crosses_the_device_model(testbed, topology):
     for stack, case in cases.items():
         assert case["status"] == "ok", (stack, case.get("error"), case.get("isostackd_log"))
         assert case["device_model"]["crossed"] is True, (stack, case["device_model"])
+        # The control connection took the management path (iso-b's forwarded control port), not the data link.
+        assert case["control"] == {"host": "10.0.2.2", "port": topology.guests[1].control_port,
+                                   "path": "management", "why": None}
         perf = case["isoperf"]
         assert perf["stack"] == stack
         assert perf["verified"] is True and perf["errors"] == []

@@ -75,6 +75,20 @@ def test_server_commands():
     )
 
 
+def test_control_path_arguments_parse_as_isoperf_options():
+    """The management path in the commands: the client's control host/port, the server's data bind."""
+    cmd = isoperf_cmd.client_command(GuestLayout(), _case(), "10.10.0.254", ("10.254.3.6", 5702))
+    args = isoperf.cli.build_parser().parse_args(shlex.split(cmd)[4:])
+    assert (args.host, args.port, args.control_host, args.control_port) == ("10.10.0.254", 5702, "10.254.3.6", 5702)
+    same = isoperf_cmd.client_command(GuestLayout(), _case(), "10.10.0.2", ("10.10.0.2", 5702))
+    assert "--control-host" not in same  # the data path: nothing to add
+    start = isoperf_cmd.server_start_command(GuestLayout(), "0.0.0.0", 5701, "10.10.0.2")
+    argv = shlex.split(start.split("nohup env ", 1)[1].split(" >", 1)[0])
+    sargs = isoperf.cli.build_parser().parse_args(argv[argv.index("server"):])
+    assert (sargs.bind, sargs.port, sargs.data_bind, sargs.once) == ("0.0.0.0", 5701, "10.10.0.2", True)
+    assert "--data-bind" not in isoperf_cmd.server_start_command(GuestLayout(), "10.10.0.2", 5701, "10.10.0.2")
+
+
 def test_timeout_covers_warmup_and_duration():
     assert isoperf_cmd.client_timeout(_case()) > 12.5
 

@@ -41,6 +41,23 @@ def test_domain_xml_has_what_vhost_user_needs(tmp_path):
     assert root.find("cpu").get("mode") == "maximum"
 
 
+def test_domain_xml_forwards_the_control_port_on_each_bind(tmp_path):
+    root = ET.fromstring(render_domain(spec(tmp_path, control_port=40001, control_binds=("127.0.0.1", "10.254.0.9"))))
+    args = [a.get("value") for a in root.find(f"{QEMU_NS}commandline")]
+    assert ("user,id=mgmt0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:22201-:22,hostfwd=tcp:127.0.0.1:40001-:5701,"
+            "hostfwd=tcp:10.254.0.9:40001-:5701") in args
+
+
+def test_the_forwarded_control_port_is_isoperfs_default():
+    from isoperf.protocol import DEFAULT_PORT
+    from testbed.domain import GUEST_CONTROL_PORT
+    from testbed.harness.control_path import FORWARDED_PORT, GATEWAY
+    from testbed.lifecycle.up import MGMT_GATEWAY
+
+    assert GUEST_CONTROL_PORT == FORWARDED_PORT == DEFAULT_PORT
+    assert GATEWAY == MGMT_GATEWAY
+
+
 def test_domain_xml_kvm_uses_host_cpu(tmp_path):
     root = ET.fromstring(render_domain(spec(tmp_path, accel="kvm")))
     assert root.get("type") == "kvm"
@@ -58,6 +75,8 @@ def test_domain_xml_escapes_cmdline(tmp_path):
     (dict(queues=17), "queue pairs must be 1..16"),
     (dict(memory_mib=16), "out of range"),
     (dict(vhost_socket=Path("/" + "x" * 120)), "too long for AF_UNIX"),
+    (dict(control_port=5, control_binds=("127.0.0.1,hostfwd=tcp::1-:22",)), "is not an IPv4 address"),
+    (dict(control_port=0, control_binds=("127.0.0.1",)), "control port 0 out of range"),
 ])
 def test_domain_spec_rejects_bad_values(tmp_path, over, message):
     with pytest.raises(ValueError, match=message):

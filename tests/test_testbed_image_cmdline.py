@@ -73,3 +73,13 @@ def test_kernel_cmdline_extra_parameters(fake_image):
 def test_kernel_cmdline_rejects_bad_extra_parameters(fake_image, param, message):
     with pytest.raises(ValueError, match=message):
         kernel_cmdline(fake_image, "g", [], extra=[param])
+
+
+def test_kernel_cmdline_routes(fake_image):
+    line = kernel_cmdline(fake_image, "iso-a", [("52:54:00:ff:00:01", "10.0.2.15/24")],
+                          routes=[("10.254.0.0/16", "10.0.2.2")])
+    assert line.split()[-1] == "isostack.route=10.254.0.0/16,10.0.2.2"
+    with pytest.raises(ValueError, match="invalid route"):
+        kernel_cmdline(fake_image, "iso-a", [], routes=[("10.254.0.1/16", "10.0.2.2")])  # host bits set
+    with pytest.raises(ValueError, match="invalid route"):
+        kernel_cmdline(fake_image, "iso-a", [], routes=[("10.254.0.0/16", "10.0.2.2 quiet")])

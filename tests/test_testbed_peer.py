@@ -7,9 +7,11 @@ test asks a real `vhea serve` for the TAP port and skips while this vhea has non
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -115,6 +117,41 @@ def test_create_moves_the_device_in_addresses_it_and_remove_leaves_nothing(sdir)
     assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not link_in_host(ifname)  # the device went with the namespace
     assert peer.remove(ns) is False
+
+
+@needs_netns
+def test_the_management_link_reaches_the_namespace_and_goes_with_it(sdir):
+    """The veth pair that carries isoperf's control connection: the host's end addressed in the host, the
+    peer's in the namespace, a TCP connection across it works, and `remove` leaves no end behind."""
+    info = peer.create(sdir, "10.10.0", make_tap)
+    host_addr, peer_addr = peer.mgmt_addresses(sdir)
+    assert (info.mgmt_host_address, info.mgmt_address) == (host_addr, peer_addr)
+    assert ipaddress.IPv4Address(peer_addr) in peer.MGMT_NET
+    assert link_in_host(info.mgmt_interface)
+    assert f"{host_addr}/30" in subprocess.run(["ip", "-o", "-4", "address", "show", "dev", info.mgmt_interface],
+                                               capture_output=True, text=True).stdout
+    server = subprocess.Popen(peer.exec_argv(info.namespace, [
+        sys.executable, "-c",
+        "import socket; s = socket.create_server(('0.0.0.0', 5799)); print('up', flush=True); c, a = s.accept();"
+        " c.sendall(a[0].encode())"]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "up"
+        with socket.create_connection((peer_addr, 5799), timeout=5) as c:
+            assert c.recv(64).decode() == host_addr  # from the host's end, straight across the link
+    finally:
+        server.kill()
+        server.wait()
+    assert peer.remove(info.namespace)
+    assert not link_in_host(info.mgmt_interface)
+
+
+def test_management_addresses_are_a_30_per_state_dir(tmp_path):
+    a, b = peer.mgmt_addresses(tmp_path / "a"), peer.mgmt_addresses(tmp_path / "b")
+    assert a != b
+    for host_addr, peer_addr in (a, b):
+        net = ipaddress.IPv4Interface(f"{host_addr}/30").network
+        assert ipaddress.IPv4Address(peer_addr) in net and net.subnet_of(peer.MGMT_NET)
+        assert host_addr != str(net.network_address) and peer_addr != str(net.broadcast_address)
 
 
 @needs_netns

@@ -145,7 +145,7 @@ def test_stale_socket_is_replaced_but_a_live_one_is_an_error(sockdir):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        assert proc.wait(30) == 0  # generous: the host may be loaded
         assert os.listdir(sockdir) == []
     finally:
         if proc.poll() is None:

@@ -2,8 +2,9 @@
 
 Usage::
 
-    isoperf server [--bind ADDR] [--port 5701] [--once]
-    isoperf client --host H [--port 5701] [--test stream|maerts|rr|crr] [--size 1448] [--response-size S]
+    isoperf server [--bind ADDR] [--port 5701] [--data-bind ADDR] [--stack legacy|iso] [--once]
+    isoperf client --host H [--port 5701] [--control-host C] [--control-port P]
+                   [--test stream|maerts|rr|crr] [--size 1448] [--response-size S]
                    [--duration 10] [--warmup 1] [--repeats 1] [--connections 1] [--stack legacy|iso]
                    [--cpu N] [--verify] [--send-loop auto|c|python] [--sndbuf BYTES] [--json]
 
@@ -79,12 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="isoperf", description="netperf-style load generator for IsoStack")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("server", help="answer isoperf clients")
-    s.add_argument("--bind", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    s.add_argument("--bind", default="0.0.0.0", help="address the control port listens on (default 0.0.0.0)")
     s.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"control port (default {DEFAULT_PORT})")
+    s.add_argument("--data-bind", default=None,
+                   help="address the data connections' listener binds to (default: --bind); with a control "
+                        "connection on a management network, the data address under test")
     s.add_argument("--once", action="store_true", help="exit after one session")
+    s.add_argument("--stack", choices=KNOWN_STACKS, default="legacy",
+                   help="the server's network stack for the data connections: legacy (kernel sockets) or iso "
+                        "(IsoStack: listen, accept, receive and answer through isostackd, found by $ISOSTACK_SOCKET "
+                        "like the client's); the control connection is a kernel socket (default legacy)")
     c = sub.add_parser("client", help="run a test against an isoperf server")
-    c.add_argument("--host", required=True, help="server address")
+    c.add_argument("--host", required=True, help="server address: the data connections go there")
     c.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"control port (default {DEFAULT_PORT})")
+    c.add_argument("--control-host", default=None,
+                   help="address of the server's control port, when the control connection must not ride the "
+                        "link under test (a management network); default: --host")
+    c.add_argument("--control-port", type=_port, default=None,
+                   help="the control port at --control-host, e.g. a forwarded one (default: --port)")
     c.add_argument("--test", choices=TESTS, default="stream",
                    help="stream (send), maerts (receive), rr (request/response), crr (connect/request/response/"
                         "close); default stream")
@@ -165,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "server":
-            return server.run_server(args.bind, args.port, args.once)
+            return server.run_server(args.bind, args.port, args.once, data_bind=args.data_bind, stack=args.stack)
         params = RunParams(
             test=args.test,
             stack=args.stack,
@@ -184,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             sendloop.resolve(args.send_loop)
         except IsoperfError as e:
             parser.exit(2, f"isoperf client: error: {e}\n")
+        control = (args.control_host or args.host, args.control_port or args.port)
         result = client.run_client(args.host, args.port, params, connect_timeout=args.connect_timeout, cpu=args.cpu,
-                                   send_loop=args.send_loop, sndbuf=args.sndbuf)
+                                   send_loop=args.send_loop, sndbuf=args.sndbuf, control=control)
     except (IsoperfError, OSError) as e:  # OSError: a data or control connection broke mid-session
         print(f"isoperf: error: {e}", file=sys.stderr)
         return 1

@@ -103,19 +103,23 @@ def run_client(
     cpu: int | None = None,
     send_loop: str = "auto",
     sndbuf: int | None = None,
+    control: tuple[str, int] | None = None,
 ) -> dict:
     """Run one test against an isoperf server and return the result dict.
 
     `cpu` pins the worker threads (one per connection) to that CPU. `send_loop` (auto|c|python) is the loop
     around the stream senders' sendall calls (see Sender). `sndbuf` sets SO_SNDBUF on the data sockets before
-    any data (netperf's -s): it bounds the bytes a connection has in flight. `_corrupt_byte` is a test hook:
+    any data (netperf's -s): it bounds the bytes a connection has in flight. `control` is the server's control
+    address when it is not (host, port): a management network, so that the link under test carries only the
+    data connections (their loss and back-off cannot starve the control exchange). `_corrupt_byte` is a test hook:
     flip one bit at that offset of what connection 0 sends (stream: the stream; rr/crr: the requests).
     """
     params.check()
     if cpu is not None:
         check_cpu(cpu)
     loop_kind = sendloop.resolve(send_loop) if params.test == "stream" and not params.verify else None
-    ctrl = Control(sockets.connect(host, port, connect_timeout))
+    ctrl_host, ctrl_port = control or (host, port)
+    ctrl = Control(sockets.connect(ctrl_host, ctrl_port, connect_timeout))
     data_socks: list = []
     workers: list[Worker] = []
     stop = threading.Event()
@@ -129,7 +133,7 @@ def run_client(
         except IsoperfError as e:
             if str(e).startswith("server:"):
                 raise
-            raise IsoperfError(f"no isoperf server at {host}:{port} ({e})") from None
+            raise IsoperfError(f"no isoperf server at {ctrl_host}:{ctrl_port} ({e})") from None
         data_port = int(ready["data_port"])
         if test != "crr":
             for i in range(params.connections):
@@ -139,8 +143,13 @@ def run_client(
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
                 if test == "rr":
                     sockets.set_nodelay(s)
-                s.sendall(HELLO.pack(HELLO_MAGIC, i))
                 data_socks.append(s)
+                try:
+                    s.sendall(HELLO.pack(HELLO_MAGIC, i))
+                except OSError as e:
+                    said = ctrl.last_words()
+                    raise IsoperfError(f"data connection {i}: the hello failed ({e.strerror or e})"
+                                       + (f"; the server said: {said}" if said else "")) from None
         ctrl.expect("accepted")
 
         for i in range(params.connections):
@@ -209,6 +218,7 @@ def run_client(
     result = {
         "test": test,
         "stack": params.stack,
+        "server_stack": server.get("stack", "legacy"),  # servers before --stack served kernel sockets only
         "size": params.size,
         "response_size": params.rsize if test in TRANSACTION_TESTS else None,
         "connections": params.connections,

@@ -19,6 +19,11 @@ One JSON object per line on the control TCP connection, client -> server unless 
 6. server -> ``{"type": "result", "bytes": ..., "elapsed": ..., "cpu": {...}, "intervals": [...],
    "total_bytes": ..., "sent_bytes": ..., "transactions": [...], "verified": bool|null, "errors": [...]}``
    after every data connection ended.
+7. A session that fails on the server after "ready" ends with ``{"type": "error", "message": "..."}`` before the
+   server closes the control connection, so the client reports why (not a broken pipe).
+
+The control connection may take another path than the data (``isoperf client --control-host``, ``isoperf
+server --data-bind``): a management network, so that loss and back-off on the link under test cannot starve it.
 """
 
 from __future__ import annotations
@@ -52,7 +57,24 @@ class Control:
         self.buf = b""
 
     def send(self, **msg) -> None:
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        """Send one message; a connection the peer closed becomes an IsoperfError with the peer's last words
+        (an error message it sent before closing), not a bare "[Errno 32] Broken pipe"."""
+        try:
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as e:
+            reason = f"the control connection broke while sending {msg.get('type')!r} ({e.strerror or e})"
+            said = self.last_words()
+            raise IsoperfError(f"{reason}; the peer said: {said}" if said else reason) from None
+
+    def last_words(self, timeout: float = 1.0) -> str | None:
+        """The message of an error the peer sent before it closed the connection (None: there is none)."""
+        try:
+            while True:
+                msg = self.recv(timeout)
+                if msg["type"] == "error":
+                    return str(msg.get("message", "unknown error"))
+        except (IsoperfError, OSError):
+            return None
 
     def recv(self, timeout: float | None = CONTROL_TIMEOUT) -> dict:
         self.sock.settimeout(timeout)

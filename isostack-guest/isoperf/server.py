@@ -1,4 +1,5 @@
-"""The isoperf server: one session per control connection, kernel sockets whatever the client's stack.
+"""The isoperf server: one session per control connection, on its own stack (`--stack`: kernel sockets, or
+IsoStack receiving and answering through isostackd) whatever the client's.
 
 The server answers: it opens a data listener per session, runs the workers the test needs (receivers for
 stream, senders for maerts, responders for rr/crr), snapshots its counters and /proc/stat at the client's
@@ -7,6 +8,7 @@ marks and sends back the result.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
@@ -90,8 +92,10 @@ def _start_message(ctrl: Control) -> RunParams:
         raise
 
 
-def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None = None) -> dict:
-    """Run one test for the client on ctrl_sock; returns the result sent to it (for logging/tests).
+def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None = None,
+                  stack: str = "legacy") -> dict:
+    """Run one test for the client on ctrl_sock; returns the result sent to it (for logging/tests). `stack` is
+    the server's data sockets' stack (the control connection is a kernel socket either way).
 
     `_corrupt_byte` is a test hook: flip one bit at that offset of what the server sends on connection 0
     (maerts: the stream; rr/crr: the responses).
@@ -99,14 +103,15 @@ def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None
     ctrl = Control(ctrl_sock)
     params = _start_message(ctrl)
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener = sockets.listen(bind, max(128, params.connections + 4), stack)
+    except IsoperfError as e:
+        ctrl.send(type="error", message=str(e))
+        raise
     stop = threading.Event()
     workers: list[Worker] = []
     socks: list[socket.socket] = []
     try:
-        listener.bind((bind, 0))
-        listener.listen(max(128, params.connections + 4))
         ctrl.send(type="ready", data_port=listener.getsockname()[1])
         if params.test == "crr":
             listener.settimeout(0.2)
@@ -177,6 +182,7 @@ def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None
     whole = _intervals([marks[0], marks[-1]])[0]
     result = {
         "type": "result",
+        "stack": stack,
         "bytes": whole["bytes"],
         "elapsed": whole["elapsed"],
         "cpu": whole["cpu"],
@@ -191,9 +197,23 @@ def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None
     return result
 
 
+def _tell_client(sock: socket.socket, message: str) -> None:
+    """Best effort: the client learns why its session failed before the connection closes."""
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(json.dumps({"type": "error", "message": message}).encode() + b"\n")
+    except OSError:
+        pass
+
+
 def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = False, ready=None,
-               _corrupt_byte: int | None = None) -> int:
-    """Serve sessions one after another; `ready` (a callable, for tests) gets the bound port."""
+               _corrupt_byte: int | None = None, data_bind: str | None = None, stack: str = "legacy") -> int:
+    """Serve sessions one after another; `ready` (a callable, for tests) gets the bound port.
+
+    The control port listens on `bind`; each session's data listener on `data_bind` (default `bind`), so the
+    control connection can come over a management network while the data takes the link under test.
+    """
+    data_bind = data_bind or bind
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -210,7 +230,7 @@ def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = Fal
         while True:
             sock, peer = listener.accept()
             try:
-                result = serve_session(sock, bind, _corrupt_byte)
+                result = serve_session(sock, data_bind, _corrupt_byte, stack)
                 print(
                     f"session from {peer[0]}: {result['bytes']} bytes in {result['elapsed']:.3f}s, "
                     f"errors={len(result['errors'])}",
@@ -219,6 +239,7 @@ def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = Fal
                 status = 1 if result["errors"] else 0
             except (IsoperfError, OSError) as e:
                 print(f"session from {peer[0]} failed: {e}", file=sys.stderr, flush=True)
+                _tell_client(sock, str(e))
                 status = 1
             finally:
                 sock.close()
@@ -226,3 +247,5 @@ def run_server(bind: str = "0.0.0.0", port: int = DEFAULT_PORT, once: bool = Fal
                 return status
     finally:
         listener.close()
+        if stack == "iso":
+            sockets.detach_isostack()  # isostackd frees this process's queues at once

@@ -29,6 +29,28 @@ def connect(host: str, port: int, timeout: float, stack: str = "legacy"):
     return sock
 
 
+def listen(bind: str, backlog: int, stack: str = "legacy"):
+    """A listening kernel socket ("legacy") or IsoStack socket ("iso") on bind:<ephemeral port>: the server's
+    data listener. IsoStack's passive opens go through isostackd like its active ones (listen, accept)."""
+    try:
+        if stack == "iso":
+            from isostack import frontend  # lazily: legacy servers stay stdlib-only
+
+            sock = frontend.socket()
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        raise IsoperfError(f"cannot open a {stack} listening socket: {e.strerror or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind, 0))
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        raise IsoperfError(f"cannot listen on {bind} ({stack}): {e.strerror or e}") from None
+    return sock
+
+
 def set_nodelay(sock) -> None:
     """TCP_NODELAY on an rr/crr data socket (as sockperf does): a message over one MSS must not wait for an
     ACK of its first segments. Set on the server's sockets and the rr client's, outside the timed loop (the

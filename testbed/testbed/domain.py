@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import jinja2
 
 TEMPLATES = Path(__file__).parent / "templates"
+GUEST_CONTROL_PORT = 5701  # isoperf's default control port (isoperf.protocol.DEFAULT_PORT; a test checks)
 
 
 @dataclass
@@ -31,6 +33,10 @@ class GuestSpec:
     ssh_port: int
     mgmt_mac: str
     emulator: str = "/usr/bin/qemu-system-x86_64"
+    # isoperf's control port (guest 5701) forwarded from this host port on each of control_binds (host
+    # addresses): the control connection's management path (0: none)
+    control_port: int = 0
+    control_binds: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.accel not in ("kvm", "tcg"):
@@ -43,6 +49,13 @@ class GuestSpec:
             raise ValueError(f"guest {self.name}: memory {self.memory_mib} MiB out of range")
         if not 1 <= self.queues <= 16:
             raise ValueError(f"guest {self.name}: queue pairs must be 1..16, not {self.queues}")
+        for addr in self.control_binds:  # each goes into QEMU's -netdev option string
+            try:
+                ipaddress.IPv4Address(addr)
+            except ValueError:
+                raise ValueError(f"guest {self.name}: control forward bind {addr!r} is not an IPv4 address") from None
+        if self.control_binds and not 1 <= self.control_port <= 65535:
+            raise ValueError(f"guest {self.name}: control port {self.control_port} out of range")
         if len(str(self.vhost_socket)) > 107:
             raise ValueError(f"guest {self.name}: socket path too long for AF_UNIX: {self.vhost_socket}")
 
@@ -72,4 +85,6 @@ def render_domain(spec: GuestSpec) -> str:
         console_log=spec.console_log,
         ssh_port=spec.ssh_port,
         mgmt_mac=spec.mgmt_mac,
+        control_forwards="".join(f",hostfwd=tcp:{a}:{spec.control_port}-:{GUEST_CONTROL_PORT}"
+                                 for a in spec.control_binds),
     )

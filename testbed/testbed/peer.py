@@ -10,12 +10,19 @@ down` finds the namespace of a killed `testbed up` from the state dir alone. The
 port: `vhea port add ... --tap`, devicemodel.add_tap_port); it is created DOWN in the host's namespace, and
 this module moves it into the peer's namespace, sets the address and brings it and lo up. How the device is
 obtained is a parameter, so the namespace steps are tested with a TAP device the test makes itself.
+
+The management link: a veth pair between the host's namespace and the peer's, on a /30 of MGMT_NET picked
+from the same hash. isoperf's control connection takes it, never the link under test (on that link the control
+messages would sit in RTO back-off with the data): a guest reaches the peer's end through its user-mode
+management NIC (QEMU connects from the host's namespace; the guests route MGMT_NET via their gateway), and the
+peer reaches a guest's forwarded control port on the host's end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -30,6 +37,9 @@ INTERFACE_PREFIX = "vh-pr-"  # in the host's namespace until moved: per state di
 PORT = "peer"  # the device model's port name, and the name a playbook gives the peer
 HOST_NUMBER = 254  # the peer's address in the guests' data subnet (guests count up from .1)
 PREFIX_LEN = 24
+MGMT_NET = ipaddress.IPv4Network("10.254.0.0/16")  # the management links' /30s; the guests route it via QEMU
+MGMT_HOST_PREFIX = "vh-pm-"  # the veth end in the host's namespace
+MGMT_PEER_PREFIX = "vh-pn-"  # the end moved into the peer's namespace
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` pins a named namespace
 
 DeviceProvider = Callable[[str], None]  # makes a DOWN device with this name in the host's namespace
@@ -51,6 +61,14 @@ def namespace_name(sdir: Path) -> str:
 def interface_name(sdir: Path) -> str:
     """The peer's TAP device (14 characters: Linux allows 15)."""
     return INTERFACE_PREFIX + _digest(sdir)
+
+
+def mgmt_addresses(sdir: Path) -> tuple[str, str]:
+    """(host end, peer end) of the management link of `sdir`: a /30 of MGMT_NET chosen by the state dir's hash,
+    so two testbeds on one host do not share addresses (16,384 links: a clash needs a hash collision)."""
+    index = int(_digest(sdir), 16) % (MGMT_NET.num_addresses // 4)
+    base = MGMT_NET.network_address + 4 * index
+    return str(base + 1), str(base + 2)
 
 
 def address(subnet: str) -> str:
@@ -88,13 +106,33 @@ def create(sdir: Path, subnet: str, provide_device: DeviceProvider) -> PeerInfo:
     ns = namespace_name(sdir)
     if exists(ns):
         remove(ns)  # one a killed run left behind (`up` runs `down` first; this is the last guard)
+    _delete_link(MGMT_HOST_PREFIX + _digest(sdir))
     _ip("netns", "add", ns)
     try:
-        return attach(PeerInfo(namespace=ns, interface=interface_name(sdir), address=address(subnet),
+        info = attach(PeerInfo(namespace=ns, interface=interface_name(sdir), address=address(subnet),
                                prefix_len=PREFIX_LEN, port=PORT), provide_device)
+        return add_mgmt_link(info, sdir)
     except BaseException:
         remove(ns)
         raise
+
+
+def add_mgmt_link(peer: PeerInfo, sdir: Path) -> PeerInfo:
+    """The management veth pair between the host and the peer's namespace; returns `peer` with its addresses.
+    Removing the namespace removes the pair (a veth dies with either end)."""
+    host_if, peer_if = MGMT_HOST_PREFIX + _digest(sdir), MGMT_PEER_PREFIX + _digest(sdir)
+    host_addr, peer_addr = mgmt_addresses(sdir)
+    _ip("link", "add", host_if, "type", "veth", "peer", "name", peer_if)
+    try:
+        _ip("link", "set", "dev", peer_if, "netns", peer.namespace)
+        _ip("address", "add", f"{host_addr}/30", "dev", host_if)
+        _ip("link", "set", "dev", host_if, "up")
+        _ip("address", "add", f"{peer_addr}/30", "dev", peer_if, namespace=peer.namespace)
+        _ip("link", "set", "dev", peer_if, "up", namespace=peer.namespace)
+    except BaseException:
+        _delete_link(host_if)
+        raise
+    return dataclasses.replace(peer, mgmt_interface=host_if, mgmt_address=peer_addr, mgmt_host_address=host_addr)
 
 
 def attach(peer: PeerInfo, provide_device: DeviceProvider) -> PeerInfo:
@@ -145,6 +183,7 @@ def remove(namespace: str) -> bool:
         except (ValueError, ProcessLookupError):
             pass
     _ip("netns", "del", namespace)
+    _delete_link(MGMT_HOST_PREFIX + namespace.removeprefix(NAMESPACE_PREFIX))  # gone with the namespace; a guard
     return True
 
 

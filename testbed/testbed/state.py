@@ -44,6 +44,9 @@ class GuestInfo:
     memory_mib: int
     mgmt_mac: str
     console_log: str
+    # isoperf's control port (guest port 5701) forwarded by the management NIC: on 127.0.0.1 (other guests
+    # reach it at their gateway 10.0.2.2) and on the peer's management link (0: not forwarded).
+    control_port: int = 0
 
 
 @dataclass
@@ -64,6 +67,11 @@ class PeerInfo:
     prefix_len: int
     port: str  # the device model's port name ("peer")
     mac: str = ""
+    # The management link (a veth pair, testbed.peer.add_mgmt_link) that carries isoperf's control connection
+    # off the link under test: the host's end and the peer's end ("": a topology from before it).
+    mgmt_interface: str = ""
+    mgmt_host_address: str = ""
+    mgmt_address: str = ""
 
 
 @dataclass

@@ -14,6 +14,7 @@ guests); failures are counted, not fatal.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -186,10 +187,24 @@ def listen_attach_socket(path: str) -> socket.socket:
         else:
             probe.close()
             raise SystemExit(f"isostackd: another isostackd is listening on {path}")
+    # Bound and listening under a temporary name, then renamed into place: the path appears only once it
+    # accepts, so an application (or a launcher that waits for the file) never meets ECONNREFUSED in between.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    if len(os.fsencode(tmp)) >= 108:  # sun_path: no room for the temporary name
+        tmp = path
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-    listener.bind(path)
-    os.chmod(path, 0o666)
-    listener.listen(64)
+    try:
+        listener.bind(tmp)
+        os.chmod(tmp, 0o666)
+        listener.listen(64)
+        if tmp != path:
+            os.rename(tmp, path)
+    except BaseException:
+        listener.close()
+        if tmp != path:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
     return listener
 
 

@@ -149,6 +149,13 @@ class Instance:
         words = self.words
         return pos is not None and words[control + C_RES_SEQ] > pos and bool(words[control + C_STATE] & ST_CLOSED)
 
+    def closes_in_flight(self) -> bool:
+        """True while a CLOSE this process posted is not finished (its queued tx bytes may still be going out)."""
+        if self.closed:
+            return False
+        with self._alloc_lock:
+            return any(not self._close_finished(slot) for slot in self._closing)
+
     def release_slot(self, slot: int, close_pos: int | None = None) -> None:
         """Free `slot` now, or (close_pos: the position of its CLOSE) once the dispatcher finished closing it."""
         with self._alloc_lock:

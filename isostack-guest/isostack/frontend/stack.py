@@ -28,6 +28,9 @@ from .slot import UNSET
 from .steering import load_classifier, local_ip_towards
 
 MAX_SLEEP_MS = 5
+# How long a detach waits for the CLOSEs in flight (their queued tx bytes): the dispatcher's own bound on a
+# graceful close (isostack.dispatcher.commands.CLOSE_LINGER_S) plus a margin.
+CLOSE_LINGER_S = 6.0
 # Adaptive spin before sleeping on the doorbell: a thread spins (sched_yield between checks: the GIL is
 # released, no timer is armed) for twice the recent typical wait, within [SPIN_MIN_S, SPIN_MAX_S].  A wait
 # that outlasts SPIN_MAX_S is not "imminent" and halves the budget.  time.sleep(0) is no yield here: it arms a
@@ -148,10 +151,21 @@ class Stack:
         """Consume every doorbell and return the notification hints (socket slot, events) of every ring."""
         return self.doorbells.poll(self.instances)
 
-    def close(self) -> None:
-        """Detach: every isostackd instance closes this Stack's sockets and releases the memory."""
+    def close(self, linger_s: float = CLOSE_LINGER_S) -> None:
+        """Detach: every isostackd instance closes this Stack's sockets and releases the memory.
+
+        First, for at most `linger_s`, wait for the CLOSEs still in flight: the dispatcher is still sending their
+        queued tx bytes from our memory, which a detach would discard — a process that closes its sockets and
+        exits must not lose the end of its data (the kernel flushes an orphaned socket's send queue too)."""
         if self.closed:
             return
+        closing = [inst for inst in self.instances if inst.closes_in_flight()]
+        if closing and linger_s > 0:
+            try:
+                self.wait(lambda: not any(inst.closes_in_flight() for inst in closing), time.monotonic() + linger_s,
+                          closing)
+            except OSError:
+                pass  # an instance that died has nothing left to flush
         self.closed = True
         for inst in self.instances:
             inst.close()

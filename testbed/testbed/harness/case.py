@@ -17,6 +17,7 @@ from rich.console import Console
 
 from testbed import state
 from testbed.harness import (
+    control_path,
     crosscheck,
     crosscheck_run,
     detached,
@@ -69,6 +70,7 @@ def new_record(case: Case, client: state.GuestInfo, server: state.GuestInfo) -> 
         "crosscheck": None,
         "host_cpu": None,
         "placement": {},
+        "control": None,
         "commands": {},
     }
 
@@ -78,13 +80,14 @@ class CaseRunner:
 
     def __init__(self, shells: dict[str, Shell], layout: GuestLayout, counters: measure.DeviceModelCounters,
                  console: Console, hostcpu: hostcpu_sample.HostCpuSampler | None = None,
-                 layouts: dict[str, GuestLayout] | None = None):
+                 layouts: dict[str, GuestLayout] | None = None, peer: state.PeerInfo | None = None):
         self.shells = shells
         self.layout = layout
         self.layouts = layouts or {}  # a node's own layout by name (the native peer's), else `layout`
         self.counters = counters
         self.console = console
         self.hostcpu = hostcpu  # host CPU of the guests' vCPU threads and vhea per case; None: not sampled
+        self.peer = peer  # the native peer's management link carries the control connection (control_path)
 
     def run(self, case: Case, client: state.GuestInfo, server: state.GuestInfo, queue_pairs: int) -> dict:
         """The case's record; errors of the guests end up in it, not raised."""
@@ -104,9 +107,13 @@ class CaseRunner:
         cshell, sshell = self.shells[client.name], self.shells[server.name]
         port = case.spec.port
         slayout = self.layouts.get(server.name, self.layout)
-        start = isoperf_cmd.server_start_command(slayout, server.data_ip, port)
+        control = control_path.choose(client, server, self.peer, port)
+        record["control"] = control.to_dict()
+        control_bind, data_bind = control_path.server_binds(server, control)
+        start = isoperf_cmd.server_start_command(slayout, control_bind, port, data_bind)
         pid = detached.start(sshell, start, server.name, "the isoperf server")
-        cmd = isoperf_cmd.client_command(self.layouts.get(client.name, self.layout), case, server.data_ip)
+        cmd = isoperf_cmd.client_command(self.layouts.get(client.name, self.layout), case, server.data_ip,
+                                         (control.host, control.port))
         record["commands"] = {"server": start, "client": cmd}
         daemons: list[instances.Daemon] = []
         plans: list[placement_cmd.InstancePlan] = []

@@ -33,14 +33,16 @@ def server_log(layout: GuestLayout, port: int) -> str:
     return f"{layout.log_dir}/isoperf-server-{port}.log"
 
 
-def server_start_command(layout: GuestLayout, bind: str, port: int) -> str:
-    """Start a one-session server detached from the SSH session; prints its PID.
+def server_start_command(layout: GuestLayout, bind: str, port: int, data_bind: str | None = None) -> str:
+    """Start a one-session server detached from the SSH session; prints its PID. `bind` is the control port's
+    address, `data_bind` the data listener's (default `bind`).
 
     The log is removed first so a "listening" line from an earlier server cannot be mistaken for this one.
     """
     log = shlex.quote(server_log(layout, port))
+    data = f" --data-bind {shlex.quote(data_bind)}" if data_bind and data_bind != bind else ""
     return (
-        f"rm -f {log}; nohup env {layout.isoperf()} server --bind {shlex.quote(bind)} --port {port} --once"
+        f"rm -f {log}; nohup env {layout.isoperf()} server --bind {shlex.quote(bind)} --port {port}{data} --once"
         f" > {log} 2>&1 < /dev/null & echo $!"
     )
 
@@ -59,7 +61,8 @@ def server_stop_command(pid: int, grace_s: int = 5) -> str:
     )
 
 
-def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:
+def client_command(layout: GuestLayout, case: Case, server_ip: str, control: tuple[str, int] | None = None) -> str:
+    """The client's command line; `control` (host, port): the control connection's own path (control_path)."""
     args = [
         "client",
         "--host",
@@ -80,6 +83,8 @@ def client_command(layout: GuestLayout, case: Case, server_ip: str) -> str:
         _num(case.spec.warmup),
         "--json",
     ]
+    if control is not None and control != (server_ip, case.spec.port):
+        args += ["--control-host", control[0], "--control-port", str(control[1])]
     if case.spec.verify:
         args.append("--verify")
     if case.spec.response_size is not None:

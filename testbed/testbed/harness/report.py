@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from testbed.harness import placement_cmd, repeats, results, stats, suspects
+from testbed.harness import cost, placement_cmd, repeats, results, stats, suspects
 
 _RIGHT = {"size", "conns", "Gb/s", "msgs/s", "trans/s", "p50 µs", "p99 µs", "CPU client %", "CPU server %"}
 CROSSCHECK_MARK = "↳ "  # test cell of a cross-check row: "↳ iperf3"
@@ -335,6 +335,29 @@ def comparison_rows(run: dict) -> list[list[str]]:
     return out
 
 
+COST_TITLE = "Where the host CPU went: µs per message (median over repeats)"
+COST_HEADERS = ["test", "size", "conns", "stack", "runs", "client guest", *cost.PARTS]
+
+
+def cost_rows(run: dict) -> list[list[str]]:
+    """Per case: the client guest's host CPU per message (the inverse of msgs/host-CPU-s) and its split by part
+    (cost.breakdown), medians over the repeats that have the figures."""
+    out = []
+    for (test, _key_size, conns, stack), records in repeats.groups(run).items():
+        parts = [b for r in records if not r.get("error") and (b := cost.breakdown(r))]
+        if not parts:
+            continue
+        guest = [sum(v for k, v in b.items() if k in cost.GUEST_PARTS) for b in parts]
+        out.append([str(test), _size(records[0]), str(conns), stack, str(len(parts)), _fmt(_median(guest), ".2f")]
+                   + [_fmt(_median([b[p] for b in parts if p in b]), ".2f") for p in cost.PARTS])
+    return out
+
+
+def build_cost(run: dict) -> Table | None:
+    cells = cost_rows(run)
+    return _table(COST_TITLE, COST_HEADERS, cells) if cells else None
+
+
 def _table(title: str, headers_: list[str], cells: list[list[str]]) -> Table:
     table = Table(title=title)
     for h in headers_:
@@ -386,7 +409,7 @@ def _order_line(run: dict) -> str | None:
 
 def print_report(run: dict, run_json: Path, console: Console) -> None:
     console.print(build_table(run))
-    for table in (build_repeats(run), build_comparison(run)):
+    for table in (build_repeats(run), build_comparison(run), build_cost(run)):
         if table is not None:
             console.print(table)
     if marks := legend(run):
@@ -434,6 +457,8 @@ def markdown(run: dict) -> str:
     if cmp_rows:
         lines += ["", "## IsoStack vs legacy in this run (client guest's consumed CPU)", ""]
         lines += _md_table(COMPARISON_HEADERS, cmp_rows)
+    if cost_cells := cost_rows(run):
+        lines += ["", f"## {COST_TITLE}", ""] + _md_table(COST_HEADERS, cost_cells)
     if marks := legend(run):
         lines += ["", "## Suspect marks", ""] + [f"- {m}" for m in marks]
     errs = errors(run)

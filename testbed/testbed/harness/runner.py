@@ -47,7 +47,8 @@ class Runner:
             shells.setdefault(PEER, peer_role.shell(topology.peer))
             layouts[PEER] = peer_role.layout(topology, guest_root)
         self.cases = CaseRunner(shells, layout, measure.DeviceModelCounters(stats_reader, console), console,
-                                hostcpu=hostcpu_sample.HostCpuSampler.for_topology(topology), layouts=layouts)
+                                hostcpu=hostcpu_sample.HostCpuSampler.for_topology(topology), layouts=layouts,
+                                peer=topology.peer)
 
     def pair(self, case: Case) -> tuple[state.GuestInfo, state.GuestInfo]:
         """(client, server) guests of a case: named in the playbook or the topology's first two; opposite the

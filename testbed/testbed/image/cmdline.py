@@ -45,12 +45,24 @@ def validate_cidr(cidr: str) -> str:
     return str(iface)
 
 
+def validate_route(network: str, gateway: str) -> str:
+    """`isostack.route=` value: an IPv4 network and a gateway address ("10.254.0.0/16,10.0.2.2")."""
+    try:
+        net = ipaddress.IPv4Network(network)
+        via = ipaddress.IPv4Address(gateway)
+    except ValueError as exc:
+        raise ValueError(f"invalid route {network} via {gateway}: {exc}") from exc
+    return f"{net},{via}"
+
+
 def kernel_cmdline(
-    image: GuestImage, hostname: str, ifaddrs: list[tuple[str, str]], extra: list[str] | None = None
+    image: GuestImage, hostname: str, ifaddrs: list[tuple[str, str]], extra: list[str] | None = None,
+    routes: list[tuple[str, str]] | None = None,
 ) -> str:
     """The full command line for direct kernel boot of ``image``.
 
-    ifaddrs are (mac, ip/prefix) pairs; ``extra`` are further kernel parameters such as
+    ifaddrs are (mac, ip/prefix) pairs; routes are (network/prefix, gateway) pairs the guest adds after
+    the addresses; ``extra`` are further kernel parameters such as
     ``isolcpus=1 nohz_full=1`` for a dedicated core (they may not set isostack.* or root=).
     """
     del image  # every image built by this recipe takes the same command line
@@ -74,6 +86,7 @@ def kernel_cmdline(
             raise ValueError(f"MAC address {mac} given twice")
         seen.add(mac)
         parts.append(f"isostack.ifaddr={mac},{validate_cidr(cidr)}")
+    parts.extend(f"isostack.route={validate_route(net, via)}" for net, via in routes or [])
     for param in extra or []:
         if not param or any(c.isspace() for c in param) or '"' in param:
             raise ValueError(f"invalid extra kernel parameter {param!r}: one word, no spaces or quotes")

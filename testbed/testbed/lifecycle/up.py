@@ -30,6 +30,7 @@ from testbed.state import DeviceModelInfo, GuestInfo, PeerInfo, Topology, cache_
 
 READY_MARKER = "ISOSTACK-READY"
 DATA_SUBNET = "10.10.0"
+MGMT_GATEWAY = "10.0.2.2"  # QEMU user networking's gateway: the host, as seen from a guest's management NIC
 
 
 def free_tcp_port() -> int:
@@ -126,21 +127,26 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
             mgmt_mac = f"52:54:00:ff:00:{i + 1:02x}"
             data_ip = f"{DATA_SUBNET}.{i + 1}"
             ssh_port = free_tcp_port()
+            control_port = free_tcp_port()
+            control_binds = ("127.0.0.1", *([peer_info.mgmt_host_address] if peer_info and peer_info.mgmt_host_address
+                                            else []))
+            routes = [(str(peer.MGMT_NET), MGMT_GATEWAY)] if peer_info and peer_info.mgmt_address else []
             spec = GuestSpec(
                 name=name, accel=accel, vcpus=opts.vcpus, memory_mib=opts.memory_mib,
                 vcpu_pins=[v % ncpu for v in range(opts.vcpus)],
                 kernel=img.kernel, initrd=img.initrd,
                 cmdline=kernel_cmdline(img, name, [(mgmt_mac, "10.0.2.15/24"), (data_mac, f"{data_ip}/24")],
-                                       extra=opts.guest_kernel_args()),
+                                       extra=opts.guest_kernel_args(), routes=routes),
                 disk=disk, data_mac=data_mac, vhost_socket=sock_dir / f"{port}.sock",
                 queues=opts.queues, console_log=console_log, ssh_port=ssh_port, mgmt_mac=mgmt_mac,
+                control_port=control_port, control_binds=control_binds,
             )
             (gdir / "domain.xml").write_text(xml := render_domain(spec))
             domains.append({"name": name, "xml": xml})
             guests.append(GuestInfo(
                 name=name, ssh_host="127.0.0.1", ssh_port=ssh_port, data_ip=data_ip, data_mac=data_mac,
                 port=port, vcpus=opts.vcpus, memory_mib=opts.memory_mib, mgmt_mac=mgmt_mac,
-                console_log=str(console_log)))
+                console_log=str(console_log), control_port=control_port))
 
         (sdir / supervisor.DOMAINS_FILE).write_text(json.dumps(domains))
         with console.status(f"starting {len(domains)} guests through libvirt ({uri})"):
