@@ -39,6 +39,7 @@ def test_compare_runs_writes_markdown_json_and_the_figure_into_new(tmp_path):
     assert md.startswith("# Comparison: BASE 20261201T000000Z → NEW 20261202T000000Z")
     assert "| stream-64 size=64 conns=1 iso | msgs/s | 100,000 (3) | 60,000 (3) | -40.0 % |" in md
     assert "![change per case and metric](compare.png)" in md
+    assert "threshold 10 %, alpha 0.05 (exact one-sided Mann–Whitney), at least 3 repeats a side, 95 % bootstrap" in md
 
 
 def test_piped_output_is_the_whole_markdown_never_cut(tmp_path):

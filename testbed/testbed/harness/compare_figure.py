@@ -66,7 +66,7 @@ def draw(c: Comparison, out_dir: Path, stem: str = STEM) -> list[Path]:
                if any(ch.verdict == v for ch in c.changes)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(f"BASE {c.base_id} → NEW {c.new_id}  (grey band: ±{t:g} %, bars: "
-                 f"{c.settings.confidence:.0%} interval)", fontsize=10)
+                 f"{c.settings.confidence * 100:g} % interval)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]

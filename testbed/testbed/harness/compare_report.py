@@ -58,8 +58,8 @@ def headline(c: Comparison) -> str:
 
 def settings_line(c: Comparison) -> str:
     s = c.settings
-    return (f"threshold {s.threshold:.0%}, alpha {s.alpha:g} (exact one-sided Mann–Whitney), at least "
-            f"{s.min_repeats} repeats a side, {s.confidence:.0%} bootstrap intervals of the ratio of medians "
+    return (f"threshold {s.threshold * 100:g} %, alpha {s.alpha:g} (exact one-sided Mann–Whitney), at least "
+            f"{s.min_repeats} repeats a side, {s.confidence * 100:g} % bootstrap intervals of the ratio of medians "
             f"({s.resamples} resamples, seed {s.seed})")
 
 
