@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 NATIVE_STAMP := $(VENV)/.native
 C_SOURCES := $(wildcard device-model/*/*.c isostack-guest/*/*.c)
 PLAYBOOK ?= playbooks/smoke.yaml
+NIGHTLY_RESULTS ?= results/nightly
+NIGHTLY_FLAGS ?=
+TESTBED_FLAGS ?=
 
-.PHONY: deps native image testbed benchmark test test-unit test-vm lint down clean status
+.PHONY: deps native image testbed benchmark nightly test test-unit test-vm lint down clean status
 
 # Host packages (apt) and the venv with the project installed in it (which builds the C parts: setup.py).
 $(STAMP): pyproject.toml setup.py testbed/install-deps.sh
@@ -33,10 +36,16 @@ image: deps
 	$(VENV)/bin/testbed image build
 
 testbed: deps
-	$(VENV)/bin/testbed up
+	$(VENV)/bin/testbed up $(TESTBED_FLAGS)
 
 benchmark: testbed
 	$(VENV)/bin/fab run-benchmark --playbook $(PLAYBOOK)
+
+# The nightly set (playbooks/nightly.yaml) into $(NIGHTLY_RESULTS)/<run>/ with its report, compared with the
+# stored baseline of this machine kind and accel (docs/comparing.md); fails on a regression or a failed case.
+# NIGHTLY_FLAGS="--promote" stores the run as the baseline when there is none yet (the first night).
+nightly: testbed
+	$(VENV)/bin/fab nightly --results-dir $(NIGHTLY_RESULTS) $(NIGHTLY_FLAGS)
 
 # The test suite after the lint (ruff, the import contracts, the commit messages).
 # pytest exits 5 when it collects no tests: not a failure of the code under test.

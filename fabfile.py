@@ -2,6 +2,9 @@
 
 fab run-benchmark [--playbook playbooks/smoke.yaml] [--state-dir DIR] [--results-dir results]
 fab show-result [--path results/<run>] [--results-dir results]
+fab compare BASE NEW [--threshold 0.1] [--out DIR]     (BASE `baseline`: NEW's stored baseline)
+fab promote-baseline RUN [--replace]
+fab nightly [--promote]                                (make nightly: the nightly set, compared with its baseline)
 """
 
 from __future__ import annotations
@@ -61,3 +64,120 @@ def show_result(c, path=None, results_dir="results"):
     except results.ResultsError as e:
         raise Exit(f"show-result: {e}", code=2) from None
     report.print_report(run, run_json, make_console())
+
+
+_COMPARE_HELP = {
+    "threshold": "smallest change that can be a regression or improvement, a share (default 0.1: 10 %)",
+    "alpha": "significance level of the exact one-sided Mann-Whitney test (default 0.05)",
+    "min_repeats": "fewest successful repeats a side for a verdict (default 3; fewer: 'not enough repeats')",
+    "baselines_dir": "stored baselines (default baselines/ in the repository, or $ISOSTACK_BASELINES_DIR)",
+    "machine": "machine kind of the baseline (default: the run's CPU model and count, or $ISOSTACK_MACHINE)",
+    "figure": "draw compare.png and compare.svg (default on; --no-figure skips matplotlib)",
+}
+
+
+def _settings(task_name, threshold, alpha, min_repeats):
+    from testbed.harness import compare
+
+    try:
+        numbers = float(threshold), float(alpha), int(min_repeats)
+    except ValueError:
+        raise Exit(f"{task_name}: --threshold and --alpha take numbers (0.1), --min-repeats a whole number; got "
+                   f"{threshold!r}, {alpha!r}, {min_repeats!r}", code=2) from None
+    try:
+        return compare.Settings(threshold=numbers[0], alpha=numbers[1], min_repeats=numbers[2])
+    except ValueError as e:
+        raise Exit(f"{task_name}: {e}", code=2) from None
+
+
+def _baselines_dir(value):
+    from testbed.harness import baselines
+
+    return _path(value) if value else baselines.default_dir(HERE)
+
+
+@task(
+    positional=["base", "new"],
+    help={
+        "base": "run directory or run.json to compare against, or the word `baseline` for NEW's stored baseline",
+        "new": "run directory or run.json to judge",
+        "out": "where compare.md, compare.json and the figure go (default: NEW's run directory)",
+        **_COMPARE_HELP,
+    },
+)
+def compare(c, base, new, threshold="0.1", alpha="0.05", min_repeats="3", out=None, baselines_dir=None, machine=None,
+            figure=True):
+    """Compare two runs case by case; exit 1 on a regression (a change beyond --threshold, significant)."""
+    from testbed.console import make_console
+    from testbed.harness import comparing, results
+
+    settings = _settings("compare", threshold, alpha, min_repeats)
+    try:
+        new_json = results.resolve_run(_path(new), HERE)
+        base_json = comparing.resolve_base(base if base == comparing.BASELINE_WORD else _path(base), new_json,
+                                           _baselines_dir(baselines_dir), machine)
+        outcome = comparing.compare_runs(base_json, new_json, settings, make_console(),
+                                         _path(out) if out else None, figure)
+    except results.ResultsError as e:
+        raise Exit(f"compare: {e}", code=2) from None
+    if outcome.regressed:
+        raise Exit("compare: regression (see the table)", code=1)
+
+
+@task(
+    positional=["run"],
+    help={
+        "run": "run directory or run.json to store as the baseline of its machine kind, accel and playbook",
+        "replace": "replace the baseline already stored there",
+        "baselines_dir": _COMPARE_HELP["baselines_dir"],
+        "machine": _COMPARE_HELP["machine"],
+    },
+)
+def promote_baseline(c, run, baselines_dir=None, machine=None, replace=False):
+    """Store a complete run as the baseline that `fab compare baseline NEW` and the nightly compare with."""
+    from testbed.harness import baselines, results
+
+    try:
+        path, replaced = baselines.promote(results.resolve_run(_path(run), HERE), _baselines_dir(baselines_dir),
+                                           results.iso(results.utc_now()), machine, replace)
+    except (results.ResultsError, baselines.BaselineError) as e:
+        raise Exit(f"promote-baseline: {e}", code=2) from None
+    print(f"baseline: {path}" + (f" (replaced run {replaced})" if replaced else ""))
+
+
+@task(
+    help={
+        "playbook": "the nightly set (default playbooks/nightly.yaml)",
+        "state_dir": "testbed state dir with topology.json (default $ISOSTACK_STATE_DIR or /var/tmp/isostack-testbed)",
+        "results_dir": "where the night's run directory is created (default results/nightly)",
+        "promote": "store this run as the baseline when there is none yet (the first night)",
+        **_COMPARE_HELP,
+    },
+)
+def nightly(c, playbook="playbooks/nightly.yaml", state_dir=None, results_dir="results/nightly",
+            baselines_dir=None, machine=None, promote=False, threshold="0.1", alpha="0.05", min_repeats="3",
+            figure=True):
+    """Run the nightly set, write its report, compare with the baseline; exit 1 on a regression or a failed case."""
+    from testbed.console import make_console
+    from testbed.harness import comparing, report, results
+    from testbed.harness.baselines import BaselineError
+    from testbed.harness.benchmark import run_benchmark as _run
+    from testbed.harness.errors import HarnessError
+
+    settings = _settings("nightly", threshold, alpha, min_repeats)
+    console = make_console()
+    try:
+        run_json, bad = _run(_path(playbook), state_dir, _path(results_dir), console)
+    except HarnessError as e:
+        raise Exit(f"nightly: {e}", code=2) from None
+    report.print_report(results.load_run(run_json), run_json, console)
+    try:
+        outcome = comparing.nightly_step(run_json, _baselines_dir(baselines_dir), settings, console,
+                                         results.iso(results.utc_now()), machine, promote, figure)
+    except (results.ResultsError, BaselineError) as e:
+        raise Exit(f"nightly: {e}", code=2) from None
+    problems = ([f"{bad} case(s) failed or were not carried by the device model"] if bad else []) + (
+        ["regression against the baseline"] if outcome.regressed else [])
+    print(f"nightly: {run_json.parent}")
+    if problems:
+        raise Exit("nightly: " + "; ".join(problems), code=1)

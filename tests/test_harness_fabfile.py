@@ -20,6 +20,8 @@ def _fab(*args: str) -> subprocess.CompletedProcess:
 def test_fab_lists_the_tasks():
     out = _fab("--list").stdout
     assert "run-benchmark" in out and "show-result" in out
+    for name in ("compare", "promote-baseline", "nightly"):
+        assert name in out
 
 
 def test_run_benchmark_help_shows_the_options():
@@ -50,3 +52,49 @@ def test_run_benchmark_with_a_bad_playbook_is_a_clear_error(tmp_path):
     r = _fab("run-benchmark", "--playbook", str(pb), "--state-dir", str(tmp_path))
     assert r.returncode == 2
     assert f"{pb}:7: tests[0]: unknown key 'duraton'" in r.stderr
+
+
+def _stored(tmp_path: Path, values: dict, run_id: str) -> Path:
+    from compare_helpers import stream_run, write
+
+    return write(stream_run(values, run_id=run_id), tmp_path / "results").parent
+
+
+def test_compare_exits_1_on_a_regression_and_0_without(tmp_path):
+    base = _stored(tmp_path, {"iso": [1e5, 1.01e5, 0.99e5]}, "20261201T000000Z")
+    same = _stored(tmp_path, {"iso": [1e5, 1.02e5, 0.98e5]}, "20261202T000000Z")
+    worse = _stored(tmp_path, {"iso": [0.6e5, 0.61e5, 0.59e5]}, "20261203T000000Z")
+    r = _fab("compare", str(base), str(same), "--no-figure")
+    assert r.returncode == 0, r.stderr
+    assert "no regression: 0 regressions, 0 improvements" in r.stdout
+    r = _fab("compare", str(base), str(worse), "--out", str(tmp_path / "cmp"))
+    assert r.returncode == 1
+    assert "REGRESSED: 3 regressions" in r.stdout and "compare: regression" in r.stderr
+    assert (tmp_path / "cmp" / "compare.md").is_file() and (tmp_path / "cmp" / "compare.png").is_file()
+    r = _fab("compare", str(base), str(worse), "--threshold", "0.5", "--no-figure")
+    assert r.returncode == 0, r.stdout
+
+
+def test_compare_with_bad_input_is_a_clear_error(tmp_path):
+    run = _stored(tmp_path, {"iso": [1e5] * 3}, "20261201T000000Z")
+    r = _fab("compare", str(run), str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "compare: no run at" in r.stderr
+    r = _fab("compare", str(run), str(run), "--threshold", "ten")
+    assert r.returncode == 2 and "--threshold and --alpha take numbers" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_promote_baseline_then_compare_with_the_word_baseline(tmp_path):
+    root = tmp_path / "baselines"
+    first = _stored(tmp_path, {"iso": [1e5, 1.01e5, 0.99e5]}, "20261201T000000Z")
+    worse = _stored(tmp_path, {"iso": [0.6e5, 0.61e5, 0.59e5]}, "20261203T000000Z")
+    flags = ("--baselines-dir", str(root), "--machine", "ci")
+    r = _fab("compare", "baseline", str(worse), *flags)
+    assert r.returncode == 2 and "no baseline for ci/tcg/nightly" in r.stderr
+    r = _fab("promote-baseline", str(first), *flags)
+    assert r.returncode == 0, r.stderr
+    assert f"baseline: {root / 'ci' / 'tcg' / 'nightly' / 'run.json'}" in r.stdout
+    r = _fab("promote-baseline", str(worse), *flags)
+    assert r.returncode == 2 and "--replace replaces it" in r.stderr
+    r = _fab("compare", "baseline", str(worse), "--no-figure", *flags)
+    assert r.returncode == 1 and "BASE 20261201T000000Z → NEW 20261203T000000Z" in r.stdout
