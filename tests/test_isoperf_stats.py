@@ -17,3 +17,17 @@ def test_latency_summary_nearest_rank_percentiles_in_microseconds():
 def test_mean_stddev():
     assert isoperf.stats.mean_stddev([2.0, 4.0, 6.0]) == {"mean": 4.0, "stddev": 2.0}
     assert isoperf.stats.mean_stddev([5.0]) == {"mean": 5.0, "stddev": 0.0}
+
+
+def test_latency_histogram_buckets_are_log_and_hold_every_sample():
+    from isoperf.stats import latency_histogram
+
+    samples = [1_000] * 5 + [10_000] * 3 + [12_000] + [1_000_000]  # 1 µs x5, 10 µs x3, 12 µs, 1 ms
+    h = latency_histogram(samples)
+    assert h["buckets_per_decade"] == 20 and h["first_us"] == 1.0
+    assert sum(h["counts"]) == len(samples)
+    assert len(h["counts"]) == 61  # 1 µs .. 1 ms: three decades of 20 buckets, both ends included
+    assert h["counts"][0] == 5 and h["counts"][20] == 3 and h["counts"][21] == 1 and h["counts"][60] == 1
+    # a bucket's bounds contain its samples: 12 µs lies in [10**(21/20), 10**(22/20))
+    assert 10 ** (21 / 20) <= 12 < 10 ** (22 / 20)
+    assert latency_histogram([]) == {"buckets_per_decade": 20, "first_us": None, "counts": []}

@@ -44,6 +44,10 @@ def test_rr_without_verification_has_the_same_figures():
     assert server.join() == 0
     assert r["errors"] == [] and r["verified"] is None
     assert r["transactions"] > 0 and r["latency_us"]["samples"] == r["transactions"]
+    hist = r["latency_histogram"]  # every measured transaction is in the histogram, and p50 lies in its range
+    assert sum(hist["counts"]) == r["transactions"]
+    top = hist["first_us"] * 10 ** (len(hist["counts"]) / hist["buckets_per_decade"])
+    assert hist["first_us"] <= r["latency_us"]["p50"] < top
     assert r["response_size"] == 1
 
 

@@ -17,8 +17,9 @@ rr/crr: transactions), throughput_bps, messages_per_s, cpu {"client": {"all": %,
 null), verified (null without --verify), errors (a non-empty list means exit 1), client_sent_bytes,
 client_total_bytes, server_total_bytes (whole run incl. warm-up, the sender's and the receiver's count; they
 must be equal); rr/crr add transactions, transactions_per_s, latency_us {p50, p90, p99, p99.9, max, min,
-mean, samples}; intervals (one entry per repeat, the same figures) and summary {figure: {mean, stddev}} over
-the repeats. The top-level figures cover all K intervals together (they are back to back).
+mean, samples} and latency_histogram {buckets_per_decade, first_us, counts} (log buckets); intervals (one
+entry per repeat, the same figures) and summary {figure: {mean, stddev}} over the repeats. The top-level
+figures cover all K intervals together (they are back to back).
 """
 
 from __future__ import annotations

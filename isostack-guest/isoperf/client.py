@@ -18,7 +18,7 @@ from . import sendloop, sockets
 from .cpu import CpuTimes, check_cpu, cpu_busy_percent, read_proc_stat
 from .errors import IsoperfError
 from .protocol import CONTROL_TIMEOUT, HELLO, HELLO_MAGIC, PROTOCOL_VERSION, TRANSACTION_TESTS, Control, RunParams
-from .stats import latency_summary, mean_stddev
+from .stats import latency_histogram, latency_summary, mean_stddev
 from .transactions import CRRClient, RRClient
 from .workers import Receiver, Sender, Worker, join_all
 
@@ -65,6 +65,7 @@ def figures(params: RunParams, workers: list[Worker], a: Mark, b: Mark, server: 
         out["messages"] = out["transactions"] = tx
         out["messages_per_s"] = out["transactions_per_s"] = round(tx / elapsed, 1) if elapsed > 0 else 0.0
         out["latency_us"] = latency_summary(samples)
+        out["latency_histogram"] = latency_histogram(samples)
     else:
         out["messages"] = nbytes // params.size
         out["messages_per_s"] = round(nbytes / params.size / elapsed, 1) if elapsed > 0 else 0.0
