@@ -201,6 +201,17 @@ def test_duplicate_keys_and_yaml_syntax_errors_have_lines():
     assert _error("version: 1\nname: [x\n").startswith("pb.yaml:3: not valid YAML")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("? [a]\n: 1\n", "pb.yaml:1: a key must be a plain value, not a list"),
+    ("version: 1\n{a: 1}: 2\n", "pb.yaml:2: a key must be a plain value, not a mapping"),
+    ("? !!set {a}\n: 1\n", "pb.yaml:1: a key must be a plain value, not set"),
+    ("[" * 1500, "pb.yaml: not valid YAML: nested too deeply"),
+])
+def test_unhashable_keys_and_deep_nesting_are_playbook_errors(text, message):
+    """Found by fuzz/playbook.py (keys; nesting by hand): a TypeError and a RecursionError escaped the loader."""
+    assert _error(text).startswith(message)
+
+
 def test_unreadable_file(tmp_path):
     with pytest.raises(PlaybookError, match="cannot read playbook"):
         load_playbook(tmp_path / "missing.yaml")

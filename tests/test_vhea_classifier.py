@@ -200,6 +200,13 @@ def test_fragments_and_non_ip_never_match_rules():
     assert c.classify(MACS + b"\x08\x06" + bytes(28)) == 0
 
 
+@pytest.mark.parametrize("proto", [["tcp"], {"tcp": 1}, None, 6])
+def test_a_proto_that_is_not_a_name_is_a_config_error(proto):
+    """Found by fuzz/classifier.py: a list (as JSON gives it to `vhea rule add`) raised TypeError: unhashable."""
+    with pytest.raises(ConfigError, match="proto must be one of"):
+        PortClassifier(2).add_rule(proto, 80, 0)
+
+
 def test_config_errors_change_nothing():
     c = PortClassifier(2)
     before = c.settings()

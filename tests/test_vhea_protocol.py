@@ -56,6 +56,18 @@ def test_fds_go_with_the_message_they_came_with():
     os.close(w)
 
 
+def test_fds_of_a_message_completed_before_a_bad_header_in_the_same_read_are_closed():
+    """Found by fuzz/vhost_protocol.py: feed() raised on the second header and dropped the first, whole message
+    it had made in that call, with its fd, which nobody closed (a front-end could exhaust vhea's fds)."""
+    r, w = os.pipe()
+    bad = HEADER.pack(Request.SET_OWNER, 0x2, 0)  # version 2
+    with pytest.raises(ProtocolError, match="version"):
+        MessageParser().feed(pack_message(Request.SET_VRING_KICK, (1).to_bytes(8, "little")) + bad, [r])
+    with pytest.raises(OSError):
+        os.fstat(r)
+    os.close(w)
+
+
 def test_bad_version_and_oversize_are_protocol_errors():
     with pytest.raises(ProtocolError, match="version"):
         MessageParser().feed(HEADER.pack(1, 0x2, 0))

@@ -225,7 +225,7 @@ class PortClassifier:
         return queue
 
     def add_rule(self, proto, dport, queue, src=None, dst=None, sport=None) -> Rule:
-        if proto not in PROTOS:
+        if not isinstance(proto, str) or proto not in PROTOS:  # a list from JSON is not hashable
             raise ConfigError(f"proto must be one of {', '.join(PROTOS)}, not {proto!r}")
         dport = _port_number(dport, "dport")
         queue = self._check_queue(queue)

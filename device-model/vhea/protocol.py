@@ -295,6 +295,8 @@ class MessageParser:
                 try:
                     self._header = Header.unpack(bytes(self._buf))
                 except ProtocolError:
+                    for msg in out:  # completed in this call but never handed out: their fds are ours to close
+                        msg.close_fds()
                     self.close_pending()
                     raise
                 self._buf.clear()

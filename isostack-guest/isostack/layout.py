@@ -232,7 +232,7 @@ class Geometry:
     def from_dict(cls, d: dict) -> Geometry:
         try:
             g = cls(**{k: int(d[k]) for k in cls.__dataclass_fields__})
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: int(Infinity) of JSON
             raise LayoutError(f"bad geometry {d!r}: {e}") from None
         if g.notif_rings < 1:
             raise LayoutError(f"notif_rings {g.notif_rings} not in 1..{MAX_RINGS}")

@@ -127,7 +127,7 @@ class Playbook:
 # ---------------------------------------------------------------- YAML with line numbers
 
 
-class _DuplicateKey(Exception):
+class _BadKey(Exception):
     def __init__(self, line: int, message: str):
         super().__init__(message)
         self.line = line
@@ -152,8 +152,12 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        try:
+            hash(key)
+        except TypeError:  # `? [a]`, `{[a]: 1}`, `? !!set {a}`: YAML allows them, a dict cannot hold them
+            raise _BadKey(line, f"a key must be a plain value, not {_type_name(key)}") from None
         if key in mapping:
-            raise _DuplicateKey(line, f"duplicate key {key!r} (first at line {mapping.key_lines[key]})")
+            raise _BadKey(line, f"duplicate key {key!r} (first at line {mapping.key_lines[key]})")
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.key_lines[key] = line
     return mapping
@@ -253,8 +257,10 @@ def parse_playbook(text: str, path: str | Path = "<playbook>") -> Playbook:
     check = _Checker(path)
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except _DuplicateKey as e:
+    except _BadKey as e:
         raise check.fail(e.line, "", str(e)) from None
+    except RecursionError:  # `[[[[...`: the composer recurses once per level
+        raise check.fail(None, "", "not valid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else None
