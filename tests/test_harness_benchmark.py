@@ -71,6 +71,12 @@ def test_runner_runs_every_case_and_stores_results(tmp_path):
     assert stats.calls == 4
     assert run["playbook"]["text"] == playbook.text
     assert run["metadata"]["accel"] == "tcg"
+    assert run["metadata"]["icount"] is None  # the topology was brought up without --icount
+    for guest in ("iso-a", "iso-b"):  # here the host's own sysctls (LocalShell); eth0 may not exist here
+        tuning = run["metadata"]["guests"][guest]["tuning"]
+        assert tuning["interface"] == "eth0"
+        assert tuning["sysctl"]["net.ipv4.tcp_congestion_control"], tuning
+        assert tuning["offloads"] or "offloads" in tuning["error"], tuning
     packages = [upload.PackageSnapshot.read(runner.guest_root / name) for name in ("isostack", "isoperf")]
     assert run["metadata"]["guests"]["iso-a"]["package_sha256"] == upload.snapshots_hash(packages)
     assert run["ended_at"] is not None

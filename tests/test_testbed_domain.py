@@ -39,6 +39,15 @@ def test_domain_xml_has_what_vhost_user_needs(tmp_path):
     args = [a.get("value") for a in root.find(f"{QEMU_NS}commandline")]
     assert "user,id=mgmt0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:22201-:22" in args
     assert root.find("cpu").get("mode") == "maximum"
+    assert "-icount" not in args  # off unless asked for
+
+
+def test_domain_xml_with_icount_passes_it_to_qemu_and_pins_no_vcpus(tmp_path):
+    root = ET.fromstring(render_domain(spec(tmp_path, icount="shift=3,sleep=off")))
+    args = [a.get("value") for a in root.find(f"{QEMU_NS}commandline")]
+    assert args[args.index("-icount") + 1] == "shift=3,sleep=off"
+    # Single-threaded TCG has no thread per vCPU to pin: libvirt would refuse to start the domain.
+    assert root.findall("cputune/vcpupin") == []
 
 
 def test_domain_xml_forwards_the_control_port_on_each_bind(tmp_path):
@@ -71,6 +80,7 @@ def test_domain_xml_escapes_cmdline(tmp_path):
 
 @pytest.mark.parametrize("over, message", [
     (dict(accel="xen"), "accel must be kvm or tcg"),
+    (dict(accel="kvm", icount="shift=3"), "-icount needs TCG"),
     (dict(vcpus=2, vcpu_pins=[0]), "2 vCPUs but 1 pins"),
     (dict(queues=17), "queue pairs must be 1..16"),
     (dict(memory_mib=16), "out of range"),

@@ -38,3 +38,17 @@ def test_isolate_cpus_become_kernel_parameters_for_the_dedicated_vcpus():
 def test_isolate_cpus_rejects_bad_lists(cpus, message):
     with pytest.raises(ValueError, match=message):
         UpOptions(state_dir=Path("/tmp"), vcpus=2, isolate_cpus=cpus).validate()
+
+
+def test_icount_is_refused_with_kvm_and_changes_the_fingerprint_only_when_on():
+    with pytest.raises(ValueError, match="--icount needs TCG"):
+        UpOptions(state_dir=Path("/tmp"), accel="kvm", icount="3").validate()
+    with pytest.raises(ValueError, match="0..10 or auto"):
+        UpOptions(state_dir=Path("/tmp"), icount="12").validate()
+    on = UpOptions(state_dir=Path("/tmp"), icount="3,sleep=off")
+    on.validate()
+    assert on.icount_spec().qemu_arg() == "shift=3,sleep=off"
+    assert on.fingerprint()["icount"] == "shift=3,sleep=off"
+    # Off leaves the fingerprint as it was before --icount existed, so a running testbed is still reused.
+    assert "icount" not in UpOptions(state_dir=Path("/tmp")).fingerprint()
+    assert UpOptions(state_dir=Path("/tmp")).icount_spec() is None

@@ -37,3 +37,19 @@ def test_topology_rejects_other_versions_and_missing_file(tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="topology version 99"):
         Topology.load(path)
+
+
+def test_topology_keeps_icount_and_an_older_file_without_it_loads_as_off(tmp_path):
+    from testbed import icount
+
+    path = tmp_path / "topology.json"
+    topo = topology(tmp_path)
+    topo.icount = icount.parse("3").record()
+    topo.save(path)
+    assert json.loads(path.read_text())["icount"]["qemu_arg"] == "shift=3"
+    assert Topology.load(path).icount == {"shift": 3, "sleep": True, "align": False, "qemu_arg": "shift=3",
+                                          "tcg_thread": "single"}
+    raw = json.loads(path.read_text())
+    del raw["icount"]  # a file written before --icount existed
+    path.write_text(json.dumps(raw))
+    assert Topology.load(path).icount is None

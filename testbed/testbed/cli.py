@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--pause-max-us", type=int, metavar="US",
                       help="how long a receiver may keep a sender paused before held frames are dropped "
                            "(vhea serve --pause-max-us; default vhea's, 5000)")
+    p_up.add_argument("--icount", default="", metavar="SHIFT|auto",
+                      help="QEMU -icount: guest time advances 2^SHIFT ns per executed instruction (0..10), or "
+                           "auto (QEMU keeps it near real time); may add ,sleep=off or ,align=on. TCG only "
+                           "(refused with --accel kvm; auto then means TCG), single-threaded: all vCPUs of a "
+                           "guest share one host thread (default: off, guest time is the host's)")
     peer_group = p_up.add_mutually_exclusive_group()
     peer_group.add_argument("--peer", dest="peer", action="store_const", const="on", default="auto",
                             help="require the native peer: a network namespace on the host with address "
@@ -107,7 +112,7 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
     opts = UpOptions(state_dir=st.state_dir(args.state_dir), uri=args.uri, guests=args.guests,
                      vcpus=args.vcpus, memory_mib=args.memory, queues=args.queues, accel=args.accel,
                      isolate_cpus=args.isolate_cpus, flow_control=not args.no_flow_control,
-                     pause_max_us=args.pause_max_us, peer=args.peer)
+                     pause_max_us=args.pause_max_us, peer=args.peer, icount=args.icount)
     topo = up(opts, console, recreate=args.recreate)
     print_status(console, args.state_dir)
     console.print(f"topology: {st.topology_path(Path(topo.state_dir))}")
@@ -137,10 +142,19 @@ def print_status(console: Console, state_dir: str | None) -> int:
     console.print(table)
     dm = "running" if counters is not None else "NOT ANSWERING"
     console.print(f"libvirt: {topo.uri}")
+    console.print(f"icount: {icount_line(topo.icount)}")
     console.print(f"peer: {peer_line(topo, ports if counters is not None else None)}")
     console.print(f"device model: pid {topo.device_model.pid}, {dm}, sockets in {topo.device_model.socket_dir}, "
                   f"log {topo.device_model.log}")
     return 0
+
+
+def icount_line(icount: dict | None) -> str:
+    """The status line of QEMU's -icount: off, or its argument and what it costs."""
+    if not icount:
+        return "off (guest time is the host's clock)"
+    return (f"-icount {icount.get('qemu_arg')} (guest time from executed instructions; TCG thread="
+            f"{icount.get('tcg_thread')}: a guest's vCPUs share one host thread)")
 
 
 def peer_line(topo: st.Topology, ports: dict | None) -> str:

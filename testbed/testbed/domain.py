@@ -37,10 +37,13 @@ class GuestSpec:
     # addresses): the control connection's management path (0: none)
     control_port: int = 0
     control_binds: tuple[str, ...] = ()
+    icount: str = ""  # the value of QEMU's -icount (testbed.icount.Icount.qemu_arg); "": off
 
     def validate(self) -> None:
         if self.accel not in ("kvm", "tcg"):
             raise ValueError(f"guest {self.name}: accel must be kvm or tcg, not {self.accel!r}")
+        if self.icount and self.accel != "tcg":
+            raise ValueError(f"guest {self.name}: -icount needs TCG, not {self.accel}")
         if not 1 <= self.vcpus <= 64:
             raise ValueError(f"guest {self.name}: vcpus must be 1..64, not {self.vcpus}")
         if len(self.vcpu_pins) != self.vcpus:
@@ -73,7 +76,9 @@ def render_domain(spec: GuestSpec) -> str:
         name=spec.name,
         memory_mib=spec.memory_mib,
         vcpus=spec.vcpus,
-        vcpu_pins=spec.vcpu_pins,
+        # Single-threaded TCG (icount) has no thread per vCPU: libvirt refuses to start a domain that pins them
+        # ("cpu affinity is not supported"), so the one TCG thread runs where the host schedules it.
+        vcpu_pins=[] if spec.icount else spec.vcpu_pins,
         kernel=spec.kernel,
         initrd=spec.initrd,
         cmdline=spec.cmdline,
@@ -87,4 +92,5 @@ def render_domain(spec: GuestSpec) -> str:
         mgmt_mac=spec.mgmt_mac,
         control_forwards="".join(f",hostfwd=tcp:{a}:{spec.control_port}-:{GUEST_CONTROL_PORT}"
                                  for a in spec.control_binds),
+        icount=spec.icount,
     )

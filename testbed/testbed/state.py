@@ -88,6 +88,7 @@ class Topology:
     options: dict = field(default_factory=dict)  # what `testbed up` was asked for, to reuse a running testbed
     version: int = TOPOLOGY_VERSION
     peer: PeerInfo | None = None  # None: brought up without the native peer (and every topology file before it)
+    icount: dict | None = None  # QEMU's -icount (testbed.icount.Icount.record); None: off (and older files)
 
     def guest(self, name: str) -> GuestInfo:
         for g in self.guests:

@@ -15,10 +15,11 @@ from pathlib import Path
 from rich.console import Console
 
 from testbed import state
-from testbed.harness import dmstats, metadata, order, remote, repeats, report, results, stats
+from testbed.harness import dmstats, guest_tuning, metadata, order, remote, repeats, report, results, stats
 from testbed.harness.errors import HarnessError
 from testbed.harness.guestcmd import GuestLayout
-from testbed.harness.playbook import Playbook, load_playbook
+from testbed.harness.placement_cmd import DATA_INTERFACE
+from testbed.harness.playbook import PEER, Playbook, load_playbook
 from testbed.harness.progress import run_playbook
 from testbed.harness.remote import RemoteError, Shell
 from testbed.harness.runner import Runner
@@ -75,6 +76,11 @@ def execute(
             raise HarnessError(f"cannot prepare the guests: {e}") from None
     host = metadata.host_metadata(REPO_ROOT)
     host["accel"] = runner.topology.accel
+    host["icount"] = runner.topology.icount  # QEMU's -icount (testbed.icount), None: guest time is the host's
+    with console.status("reading the guests' sysctls and NIC offloads"):
+        for name, info in guest_info.items():
+            peer = runner.topology.peer if name == PEER else None
+            info["tuning"] = guest_tuning.read(runner.shells[name], peer.interface if peer else DATA_INTERFACE)
     host["guests"] = guest_info
     host["guest_image"] = runner.topology.image
     host["device_model_datapath"] = device_model_datapath

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed import icount
 from testbed.image.recipe import recipe_hash
 
 PEER_CHOICES = ("auto", "on", "off")
@@ -31,13 +32,22 @@ class UpOptions:
     #: the native peer (testbed.peer): "auto" makes it where the host can (root, a vhea with TAP ports) and says
     #: why not elsewhere; "on" requires it; "off" leaves it out
     peer: str = "auto"
+    #: QEMU's instruction counting (testbed.icount), e.g. "auto" or "3,sleep=off"; "": off (guest time is real time)
+    icount: str = ""
 
     def fingerprint(self) -> dict:
         """What decides whether a running testbed can be reused for these options."""
-        return {"uri": self.uri, "guests": self.guests, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
-                "queues": self.queues, "accel": self.accel, "isolate_cpus": self.isolate_cpus,
-                "flow_control": self.flow_control, "pause_max_us": self.pause_max_us, "peer": self.peer,
-                "image": recipe_hash()}
+        fp = {"uri": self.uri, "guests": self.guests, "vcpus": self.vcpus, "memory_mib": self.memory_mib,
+              "queues": self.queues, "accel": self.accel, "isolate_cpus": self.isolate_cpus,
+              "flow_control": self.flow_control, "pause_max_us": self.pause_max_us, "peer": self.peer,
+              "image": recipe_hash()}
+        if self.icount:  # only when on, so a testbed started before --icount existed is still reused
+            fp["icount"] = self.icount_spec().qemu_arg()
+        return fp
+
+    def icount_spec(self) -> icount.Icount | None:
+        """--icount parsed (None: off); a ValueError for a bad value."""
+        return icount.parse(self.icount) if self.icount else None
 
     def isolated(self) -> list[int]:
         """The vCPUs of --isolate-cpus ("1", "1,3", "1-3"), checked against --vcpus."""
@@ -73,6 +83,9 @@ class UpOptions:
         if self.peer not in PEER_CHOICES:
             raise ValueError(f"peer must be one of {', '.join(PEER_CHOICES)}, not {self.peer!r}")
         self.isolated()
+        if self.icount_spec() is not None and self.accel == "kvm":
+            raise ValueError("--icount needs TCG: QEMU counts instructions only when it translates them, so it "
+                             "cannot go with --accel kvm (use --accel tcg or auto)")
 
 
 def parse_cpu_list(text: str, vcpus: int) -> list[int]:

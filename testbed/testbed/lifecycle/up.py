@@ -100,9 +100,13 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
         virt.connect(uri).close()
 
     img = image_cache.ensure_image(cache_root(), console=console)
-    accel, reason = choose_accel(opts.accel, img.kernel, cache_root())
-    if accel == "tcg" and opts.accel == "auto":
+    icount = opts.icount_spec()
+    accel, reason = choose_accel("tcg" if icount else opts.accel, img.kernel, cache_root())
+    if accel == "tcg" and opts.accel == "auto" and not icount:
         console.print(f"[yellow]warning: KVM unusable, using TCG (software emulation): {reason}[/]")
+    if icount:
+        console.print(f"[yellow]warning: -icount {icount.qemu_arg()}: guest time counts instructions; TCG runs "
+                      f"single-threaded, so all {opts.vcpus} vCPUs of a guest share one host thread[/]")
 
     names = guest_names(opts.guests)
     sock_dir = sdir / "vhea"
@@ -140,6 +144,7 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
                 disk=disk, data_mac=data_mac, vhost_socket=sock_dir / f"{port}.sock",
                 queues=opts.queues, console_log=console_log, ssh_port=ssh_port, mgmt_mac=mgmt_mac,
                 control_port=control_port, control_binds=control_binds,
+                icount=icount.qemu_arg() if icount else "",
             )
             (gdir / "domain.xml").write_text(xml := render_domain(spec))
             domains.append({"name": name, "xml": xml})
@@ -175,6 +180,7 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
             supervisor_pid=sup_pid,
             options=opts.fingerprint(),
             peer=peer_info,
+            icount=icount.record() if icount else None,
         )
         topo.save(tpath)
         publish_classifier_settings(topo, console)
