@@ -368,13 +368,14 @@ def test_placement_section_shows_the_vcpus_and_a_note_when_the_interrupts_went_e
         "iso-b": {"mode": "legacy", "layout": layout, "placement_mode": "apart", "app_cpus": [0], "irq_cpus": [1],
                   "irq_cpus_applied": [1], "irq_cpus_measured": [1], "irqs_as_intended": True},
         "iso-a": {"mode": "legacy", "layout": layout, "placement_mode": "apart", "app_cpus": [0], "irq_cpus": [1],
-                  "irq_cpus_applied": [1], "irq_cpus_measured": [0, 1], "irqs_as_intended": False}}
+                  "irq_cpus_applied": [1], "irq_cpus_measured": [0, 1], "irqs_counted": 900, "irqs_elsewhere": 300,
+                  "irqs_as_intended": False}}
     md = report.markdown(run)
     assert ("iso-b legacy [apart: app on vCPU 0, IRQs on vCPU 1, taken on 1]: input.0→1, RPS -; iso-a legacy"
             " [apart: app on vCPU 0, IRQs on vCPU 1, taken on 0,1, NOT as meant]: input.0→1, RPS -") in md
     assert report.notes(run) == [f"{case['test_name']} size={case['size']} conns={case['connections']} legacy:"
-                                 " iso-a: the NIC's interrupts were meant for vCPU 1, set to 1 and taken on 0,1:"
-                                 " not the placement asked for"]
+                                 " iso-a: the NIC's interrupts were meant for vCPU 1, set to 1 and taken on 0,1"
+                                 " (300 of 900 elsewhere): not the placement asked for"]
     case["placement"]["iso-a"]["placement_mode"] = "spread"
     case["placement"]["iso-a"].update(app_cpus=None, irq_cpus=None, irqs_as_intended=None)
     assert "iso-a legacy [spread: app on any vCPU, IRQs spread, taken on 0,1]" in report.markdown(run)

@@ -97,10 +97,15 @@ def _parse_cpus(text: str) -> set[int] | None:
     return out
 
 
+MOVE_GRACE = 1  # interrupts per vector allowed on the old vCPU: x86 moves an MSI vector when it next fires
+
+
 def check(intended: tuple[int, ...] | None, layout: dict | None, interrupts: dict | None) -> dict:
-    """Where the NIC's queue interrupts were set to go (the affinities of the layout snapshot before the run)
-    and where they went (vCPUs whose count grew during the run), and whether both are within `intended`
-    (None: nothing to judge, spread on purpose or no queue IRQs seen)."""
+    """Where the NIC's queue interrupts were set to go (the affinities of the layout snapshot before the run),
+    where they went (vCPUs whose count grew during the run, and how many of them went elsewhere than
+    `intended`), and whether that is the placement asked for: every affinity within `intended` and at most
+    MOVE_GRACE interrupts per vector elsewhere (the first one after a change still reaches the old vCPU: seen in
+    the guests, 1 of 166). None: nothing to judge (spread on purpose, or no queue IRQs seen)."""
     applied: set[int] = set()
     unreadable = False  # an affinity that is not a CPU list: never as intended
     irqs = ((layout or {}).get("irqs") or {}).values()
@@ -108,9 +113,19 @@ def check(intended: tuple[int, ...] | None, layout: dict | None, interrupts: dic
         cpus = _parse_cpus(str(irq.get("affinity", ""))) if isinstance(irq, dict) else None
         unreadable |= cpus is None
         applied |= cpus or set()
-    measured = {cpu for counts in (interrupts or {}).values() for cpu, n in enumerate(counts)
-                if isinstance(n, int) and n > 0}
+    measured: set[int] = set()
+    counted, elsewhere, stray_vector = 0, 0, False
+    for counts in (interrupts or {}).values():
+        off = 0
+        for cpu, n in enumerate(counts if isinstance(counts, list) else []):
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                measured.add(cpu)
+                counted += n
+                off += n if intended is not None and cpu not in intended else 0
+        elsewhere += off
+        stray_vector |= off > MOVE_GRACE
     ok = None
     if intended is not None and irqs:
-        ok = not unreadable and applied <= set(intended) and measured <= set(intended)
-    return {"irq_cpus_applied": sorted(applied), "irq_cpus_measured": sorted(measured), "irqs_as_intended": ok}
+        ok = not unreadable and applied <= set(intended) and not stray_vector
+    return {"irq_cpus_applied": sorted(applied), "irq_cpus_measured": sorted(measured), "irqs_counted": counted,
+            "irqs_elsewhere": elsewhere if intended is not None else None, "irqs_as_intended": ok}

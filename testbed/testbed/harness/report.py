@@ -240,7 +240,10 @@ def notes(run: dict) -> list[str]:
             if isinstance(p, dict) and p.get("irqs_as_intended") is False:
                 out.append(f"{where} {results.stack_column(c)}: {guest}: the NIC's interrupts were meant for vCPU"
                            f" {_cpus(p.get('irq_cpus'))}, set to {_cpus(p.get('irq_cpus_applied'))} and taken on"
-                           f" {_cpus(p.get('irq_cpus_measured')) or 'none'}: not the placement asked for")
+                           f" {_cpus(p.get('irq_cpus_measured')) or 'none'}"
+                           + (f" ({p['irqs_elsewhere']} of {p['irqs_counted']} elsewhere)"
+                              if isinstance(p.get("irqs_elsewhere"), int) and p.get("irqs_counted") else "")
+                           + ": not the placement asked for")
     return out
 
 
