@@ -64,6 +64,23 @@ def test_stream_crosses_the_device_model(testbed, topology):
             assert sent <= a["from_guest_bytes"] <= sent * 1.15 + 2_000_000
             # Frames: at least one per 64 KiB (TSO hands over up to 64 KiB at once), at most one per 100 B.
             assert sent // 65536 <= a["from_guest_frames"] <= sent // 100
+    # The default placement `apart`, for both stacks: the NIC's interrupts on the last vCPU (isostackd's for iso),
+    # the isoperf client and server on vCPU 0; in the real guests the interrupts must have gone there.
+    last = topology.guests[0].vcpus - 1
+    legacy = cases["legacy"]
+    assert legacy["commands"]["client"].startswith("taskset -c 0 env ")
+    assert legacy["commands"]["placement_client"].endswith(f"--legacy --irq-cpus {last} --interfaces eth0")
+    assert legacy["commands"]["pin_server"].startswith("taskset -a -p -c 0 ")
+    for stack, case in cases.items():
+        assert case["placement_mode"] == "apart"
+        for guest in ("iso-a", "iso-b"):
+            p = case["placement"][guest]
+            seen = {k: p.get(k) for k in ("irq_cpus_applied", "irq_cpus_measured", "irqs_counted", "irqs_elsewhere",
+                                          "interrupts")}
+            assert (p["app_cpus"], p["irq_cpus"]) == ([0], [last]), (stack, guest, p)
+            # at most the one interrupt per vector that still reaches the old vCPU after the affinity moved
+            assert p["irqs_as_intended"] is True, (stack, guest, seen)
+            assert p["irq_cpus_applied"] == [last] and p["irqs_elsewhere"] <= len(p["interrupts"]), (stack, guest, seen)
     iso = cases["iso"]
     assert "--stack iso" in iso["commands"]["client"] and iso["commands"]["client"].startswith("taskset -c 0 ")
     assert f"--cpu {topology.guests[0].vcpus - 1}" in iso["commands"]["isostackd"]

@@ -137,3 +137,106 @@ def test_legacy_case_places_both_guests_the_legacy_way_before_the_client(tmp_pat
     assert {g: p["mode"] for g, p in record["placement"].items()} == {"iso-a": "legacy", "iso-b": "legacy"}
     assert "isostackd" not in record and record["instances"] == 1 and record["so_busy_poll_us"] is None
     assert record["placement"]["iso-a"]["interrupts"]["virtio0-input.0"] == [0, 100, 0]
+
+
+# ------------------------------------------------------------ placement: the application vs the NIC's interrupts
+
+
+class PlacingShell(ScriptedShell):
+    """A 2-vCPU guest with one queue pair that obeys the legacy placement: its queue IRQs sit where the last
+    `--irq-cpus` put them (both vCPUs when spread) and take 100 interrupts there during the client's run."""
+
+    def __init__(self, name: str, pin_fails: bool = False):
+        super().__init__(name, ISO_RESULT)
+        self.affinity, self.snapshots, self.pin_fails = "0", 0, pin_fails
+
+    def run(self, command: str, timeout_s: float = 60.0) -> remote.CommandResult:
+        if "isostack.placement --legacy" in command:
+            self.commands.append(command)
+            self.affinity = command.split("--irq-cpus ")[1].split()[0] if "--irq-cpus" in command else "0-1"
+            return remote.CommandResult(0, "", "")
+        if "/proc/interrupts" in command:
+            self.snapshots += 1
+            n = 100 if self.snapshots % 2 == 0 else 0
+            counts = ",".join(str(n if str(cpu) in self.affinity.replace("0-1", "0,1") else 0) for cpu in (0, 1))
+            return remote.CommandResult(0, f"irq virtio0-input.0 29 {self.affinity} {counts}\n", "")
+        if command.startswith("taskset -a -p") and self.pin_fails:
+            self.commands.append(command)
+            return remote.CommandResult(1, "", "taskset: failed to set pid 100's affinity: Invalid argument")
+        return super().run(command, timeout_s)
+
+
+def placing_runner(tmp_path, pin_fails: bool = False) -> tuple[Runner, PlacingShell, PlacingShell]:
+    client, server = PlacingShell("iso-a"), PlacingShell("iso-b", pin_fails)
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=200)
+    return Runner(local_topology(), {"iso-a": client, "iso-b": server}, GuestLayout(), None, console), client, server
+
+
+LEGACY_PB = ISO_PB.replace("    stack: iso\n", "    stack: legacy\n")
+
+
+def _entry(record: dict, guest: str) -> dict:
+    keys = ("placement_mode", "app_cpus", "irq_cpus", "irq_cpus_applied", "irq_cpus_measured", "irqs_as_intended")
+    return {k: record["placement"][guest][k] for k in keys}
+
+
+def test_legacy_apart_puts_the_interrupts_on_the_last_vcpu_and_both_applications_on_vcpu_0(tmp_path):
+    runner, client, server = placing_runner(tmp_path)
+    record = runner.run_case(parse_playbook(LEGACY_PB).cases()[0])
+    assert record["status"] == "ok", record["error"]
+    assert record["placement_mode"] == "apart" and record["placement_axis"] is False
+    assert record["commands"]["placement_client"].endswith(" --legacy --irq-cpus 1 --interfaces eth0")
+    assert record["commands"]["placement_server"].endswith(" --legacy --irq-cpus 1 --interfaces eth0")
+    assert record["commands"]["client"].startswith("taskset -c 0 env PYTHONPATH=/opt python3 -m isoperf client ")
+    assert record["commands"]["pin_server"] == "taskset -a -p -c 0 100"
+    for guest in ("iso-a", "iso-b"):
+        assert _entry(record, guest) == {"placement_mode": "apart", "app_cpus": [0], "irq_cpus": [1],
+                                         "irq_cpus_applied": [1], "irq_cpus_measured": [1], "irqs_as_intended": True}
+    # the server is pinned once it listens, before the client guest is placed and the client runs
+    order = [c for c in server.commands if "taskset" in c or "placement" in c]
+    assert order == [record["commands"]["placement_server"], "taskset -a -p -c 0 100"]
+    assert client.commands.index(record["commands"]["client"]) > client.commands.index(
+        record["commands"]["placement_client"])
+
+
+def test_legacy_irq_puts_the_applications_on_the_interrupts_vcpu(tmp_path):
+    runner, _client, _server = placing_runner(tmp_path)
+    record = runner.run_case(parse_playbook(LEGACY_PB + "    placement: irq\n").cases()[0])
+    assert record["status"] == "ok", record["error"]
+    assert record["commands"]["client"].startswith("taskset -c 1 env ")
+    assert record["commands"]["pin_server"] == "taskset -a -p -c 1 100"
+    assert _entry(record, "iso-a")["app_cpus"] == [1] and _entry(record, "iso-a")["irqs_as_intended"] is True
+
+
+def test_legacy_spread_is_the_os_default_pinned_nowhere(tmp_path):
+    runner, _client, _server = placing_runner(tmp_path)
+    record = runner.run_case(parse_playbook(LEGACY_PB + "    placement: spread\n").cases()[0])
+    assert record["status"] == "ok", record["error"]
+    assert record["commands"]["placement_client"].endswith(" --legacy --interfaces eth0")
+    assert record["commands"]["client"].startswith("PYTHONPATH=/opt python3 -m isoperf client ")
+    assert "pin_server" not in record["commands"]
+    assert _entry(record, "iso-a") == {"placement_mode": "spread", "app_cpus": None, "irq_cpus": None,
+                                       "irq_cpus_applied": [0, 1], "irq_cpus_measured": [0, 1],
+                                       "irqs_as_intended": None}
+
+
+def test_iso_irq_puts_the_client_on_isostackds_vcpu_and_the_server_guest_gets_the_legacy_irq_layout(tmp_path):
+    runner, _client, server = placing_runner(tmp_path)
+    record = runner.run_case(parse_playbook(ISO_PB + "    placement: [apart, irq]\n").cases()[1])
+    assert record["status"] == "ok", record["error"]
+    assert record["placement_mode"] == "irq" and record["placement_axis"] is True
+    assert " --cpu 1 " in record["commands"]["isostackd"]
+    assert record["commands"]["client"].startswith("taskset -c 1 env ISOSTACK_SOCKET=")
+    assert {k: record["placement"]["iso-a"][k] for k in ("mode", "app_cpus", "irq_cpus")} == {
+        "mode": "isostack", "app_cpus": [1], "irq_cpus": [1]}
+    assert record["commands"]["pin_server"] == "taskset -a -p -c 1 100"
+    assert _entry(record, "iso-b")["irqs_as_intended"] is True
+
+
+def test_a_server_that_cannot_be_pinned_fails_the_case_and_is_stopped(tmp_path):
+    runner, client, server = placing_runner(tmp_path, pin_fails=True)
+    record = runner.run_case(parse_playbook(LEGACY_PB).cases()[0])
+    assert record["status"] == "failed" and "taskset -a -p -c 0 100" in record["error"]
+    assert "Invalid argument" in record["error"]
+    assert not any("-m isoperf client" in c for c in client.commands)
+    assert any(c.startswith("for i in") and " 100 " in c for c in server.commands)  # server_stop_command

@@ -77,7 +77,17 @@ def test_two_instances_each_on_its_vcpu_with_its_queue_pair(tmp_path):
     assert record["isostackd_log"] == inst0["log"] and inst0["log"][0] == "t isostackd INFO pinned to CPU 1"
     placement = record["placement"]
     assert placement["iso-a"]["mode"] == "isostack" and placement["iso-b"]["mode"] == "legacy"
-    assert placement["iso-b"]["command"] == "PYTHONPATH=/opt python3 -m isostack.placement --legacy --interfaces eth0"
+    assert placement["iso-b"]["command"] == ("PYTHONPATH=/opt python3 -m isostack.placement --legacy --irq-cpus 2"
+                                             " --interfaces eth0")
+    assert record["commands"]["pin_server"] == "taskset -a -p -c 0 100"  # the server app apart from vCPU 2
+    assert record["placement_mode"] == "apart" and record["placement_axis"] is False
+    assert {k: placement["iso-a"][k] for k in ("app_cpus", "irq_cpus", "irq_cpus_applied", "irq_cpus_measured",
+                                               "irqs_as_intended")} == {
+        "app_cpus": [0], "irq_cpus": [1, 2], "irq_cpus_applied": [1, 2], "irq_cpus_measured": [1, 2],
+        "irqs_as_intended": True}
+    # The scripted server guest ignores the placement (its queue 0 stays on vCPU 1): the record says so.
+    assert {k: placement["iso-b"][k] for k in ("app_cpus", "irq_cpus", "irq_cpus_applied", "irqs_as_intended")} == {
+        "app_cpus": [0], "irq_cpus": [2], "irq_cpus_applied": [1, 2], "irqs_as_intended": False}
     assert placement["iso-b"]["output"] == ["/proc/irq/29/smp_affinity_list = 0"]
     assert placement["iso-a"]["layout"]["irqs"]["virtio0-input.1"]["affinity"] == "2"
     assert placement["iso-a"]["interrupts"]["virtio0-input.1"] == [0, 0, 100]

@@ -12,7 +12,7 @@ import isoperf.cli
 import isoperf.client
 import isoperf.server
 from isoperf.protocol import RunParams
-from testbed.harness import isoperf_cmd
+from testbed.harness import isoperf_cmd, pinning
 from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.isoperf_cmd import IsoperfOutputError
 from testbed.harness.playbook import parse_playbook
@@ -152,10 +152,10 @@ def test_required_keys_are_what_isoperf_prints():
 # ------------------------------------------------------------ stack iso
 
 
-def test_client_command_for_stack_iso_is_pinned_to_cpu0_and_finds_isostackd():
+def test_client_command_for_stack_iso_pinned_to_cpu0_finds_isostackd():
     case = _case(PB.replace("    port: 5702\n", "    port: 5702\n    stack: iso\n    size: 64\n").replace(
         "    size: 1448\n", ""))
-    cmd = isoperf_cmd.client_command(GuestLayout(), case, "10.10.0.2")
+    cmd = pinning.pinned(isoperf_cmd.client_command(GuestLayout(), case, "10.10.0.2"), (0,))  # as case.py does
     assert cmd == (
         "taskset -c 0 env ISOSTACK_SOCKET=/run/isostack/isostackd.sock PYTHONPATH=/opt python3 -m isoperf"
         " client --host 10.10.0.2 --port 5702 --test stream --stack iso --size 64 --connections 2 --duration 10"

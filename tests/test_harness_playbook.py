@@ -482,3 +482,79 @@ def test_bad_run_order_keys_name_file_and_line(line, expected):
     assert msg.startswith(expected)
     if line.startswith("ordre"):
         assert "did you mean 'order'?" in msg
+
+
+# ------------------------------------------------------------ placement: the application vs the NIC's interrupts
+
+PLACED = """\
+version: 1
+name: placed
+tests:
+  - name: stream-64
+    test: stream
+    size: 64
+    duration: 1
+    stack: [legacy, iso]
+"""
+
+
+def test_placement_defaults_to_apart_and_stays_out_of_the_labels():
+    cases = parse_playbook(PLACED).cases()
+    assert [(c.stack, c.placement, c.placement_axis) for c in cases] == [("legacy", "apart", False),
+                                                                         ("iso", "apart", False)]
+    assert cases[0].label == "stream-64 legacy size=64 conns=1 #1"
+
+
+def test_placement_is_a_matrix_axis_named_in_the_labels():
+    pb = parse_playbook(PLACED + "    placement: [apart, irq, spread]\n    repeats: 2\n")
+    cases = pb.cases()
+    assert len(cases) == 2 * 3 * 2 and pb.placement_axis
+    assert [c.stack_label for c in cases if c.repeat == 0] == [
+        "legacy@apart", "legacy@irq", "legacy@spread", "iso@apart", "iso@irq", "iso@spread"]
+    assert cases[2].label == "stream-64 legacy@irq size=64 conns=1 #1"
+
+
+def test_placement_axis_counts_over_the_playbook_not_the_test():
+    """One test on `irq`, another on the default: the labels name the placement in both, so the report
+    never shows two layouts under one name."""
+    text = PLACED + "    placement: irq\n  - name: other\n    test: rr\n    size: 64\n    duration: 1\n"
+    labels = {c.label for c in parse_playbook(text).cases()}
+    assert "stream-64 iso@irq size=64 conns=1 #1" in labels and "other legacy@apart size=64 conns=1 #1" in labels
+    single = parse_playbook(PLACED + "    placement: spread\n").cases()
+    assert [c.stack_label for c in single] == ["legacy", "iso"] and single[0].placement == "spread"
+
+
+def test_placement_from_defaults_and_cpu_keeps_the_os_default():
+    text = PLACED.replace("tests:\n", "defaults:\n  placement: irq\ntests:\n")
+    assert {c.placement for c in parse_playbook(text).cases()} == {"irq"}
+    # `cpu` pins the client's threads itself: the NIC keeps the OS default (the layout before the axis)
+    assert {c.placement for c in parse_playbook(PLACED + "    cpu: 0\n").cases()} == {"spread"}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("    placement: apartt\n", "9: tests[0]: unknown placement 'apartt' (choose from apart, irq, spread);"
+                              " did you mean 'apart'?"),
+    ("    placement: [irq, irq]\n", "9: tests[0]: 'placement' lists a value twice"),
+    ("    placement: []\n", "9: tests[0]: 'placement' must be a string or a list of them, got an empty list"),
+    ("    placement: 1\n", "9: tests[0]: 'placement' must be a string or a list of them, got an integer"),
+    ("    cpu: 0\n    placement: irq\n", "10: tests[0]: 'cpu' and 'placement' both say where the client runs"),
+    ("    instances: [1, 2]\n    placement: [apart, irq]\n",
+     "10: tests[0]: placement 'irq' puts the client on the vCPU of the NIC's interrupts, but 2 isostackd"
+     " instances"),
+])
+def test_bad_placement_names_the_line(extra, message):
+    with pytest.raises(PlaybookError) as e:
+        parse_playbook(PLACED + extra, "pb.yaml")
+    assert str(e.value).startswith(f"pb.yaml:{message}"), str(e.value)
+
+
+def test_placement_irq_with_instances_is_fine_on_a_legacy_only_test_and_with_one_instance():
+    parse_playbook(PLACED.replace("[legacy, iso]", "legacy") + "    placement: irq\n")
+    parse_playbook(PLACED + "    instances: 1\n    placement: [irq, spread]\n")
+    parse_playbook(PLACED + "    instances: [1, 2]\n    placement: [apart, spread]\n")
+
+
+def test_stability_and_64b_playbooks_stay_on_the_default_placement():
+    for name in ("stability", "isostack-64b"):
+        pb = load_playbook(REPO / "playbooks" / f"{name}.yaml")
+        assert {c.placement for c in pb.cases()} == {"apart"} and not pb.placement_axis

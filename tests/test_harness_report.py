@@ -328,3 +328,55 @@ def test_runs_stored_before_repeats_statistics_still_show():
     out = io.StringIO()
     report.print_report(old, FIXTURE_RUN / "run.json", Console(file=out, width=250, color_system=None))
     assert "results:" in out.getvalue()
+
+
+def _placed_case(stack: str, mode: str, mps: float, repeat: int, axis: bool = True) -> dict:
+    c = _stream_case(stack, 1, mps, 50.0)
+    c.update(repeat=repeat, placement_mode=mode, placement_axis=axis)
+    return c
+
+
+def test_placement_axis_splits_the_cases_and_compares_each_stack_with_legacy_of_the_same_placement():
+    cases = [_placed_case(stack, mode, mps, r) for r in range(2)
+             for stack, mode, mps in (("legacy", "apart", 60_000), ("legacy", "irq", 35_000),
+                                      ("iso", "apart", 300_000), ("iso", "irq", 140_000))]
+    run = {"topology": {"guests": [{"name": "iso-a", "vcpus": 2}]}, "statistics": {"seed": 1}, "cases": cases}
+    assert [row[3] for row in report.repeats_rows(run)] == ["legacy@apart", "legacy@irq", "iso@apart", "iso@irq"]
+    assert [row[4] for row in report.repeats_rows(run)] == ["2", "2", "2", "2"]  # each placement its own case
+    cmp = {row[3]: row[7] for row in report.comparison_rows(run)}
+    assert cmp == {"legacy@apart": "–", "legacy@irq": "–", "iso@apart": "5.0", "iso@irq": "4.0"}
+    assert report.rows(run)[1][1] == "legacy@irq"
+    assert results.sample_row(cases[1])["stack"] == "legacy@irq"
+    assert results.sample_row(cases[1])["placement"] == "irq"
+
+
+def test_one_placement_keeps_the_plain_stack_labels_and_the_csv_still_names_it():
+    run = {"topology": {"guests": [{"name": "iso-a", "vcpus": 2}]},
+           "cases": [_placed_case("legacy", "apart", 60_000, 0, axis=False),
+                     _placed_case("iso", "apart", 300_000, 0, axis=False)]}
+    assert [row[3] for row in report.comparison_rows(run)] == ["legacy", "iso"]
+    assert results.sample_row(run["cases"][0])["stack"] == "legacy"
+    assert results.sample_row(run["cases"][0])["placement"] == "apart"
+
+
+def test_placement_section_shows_the_vcpus_and_a_note_when_the_interrupts_went_elsewhere():
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    case = run["cases"][0]
+    layout = {"irqs": {"virtio0-input.0": {"irq": 29, "affinity": "1", "counts": []}}, "rps_cpus": {}}
+    case.update(client="iso-a", server="iso-b", placement_mode="apart", placement_axis=False)
+    case["placement"] = {
+        "iso-b": {"mode": "legacy", "layout": layout, "placement_mode": "apart", "app_cpus": [0], "irq_cpus": [1],
+                  "irq_cpus_applied": [1], "irq_cpus_measured": [1], "irqs_as_intended": True},
+        "iso-a": {"mode": "legacy", "layout": layout, "placement_mode": "apart", "app_cpus": [0], "irq_cpus": [1],
+                  "irq_cpus_applied": [1], "irq_cpus_measured": [0, 1], "irqs_counted": 900, "irqs_elsewhere": 300,
+                  "irqs_as_intended": False}}
+    md = report.markdown(run)
+    assert ("iso-b legacy [apart: app on vCPU 0, IRQs on vCPU 1, taken on 1]: input.0→1, RPS -; iso-a legacy"
+            " [apart: app on vCPU 0, IRQs on vCPU 1, taken on 0,1, NOT as meant]: input.0→1, RPS -") in md
+    assert report.notes(run) == [f"{case['test_name']} size={case['size']} conns={case['connections']} legacy:"
+                                 " iso-a: the NIC's interrupts were meant for vCPU 1, set to 1 and taken on 0,1"
+                                 " (300 of 900 elsewhere): not the placement asked for"]
+    case["placement"]["iso-a"]["placement_mode"] = "spread"
+    case["placement"]["iso-a"].update(app_cpus=None, irq_cpus=None, irqs_as_intended=None)
+    assert "iso-a legacy [spread: app on any vCPU, IRQs spread, taken on 0,1]" in report.markdown(run)
+    assert report.notes(run) == []

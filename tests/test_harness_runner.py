@@ -76,6 +76,16 @@ def test_the_shipped_instances_playbook_fits_the_testbed_its_header_names(tmp_pa
         runner.check_playbook(pb)
 
 
-def test_a_legacy_only_playbook_needs_no_particular_testbed(tmp_path):
+def test_a_legacy_only_playbook_needs_no_particular_testbed_but_apart_needs_two_vcpus(tmp_path):
     runner, _c, _s = instances_runner(tmp_path, vcpus=1, queues=1)
-    runner.check_playbook(parse_playbook(ISO_PB.replace("    stack: iso\n", "")))
+    legacy = ISO_PB.replace("    stack: iso\n", "")
+    for placement in ("irq", "spread"):
+        runner.check_playbook(parse_playbook(legacy + f"    placement: {placement}\n"))
+    with pytest.raises(HarnessError) as e:  # the default: the application and the interrupts on two vCPUs
+        runner.check_playbook(parse_playbook(legacy, "pb.yaml"))
+    assert str(e.value).startswith("pb.yaml:5: tests[0] (stream-iso): placement 'apart' ")
+    assert "iso-a has 1" in str(e.value) and "`testbed up --vcpus 2`" in str(e.value)
+    runner.topology.guests[0].vcpus = 2
+    with pytest.raises(HarnessError) as e:  # the server guest too (it gets the same legacy placement)
+        runner.check_playbook(parse_playbook(legacy + "    placement: [irq, apart]\n", "pb.yaml"))
+    assert str(e.value).startswith("pb.yaml:10: tests[0]") and "iso-b has 1" in str(e.value)

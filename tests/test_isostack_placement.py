@@ -1,6 +1,8 @@
 """NIC placement on a fake sysfs/procfs: the legacy spread (round-robin IRQs and XPS over all vCPUs, RPS off)
 and how it undoes an IsoStack placement; the placement CLI."""
 
+import pytest
+
 from isostack import placement
 
 
@@ -90,3 +92,35 @@ def test_single_queue_nic_has_no_xps_and_that_is_not_a_failure(tmp_path, capsys)
         assert len(xps) == 1 and "not used (XPS needs more than one tx queue)" in xps[0], lines
         assert not any("cannot" in line for line in lines), lines
     assert placement.main(["--legacy", "--proc-root", str(proc), "--sys-root", str(sysfs)]) == 0
+
+
+def test_cli_legacy_irq_cpus_puts_every_queue_on_that_vcpu(tmp_path, capsys):
+    """The harness's `apart`/`irq` placements: every queue's interrupt (and XPS) on one vCPU, RPS off."""
+    proc, sysfs, iface, vec = fake_tree(tmp_path, queues=2, cpus="0-1")
+    args = ["--proc-root", str(proc), "--sys-root", str(sysfs)]
+    assert placement.main(["--legacy", "--irq-cpus", "1", *args]) == 0
+    assert {affinity(proc, irq) for irq in vec.values()} == {"1"}
+    for q in range(2):
+        assert (iface / f"queues/rx-{q}/rps_cpus").read_text() == "00000000\n"
+        assert (iface / f"queues/tx-{q}/xps_cpus").read_text() == "00000002\n"
+
+
+def test_cli_legacy_irq_cpus_refuses_an_offline_cpu_and_moves_nothing(tmp_path, capsys):
+    proc, sysfs, _iface, vec = fake_tree(tmp_path, queues=2, cpus="0-1")
+    assert placement.main(["--legacy", "--irq-cpus", "2", "--proc-root", str(proc), "--sys-root", str(sysfs)]) == 1
+    assert "cannot place on CPU 2: not online (online: 0-1)" in capsys.readouterr().out
+    assert not any((proc / f"irq/{irq}/smp_affinity_list").exists() for irq in vec.values())
+
+
+@pytest.mark.parametrize("bad", ["x", "1-", "-1", "1,,2", "0-99999999"])
+def test_cli_irq_cpus_rejects_what_is_not_a_cpu_list(tmp_path, capsys, bad):
+    proc, sysfs, _iface, _vec = fake_tree(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        placement.main(["--legacy", f"--irq-cpus={bad}", "--proc-root", str(proc), "--sys-root", str(sysfs)])
+    assert e.value.code == 2 and "not a list of CPUs" in capsys.readouterr().err
+
+
+def test_cli_irq_cpus_goes_with_legacy_only(capsys):
+    with pytest.raises(SystemExit):
+        placement.main(["--cpu", "1", "--irq-cpus", "1"])
+    assert "--irq-cpus goes with --legacy" in capsys.readouterr().err

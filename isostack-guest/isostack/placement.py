@@ -4,12 +4,13 @@
   rx queue, XPS of its tx queue) on the instance's dedicated CPU, so receive processing runs there.
 * Legacy (`place_legacy`): the NIC's queue pairs spread round-robin over all vCPUs (queue pair q's vectors
   and XPS on CPU cpus[q % len(cpus)]), RPS off: each queue is processed where its interrupt lands, like a
-  stock multi-queue guest.  Undoes an IsoStack placement too.
+  stock multi-queue guest.  Undoes an IsoStack placement too.  `--irq-cpus 1` spreads over those vCPUs only
+  (one: every queue's interrupt on it), so a benchmark can keep the application on another vCPU, or on that one.
 
 All paths are relative to a proc root and a sys root so that tests can run it against a fake tree.
 Both return one human-readable line per file they set (or failed to set), which isostackd / the CLI print.
 
-    python3 -m isostack.placement --legacy [--interfaces eth1]
+    python3 -m isostack.placement --legacy [--irq-cpus 1] [--interfaces eth1]
     python3 -m isostack.placement --cpu 1 [--queues 0,1] [--interfaces eth1]
 """
 
@@ -149,12 +150,17 @@ def place_legacy(interfaces: list[str] | None = None, proc_root: str = "/proc", 
     """The legacy stack's placement: queue pair q's IRQs and XPS on cpus[q % n] (all online vCPUs by
     default), RPS off on every rx queue."""
     proc, sysfs = Path(proc_root), Path(sys_root)
-    order = sorted(cpus if cpus is not None else online_cpus(sys_root))
+    online = online_cpus(sys_root)
+    order = sorted(cpus if cpus is not None else online)
     nics, out = _select_nics(sysfs, interfaces)
     if not nics:
         return out + ["no virtio-net interface found: nothing placed"]
     if not order:
         return out + ["no CPU to place on"]
+    offline = sorted(set(order) - online)
+    if offline:  # the kernel would refuse the affinity anyway; say why, and move nothing
+        return out + [f"cannot place on CPU {format_cpu_list(set(offline))}: not online"
+                      f" (online: {format_cpu_list(online) or 'none'})"]
     try:
         interrupts = (proc / "interrupts").read_text()
     except OSError as e:
@@ -206,19 +212,32 @@ def place(cpu: int, interfaces: list[str] | None = None, proc_root: str = "/proc
     return out
 
 
+CPU_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
+MAX_CPU = 4095  # Linux's NR_CPUS at most (CONFIG_NR_CPUS); bounds the set a typo like 0-99999999 would build
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="isostack.placement", description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--legacy", action="store_true", help="spread the queues over all vCPUs, RPS off")
+    mode.add_argument("--legacy", action="store_true", help="spread the queues over all vCPUs (or --irq-cpus), RPS off")
     mode.add_argument("--cpu", type=int, help="put the queues (or --queues) on this CPU (what isostackd does)")
     ap.add_argument("--queues", default="", help="queue pairs for --cpu, e.g. 0,1 (default: all)")
+    ap.add_argument("--irq-cpus", default="", help="--legacy: spread over these vCPUs only, e.g. 1 (default: all"
+                    " online)")
     ap.add_argument("--interfaces", default="", help="comma-separated NICs (default: every virtio-net one)")
     ap.add_argument("--proc-root", default="/proc")
     ap.add_argument("--sys-root", default="/sys")
     a = ap.parse_args(argv)
     ifaces = [i for i in a.interfaces.split(",") if i] or None
+    if a.irq_cpus and not a.legacy:
+        ap.error("--irq-cpus goes with --legacy (--cpu places every queue on one CPU already)")
+    irq_cpus = None
+    if a.irq_cpus:
+        if not CPU_LIST.fullmatch(a.irq_cpus) or max(int(n) for n in re.findall(r"\d+", a.irq_cpus)) > MAX_CPU:
+            ap.error(f"--irq-cpus: not a list of CPUs 0..{MAX_CPU}: {a.irq_cpus!r} (e.g. 1 or 0,2-3)")
+        irq_cpus = parse_cpu_list(a.irq_cpus)
     if a.legacy:
-        lines = place_legacy(ifaces, a.proc_root, a.sys_root)
+        lines = place_legacy(ifaces, a.proc_root, a.sys_root, cpus=irq_cpus)
     else:
         lines = place(a.cpu, ifaces, a.proc_root, a.sys_root, parse_cpu_list(a.queues) if a.queues else None)
     for line in lines:

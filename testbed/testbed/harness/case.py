@@ -5,10 +5,12 @@ Per case: start a one-session `isoperf server` on the server guest (bound to its
 against the server's data IP, read them again, stop everything and store the isoperf JSON with the changes.
 A failure on a guest ends the case with its message in `error`; the run goes on with the next case.
 
-Placement: the server guest (kernel sockets whatever the stack) and the client of a legacy case get the
-legacy placement (`isostack.placement --legacy`: queue IRQs spread over all vCPUs, RPS off) before the case;
-both guests' NIC layout (queue IRQ affinities, RPS/XPS masks) is read before the client runs and the
-interrupts per CPU of each queue vector are counted over the run: `placement` in the record.
+Placement (the playbook's `placement`, pinning.py): the server guest (kernel sockets whatever the stack) and
+the client of a legacy case get the legacy placement (`isostack.placement --legacy`, `--irq-cpus` for apart and
+irq; RPS off) before the case, and their application is pinned (the client by `taskset`, the running server
+by `taskset -a -p`); stack iso's isostackd places its own queues. Both guests' NIC layout (queue IRQ
+affinities, RPS/XPS masks) is read before the client runs and the interrupts per CPU of each queue vector are
+counted over the run; whether they stayed on the vCPUs meant for them is judged: `placement` in the record.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from testbed.harness import (
     isoperf_cmd,
     measure,
     peer_role,
+    pinning,
     placement_cmd,
+    remote,
     results,
 )
 from testbed.harness.detached import SERVER_READY_TIMEOUT_S, Readiness
@@ -45,6 +49,8 @@ def new_record(case: Case, client: state.GuestInfo, server: state.GuestInfo) -> 
         "stack": case.stack,
         "locks": case.locks,
         "instances": case.instances,
+        "placement_mode": case.placement,
+        "placement_axis": case.placement_axis,
         "so_busy_poll_us": case.spec.so_busy_poll_us if case.stack == "iso" else None,
         "nap_max_us": case.spec.nap_max_us if case.stack == "iso" else None,
         "epoll_busy_poll_us": case.spec.epoll_busy_poll_us if case.stack == "iso" else None,
@@ -120,17 +126,23 @@ class CaseRunner:
         host_cpu: hostcpu_sample.HostCpuInterval | None = None
         try:
             self._wait_server(sshell, slayout, port, pid)
-            record["placement"][server.name] = (peer_role.placement_record() if peer_role.is_peer(server)
-                                                else self._place_legacy(sshell, record, "server"))
+            if peer_role.is_peer(server):
+                record["placement"][server.name] = peer_role.placement_record()
+            else:
+                record["placement"][server.name] = self._place_legacy(sshell, record, "server", case, server)
+                self._pin_server(sshell, record, record["placement"][server.name].get("app_cpus"), pid)
             if case.stack == "iso":
                 plans = instances.plan(case, client, queue_pairs)
+                where = self._plan(pinning.iso, case.placement, tuple(p.cpu for p in plans), case.spec.cpu)
                 daemons = instances.start(cshell, self.layout, client, case, plans, record["commands"])
                 record["placement"][client.name] = {"mode": "isostack", "command": None, "exit_code": None,
-                                                    "output": []}
+                                                    "output": [], **where.to_record()}
             elif peer_role.is_peer(client):
                 record["placement"][client.name] = peer_role.placement_record()
             else:
-                record["placement"][client.name] = self._place_legacy(cshell, record, "client")
+                record["placement"][client.name] = self._place_legacy(cshell, record, "client", case, client)
+            app_cpus = record["placement"][client.name].get("app_cpus")
+            cmd = record["commands"]["client"] = pinning.pinned(cmd, tuple(app_cpus) if app_cpus else None)
             layouts = {g.name: measure.nic_layout(self.shells[g.name]) for g in (client, server)
                        if not peer_role.is_peer(g)}
             for name, layout in layouts.items():
@@ -150,7 +162,11 @@ class CaseRunner:
                              for role, g in (("client", client), ("server", server))}
             for name in layouts:
                 later = measure.nic_layout(self.shells[name])
-                record["placement"][name]["interrupts"] = placement_cmd.interrupts_delta(layouts[name], later)
+                entry = record["placement"][name]
+                entry["interrupts"] = placement_cmd.interrupts_delta(layouts[name], later)
+                intended = entry.get("irq_cpus")
+                entry.update(pinning.check(tuple(intended) if intended else None, layouts[name],
+                                           entry["interrupts"]))
         finally:
             sshell.run(isoperf_cmd.server_stop_command(pid))
             record["server_log"] = detached.log_tail(sshell, isoperf_cmd.server_log(slayout, port), 20)
@@ -177,14 +193,31 @@ class CaseRunner:
         why = "exited" if readiness is Readiness.EXITED else f"is not listening after {SERVER_READY_TIMEOUT_S:.0f} s"
         raise HarnessError(f"{shell.name}: isoperf server {why}: {' | '.join(log)}")
 
-    def _place_legacy(self, shell: Shell, record: dict, role: str) -> dict:
-        """The legacy placement on a guest; what it set (or could not) goes into the record, a failure is
-        logged, not fatal (the layout snapshot says what the NIC looked like)."""
-        cmd = placement_cmd.legacy_command(self.layout)
+    @staticmethod
+    def _plan(make, *args) -> pinning.GuestPlacement:
+        try:
+            return make(*args)
+        except ValueError as e:
+            raise HarnessError(str(e)) from None
+
+    def _place_legacy(self, shell: Shell, record: dict, role: str, case: Case, guest: state.GuestInfo) -> dict:
+        """The legacy placement of the case's mode on a guest; what it set (or could not) goes into the record,
+        a failure is logged, not fatal (the layout snapshot says what the NIC looked like, and the record
+        whether the interrupts went where they were meant to)."""
+        where = self._plan(pinning.legacy, case.placement, guest.vcpus, case.spec.cpu if role == "client" else None)
+        cmd = placement_cmd.legacy_command(self.layout, irq_cpus=where.irq_cpus)
         record["commands"][f"placement_{role}"] = cmd
         r = shell.run(cmd)
         lines = (r.stdout.strip() or r.stderr.strip()).splitlines()
         if r.exit_code != 0:
             self.console.log(f"[yellow]{shell.name}: legacy placement exited {r.exit_code}:"
                              f" {' | '.join(lines[-2:])}[/yellow]")
-        return {"mode": "legacy", "command": cmd, "exit_code": r.exit_code, "output": lines}
+        return {"mode": "legacy", "command": cmd, "exit_code": r.exit_code, "output": lines, **where.to_record()}
+
+    @staticmethod
+    def _pin_server(shell: Shell, record: dict, cpus: list[int] | None, pid: int) -> None:
+        """Pin the listening isoperf server where its guest's placement puts the application (a failure ends
+        the case: it would not run the layout asked for)."""
+        if cpus:
+            cmd = record["commands"]["pin_server"] = pinning.pin_running_command(pid, tuple(cpus))
+            remote.check(shell, cmd)

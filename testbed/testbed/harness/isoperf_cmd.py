@@ -10,7 +10,7 @@ import json
 import shlex
 
 from testbed.harness.guestcmd import GuestLayout
-from testbed.harness.isostackd_cmd import CLIENT_CPU, SOCKET
+from testbed.harness.isostackd_cmd import SOCKET
 from testbed.harness.playbook import Case
 
 # Keys the harness reads from `isoperf client --json`; a missing one means an incompatible isoperf.
@@ -97,8 +97,8 @@ def client_command(layout: GuestLayout, case: Case, server_ip: str, control: tup
         args += ["--sndbuf", str(case.spec.sndbuf)]
     argv = " ".join(shlex.quote(a) for a in args)
     if case.stack == "iso":
-        # The application on vCPU 0, isostackd on its own vCPU; the front-end finds it by its socket.
-        return f"taskset -c {CLIENT_CPU} env {layout.isoperf(ISOSTACK_SOCKET=SOCKET)} {argv}"
+        # The front-end finds isostackd by its socket; where the client runs is pinning.pinned's (case.py).
+        return f"{layout.isoperf(ISOSTACK_SOCKET=SOCKET)} {argv}"
     return f"{layout.isoperf()} {argv}"
 
 

@@ -5,9 +5,10 @@
   (`isostackd --instance K --cpu C --queues ..`); isostackd itself puts its queues' IRQs, RPS and XPS on its
   vCPU.  One instance keeps isostackd's default (all queues) and the last vCPU.  N instances need N + 1 vCPUs
   and N queue pairs in the client guest (`testbed up --vcpus N+1 --queues N`).
-* Legacy placement (`python3 -m isostack.placement --legacy`): the queue pairs' IRQs and XPS spread over all
-  vCPUs, RPS off; the harness applies it on the server guest for every case and on the client for legacy
-  cases (an earlier iso case's placement would otherwise stay).
+* Legacy placement (`python3 -m isostack.placement --legacy [--irq-cpus C]`): the queue pairs' IRQs and XPS
+  spread over all vCPUs (or over C only: the playbook's `placement`, see pinning.py), RPS off; the harness
+  applies it on the server guest for every case and on the client for legacy cases (an earlier iso case's
+  placement would otherwise stay).
 * Layout snapshot: the data NIC's queue IRQs with their affinity and per-CPU interrupt counts, rps_cpus and
   xps_cpus, read before and after the client runs, so a result says where the NIC's interrupts went.
 
@@ -107,8 +108,11 @@ def placement_lines(log_text: str) -> list[str]:
 # ---------------------------------------------------------------- legacy placement and the layout snapshot
 
 
-def legacy_command(layout: GuestLayout, interface: str = DATA_INTERFACE) -> str:
-    return f"{layout.placement()} --legacy --interfaces {shlex.quote(interface)}"
+def legacy_command(layout: GuestLayout, interface: str = DATA_INTERFACE,
+                   irq_cpus: tuple[int, ...] | None = None) -> str:
+    """The legacy placement; with `irq_cpus` every queue's interrupt on those vCPUs only (pinning: apart, irq)."""
+    only = f" --irq-cpus {','.join(str(c) for c in irq_cpus)}" if irq_cpus else ""
+    return f"{layout.placement()} --legacy{only} --interfaces {shlex.quote(interface)}"
 
 
 def snapshot_command(interface: str = DATA_INTERFACE) -> str:

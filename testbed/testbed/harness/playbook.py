@@ -32,6 +32,11 @@ RUN_ORDERS = ("interleaved", "shuffled", "sequential")  # order.arrange: A B A B
 SUPPORTED_STACKS = ("legacy", "iso")
 KNOWN_STACKS = ("legacy", "iso")
 PEER = "peer"  # `server: peer` / `client: peer`: the testbed's native peer (testbed.peer), not a guest
+# Where the application runs relative to the data NIC's interrupts (pinning.py): `apart` (the default: the NIC's
+# interrupts on the last vCPU, the application on vCPU 0), `irq` (the application on the interrupts' vCPU),
+# `spread` (the OS default: interrupts spread over all vCPUs, the application where the scheduler puts it).
+PLACEMENTS = ("apart", "irq", "spread")
+DEFAULT_PLACEMENT = "apart"
 
 
 class PlaybookError(ValueError):
@@ -67,6 +72,8 @@ class TestSpec:
     nap_max_us: int | None = None  # stack iso: isostackd --nap-max-us (None: isostackd's default)
     epoll_busy_poll_us: int | None = None  # stack iso: isostackd --epoll-busy-poll-us (None: isostackd's default)
     instances_line: int = 0  # where `instances` was given (its default's line), for topology errors
+    placements: tuple[str, ...] = (DEFAULT_PLACEMENT,)  # application vs NIC interrupts (matrix axis, PLACEMENTS)
+    placement_line: int = 0  # where `placement` was given (the test's line when not), for topology errors
 
 
 @dataclass(frozen=True)
@@ -80,20 +87,24 @@ class Case:
     repeat: int
     locks: bool = False  # stack iso: isostackd takes the un-contended locks the design removes
     instances: int = 1  # stack iso: isostackd instances, each on its own vCPU with its share of the queues
+    placement: str = DEFAULT_PLACEMENT  # where the application runs relative to the NIC's interrupts
+    placement_axis: bool = False  # the playbook runs more than one placement: the label names it
 
     @property
     def stack_label(self) -> str:
-        return stack_label(self.stack, self.locks, self.instances)
+        return stack_label(self.stack, self.locks, self.instances, self.placement if self.placement_axis else None)
 
     @property
     def label(self) -> str:
         return f"{self.spec.name} {self.stack_label} size={self.size} conns={self.connections} #{self.repeat + 1}"
 
 
-def stack_label(stack: str, locks: bool = False, instances: int = 1) -> str:
-    """"iso", "iso+locks", "iso×2", "iso×2+locks": the stack column of a case."""
+def stack_label(stack: str, locks: bool = False, instances: int = 1, placement: str | None = None) -> str:
+    """"iso", "iso+locks", "iso×2", "iso×2+locks", "legacy@irq" (a placement, when the playbook runs several):
+    the stack column of a case."""
     label = f"{stack}×{instances}" if instances > 1 else stack
-    return f"{label}+locks" if locks else label
+    label = f"{label}+locks" if locks else label
+    return f"{label}@{placement}" if placement else label
 
 
 @dataclass(frozen=True)
@@ -111,16 +122,23 @@ class Playbook:
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
+    @property
+    def placement_axis(self) -> bool:
+        """The playbook runs more than one placement, so a case's label and the report's stack column name it."""
+        return len({p for spec in self.tests for p in spec.placements}) > 1
+
     def cases(self) -> list[Case]:
         out = []
+        axis = self.placement_axis
         for spec in self.tests:
             for stack in spec.stacks:
                 # The lock ablation and the instances are isostackd's: the legacy stack runs once whatever
                 # `locks` and `instances` say.
                 locks = spec.locks if stack == "iso" else (False,)
                 instances = spec.instances if stack == "iso" else (1,)
-                for n, lock, size, conns in itertools.product(instances, locks, spec.sizes, spec.connections):
-                    out.extend(Case(spec, stack, size, conns, r, lock, n) for r in range(spec.repeats))
+                for where, n, lock, size, conns in itertools.product(spec.placements, instances, locks, spec.sizes,
+                                                                     spec.connections):
+                    out.extend(Case(spec, stack, size, conns, r, lock, n, where, axis) for r in range(spec.repeats))
         return out
 
 
@@ -194,6 +212,7 @@ _TEST_KEYS = {
     "so_busy_poll_us": False,
     "nap_max_us": False,
     "epoll_busy_poll_us": False,
+    "placement": False,
 }
 _DEFAULTS_KEYS = {k: False for k in _TEST_KEYS if k != "name"}
 
@@ -409,6 +428,7 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
     # -1 is isostackd's own "leave net.core.busy_poll as it is" (its default, also what leaving the key out does)
     epoll_busy_poll_us = _isostackd_int(check, m, "epoll_busy_poll_us", where, stacks, -1, MAX_EPOLL_BUSY_POLL_US,
                                         "the net.core.busy_poll sysctl while it runs")
+    placements = _placements(check, m, where, stacks, instances)
     client = _string(check, m, "client", where) if "client" in m else None
     server = _string(check, m, "server", where) if "server" in m else None
     if client is not None and client == server:
@@ -443,7 +463,31 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
         nap_max_us=nap_max_us,
         epoll_busy_poll_us=epoll_busy_poll_us,
         instances_line=m.key_lines.get("instances", m.line),
+        placements=placements,
+        placement_line=m.key_lines.get("placement", m.line),
     )
+
+
+def _placements(check: _Checker, m: _Mapping, where: str, stacks: tuple[str, ...],
+                instances: tuple[int, ...]) -> tuple[str, ...]:
+    """The `placement` axis.  `cpu` pins the client's threads itself: with it the NIC keeps the OS default
+    (`spread`, the placement before the axis existed), and naming both is an error."""
+    if "cpu" in m and "placement" in m:
+        raise check.fail(m.key_lines["placement"], where, "'cpu' and 'placement' both say where the client runs:"
+                         " give one ('placement' pins the whole client process and the NIC's interrupts)")
+    if "placement" not in m:
+        return ("spread",) if "cpu" in m else (DEFAULT_PLACEMENT,)
+    placements = _list_of(check, m, "placement", where, str)
+    for p in placements:
+        if p not in PLACEMENTS:
+            hint = difflib.get_close_matches(p, PLACEMENTS, n=1)
+            raise check.fail(m.key_lines["placement"], where, f"unknown placement {p!r} (choose from"
+                             f" {', '.join(PLACEMENTS)})" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    if "irq" in placements and "iso" in stacks and max(instances) > 1:
+        raise check.fail(m.key_lines["placement"], where, "placement 'irq' puts the client on the vCPU of the"
+                         f" NIC's interrupts, but {max(instances)} isostackd instances each have their own vCPU and"
+                         " queues: use 'irq' with instances: 1 (a test of its own)")
+    return placements
 
 
 def _isostackd_int(check: _Checker, m: _Mapping, key: str, where: str, stacks: tuple[str, ...], lo: int, hi: int,

@@ -236,7 +236,32 @@ def notes(run: dict) -> list[str]:
                 out.append(f"{where} {results.stack_column(c)}: isostackd instance {inst.get('instance', 0)} drained "
                            f"{n} stranded tx ring(s)" + (f", {late} of them with a late SEND" if late is not None
                                                          else ""))
+        for guest, p in (c.get("placement") or {}).items():
+            if isinstance(p, dict) and p.get("irqs_as_intended") is False:
+                out.append(f"{where} {results.stack_column(c)}: {guest}: the NIC's interrupts were meant for vCPU"
+                           f" {_cpus(p.get('irq_cpus'))}, set to {_cpus(p.get('irq_cpus_applied'))} and taken on"
+                           f" {_cpus(p.get('irq_cpus_measured')) or 'none'}"
+                           + (f" ({p['irqs_elsewhere']} of {p['irqs_counted']} elsewhere)"
+                              if isinstance(p.get("irqs_elsewhere"), int) and p.get("irqs_counted") else "")
+                           + ": not the placement asked for")
     return out
+
+
+def _cpus(cpus) -> str:
+    return ",".join(str(c) for c in cpus) if isinstance(cpus, list) else "?"
+
+
+def _pinning(p: dict) -> str:
+    """" [apart: app on vCPU 0, IRQs on vCPU 1, taken on 1]": a guest's placement mode and what the counts showed
+    ("" for records from before the placement axis)."""
+    if not isinstance(p.get("placement_mode"), str):
+        return ""
+    app, irq, measured = p.get("app_cpus"), p.get("irq_cpus"), p.get("irq_cpus_measured")
+    text = f" [{p['placement_mode']}: app on {f'vCPU {_cpus(app)}' if app else 'any vCPU'}, IRQs"
+    text += f" on vCPU {_cpus(irq)}" if irq else " spread"
+    if isinstance(measured, list):
+        text += f", taken on {_cpus(measured) or 'none'}"
+    return text + (", NOT as meant]" if p.get("irqs_as_intended") is False else "]")
 
 
 def placements(run: dict) -> list[str]:
@@ -250,6 +275,7 @@ def placements(run: dict) -> list[str]:
         for guest, p in placement.items():
             layout = p.get("layout") if isinstance(p, dict) else None
             text = f"{guest} {p.get('mode', '?') if isinstance(p, dict) else '?'}"
+            text += _pinning(p) if isinstance(p, dict) else ""
             if guest == c.get("client") and c.get("isostackd"):
                 text += " (" + ", ".join(
                     f"instance {i.get('instance')} on vCPU {i.get('cpu')} queues "
@@ -296,7 +322,8 @@ def repeats_rows(run: dict) -> list[list[str]]:
 
 
 def comparison_rows(run: dict) -> list[list[str]]:
-    """Each stack's cases against the legacy cases of the same test, size and connections in this run: messages/s
+    """Each stack's cases against the legacy cases of the same test, size, connections (and placement, when the
+    run has several: the same layout for both stacks) in this run: messages/s
     and messages per consumed CPU-second of the client guest (its busy share of all vCPUs from /proc/stat, times
     the vCPUs) — the seed's figure of merit ("10x the legacy stack's messages per consumed CPU").  With repeats
     each figure is the median over the repeats that succeeded (`runs`), and the ratios are ratios of medians,
@@ -309,15 +336,18 @@ def comparison_rows(run: dict) -> list[list[str]]:
     def medians(items: list[repeats.Figures]) -> tuple:
         return tuple(_median([f[i] for f in items if f[i] is not None]) for i in (1, 2, 3, 4))
 
-    compared = {(t, sz, n) for (t, sz, n, stack) in cases if stack != "legacy" and (t, sz, n, "legacy") in cases}
+    def base_key(cs: repeats.CaseStatistics) -> repeats.CaseKey:  # the legacy case of the same placement
+        return (*cs.key[:3], results.legacy_column(cs.records[0]))
+
+    compared = {base_key(cs) for k, cs in cases.items() if base_key(cs) != k and base_key(cs) in cases}
     out = []
-    for (test, size, conns, stack), cs in cases.items():
-        if (test, size, conns) not in compared:  # no pair: nothing to compare (a legacy-only run has no table)
+    for (test, _sz, conns, stack), cs in cases.items():
+        if base_key(cs) not in compared:  # no pair: nothing to compare (a legacy-only run has no table)
             continue
-        base_items = cases[(test, size, conns, "legacy")].ok
+        base_items = cases[base_key(cs)].ok
         mps, per_cpu, retrans, per_host = medians(cs.ok)
         base = medians(base_items)
-        is_base = stack == "legacy"
+        is_base = base_key(cs) == cs.key
         per_cpu_ratio = per_cpu / base[1] if per_cpu and base[1] else None
         per_host_ratio = per_host / base[3] if per_host and base[3] else None
         mps_ci = None if is_base else repeats.ratio_interval(run, cs.ok, base_items, "mps")

@@ -22,6 +22,7 @@ SAMPLE_COLUMNS = [
     "test_name",
     "test",
     "stack",
+    "placement",
     "size",
     "connections",
     "repeat",
@@ -110,10 +111,18 @@ class RunStore:
 
 
 def stack_column(case: dict) -> str:
-    """"legacy", "iso", "iso+locks", "iso×2" (two isostackd instances): the report's stack column."""
+    """"legacy", "iso", "iso+locks", "iso×2" (two isostackd instances), "legacy@irq" (the placement, when the
+    playbook ran more than one): the report's stack column, which also groups the repeats of a case."""
     n = case.get("instances")
     n = n if isinstance(n, int) and not isinstance(n, bool) else 1
-    return stack_label(str(case.get("stack")), bool(case.get("locks")), n)
+    mode = case.get("placement_mode") if case.get("placement_axis") is True else None
+    return stack_label(str(case.get("stack")), bool(case.get("locks")), n, mode if isinstance(mode, str) else None)
+
+
+def legacy_column(case: dict) -> str:
+    """The stack column of the legacy case a case is compared with: the same placement (a fair comparison
+    keeps the application and the NIC's interrupts where they were for the stack)."""
+    return stack_column({**case, "stack": "legacy", "locks": False, "instances": 1})
 
 
 def sample_row(case: dict, cpus: int | None = None) -> dict:
@@ -131,6 +140,7 @@ def sample_row(case: dict, cpus: int | None = None) -> dict:
         "test_name": case.get("test_name"),
         "test": case.get("test"),
         "stack": stack_column(case),
+        "placement": case.get("placement_mode") or "",
         "size": case.get("size"),
         "connections": case.get("connections"),
         "repeat": case.get("repeat"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 
 from testbed import state
-from testbed.harness import guestcmd, hostcpu_sample, measure, peer_role, placement_cmd, upload
+from testbed.harness import guestcmd, hostcpu_sample, measure, peer_role, pinning, placement_cmd, upload
 from testbed.harness.case import CaseRunner
 from testbed.harness.errors import HarnessError
 from testbed.harness.guestcmd import GuestLayout
@@ -82,10 +82,12 @@ class Runner:
             return 1
 
     def check_playbook(self, playbook: Playbook) -> None:
-        """Every iso test fits its client guest: N instances need N + 1 vCPUs and N queue pairs; else a
-        HarnessError naming the playbook line and the `testbed up` flags that would make it fit."""
+        """Every iso test fits its client guest: N instances need N + 1 vCPUs and N queue pairs; placement
+        `apart` needs 2 vCPUs in each guest of the test; else a HarnessError naming the playbook line and the
+        `testbed up` flags that would make it fit."""
         queues = self.queue_pairs()
         for i, spec in enumerate(playbook.tests):
+            self._check_apart(playbook, i, [c for c in playbook.cases() if c.spec is spec])
             cases = [c for c in playbook.cases() if c.spec is spec and c.stack == "iso"]
             if not cases:
                 continue
@@ -100,6 +102,17 @@ class Runner:
                     f" {e}; bring the testbed up with `testbed up {flags}` (this replaces the running one; keep"
                     f" its other options)"
                 ) from None
+
+    def _check_apart(self, playbook: Playbook, i: int, cases: list[Case]) -> None:
+        spec = cases[0].spec
+        if pinning.APART not in spec.placements:
+            return
+        small = [g for g in self.pair(cases[0]) if not peer_role.is_peer(g) and g.vcpus < pinning.APART_MIN_VCPUS]
+        if small:
+            raise HarnessError(
+                f"{playbook.path}:{spec.placement_line}: tests[{i}] ({spec.name}): placement 'apart' puts the"
+                f" application and the NIC's interrupts on two vCPUs; {small[0].name} has {small[0].vcpus}: bring"
+                f" the testbed up with `testbed up --vcpus {pinning.APART_MIN_VCPUS}` or use placement 'irq'")
 
     def check_native(self) -> None:
         """The guest packages' C parts must be built in the folders that are uploaded (upload.check_native_parts)."""
