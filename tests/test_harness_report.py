@@ -300,6 +300,8 @@ def test_repeats_table_shows_median_interval_cv_and_marks_with_a_legend():
         c = _stream_case(stack, 1, mps, 50.0)
         c["repeat"] = repeat
         c["tcp"] = {"client": {"rto_timeouts": rto, "retrans_pct": 0.0}}
+        if stack == "iso":  # host CPU for iso only: 1 vCPU-second per second, 50 or 150k msgs/host-CPU-s
+            c["host_cpu"] = {"client_messages_per_host_cpu_s": (50_000, 150_000, 100_000)[repeat]}
         return c
 
     run = {"topology": {"guests": [{"name": "iso-a", "vcpus": 2}]}, "statistics": {"seed": 3},
@@ -309,9 +311,9 @@ def test_repeats_table_shows_median_interval_cv_and_marks_with_a_legend():
     # constant repeats: CV 0 and an interval of zero width; the ratio of two constants is exact
     assert report.repeats_rows(run) == [
         ["stream-64", "64", "1", "legacy", "3", "0", "20,000", "20,000–20,000", "0.0", "20,000", "20,000–20,000",
-         "0.0", ""],
+         "0.0", "-", "-", "-", ""],
         ["stream-64", "64", "1", "iso", "3", "0", "200,000", "200,000–200,000", "0.0", "200,000",
-         "200,000–200,000", "0.0", "RTO"]]
+         "200,000–200,000", "0.0", "100,000", "50,000–150,000", "50.0", "RTO"]]
     assert report.comparison_rows(run)[1][7:12] == ["10.0", "10.0–10.0", "10.0", "10.0–10.0", "0.00"]
     md = report.markdown(run)
     assert "| stream-64 | 64 | 1 | iso | 3 | 0 | 200,000 | 200,000–200,000 | 0.0 |" in md

@@ -84,6 +84,7 @@ class CaseStatistics:
     messages_per_s: stats.Summary | None
     per_cpu: stats.Summary | None
     marks: list[str]
+    per_host_cpu: stats.Summary | None = None  # messages per host CPU-second of the client guest's vCPU threads
 
     @property
     def failed(self) -> int:
@@ -94,7 +95,9 @@ class CaseStatistics:
         return {"test_name": test, "size": size, "connections": conns, "stack": stack, "runs": len(self.ok),
                 "failed": self.failed,
                 "messages_per_s": self.messages_per_s.to_dict() if self.messages_per_s else None,
-                "messages_per_cpu_s": self.per_cpu.to_dict() if self.per_cpu else None, "suspect": self.marks}
+                "messages_per_cpu_s": self.per_cpu.to_dict() if self.per_cpu else None,
+                "messages_per_host_cpu_s": self.per_host_cpu.to_dict() if self.per_host_cpu else None,
+                "suspect": self.marks}
 
 
 def case_statistics(run: dict) -> list[CaseStatistics]:
@@ -105,11 +108,13 @@ def case_statistics(run: dict) -> list[CaseStatistics]:
     for k, records in groups(run).items():
         ok = [f for f in (figures(c, vcpus) for c in records) if f is not None]
         per_cpu = [f.per_cpu for f in ok if f.per_cpu is not None]
+        per_host = [f.per_host_cpu for f in ok if f.per_host_cpu is not None]
         out.append(CaseStatistics(
             key=k, records=records, ok=ok,
             messages_per_s=stats.summarize([f.mps for f in ok], seed, resamples, confidence),
             per_cpu=stats.summarize(per_cpu, seed, resamples, confidence),
-            marks=suspects.group_marks(records, cpus)))
+            marks=suspects.group_marks(records, cpus),
+            per_host_cpu=stats.summarize(per_host, seed, resamples, confidence)))
     return out
 
 

@@ -291,7 +291,8 @@ COMPARISON_HEADERS = ["test", "size", "conns", "stack", "runs", "msgs/s", "msgs/
                       "95 % CI msgs/s", "× legacy per CPU", "95 % CI per CPU", "client retrans %",
                       "msgs/host-CPU-s", "× legacy per host CPU", "95 % CI per host CPU", "suspect"]
 REPEATS_HEADERS = ["test", "size", "conns", "stack", "runs", "failed", "msgs/s", "95 % CI", "CV %", "msgs/CPU-s",
-                   "95 % CI per CPU", "CV % per CPU", "suspect"]
+                   "95 % CI per CPU", "CV % per CPU", "msgs/host-CPU-s", "95 % CI per host CPU",
+                   "CV % per host CPU", "suspect"]
 _LEFT = ("test", "stack", "suspect")
 
 
@@ -313,11 +314,13 @@ def repeats_rows(run: dict) -> list[list[str]]:
     out = []
     for cs in repeats.case_statistics(run):
         test, size, conns, stack = cs.key
-        mps, per_cpu = cs.messages_per_s, cs.per_cpu
+        mps, per_cpu, per_host = cs.messages_per_s, cs.per_cpu, cs.per_host_cpu
         out.append([str(test), _size(cs.records[0]), str(conns), stack, str(len(cs.ok)), str(cs.failed),
                     _fmt(mps.median if mps else None, ",.0f"), _interval(mps.interval if mps else None, ",.0f"),
                     _cv(mps), _fmt(per_cpu.median if per_cpu else None, ",.0f"),
-                    _interval(per_cpu.interval if per_cpu else None, ",.0f"), _cv(per_cpu), " ".join(cs.marks)])
+                    _interval(per_cpu.interval if per_cpu else None, ",.0f"), _cv(per_cpu),
+                    _fmt(per_host.median if per_host else None, ",.0f"),
+                    _interval(per_host.interval if per_host else None, ",.0f"), _cv(per_host), " ".join(cs.marks)])
     return out
 
 
