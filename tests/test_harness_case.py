@@ -240,3 +240,20 @@ def test_a_server_that_cannot_be_pinned_fails_the_case_and_is_stopped(tmp_path):
     assert "Invalid argument" in record["error"]
     assert not any("-m isoperf client" in c for c in client.commands)
     assert any(c.startswith("for i in") and " 100 " in c for c in server.commands)  # server_stop_command
+
+
+def test_server_stack_iso_starts_isostackd_on_the_server_guest_before_the_server(tmp_path):
+    runner, client, server = placing_runner(tmp_path)
+    case = parse_playbook(LEGACY_PB + "    server_stack: iso\n").cases()[0]
+    assert case.stack_label == "legacy→iso"
+    record = runner.run_case(case)
+    assert record["status"] == "ok", record["error"]
+    assert record["server_stack"] == "iso" and record["stack"] == "legacy"
+    start, isostackd = record["commands"]["server"], record["commands"]["server_isostackd"]
+    assert " --stack iso " in start and "ISOSTACK_SOCKET=/run/isostack/isostackd.sock" in start
+    assert " --cpu 1 " in isostackd and "isostackd" not in record["commands"]  # none on the client guest
+    assert server.commands.index(isostackd) < server.commands.index(start)  # the server attaches to it
+    assert record["placement"]["iso-b"]["mode"] == "isostack" and record["placement"]["iso-b"]["app_cpus"] == [0]
+    assert record["commands"]["pin_server"] == "taskset -a -p -c 0 100"
+    assert record["server_isostackd"][0]["cpu"] == 1 and record["server_isostackd"][0]["command"] == isostackd
+    assert not any("isostackd" in c for c in client.commands)

@@ -558,3 +558,32 @@ def test_stability_and_64b_playbooks_stay_on_the_default_placement():
     for name in ("stability", "isostack-64b"):
         pb = load_playbook(REPO / "playbooks" / f"{name}.yaml")
         assert {c.placement for c in pb.cases()} == {"apart"} and not pb.placement_axis
+
+
+def test_server_stack_is_an_axis_labelled_client_to_server():
+    cases = parse_playbook(PLACED + "    server_stack: [legacy, iso]\n").cases()
+    assert [c.stack_label for c in cases] == ["legacy", "legacy→iso", "iso", "iso→iso"]
+    assert [c.server_stack for c in parse_playbook(PLACED).cases()] == ["legacy", "legacy"]
+    rx = parse_playbook(PLACED.replace("[legacy, iso]", "legacy") + "    client: peer\n    server: iso-a\n"
+                        "    server_stack: [legacy, iso]\n").cases()
+    assert [(c.stack_label, c.spec.client) for c in rx] == [("legacy", "peer"), ("legacy→iso", "peer")]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("    server_stack: isso\n", "9: tests[0]: unknown server_stack 'isso' (choose from legacy, iso)"),
+    ("    server: peer\n    server_stack: iso\n", "10: tests[0]: the peer runs isoperf natively on kernel sockets:"
+                                                 " server_stack iso needs its server on a guest"),
+])
+def test_bad_server_stack_names_the_line(extra, message):
+    with pytest.raises(PlaybookError) as e:
+        parse_playbook(PLACED + extra, "pb.yaml")
+    assert str(e.value).startswith(f"pb.yaml:{message}"), str(e.value)
+
+
+def test_server_stack_column_and_its_legacy_baseline():
+    from testbed.harness import results
+
+    record = {"stack": "legacy", "server_stack": "iso", "locks": False, "instances": 1}
+    assert results.stack_column(record) == "legacy→iso"
+    assert results.legacy_column(record) == "legacy"
+    assert results.stack_column({"stack": "iso", "locks": False}) == "iso"  # records before the key

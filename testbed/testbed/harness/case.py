@@ -47,6 +47,7 @@ def new_record(case: Case, client: state.GuestInfo, server: state.GuestInfo) -> 
         "test_name": case.spec.name,
         "test": case.spec.test,
         "stack": case.stack,
+        "server_stack": case.server_stack,
         "locks": case.locks,
         "instances": case.instances,
         "placement_mode": case.placement,
@@ -116,18 +117,31 @@ class CaseRunner:
         control = control_path.choose(client, server, self.peer, port)
         record["control"] = control.to_dict()
         control_bind, data_bind = control_path.server_binds(server, control)
-        start = isoperf_cmd.server_start_command(slayout, control_bind, port, data_bind)
-        pid = detached.start(sshell, start, server.name, "the isoperf server")
+        start = isoperf_cmd.server_start_command(slayout, control_bind, port, data_bind, case.server_stack)
         cmd = isoperf_cmd.client_command(self.layouts.get(client.name, self.layout), case, server.data_ip,
                                          (control.host, control.port))
         record["commands"] = {"server": start, "client": cmd}
         daemons: list[instances.Daemon] = []
         plans: list[placement_cmd.InstancePlan] = []
+        server_daemons: list[instances.Daemon] = []
+        server_plans: list[placement_cmd.InstancePlan] = []
+        server_commands: dict = {}
         host_cpu: hostcpu_sample.HostCpuInterval | None = None
+        pid = None
         try:
+            if case.server_stack == "iso":  # isostackd on the server's guest first: the server attaches to it
+                server_plans = instances.plan_server(server, queue_pairs)
+                where = self._plan(pinning.iso, case.placement, tuple(p.cpu for p in server_plans), None)
+                server_daemons = instances.start(sshell, slayout, server, case, server_plans, server_commands)
+                record["commands"]["server_isostackd"] = server_commands.get("isostackd")
+            pid = detached.start(sshell, start, server.name, "the isoperf server")
             self._wait_server(sshell, slayout, port, pid)
             if peer_role.is_peer(server):
                 record["placement"][server.name] = peer_role.placement_record()
+            elif case.server_stack == "iso":
+                record["placement"][server.name] = {"mode": "isostack", "command": None, "exit_code": None,
+                                                    "output": [], **where.to_record()}
+                self._pin_server(sshell, record, record["placement"][server.name].get("app_cpus"), pid)
             else:
                 record["placement"][server.name] = self._place_legacy(sshell, record, "server", case, server)
                 self._pin_server(sshell, record, record["placement"][server.name].get("app_cpus"), pid)
@@ -168,8 +182,13 @@ class CaseRunner:
                 entry.update(pinning.check(tuple(intended) if intended else None, layouts[name],
                                            entry["interrupts"]))
         finally:
-            sshell.run(isoperf_cmd.server_stop_command(pid))
-            record["server_log"] = detached.log_tail(sshell, isoperf_cmd.server_log(slayout, port), 20)
+            if pid is not None:
+                sshell.run(isoperf_cmd.server_stop_command(pid))
+                record["server_log"] = detached.log_tail(sshell, isoperf_cmd.server_log(slayout, port), 20)
+            instances.stop(sshell, server_daemons)
+            if server_plans:
+                record["server_isostackd"] = instances.records(sshell, slayout, server_plans, server_daemons,
+                                                               server_commands)
             instances.stop(cshell, daemons)
             if plans:
                 record["isostackd"] = instances.records(cshell, self.layout, plans, daemons, record["commands"])

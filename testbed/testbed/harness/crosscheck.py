@@ -27,7 +27,7 @@ class CrosscheckError(RuntimeError):
 
 def tool(case: Case) -> str | None:
     """The tool that cross-checks this case, or None (not asked for, not legacy, or no tool for the test)."""
-    if not case.spec.crosscheck or case.stack != "legacy":
+    if not case.spec.crosscheck or case.stack != "legacy" or case.server_stack != "legacy":
         return None
     return CROSSCHECK_TOOLS.get(case.spec.test)
 

@@ -166,10 +166,13 @@ class HostCpuInterval:
             busy = guest_view.get(f"cpu{v['vcpu']}")
             v["guest_busy_pct"] = busy if isinstance(busy, (int, float)) else None
         mps = result.get("messages_per_s")
-        per_host = per_guest = None
+        per_host = per_guest = server_per_host = None
+        sg = guests.get(self.roles["server"]) if self.roles.get("server") else None
         if isinstance(mps, (int, float)) and mps > 0:
             if cg and cg.get("vcpu_seconds") and interval > 0:
                 per_host = round(mps / (cg["vcpu_seconds"] / interval), 1)
+            if sg and sg.get("vcpu_seconds") and interval > 0:  # the receiving guest's cost (peer -> guest)
+                server_per_host = round(mps / (sg["vcpu_seconds"] / interval), 1)
             busy = guest_view.get("all")
             if isinstance(busy, (int, float)) and busy > 0:
                 per_guest = round(mps / (busy / 100 * max(1, client_vcpus)), 1)
@@ -182,4 +185,5 @@ class HostCpuInterval:
             "peer": self.after["peer"],
             "client_messages_per_host_cpu_s": per_host,
             "client_messages_per_guest_cpu_s": per_guest,
+            "server_messages_per_host_cpu_s": server_per_host,
         }

@@ -49,6 +49,14 @@ def plan(case: Case, guest: state.GuestInfo, queue_pairs: int) -> list[InstanceP
         raise HarnessError(f"{guest.name}: {e}") from None
 
 
+def plan_server(guest: state.GuestInfo, queue_pairs: int) -> list[InstancePlan]:
+    """One isostackd on a server guest (server_stack iso): the last vCPU, all queues."""
+    if guest.vcpus < 2:
+        raise HarnessError(f"{guest.name}: server_stack iso needs >= 2 vCPUs (one for isostackd), it has "
+                           f"{guest.vcpus}")
+    return placement_cmd.plan(1, guest.vcpus, queue_pairs)
+
+
 def start(shell: Shell, layout: GuestLayout, guest: state.GuestInfo, case: Case, plans: list[InstancePlan],
           commands: dict) -> list[Daemon]:
     """Start every planned instance (their commands go into `commands` as they start); returns them once every

@@ -33,17 +33,20 @@ def server_log(layout: GuestLayout, port: int) -> str:
     return f"{layout.log_dir}/isoperf-server-{port}.log"
 
 
-def server_start_command(layout: GuestLayout, bind: str, port: int, data_bind: str | None = None) -> str:
+def server_start_command(layout: GuestLayout, bind: str, port: int, data_bind: str | None = None,
+                         stack: str = "legacy") -> str:
     """Start a one-session server detached from the SSH session; prints its PID. `bind` is the control port's
-    address, `data_bind` the data listener's (default `bind`).
+    address, `data_bind` the data listener's (default `bind`); `stack` iso serves through the guest's isostackd.
 
     The log is removed first so a "listening" line from an earlier server cannot be mistaken for this one.
     """
     log = shlex.quote(server_log(layout, port))
     data = f" --data-bind {shlex.quote(data_bind)}" if data_bind and data_bind != bind else ""
+    iso = stack == "iso"
+    prefix = layout.isoperf(ISOSTACK_SOCKET=SOCKET) if iso else layout.isoperf()
     return (
-        f"rm -f {log}; nohup env {layout.isoperf()} server --bind {shlex.quote(bind)} --port {port}{data} --once"
-        f" > {log} 2>&1 < /dev/null & echo $!"
+        f"rm -f {log}; nohup env {prefix} server --bind {shlex.quote(bind)} --port {port}{data}"
+        f"{' --stack iso' if iso else ''} --once > {log} 2>&1 < /dev/null & echo $!"
     )
 
 

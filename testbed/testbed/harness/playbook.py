@@ -74,6 +74,7 @@ class TestSpec:
     instances_line: int = 0  # where `instances` was given (its default's line), for topology errors
     placements: tuple[str, ...] = (DEFAULT_PLACEMENT,)  # application vs NIC interrupts (matrix axis, PLACEMENTS)
     placement_line: int = 0  # where `placement` was given (the test's line when not), for topology errors
+    server_stacks: tuple[str, ...] = ("legacy",)  # the server's stack (matrix axis): iso starts isostackd there
 
 
 @dataclass(frozen=True)
@@ -89,21 +90,25 @@ class Case:
     instances: int = 1  # stack iso: isostackd instances, each on its own vCPU with its share of the queues
     placement: str = DEFAULT_PLACEMENT  # where the application runs relative to the NIC's interrupts
     placement_axis: bool = False  # the playbook runs more than one placement: the label names it
+    server_stack: str = "legacy"  # the server's stack: "iso" receives and answers through isostackd on its guest
 
     @property
     def stack_label(self) -> str:
-        return stack_label(self.stack, self.locks, self.instances, self.placement if self.placement_axis else None)
+        return stack_label(self.stack, self.locks, self.instances, self.placement if self.placement_axis else None,
+                           self.server_stack)
 
     @property
     def label(self) -> str:
         return f"{self.spec.name} {self.stack_label} size={self.size} conns={self.connections} #{self.repeat + 1}"
 
 
-def stack_label(stack: str, locks: bool = False, instances: int = 1, placement: str | None = None) -> str:
-    """"iso", "iso+locks", "iso×2", "iso×2+locks", "legacy@irq" (a placement, when the playbook runs several):
-    the stack column of a case."""
+def stack_label(stack: str, locks: bool = False, instances: int = 1, placement: str | None = None,
+                server_stack: str = "legacy") -> str:
+    """"iso", "iso+locks", "iso×2", "iso×2+locks", "legacy@irq" (a placement, when the playbook runs several),
+    "legacy→iso" (the server on IsoStack: client's stack → server's): the stack column of a case."""
     label = f"{stack}×{instances}" if instances > 1 else stack
     label = f"{label}+locks" if locks else label
+    label = f"{label}→{server_stack}" if server_stack != "legacy" else label
     return f"{label}@{placement}" if placement else label
 
 
@@ -136,9 +141,11 @@ class Playbook:
                 # `locks` and `instances` say.
                 locks = spec.locks if stack == "iso" else (False,)
                 instances = spec.instances if stack == "iso" else (1,)
-                for where, n, lock, size, conns in itertools.product(spec.placements, instances, locks, spec.sizes,
-                                                                     spec.connections):
-                    out.extend(Case(spec, stack, size, conns, r, lock, n, where, axis) for r in range(spec.repeats))
+                for srv, where, n, lock, size, conns in itertools.product(spec.server_stacks, spec.placements,
+                                                                          instances, locks, spec.sizes,
+                                                                          spec.connections):
+                    out.extend(Case(spec, stack, size, conns, r, lock, n, where, axis, srv)
+                               for r in range(spec.repeats))
         return out
 
 
@@ -213,6 +220,7 @@ _TEST_KEYS = {
     "nap_max_us": False,
     "epoll_busy_poll_us": False,
     "placement": False,
+    "server_stack": False,
 }
 _DEFAULTS_KEYS = {k: False for k in _TEST_KEYS if k != "name"}
 
@@ -431,6 +439,17 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
     placements = _placements(check, m, where, stacks, instances)
     client = _string(check, m, "client", where) if "client" in m else None
     server = _string(check, m, "server", where) if "server" in m else None
+    server_stacks = _list_of(check, m, "server_stack", where, str, default=("legacy",))
+    for s in server_stacks:
+        if s not in SUPPORTED_STACKS:
+            raise check.fail(m.key_lines["server_stack"], where,
+                             f"unknown server_stack {s!r} (choose from {', '.join(SUPPORTED_STACKS)})")
+    if "iso" in server_stacks and server == PEER:
+        raise check.fail(m.key_lines["server_stack"], where, "the peer runs isoperf natively on kernel sockets:"
+                         " server_stack iso needs its server on a guest (e.g. client: peer, server: iso-a)")
+    if "iso" in server_stacks and crosscheck:
+        raise check.fail(m.key_lines["server_stack"], where, "'crosscheck' runs iperf3/sockperf on kernel sockets"
+                         " at both ends: leave server_stack legacy")
     if client is not None and client == server:
         raise check.fail(m.key_lines["server"], where, f"client and server are the same guest {client!r}")
     if client == PEER and "iso" in stacks:
@@ -465,6 +484,7 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
         instances_line=m.key_lines.get("instances", m.line),
         placements=placements,
         placement_line=m.key_lines.get("placement", m.line),
+        server_stacks=server_stacks,
     )
 
 

@@ -44,7 +44,10 @@ def figures(case: dict, vcpus: dict) -> Figures | None:
     n = vcpus.get(case.get("client")) or 1
     per_cpu = mps / (busy / 100 * n) if isinstance(busy, (int, float)) and busy > 0 else None
     retrans = ((case.get("tcp") or {}).get("client") or {}).get("retrans_pct")
-    per_host = (case.get("host_cpu") or {}).get("client_messages_per_host_cpu_s")
+    # The cost of the guest under test: the client's, or the server's when the client is the native peer
+    # (peer -> guest: the guest receives)
+    side = "server" if case.get("client") == "peer" else "client"
+    per_host = (case.get("host_cpu") or {}).get(f"{side}_messages_per_host_cpu_s")
     return Figures(case.get("repeat"), mps, per_cpu, retrans if isinstance(retrans, (int, float)) else None,
                    per_host if isinstance(per_host, (int, float)) and per_host > 0 else None)
 

@@ -112,17 +112,20 @@ class RunStore:
 
 def stack_column(case: dict) -> str:
     """"legacy", "iso", "iso+locks", "iso×2" (two isostackd instances), "legacy@irq" (the placement, when the
-    playbook ran more than one): the report's stack column, which also groups the repeats of a case."""
+    playbook ran more than one), "legacy→iso" (the server on IsoStack): the report's stack column, which also
+    groups the repeats of a case."""
     n = case.get("instances")
     n = n if isinstance(n, int) and not isinstance(n, bool) else 1
     mode = case.get("placement_mode") if case.get("placement_axis") is True else None
-    return stack_label(str(case.get("stack")), bool(case.get("locks")), n, mode if isinstance(mode, str) else None)
+    server = case.get("server_stack")
+    return stack_label(str(case.get("stack")), bool(case.get("locks")), n, mode if isinstance(mode, str) else None,
+                       server if isinstance(server, str) else "legacy")
 
 
 def legacy_column(case: dict) -> str:
-    """The stack column of the legacy case a case is compared with: the same placement (a fair comparison
-    keeps the application and the NIC's interrupts where they were for the stack)."""
-    return stack_column({**case, "stack": "legacy", "locks": False, "instances": 1})
+    """The stack column of the legacy case a case is compared with: both ends on kernel sockets, the same
+    placement (a fair comparison keeps the application and the NIC's interrupts where they were for the stack)."""
+    return stack_column({**case, "stack": "legacy", "locks": False, "instances": 1, "server_stack": "legacy"})
 
 
 def sample_row(case: dict, cpus: int | None = None) -> dict:
