@@ -80,6 +80,7 @@ class Dispatcher:
 
     def close(self) -> None:
         self.busy_poll.restore()
+        self.notifier.eventfds.close()
         for app in list(self.shared.apps.values()):
             self.applications.detach(app, "dispatcher stopping")
         self.applications.close()
