@@ -214,3 +214,36 @@ def test_the_eventfd_guard_sleeps_without_writes_and_wakes_for_one():
     assert not writer._guard.is_alive()
 
 
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="needs root to own a socket as another uid")
+@pytest.mark.parametrize("owner_uid", [0, 65534], ids=["same-uid", "other-uid"])
+def test_a_reuseport_join_the_same_uid_rule_refuses_is_counted(dispatcher_thread, owner_uid):
+    """The kernel refuses a SO_REUSEPORT bind into another uid's group (EADDRINUSE); isostackd counts it
+    (reuseport_refused) and lets a same-uid join through uncounted."""
+    from isostack.dispatcher.kernel import socket_as
+
+    running = dispatcher_thread()
+    holder = socket_as(owner_uid, socket.AF_INET, socket.SOCK_STREAM)  # as if another uid's application
+    stack = Stack(running.path, GEOMETRY)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(4)
+        joiner = stack.socket()
+        joiner.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if owner_uid == 0:
+            joiner.bind(holder.getsockname())
+            joiner.listen(4)
+            assert running.dispatcher.stats["reuseport_refused"] == 0
+        else:
+            with pytest.raises(OSError) as refused:
+                joiner.bind(holder.getsockname())
+            assert refused.value.errno == errno.EADDRINUSE
+            assert running.dispatcher.stats["reuseport_refused"] == 1
+        plain = stack.socket()  # a bind that fails without SO_REUSEPORT is no refused join
+        with pytest.raises(OSError):
+            plain.bind(holder.getsockname())
+        assert running.dispatcher.stats["reuseport_refused"] == (owner_uid != 0)
+    finally:
+        stack.close()
+        holder.close()
