@@ -8,14 +8,16 @@ STREAM + 40 RR + 16 CRR connections at once, 64 in all; each round attaches anew
 per transaction), so attach/detach and connection churn are part of the load.
 
 What is checked (docs/reliability.md, "Soak"):
-- RSS of vhea and isostackd between rounds: the last within RSS_TOLERANCE of the one after the warm-up (the
-  first fifth of the rounds, at least 2: the allocators' high-water marks settle there; vhea's took 2 rounds in
-  a 5-minute run); the table also gives the trend after the warm-up in KiB per minute;
+- RSS of vhea and isostackd between rounds: the last within RSS_TOLERANCE (5 %) of the one after the warm-up
+  (the first fifth of the rounds, at least 2) in a soak of SOAK_ROUNDS or more; the 60 s slice is too short
+  for a warm-up (vhea's RSS rises in steps of about 2 MiB, 5 % of it, at random rounds) and only catches a
+  gross leak (SLICE_RSS_TOLERANCE); the table gives every reading and the trend after the warm-up;
 - fds: isostackd's between rounds equal its idle count before the first round, vhea's do not change;
 - counters end to end: every isoperf run clean (sender's bytes = receiver's bytes), isostackd's recv_bytes = the
   responses the RR/CRR clients counted, its send_bytes = what the clients sent plus their 8-byte hellos, every
   app detached, none failed, no tx ring stranded; vhea forwarded tap A -> B exactly what it took in (frames and
-  bytes, both ways), dropped nothing, and carried at least the payload.
+  bytes, both ways), dropped nothing, and carried at least the payload; a pair of vhost-user front-ends (ports
+  g1, g2) exchanging bursts beside them got every frame intact.
 
 ISOSTACK_SOAK_SECONDS sets the length (default 60, the slice of the normal suite; `tox -e soak`: 300; an hour
 by hand); ISOSTACK_SOAK_REPORT names a file for the table. The VM variant (a TCG guest through the testbed's
@@ -50,7 +52,9 @@ WARMUP_ROUNDS = 2  # at least; a fifth of the rounds in longer runs
 # STREAM filled the taps (the table shows SYN retransmits and the taps' drops); 30 s still fails a connect that
 # isostackd never completes
 CONNECT_TIMEOUT_S = 30
-RSS_TOLERANCE = 0.05
+RSS_TOLERANCE = 0.05  # the soak proper (SOAK_ROUNDS or more)
+SLICE_RSS_TOLERANCE = 0.15  # the short slice: too short for a warm-up; catches a gross leak only
+SOAK_ROUNDS = 10  # rounds from which the 5 % holds (a fifth of them warm-up)
 SAMPLE_S = 1.0
 CLIENT = "10.79.0.1"
 SERVER = "10.79.0.2"
@@ -415,6 +419,7 @@ def test_soak_mixed_load_through_isostackd_and_vhea(topology):
     for reading in soak.idle[1:]:
         assert reading.fds == warm.fds, f"fds {reading.fds}, {warm.fds} after the warm-up"
     assert soak.idle[0].fds["vhea"] == warm.fds["vhea"]
+    tolerance = RSS_TOLERANCE if rounds >= SOAK_ROUNDS else SLICE_RSS_TOLERANCE
     for name in pids:
         growth = (soak.idle[-1].rss_kib[name] - warm.rss_kib[name]) / warm.rss_kib[name]
-        assert growth <= RSS_TOLERANCE, f"{name} RSS grew {growth:.1%}: {[s.rss_kib[name] for s in soak.idle]}"
+        assert growth <= tolerance, f"{name} RSS grew {growth:.1%}: {[s.rss_kib[name] for s in soak.idle]}"
