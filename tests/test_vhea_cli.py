@@ -93,7 +93,8 @@ def test_serve_stats_json_and_clean_sigterm(sockdir):
         pa, pb = st["ports"]["a"], st["ports"]["b"]
         assert set(pa) == {"kind", "connected", "connection", "from_guest_frames", "from_guest_bytes",
                            "to_guest_frames", "to_guest_bytes", "drops", "classifier", "link", "link_emulated",
-                           "link_changes", "refused_link_down", "closed", "coalesce", "pacing", "pause", "queues"}
+                           "link_changes", "refused_link_down", "warnings_suppressed", "closed", "coalesce", "pacing",
+                           "pause", "queues"}
         assert pa["connected"] is True and pa["connection"] == "connected" and pa["link"] == "up"
         assert pa["kind"] == "vhost-user"
         assert pa["from_guest_frames"] == 10 and pa["from_guest_bytes"] == sum(map(len, frames))

@@ -20,7 +20,7 @@ import selectors
 import socket
 import time
 
-from .. import native
+from .. import native, ratelimit
 from ..pause import DEFAULT_MAX_US, HOLD_POLL_S, Backlog, FlowControl, check_max_us
 from ..switch import Switch
 from ..tap import default_ifname
@@ -76,6 +76,7 @@ class Server(PortLifecycle, VhostSession, TxService, TapService, Delivery, Notif
             if name in self.ports:
                 raise ValueError(f"port {name!r} is given twice")
             self.ports[name] = self._new_port(name, "", False, ifname or default_ifname(name))
+        ratelimit.install(self.ports)  # per-port warnings: at most a burst per port and window, the rest counted
         self.control_path = os.path.join(socket_dir, "control.sock")
         #: the control API of the requests beyond stats and ping (vhea.control); None: only those two
         self.control = control

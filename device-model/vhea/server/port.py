@@ -12,6 +12,7 @@ from ..connection import Connection
 from ..handler import BackendHandler
 from ..pacing import Pacer
 from ..pause import DEFAULT_MAX_US
+from ..ratelimit import PORT_WARNINGS
 from ..tap import TapDevice
 from ..vring import QueueCounters, Vring
 
@@ -114,6 +115,7 @@ class Port:
             "link_emulated": self.link_emulated,
             "link_changes": self.link_changes,
             "refused_link_down": self.refused_link_down,
+            "warnings_suppressed": PORT_WARNINGS.suppressed(self.name),
             "closed": dict(sorted(self.closed.items())),
             "coalesce": self.coalescer.settings(),
             "pacing": self.pacer.settings(),

@@ -3,7 +3,9 @@
 It owns every kernel socket of the attached applications (non-blocking) and serves their shared-memory queues
 and rings in one loop.  One concept per module:
   state.py          the records the parts share: a socket slot, an attached application, the loop's tables
-  kernel.py         kernel glue: attach socket, epoll interest of kernel sockets, busy-poll settings, reuseport
+  ratelimit.py      the per-application rate limit on warnings (a logging filter)
+  kernel.py         kernel glue: attach socket, epoll interest of kernel sockets, busy-poll settings, reuseport,
+                    eventfd writes that never block
   applications.py   application attach, readiness registrations, release of a crashed application
   commands.py       validating and executing the entries of the command queues
   datapath.py       tx drain and rx fill between the rings and the kernel sockets

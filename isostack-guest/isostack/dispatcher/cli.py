@@ -10,6 +10,7 @@ import signal
 from .. import placement
 from ..attach import DEFAULT_SOCKET, MAX_INSTANCES, instance_path
 from .loop import Dispatcher
+from .state import Limits
 
 log = logging.getLogger("isostackd")
 
@@ -45,6 +46,41 @@ def choose_cpu(cpu: int | None, allow_shared: bool, online: set[int], isolated: 
     return cpu
 
 
+# flag -> (Limits field, what it bounds, largest value): docs/isostack.md, "Hostile applications and limits"
+LIMIT_FLAGS = {
+    "--max-apps": ("max_apps", "attached applications", 1 << 16),
+    "--max-handshakes": ("max_handshakes", "attach connections whose hello has not arrived", 1 << 16),
+    "--handshake-timeout-ms": ("handshake_timeout_s", "time an accepted connection has to send its hello",
+                               60_000),
+    "--max-watches": ("max_watches", "readiness eventfds per application", 1 << 20),
+    "--max-kernel-sockets": ("max_kernel_sockets", "kernel sockets per application (in its slots and accepted "
+                             "into its backlogs)", 1 << 20),
+    "--queue-budget": ("queue_budget", "commands taken from one socket's queue per pass", 1 << 20),
+    "--app-budget": ("app_budget", "commands taken from one application's queues per pass", 1 << 20),
+}
+
+
+def limit_value(flag: str):
+    """An argparse type: an integer in 1..the flag's largest value, else a clear error naming the range."""
+    largest = LIMIT_FLAGS[flag][2]
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not 1 <= value <= largest:
+            raise argparse.ArgumentTypeError(f"{value} is not in 1..{largest}")
+        return value
+    return parse
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    values = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in LIMIT_FLAGS.items()}
+    values["handshake_timeout_s"] /= 1000
+    return Limits(**values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="isostackd", description="IsoStack dispatcher on a dedicated CPU")
     p.add_argument("--socket", default=None,
@@ -70,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-placement", action="store_true", help="do not move NIC IRQs/RPS/XPS to our CPU")
     p.add_argument("--interfaces", default="", help="comma-separated NICs to place (default: all virtio-net)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    defaults = Limits()
+    limits = p.add_argument_group("limits (each counted in the stats when hit; docs/isostack.md)")
+    for flag, (field, what, largest) in LIMIT_FLAGS.items():
+        default = getattr(defaults, field)
+        if field == "handshake_timeout_s":
+            default = round(default * 1000)
+        limits.add_argument(flag, type=limit_value(flag), default=default, metavar="N",
+                            help=f"{what}, 1..{largest} (default {default})")
     return p
 
 
@@ -93,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     dispatcher = Dispatcher(path, cpu, busy_poll_us=args.busy_poll_us, uncontended_locks=args.uncontended_locks,
                             sleep_ms=args.sleep_ms, instance=args.instance, queues=queues,
                             so_busy_poll_us=args.so_busy_poll_us, epoll_busy_poll_us=args.epoll_busy_poll_us,
-                            nap_max_us=args.nap_max_us, adaptive_poll=not args.fixed_poll)
+                            nap_max_us=args.nap_max_us, adaptive_poll=not args.fixed_poll,
+                            limits=limits_from(args))
 
     def stop(signum, _frame):
         dispatcher.running = False
@@ -107,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("instance %d listening on %s (queues %s, busy poll %d us, SO_BUSY_POLL %d us, epoll busy poll %s, "
              "locks %s)", args.instance, path, args.queues or "all", args.busy_poll_us, args.so_busy_poll_us,
              dispatcher.stats["epoll_busy_poll_us"], "on" if args.uncontended_locks else "off")
+    log.info("limits: %s", dispatcher.shared.limits)
     try:
         dispatcher.run()
     finally:

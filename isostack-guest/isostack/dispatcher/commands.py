@@ -60,6 +60,15 @@ def _wildcard(host: str) -> bool:
     return host in ("0.0.0.0", "::", "")
 
 
+def _reuseport(kernel_socket: socket.socket) -> bool:
+    """Whether the socket asked to join a SO_REUSEPORT group: its EADDRINUSE is then the kernel's same-uid rule
+    (the group is another uid's; kernel.socket_as) or a holder of the port that did not ask for one."""
+    try:
+        return bool(kernel_socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+    except OSError:
+        return False
+
+
 class CommandExecutor:
     """Reads the command queues of the sockets whose pending bit is set and carries the commands out."""
 
@@ -211,6 +220,8 @@ class CommandExecutor:
                 self._store_address(slot, address)
                 complete(slot, command.pos, 0)
         except OSError as e:
+            if e.errno == errno.EADDRINUSE and op in (Op.BIND, Op.LISTEN) and _reuseport(kernel_socket):
+                self.shared.stats["reuseport_refused"] += 1
             complete(slot, command.pos, -(e.errno or errno.EIO))
 
     @staticmethod

@@ -19,7 +19,6 @@ import ctypes
 import logging
 import os
 import select
-import signal
 import socket
 import stat
 import struct
@@ -81,66 +80,119 @@ class EventfdBlocked(Exception):
 
 
 class EventfdWriter:
-    """Writes the applications' eventfds (doorbells, readiness fds) without ever blocking the loop.
+    """Writes the applications' eventfds (doorbells, readiness fds) without ever blocking the loop, from any
+    thread.
 
     The application shares the eventfd's open file description with us: it can clear O_NONBLOCK whenever it
-    likes, and a blocking write on a counter at 0xFFFFFFFFFFFFFFFE waits until the application reads it, i.e.
-    forever.  Neither a private non-blocking description (opening /proc/self/fd/N of an eventfd fails with
-    ENXIO) nor pwritev2(RWF_NOWAIT) (EOPNOTSUPP on eventfds) is available, and poll(POLLOUT) then write leaves
-    a window in which the owner can fill the counter.  So: poll(POLLOUT, 0) first (a full counter is skipped:
-    False, "eventfd_full"), then the write under a one-shot ITIMER_REAL guard whose SIGALRM interrupts a write
-    that blocks nevertheless (EventfdBlocked: the caller closes that application).  The guard needs the main
-    thread (signals); a dispatcher run by another thread (tests) checks O_NONBLOCK instead, which narrows the
-    window without closing it."""
+    likes, and a blocking write on a counter at 0xFFFFFFFFFFFFFFFE waits until someone reads it, i.e. forever.
+    Neither a private non-blocking description (opening /proc/self/fd/N of an eventfd fails with ENXIO; a dup
+    shares the flags) nor pwritev2(RWF_NOWAIT) (EOPNOTSUPP on eventfds) is available, and poll(POLLOUT) then
+    write leaves a window in which the owner can fill the counter (and POLLOUT promises room for 1, a doorbell
+    may add more).  So: poll(POLLOUT, 0) first (a full counter is skipped: False, "eventfd_full"), then the
+    write, watched by a guard thread: a write still in progress after GUARD_S whose counter has no room for it
+    (the kernel's own count, /proc/self/fdinfo) is blocked for good, and the guard unblocks it by reading the
+    counter down, which wakes the writer (EventfdBlocked: the caller closes that application).  A write that
+    is only slow (the loop thread preempted on a loaded machine) has room, so it is left alone: a timer signal
+    could not tell the two apart, and worked only in the main thread.  The guard sleeps while no write is made.
+    """
 
     GUARD_S = 0.05
+    IDLE_CHECKS = 20  # guard checks without a write before it sleeps until the next one
+    FULL = 0xFFFFFFFFFFFFFFFE  # the largest count an eventfd holds
 
     def __init__(self, stats: dict):
         self.stats = stats
-        self.guarded = threading.current_thread() is threading.main_thread()
-        self._armed = False
-        if self.guarded:
-            signal.signal(signal.SIGALRM, self._alarm)
+        self._seq = 0  # writes started
+        self._writing: tuple[int, int, int] | None = None  # (seq, fd, value) of the write in progress
+        self._blocked = 0  # seq of the write the guard found blocked and unblocked
+        self._active = threading.Event()  # writes happen: the guard checks every GUARD_S
+        self._closed = threading.Event()
+        self._guard = threading.Thread(target=self._watch, name="isostackd-eventfd-guard", daemon=True)
+        self._guard.start()
 
-    def _alarm(self, _signum, _frame) -> None:
-        if self._armed:
-            self._armed = False
-            raise EventfdBlocked
+    def close(self) -> None:
+        self._closed.set()
+        self._active.set()
+        self._guard.join(5)
 
     def write(self, fd: int, value: int) -> bool:
         """Add `value` to the eventfd: True if written, False if it is full (or gone).  EventfdBlocked if the
-        write blocked (the application made its eventfd blocking: close it)."""
+        write blocked (the application made its eventfd blocking and filled it: close it)."""
         try:
             ready = select.poll()
             ready.register(fd, select.POLLOUT)
             if not ready.poll(0):
                 self.stats["eventfd_full"] += 1
                 return False
-            if not self.guarded or threading.current_thread() is not threading.main_thread():
-                if not fcntl_nonblocking(fd):
-                    raise EventfdBlocked
-                os.eventfd_write(fd, value)
-                return True
-            self._armed = True
-            signal.setitimer(signal.ITIMER_REAL, self.GUARD_S)
-            try:
-                os.eventfd_write(fd, value)
-            finally:
-                self._armed = False
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            return True
+        except OSError:
+            return False
+        self._seq += 1
+        seq = self._seq
+        self._writing = (seq, fd, value)
+        if not self._active.is_set():  # after _writing: the guard re-checks both after it clears the event
+            self._active.set()
+        try:
+            os.eventfd_write(fd, value)
         except BlockingIOError:
             self.stats["eventfd_full"] += 1
             return False
         except OSError:
             return False
+        finally:
+            self._writing = None
+        if self._blocked == seq:
+            raise EventfdBlocked
+        return True
 
+    def _watch(self) -> None:
+        seen: tuple[int, int, int] | None = None
+        last_seq, idle = 0, 0
+        while True:
+            self._active.wait()
+            if self._closed.wait(self.GUARD_S):
+                return
+            current = self._writing
+            if current is not None and current == seen and self._stuck(current[1], current[2]):
+                self._unblock(current)
+            seen = current
+            if current is None and self._seq == last_seq:
+                idle += 1
+                if idle >= self.IDLE_CHECKS:
+                    idle = 0
+                    self._active.clear()
+                    if self._writing is not None or self._seq != last_seq:
+                        self._active.set()
+            else:
+                idle = 0
+            last_seq = self._seq
 
-def fcntl_nonblocking(fd: int) -> bool:
-    try:
-        return not os.get_blocking(fd)
-    except OSError:
+    def _stuck(self, fd: int, value: int) -> bool:
+        """Whether the eventfd's counter leaves no room for `value` (the kernel's count, in fdinfo)."""
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("eventfd-count:"):
+                        return int(line.split()[1], 16) > self.FULL - value
+        except (OSError, ValueError):
+            pass
         return False
+
+    def _unblock(self, writing: tuple[int, int, int]) -> None:
+        """Read the counter down until the blocked write goes through (a semaphore eventfd gives 1 a read).  The
+        fd stays open meanwhile: the loop thread, which alone closes it, is inside the write."""
+        self._blocked = writing[0]
+        log.warning("an eventfd write blocked (its owner made it blocking and filled it): unblocking it")
+        fd = writing[1]
+        readable = select.poll()
+        try:
+            os.set_blocking(fd, False)  # our reads must not block either (the owner may still race us)
+            readable.register(fd, select.POLLIN)
+            for _ in range(writing[2] + 64):
+                if self._writing != writing or not readable.poll(0):
+                    return
+                os.eventfd_read(fd)
+        except OSError:
+            return
 
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's setfsuid

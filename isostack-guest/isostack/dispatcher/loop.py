@@ -28,6 +28,7 @@ from .datapath import DataPath
 from .kernel import BusyPoll, KernelSockets, listen_attach_socket, unprivileged_port_start
 from .notifications import Notifier
 from .polling import PollingPolicy
+from .ratelimit import PREFIXES, PeerWarningLimit
 from .state import Application, Limits, SharedState, SocketSlot
 from .watchdog import StrandedRingWatchdog
 
@@ -58,7 +59,9 @@ class Dispatcher:
                       "attach_refused_limit": 0, "attach_failed": 0, "accept_failed": 0, "handshakes_dropped": 0,
                       "handshakes_timed_out": 0, "watch_limit": 0, "app_socket_limit": 0, "budget_deferred": 0,
                       "eventfd_full": 0, "privileged_port_refused": 0, "reuseport_refused": 0,
-                      "steering_refused": 0}
+                      "steering_refused": 0, "warnings_suppressed": 0}
+        self.warnings = PeerWarningLimit(PREFIXES, on_suppressed=self._warning_suppressed)
+        log.addFilter(self.warnings)
         self.busy_poll = BusyPoll(self.stats, instance, so_busy_poll_us, epoll_busy_poll_us, proc_root)
         self.shared = SharedState(epoll=select.epoll(), instance=instance,
                                   lock=threading.Lock() if uncontended_locks else None,
@@ -78,8 +81,13 @@ class Dispatcher:
                                          None if queues is None else sorted(queues), so_busy_poll_us)
         self.watchdog = StrandedRingWatchdog(self.shared, self.datapath)
 
+    def _warning_suppressed(self) -> None:
+        self.stats["warnings_suppressed"] += 1
+
     def close(self) -> None:
         self.busy_poll.restore()
+        self.notifier.eventfds.close()
+        log.removeFilter(self.warnings)
         for app in list(self.shared.apps.values()):
             self.applications.detach(app, "dispatcher stopping")
         self.applications.close()
