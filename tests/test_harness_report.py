@@ -328,3 +328,21 @@ def test_runs_stored_before_repeats_statistics_still_show():
     out = io.StringIO()
     report.print_report(old, FIXTURE_RUN / "run.json", Console(file=out, width=250, color_system=None))
     assert "results:" in out.getvalue()
+
+
+def test_tables_off_a_terminal_print_whole_however_long_a_name():
+    from testbed.console import PIPE_WIDTH, print_whole
+
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    name = "stream-with-a-test-name-long-enough-that-a-140-column-table-would-cut-it-to-an-ellipsis"
+    run["cases"][0]["test_name"] = name
+    out = io.StringIO()
+    console = Console(file=out, width=PIPE_WIDTH, color_system=None)  # a pipe: not a terminal
+    report.print_report(run, FIXTURE_RUN / "run.json", console)
+    text = out.getvalue()
+    assert name in text and "…" not in text
+    assert max(len(ln) for ln in text.splitlines()) > PIPE_WIDTH and console.width == PIPE_WIDTH
+    assert _row(text, name)[-1] == "ok"  # the row whole, on one line
+    tty = io.StringIO()  # on a terminal the table still fits the window
+    print_whole(Console(file=tty, width=100, force_terminal=True, color_system=None), report.build_table(run))
+    assert max(len(ln) for ln in tty.getvalue().splitlines()) <= 100

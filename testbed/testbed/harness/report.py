@@ -7,7 +7,8 @@ the same columns. Printed with rich on the terminal and stored as report.md next
 `rows()`. A `suspect` column names what may have moved a case's figure (suspects.LEGEND, explained under
 the tables); with repeats, a table per case gives the median, its bootstrap 95 % interval and the CV, and the
 IsoStack vs legacy table an interval for each ratio. report.md also lists, per case, each guest's NIC
-placement (queue IRQ affinities, RPS) and where the isostackd instances ran.
+placement (queue IRQ affinities, RPS) and where the isostackd instances ran. Off a terminal the tables print
+whole (testbed.console.print_whole).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from testbed.console import print_whole
 from testbed.harness import cost, placement_cmd, repeats, results, stats, suspects
 
 _RIGHT = {"size", "conns", "Gb/s", "msgs/s", "trans/s", "p50 µs", "p99 µs", "CPU client %", "CPU server %"}
@@ -408,10 +410,10 @@ def _order_line(run: dict) -> str | None:
 
 
 def print_report(run: dict, run_json: Path, console: Console) -> None:
-    console.print(build_table(run))
+    print_whole(console, build_table(run))
     for table in (build_repeats(run), build_comparison(run), build_cost(run)):
         if table is not None:
-            console.print(table)
+            print_whole(console, table)
     if marks := legend(run):
         console.print(escape("suspect: " + "; ".join(marks)), style="yellow", highlight=False)
     for line in errors(run):
