@@ -185,6 +185,7 @@ def nightly(c, playbook="playbooks/nightly.yaml", state_dir=None, results_dir="r
     if problems:
         raise Exit("nightly: " + "; ".join(problems), code=1)
 
+
 @task(
     positional=["run"],
     help={

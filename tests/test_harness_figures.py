@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from isoperf.stats import latency_histogram
 from testbed.harness import figures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +149,8 @@ def test_rr_latency_is_percentile_bars_per_stack_and_size():
                                               "iso p99"]
     assert plot.series[5].values[1024].median == pytest.approx(5 * 1024)
     assert plot.log  # 64 µs .. 51 ms
-    assert "not the samples" in plot.note
+    assert "no latency histogram" in plot.note  # these records have percentiles only: no CDF
+    assert not [p for p in figures.plots(run_of(cases)) if isinstance(p, figures.CdfPlot)]
     ax = figures.render(plot).axes[0]
     assert len(_bars(ax)) == 6 and all(len(b) == 2 for b in _bars(ax).values())
     assert ax.get_yscale() == "log"
@@ -194,3 +196,61 @@ def test_a_test_at_one_point_is_a_bar_per_stack_in_messages_per_second():
     assert plot.name == "stream-t-throughput-vs-size" and plot.xs == [64] and plot.ylabel == "messages/s"
     assert [(s.label, s.values[64].median) for s in plot.series] == [("legacy", 1e4), ("iso", 1e5)]
     assert ratio.name == "per-cpu-vs-legacy"
+
+
+def rr_with_histograms():
+    """rr at 64 B and 1 KiB, 2 repeats: legacy's latencies 1000..1999 µs, iso's 100..199 µs (one per µs)."""
+    out = []
+    for r in range(2):
+        for size in (64, 1024):
+            for stack, base in (("legacy", 1000), ("iso", 100)):
+                rec = case(test="rr", stack=stack, size=size, repeat=r, mps=500.0,
+                           latency={"p50": 1.5 * base, "p90": 1.9 * base, "p99": 1.99 * base})
+                rec["isoperf"]["latency_histogram"] = latency_histogram([us * 1000 for us in range(base, 2 * base)])
+                out.append(rec)
+    return run_of(out)
+
+
+def test_rr_records_with_histograms_get_a_latency_cdf_per_point_and_stack():
+    plots = figures.plots(rr_with_histograms())
+    (bars,) = [p for p in plots if p.name == "rr-t-latency-vs-size"]
+    assert "no latency histogram" not in bars.note
+    (cdf,) = [p for p in plots if isinstance(p, figures.CdfPlot)]
+    assert cdf.name == "rr-t-latency-cdf" and list(cdf.panels) == [(64, 1), (1024, 1)]
+    legacy, iso = cdf.panels[(64, 1)]
+    assert (legacy.label, iso.label) == ("legacy", "iso")
+    assert (legacy.n, iso.n) == (2 * 1000, 2 * 100)  # both repeats' transactions
+    assert legacy.fraction[0] == 0.0 and legacy.fraction[-1] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(legacy.fraction, legacy.fraction[1:], strict=False))
+    # the median read off the CDF is the true one (1500 µs) within a bucket (12.2 %)
+    median = next(x for x, f in zip(legacy.latency_us, legacy.fraction, strict=True) if f >= 0.5)
+    assert 1500 <= median <= 1500 * 1.13
+    assert iso.latency_us[0] <= 100 and iso.latency_us[-1] >= 199
+
+    fig = figures.render(cdf)
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+        assert [ln.get_label() for ln in lines] == ["legacy", "iso"] and ax.get_xscale() == "log"
+        assert lines[0].get_ydata()[-1] == pytest.approx(1.0)
+
+
+def test_histograms_of_the_repeats_add_up_on_a_common_grid():
+    a = latency_histogram([1_000_000] * 3)  # 1000 µs
+    b = latency_histogram([10_000] * 2 + [1_000_000])  # 10 µs and 1000 µs
+    per, first, counts = figures.merged_histogram([a, b])
+    assert per == 20 and first == pytest.approx(10.0) and len(counts) == 41
+    assert counts[0] == 2 and counts[40] == 4 and sum(counts) == 6
+
+
+def test_a_malformed_histogram_is_left_out_not_drawn():
+    run = rr_with_histograms()
+    bad = [{"buckets_per_decade": 20, "first_us": -1, "counts": [1]}, {"buckets_per_decade": "20"},
+           {"buckets_per_decade": 20, "first_us": 1.0, "counts": [1] * (figures.MAX_BUCKETS + 1)},
+           {"buckets_per_decade": 20, "first_us": 1.0, "counts": [1, -2]}, "x"]
+    for c, h in zip(run["cases"], bad, strict=False):
+        c["isoperf"]["latency_histogram"] = h
+    # left: repeat 2's iso at 64 B, and repeat 2's legacy and iso at 1 KiB
+    (cdf,) = [p for p in figures.plots(run) if isinstance(p, figures.CdfPlot)]
+    assert {point: [(line.label, line.n) for line in lines] for point, lines in cdf.panels.items()} == {
+        (64, 1): [("iso", 100)], (1024, 1): [("legacy", 1000), ("iso", 100)]}

@@ -1,6 +1,6 @@
 """A run's figures in the seed's style (IsoStack, ATC 2010): bars of throughput per stack with the client's CPU
 as lines on a second axis, the messages per host CPU-second as a multiple of legacy, and the request/response
-latency percentiles; each as PNG and SVG in <run>/figures/.
+latency percentiles and CDFs (from isoperf's log histogram); each as PNG and SVG in <run>/figures/.
 
 Every bar is the median over a case's repeats with the bootstrap 95 % interval of that median (stats, the seed
 of run.json) as its error bar, so a figure says as much as the Repeats table. plots() turns a run into plain
@@ -10,6 +10,7 @@ harness stays light and needs no display (the Agg canvas draws into files).
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import textwrap
@@ -261,8 +262,9 @@ def ratio_plot(run: dict) -> Plot | None:
 
 
 def latency_plots(run: dict) -> list[Plot]:
-    """Per rr/crr test: p50/p90/p99 latency per stack against the swept variable. isoperf records these
-    percentiles per run, not its samples, so these are percentile bars, not CDFs."""
+    """Per rr/crr test: p50/p90/p99 latency per stack against the swept variable, as isoperf reports them per
+    run (the medians over the repeats, with intervals); the CDFs, where the records carry histograms, are
+    latency_cdf_plots'."""
     out = []
     for name, all_cases in _by_test(run, LATENCY_TESTS).items():
         cases = [c for c in _ok(run, all_cases) if isinstance((c["isoperf"]).get("latency_us"), dict)]
@@ -287,14 +289,110 @@ def latency_plots(run: dict) -> list[Plot]:
                 title=f"{name}: {cases[0].get('test')} latency percentiles",
                 xlabel="message size" if axis == "size" else "connections", ylabel="latency, µs",
                 log=bool(meds) and max(meds) / min(meds) > 20,
-                note="percentile bars (isoperf records p50/p90/p99 per run, not the samples): "
-                     "median over the repeats, error bars its 95 % interval"))
+                note="p50/p90/p99 as isoperf reports them per run: median over the repeats, error bars its 95 % "
+                     "interval" + ("" if any(_histogram(c) for c in cases) else "; these records carry no latency"
+                                   " histogram (isoperf before it kept one), so there is no CDF")))
     return out
 
 
-def plots(run: dict) -> list[Plot]:
+@dataclass
+class Cdf:
+    """The latency distribution of one stack at one point: every transaction of every repeat together."""
+
+    label: str
+    stack: str
+    latency_us: list[float]  # bucket edges, from the lower edge of the first bucket
+    fraction: list[float]  # share of the transactions at or below each edge (0 ... 1)
+    n: int
+
+
+@dataclass
+class CdfPlot:
+    """Latency CDFs of a test: a panel per (size, connections) point, a line per stack."""
+
+    name: str
+    title: str
+    panels: dict  # (size, connections) -> list[Cdf]
+    note: str | None = None
+
+
+MAX_BUCKETS = 2000  # 100 decades at 20 per decade: more is not a latency histogram
+
+
+def _histogram(case: dict) -> dict | None:
+    """isoperf's latency_histogram of a record, when it is one (a guest's output is checked, not trusted)."""
+    h = (case.get("isoperf") or {}).get("latency_histogram")
+    if not isinstance(h, dict):
+        return None
+    per, first, counts = h.get("buckets_per_decade"), _number(h.get("first_us")), h.get("counts")
+    if not (isinstance(per, int) and 0 < per <= 1000 and first is not None and first > 0 and isinstance(counts, list)
+            and 0 < len(counts) <= MAX_BUCKETS and all(isinstance(c, int) and c >= 0 for c in counts)):
+        return None
+    return h
+
+
+def merged_histogram(hists: list[dict]) -> tuple[int, float, list[int]] | None:
+    """The sum of isoperf log histograms (latency_histogram), bucket by bucket: (buckets per decade, lower edge
+    of the first bucket in µs, counts). Buckets line up on the common grid 10^(k / per decade) µs; histograms
+    on another grid than the first are left out. None when nothing was counted."""
+    per, total = None, {}
+    for h in hists:
+        per = per or h["buckets_per_decade"]
+        if h["buckets_per_decade"] != per:
+            continue
+        k0 = round(math.log10(h["first_us"]) * per)
+        for i, c in enumerate(h["counts"]):
+            total[k0 + i] = total.get(k0 + i, 0) + c
+    if not total or not sum(total.values()):
+        return None
+    lo, hi = min(total), max(total)
+    return per, 10 ** (lo / per), [total.get(k, 0) for k in range(lo, hi + 1)]
+
+
+def cdf(label: str, stack: str, hists: list[dict]) -> Cdf | None:
+    """The CDF of the merged histograms at the bucket edges (None when they counted nothing)."""
+    merged = merged_histogram(hists)
+    if merged is None:
+        return None
+    per, first, counts = merged
+    n, seen = sum(counts), 0
+    edges, fraction = [first], [0.0]
+    for i, c in enumerate(counts):
+        seen += c
+        edges.append(first * 10 ** ((i + 1) / per))
+        fraction.append(seen / n)
+    return Cdf(label, stack, edges, fraction, n)
+
+
+def latency_cdf_plots(run: dict) -> list[CdfPlot]:
+    """Per rr/crr test whose records carry isoperf's latency histogram: the CDF of every transaction's latency
+    per stack, all repeats together, a panel per size and connection count."""
+    out = []
+    for name, all_cases in _by_test(run, LATENCY_TESTS).items():
+        cases = [c for c in _ok(run, all_cases) if _histogram(c)]
+        if not cases:
+            continue
+        groups: dict = {}
+        for c in cases:
+            groups.setdefault((c["size"], c["connections"]), {}).setdefault(results.stack_column(c), []).append(c)
+        panels = {}
+        for point in sorted(groups):
+            lines = [cdf(stack, stack, [_histogram(c) for c in groups[point][stack]])
+                     for stack in _stack_order(groups[point])]
+            if lines := [x for x in lines if x is not None]:
+                panels[point] = lines
+        if panels:
+            out.append(CdfPlot(
+                name=f"{_slug(name)}-latency-cdf", panels=panels,
+                title=f"{name}: {cases[0].get('test')} latency CDF",
+                note="every transaction of all repeats, from isoperf's log histogram (buckets 12 % wide)"))
+    return out
+
+
+def plots(run: dict) -> list[Plot | CdfPlot]:
     """Every figure the run has data for, with file names unique within the run."""
-    out = [*throughput_plots(run), *([p] if (p := ratio_plot(run)) else []), *latency_plots(run)]
+    out = [*throughput_plots(run), *([p] if (p := ratio_plot(run)) else []), *latency_plots(run),
+           *latency_cdf_plots(run)]
     seen: set[str] = set()
     for p in out:
         base, n = p.name, 2
@@ -323,15 +421,59 @@ def _errorbars(ax, positions: list[float], values: list[Value]) -> None:
                     fmt="none", ecolor="black", elinewidth=1, capsize=3)
 
 
-def render(plot: Plot):
-    """The matplotlib Figure of a Plot: grouped bars (one per series and x), error bars, the CPU lines on a
-    second axis (cpu_ax), a legend under the axes."""
+def _matplotlib():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from matplotlib.ticker import EngFormatter
     except ImportError as e:
         raise FiguresError(f"matplotlib is not installed ({e}); pip install -e . installs it") from None
+    return FigureCanvasAgg, Figure
+
+
+def _point_text(point: tuple) -> str:
+    size, conns = point
+    return f"{size_text(size)}, {_x_text('connections', conns)}"
+
+
+def render_cdf(plot: CdfPlot):
+    """The matplotlib Figure of a CdfPlot: a panel (axes) per point, a line per stack, log latency axis."""
+    FigureCanvasAgg, Figure = _matplotlib()
+    n = len(plot.panels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(4.2 * cols + 0.6, 3.4 * rows + 0.9), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    stacks = _stack_order(line.stack for lines in plot.panels.values() for line in lines)
+    handles = {}
+    for ax, (point, lines) in zip(axes, plot.panels.items(), strict=False):
+        for line in lines:
+            (h,) = ax.plot(line.latency_us, line.fraction, color=colour(line.stack, stacks.index(line.stack)),
+                           linewidth=1.8, label=line.label)
+            handles.setdefault(line.label, h)
+        for q in (0.5, 0.9, 0.99):
+            ax.axhline(q, color="gray", linestyle=":", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(_point_text(point), fontsize="small")
+        ax.set_xlabel("latency, µs")
+        ax.set_ylabel("fraction of transactions")
+        ax.grid(alpha=0.3, which="both", axis="x")
+    for ax in axes[n:]:
+        ax.remove()
+    fig.suptitle(plot.title + (f"\n{plot.note}" if plot.note else ""), fontsize="medium")
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 5),
+               fontsize="small", frameon=False)
+    return fig
+
+
+def render(plot: Plot | CdfPlot):
+    """The matplotlib Figure of a Plot: grouped bars (one per series and x), error bars, the CPU lines on a
+    second axis (fig.axes[1]), a legend under the axes; of a CdfPlot, render_cdf's."""
+    if isinstance(plot, CdfPlot):
+        return render_cdf(plot)
+    FigureCanvasAgg, Figure = _matplotlib()
+    from matplotlib.ticker import EngFormatter
     n = max(len(plot.series), 1)
     fig = Figure(figsize=(max(6.4, 1.0 + len(plot.xs) * (0.9 + 0.25 * n)), 4.8), layout="constrained")
     FigureCanvasAgg(fig)
