@@ -2,6 +2,7 @@
 
 fab run-benchmark [--playbook playbooks/smoke.yaml] [--state-dir DIR] [--results-dir results]
 fab show-result [--path results/<run>] [--results-dir results]
+fab report RUN [--results-dir results]                 (RUN: a run directory, a run.json, or "latest")
 fab compare BASE NEW [--threshold 0.1] [--out DIR]     (BASE `baseline`: NEW's stored baseline)
 fab promote-baseline RUN [--replace]
 fab nightly [--promote]                                (make nightly: the nightly set, compared with its baseline)
@@ -33,7 +34,7 @@ def _path(value: str) -> Path:
 def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_dir="results"):
     """Run a playbook between the testbed guests and store results/<UTC time>/run.json + samples.csv."""
     from testbed.console import make_console
-    from testbed.harness import report, results
+    from testbed.harness import publish, report, results
     from testbed.harness.benchmark import run_benchmark as _run
     from testbed.harness.errors import HarnessError
 
@@ -43,6 +44,8 @@ def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_di
     except HarnessError as e:
         raise Exit(f"run-benchmark: {e}", code=2) from None
     report.print_report(results.load_run(run_json), run_json, console)
+    for line in publish.outputs(run_json.parent):
+        console.print(line, highlight=False, soft_wrap=True)
     if bad:
         raise Exit(f"run-benchmark: {bad} case(s) failed or were not carried by the device model", code=1)
 
@@ -181,3 +184,31 @@ def nightly(c, playbook="playbooks/nightly.yaml", state_dir=None, results_dir="r
     print(f"nightly: {run_json.parent}")
     if problems:
         raise Exit("nightly: " + "; ".join(problems), code=1)
+
+
+@task(
+    positional=["run"],
+    help={
+        "run": "run directory or run.json, or latest: the newest run under --results-dir",
+        "results_dir": "where run directories are, for latest (default results)",
+    },
+)
+def report(c, run, results_dir="results"):
+    """Write a stored run's report.md, report.html (one self-contained page) and figures/ (PNG, SVG)."""
+    from testbed.console import make_console
+    from testbed.harness import publish, results
+
+    if run.startswith("-"):  # invoke hands the first word to RUN, even --help
+        raise Exit("usage: fab report RUN [--results-dir DIR] (RUN: a run directory, a run.json or latest);"
+                   " fab --help report explains the options", code=2)
+    try:
+        run_json = results.resolve_run(None if run == "latest" else _path(run), _path(results_dir))
+        data = results.load_run(run_json)
+    except results.ResultsError as e:
+        raise Exit(f"report: {e}", code=2) from None
+    published = publish.write(data, run_json.parent)
+    console = make_console()
+    for line in publish.outputs(run_json.parent):
+        console.print(line, highlight=False, soft_wrap=True)
+    if published.figure_error:
+        raise Exit(f"report: figures not drawn: {published.figure_error}", code=1)

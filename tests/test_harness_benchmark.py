@@ -85,6 +85,10 @@ def test_runner_runs_every_case_and_stores_results(tmp_path):
     assert [int(r["size"]) for r in rows] == [256, 1448]
     assert rows[0]["crossed_device_model"] == "True"
     assert "| stream-local | legacy | 256 |" in (run_json.parent / "report.md").read_text()
+    # the end of the run draws its figure (legacy only: throughput against size, no ratio) and the page
+    assert sorted(p.name for p in (run_json.parent / "figures").iterdir()) == [
+        "stream-local-throughput-vs-size.png", "stream-local-throughput-vs-size.svg"]
+    assert "data:image/png;base64," in (run_json.parent / "report.html").read_text()
     # both packages landed where the guests' PYTHONPATH points
     uploaded = tmp_path / "opt"
     for rel in ("isoperf/client.py", "isoperf/__main__.py"):

@@ -97,7 +97,7 @@ def test_markdown_report_has_one_row_per_case():
         "| stream | legacy | 1448 | 1 | 0.988 | 85,251 | - | - | - | 61.5 | 55.2 | 1,022,000 | 511,000 |  | yes | ok |"
     )
     assert rows[1] == "| stream | legacy | 64 | 1 | - | - | - | - | - | - | - | n/a | n/a |  | - | failed |"
-    header, align = md.splitlines()[4:6]
+    header, align = md.splitlines()[6:8]
     assert header.count("|") == align.count("|") == 17
     assert "- stream size=64 conns=1: isoperf client exited 1: isoperf: error: cannot reach" in md
     assert "DM frames a→b" in md
@@ -382,3 +382,40 @@ def test_placement_section_shows_the_vcpus_and_a_note_when_the_interrupts_went_e
     case["placement"]["iso-a"].update(app_cpus=None, irq_cpus=None, irqs_as_intended=None)
     assert "iso-a legacy [spread: app on any vCPU, IRQs spread, taken on 0,1]" in report.markdown(run)
     assert report.notes(run) == []
+
+
+def test_tables_off_a_terminal_print_whole_however_long_a_name():
+    from testbed.console import PIPE_WIDTH, print_whole
+
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    name = "stream-with-a-test-name-long-enough-that-a-140-column-table-would-cut-it-to-an-ellipsis"
+    run["cases"][0]["test_name"] = name
+    out = io.StringIO()
+    console = Console(file=out, width=PIPE_WIDTH, color_system=None)  # a pipe: not a terminal
+    report.print_report(run, FIXTURE_RUN / "run.json", console)
+    text = out.getvalue()
+    assert name in text and "…" not in text
+    assert max(len(ln) for ln in text.splitlines()) > PIPE_WIDTH and console.width == PIPE_WIDTH
+    assert _row(text, name)[-1] == "ok"  # the row whole, on one line
+    tty = io.StringIO()  # on a terminal the table still fits the window
+    print_whole(Console(file=tty, width=100, force_terminal=True, color_system=None), report.build_table(run))
+    assert max(len(ln) for ln in tty.getvalue().splitlines()) <= 100
+
+
+def test_markdown_report_says_which_commit_and_host_measured_it():
+    run = copy.deepcopy(results.load_run(FIXTURE_RUN / "run.json"))
+    md = report.markdown(run).splitlines()
+    assert md[4] == "commit 0123456789ab, host bench-host (2 CPUs)"
+    assert md[md.index("## Metadata") + 2:] == [
+        "- commit: 0123456789abcdef0123456789abcdef01234567",
+        "- host: bench-host, CPU ? × 2, kernel 6.1.0-27-amd64",
+        "- accel: tcg, device model datapath: ?",
+        "- versions: Python 3.11.7, QEMU emulator version 10.0.2, libvirt 10.10.0",
+        "- guest image: recipe 0123abcd, kernel 6.1.0-27-amd64",
+        "- guest iso-a: kernel 6.1.0-27-amd64, Python 3.11.2, package abababababab",
+        "- guest iso-b: kernel 6.1.0-27-amd64, Python 3.11.2, package abababababab",
+    ]
+    run["metadata"]["git"]["dirty"] = True
+    run["metadata"]["host_cpu_model"] = "Intel(R) Xeon(R) Gold 6230"
+    assert report.host_line(run) == "commit 0123456789ab (dirty), host bench-host (Intel(R) Xeon(R) Gold 6230, 2 CPUs)"
+    assert report.host_line({"cases": []}) == "commit unknown, host ?"

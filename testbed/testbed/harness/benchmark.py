@@ -2,7 +2,7 @@
 
 run_benchmark connects to the testbed the state directory describes; execute (shared with the tests, which
 hand it local shells) checks, uploads, opens the run directory with the metadata, runs the cases and writes
-the report.
+the report, its figures and its HTML page (publish).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from testbed import state
-from testbed.harness import dmstats, guest_tuning, metadata, order, remote, repeats, report, results, stats
+from testbed.harness import dmstats, guest_tuning, metadata, order, publish, remote, repeats, results, stats
 from testbed.harness.errors import HarnessError
 from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.placement_cmd import DATA_INTERFACE
@@ -106,5 +106,5 @@ def execute(
     bad = run_playbook(runner, playbook.name, cases, store, console, playbook.interval_s)
     store.run["statistics"]["cases"] = [cs.to_dict() for cs in repeats.case_statistics(store.run)]
     store.finish(results.iso(results.utc_now()))
-    (store.path / "report.md").write_text(report.markdown(store.run))
+    publish.write(store.run, store.path)  # report.md, the figures, report.html
     return store.run_json, bad

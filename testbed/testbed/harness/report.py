@@ -7,7 +7,8 @@ the same columns. Printed with rich on the terminal and stored as report.md next
 `rows()`. A `suspect` column names what may have moved a case's figure (suspects.LEGEND, explained under
 the tables); with repeats, a table per case gives the median, its bootstrap 95 % interval and the CV, and the
 IsoStack vs legacy table an interval for each ratio. report.md also lists, per case, each guest's NIC
-placement (queue IRQ affinities, RPS) and where the isostackd instances ran.
+placement (queue IRQ affinities, RPS) and where the isostackd instances ran, and where the run was measured
+(commit, host, versions). Off a terminal the tables print whole (testbed.console.print_whole).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from testbed.console import print_whole
 from testbed.harness import cost, placement_cmd, repeats, results, stats, suspects
 
 _RIGHT = {"size", "conns", "Gb/s", "msgs/s", "trans/s", "p50 µs", "p99 µs", "CPU client %", "CPU server %"}
@@ -441,10 +443,10 @@ def _order_line(run: dict) -> str | None:
 
 
 def print_report(run: dict, run_json: Path, console: Console) -> None:
-    console.print(build_table(run))
+    print_whole(console, build_table(run))
     for table in (build_repeats(run), build_comparison(run), build_cost(run)):
         if table is not None:
-            console.print(table)
+            print_whole(console, table)
     if marks := legend(run):
         console.print(escape("suspect: " + "; ".join(marks)), style="yellow", highlight=False)
     for line in errors(run):
@@ -484,6 +486,7 @@ def markdown(run: dict) -> str:
     lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in rows(run)]
     if order := _order_line(run):
         lines[2] += f", {order}"
+    lines[3:3] = ["", host_line(run)]
     if _has_repeats(run):
         lines += ["", f"## {_REPEATS_TITLE}", ""] + _md_table(REPEATS_HEADERS, repeats_rows(run))
     cmp_rows = comparison_rows(run)
@@ -501,4 +504,41 @@ def markdown(run: dict) -> str:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes(run)]
     if placements(run):
         lines += ["", "## Placement (NIC queue IRQs → vCPU, RPS masks)", ""] + [f"- {n}" for n in placements(run)]
+    lines += ["", "## Metadata", ""] + [f"- {m}" for m in metadata_lines(run)]
     return "\n".join(lines) + "\n"
+
+
+def host_line(run: dict) -> str:
+    """"commit 0123456789ab (dirty), host vm (Intel(R) Xeon(R), 2 CPUs)": what report.md says under its title."""
+    md = run.get("metadata") or {}
+    git = md.get("git") or {}
+    commit = f"commit {str(git['commit'])[:12]}" if git.get("commit") else "commit unknown"
+    cpu = ", ".join(x for x in (md.get("host_cpu_model"), f"{md['host_cpu_count']} CPUs"
+                                if md.get("host_cpu_count") else None) if x)
+    return f"{commit}{' (dirty)' if git.get('dirty') else ''}, host {md.get('hostname', '?')}" + (
+        f" ({cpu})" if cpu else "")
+
+
+def metadata_lines(run: dict) -> list[str]:
+    """Where and with what the run was measured (run.json `metadata`), one line each; "?" where not recorded."""
+    md = run.get("metadata") or {}
+    git = md.get("git") or {}
+    image = md.get("guest_image") if isinstance(md.get("guest_image"), dict) else {}
+    out = [
+        f"commit: {git.get('commit') or '?'}" + (" (dirty: the work tree differed from it)" if git.get("dirty")
+                                                   else "" if git.get("dirty") is False else " (dirty: ?)"),
+        f"host: {md.get('hostname', '?')}, CPU {md.get('host_cpu_model') or '?'} × {md.get('host_cpu_count', '?')},"
+        f" kernel {md.get('host_kernel', '?')}",
+        f"accel: {md.get('accel') or (run.get('topology') or {}).get('accel') or '?'}, device model datapath:"
+        f" {md.get('device_model_datapath') or '?'}",
+        f"versions: Python {md.get('python', '?')}, {md.get('qemu') or 'QEMU ?'}, libvirt {md.get('libvirt') or '?'}",
+    ]
+    if image:
+        out.append(f"guest image: recipe {image.get('recipe_hash', '?')}, kernel {image.get('kernel_version', '?')}")
+    for name, g in (md.get("guests") or {}).items():
+        if isinstance(g, dict) and not g.get("native"):
+            sha = str(g.get("package_sha256") or "?")[:12]
+            out.append(f"guest {name}: kernel {g.get('kernel', '?')}, {g.get('python', 'Python ?')}, package {sha}")
+        elif isinstance(g, dict):
+            out.append(f"{name}: native peer in namespace {g.get('namespace', '?')} ({g.get('address', '?')})")
+    return out
