@@ -119,6 +119,7 @@ struct isock {
     int nonblock, watched, tx_armed, tx_shut, rd_shut, foreign;
     int64_t connect_pos;         /* a non-blocking CONNECT whose result is not read yet, else -1 */
     int pending_error;           /* that CONNECT's error, read by a later command first: for SO_ERROR */
+    int connect_unreported;      /* it succeeded and connect() was not called since: the next one returns 0 */
     long long rcvtimeo_ns, sndtimeo_ns; /* SO_RCVTIMEO / SO_SNDTIMEO, 0: none */
 };
 
@@ -206,8 +207,6 @@ static int attach_locked(void)
 {
     if (app.attached)
         return 0;
-    if (app.failed)
-        return set_errno(app.failed);
     const char *path = getenv("ISOSTACK_SOCKET");
     snprintf(app.path, sizeof app.path, "%s", path && *path ? path : DEFAULT_SOCKET);
     struct iso_geometry g = {env_u64("ISOSTACK_MAX_SOCKETS", 64), 64, env_u64("ISOSTACK_TX_SIZE", 1 << 18),
@@ -330,14 +329,14 @@ fail_quiet:
         munmap(app.base, iso_total_size(&app.g));
     app.base = NULL;
     app.conn = app.doorbell = app.kick = -1;
-    app.failed = err ? err : EIO;
-    {
+    if (!app.failed) { /* said once; every socket() tries again (isostackd may start later) */
         char line[400];
         int k = snprintf(line, sizeof line, "libisostack-preload: %s\n", app.error);
         if (k > 0 && R(write)(2, line, (size_t)(k < (int)sizeof line ? k : (int)sizeof line - 1)) < 0) {
         }
     }
-    return set_errno(app.failed);
+    app.failed = 1;
+    return set_errno(err == EINVAL ? EINVAL : ENETDOWN); /* the IsoStack network is not there */
 }
 
 /* A forked child shares the parent's memory but not its sockets (docs/preload.md): it attaches on its own. */
@@ -495,6 +494,7 @@ static int connect_outcome(struct isock *s, int block)
     }
     s->connect_pos = -1;
     int64_t r = result(s, pos);
+    s->connect_unreported = r >= 0;
     return r < 0 ? (int)-r : 0;
 }
 
@@ -597,11 +597,23 @@ static int install(struct isock *s, int cloexec)
     return fd;
 }
 
-/* The last reference went: post CLOSE (queued tx bytes still go out) and let the slot be reused once done. */
+#define CLOSE_DRAIN_NS 6000000000LL /* isostackd lingers 5 s on a close with queued bytes */
+
+static int drained_cond(struct isock *s, uint64_t pos)
+{
+    return done_cond(s, pos) || ld(&s->ctl[ISO_C_TX_HEAD]) == s->tx_tail;
+}
+
+/* The last reference went: post CLOSE (queued tx bytes still go out) and let the slot be reused once done.
+ * With bytes still in the tx ring it waits until isostackd handed them to the kernel: a program that writes,
+ * closes and exits must not lose its last bytes (the kernel's close keeps them; our ring dies with us). */
 static void final_close(struct isock *s)
 {
     if (!s->foreign && app.attached) {
+        int queued = ld(&s->ctl[ISO_C_TX_HEAD]) != s->tx_tail && !(ld(&s->ctl[ISO_C_STATE]) & ISO_ST_ERROR);
         int64_t pos = post(s, ISO_OP_CLOSE, 0, 0, 0, NULL);
+        if (pos >= 0 && queued)
+            wait_for(s, drained_cond, (uint64_t)pos, now_ns() + CLOSE_DRAIN_NS);
         pthread_mutex_lock(&app_lock);
         if (pos >= 0) {
             app.close_pos[s->slot] = (uint64_t)pos;
@@ -610,6 +622,20 @@ static void final_close(struct isock *s)
         pthread_mutex_unlock(&app_lock);
     }
     free_isock(s);
+}
+
+/* At exit, sockets never closed: their queued bytes reach the kernel before our memory goes (bounded). */
+__attribute__((destructor)) static void drain_at_exit(void)
+{
+    if (!app.attached || app.pid != getpid())
+        return;
+    long long deadline = now_ns() + CLOSE_DRAIN_NS;
+    for (int fd = 0; fd < FD_MAX; fd++) {
+        struct isock *s = __atomic_load_n(&fds[fd], __ATOMIC_RELAXED);
+        while (s && !s->foreign && ld(&s->ctl[ISO_C_TX_HEAD]) != s->tx_tail &&
+               !(ld(&s->ctl[ISO_C_STATE]) & ISO_ST_ERROR) && now_ns() < deadline)
+            usleep(200);
+    }
 }
 
 /* Drop the program's fd `fd` from the table (and from the epoll sets that hold it). */
@@ -769,9 +795,11 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len)
         goto out;
     }
     pthread_mutex_lock(&s->ctl_lock);
-    if (s->connect_pos >= 0) {
-        int e = connect_outcome(s, 0);
+    if (s->connect_pos >= 0 || s->connect_unreported) { /* as the kernel: 0 once after success, then EISCONN */
+        int e = s->connect_pos >= 0 ? connect_outcome(s, 0) : 0;
         rc = e < 0 ? -EALREADY : -e;
+        if (e >= 0)
+            s->connect_unreported = 0;
         pthread_mutex_unlock(&s->ctl_lock);
         goto out;
     }
