@@ -257,3 +257,39 @@ def test_listening_unix_paths_reads_only_listeners(tmp_path):
         "0000000000000000: 00000002 00000000 00000000 0001 01 1236 /tmp/client.sock\n"
         "0000000000000000: 00000002 00000000 00010000 0001 01 1237\n")
     assert run.listening_unix_paths(str(table)) == {"/run/isostack/isostackd.sock"}
+
+
+def test_calls_fail_with_enetdown_when_isostackd_goes_away(shim, tmp_path):
+    """A blocked recv, poll and a new socket() all end with an error, never a hang, when isostackd stops."""
+    import socket
+
+    running = Isostackd(tmp_path / "gone.sock", tmp_path / "gone.log")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    script = (
+        "import socket, errno, select\n"
+        f"s = socket.create_connection(('127.0.0.1', {srv.getsockname()[1]}))\n"
+        "print('connected', flush=True)\n"
+        "try: s.recv(10); print('data')\n"
+        "except OSError as e: print(errno.errorcode[e.errno])\n"
+        "p = select.poll(); p.register(s, select.POLLIN); ev = p.poll(10000)\n"
+        "print(bool(ev and ev[0][1] & select.POLLERR))\n"
+        "try: socket.socket(); print('socket')\n"
+        "except OSError as e: print(errno.errorcode[e.errno])\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=preloaded(shim, running), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "connected"
+        peer, _ = srv.accept()
+        time.sleep(0.3)  # the script is blocked in recv
+        running.stop()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        srv.close()
+    assert proc.returncode == 0, err
+    assert out.split() == ["ENETDOWN", "True", "ENETDOWN"]
+    peer.close()

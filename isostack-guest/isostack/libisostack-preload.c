@@ -126,7 +126,7 @@ struct isock {
 enum { SLOT_FREE, SLOT_USED, SLOT_CLOSING };
 
 static struct {
-    int attached, failed;
+    int attached, failed, gone; /* gone: isostackd closed the attach connection (it died or was stopped) */
     struct iso_geometry g;
     unsigned char *base;
     uint64_t *words;
@@ -429,6 +429,17 @@ static int ensure_watch(struct isock *s)
     return rc;
 }
 
+/* Whether isostackd closed our attach connection (checked once per sleep slice by the waits). */
+static int dispatcher_gone(void)
+{
+    if (!app.gone && app.attached) {
+        struct pollfd p = {app.conn, 0, 0};
+        if (R(poll)(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR)))
+            __atomic_store_n(&app.gone, 1, __ATOMIC_RELAXED);
+    }
+    return app.gone;
+}
+
 typedef int (*cond_fn)(struct isock *, uint64_t);
 
 /* Wait until cond(s, arg), the deadline (ns, 0: none; returns -ETIMEDOUT) or a shutdown(SHUT_RD) wakes us.
@@ -461,8 +472,12 @@ static int wait_for(struct isock *s, cond_fn cond, uint64_t arg, long long deadl
             if (left / 1000000 < ms)
                 ms = (int)(left / 1000000) + 1;
         }
-        struct pollfd p = {s->priv, POLLIN, 0};
-        R(poll)(&p, 1, ms);
+        struct pollfd p[2] = {{s->priv, POLLIN, 0}, {app.conn, 0, 0}};
+        R(poll)(p, 2, ms);
+        if (p[1].revents & (POLLHUP | POLLERR)) /* isostackd is gone: nothing will ever complete */
+            __atomic_store_n(&app.gone, 1, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&app.gone, __ATOMIC_RELAXED))
+            return -ENETDOWN;
         /* the notification ring's entries are hints we do not use: keep it from counting drops */
         uint64_t *ring = &app.words[iso_ring_word(&app.g, 0)];
         st(&ring[ISO_R_HEAD], ld(&ring[ISO_R_TAIL]));
@@ -502,6 +517,8 @@ static int connect_outcome(struct isock *s, int block)
  * caller holds ctl_lock (the result words, OPTVAL and ADDR_* are per socket). */
 static int64_t call_locked(struct isock *s, uint16_t op, uint64_t a, uint64_t b, uint64_t c, const unsigned char *ip)
 {
+    if (app.gone)
+        return -ENETDOWN;
     if (s->connect_pos >= 0) { /* its result words are about to be reused: keep its error for SO_ERROR */
         int e = connect_outcome(s, 1);
         if (e > 0)
@@ -682,7 +699,9 @@ int socket(int domain, int type, int protocol)
     if (fd < 0) {
         if (s)
             free_isock(s);
+        pthread_mutex_lock(&app_lock);
         app.slot_state[slot] = SLOT_FREE;
+        pthread_mutex_unlock(&app_lock);
         return set_errno(-fd);
     }
     int nb = s->nonblock;
@@ -876,6 +895,8 @@ static int iso_accept(struct isock *s, struct sockaddr *addr, socklen_t *len, in
         uint64_t state = ld(&s->ctl[ISO_C_STATE]);
         if (state & ISO_ST_ERROR)
             return -(int)ld(&s->ctl[ISO_C_ERR]);
+        if (app.gone)
+            return -ENETDOWN;
         if (!(state & ISO_ST_LISTENING))
             return -EINVAL;
         if (state & ISO_ST_ACCEPTABLE) {
@@ -983,6 +1004,10 @@ static ssize_t iso_send(struct isock *s, const struct iovec *iov, int iovcnt, in
             rc = copied ? (ssize_t)copied : -(ssize_t)ld(&s->ctl[ISO_C_ERR]);
             break;
         }
+        if (app.gone) {
+            rc = copied ? (ssize_t)copied : -ENETDOWN;
+            break;
+        }
         if (s->tx_shut || (state & ISO_ST_TX_SHUT)) {
             rc = copied ? (ssize_t)copied : -EPIPE;
             if (!copied)
@@ -1039,7 +1064,7 @@ static ssize_t iso_send(struct isock *s, const struct iovec *iov, int iovcnt, in
                 rc = copied ? (ssize_t)copied : -EAGAIN;
                 break;
             }
-            continue;
+            continue; /* -ENETDOWN: seen at the top */
         }
         disarm_tx(s);
         uint64_t k = 0;
@@ -1154,6 +1179,10 @@ static ssize_t iso_recv(struct isock *s, const struct iovec *iov, int iovcnt, in
         }
         if (s->rd_shut) {
             rc = (ssize_t)copied;
+            break;
+        }
+        if (app.gone) {
+            rc = copied ? (ssize_t)copied : -ENETDOWN;
             break;
         }
         if (state & ISO_ST_EOF) {
@@ -1586,6 +1615,8 @@ static short ready_events(struct isock *s, short want)
         return POLLNVAL;
     uint64_t state = ld(&s->ctl[ISO_C_STATE]);
     short ev = 0;
+    if (app.gone)
+        return (POLLERR | POLLHUP | POLLIN | POLLOUT) & (want | POLLERR | POLLHUP);
     if (state & ISO_ST_ERROR)
         ev |= POLLERR | POLLHUP | POLLIN | POLLOUT | POLLRDHUP;
     if (state & ISO_ST_LISTENING) {
@@ -1623,8 +1654,8 @@ static short arm(struct isock *s, short want)
 {
     if (ensure_watch(s))
         return 0;
-    if ((want & POLLOUT) && (ld(&s->ctl[ISO_C_STATE]) & ISO_ST_CONNECTED)) {
-        pthread_mutex_lock(&s->tx_lock);
+    /* a sender blocked in send() holds tx_lock and arms credits itself: never wait for it here */
+    if ((want & POLLOUT) && (ld(&s->ctl[ISO_C_STATE]) & ISO_ST_CONNECTED) && !pthread_mutex_trylock(&s->tx_lock)) {
         if (s->tx_tail - ld(&s->ctl[ISO_C_TX_HEAD]) >= s->txsize)
             arm_tx(s);
         pthread_mutex_unlock(&s->tx_lock);
@@ -1709,6 +1740,8 @@ static int iso_poll(struct pollfd *pfd, nfds_t n, long long timeout_ns, const si
             rc = 0;
             break;
         }
+        if (armed && any)
+            dispatcher_gone(); /* then ready_events reports POLLERR|POLLHUP on ours */
         if (timeout_ns == 0) {
             rc = 0;
             break;
@@ -1938,6 +1971,7 @@ static int iso_epoll_wait(int epfd, struct epoll_event *events, int max, int tim
         }
         if (k < 0)
             return -1;
+        dispatcher_gone();
     }
 }
 
