@@ -387,6 +387,30 @@ def case_udp_untouched():
     return {"got": got.decode()}
 
 
+def case_vectors_peek_waitall():
+    s, peer = pair()
+    s.sendmsg([b"ab", b"cd", b"ef"])
+    os.writev(s.fileno(), [b"gh", b"ij"])
+    peer.settimeout(10)
+    got = b""
+    while len(got) < 10:
+        got += peer.recv(100)
+    peer.sendall(b"hello world")
+    wait_poll(s, select.POLLIN)
+    time.sleep(0.1)
+    peeked = s.recv(5, socket.MSG_PEEK)
+    first, second = bytearray(3), bytearray(4)
+    n, _anc, flags, _addr = s.recvmsg_into([first, second])
+    rest = os.readv(s.fileno(), [bytearray(2), bytearray(2)])
+    peer.sendall(b"x")
+    peer.shutdown(socket.SHUT_WR)
+    waited = s.recv(100, socket.MSG_WAITALL)  # the rest up to EOF
+    s.close()
+    peer.close()
+    return {"gathered": got.decode(), "peeked": peeked.decode(), "scattered": [n, first.decode(), second.decode()],
+            "recvmsg_flags": flags, "readv": rest, "waitall_to_eof": waited.decode()}
+
+
 CASES = {name[len("case_"):]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
 
 

@@ -47,6 +47,8 @@ EXPECTED = {
     "rst": {"pollin": True, "pollerr": True, "recv": "ECONNRESET"},
     "shutdown_while_blocked": {"returned": True, "got": "", "send_after_shut_wr": "EPIPE", "peer_eof": True},
     "udp_untouched": {"got": "datagram"},
+    "vectors_peek_waitall": {"gathered": "abcdefghij", "peeked": "hello", "scattered": [7, "hel", "lo w"],
+                             "recvmsg_flags": 0, "readv": 4, "waitall_to_eof": "x"},
 }
 
 
@@ -77,6 +79,15 @@ class Isostackd:
                 return ast.literal_eval(lines[-1].split(" stats: ", 1)[1])
             time.sleep(0.05)
         raise AssertionError("isostackd logged no stats")
+
+    def stats_once(self, ready, timeout_s: float = 10.0) -> dict:
+        """Its counters once ready(counters) holds (it notices an application's exit asynchronously)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stats = self.stats()
+            if ready(stats) or time.monotonic() > deadline:
+                return stats
+            time.sleep(0.1)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -114,7 +125,7 @@ def observed(shim, isostackd):
     kernel = run_cases(None)
     before = isostackd.stats()
     through_shim = run_cases(preloaded(shim, isostackd))
-    after = isostackd.stats()
+    after = isostackd.stats_once(lambda st: st["apps_detached"] > before["apps_detached"])
     return kernel, through_shim, before, after
 
 
@@ -293,3 +304,21 @@ def test_calls_fail_with_enetdown_when_isostackd_goes_away(shim, tmp_path):
     assert proc.returncode == 0, err
     assert out.split() == ["ENETDOWN", "True", "ENETDOWN"]
     peer.close()
+
+
+def test_an_exec_d_program_gets_ebadf_not_a_bare_eventfd(shim, isostackd):
+    """Underneath, an IsoStack socket's fd is always close-on-exec: the new image cannot use it (its memory is
+    gone), so it must find the fd closed, while F_GETFD still says what the program asked for."""
+    script = (
+        "import os, socket, fcntl, sys\n"
+        "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(1)\n"
+        "s = socket.create_connection(srv.getsockname())\n"
+        "os.set_inheritable(s.fileno(), True)\n"
+        "print(fcntl.fcntl(s.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC, flush=True)\n"
+        "os.execv(sys.executable, [sys.executable, '-c', 'import os, sys\\n"
+        "try: os.write(int(sys.argv[1]), b\\'x\\'); print(\\'written\\')\\n"
+        "except OSError as e: print(e.errno == 9)', str(s.fileno())])\n")
+    out = subprocess.run([sys.executable, "-c", script], env=preloaded(shim, isostackd), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "True"]
