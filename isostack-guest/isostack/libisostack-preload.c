@@ -1089,6 +1089,9 @@ static ssize_t iso_send(struct isock *s, const struct iovec *iov, int iovcnt, in
         s->tx_tail = tail;
         copied += k;
         st(&s->ctl[ISO_C_TX_TAIL], tail);
+        /* the membarrier handshake (docs/queue-abi.md) needs the tail store before the flag load in program
+         * order; a relaxed load may otherwise be hoisted above a release store by the compiler */
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
         uint64_t *dr = &s->ctl[ISO_C_DRAINING];
         if ((!app.asym || !__atomic_load_n(dr, __ATOMIC_RELAXED)) && __atomic_exchange_n(dr, 1, __ATOMIC_SEQ_CST) == 0) {
             if (post(s, ISO_OP_SEND, tail, 0, 0, NULL) < 0) {
