@@ -383,3 +383,19 @@ def test_debians_sockperf_ping_pong_runs_with_both_ends_over_isostackd(shim, iso
     after = isostackd.stats()
     assert after["apps_attached"] == before["apps_attached"] + 2  # the server and the client
     assert after["send_bytes"] - before["send_bytes"] >= 2 * 64 * received  # requests and replies
+
+
+def test_the_socket_limit_is_emfile_and_closed_slots_come_back(shim, isostackd):
+    script = (
+        "import socket, errno\n"
+        "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(8)\n"
+        "socks = []\n"
+        "try:\n"
+        "    while True: socks.append(socket.create_connection(srv.getsockname()))\n"
+        "except OSError as e: print(len(socks) + 1, errno.errorcode[e.errno])\n"
+        "for s in socks: s.close()\n"
+        "print(len([socket.socket() for _ in range(7)]))\n")  # the closes are in flight: socket() waits for them
+    out = subprocess.run([sys.executable, "-c", script], env=preloaded(shim, isostackd, ISOSTACK_MAX_SOCKETS="8"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["8", "EMFILE", "7"]

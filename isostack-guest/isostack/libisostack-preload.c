@@ -543,7 +543,29 @@ static int64_t call(struct isock *s, uint16_t op, uint64_t a, uint64_t b, uint64
 
 /* ------------------------------------------------------------------ sockets: create, close */
 
+static int alloc_slot_now(void);
+
+/* A free slot; while none is free but CLOSEs are in flight, wait for them up to 2 s (as the front-end). Called
+ * with app_lock held; drops it while waiting. */
 static int alloc_slot(void)
+{
+    long long deadline = now_ns() + 2000000000LL;
+    for (;;) {
+        int slot = alloc_slot_now();
+        if (slot >= 0)
+            return slot;
+        int closing = 0;
+        for (uint64_t i = 0; i < app.g.max_sockets && !closing; i++)
+            closing = app.slot_state[i] == SLOT_CLOSING;
+        if (!closing || now_ns() > deadline)
+            return -1;
+        pthread_mutex_unlock(&app_lock);
+        usleep(200);
+        pthread_mutex_lock(&app_lock);
+    }
+}
+
+static int alloc_slot_now(void)
 {
     for (uint64_t i = 0; i < app.g.max_sockets; i++)
         if (app.slot_state[i] == SLOT_FREE) {
