@@ -399,3 +399,17 @@ def test_the_socket_limit_is_emfile_and_closed_slots_come_back(shim, isostackd):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["8", "EMFILE", "7"]
+
+
+def test_isostackd_is_found_under_the_name_it_was_bound_to(tmp_path):
+    """isostackd binds "<path>.<pid>.tmp" and renames it into place; /proc/net/unix keeps the bound name."""
+    from isostack import run
+
+    path = tmp_path / "isostackd.sock"
+    path.write_text("")
+    table = tmp_path / "unix"
+    header = "Num       RefCount Protocol Flags    Type St Inode Path\n"
+    for bound, found in ((f"{path}.4242.tmp", True), (str(path), True), (f"{path}.x.tmp", False),
+                         (f"{path}-1.sock", False)):
+        table.write_text(header + f"0000000000000000: 00000002 00000000 00010000 0005 01 1234 {bound}\n")
+        assert (run.find_isostackd(str(path), str(table)) is None) == found, bound

@@ -39,12 +39,22 @@ def listening_unix_paths(proc_net_unix: str = "/proc/net/unix") -> set[str]:
     return paths
 
 
+def _bound_as(listening: str, path: str) -> bool:
+    """Whether a listener bound at `listening` now answers at `path`: the same path, or isostackd's temporary
+    name "<path>.<pid>.tmp", which it binds and renames into place (/proc/net/unix keeps the bound name)."""
+    if listening == path:
+        return True
+    middle = listening[len(path) + 1:-len(".tmp")] if listening.startswith(path + ".") else ""
+    return listening.endswith(".tmp") and middle.isdigit()
+
+
 def find_isostackd(path: str, proc_net_unix: str = "/proc/net/unix") -> str | None:
     """Why isostackd cannot be used at `path`, or None when one listens there."""
     if not os.path.exists(path):
         return f"isostackd is not running: no attach socket at {path} (start it: isostackd --socket {path} ...)"
     listening = listening_unix_paths(proc_net_unix)
-    if path not in listening and os.path.realpath(path) not in {os.path.realpath(p) for p in listening}:
+    real = os.path.realpath(path)
+    if not any(_bound_as(p, path) or _bound_as(os.path.realpath(p), real) for p in listening):
         return f"isostackd is not running: {path} exists but nothing listens on it (left by a stopped isostackd?)"
     return None
 
