@@ -23,14 +23,16 @@ FLAGS = ["-O2", "-Wall", "-Werror"]
 #: the guests' Python headers (Debian's python3.X-dev) where this host has them, else this interpreter's
 DEBIAN_INCLUDE = f"/usr/include/python{sys.version_info.major}.{sys.version_info.minor}"
 GUEST_INCLUDE = [DEBIAN_INCLUDE] if os.path.exists(os.path.join(DEBIAN_INCLUDE, "Python.h")) else []
-#: plain shared libraries loaded with ctypes: named <name>.so, not <name><EXT_SUFFIX>
-CTYPES_LIBRARIES = {"isostack._atomics"}
+#: plain shared libraries (loaded with ctypes, or with LD_PRELOAD): named <name>.so, not <name><EXT_SUFFIX>
+CTYPES_LIBRARIES = {"isostack._atomics", "isostack.libisostack-preload"}
 
 
-def native_part(name: str, source: str, extra_flags: tuple[str, ...] = (), for_guests: bool = False) -> Extension:
+def native_part(name: str, source: str, extra_flags: tuple[str, ...] = (), for_guests: bool = False,
+                libraries: tuple[str, ...] = (), depends: tuple[str, ...] = ()) -> Extension:
     """One optional C part; `for_guests`: a CPython extension the guests load (built against their headers)."""
     include = GUEST_INCLUDE if for_guests else []
-    return Extension(name, [source], include_dirs=include, extra_compile_args=[*FLAGS, *extra_flags], optional=True)
+    return Extension(name, [source], include_dirs=include, extra_compile_args=[*FLAGS, *extra_flags], optional=True,
+                     libraries=list(libraries), depends=list(depends))
 
 
 NATIVE_PARTS = [
@@ -40,6 +42,9 @@ NATIVE_PARTS = [
     native_part("isostack._fastpath", "isostack-guest/isostack/_fastpath.c", for_guests=True),
     native_part("isostack._atomics", "isostack-guest/isostack/_atomics.c", ("-std=c11",)),
     native_part("isoperf._sendloop", "isostack-guest/isoperf/_sendloop.c", for_guests=True),
+    # guests and host: the preload shim that runs unmodified programs over IsoStack (isostack-run); plain C
+    native_part("isostack.libisostack-preload", "isostack-guest/isostack/libisostack-preload.c", ("-std=gnu11",),
+                libraries=("dl", "pthread"), depends=("isostack-guest/isostack/isostack_abi.h",)),
 ]
 
 
