@@ -120,6 +120,13 @@ class Lines:
         except queue.Empty:
             raise AssertionError(f"no line from the process in {timeout} s") from None
 
+    def ready(self) -> list[str]:
+        """The lines printed so far and not read yet, stripped (no wait)."""
+        out = []
+        while not self._queue.empty():
+            out.append(self._queue.get().strip())
+        return out
+
 
 # An application streaming stream `seed` to 127.0.0.1:port through the front-end until its stdin says "stop";
 # then it closes the socket and prints "sent N" (ISOSTACK_SOCKET names the attach socket).
