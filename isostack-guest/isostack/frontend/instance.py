@@ -142,7 +142,8 @@ class Instance:
                 sock._lose()
 
     def lose(self) -> list[SwitchableSocket]:
-        """The dispatcher died: fail every socket of this instance from now on; returns them."""
+        """The dispatcher hung up (it died, or it closed this application): fail every socket of this instance
+        from now on; returns them."""
         with self._sockets_lock:
             self.gone = True
             sockets = list(self.sockets)
@@ -151,7 +152,8 @@ class Instance:
         return sockets
 
     def gone_error(self) -> OSError:
-        return os_error(errno.ECONNRESET, f"isostackd instance {self.id} at {self.path} is gone")
+        return os_error(errno.ECONNRESET, f"isostackd instance {self.id} at {self.path} hung up: it died, or it "
+                                          "closed this application (see its log)")
 
     # ---------------------------------------------------------------- slots
     def alloc_slot(self, wait: Wait, timeout: float = 2.0) -> int:
