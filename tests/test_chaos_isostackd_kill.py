@@ -226,3 +226,22 @@ def test_the_liveness_thread_ends_with_the_stack(isostackd):
     assert not stack.liveness._thread.is_alive()
     assert threading.active_count() == before
     assert os.path.exists(isostackd.path)
+
+
+def test_a_stack_dropped_without_close_is_still_collected_and_detached(isostackd, listener):
+    """The liveness thread holds the Stack weakly: dropping it closes the attachment as before (isostackd
+    closes its sockets) and ends the thread."""
+    import gc
+
+    isostackd()
+    stack = Stack(isostackd.path, GEOMETRY)
+    s = stack.create_connection(listener.getsockname(), timeout=5)
+    peer, _ = listener.accept()
+    thread = stack.liveness._thread
+    del stack, s
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()
+    peer.settimeout(5)
+    assert peer.recv(10) == b""  # isostackd saw the attachment go and closed its socket
+    peer.close()

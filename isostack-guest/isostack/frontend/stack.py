@@ -18,6 +18,7 @@ import os
 import select
 import socket as _socket
 import time
+import weakref
 from collections.abc import Callable, Iterable
 
 from .. import native
@@ -87,6 +88,7 @@ class Stack:
         self.closed = False
         try:
             self.liveness = Liveness(self.instances, self._instance_gone)
+            self._stop_liveness = weakref.finalize(self, self.liveness.stop)
         except BaseException:
             for inst in self.instances:
                 inst.close()
@@ -189,7 +191,7 @@ class Stack:
             except OSError:
                 pass  # an instance that died has nothing left to flush
         self.closed = True
-        self.liveness.stop()
+        self._stop_liveness()
         for inst in self.instances:
             inst.close()
         self.doorbells.close()
