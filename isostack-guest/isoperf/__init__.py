@@ -27,4 +27,5 @@ Modules, one concept each (imports only downward in this list):
     client        the client's session and the result figures
     cli           the `isoperf` command (also `python3 -m isoperf`)
     stackbench    `python3 -m isoperf.stackbench`: IsoStack vs kernel sockets in one process, queue costs
+    hostilebench  `python3 -m isoperf.hostilebench`: a good application's throughput alone and beside a hostile one
 """

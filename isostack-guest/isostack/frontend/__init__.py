@@ -7,7 +7,8 @@
     s.close()
 
 `Stack(path)` is one attachment to every running isostackd; `iso.socket()` / `iso.create_connection()` use a
-per-process default one (ISOSTACK_SOCKET overrides the path).  The parts, one module each:
+per-process default one (ISOSTACK_SOCKET overrides the path), attached again once every isostackd it had died
+(the sockets of a dead isostackd fail with ECONNRESET: liveness.py).  The parts, one module each:
 
     instance    one attached isostackd: its shared memory, command queues, kick eventfd, slot allocator
     stack       Stack: attaches to every instance, creates sockets; its wait policy (spin, then doorbell)
@@ -16,6 +17,7 @@ per-process default one (ISOSTACK_SOCKET overrides the path).  The parts, one mo
     tx          the send path: credits, SEND posting, the C fast path's installation
     rx          the receive path
     readiness   notification rings and doorbells, the per-socket readiness fd (selectors, asyncio)
+    liveness    noticing an isostackd's death: its sockets fail with ECONNRESET instead of waiting forever
     steering    which instance owns a connection: listener groups, RSS source-port choice
     isosocket   IsoSocket, the socket-like facade built from the above
 """
@@ -43,8 +45,8 @@ _default_lock = threading.Lock()
 def default_stack() -> Stack:
     global _default
     with _default_lock:
-        if _default is None or _default.closed:
-            _default = Stack()
+        if _default is None or _default.closed or not _default.alive:
+            _default = Stack()  # a dead one is dropped, not closed: its sockets may be in use in other threads
         return _default
 
 

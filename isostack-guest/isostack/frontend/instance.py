@@ -43,9 +43,14 @@ from .errors import os_error
 
 
 class SwitchableSocket(Protocol):
-    """What an instance needs of its sockets: to switch them off before their memory goes away."""
+    """What an instance needs of its sockets: to switch them off before their memory goes away, and to fail
+    them when the dispatcher is gone."""
 
     def _switch_off(self) -> None: ...
+
+    def _lose(self) -> None: ...
+
+    def _wake_readiness(self) -> None: ...
 
 
 # wait(cond, deadline, instances) -> bool: the Stack's wait policy (Stack.wait), passed in by the caller
@@ -110,6 +115,8 @@ class Instance:
         self.send_posts = 0  # SEND commands this process posted through the Python path
         self.c_send_posts = array("Q", [0])  # ... and through the C send path (each Tx posts into it)
         self.sockets: weakref.WeakSet[SwitchableSocket] = weakref.WeakSet()  # switched off before the memory goes
+        self._sockets_lock = threading.Lock()  # adopt() against lose() (the liveness thread)
+        self.gone = False  # the dispatcher died (liveness.py): every socket of ours fails with ECONNRESET
         self.closed = False
 
     def close(self) -> None:
@@ -125,6 +132,28 @@ class Instance:
         self.queues.clear()
         self.rings = []
         self.region.close()
+
+    # ---------------------------------------------------------------- sockets and the dispatcher's death
+    def adopt(self, sock: SwitchableSocket) -> None:
+        """A new socket of this instance (failed at once if the dispatcher is already gone)."""
+        with self._sockets_lock:
+            self.sockets.add(sock)
+            if self.gone:
+                sock._lose()
+
+    def lose(self) -> list[SwitchableSocket]:
+        """The dispatcher hung up (it died, or it closed this application): fail every socket of this instance
+        from now on; returns them."""
+        with self._sockets_lock:
+            self.gone = True
+            sockets = list(self.sockets)
+        for sock in sockets:
+            sock._lose()
+        return sockets
+
+    def gone_error(self) -> OSError:
+        return os_error(errno.ECONNRESET, f"isostackd instance {self.id} at {self.path} hung up: it died, or it "
+                                          "closed this application (see its log)")
 
     # ---------------------------------------------------------------- slots
     def alloc_slot(self, wait: Wait, timeout: float = 2.0) -> int:
@@ -167,6 +196,8 @@ class Instance:
     # ---------------------------------------------------------------- talking to the dispatcher
     def watch(self, slot: int, efd: int) -> None:
         """Have the dispatcher write `efd` on every event of `slot` (it answers before it posts any more)."""
+        if self.gone:
+            raise self.gone_error()
         with self._watch_lock:
             _socket.send_fds(self.conn, [json.dumps({"type": "watch", "sock": slot}).encode()], [efd])
             try:

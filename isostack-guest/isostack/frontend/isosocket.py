@@ -39,7 +39,7 @@ class IsoSocket(TxPath, RxPath, Steering):
     def __init__(self, stack: StackView, slot: int, family: int, type: int, owner: Instance, timeout=UNSET):
         super().__init__(stack, slot, family, type, timeout, owner)
         self._install_tx_path()
-        owner.sockets.add(self)
+        owner.adopt(self)
 
     # ---------------------------------------------------------------- timeouts
     def settimeout(self, value: float | None) -> None:
@@ -74,8 +74,7 @@ class IsoSocket(TxPath, RxPath, Steering):
             self._call(Op.CONNECT, self.family, port, 0, ip)
             return
         with self._lock:
-            if self._closed:
-                raise os_error(errno.EBADF)
+            self._check_open()
             self._use_this_cpus_ring()
             self._connect_pos = self._post(Op.CONNECT, self.family, port, 0, ip)
         self._rearm()
@@ -192,6 +191,8 @@ class IsoSocket(TxPath, RxPath, Steering):
             for m in self._members:
                 if m is not self:
                     m.close()
+            if self._gone:
+                return  # nobody reads the queue any more
             try:
                 pos = self._post(Op.CLOSE)
             except OSError:

@@ -103,6 +103,8 @@ class Readiness(SocketSlot):
     def _ready_now(self) -> bool:
         """Would a recv/accept/send or the pending connect make progress now (or fail)?"""
         for m in self._members or (self,):
+            if m._gone:
+                return True
             words, control = m._words, m._control_word
             if (words[control + C_STATE] & (ST_ERROR | ST_EOF | ST_ACCEPTABLE)
                     or words[control + C_RX_TAIL] != m._rx_head):
@@ -112,6 +114,16 @@ class Readiness(SocketSlot):
             if m._tx_armed and m._tx_tail - words[control + C_TX_HEAD] < m._tx_size:
                 return True
         return False
+
+    def _wake_readiness(self) -> None:
+        """Set the readiness fd (the liveness thread, when the dispatcher died: nobody else will)."""
+        if not self._lock.acquire(timeout=1.0):  # close() holds it while it closes the fd
+            return
+        try:
+            if self._fileno >= 0:
+                os.eventfd_write(self._fileno, 1)
+        finally:
+            self._lock.release()
 
     def _rearm(self) -> None:
         """Before reporting "would block": arm the dispatcher's write (C_WATCH_ARMED, a locked xchg: the fence

@@ -51,6 +51,8 @@ class RxPath(Readiness):
                 raise os_error(errno.ENOTCONN)
             if want == 0:
                 return 0
+            if self._gone:  # what the dispatcher had put into the ring was delivered above
+                raise self._owner.gone_error()
             if self._timeout == 0.0:
                 self._rearm()
                 raise BlockingIOError(errno.EAGAIN, "no data")

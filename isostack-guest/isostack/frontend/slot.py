@@ -101,6 +101,7 @@ class SocketSlot:
         self._tx_shut = False
         self._tx_armed = False  # a non-blocking send found no credits: TX_WANT held until credits are seen
         self._closed = False
+        self._gone = False  # its isostackd died (liveness.py): every call fails with ECONNRESET
         self._fileno = -1  # the readiness eventfd (readiness.py), once asked for
         self._members: list[Any] = []  # a listener on several instances: one socket each, self among them
         self._connect_pos = -1  # a non-blocking CONNECT in flight (its result not read yet)
@@ -118,19 +119,30 @@ class SocketSlot:
 
     def _sync_fast(self) -> None:
         """The C send path may serve calls only while nothing needs the Python path's bookkeeping."""
-        self._tx_path.fast = not (self._closed or self._tx_shut or self._tx_armed)
+        self._tx_path.fast = not (self._closed or self._gone or self._tx_shut or self._tx_armed)
 
     def _switch_off(self) -> None:
         """The Stack detaches: the memory goes away, so every later call must fail in the Python checks."""
         self._closed = True
         self._sync_fast()
 
+    def _lose(self) -> None:
+        """The dispatcher died (called by the liveness thread): no more sends into a ring nobody drains."""
+        self._gone = True
+        self._sync_fast()
+
     def _state(self) -> int:
         return self._words[self._control_word + C_STATE]
 
-    def _check(self) -> int:
+    def _check_open(self) -> None:
+        """EBADF once closed (by the application, or its Stack detached); ECONNRESET once isostackd is gone."""
         if self._closed:
             raise os_error(errno.EBADF)
+        if self._gone:
+            raise self._owner.gone_error()
+
+    def _check(self) -> int:
+        self._check_open()
         words, control = self._words, self._control_word
         st = words[control + C_STATE]
         if st & ST_ERROR:
@@ -159,6 +171,8 @@ class SocketSlot:
         if pos == -1:  # queue full: the dispatcher is behind; wait for a slot
             deadline = time.monotonic() + 5.0
             while pos == -1 and time.monotonic() < deadline:
+                if self._gone:
+                    raise self._owner.gone_error()
                 time.sleep(0.0001)
                 pos = self._command_queue.push(op, self._slot, a, b, c, ip)
         if pos < 0:
@@ -169,8 +183,7 @@ class SocketSlot:
     def _call(self, op: int, a: int = 0, b: int = 0, c: int = 0, ip: bytes = b"", deadline=UNSET) -> int:
         """Post a command and wait for its result; a non-blocking socket waits up to CONTROL_TIMEOUT."""
         with self._lock:
-            if self._closed:
-                raise os_error(errno.EBADF)
+            self._check_open()
             if self._connect_pos >= 0:  # the result words are about to be reused: take the CONNECT's first
                 self._connect_error(block=True)
             ring = self._use_this_cpus_ring()

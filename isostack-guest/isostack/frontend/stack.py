@@ -6,7 +6,10 @@ says how listeners and active opens find their owner).
 
 The wait policy: a thread waiting on a socket spins first, yielding the CPU between checks, for an adaptive
 budget; then it naps on its CPU's doorbell (readiness.Doorbells) in bounded sleeps until the condition holds
-or the deadline passes."""
+or the deadline passes.
+
+An instance whose isostackd died (liveness.py) fails every socket it owns with ECONNRESET, waiting or not;
+new sockets go to the instances still alive (ENOTCONN when none is)."""
 
 from __future__ import annotations
 
@@ -15,14 +18,17 @@ import os
 import select
 import socket as _socket
 import time
+import weakref
 from collections.abc import Callable, Iterable
 
 from .. import native
 from ..attach import DEFAULT_SOCKET, discover, instance_path
 from ..layout import Geometry, Op
 from ..queues import U64
+from .errors import os_error
 from .instance import Instance
 from .isosocket import IsoSocket
+from .liveness import Liveness
 from .readiness import Doorbells, Notification
 from .slot import UNSET
 from .steering import load_classifier, local_ip_towards
@@ -80,11 +86,27 @@ class Stack:
         self._round_robin = 0  # cursor of pick_instance (a race between threads only skews the balance)
         self._local_ips: dict[tuple[int, str], str] = {}
         self.closed = False
+        try:
+            self.liveness = Liveness(self.instances, self._instance_gone)
+            self._stop_liveness = weakref.finalize(self, self.liveness.stop)
+        except BaseException:
+            for inst in self.instances:
+                inst.close()
+            self.doorbells.close()
+            raise
 
     # ---------------------------------------------------------------- sockets
+    @property
+    def alive(self) -> bool:
+        """Is at least one of our isostackd instances still there?"""
+        return any(not i.gone for i in self.instances)
+
     def pick_instance(self) -> Instance:
-        """The instance a new socket goes to: round-robin."""
-        insts = self.instances
+        """The instance a new socket goes to: round-robin over those still alive."""
+        insts = [i for i in self.instances if not i.gone]
+        if not insts:
+            raise os_error(errno.ENOTCONN, f"every isostackd this process attached to at {self.path} is gone "
+                                           "(attach again: a new Stack)")
         i = self._round_robin % len(insts)
         self._round_robin = i + 1
         return insts[i]
@@ -97,6 +119,8 @@ class Stack:
             inst = next((i for i in self.instances if i.id == instance), None)
             if inst is None:
                 raise ValueError(f"no isostackd instance {instance} attached (have {[i.id for i in self.instances]})")
+            if inst.gone:
+                raise inst.gone_error()
         slot = inst.alloc_slot(self.wait)
         s = IsoSocket(self, slot, family, type, inst)
         try:
@@ -167,6 +191,7 @@ class Stack:
             except OSError:
                 pass  # an instance that died has nothing left to flush
         self.closed = True
+        self._stop_liveness()
         for inst in self.instances:
             inst.close()
         self.doorbells.close()
@@ -176,6 +201,14 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _instance_gone(self, inst: Instance) -> None:
+        """The liveness thread saw `inst`'s dispatcher die: fail its sockets, wake whoever waits on them."""
+        sockets = inst.lose()
+        for fd in self.doorbells.fds:  # sleepers look again (their wait raises ECONNRESET)
+            os.eventfd_write(fd, 1)
+        for sock in sockets:  # event loops asleep on a readiness fd
+            sock._wake_readiness()
 
     # ---------------------------------------------------------------- the wait policy
     def wait(self, cond: Callable[[], bool], deadline: float | None, instances: Iterable[Instance] | None = None,
@@ -187,6 +220,7 @@ class Stack:
         instances = self.instances if instances is None else instances
         if cond():
             return True
+        _fail_if_gone(instances)
         now = time.monotonic
         t0 = now()
         if not spin:
@@ -224,6 +258,7 @@ class Stack:
         while True:
             if cond():
                 return True
+            _fail_if_gone(instances)
             # Several threads share the doorbell and one may eat another's token, so sleeps are bounded
             # (MAX_SLEEP_MS): a lost token costs at most that much latency, never a hang.
             if deadline is None:
@@ -246,3 +281,10 @@ class Stack:
                 for inst in instances:
                     native.fetch_add64(inst.sleeper_addrs[r], U64)
             self.doorbells.drop_hints(r, instances)
+
+
+def _fail_if_gone(instances: Iterable[Instance]) -> None:
+    """A wait for an instance whose dispatcher died would never end: ECONNRESET instead."""
+    for inst in instances:
+        if inst.gone:
+            raise inst.gone_error()

@@ -54,7 +54,7 @@ class TxPath(Readiness):
 
     def send(self, data, flags: int = 0) -> int:
         """Copy as much of data as the tx ring has credits for; post SEND only if nobody drains the ring."""
-        if C_SEND is not None and not flags and not self._closed and not self._tx_shut:
+        if C_SEND is not None and not flags and not self._closed and not self._gone and not self._tx_shut:
             r = C_SEND.send(self._control_addr, self._tx_ring_addr, self._tx_size, self._tx_tail, self._asym_fence,
                             data)
             if r > 1:  # 2 * bytes copied + must-post
@@ -71,8 +71,7 @@ class TxPath(Readiness):
         if flags:
             raise os_error(errno.EOPNOTSUPP, "send flags")
         words, control = self._words, self._control_word
-        if self._closed:
-            raise os_error(errno.EBADF)
+        self._check_open()
         st = words[control + C_STATE]
         if st & ST_ERROR or not st & ST_CONNECTED or self._tx_shut:
             self._check()
@@ -120,7 +119,7 @@ class TxPath(Readiness):
 
     def sendall(self, data, flags: int = 0) -> None:
         sent = 0
-        if C_SEND is not None and not flags and not self._closed and not self._tx_shut:
+        if C_SEND is not None and not flags and not self._closed and not self._gone and not self._tx_shut:
             r = C_SEND.send(self._control_addr, self._tx_ring_addr, self._tx_size, self._tx_tail, self._asym_fence,
                             data)
             if r > 1:
