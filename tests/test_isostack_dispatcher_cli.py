@@ -62,7 +62,7 @@ def test_help_lists_the_limit_flags_with_their_defaults(guest_env):
     r = subprocess.run([sys.executable, "-m", "isostack.dispatcher", "--help"], env=guest_env, capture_output=True,
                        text=True, timeout=30)
     text = " ".join(r.stdout.split())
-    for flag, default in (("--max-apps", 64), ("--handshake-timeout-ms", 1000), ("--app-budget", 1024)):
+    for flag, default in (("--max-apps", 64), ("--handshake-timeout-ms", 10000), ("--app-budget", 1024)):
         assert flag in text and f"(default {default})" in text
 
 
