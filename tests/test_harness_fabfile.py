@@ -26,7 +26,7 @@ def test_fab_lists_the_tasks():
 
 def test_run_benchmark_help_shows_the_options():
     out = _fab("run-benchmark", "--help").stdout
-    for option in ("--playbook", "--state-dir", "--results-dir"):
+    for option in ("--playbook", "--state-dir", "--results-dir", "--set", "--resume"):
         assert option in out
 
 
