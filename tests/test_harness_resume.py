@@ -139,3 +139,7 @@ def test_resume_runs_the_recorded_playbook_and_refuses_an_order_it_cannot_rebuil
     run_json.write_text(json.dumps(run))
     with pytest.raises(HarnessError, match="do not give the recorded run order"):
         resume(runner, run_json, ["iso-a", "iso-b"], runner.console)
+    del run["order"]  # a run stored before the order was recorded
+    run_json.write_text(json.dumps(run))
+    with pytest.raises(HarnessError, match="the run has no recorded run order and seed"):
+        resume(runner, run_json, ["iso-a", "iso-b"], runner.console)

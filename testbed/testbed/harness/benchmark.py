@@ -204,6 +204,9 @@ def plan_resume(run: dict, playbook: Playbook) -> tuple[list[Case], list[dict]]:
     and must give the recorded case labels."""
     recorded = run.get("order") or {}
     seed = recorded.get("seed")
+    if not isinstance(recorded.get("cases"), list) or seed is None:
+        raise HarnessError("the run has no recorded run order and seed (order.cases, order.seed: runs before issue"
+                           " 10 lack them): it cannot be resumed in its order")
     try:
         cases = order.arrange(playbook.cases(), recorded.get("order") or playbook.order, seed)
     except ValueError as e:
