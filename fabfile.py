@@ -85,8 +85,9 @@ def show_result(c, path=None, results_dir="results"):
         raise Exit(f"show-result: {e}", code=2) from None
     console = make_console()
     report.print_report(run, run_json, console)
-    if note := results.incomplete(run, run_json.parent):
-        console.print(note, style="yellow", highlight=False)
+    for note in (results.incomplete(run, run_json.parent), results.failed_note(run, run_json.parent)):
+        if note:
+            console.print(note, style="yellow", highlight=False)
 
 
 _COMPARE_HELP = {

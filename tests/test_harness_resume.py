@@ -113,6 +113,9 @@ def test_resume_reruns_failed_cases_and_keeps_their_records_apart(tmp_path, monk
     run_json, bad = execute(runner, parse_playbook(PB, "pb.yaml"), tmp_path / "results", ["iso-a", "iso-b"],
                             runner.console)
     assert bad == 2 and results.load_run(run_json)["ended_at"]
+    assert results.incomplete(results.load_run(run_json)) is None
+    assert results.failed_note(results.load_run(run_json), run_json.parent) == (
+        f"2 case(s) failed; `fab run-benchmark --resume {run_json.parent}` runs them again")
     failed = first.labels[10:]
     second = Stop(runner)
     _path, bad = resume(runner, run_json, ["iso-a", "iso-b"], runner.console)
@@ -120,7 +123,7 @@ def test_resume_reruns_failed_cases_and_keeps_their_records_apart(tmp_path, monk
     run = results.load_run(run_json)
     assert sorted(_labels(run)) == sorted(run["order"]["cases"]) and all(c["status"] == "ok" for c in run["cases"])
     assert [(r["status"], r["error"]) for r in run["replaced"]] == [("failed", "guest iso-a crashed")] * 2
-    assert run["resumes"][0]["replaced"] == 2
+    assert run["resumes"][0]["replaced"] == 2 and results.failed_note(run) is None
     with pytest.raises(HarnessError, match="every case of the run succeeded: nothing to resume"):
         resume(runner, run_json, ["iso-a", "iso-b"], runner.console)
 

@@ -168,7 +168,7 @@ def _run_cases(runner: Runner, playbook: Playbook, store: results.RunStore, case
         run_playbook(runner, playbook.name, cases, store, console, playbook.interval_s, done=done)
     except KeyboardInterrupt:
         store.interrupt(results.iso(results.utc_now()), "Ctrl-C")
-        raise RunInterrupted(_stopped(store, "interrupted"), store.run_json) from None
+        raise RunInterrupted(_stopped(store, "was interrupted"), store.run_json) from None
     except Exception as e:
         store.interrupt(results.iso(results.utc_now()), f"{type(e).__name__}: {e}")
         raise HarnessError(f"{e}; {_stopped(store, 'stopped')}") from None

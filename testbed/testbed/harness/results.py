@@ -213,6 +213,15 @@ def incomplete(run: dict, run_dir: Path | None = None) -> str | None:
     return f"incomplete: {counted}, {why}; continue it with `fab run-benchmark --resume {where}`"
 
 
+def failed_note(run: dict, run_dir: Path | None = None) -> str | None:
+    """For a complete run with failed cases: that `--resume` runs them again (None otherwise)."""
+    failed = sum(1 for c in run.get("cases") or [] if c.get("status") != "ok")
+    if not run.get("ended_at") or not failed:
+        return None
+    where = run_dir if run_dir is not None else run.get("run_id")
+    return f"{failed} case(s) failed; `fab run-benchmark --resume {where}` runs them again"
+
+
 def resolve_run(path: str | Path | None, results_dir: Path) -> Path:
     """A run.json from a run dir, a run.json path, or (None) the newest run under results_dir."""
     if path is None:
