@@ -52,7 +52,7 @@ FIGURES = {
     "tx-throughput": ("stream", (64, 256, 1024, 4096, 16384, 65536), (1,), ("legacy", "iso"), (False,), (1,),
                       "iso-a", "peer"),
     "rx-throughput": ("stream", (64, 256, 1024, 4096, 16384, 65536), (1,), ("legacy",), (False,), (1,),
-                      "peer", "iso-a"),
+                      "peer", "iso-a"),  # and server_stack [legacy, iso]: the guest receives on both stacks
     "tx-64b-connections": ("stream", (64,), (1, 4, 16, 64), ("legacy", "iso"), (False,), (1,), "iso-a", "peer"),
     "uncontended-locks": ("stream", (64,), (1, 4, 16), ("iso",), (False, True), (1,), "iso-a", "peer"),
     "multi-instance": ("stream", (64,), (4, 16), ("iso",), (False,), (1, 2), "iso-a", "peer"),
@@ -74,7 +74,8 @@ def test_a_playbook_per_seed_figure_with_its_description_and_ci_sized_defaults(n
     if name == "multi-instance":
         assert "testbed up --vcpus 3 --queues 2" in header
     if name == "rx-throughput":
-        assert "server_stack" in header
+        assert spec.server_stacks == ("legacy", "iso")
+        assert {c.stack_label for c in pb.cases()} == {"legacy", "legacy→iso"}
 
 
 def test_isostack_64b_playbook_is_the_seeds_experiment():
