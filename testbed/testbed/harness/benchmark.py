@@ -147,7 +147,7 @@ def execute(
 def _prepare(runner: Runner, playbook: Playbook, guests: list[str], console: Console) -> dict:
     """Build and upload what the guests need; per guest its metadata with its sysctls and NIC offloads."""
     with console.status("preparing guests"):
-        if any(case.stack == "iso" for case in playbook.cases()):
+        if any("iso" in (case.stack, case.server_stack) for case in playbook.cases()):
             runner.check_native()  # before the upload, so the .so files travel with the packages
         try:
             guest_info = runner.prepare(guests)
