@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 NATIVE_STAMP := $(VENV)/.native
 C_SOURCES := $(wildcard device-model/*/*.c isostack-guest/*/*.c)
 PLAYBOOK ?= playbooks/smoke.yaml
+BENCHMARK_FLAGS ?=
 NIGHTLY_RESULTS ?= results/nightly
 NIGHTLY_FLAGS ?=
 TESTBED_FLAGS ?=
@@ -38,8 +39,9 @@ image: deps
 testbed: deps
 	$(VENV)/bin/testbed up $(TESTBED_FLAGS)
 
+# BENCHMARK_FLAGS: more fab run-benchmark options, e.g. "--set duration=10 --set repeats=5" (docs/playbooks.md)
 benchmark: testbed
-	$(VENV)/bin/fab run-benchmark --playbook $(PLAYBOOK)
+	$(VENV)/bin/fab run-benchmark --playbook $(PLAYBOOK) $(BENCHMARK_FLAGS)
 
 # The nightly set (playbooks/nightly.yaml) into $(NIGHTLY_RESULTS)/<run>/ with its report, compared with the
 # stored baseline of this machine kind and accel (docs/comparing.md); fails on a regression or a failed case.

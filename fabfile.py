@@ -1,6 +1,7 @@
 """Fabric tasks: the user-facing commands of the benchmark harness (the logic is in testbed.harness).
 
-fab run-benchmark [--playbook playbooks/smoke.yaml] [--state-dir DIR] [--results-dir results]
+fab run-benchmark [--playbook playbooks/smoke.yaml] [--set KEY=VALUE ...] [--state-dir DIR] [--results-dir results]
+fab run-benchmark --resume results/<run>               (continue an interrupted run)
 fab show-result [--path results/<run>] [--results-dir results]
 fab report RUN [--results-dir results]                 (RUN: a run directory, a run.json, or "latest")
 fab compare BASE NEW [--threshold 0.1] [--out DIR]     (BASE `baseline`: NEW's stored baseline)
@@ -25,22 +26,38 @@ def _path(value: str) -> Path:
 
 
 @task(
+    iterable=["set_"],
     help={
         "playbook": "playbook YAML to run (default playbooks/smoke.yaml; relative paths are from the repository root)",
         "state_dir": "testbed state dir with topology.json (default $ISOSTACK_STATE_DIR or /var/tmp/isostack-testbed)",
         "results_dir": "where run directories are created (default results, in the repository root)",
-    }
+        "set_": "override a playbook value, KEY=VALUE (YAML), repeatable: duration=5 (every test), seed=7, "
+                "defaults.warmup=0.5, tests.0.connections=[1,4] or tests.NAME.KEY (docs/playbooks.md)",
+        "resume": "continue the interrupted run RUN (its directory or run.json) with its recorded playbook, order "
+                  "and seed: runs the cases that have no successful record (no --playbook or --set with it)",
+    },
 )
-def run_benchmark(c, playbook="playbooks/smoke.yaml", state_dir=None, results_dir="results"):
+def run_benchmark(c, playbook=None, state_dir=None, results_dir="results", set_=None, resume=None):
     """Run a playbook between the testbed guests and store results/<UTC time>/run.json + samples.csv."""
     from testbed.console import make_console
     from testbed.harness import publish, report, results
+    from testbed.harness.benchmark import RunInterrupted, resume_benchmark
     from testbed.harness.benchmark import run_benchmark as _run
     from testbed.harness.errors import HarnessError
 
+    sets = list(set_ or [])
+    if resume and (playbook or sets):
+        raise Exit("run-benchmark: --resume continues a run with its recorded playbook: no --playbook or --set "
+                   "with it", code=2)
     console = make_console()
     try:
-        run_json, bad = _run(_path(playbook), state_dir, _path(results_dir), console)
+        if resume:
+            run_json, bad = resume_benchmark(_path(resume), state_dir, console)
+        else:
+            run_json, bad = _run(_path(playbook or "playbooks/smoke.yaml"), state_dir, _path(results_dir), console,
+                                 sets)
+    except RunInterrupted as e:
+        raise Exit(f"run-benchmark: {e}", code=130) from None
     except HarnessError as e:
         raise Exit(f"run-benchmark: {e}", code=2) from None
     report.print_report(results.load_run(run_json), run_json, console)
@@ -66,7 +83,11 @@ def show_result(c, path=None, results_dir="results"):
         run = results.load_run(run_json)
     except results.ResultsError as e:
         raise Exit(f"show-result: {e}", code=2) from None
-    report.print_report(run, run_json, make_console())
+    console = make_console()
+    report.print_report(run, run_json, console)
+    for note in (results.incomplete(run, run_json.parent), results.failed_note(run, run_json.parent)):
+        if note:
+            console.print(note, style="yellow", highlight=False)
 
 
 _COMPARE_HELP = {

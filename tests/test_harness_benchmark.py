@@ -156,6 +156,16 @@ def test_execute_checks_the_native_parts_before_uploading_for_stack_iso(tmp_path
     assert calls == ["check native", "prepare"]
 
 
+def test_a_server_on_isostack_also_needs_the_native_parts(tmp_path, monkeypatch):
+    runner, _client = iso_runner(tmp_path)
+    calls = []
+    monkeypatch.setattr(runner, "check_native", lambda: calls.append("check native"))
+    monkeypatch.setattr(runner, "prepare", lambda guests: calls.append("prepare") or {})
+    pb = parse_playbook(ISO_PB.replace("stack: iso", "stack: legacy\n    server_stack: iso"), "pb.yaml")
+    execute(runner, pb, tmp_path / "results", ["iso-a", "iso-b"], runner.console)
+    assert calls == ["check native", "prepare"]
+
+
 @pytest.mark.parametrize("vcpus, queues", [(2, 2), (3, 1), (2, 1)])
 def test_a_testbed_too_small_for_the_instances_is_refused_before_the_run(tmp_path, vcpus, queues):
     runner, client, _server = instances_runner(tmp_path, vcpus=vcpus, queues=queues)

@@ -26,7 +26,7 @@ def test_fab_lists_the_tasks():
 
 def test_run_benchmark_help_shows_the_options():
     out = _fab("run-benchmark", "--help").stdout
-    for option in ("--playbook", "--state-dir", "--results-dir"):
+    for option in ("--playbook", "--state-dir", "--results-dir", "--set", "--resume"):
         assert option in out
 
 
@@ -98,3 +98,33 @@ def test_promote_baseline_then_compare_with_the_word_baseline(tmp_path):
     assert r.returncode == 2 and "--replace replaces it" in r.stderr
     r = _fab("compare", "baseline", str(worse), "--no-figure", *flags)
     assert r.returncode == 1 and "BASE 20261201T000000Z → NEW 20261203T000000Z" in r.stdout
+
+
+def test_show_result_says_a_run_is_incomplete_and_how_to_resume_it(tmp_path):
+    import json
+    import shutil
+
+    run_dir = tmp_path / "20261126T100000Z"
+    shutil.copytree(FIXTURE_RUN, run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    run["ended_at"] = None
+    run["order"] = {"order": "interleaved", "seed": 1, "interval_s": 0, "cases": ["a", "b", "c"]}
+    run["interrupted"] = {"at": "2026-11-26T10:01:00.000000Z", "reason": "Ctrl-C", "cases_done": 2}
+    (run_dir / "run.json").write_text(json.dumps(run))
+    r = _fab("show-result", "--path", str(run_dir))
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "incomplete: 2 of 3 cases ran, interrupted at 2026-11-26T10:01:00.000000Z: Ctrl-C" in out
+    assert f"continue it with `fab run-benchmark --resume {run_dir}`" in out
+
+
+def test_run_benchmark_set_errors_name_the_override_and_resume_excludes_a_playbook(tmp_path):
+    r = _fab("run-benchmark", "--set", "duration=5", "--set", "sise=64", "--state-dir", str(tmp_path))
+    assert r.returncode == 2
+    assert "smoke.yaml: --set sise=64: unknown key 'sise'" in r.stderr and "did you mean 'size'?" in r.stderr
+    r = _fab("run-benchmark", "--set", "duration=-1", "--state-dir", str(tmp_path))
+    assert r.returncode == 2 and "smoke.yaml (--set duration=-1): tests[0]: duration must be > 0" in r.stderr
+    r = _fab("run-benchmark", "--resume", str(tmp_path), "--set", "duration=5")
+    assert r.returncode == 2 and "no --playbook or --set with it" in r.stderr
+    r = _fab("run-benchmark", "--resume", str(tmp_path / "none"))
+    assert r.returncode == 2 and "no run at" in r.stderr

@@ -37,19 +37,45 @@ tests:
 """
 
 
-def test_smoke_playbook_is_valid_and_matches_the_brief():
+def test_smoke_playbook_is_the_seeds_headline_in_a_few_minutes():
     pb = load_playbook(REPO / "playbooks" / "smoke.yaml")
     (spec,) = pb.tests
-    assert (spec.test, spec.sizes, spec.connections, spec.duration, spec.warmup, spec.verify) == (
-        "stream",
-        (1448,),
-        (1,),
-        10.0,
-        2.0,
-        True,
-    )
-    assert (spec.client, spec.server) == ("iso-a", "iso-b")
-    assert len(pb.cases()) == 1
+    assert (spec.test, spec.sizes, spec.connections, spec.stacks, spec.repeats, pb.order) == (
+        "stream", (64,), (1, 4), ("legacy", "iso"), 3, "interleaved")
+    assert (spec.client, spec.server) == ("iso-a", "peer")
+    cases = pb.cases()
+    assert len(cases) == 12 and sum(c.spec.warmup + c.spec.duration for c in cases) <= 60  # measured: <= 1 min
+
+
+# playbook -> (test, sizes, connections, stacks, locks, instances, client, server)
+FIGURES = {
+    "tx-throughput": ("stream", (64, 256, 1024, 4096, 16384, 65536), (1,), ("legacy", "iso"), (False,), (1,),
+                      "iso-a", "peer"),
+    "rx-throughput": ("stream", (64, 256, 1024, 4096, 16384, 65536), (1,), ("legacy",), (False,), (1,),
+                      "peer", "iso-a"),  # and server_stack [legacy, iso]: the guest receives on both stacks
+    "tx-64b-connections": ("stream", (64,), (1, 4, 16, 64), ("legacy", "iso"), (False,), (1,), "iso-a", "peer"),
+    "uncontended-locks": ("stream", (64,), (1, 4, 16), ("iso",), (False, True), (1,), "iso-a", "peer"),
+    "multi-instance": ("stream", (64,), (4, 16), ("iso",), (False,), (1, 2), "iso-a", "peer"),
+    "rr-latency": ("rr", (64, 256, 1024, 4096, 16384), (1,), ("legacy", "iso"), (False,), (1,), "iso-a", "peer"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_a_playbook_per_seed_figure_with_its_description_and_ci_sized_defaults(name):
+    path = REPO / "playbooks" / f"{name}.yaml"
+    pb = load_playbook(path)
+    (spec,) = pb.tests
+    assert pb.name == name and pb.description
+    assert (spec.test, spec.sizes, spec.connections, spec.stacks, spec.locks, spec.instances, spec.client,
+            spec.server) == FIGURES[name]
+    assert spec.repeats == 3 and spec.duration <= 3 and pb.order == "interleaved"  # intervals, CI-sized
+    header = path.read_text().split("\nversion: 1")[0]
+    assert header.startswith("# Seed figure: ")
+    if name == "multi-instance":
+        assert "testbed up --vcpus 3 --queues 2" in header
+    if name == "rx-throughput":
+        assert spec.server_stacks == ("legacy", "iso")
+        assert {c.stack_label for c in pb.cases()} == {"legacy", "legacy→iso"}
 
 
 def test_isostack_64b_playbook_is_the_seeds_experiment():

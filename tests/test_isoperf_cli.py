@@ -163,7 +163,7 @@ def test_non_isoperf_peer_is_a_clear_error(capsys):
         (["client", "--host", "h", "--cpu", "-1"], "--cpu: must be >= 0"),
         (["client", "--host", "h", "--response-size", "x"], "--response-size: not an integer"),
         (["client", "--host", "h", "--port", "70000"], "not a TCP port"),
-        (["client"], "required: --host"),
+        (["client"], "required: -H/--host"),
         ([], "required: command"),
     ],
 )
@@ -234,3 +234,40 @@ def test_cli_reports_a_broken_connection_as_an_error_line(monkeypatch, capsys):
     assert isoperf.cli.main(["client", "--host", "127.0.0.1", "--port", "5701"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "isoperf: error: [Errno 104] Connection reset by peer"
+
+
+@pytest.mark.parametrize("short, long", [
+    (["client", "-H", "h", "-p", "6000", "-m", "64", "-l", "3", "-O", "0.5", "-P", "4", "-A", "0", "-J"],
+     ["client", "--host", "h", "--port", "6000", "--size", "64", "--duration", "3", "--warmup", "0.5",
+      "--connections", "4", "--cpu", "0", "--json"]),
+    (["client", "-H", "h", "-t", "7"], ["client", "--host", "h", "--duration", "7"]),  # iperf3's -t, netperf's -l
+    (["server", "-B", "10.0.0.1", "-p", "6001", "-1"], ["server", "--bind", "10.0.0.1", "--port", "6001", "--once"]),
+])
+def test_the_short_flags_of_netperf_and_iperf3_mean_the_long_options(short, long):
+    parser = isoperf.cli.build_parser()
+    assert parser.parse_args(short) == parser.parse_args(long)
+    bare = ["client", "--host", "h"] if short[0] == "client" else ["server"]
+    assert parser.parse_args(short) != parser.parse_args(bare)  # they were not all defaults
+
+
+def test_short_flags_are_in_the_help_and_checked_like_the_long_ones(capsys):
+    with pytest.raises(SystemExit):
+        isoperf.cli.main(["client", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("-H HOST, --host HOST", "-l DURATION, -t DURATION, --duration DURATION", "-P CONNECTIONS",
+                 "-m SIZE, --size SIZE", "-J, --json", "-O WARMUP", "-A CPU"):
+        assert flag in out
+    assert "short flags as netperf and iperf3 users type them" in out
+    with pytest.raises(SystemExit) as exc:
+        isoperf.cli.main(["client", "-H", "h", "-P", "0"])
+    assert exc.value.code == 2 and "argument -P/--connections: must be > 0" in capsys.readouterr().err
+
+
+def test_a_run_with_the_short_flags(capsys):
+    server = ServerThread()
+    rc = isoperf.cli.main(["client", "-H", "127.0.0.1", "-p", str(server.port), "-m", "100", "-t", "0.3", "-O", "0",
+                           "-P", "2", "-J"])
+    server.join()
+    text = capsys.readouterr().out
+    out = json.loads(text[text.index("{\n") : text.rindex("\n}") + 2])
+    assert rc == 0 and (out["size"], out["connections"], out["requested_duration"]) == (100, 2, 0.3)

@@ -2,11 +2,16 @@
 
 Usage::
 
-    isoperf server [--bind ADDR] [--port 5701] [--data-bind ADDR] [--stack legacy|iso] [--once]
-    isoperf client --host H [--port 5701] [--control-host C] [--control-port P]
-                   [--test stream|maerts|rr|crr] [--size 1448] [--response-size S]
-                   [--duration 10] [--warmup 1] [--repeats 1] [--connections 1] [--stack legacy|iso]
-                   [--cpu N] [--verify] [--send-loop auto|c|python] [--sndbuf BYTES] [--json]
+    isoperf server [-B|--bind ADDR] [-p|--port 5701] [--data-bind ADDR] [--stack legacy|iso] [-1|--once]
+    isoperf client -H|--host H [-p|--port 5701] [--control-host C] [--control-port P]
+                   [--test stream|maerts|rr|crr] [-m|--size 1448] [--response-size S]
+                   [-l|-t|--duration 10] [-O|--warmup 1] [--repeats 1] [-P|--connections 1] [--stack legacy|iso]
+                   [-A|--cpu N] [--verify] [--send-loop auto|c|python] [--sndbuf BYTES] [-J|--json]
+
+The short flags are the ones netperf and iperf3 users type, each meaning what it means there: -H host and
+-l duration (netperf), -t duration, -P parallel connections, -O omitted warm-up seconds, -A CPU affinity,
+-J JSON, -B bind address, -1 one session (iperf3), -p port (both), -m send size (netperf's test option).
+Not taken: netperf's -t (the test: --test) and iperf3's -l (a buffer length: --size).
 
 Client output (``--json``): test, stack, size, response_size, connections, duration (the measured interval,
 s), requested_duration, warmup, repeats, bytes (payload carried in that interval: received by the server for
@@ -70,6 +75,11 @@ def format_human(r: dict) -> str:
     return "\n".join(lines)
 
 
+SHORT_FLAGS = ("short flags as netperf and iperf3 users type them: -H host, -l duration (netperf); -t duration, "
+               "-P connections, -O warm-up, -A CPU, -J JSON, -B bind, -1 one session (iperf3); -p port; -m size "
+               "(netperf's send size)")
+
+
 class _Parser(argparse.ArgumentParser):
     """Bad options: one line on stderr and exit 2 (no usage block, no traceback)."""
 
@@ -80,20 +90,20 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="isoperf", description="netperf-style load generator for IsoStack")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("server", help="answer isoperf clients")
-    s.add_argument("--bind", default="0.0.0.0", help="address the control port listens on (default 0.0.0.0)")
-    s.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"control port (default {DEFAULT_PORT})")
+    s = sub.add_parser("server", help="answer isoperf clients", epilog=SHORT_FLAGS)
+    s.add_argument("-B", "--bind", default="0.0.0.0", help="address the control port listens on (default 0.0.0.0)")
+    s.add_argument("-p", "--port", type=_port, default=DEFAULT_PORT, help=f"control port (default {DEFAULT_PORT})")
     s.add_argument("--data-bind", default=None,
                    help="address the data connections' listener binds to (default: --bind); with a control "
                         "connection on a management network, the data address under test")
-    s.add_argument("--once", action="store_true", help="exit after one session")
+    s.add_argument("-1", "--once", action="store_true", help="exit after one session")
     s.add_argument("--stack", choices=KNOWN_STACKS, default="legacy",
                    help="the server's network stack for the data connections: legacy (kernel sockets) or iso "
                         "(IsoStack: listen, accept, receive and answer through isostackd, found by $ISOSTACK_SOCKET "
                         "like the client's); the control connection is a kernel socket (default legacy)")
-    c = sub.add_parser("client", help="run a test against an isoperf server")
-    c.add_argument("--host", required=True, help="server address: the data connections go there")
-    c.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"control port (default {DEFAULT_PORT})")
+    c = sub.add_parser("client", help="run a test against an isoperf server", epilog=SHORT_FLAGS)
+    c.add_argument("-H", "--host", required=True, help="server address: the data connections go there")
+    c.add_argument("-p", "--port", type=_port, default=DEFAULT_PORT, help=f"control port (default {DEFAULT_PORT})")
     c.add_argument("--control-host", default=None,
                    help="address of the server's control port, when the control connection must not ride the "
                         "link under test (a management network); default: --host")
@@ -103,16 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream (send), maerts (receive), rr (request/response), crr (connect/request/response/"
                         "close); default stream")
     c.add_argument("--stack", choices=KNOWN_STACKS, default="legacy", help="network stack (default legacy)")
-    c.add_argument("--size", type=_positive_int, default=1448,
+    c.add_argument("-m", "--size", type=_positive_int, default=1448,
                    help="message size in bytes; rr/crr: the request (default 1448)")
     c.add_argument("--response-size", type=_positive_int, default=None,
                    help="rr/crr: response size in bytes (default: --size)")
-    c.add_argument("--duration", type=_positive_float, default=10.0, help="measured seconds (default 10)")
-    c.add_argument("--warmup", type=_nonneg_float, default=1.0, help="seconds before measuring (default 1)")
+    c.add_argument("-l", "-t", "--duration", type=_positive_float, default=10.0, help="measured seconds (default 10)")
+    c.add_argument("-O", "--warmup", type=_nonneg_float, default=1.0, help="seconds before measuring (default 1)")
     c.add_argument("--repeats", type=_positive_int, default=1,
                    help=f"measured intervals, back to back, each reported (default 1, at most {MAX_REPEATS})")
-    c.add_argument("--connections", type=_positive_int, default=1, help="parallel connections (default 1)")
-    c.add_argument("--cpu", type=_nonneg_int, default=None, help="pin the worker threads to this CPU")
+    c.add_argument("-P", "--connections", type=_positive_int, default=1, help="parallel connections (default 1)")
+    c.add_argument("-A", "--cpu", type=_nonneg_int, default=None, help="pin the worker threads to this CPU")
     c.add_argument("--verify", action="store_true", help="check every byte (seq + pattern + crc32)")
     c.add_argument("--send-loop", choices=sendloop.SEND_LOOPS, default="auto",
                    help="stream without --verify: the loop around the per-message sendall calls, in C as netperf's "
@@ -121,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sndbuf", type=_positive_int, default=None,
                    help="SO_SNDBUF of the data sockets in bytes (netperf's -s; the kernel doubles it): bounds what a "
                         "connection has in flight (default: the kernel's autotuning)")
-    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument("-J", "--json", action="store_true", help="print the result as JSON")
     c.add_argument("--connect-timeout", type=_positive_float, default=5.0, help=argparse.SUPPRESS)
     return p
 

@@ -122,6 +122,8 @@ class Playbook:
     order: str = "interleaved"  # how the cases' repeats are laid out in time (order.arrange)
     seed: int | None = None  # shuffled order and bootstrap intervals (None: the run picks one and records it)
     interval_s: float = 0.0  # pause between two cases, so the host settles
+    overrides: tuple[str, ...] = ()  # `--set KEY=VALUE` given on the command line (text is then the resolved form)
+    source_sha256: str | None = None  # with overrides: the sha256 of the file as written
 
     @property
     def sha256(self) -> str:
@@ -232,7 +234,8 @@ class _Checker:
         self.path = path
 
     def fail(self, line: int | None, where: str, message: str) -> PlaybookError:
-        loc = f"{self.path}:{line}" if line else str(self.path)
+        # a str line: the value came from the command line (overrides.py: "--set duration=5")
+        loc = f"{self.path} ({line})" if isinstance(line, str) else f"{self.path}:{line}" if line else str(self.path)
         return PlaybookError(f"{loc}: {where}: {message}" if where else f"{loc}: {message}")
 
     def mapping(self, value, where: str, line: int | None) -> _Mapping:
@@ -281,6 +284,11 @@ def load_playbook(path: str | Path) -> Playbook:
 
 def parse_playbook(text: str, path: str | Path = "<playbook>") -> Playbook:
     path = Path(path)
+    return validate(load_yaml(text, path), text, path)
+
+
+def load_yaml(text: str, path: Path) -> _Mapping:
+    """The playbook's YAML as mappings that know their lines (not yet validated); overrides.py edits it."""
     check = _Checker(path)
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
@@ -295,7 +303,12 @@ def parse_playbook(text: str, path: str | Path = "<playbook>") -> Playbook:
         raise check.fail(line, "", f"not valid YAML: {problem}") from None
     if data is None:
         raise check.fail(None, "", "the playbook is empty")
-    top = check.mapping(data, "top level", 1)
+    return check.mapping(data, "top level", 1)
+
+
+def validate(top: _Mapping, text: str, path: Path) -> Playbook:
+    """Check the loaded playbook strictly; `text` is what run.json records (the file, or its resolved form)."""
+    check = _Checker(path)
     check.keys(top, _TOP_KEYS, "top level")
 
     version = top["version"]

@@ -82,11 +82,16 @@ def new_run_dir(results_dir: Path, now: datetime) -> Path:
 class RunStore:
     """One run directory being written."""
 
-    def __init__(self, path: Path, header: dict):
+    def __init__(self, path: Path, header: dict, run: dict | None = None):
+        """A new run directory with `header`; or (`run`) an existing run reopened to be resumed, its
+        samples.csv rewritten from its records."""
         self.path = path
-        self.run = {"format": RUN_FORMAT, "run_id": path.name, **header, "cases": []}
+        self.run = run if run is not None else {"format": RUN_FORMAT, "run_id": path.name, **header, "cases": []}
+        cpus = (self.run.get("metadata") or {}).get("host_cpu_count")
         with open(path / SAMPLES_FILE, "w", newline="") as f:
             csv.writer(f).writerow(SAMPLE_COLUMNS)
+            for case in self.run["cases"]:
+                csv.writer(f).writerow([sample_row(case, cpus).get(c, "") for c in SAMPLE_COLUMNS])
         self._write()
 
     @property
@@ -102,6 +107,11 @@ class RunStore:
 
     def finish(self, ended_at: str) -> None:
         self.run["ended_at"] = ended_at
+        self._write()
+
+    def interrupt(self, at: str, reason: str) -> None:
+        """The run stopped before its last case (Ctrl-C, an error): say so; `ended_at` stays null."""
+        self.run["interrupted"] = {"at": at, "reason": reason, "cases_done": len(self.run["cases"])}
         self._write()
 
     def _write(self) -> None:
@@ -178,6 +188,38 @@ def _load_1m(case: dict, when: str) -> float | str:
     """The host's 1-minute load average before or after the case ("" where not read)."""
     value = ((case.get("host_load") or {}).get(when) or {}).get("1m")
     return value if isinstance(value, (int, float)) else ""
+
+
+def case_label(case: dict) -> str:
+    """A record's case as playbook.Case.label names it (`rr-64 iso size=64 conns=1 #2`): how `--resume`
+    finds the cases of `order.cases` that already ran."""
+    repeat = case.get("repeat")
+    n = repeat + 1 if isinstance(repeat, int) else repeat
+    return f"{case.get('test_name')} {stack_column(case)} size={case.get('size')} conns={case.get('connections')} #{n}"
+
+
+def incomplete(run: dict, run_dir: Path | None = None) -> str | None:
+    """Why a run is incomplete (None when it is not): it has no `ended_at` (interrupted, killed, or still
+    running), with how many of its planned cases ran and how to continue it."""
+    if run.get("ended_at"):
+        return None
+    planned = (run.get("order") or {}).get("cases")
+    done = len(run.get("cases") or [])
+    counted = f"{done} of {len(planned)} cases ran" if isinstance(planned, list) else f"{done} cases ran"
+    stop = run.get("interrupted")
+    why = (f"interrupted at {stop.get('at')}: {stop.get('reason')}" if isinstance(stop, dict)
+           else "stopped without a word (killed, crashed) or still running")
+    where = run_dir if run_dir is not None else run.get("run_id")
+    return f"incomplete: {counted}, {why}; continue it with `fab run-benchmark --resume {where}`"
+
+
+def failed_note(run: dict, run_dir: Path | None = None) -> str | None:
+    """For a complete run with failed cases: that `--resume` runs them again (None otherwise)."""
+    failed = sum(1 for c in run.get("cases") or [] if c.get("status") != "ok")
+    if not run.get("ended_at") or not failed:
+        return None
+    where = run_dir if run_dir is not None else run.get("run_id")
+    return f"{failed} case(s) failed; `fab run-benchmark --resume {where}` runs them again"
 
 
 def resolve_run(path: str | Path | None, results_dir: Path) -> Path:
