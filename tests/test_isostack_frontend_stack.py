@@ -25,8 +25,12 @@ def test_doorbell_rung_only_for_sleepers(stack, listener):  # noqa: F811
         assert s.recv(10) == b"wake%d" % i  # slept on the doorbell
         if stack.stats()["doorbells_rung"] > before["doorbells_rung"]:
             break
+    assert stack.stats()["doorbells_rung"] > before["doorbells_rung"]
+    # A thread that woke on its own timeout may have been rung as well, a moment after it returned (the
+    # dispatcher saw its sleep announcement): let such a late ring land before taking the baseline, so only
+    # a ring for the data below counts against it.
+    time.sleep(0.3)
     rung = stack.stats()["doorbells_rung"]
-    assert rung > before["doorbells_rung"]
     # Data that arrives while no thread of ours waits: the dispatcher posts the event and saves the doorbell.
     box["c"].sendall(b"quiet")
     deadline = time.monotonic() + 5
