@@ -85,7 +85,7 @@ def test_repeats_report_each_interval_and_mean_stddev():
     assert sum(i["latency_us"]["samples"] for i in r["intervals"]) == r["latency_us"]["samples"]
     assert r["duration"] == pytest.approx(sum(i["duration"] for i in r["intervals"]), abs=0.01)
     for i in r["intervals"]:
-        assert i["duration"] == pytest.approx(0.3, abs=0.2) and "all" in i["cpu"]["client"]
+        assert 0.29 <= i["duration"] < 5.0 and "all" in i["cpu"]["client"]  # never shorter; a loaded host stretches it
     tps = [i["transactions_per_s"] for i in r["intervals"]]
     s = r["summary"]["transactions_per_s"]
     assert s["mean"] == pytest.approx(sum(tps) / 3, abs=0.01) and s["stddev"] >= 0
