@@ -35,7 +35,9 @@ def roundtrip(s, payload=b"still works"):
     s.sendall(payload)
     got = b""
     while len(got) < len(payload):
-        got += s.recv(100)
+        chunk = s.recv(100)
+        assert chunk, f"EOF after {got!r}"  # an ended stream must fail the test, not spin it forever
+        got += chunk
     assert got == payload
 
 
