@@ -114,9 +114,17 @@ class IsostackdLauncher:
         return process
 
     def stop(self, process: subprocess.Popen) -> None:
+        """SIGTERM and wait; generous, since isostackd's graceful close of its sockets may linger up to 5 s
+        (dispatcher.commands.CLOSE_LINGER_S) and a loaded host adds to that. Killed, and the test fails, if not."""
         process.terminate()
-        process.wait(5)
-        self.running.remove(process)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+            raise AssertionError("isostackd did not exit within 20 s of SIGTERM") from None
+        finally:
+            self.running.remove(process)
 
     def stop_all(self) -> None:
         for process in list(self.running):
