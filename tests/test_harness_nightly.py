@@ -14,10 +14,14 @@ from testbed.harness.playbook import load_playbook
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_nightly_playbook_has_enough_repeats_for_a_verdict():
+def test_the_nightly_playbook_covers_the_seed_figures_with_enough_repeats_for_a_verdict():
     cases = load_playbook(REPO / "playbooks" / "nightly.yaml").cases()
     assert {c.stack for c in cases} == {"legacy", "iso"}
     assert {c.spec.test for c in cases} == {"stream", "rr"}  # throughput and latency
+    assert any(c.server_stack == "iso" and c.spec.client == "peer" for c in cases)  # receive through IsoStack
+    assert any(c.locks for c in cases) and any(c.stack == "iso" and not c.locks for c in cases)  # the locks figure
+    assert len({c.size for c in cases if c.spec.test == "stream" and c.spec.client != "peer"}) >= 3  # tx vs size
+    assert {1, 16} <= {c.connections for c in cases if c.size == 64}  # 64 B vs connections
     assert min(c.spec.repeats for c in cases) >= 3  # compare.Settings.min_repeats
     assert max(c.spec.duration for c in cases) <= 5  # CI-sized
 
