@@ -1,7 +1,7 @@
 """`python -m fuzz [NAME...]`: run each harness for a bounded time and print executions, coverage and findings.
 
-    python -m fuzz                      # every harness, FUZZ_SECONDS (default 60) each
-    python -m fuzz --seconds 300 vring  # one harness, longer
+    python -m fuzz                       # every harness, FUZZ_DURATION seconds (default 60) each
+    python -m fuzz --duration 300 vring  # one harness, longer
     python -m fuzz --engine random      # the plain-Python mutator even where atheris is installed
     python -m fuzz --replay vring FILE  # run one input (a crash file) and show what it raises
 
@@ -64,11 +64,16 @@ def run_random(name: str, seconds: int, work: Path, seed: int) -> dict:
     return {"executions": result.executions, "edges": None, "inputs": result.corpus, "findings": found}
 
 
+def _renamed(text: str):
+    raise argparse.ArgumentTypeError("renamed: use --duration")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fuzz", description="Run the fuzz harnesses for a bounded time.")
     p.add_argument("names", nargs="*", help=f"harnesses (default: all of {', '.join(HARNESSES)})")
-    p.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", "60")),
-                   help="time per harness (default: $FUZZ_SECONDS or 60)")
+    p.add_argument("--duration", type=int, default=int(os.environ.get("FUZZ_DURATION", "60")),
+                   help="seconds per harness (default: $FUZZ_DURATION or 60)")
+    p.add_argument("--seconds", type=_renamed, help=argparse.SUPPRESS)  # one word, one meaning: --duration
     p.add_argument("--engine", choices=("auto", "atheris", "random"), default="auto",
                    help="atheris (libFuzzer), the plain-Python mutator, or atheris when it imports (default)")
     p.add_argument("--workdir", help="where corpora and findings go (default: a new temporary folder, kept)")
@@ -90,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     elif kind == "atheris" and not have_atheris():
         p.error("atheris does not import here: pip install atheris (or the project's extra: '.[fuzz]')")
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix="isostack-fuzz-"))
-    print(f"engine {kind}, {a.seconds} s per harness, work in {workdir}", flush=True)
+    print(f"engine {kind}, {a.duration} s per harness, work in {workdir}", flush=True)
     rows = []
     for name in names:
         work = workdir / name
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        r = run_atheris(name, a.seconds, work) if kind == "atheris" else run_random(name, a.seconds, work, a.seed)
+        r = run_atheris(name, a.duration, work) if kind == "atheris" else run_random(name, a.duration, work, a.seed)
         run, total = engine.coverage(engine.load(name), r["inputs"])
         rows.append((name, r["executions"], r["edges"], run, total, len(r["inputs"]), r["findings"]))
         edges = f", {r['edges']} edges" if r["edges"] is not None else ""

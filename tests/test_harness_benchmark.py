@@ -135,7 +135,7 @@ tests:
     assert perf["test"] == "rr" and perf["verified"] is True and perf["response_size"] == 128
     assert perf["transactions"] > 0 and len(perf["intervals"]) == 2
     assert 0 < perf["latency_us"]["p50"] <= perf["latency_us"]["p99"] <= perf["latency_us"]["max"]
-    assert "--response-size 128 --repeats 2" in rr["commands"]["client"]
+    assert "--response-size 128 --intervals 2" in rr["commands"]["client"]
     cc = rr["crosscheck"]
     assert cc["tool"] == "sockperf" and cc["error"] is None, (cc, rr["commands"])
     assert cc["transactions_per_s"] > 0 and 0 < cc["latency_us"]["p50"] <= cc["latency_us"]["p99"]

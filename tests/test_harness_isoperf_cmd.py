@@ -172,9 +172,9 @@ def test_client_command_passes_the_new_options_and_isoperf_parses_them():
     )
     case = _case(text)
     cmd = isoperf_cmd.client_command(GuestLayout(), case, "10.10.0.2")
-    assert "--test rr " in cmd and cmd.endswith("--verify --response-size 512 --repeats 3 --cpu 1 --sndbuf 131072")
+    assert "--test rr " in cmd and cmd.endswith("--verify --response-size 512 --intervals 3 --cpu 1 --sndbuf 131072")
     args = isoperf.cli.build_parser().parse_args(shlex.split(cmd)[4:])
-    assert (args.test, args.response_size, args.repeats, args.cpu, args.sndbuf) == ("rr", 512, 3, 1, 131072)
+    assert (args.test, args.response_size, args.intervals, args.cpu, args.sndbuf) == ("rr", 512, 3, 1, 131072)
     assert isoperf_cmd.client_timeout(case) >= 2.5 + 3 * 10
 
 
@@ -182,4 +182,4 @@ def test_client_command_passes_the_new_options_and_isoperf_parses_them():
 def test_client_command_leaves_out_defaults(test):
     cmd = isoperf_cmd.client_command(GuestLayout(), _case(PB.replace("test: stream", f"test: {test}")), "h")
     assert f"--test {test} " in cmd
-    assert "--response-size" not in cmd and "--repeats" not in cmd and "--cpu" not in cmd and "--sndbuf" not in cmd
+    assert "--response-size" not in cmd and "--intervals" not in cmd and "--cpu" not in cmd and "--sndbuf" not in cmd

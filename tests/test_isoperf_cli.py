@@ -159,7 +159,8 @@ def test_non_isoperf_peer_is_a_clear_error(capsys):
         (["client", "--host", "h", "--duration", "-1"], "--duration: must be > 0"),
         (["client", "--host", "h", "--warmup", "nan"], "--warmup: not a finite number"),
         (["client", "--host", "h", "--test", "bogus"], "invalid choice: 'bogus'"),
-        (["client", "--host", "h", "--repeats", "0"], "--repeats: must be > 0"),
+        (["client", "--host", "h", "--intervals", "0"], "--intervals: must be > 0"),
+        (["client", "--host", "h", "--repeats", "2"], "renamed: use --intervals"),
         (["client", "--host", "h", "--cpu", "-1"], "--cpu: must be >= 0"),
         (["client", "--host", "h", "--response-size", "x"], "--response-size: not an integer"),
         (["client", "--host", "h", "--port", "70000"], "not a TCP port"),
@@ -183,7 +184,7 @@ def test_bad_arguments_exit_2(argv, message, capsys):
         (["--test", "rr", "--response-size", "12", "--verify"], "verification needs size >= 13"),
         (["--response-size", "10"], "response size applies to rr and crr, not stream"),
         (["--connections", "1000"], "connections must be between 1 and 256"),
-        (["--repeats", "101"], "repeats must be between 1 and 100"),
+        (["--intervals", "101"], "intervals must be between 1 and 100"),
         (["--cpu", "4096"], "CPU 4096 does not exist (this machine has CPUs 0-"),
     ],
 )
@@ -213,11 +214,11 @@ def test_cli_runs_every_test_with_the_keys_the_harness_needs(test, capsys):
 def test_human_output_for_rr_shows_transactions_and_percentiles(capsys):
     server = ServerThread()
     rc = isoperf.cli.main(["client", "--host", "127.0.0.1", "--port", str(server.port), "--test", "rr", "--size", "64",
-                       "--duration", "0.3", "--warmup", "0", "--repeats", "2"])
+                       "--duration", "0.3", "--warmup", "0", "--intervals", "2"])
     server.join()
     out = capsys.readouterr().out
     assert rc == 0
-    assert "trans/s" in out and "p99.9" in out and "per repeat" in out
+    assert "trans/s" in out and "p99.9" in out and "per interval" in out
 
 
 def test_sndbuf_bounds_are_a_usage_error(capsys):

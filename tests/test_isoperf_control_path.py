@@ -61,7 +61,7 @@ def test_the_data_listener_binds_to_the_data_address():
     with socket.create_connection((CONTROL_ADDR, port[0])) as s:
         ctrl = Control(s)
         ctrl.send(type="start", version=PROTOCOL_VERSION, test="stream", stack="legacy", size=100, connections=1,
-                  duration=0.2, warmup=0.0, repeats=1, verify=False, response_size=None)
+                  duration=0.2, warmup=0.0, intervals=1, verify=False, response_size=None)
         data_port = ctrl.expect("ready")["data_port"]
         with pytest.raises(OSError):  # not on the control address
             socket.create_connection((CONTROL_ADDR, data_port), timeout=1).close()
@@ -91,7 +91,7 @@ def test_a_session_that_fails_after_ready_tells_the_client_why():
     with socket.create_connection(("127.0.0.1", port[0])) as s:
         ctrl = Control(s)
         ctrl.send(type="start", version=PROTOCOL_VERSION, test="stream", stack="legacy", size=100, connections=1,
-                  duration=5, warmup=0.0, repeats=1, verify=False, response_size=None)
+                  duration=5, warmup=0.0, intervals=1, verify=False, response_size=None)
         data_port = ctrl.expect("ready")["data_port"]
         d = socket.create_connection(("127.0.0.1", data_port))
         d.sendall(b"ISOP\x00\x00\x00\x00")

@@ -18,13 +18,13 @@ def test_server_refuses_unknown_protocol_version_and_stack():
             "protocol version 99",
         ),
         (
-            {"type": "start", "version": 2, "test": "udp_rr", "size": 10, "connections": 1, "duration": 1},
+            {"type": "start", "version": 3, "test": "udp_rr", "size": 10, "connections": 1, "duration": 1},
             "test 'udp_rr' is not implemented",
         ),
         (
             {
                 "type": "start",
-                "version": 2,
+                "version": 3,
                 "test": "stream",
                 "stack": "dpdk",
                 "size": 10,
@@ -53,9 +53,9 @@ def test_one_corrupted_byte_fails_the_run():
     assert r["errors"][0].startswith("connection 0 message 3 ")
 
 
-def test_stream_repeats_use_the_servers_intervals():
+def test_stream_intervals_use_the_servers_marks():
     server = ServerThread()
-    params = RunParams(test="stream", size=512, duration=0.25, warmup=0.1, repeats=2)
+    params = RunParams(test="stream", size=512, duration=0.25, warmup=0.1, intervals=2)
     r = isoperf.client.run_client("127.0.0.1", server.port, params)
     assert server.join() == 0
     assert r["errors"] == [] and len(r["intervals"]) == 2

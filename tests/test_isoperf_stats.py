@@ -1,4 +1,4 @@
-"""isoperf.stats: latency percentiles (nearest rank) and mean/stddev over repeats."""
+"""isoperf.stats: latency percentiles (nearest rank) and mean/stddev over measured intervals."""
 
 from __future__ import annotations
 

@@ -74,13 +74,13 @@ def test_rr_corrupted_response_fails_on_the_client(test):
     assert r["errors"] == [f"connection 0 {word} 4: payload differs from the expected pattern"]
 
 
-def test_repeats_report_each_interval_and_mean_stddev():
+def test_intervals_are_each_reported_with_mean_stddev():
     server = ServerThread()
-    params = RunParams(test="rr", size=32, connections=1, duration=0.3, warmup=0.1, repeats=3)
+    params = RunParams(test="rr", size=32, connections=1, duration=0.3, warmup=0.1, intervals=3)
     r = isoperf.client.run_client("127.0.0.1", server.port, params)
     assert server.join() == 0
     assert r["errors"] == []
-    assert r["repeats"] == 3 and len(r["intervals"]) == 3
+    assert r["interval_count"] == 3 and len(r["intervals"]) == 3
     assert sum(i["transactions"] for i in r["intervals"]) == r["transactions"]
     assert sum(i["latency_us"]["samples"] for i in r["intervals"]) == r["latency_us"]["samples"]
     assert r["duration"] == pytest.approx(sum(i["duration"] for i in r["intervals"]), abs=0.01)

@@ -199,7 +199,7 @@ def test_run_cleans_up_vhea_and_netns_when_a_setup_fails(monkeypatch, tmp_path):
 
 
 def test_repeats_alternate_the_order_and_report_medians(monkeypatch, tmp_path):
-    """--repeat 3: vhea, tap | tap, vhea | vhea, tap; each set-up's row is the median, every run kept."""
+    """--repeats 3: vhea, tap | tap, vhea | vhea, tap; each set-up's row is the median, every run kept."""
     import testbed.accel
     import testbed.image.cache
 
@@ -230,8 +230,8 @@ def test_combine_takes_medians_of_even_counts():
 
 
 def test_cli_rejects_a_bad_repeat_with_vm(capsys):
-    assert run_testbed(["bench-vm", "--repeat", "11", "--json"]) == 2
-    assert "--repeat" in capsys.readouterr().err
+    assert run_testbed(["bench-vm", "--repeats", "11", "--json"]) == 2
+    assert "--repeats" in capsys.readouterr().err
 
 
 def test_cli_rejects_a_bad_duration(capsys):

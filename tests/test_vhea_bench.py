@@ -18,14 +18,21 @@ DATAPATHS = ["native", "python"] if native.MOD is not None else ["python"]
 def test_bench_usage_errors(capsys):
     assert main(["bench", "--sizes", "59"]) == 2
     assert main(["bench", "--sizes", "x"]) == 2
-    assert main(["bench", "--seconds", "0"]) == 2
+    assert main(["bench", "--duration", "0"]) == 2
     assert "vhea: error" in capsys.readouterr().err
+
+
+def test_the_renamed_seconds_flag_names_its_new_name(capsys):
+    """One word, one meaning: `--duration` is measured seconds everywhere (isoperf, playbooks, bench-vm)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--seconds", "2"])
+    assert exc.value.code == 2 and "renamed: use --duration" in capsys.readouterr().err
 
 
 def test_python_front_end_bench_json():
     """Short Python-only run, both datapaths: positive rates, frames counted by vhea and sampled frames verified
     byte for byte at the receiver, TSO rows consistent (segments are ~45 per TSO frame). No speed is asserted."""
-    p = subprocess.run([sys.executable, "-m", "vhea.cli", "bench", "--no-dpdk", "--sizes", "64", "--seconds", "0.5",
+    p = subprocess.run([sys.executable, "-m", "vhea.cli", "bench", "--no-dpdk", "--sizes", "64", "--duration", "0.5",
                         "--json"], capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
@@ -51,7 +58,7 @@ def test_python_front_end_bench_json():
 
 def test_bench_one_datapath_and_usage(capsys):
     p = subprocess.run([sys.executable, "-m", "vhea.cli", "bench", "--no-dpdk", "--no-tso", "--sizes", "1518",
-                        "--seconds", "0.3", "--datapath", "python", "--no-inprocess", "--json"], capture_output=True,
+                        "--duration", "0.3", "--datapath", "python", "--no-inprocess", "--json"], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)["rows"]
@@ -63,7 +70,7 @@ def test_bench_one_datapath_and_usage(capsys):
 @pytest.mark.skipif(testpmd.available() is None, reason="dpdk-testpmd is not installed (apt: dpdk)")
 def test_bench_with_dpdk_and_anchor():
     """The whole bench, short: every figure positive, ratios = figure / anchor, DPDK anchor faster than vhea."""
-    p = subprocess.run([sys.executable, "-m", "vhea.cli", "bench", "--sizes", "64,1518", "--seconds", "1",
+    p = subprocess.run([sys.executable, "-m", "vhea.cli", "bench", "--sizes", "64,1518", "--duration", "1",
                         "--no-tso", "--json"], capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)["rows"]

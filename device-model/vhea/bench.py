@@ -119,15 +119,15 @@ def _bench_vhea(sockdir: str, workdir: str, pid: int, dp: str, sizes: list[int],
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    """`vhea bench` after parsing (vhea.cli): check the options, run `--repeat` times, print the table or JSON."""
+    """`vhea bench` after parsing (vhea.cli): check the options, run `--repeats` times, print the table or JSON."""
     try:
         sizes = [int(x) for x in args.sizes.split(",")]
     except ValueError as e:
         raise UsageError(f"--sizes {args.sizes!r}: {e}") from e
     if not sizes or any(not 60 <= s <= 1518 for s in sizes):
         raise UsageError("--sizes must be frame sizes in 60..1518")
-    if not 0.2 <= args.seconds <= 60:
-        raise UsageError("--seconds must be in 0.2..60")
+    if not 0.2 <= args.duration <= 60:
+        raise UsageError("--duration must be in 0.2..60")
     progress = None if args.json else (lambda m: print(f"vhea bench: {m}", file=sys.stderr, flush=True))
     datapaths = ["native", "python"] if args.datapath == "both" else [args.datapath]
     if "native" in datapaths and native.MOD is None:
@@ -136,17 +136,17 @@ def cli_main(args: argparse.Namespace) -> int:
         print(f"vhea bench: native datapath not available ({native.why_not}); measuring the Python datapath only",
               file=sys.stderr)
         datapaths.remove("native")
-    if not 1 <= args.repeat <= 20:
-        raise UsageError("--repeat must be in 1..20")
+    if not 1 <= args.repeats <= 20:
+        raise UsageError("--repeats must be in 1..20")
     runs = []
-    for repeat_index in range(args.repeat):
-        if progress and args.repeat > 1:
-            progress(f"run {repeat_index + 1} of {args.repeat}")
-        runs.append(run(sizes, args.seconds, dpdk=not args.no_dpdk, python=not args.no_python, tso=not args.no_tso,
+    for repeat_index in range(args.repeats):
+        if progress and args.repeats > 1:
+            progress(f"run {repeat_index + 1} of {args.repeats}")
+        runs.append(run(sizes, args.duration, dpdk=not args.no_dpdk, python=not args.no_python, tso=not args.no_tso,
                         progress=progress, datapaths=datapaths, inprocess=not args.no_inprocess))
-    rows = runs[0] if args.repeat == 1 else median_rows(runs)
+    rows = runs[0] if args.repeats == 1 else median_rows(runs)
     if args.json:
-        print(to_json(rows, args.seconds))
+        print(to_json(rows, args.duration))
     else:
-        print_table(rows, args.seconds)
+        print_table(rows, args.duration)
     return 0

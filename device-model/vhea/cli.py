@@ -73,6 +73,14 @@ def tap_ports(specs: list[str], ports: list[str]) -> dict[str, str | None]:
     return taps
 
 
+def _renamed(new: str):
+    """An argparse type for a renamed flag: using it is an error that names the new one (one word, one
+    meaning across the project's tools: `--duration` is measured seconds, `--repeats` whole runs)."""
+    def refuse(text: str):
+        raise argparse.ArgumentTypeError(f"renamed: use {new}")
+    return refuse
+
+
 def socket_mode(text: str) -> int:
     """`--socket-mode`: octal permissions of the port sockets (e.g. 0660, 0666)."""
     try:
@@ -161,21 +169,21 @@ def parser() -> argparse.ArgumentParser:
     ctl.add_cli_commands(sub)
     b = sub.add_parser("bench", help="measure frames/s and Gb/s through vhea against DPDK's vhost PMD")
     b.add_argument("--sizes", default="64,1518", help="frame sizes in bytes (default 64,1518)")
-    b.add_argument("--seconds", type=float, default=3.0, help="measuring time per figure (default 3)")
+    b.add_argument("--duration", type=float, default=3.0, help="measured seconds per figure (default 3)")
+    b.add_argument("--seconds", type=_renamed("--duration"), help=argparse.SUPPRESS)
     b.add_argument("--no-dpdk", action="store_true", help="skip the testpmd cases (and so the anchor)")
     b.add_argument("--no-python", action="store_true", help="skip the Python front-end cases")
     b.add_argument("--no-tso", action="store_true", help="skip the 64 KiB TSO frames")
     b.add_argument("--json", action="store_true", help="print JSON instead of the table")
     b.add_argument("--datapath", default="both", choices=["both", "native", "python"],
                    help="which vhea datapath(s) to measure, side by side (default both)")
-    b.add_argument("--repeat", type=int, default=1,
+    b.add_argument("--repeats", type=int, default=1,
                    help="repeat the whole run N times and print medians (the anchor too; for a noisy machine)")
     b.add_argument("--no-inprocess", action="store_true",
                    help="skip the datapath-alone rows (microbench: pre-filled rings in one process)")
     # --vm moved to `testbed bench-vm` (it boots guests); its options still parse, so that the old command
     # line gets the one line that says where it went rather than an argparse error
     b.add_argument("--vm", action="store_true", help="moved: use `testbed bench-vm`")
-    b.add_argument("--duration", type=float, default=10.0, help=argparse.SUPPRESS)
     b.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"], help=argparse.SUPPRESS)
     b.set_defaults(func=cmd_bench)
     return ap

@@ -17,7 +17,7 @@ Modules, one concept each (imports only downward in this list):
     errors        IsoperfError, the one-line error
     verify        payload verification: verifiable messages and the stream verifier
     cpu           CPU accounting from /proc/stat, the --cpu check
-    stats         latency percentiles, mean/stddev over repeats
+    stats         latency percentiles, mean/stddev over measured intervals
     protocol      the control wire protocol (JSON lines) and the test parameters (RunParams)
     sockets       the data connections of either stack (the only, lazy, import of isostack)
     sendloop      the C send loop (_sendloop.c): build, load, choose

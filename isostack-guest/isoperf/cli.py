@@ -5,7 +5,7 @@ Usage::
     isoperf server [-B|--bind ADDR] [-p|--port 5701] [--data-bind ADDR] [--stack legacy|iso] [-1|--once]
     isoperf client -H|--host H [-p|--port 5701] [--control-host C] [--control-port P]
                    [--test stream|maerts|rr|crr] [-m|--size 1448] [--response-size S]
-                   [-l|-t|--duration 10] [-O|--warmup 1] [--repeats 1] [-P|--connections 1] [--stack legacy|iso]
+                   [-l|-t|--duration 10] [-O|--warmup 1] [--intervals 1] [-P|--connections 1] [--stack legacy|iso]
                    [-A|--cpu N] [--verify] [--send-loop auto|c|python] [--sndbuf BYTES] [-J|--json]
 
 The short flags are the ones netperf and iperf3 users type, each meaning what it means there: -H host and
@@ -14,7 +14,7 @@ The short flags are the ones netperf and iperf3 users type, each meaning what it
 Not taken: netperf's -t (the test: --test) and iperf3's -l (a buffer length: --size).
 
 Client output (``--json``): test, stack, size, response_size, connections, duration (the measured interval,
-s), requested_duration, warmup, repeats, bytes (payload carried in that interval: received by the server for
+s), requested_duration, warmup, interval_count, bytes (payload carried in that interval: received by the server for
 stream, by the client for maerts, requests + responses for rr/crr), messages (stream/maerts: bytes // size;
 rr/crr: transactions), throughput_bps, messages_per_s, cpu {"client": {"all": %, "cpu0": %, ...},
 "server": {...}} (busy % from /proc/stat over the measured intervals, warm-up excluded), send_loop (stream:
@@ -23,7 +23,7 @@ null), verified (null without --verify), errors (a non-empty list means exit 1),
 client_total_bytes, server_total_bytes (whole run incl. warm-up, the sender's and the receiver's count; they
 must be equal); rr/crr add transactions, transactions_per_s, latency_us {p50, p90, p99, p99.9, max, min,
 mean, samples} and latency_histogram {buckets_per_decade, first_us, counts} (log buckets); intervals (one
-entry per repeat, the same figures) and summary {figure: {mean, stddev}} over the repeats. The top-level
+entry per measured interval, the same figures) and summary {figure: {mean, stddev}} over them. The top-level
 figures cover all K intervals together (they are back to back).
 """
 
@@ -36,7 +36,7 @@ import sys
 from . import client, sendloop, server
 from .cpu import check_cpu
 from .errors import IsoperfError
-from .protocol import DEFAULT_PORT, KNOWN_STACKS, MAX_REPEATS, TESTS, RunParams
+from .protocol import DEFAULT_PORT, KNOWN_STACKS, MAX_INTERVALS, TESTS, RunParams
 
 
 def format_human(r: dict) -> str:
@@ -45,7 +45,7 @@ def format_human(r: dict) -> str:
     size = f"size={r['size']}"
     if r.get("response_size") not in (None, r["size"]):
         size += f"/{r['response_size']}"
-    lines = [f"{r['test'].upper()} {size} conns={r['connections']} stack={r['stack']} repeats={r['repeats']}"]
+    lines = [f"{r['test'].upper()} {size} conns={r['connections']} stack={r['stack']} intervals={r['interval_count']}"]
     if "transactions" in r:
         lat = r["latency_us"]
         lines.append(
@@ -61,12 +61,12 @@ def format_human(r: dict) -> str:
             f"  {r['bytes']} bytes in {r['duration']:.3f} s = {r['throughput_bps'] / 1e9:.3f} Gb/s, "
             f"{r['messages_per_s']:.0f} msgs/s"
         )
-    if r["repeats"] > 1:
+    if r["interval_count"] > 1:
         s = r["summary"]["throughput_bps"]
-        lines.append(f"  per repeat: {s['mean'] / 1e9:.3f} +- {s['stddev'] / 1e9:.3f} Gb/s")
+        lines.append(f"  per interval: {s['mean'] / 1e9:.3f} +- {s['stddev'] / 1e9:.3f} Gb/s")
         if "transactions_per_s" in r["summary"]:
             t = r["summary"]["transactions_per_s"]
-            lines.append(f"  per repeat: {t['mean']:.0f} +- {t['stddev']:.0f} trans/s")
+            lines.append(f"  per interval: {t['mean']:.0f} +- {t['stddev']:.0f} trans/s")
     lines += [
         f"  cpu busy: client {cpu_c:.1f}%  server {cpu_s:.1f}%",
         f"  verified: {r['verified']}",
@@ -119,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rr/crr: response size in bytes (default: --size)")
     c.add_argument("-l", "-t", "--duration", type=_positive_float, default=10.0, help="measured seconds (default 10)")
     c.add_argument("-O", "--warmup", type=_nonneg_float, default=1.0, help="seconds before measuring (default 1)")
-    c.add_argument("--repeats", type=_positive_int, default=1,
-                   help=f"measured intervals, back to back, each reported (default 1, at most {MAX_REPEATS})")
+    c.add_argument("--intervals", type=_positive_int, default=1,
+                   help=f"measured intervals, back to back, each reported (default 1, at most {MAX_INTERVALS})")
+    # one word, one meaning: "repeats" are whole runs (playbooks, vhea bench); the old flag says where it went
+    c.add_argument("--repeats", type=_moved("--intervals"), help=argparse.SUPPRESS)
     c.add_argument("-P", "--connections", type=_positive_int, default=1, help="parallel connections (default 1)")
     c.add_argument("-A", "--cpu", type=_nonneg_int, default=None, help="pin the worker threads to this CPU")
     c.add_argument("--verify", action="store_true", help="check every byte (seq + pattern + crc32)")
@@ -134,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-J", "--json", action="store_true", help="print the result as JSON")
     c.add_argument("--connect-timeout", type=_positive_float, default=5.0, help=argparse.SUPPRESS)
     return p
+
+
+def _moved(new: str):
+    """An argparse type for a flag that was renamed: its use is an error that names the new flag."""
+    def refuse(text: str):
+        raise argparse.ArgumentTypeError(f"renamed: use {new} (repeats are whole runs, a playbook's `repeats`)")
+    return refuse
 
 
 def _positive_int(text: str) -> int:
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup=args.warmup,
             verify=args.verify,
             response_size=args.response_size,
-            repeats=args.repeats,
+            intervals=args.intervals,
         )
         try:  # option values that are wrong together: a usage error like any other bad option
             params.check()

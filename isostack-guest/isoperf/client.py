@@ -73,7 +73,7 @@ def figures(params: RunParams, workers: list[Worker], a: Mark, b: Mark, server: 
 
 
 def summary(per_repeat: list[dict]) -> dict:
-    """Mean and stddev of the figures over the repeats."""
+    """Mean and stddev of the figures over the measured intervals."""
     keys = ["throughput_bps", "messages_per_s"]
     out = {k: mean_stddev([r[k] for r in per_repeat]) for k in keys}
     if per_repeat and "latency_us" in per_repeat[0]:
@@ -168,9 +168,9 @@ def run_client(
         _sleep_watching(ctrl, params.warmup)
         ctrl.send(type="mark", phase="begin")
         marks = [snapshot(workers)]
-        for r in range(params.repeats):
+        for r in range(params.intervals):
             _sleep_watching(ctrl, params.duration)
-            ctrl.send(type="mark", phase="end" if r == params.repeats - 1 else "split")
+            ctrl.send(type="mark", phase="end" if r == params.intervals - 1 else "split")
             marks.append(snapshot(workers))
         stop.set()
         if test != "maerts":
@@ -211,10 +211,10 @@ def run_client(
         errors += client_errors
         verified = not errors
     intervals = server.get("intervals") or []
-    if len(intervals) != params.repeats:
-        intervals = [{"elapsed": 0.0, "bytes": 0, "cpu": {}}] * params.repeats
+    if len(intervals) != params.intervals:
+        intervals = [{"elapsed": 0.0, "bytes": 0, "cpu": {}}] * params.intervals
         errors.append("the server reported no measured intervals")
-    per_repeat = [figures(params, workers, marks[i], marks[i + 1], intervals[i]) for i in range(params.repeats)]
+    per_repeat = [figures(params, workers, marks[i], marks[i + 1], intervals[i]) for i in range(params.intervals)]
     whole = figures(params, workers, marks[0], marks[-1], server)
     result = {
         "test": test,
@@ -226,7 +226,7 @@ def run_client(
         **whole,
         "requested_duration": params.duration,
         "warmup": params.warmup,
-        "repeats": params.repeats,
+        "interval_count": params.intervals,
         "cpu_binding": cpu,
         "send_loop": loop_kind,
         "sndbuf": sndbuf,

@@ -2,8 +2,8 @@
 
 One JSON object per line on the control TCP connection, client -> server unless noted:
 
-1. ``{"type": "start", "version": 2, "test": T, "stack": S, "size": N, "response_size": R, "connections": C,
-   "duration": D, "warmup": W, "repeats": K, "verify": bool}``
+1. ``{"type": "start", "version": 3, "test": T, "stack": S, "size": N, "response_size": R, "connections": C,
+   "duration": D, "warmup": W, "intervals": K, "verify": bool}``
 2. server -> ``{"type": "ready", "data_port": P}`` (a listener for this session only) or
    ``{"type": "error", "message": "..."}`` (unknown test/stack/version, bad values).
 3. stream/maerts/rr: the client opens C data connections to P; each starts with an 8-byte hello
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from .errors import IsoperfError
 from .verify import MIN_VERIFY_SIZE
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: the start message says "intervals" (was "repeats")
 DEFAULT_PORT = 5701
 TESTS = ("stream", "maerts", "rr", "crr")
 TRANSACTION_TESTS = ("rr", "crr")
@@ -45,7 +45,7 @@ KNOWN_STACKS = ("legacy", "iso")
 HELLO_MAGIC = b"ISOP"
 HELLO = struct.Struct("!4sI")
 MAX_SIZE = 1 << 20
-MAX_REPEATS = 100
+MAX_INTERVALS = 100
 CONTROL_TIMEOUT = 30.0
 
 
@@ -118,7 +118,7 @@ class RunParams:
     warmup: float = 1.0
     verify: bool = False
     response_size: int | None = None  # rr/crr; None: the same as size
-    repeats: int = 1
+    intervals: int = 1  # measured intervals, back to back (a playbook's `repeats` are whole runs)
 
     @property
     def rsize(self) -> int:
@@ -149,8 +149,8 @@ class RunParams:
             raise IsoperfError(f"duration must be > 0, got {self.duration}")
         if not self.warmup >= 0:
             raise IsoperfError(f"warmup must be >= 0, got {self.warmup}")
-        if not 1 <= self.repeats <= MAX_REPEATS:
-            raise IsoperfError(f"repeats must be between 1 and {MAX_REPEATS}, got {self.repeats}")
+        if not 1 <= self.intervals <= MAX_INTERVALS:
+            raise IsoperfError(f"intervals must be between 1 and {MAX_INTERVALS}, got {self.intervals}")
 
     @classmethod
     def from_message(cls, msg: dict) -> RunParams:
@@ -165,7 +165,7 @@ class RunParams:
                 warmup=float(msg.get("warmup", 0)),
                 verify=bool(msg.get("verify", False)),
                 response_size=None if rs is None else int(rs),
-                repeats=int(msg.get("repeats", 1)),
+                intervals=int(msg.get("intervals", 1)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IsoperfError(f"bad start message: {e!r}") from None

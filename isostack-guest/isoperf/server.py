@@ -159,8 +159,8 @@ def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None
     errors = [w.error for w in workers if w.error]
     if any(w.is_alive() for w in workers):
         errors.append("a data connection did not end in time")
-    if len(marks) != params.repeats + 1 or phases[:1] != ["begin"] or phases[-1:] != ["end"]:
-        errors.append(f"the client marked {phases} instead of begin, {params.repeats - 1} split(s), end")
+    if len(marks) != params.intervals + 1 or phases[:1] != ["begin"] or phases[-1:] != ["end"]:
+        errors.append(f"the client marked {phases} instead of begin, {params.intervals - 1} split(s), end")
         marks = marks[:1] * 2 if marks else [Mark(0.0, 0, {})] * 2
     total = sum(w.bytes for w in workers)
     sent = msg.get("sent_bytes")

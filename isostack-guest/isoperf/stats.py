@@ -1,4 +1,4 @@
-"""Latency percentiles, a log histogram and mean/stddev over the repeats: the numbers a result reports."""
+"""Latency percentiles, a log histogram and mean/stddev over the measured intervals: the numbers a result reports."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`testbed bench-vm`: TCP between two guests through vhea, against QEMU's virtio-net on tap + Linux bridge.
 
 Both set-ups run on this machine, with the same accelerator (KVM if it really boots, else TCG), in the same
-run, one after the other so they do not fight for the cores. With `--repeat N` the pair is measured N times in
+run, one after the other so they do not fight for the cores. With `--repeats N` the pair is measured N times in
 alternating order (vhea first, then tap+bridge first, ...), so that a load that comes and goes on a shared
 machine hits both alike; the table shows the medians and every run's figure:
 
@@ -471,13 +471,13 @@ def to_json(res: VmResult) -> str:
 
 
 def cli_main(args) -> int:
-    """Entry point from `testbed bench-vm` (args: duration, accel, json, repeat)."""
+    """Entry point from `testbed bench-vm` (args: duration, accel, json, repeats)."""
     if not 1 <= args.duration <= 120:
         print("testbed bench-vm: error: --duration must be in 1..120", file=sys.stderr)
         return 2
-    repeat = args.repeat
+    repeat = args.repeats
     if not 1 <= repeat <= 10:
-        print("testbed bench-vm: error: --repeat must be in 1..10", file=sys.stderr)
+        print("testbed bench-vm: error: --repeats must be in 1..10", file=sys.stderr)
         return 2
     progress = None if args.json else (lambda m: print(f"testbed bench-vm: {m}", file=sys.stderr, flush=True))
     try:

@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "devices joined by a Linux bridge in a network namespace, and run iperf3 between each pair.")
     p_bvm.add_argument("--duration", type=float, default=10.0, help="iperf3 seconds per set-up (default 10)")
     p_bvm.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"], help="accelerator")
-    p_bvm.add_argument("--repeat", type=int, default=1,
+    p_bvm.add_argument("--repeats", type=int, default=1,
                        help="measure the pair N times in alternating order and print medians (1..10)")
     p_bvm.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return parser

@@ -93,7 +93,7 @@ def client_command(layout: GuestLayout, case: Case, server_ip: str, control: tup
     if case.spec.response_size is not None:
         args += ["--response-size", str(case.spec.response_size)]
     if case.spec.intervals != 1:
-        args += ["--repeats", str(case.spec.intervals)]
+        args += ["--intervals", str(case.spec.intervals)]
     if case.spec.cpu is not None:
         args += ["--cpu", str(case.spec.cpu)]
     if case.spec.sndbuf is not None:
