@@ -39,8 +39,10 @@ NATIVE_PARTS = [
     # host: the device model's native datapath (else the Python datapath)
     native_part("vhea._datapath", "device-model/vhea/_datapath.c", ("-std=gnu11",)),
     # guests: the front-end's fast path with the atomics; the atomics alone for ctypes; isoperf's C send loop
-    native_part("isostack._fastpath", "isostack-guest/isostack/_fastpath.c", for_guests=True),
-    native_part("isostack._atomics", "isostack-guest/isostack/_atomics.c", ("-std=c11",)),
+    native_part("isostack._fastpath", "isostack-guest/isostack/_fastpath.c", for_guests=True,
+                depends=("isostack-guest/isostack/isostack_abi.h",)),
+    native_part("isostack._atomics", "isostack-guest/isostack/_atomics.c", ("-std=c11",),
+                depends=("isostack-guest/isostack/isostack_abi.h",)),
     native_part("isoperf._sendloop", "isostack-guest/isoperf/_sendloop.c", for_guests=True),
     # guests and host: the preload shim that runs unmodified programs over IsoStack (isostack-run); plain C
     native_part("isostack.libisostack-preload", "isostack-guest/isostack/libisostack-preload.c", ("-std=gnu11",),

@@ -45,6 +45,21 @@ def test_legacy_roles_come_from_the_pinning_and_the_interrupts():
     assert cost.app_cpus({"commands": {"client": "taskset -c 1,2 env x"}}) == {1, 2}
 
 
+def test_the_recorded_placement_decides_before_the_command_line_and_the_counts():
+    """The harness records where it put the application and the interrupts (placement.<client>.app_cpus,
+    irq_cpus): that is read first; a record from before it falls back to `taskset -c` in the command."""
+    r = record("legacy", (3.0, 5.0))
+    r["commands"]["client"] = "taskset -c 1 env PYTHONPATH=/opt python3 -m isoperf client"  # not what was recorded
+    r["placement"]["iso-a"]["app_cpus"] = [0]
+    assert cost.app_cpus(r) == {0}
+    b = cost.breakdown(r)
+    assert b["app vCPU"] == 3.0 and b["stack vCPU"] == 5.0
+    quiet = record("legacy", (3.0, 5.0))  # no interrupt counted in the run: the vCPU they were meant for
+    quiet["placement"]["iso-a"] = {"interrupts": {"virtio0-input.0": [0, 0]}, "irq_cpus": [1], "app_cpus": [0]}
+    assert cost.stack_cpus(quiet) == {1}
+    assert cost.breakdown(quiet)["stack vCPU"] == 5.0
+
+
 def test_a_vm_to_vm_case_counts_the_server_guest_and_missing_figures_give_none():
     r = record("legacy", (1.0, 1.0))
     r["host_cpu"]["peer"] = None

@@ -8,8 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define ISO_SLOT 64u
-#define ISO_SPIN_LIMIT 1000000u
+#include "isostack_abi.h"
 
 int iso_cas64(uint64_t *p, uint64_t expected, uint64_t desired)
 {
@@ -23,33 +22,14 @@ uint64_t iso_load64(uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); 
 void iso_store64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 void iso_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
-/* Vyukov bounded MPMC enqueue, used multi-producer/single-consumer.
- * tail: the shared producer index; slots: nslots (power of two) 64-byte slots whose first 8 bytes are the
- * slot sequence number.  body: 48 bytes copied to slot bytes 16..63; slot bytes 8..15 get the position, so
- * the consumer can check the command sequence.  Returns the position, -1 when full, -2 when the queue is
- * corrupt (a hostile peer scribbled over tail or sequences and we gave up after a bounded spin).
+/* Vyukov bounded MPMC enqueue, used multi-producer/single-consumer: the one in isostack_abi.h, which the C
+ * front-end (the preload shim) and the CPython fast path use too.  tail: the shared producer index; slots:
+ * nslots (power of two) 64-byte slots whose first 8 bytes are the slot sequence number.  body: 48 bytes copied
+ * to slot bytes 16..63; slot bytes 8..15 get the position, so the consumer can check the command sequence.
+ * Returns the position, -1 when full, -2 when the queue is corrupt (a hostile peer scribbled over tail or
+ * sequences and we gave up after a bounded spin).
  */
 int64_t iso_mpsc_push(uint64_t *tail, unsigned char *slots, uint64_t nslots, const unsigned char *body)
 {
-    uint64_t mask = nslots - 1;
-    uint64_t pos = __atomic_load_n(tail, __ATOMIC_RELAXED);
-    for (uint32_t spins = 0; spins < ISO_SPIN_LIMIT; spins++) {
-        unsigned char *slot = slots + (pos & mask) * ISO_SLOT;
-        uint64_t seq = __atomic_load_n((uint64_t *)slot, __ATOMIC_ACQUIRE);
-        int64_t dif = (int64_t)(seq - pos);
-        if (dif == 0) {
-            if (__atomic_compare_exchange_n(tail, &pos, pos + 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-                memcpy(slot + 16, body, ISO_SLOT - 16);
-                __atomic_store_n((uint64_t *)(slot + 8), pos, __ATOMIC_RELAXED);
-                __atomic_store_n((uint64_t *)slot, pos + 1, __ATOMIC_RELEASE);
-                return (int64_t)pos;
-            }
-            /* CAS failed: pos now holds the current tail; retry. */
-        } else if (dif < 0) {
-            return -1;
-        } else {
-            pos = __atomic_load_n(tail, __ATOMIC_RELAXED);
-        }
-    }
-    return -2;
+    return iso_abi_push(tail, slots, nslots, body);
 }

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "isostack_abi.h"
+
 #define C_TX_TAIL 8
 #define C_RX_HEAD 16
 #define C_DRAINING 32
@@ -182,31 +184,10 @@ static PyObject *fp_fence(PyObject *s, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* Vyukov enqueue of a 48-byte body: position, -1 full, -2 corrupt (see _atomics.c) */
+/* Vyukov enqueue of a 48-byte body: position, -1 full, -2 corrupt (isostack_abi.h, shared with the shim) */
 static long long mpsc_push_raw(uint64_t ta, uint64_t sa, uint64_t n, const void *body)
 {
-    uint64_t *tail = (uint64_t *)(uintptr_t)ta;
-    unsigned char *slots = (unsigned char *)(uintptr_t)sa;
-    uint64_t mask = n - 1;
-    uint64_t pos = __atomic_load_n(tail, __ATOMIC_RELAXED);
-    for (uint32_t spins = 0; spins < 1000000u; spins++) {
-        unsigned char *slot = slots + (pos & mask) * 64;
-        uint64_t seq = __atomic_load_n((uint64_t *)slot, __ATOMIC_ACQUIRE);
-        int64_t dif = (int64_t)(seq - pos);
-        if (dif == 0) {
-            if (__atomic_compare_exchange_n(tail, &pos, pos + 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-                memcpy(slot + 16, body, 48);
-                __atomic_store_n((uint64_t *)(slot + 8), pos, __ATOMIC_RELAXED);
-                __atomic_store_n((uint64_t *)slot, pos + 1, __ATOMIC_RELEASE);
-                return (long long)pos;
-            }
-        } else if (dif < 0) {
-            return -1;
-        } else {
-            pos = __atomic_load_n(tail, __ATOMIC_RELAXED);
-        }
-    }
-    return -2;
+    return (long long)iso_abi_push((uint64_t *)(uintptr_t)ta, (unsigned char *)(uintptr_t)sa, n, body);
 }
 
 /* mpsc_push(tail_addr, slots_addr, nslots, body48) -> position, -1 full, -2 corrupt (see _atomics.c) */

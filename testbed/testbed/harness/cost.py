@@ -6,9 +6,10 @@ result says which part holds a ratio back (application, stack vCPU, device model
 normalized the same way as `host_cpu.client_messages_per_host_cpu_s` (CPU-seconds over the sampled interval,
 per message/s of the measured interval), so the guest's vCPU parts add up to its inverse.
 
-Roles of the client's vCPUs come from the record: the application's from the client command's `taskset -c`
-(or isoperf's `cpu_binding`), isostackd's from its instances, the NIC interrupts' from the interrupts counted
-during the run. Pure: tested on canned records.
+Roles of the client's vCPUs come from the record: the application's from the placement the harness chose
+(`placement.<client>.app_cpus`; in records from before it, the client command's `taskset -c` or isoperf's
+`cpu_binding`), isostackd's from its instances, the NIC interrupts' from the interrupts counted during the
+run (where none were counted, the vCPUs they were meant for: `irq_cpus`). Pure: tested on canned records.
 """
 
 from __future__ import annotations
@@ -20,8 +21,20 @@ GUEST_PARTS = PARTS[:3]  # the client guest's vCPU threads: the cost figure of t
 _TASKSET = re.compile(r"(?:^|\s)taskset -c (\d+(?:,\d+)*)\s")
 
 
+def _client_placement(case: dict) -> dict:
+    entry = (case.get("placement") or {}).get(case.get("client"))
+    return entry if isinstance(entry, dict) else {}
+
+
+def _cpu_list(value) -> set[int]:
+    return {c for c in value if isinstance(c, int) and not isinstance(c, bool)} if isinstance(value, list) else set()
+
+
 def app_cpus(case: dict) -> set[int]:
     """The vCPUs the application was pinned to (empty: not pinned)."""
+    recorded = _cpu_list(_client_placement(case).get("app_cpus"))
+    if recorded:
+        return recorded
     m = _TASKSET.search(((case.get("commands") or {}).get("client") or "") + " ")
     if m:
         return {int(c) for c in m.group(1).split(",")}
@@ -35,16 +48,16 @@ def stack_cpus(case: dict) -> set[int]:
     cpus = {d["cpu"] for d in daemons if isinstance(d, dict) and isinstance(d.get("cpu"), int)}
     if cpus:
         return cpus
-    client = case.get("client")
+    placement = _client_placement(case)
     per_cpu: dict[int, int] = {}
-    interrupts = ((case.get("placement") or {}).get(client) or {}).get("interrupts") or {}
+    interrupts = placement.get("interrupts") or {}
     for counts in interrupts.values():
         if isinstance(counts, list):
             for cpu, n in enumerate(counts):
                 if isinstance(n, int):
                     per_cpu[cpu] = per_cpu.get(cpu, 0) + n
     if not per_cpu or max(per_cpu.values()) <= 0:
-        return set()
+        return _cpu_list(placement.get("irq_cpus"))
     top = max(per_cpu.values())
     return {cpu for cpu, n in per_cpu.items() if n >= top / 2}
 
