@@ -41,6 +41,8 @@ NATIVE_PARTS = [
     # guests: the front-end's fast path with the atomics; the atomics alone for ctypes; isoperf's C send loop
     native_part("isostack._fastpath", "isostack-guest/isostack/_fastpath.c", for_guests=True),
     native_part("isostack._atomics", "isostack-guest/isostack/_atomics.c", ("-std=c11",)),
+    # guests and host: isostackd's per-slot hot path (tx drain, rx fill, notification post)
+    native_part("isostack._dispatch", "isostack-guest/isostack/_dispatch.c", for_guests=True),
     native_part("isoperf._sendloop", "isostack-guest/isoperf/_sendloop.c", for_guests=True),
     # guests and host: the preload shim that runs unmodified programs over IsoStack (isostack-run); plain C
     native_part("isostack.libisostack-preload", "isostack-guest/isostack/libisostack-preload.c", ("-std=gnu11",),

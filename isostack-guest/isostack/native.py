@@ -68,6 +68,25 @@ def load_fast():
     return _fastpath
 
 
+def load_dispatch():
+    """isostackd's hot-path extension (_dispatch.c), or None (ISOSTACK_NO_DISPATCH_C=1: the Python reference in
+    dispatcher/ringio.py runs instead; or it is not built or does not import here)."""
+    if os.environ.get("ISOSTACK_NO_DISPATCH_C"):
+        return None
+    try:
+        from . import _dispatch
+    except ImportError:
+        return None
+    from . import layout as L
+
+    expected = (L.C_TX_TAIL, L.C_RX_HEAD, L.C_TX_HEAD, L.C_RX_TAIL, L.R_HEAD, L.R_TAIL, L.R_DROPPED,
+                L.NOTIF_ENTRY.size)
+    if _dispatch.layout() != expected:
+        raise NativeError(f"_dispatch was built for another layout: {_dispatch.layout()} != {expected}; rebuild "
+                          f"it with {BUILD_COMMAND}")
+    return _dispatch
+
+
 FAST = load_fast()
 if FAST is not None:
     LIB = None
@@ -122,6 +141,8 @@ def main() -> int:
     fast = load_fast()
     print(f"_fastpath: {fast.__file__ if fast is not None else 'not loaded'}")
     print(f"_atomics: {LIBRARY if LIBRARY.exists() else 'missing'}")
+    dispatch = load_dispatch()
+    print(f"_dispatch: {dispatch.__file__ if dispatch is not None else 'not loaded (isostackd runs its Python path)'}")
     return 0
 
 

@@ -30,6 +30,8 @@ from .notifications import Notifier
 from .polling import PollingPolicy
 from .ratelimit import PREFIXES, PeerWarningLimit
 from .state import Application, Limits, SharedState, SocketSlot
+from .trace import KERNEL_EVENT
+from .trace import from_env as trace_from_env
 from .watchdog import StrandedRingWatchdog
 
 log = logging.getLogger("isostackd")
@@ -66,7 +68,7 @@ class Dispatcher:
         self.shared = SharedState(epoll=select.epoll(), instance=instance,
                                   lock=threading.Lock() if uncontended_locks else None,
                                   membarrier=native.membarrier_supported(), stats=self.stats,
-                                  limits=limits or Limits())
+                                  limits=limits or Limits(), trace=trace_from_env())
         epoll = self.shared.epoll
         self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         epoll.register(self.kick_fd, select.EPOLLIN)
@@ -94,6 +96,8 @@ class Dispatcher:
         self.shared.epoll.close()
         self.listener.close()
         os.close(self.kick_fd)
+        if self.shared.trace is not None:
+            self.shared.trace.dump()
         try:
             os.unlink(self.path)
         except OSError:
@@ -146,10 +150,13 @@ class Dispatcher:
         did_work = False
         shared.loop_latency = False
         shared.loop_fill = 0.0
+        trace = shared.trace
         for fd, events in shared.epoll.poll(timeout):
             shared.loop_latency = True
             slot = shared.by_fd.get(fd)
             if slot is not None:
+                if trace is not None:
+                    trace(KERNEL_EVENT, slot.index)
                 did_work |= guarded(slot.app, self._kernel_event, slot, events)
             elif fd == self.kick_fd:
                 try:
