@@ -46,6 +46,7 @@ log = logging.getLogger("isostackd")
 NATIVE = native.load_dispatch()  # the C steps (_dispatch.c), else ringio's Python reference
 
 TX_GRACE_LOOPS = 64  # loops a drained tx ring stays "draining" before the flag is released
+RX_REFILL = 4  # a full rx ring is received into again once 1/RX_REFILL of it is free
 STREAK_MIN = 3  # loops in a row a tx ring must have data before it counts as a stream (coalescing naps)
 
 
@@ -117,6 +118,7 @@ class DataPath:
             shared.tx_progress.append(slot)  # TX_WANT is read after the fence in ring_doorbells (Dekker)
         if sent < used:  # kernel buffer full: wait for EPOLLOUT instead of spinning
             shared.tx_active.discard(slot)
+            shared.tx_blocked.add(slot)
             self.kernel_sockets.register(slot, slot.epoll_mask | select.EPOLLOUT)
         return True
 
@@ -160,6 +162,7 @@ class DataPath:
     def writable(self, slot: SocketSlot) -> None:
         """EPOLLOUT on a connected socket: the kernel has room again, drain on."""
         self.kernel_sockets.register(slot, slot.epoll_mask & ~select.EPOLLOUT)
+        self.shared.tx_blocked.discard(slot)
         if slot.draining:
             self.shared.tx_active.add(slot)
 
@@ -245,13 +248,23 @@ class DataPath:
         return True
 
     def unstall(self, slot: SocketSlot) -> bool:
-        """A full rx ring got credits back: receive on."""
+        """A full rx ring got credits back: receive on, once a quarter of it is free (RX_REFILL) or its
+        application has emptied it, so that a slow reader is refilled in large receives, not one per message it
+        takes.  A ring its application emptied is someone waiting (latency: no nap after this loop)."""
+        shared = self.shared
         if slot.kernel_socket is None:
-            self.shared.rx_stalled.discard(slot)
+            shared.rx_stalled.discard(slot)
             return False
-        if slot.rx_tail - slot.app.region.q[slot.control_word + C_RX_HEAD] < slot.app.geometry.rx_size:
-            slot.rx_stalled = False
-            self.shared.rx_stalled.discard(slot)
-            self.kernel_sockets.register(slot, slot.epoll_mask | EPOLL_IN)
-            return True
-        return False
+        size = slot.app.geometry.rx_size
+        free = size - (slot.rx_tail - slot.app.region.q[slot.control_word + C_RX_HEAD])
+        if free < size // RX_REFILL:
+            return False
+        slot.rx_stalled = False
+        shared.rx_stalled.discard(slot)
+        self.kernel_sockets.register(slot, slot.epoll_mask | EPOLL_IN)
+        if free >= size:  # emptied (or an impossible head, which the receive fails)
+            shared.loop_latency = True
+        fill = min(free / size, 1.0)  # how much of the ring its application took meanwhile (naps adapt to it)
+        if fill > shared.loop_fill:
+            shared.loop_fill = fill
+        return True

@@ -185,7 +185,7 @@ class Dispatcher:
                 did_work |= guarded(slot.app, self.datapath.drain, slot)
         for slot in list(shared.rx_stalled):
             if not slot.app.detached and guarded(slot.app, self.datapath.unstall, slot):
-                did_work = shared.loop_latency = True
+                did_work = True
         if shared.closing:
             self.datapath.expire_lingering_closes()
         self.notifier.fail_bad_rings()
@@ -224,7 +224,8 @@ class Dispatcher:
 
     def run(self) -> None:
         """Busy-poll while work arrives; nap between drains of streaming rings (aggregation: one kernel send
-        takes what accumulated meanwhile); sleep in epoll after an adaptive poll window without work."""
+        takes what accumulated meanwhile) and while full rx rings wait for their readers (one receive then
+        refills much); sleep in epoll after an adaptive poll window without work."""
         policy = self.policy
         shared = self.shared
         policy.worked()
@@ -236,6 +237,13 @@ class Dispatcher:
                         break
                     policy.napped(shared.loop_fill, shared.loop_latency)
                     self.stats["nap_us"] = policy.nap_us
+            elif (shared.rx_stalled or shared.tx_blocked) and not shared.tx_active and policy.nap_max_s:
+                # the rings with work wait, for their readers (full rx rings) or for the kernel (EPOLLOUT):
+                # nap (kernel events and kicks still wake us) instead of spinning; longer while rx rings stay
+                # full (napped: fill 0), shorter when an event ends the nap
+                self.sleep_until_woken(policy.nap_s)
+                policy.napped(shared.loop_fill, shared.loop_latency)
+                self.stats["nap_us"] = policy.nap_us
             elif policy.should_sleep():
                 policy.sleep_starts()
                 self.sleep_until_woken()

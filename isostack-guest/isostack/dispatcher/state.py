@@ -153,6 +153,7 @@ class SharedState:
     by_fd: dict[int, SocketSlot] = field(default_factory=dict)  # kernel socket fd -> its slot
     tx_active: set[SocketSlot] = field(default_factory=set)  # tx rings drained every loop
     rx_stalled: set[SocketSlot] = field(default_factory=set)  # rx rings full: polled for credits
+    tx_blocked: set[SocketSlot] = field(default_factory=set)  # tx rings waiting for EPOLLOUT (kernel buffer full)
     closing: set[SocketSlot] = field(default_factory=set)  # closes lingering until their tx ring is sent
     tx_progress: list[SocketSlot] = field(default_factory=list)  # tx head advanced this loop
     bad_ring: list[SocketSlot] = field(default_factory=list)  # named a missing notification ring: failed later
