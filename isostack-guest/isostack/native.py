@@ -6,6 +6,9 @@ multi-producer (any thread or forked process of an application may post), so pro
 with a CAS on the shared tail.  Everything else (ordered loads and stores on x86-64) stays in Python.
 `python -m isoperf.stackbench --queues` prints the measured cost (see the module docstring of queues.py).
 
+isostackd's per-message steps (tx drain, rx fill, notification post) are a second extension, _dispatch.c
+(load_dispatch; the dispatcher runs their Python reference, dispatcher/ringio.py, without it).
+
 The guests have no compiler: the parts are built on the host when the project is installed (setup.py puts them
 next to their sources) and uploaded with the package.  Importing this module only loads them, it never
 compiles; `python -m isostack.native` says which parts load here.
