@@ -204,9 +204,11 @@ def run(n: int, size: int, dispatcher_cpu: int | None, busy_poll_us: int) -> dic
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m isoperf.rrtrace",
                                 description="per-hop latency of RR transactions through IsoStack vs kernel sockets")
-    p.add_argument("--transactions", type=int, default=20000)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--dispatcher-cpu", type=int, default=None)
+    p.add_argument("--transactions", type=int, default=20000,
+                   help="transactions on each stack; the first tenth (at most 1000) is warm-up (default 20000)")
+    p.add_argument("--size", type=int, default=64, help="request and response size in bytes (default 64)")
+    p.add_argument("--dispatcher-cpu", type=int, default=None,
+                   help="isostackd's --cpu (default: isostackd's own choice)")
     p.add_argument("--busy-poll-us", type=int, default=1000, help="isostackd's --busy-poll-us (default 1000, "
                                                                    "isostackd's own default)")
     args = p.parse_args(argv)
