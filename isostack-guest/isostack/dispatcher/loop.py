@@ -241,9 +241,8 @@ class Dispatcher:
                 # the rings with work wait, for their readers (full rx rings) or for the kernel (EPOLLOUT):
                 # nap (kernel events and kicks still wake us) instead of spinning; longer while rx rings stay
                 # full (napped: fill 0), shorter when an event ends the nap
-                self.sleep_until_woken(policy.nap_s)
-                policy.napped(shared.loop_fill, shared.loop_latency)
-                self.stats["nap_us"] = policy.nap_us
+                self.sleep_until_woken(policy.wait_s)
+                policy.waited(shared.loop_fill, shared.loop_latency)
             elif policy.should_sleep():
                 policy.sleep_starts()
                 self.sleep_until_woken()
