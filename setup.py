@@ -43,6 +43,8 @@ NATIVE_PARTS = [
                 depends=("isostack-guest/isostack/isostack_abi.h",)),
     native_part("isostack._atomics", "isostack-guest/isostack/_atomics.c", ("-std=c11",),
                 depends=("isostack-guest/isostack/isostack_abi.h",)),
+    # guests and host: isostackd's per-slot hot path (tx drain, rx fill, notification post)
+    native_part("isostack._dispatch", "isostack-guest/isostack/_dispatch.c", for_guests=True),
     native_part("isoperf._sendloop", "isostack-guest/isoperf/_sendloop.c", for_guests=True),
     # guests and host: the preload shim that runs unmodified programs over IsoStack (isostack-run); plain C
     native_part("isostack.libisostack-preload", "isostack-guest/isostack/libisostack-preload.c", ("-std=gnu11",),

@@ -46,13 +46,15 @@ def test_check_native_finds_the_so_files_built_into_the_uploaded_packages(tmp_pa
     runner.check_native()  # installing the project built them (setup.py); nothing is compiled here
     assert (root / "isostack" / "_atomics.so").exists()
     assert list((root / "isostack").glob("_fastpath*.so"))
+    assert list((root / "isostack").glob("_dispatch*.so"))  # isostackd's hot path travels with the package
     assert list((root / "isoperf").glob("_sendloop*.so"))
     assert (root / "isostack" / "libisostack-preload.so").exists()  # the preload shim travels with the package
 
 
 def test_check_native_refuses_packages_without_their_built_parts_naming_the_command(tmp_path):
     _root, runner = _guest_copy(tmp_path, with_built_parts=False)
-    with pytest.raises(HarnessError, match=r"isostack: _atomics is not built; isostack: _fastpath is not built; "
+    with pytest.raises(HarnessError, match=r"isostack: _atomics is not built; isostack: _dispatch is not built; "
+                                           r"isostack: _fastpath is not built; "
                                            r"isostack: libisostack-preload is not built; "
                                            r"isoperf: _sendloop is not built.*`make native`"):
         runner.check_native()

@@ -121,3 +121,20 @@ def test_sleep_timeout():
     assert timeout(nap_s=0.0005, tx_active=True) == 0.0005
     assert timeout(tx_active=True, polled_work=True) == 0.0  # tx rings are still drained
     assert timeout(polled_work=True) == 0.001  # rx credits and close linger are polled, not signalled
+
+
+def test_the_wait_nap_adapts_on_its_own_and_leaves_the_coalescing_nap_alone(clock):
+    """Waiting for readers or for EPOLLOUT has its own nap: an event that ends it halves it, full rx rings double
+    it, and neither moves the nap between tx drains."""
+    policy = PollingPolicy(nap_max_us=1000, clock=clock)
+    policy.napped(fill=NAP_LOW / 2, latency=False)
+    coalescing = policy.nap_s
+    for _ in range(5):
+        policy.waited(fill=0.0, latency=True)  # EPOLLOUT ended it
+    assert policy.wait_s == NAP_MIN_S and policy.nap_s == coalescing
+    for _ in range(20):
+        policy.waited(fill=0.0, latency=False)  # the rx rings stayed full
+    assert policy.wait_s == 0.001 and policy.nap_s == coalescing
+    clock.advance(1)
+    policy.waited(fill=1 / 4, latency=False)  # a reader took a quarter: unchanged, and it counts as work
+    assert policy.wait_s == 0.001 and policy.idle_since == clock.now

@@ -65,4 +65,5 @@ def test_python_m_isostack_native_reports_what_loads(tmp_path):
     lines = p.stdout.splitlines()
     assert lines[0].startswith("_fastpath: ") and lines[0].endswith(".so")
     assert lines[1] == f"_atomics: {tmp_path / 'isostack' / '_atomics.so'}"
-    assert len(lines) == 2
+    assert lines[2].startswith("_dispatch: ") and lines[2].endswith(".so")  # isostackd's hot path
+    assert len(lines) == 3

@@ -1,15 +1,17 @@
-"""The stack-only benchmark: queue operation costs, and small sends through IsoStack vs plain kernel sockets.
+"""The stack-only benchmark: queue operation costs, and small messages through IsoStack vs plain kernel sockets.
 
     python -m isoperf.stackbench --queues          # ops/s of the shared-memory queues (justifies the C helper)
     python -m isoperf.stackbench [--size 64] [--duration 3] [--socket PATH] [--send-loop python|c]
+                                 [--direction send|recv|both]
 
-The send benchmark runs, in one invocation, a TCP sink in a separate process on 127.0.0.1 and then
-  * kernel: the application thread calls socket.sendall(size bytes) in a loop;
+The benchmark runs, in one invocation, a TCP sink and a TCP source, each a separate process on 127.0.0.1, and
+  * kernel: the application thread calls socket.sendall(size bytes) in a loop (send), or recv_into(buf, size)
+    until EOF while the source sends for --duration (recv);
     (--send-loop c: isoperf's C loop around the same sendall calls, for both stacks);
-  * iso:    the same loop through the IsoStack front-end, served by an isostackd subprocess (started here
+  * iso:    the same loops through the IsoStack front-end, served by an isostackd subprocess (started here
             on --dispatcher-cpu unless --socket names a running one).
-For each it prints messages/s (counted by the sink), the CPU seconds consumed by the application thread
-(time.thread_time) and by the dispatcher (utime+stime from /proc/PID/stat), per message and in total,
+For each it prints messages/s (counted by the sink, or received), the CPU seconds consumed by the application
+thread (time.thread_time) and by the dispatcher (utime+stime from /proc/PID/stat), per message and in total,
 messages per consumed CPU-second, and the iso/kernel ratios of messages/s and of messages per CPU-second
 (the seed's goal: >= 10x per consumed CPU for 64-byte messages).
 
@@ -45,6 +47,25 @@ while True:
         if not k:
             break
         n += k
+    c.close()
+    print(n, flush=True)
+"""
+
+
+SOURCE = r"""
+import socket, sys, time
+duration = float(sys.argv[1])
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0)); srv.listen(16)
+print(srv.getsockname()[1], flush=True)
+chunk = b"m" * (1 << 16)
+while True:
+    c, _ = srv.accept()
+    n = 0
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        c.sendall(chunk)
+        n += len(chunk)
     c.close()
     print(n, flush=True)
 """
@@ -139,21 +160,67 @@ def _run(label: str, make_sock, port: int, sink, size: int, duration: float, dis
     assert received == res["sent"] * size, (received, res["sent"] * size)
     app_us = res["cpu"] / msgs * 1e6
     disp_us = (d1 - d0) / msgs * 1e6
-    return {"stack": label, "loop": loop, "size": size, "messages": msgs, "msgs_per_s": round(msgs / elapsed),
+    return {"stack": label, "direction": "send", "loop": loop, "size": size, "messages": msgs,
+            "msgs_per_s": round(msgs / elapsed),
             "app_cpu_s": round(res["cpu"], 3), "dispatcher_cpu_s": round(d1 - d0, 3),
             "app_cpu_us_per_msg": round(app_us, 3), "dispatcher_cpu_us_per_msg": round(disp_us, 3),
             "msgs_per_cpu_s": round(1e6 / (app_us + disp_us)), "elapsed_s": round(elapsed, 3)}
 
 
+def _receiver(recv_into, size: int, res: dict) -> None:
+    buf = bytearray(size)
+    n = 0
+    t0 = time.thread_time()
+    while True:
+        k = recv_into(buf, size)
+        if not k:
+            break
+        n += k
+    res["cpu"] = time.thread_time() - t0
+    res["received"] = n
+
+
+def _run_recv(label: str, make_sock, port: int, source, size: int, disp_pid: int | None) -> dict:
+    """The receive direction: the source sends for its duration and closes; the application takes `size`
+    bytes per recv_into call until EOF (a message per call, as the send direction sends one per call)."""
+    d0 = _proc_cpu(disp_pid) if disp_pid else 0.0
+    t0 = time.monotonic()
+    s = make_sock(port)
+    res: dict = {}
+    th = threading.Thread(target=_receiver, args=(s.recv_into, size, res))
+    th.start()
+    th.join()
+    elapsed = time.monotonic() - t0
+    s.close()
+    sent = int(source.stdout.readline())
+    d1 = _proc_cpu(disp_pid) if disp_pid else 0.0
+    assert res["received"] == sent, (res["received"], sent)
+    msgs = sent // size
+    app_us = res["cpu"] / msgs * 1e6
+    disp_us = (d1 - d0) / msgs * 1e6
+    return {"stack": label, "direction": "recv", "loop": "python", "size": size, "messages": msgs,
+            "msgs_per_s": round(msgs / elapsed), "app_cpu_s": round(res["cpu"], 3),
+            "dispatcher_cpu_s": round(d1 - d0, 3), "app_cpu_us_per_msg": round(app_us, 3),
+            "dispatcher_cpu_us_per_msg": round(disp_us, 3), "msgs_per_cpu_s": round(1e6 / (app_us + disp_us)),
+            "elapsed_s": round(elapsed, 3)}
+
+
 def send_bench(size: int, duration: float, path: str | None, dispatcher_cpu: int | None,
-               busy_poll_us: int, locks: bool, loop: str = "python") -> list[dict]:
+               busy_poll_us: int, locks: bool, loop: str = "python", directions: tuple[str, ...] = ("send",)
+               ) -> list[dict]:
     sink = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True)
     port = int(sink.stdout.readline())
+    source = subprocess.Popen([sys.executable, "-c", SOURCE, str(duration)], stdout=subprocess.PIPE, text=True)
+    source_port = int(source.stdout.readline())
     disp = None
     tmp = None
     try:
-        rows = [_run("kernel", lambda p: socket.create_connection(("127.0.0.1", p)), port, sink, size, duration,
-                     None, loop)]
+        rows = []
+        kernel_connect = lambda p: socket.create_connection(("127.0.0.1", p))  # noqa: E731
+        if "send" in directions:
+            rows.append(_run("kernel", kernel_connect, port, sink, size, duration, None, loop))
+        if "recv" in directions:
+            rows.append(_run_recv("kernel", kernel_connect, source_port, source, size, None))
         if path is None:
             tmp = tempfile.mkdtemp(prefix="isostack-bench-")
             path = os.path.join(tmp, "isostackd.sock")
@@ -175,11 +242,15 @@ def send_bench(size: int, duration: float, path: str | None, dispatcher_cpu: int
 
         stack = Stack(path)
         pid = disp.pid if disp else int(stack.info["pid"])
+        label = "iso-locks" if locks else "iso"
+        iso_connect = lambda p: stack.create_connection(("127.0.0.1", p))  # noqa: E731
         try:
-            row = _run("iso-locks" if locks else "iso", lambda p: stack.create_connection(("127.0.0.1", p)), port,
-                       sink, size, duration, pid, loop)
-            row.update(stack.stats())
-            rows.append(row)
+            if "send" in directions:
+                row = _run(label, iso_connect, port, sink, size, duration, pid, loop)
+                row.update(stack.stats())
+                rows.append(row)
+            if "recv" in directions:
+                rows.append(_run_recv(label, iso_connect, source_port, source, size, pid))
         finally:
             stack.close()
         return rows
@@ -187,8 +258,9 @@ def send_bench(size: int, duration: float, path: str | None, dispatcher_cpu: int
         if disp:
             disp.terminate()
             disp.wait()
-        sink.kill()
-        sink.wait()
+        for helper in (sink, source):
+            helper.kill()
+            helper.wait()
         if tmp:
             try:
                 os.rmdir(tmp)
@@ -209,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--send-loop", choices=("python", "c"), default="python",
                    help="the loop around the per-message sendall calls, for both stacks: python (64 calls per "
                         "stop check) or isoperf's C loop (_sendloop.c)")
+    p.add_argument("--direction", choices=("send", "recv", "both"), default="both",
+                   help="send: the application sends to a sink; recv: a source sends to the application, which "
+                        "takes --size bytes per recv_into call; both (default)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.app_cpu is not None:
@@ -217,22 +292,24 @@ def main(argv: list[str] | None = None) -> int:
         res = queue_bench()
         print(json.dumps(res) if args.json else "\n".join(f"{k:>24}: {v}" for k, v in res.items()))
         return 0
+    directions = ("send", "recv") if args.direction == "both" else (args.direction,)
     rows = send_bench(args.size, args.duration, args.socket, args.dispatcher_cpu, args.busy_poll_us,
-                      args.uncontended_locks, args.send_loop)
+                      args.uncontended_locks, args.send_loop, directions)
     if args.json:
         print(json.dumps(rows))
         return 0
-    cols = ["stack", "loop", "size", "msgs_per_s", "app_cpu_s", "dispatcher_cpu_s", "app_cpu_us_per_msg",
+    cols = ["stack", "direction", "loop", "size", "msgs_per_s", "app_cpu_s", "dispatcher_cpu_s", "app_cpu_us_per_msg",
             "dispatcher_cpu_us_per_msg", "msgs_per_cpu_s"]
     print("  ".join(f"{c:>{max(len(c), 8)}}" for c in cols))
     for r in rows:
         print("  ".join(f"{r[c]!s:>{max(len(c), 8)}}" for c in cols))
-    base = rows[0]
-    for r in rows[1:]:
-        print(f"{r['stack']}/kernel: {r['msgs_per_s'] / base['msgs_per_s']:.2f}x messages/s, "
-              f"{r['msgs_per_cpu_s'] / base['msgs_per_cpu_s']:.2f}x messages per consumed CPU-second")
     for r in rows:
-        if "doorbells_rung" in r:
+        base = next(b for b in rows if b["stack"] == "kernel" and b["direction"] == r["direction"])
+        if r is not base:
+            print(f"{r['stack']}/kernel {r['direction']}: {r['msgs_per_s'] / base['msgs_per_s']:.2f}x messages/s, "
+                  f"{r['msgs_per_cpu_s'] / base['msgs_per_cpu_s']:.2f}x messages per consumed CPU-second")
+    for r in rows:
+        if "send_posts" in r:
             print(f"iso doorbells rung {r['doorbells_rung']}, saved {r['doorbells_saved']}, kicks {r['kicks']},"
                   f" SEND commands posted {r['send_posts']}"
                   f" ({r['send_posts'] / max(r['messages'], 1):.5f} per message)")

@@ -6,6 +6,9 @@ multi-producer (any thread or forked process of an application may post), so pro
 with a CAS on the shared tail.  Everything else (ordered loads and stores on x86-64) stays in Python.
 `python -m isoperf.stackbench --queues` prints the measured cost (see the module docstring of queues.py).
 
+isostackd's per-message steps (tx drain, rx fill, notification post) are a second extension, _dispatch.c
+(load_dispatch; the dispatcher runs their Python reference, dispatcher/ringio.py, without it).
+
 The guests have no compiler: the parts are built on the host when the project is installed (setup.py puts them
 next to their sources) and uploaded with the package.  Importing this module only loads them, it never
 compiles; `python -m isostack.native` says which parts load here.
@@ -68,6 +71,25 @@ def load_fast():
     return _fastpath
 
 
+def load_dispatch():
+    """isostackd's hot-path extension (_dispatch.c), or None (ISOSTACK_NO_DISPATCH_C=1: the Python reference in
+    dispatcher/ringio.py runs instead; or it is not built or does not import here)."""
+    if os.environ.get("ISOSTACK_NO_DISPATCH_C"):
+        return None
+    try:
+        from . import _dispatch
+    except ImportError:
+        return None
+    from . import layout as L
+
+    expected = (L.C_TX_TAIL, L.C_RX_HEAD, L.C_TX_HEAD, L.C_RX_TAIL, L.R_HEAD, L.R_TAIL, L.R_DROPPED,
+                L.NOTIF_ENTRY.size)
+    if _dispatch.layout() != expected:
+        raise NativeError(f"_dispatch was built for another layout: {_dispatch.layout()} != {expected}; rebuild "
+                          f"it with {BUILD_COMMAND}")
+    return _dispatch
+
+
 FAST = load_fast()
 if FAST is not None:
     LIB = None
@@ -122,6 +144,8 @@ def main() -> int:
     fast = load_fast()
     print(f"_fastpath: {fast.__file__ if fast is not None else 'not loaded'}")
     print(f"_atomics: {LIBRARY if LIBRARY.exists() else 'missing'}")
+    dispatch = load_dispatch()
+    print(f"_dispatch: {dispatch.__file__ if dispatch is not None else 'not loaded (isostackd runs its Python path)'}")
     return 0
 
 

@@ -49,6 +49,7 @@ from .datapath import DataPath
 from .kernel import EPOLL_IN, KernelSockets, attach_reuseport_program, incoming_cpu, reuseport_program, socket_as
 from .notifications import Notifier
 from .state import U64, Application, SharedState, SocketSlot
+from .trace import COMMAND
 
 log = logging.getLogger("isostackd")
 
@@ -151,6 +152,8 @@ class CommandExecutor:
             if lock:
                 lock.release()
             stats["commands"] += 1
+            if self.shared.trace is not None:
+                self.shared.trace(COMMAND, slot.index)
             try:
                 self._execute(slot, command)
             except BadEntry as e:

@@ -4,7 +4,8 @@ Both directions aggregate: everything an application queued goes out in one send
 memory, and one recv_into/recvmsg_into fills as much of the rx ring as is free.  A tx ring that is drained
 stays "draining" (C_DRAINING set: the front-end posts no SEND for it) for TX_GRACE_LOOPS empty loops; the
 flag is then released with the Dekker handshake described in queues.py.  Deferred shutdowns and lingering
-closes end here, once their tx ring is empty.
+closes end here, once their tx ring is empty.  The per-message steps (one drain, one fill) are C where the
+extension loads (_dispatch.c) and Python otherwise (ringio.py, the reference); the decisions are here.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from ..layout import (
     C_RES_SEQ,
     C_RES_VAL,
     C_RX_HEAD,
-    C_RX_TAIL,
-    C_TX_HEAD,
     C_TX_TAIL,
     C_TX_WANT,
     EV_DONE,
@@ -36,15 +35,32 @@ from ..layout import (
     BadEntry,
     check_ring,
 )
-from ..queues import ring_views
+from . import ringio
 from .kernel import EPOLL_IN, KernelSockets
 from .notifications import Notifier
 from .state import SharedState, SocketSlot
+from .trace import RX_FILLED, TX_SEEN, TX_SENT
 
 log = logging.getLogger("isostackd")
 
+NATIVE = native.load_dispatch()  # the C steps (_dispatch.c), else ringio's Python reference
+
 TX_GRACE_LOOPS = 64  # loops a drained tx ring stays "draining" before the flag is released
+RX_REFILL = 4  # a full rx ring is received into again once 1/RX_REFILL of it is free
 STREAK_MIN = 3  # loops in a row a tx ring must have data before it counts as a stream (coalescing naps)
+
+
+def bad_index(what: str, head: int, tail: int, size: int) -> str:
+    """check_ring's reason for a ring whose index the application made impossible."""
+    try:
+        check_ring(head, tail, size, what)
+    except BadEntry as e:
+        return e.reason
+    raise AssertionError(f"{what} ring {head}..{tail} of {size} bytes is valid")
+
+
+def os_error(err: int) -> OSError:
+    return OSError(err, os.strerror(err))
 
 
 class DataPath:
@@ -68,55 +84,41 @@ class DataPath:
         """Send what the tx ring holds in one kernel call; False when there was nothing to do."""
         shared = self.shared
         app = slot.app
-        words = app.region.q
-        control = slot.control_word
         size = app.geometry.tx_size
-        lock = shared.lock
-        if lock:
-            lock.acquire()
-        tail = words[control + C_TX_TAIL]
-        if lock:
-            lock.release()
-        try:
-            used = check_ring(slot.tx_head, tail, size, "tx")
-        except BadEntry as e:
-            self.notifier.fail(slot, e.err, e.reason)
+        trace = shared.trace
+        started = trace.clock() if trace is not None else 0
+        if NATIVE is not None and not shared.lock:
+            used, sent = NATIVE.tx_drain(slot.fd, slot.control_addr, slot.tx_addr, size, slot.tx_head)
+        else:
+            used, sent = ringio.tx_drain(slot.kernel_socket, app.region.q, app.region.buf, slot.control_word,
+                                         slot.tx_offset, size, slot.tx_head, shared.lock)
+        if used < 0:  # `sent` is the application's impossible tail
+            self.notifier.fail(slot, errno.EFAULT, bad_index("tx", slot.tx_head, sent, size))
             return True
         if used == 0:
             slot.busy_streak = 0
             return self.tx_idle(slot)
+        if trace is not None:
+            trace(TX_SEEN, slot.index, started)
+            trace(TX_SENT, slot.index)
         slot.busy_streak += 1
-        if slot.busy_streak < STREAK_MIN or words[control + C_TX_WANT]:
+        if slot.busy_streak < STREAK_MIN or app.region.q[slot.control_word + C_TX_WANT]:
             shared.loop_latency = True  # not (yet) a stream, or its application waits for credits: no nap
         fill = used / size
         if fill > shared.loop_fill:
             shared.loop_fill = fill
-        views = ring_views(app.region.buf, slot.tx_offset, size, slot.tx_head, used)
-        kernel_socket = slot.kernel_socket
-        try:
-            sent = kernel_socket.send(views[0]) if len(views) == 1 else kernel_socket.sendmsg(views)
-        except BlockingIOError:
-            sent = 0
-        except OSError as e:
-            for view in views:
-                view.release()
-            self.notifier.fail(slot, e.errno or errno.EIO, f"send: {e}")
+        if sent < 0:
+            self.notifier.fail(slot, -sent, f"send: {os_error(-sent)}")
             return True
-        for view in views:
-            view.release()
         shared.stats["sends"] += 1
         shared.stats["send_bytes"] += sent
         slot.tx_head += sent
-        if lock:
-            lock.acquire()
-        words[control + C_TX_HEAD] = slot.tx_head
-        if lock:
-            lock.release()
         slot.idle_loops = 0
         if sent:
             shared.tx_progress.append(slot)  # TX_WANT is read after the fence in ring_doorbells (Dekker)
         if sent < used:  # kernel buffer full: wait for EPOLLOUT instead of spinning
             shared.tx_active.discard(slot)
+            shared.tx_blocked.add(slot)
             self.kernel_sockets.register(slot, slot.epoll_mask | select.EPOLLOUT)
         return True
 
@@ -160,6 +162,7 @@ class DataPath:
     def writable(self, slot: SocketSlot) -> None:
         """EPOLLOUT on a connected socket: the kernel has room again, drain on."""
         self.kernel_sockets.register(slot, slot.epoll_mask & ~select.EPOLLOUT)
+        self.shared.tx_blocked.discard(slot)
         if slot.draining:
             self.shared.tx_active.add(slot)
 
@@ -207,61 +210,61 @@ class DataPath:
         """Fill the rx ring from the kernel: as much as fits, in one call (aggregation)."""
         shared = self.shared
         app = slot.app
-        words = app.region.q
         size = app.geometry.rx_size
-        try:
-            used = check_ring(words[slot.control_word + C_RX_HEAD], slot.rx_tail, size, "rx")
-        except BadEntry as e:
-            self.notifier.fail(slot, e.err, e.reason)
+        if NATIVE is not None:
+            used, received = NATIVE.rx_fill(slot.fd, slot.control_addr, slot.rx_addr, size, slot.rx_tail)
+        else:
+            used, received = ringio.rx_fill(slot.kernel_socket, app.region.q, app.region.buf, slot.control_word,
+                                            slot.rx_offset, size, slot.rx_tail)
+        if used < 0:  # `received` is the application's impossible head
+            self.notifier.fail(slot, errno.EFAULT, bad_index("rx", received, slot.rx_tail, size))
             return True
-        free = size - used
-        if free == 0:
+        if used == size:
             if not slot.rx_stalled:
                 slot.rx_stalled = True
                 shared.rx_stalled.add(slot)
                 self.kernel_sockets.register(slot, slot.epoll_mask & ~select.EPOLLIN & ~select.EPOLLRDHUP)
             return False
-        views = ring_views(app.region.buf, slot.rx_offset, size, slot.rx_tail, free)
-        kernel_socket = slot.kernel_socket
-        try:
-            received = (kernel_socket.recv_into(views[0]) if len(views) == 1
-                        else kernel_socket.recvmsg_into(views)[0])
-        except BlockingIOError:
-            received = -1
-        except OSError as e:
-            for view in views:
-                view.release()
-            self.notifier.fail(slot, e.errno or errno.EIO, f"recv: {e}")
-            return True
-        for view in views:
-            view.release()
-        if received < 0:
+        if received == -errno.EAGAIN:
             return False
+        if received < 0:
+            self.notifier.fail(slot, -received, f"recv: {os_error(-received)}")
+            return True
         shared.stats["recvs"] += 1
         if received == 0:
             slot.set_state(slot.state | ST_EOF)
             self.kernel_sockets.register(slot, slot.epoll_mask & ~select.EPOLLIN & ~select.EPOLLRDHUP)
             self.notifier.post(slot, EV_EOF)
             return True
+        if shared.trace is not None:
+            shared.trace(RX_FILLED, slot.index)
         shared.stats["recv_bytes"] += received
-        was_empty = used == 0
         slot.rx_tail += received
-        words[slot.control_word + C_RX_TAIL] = slot.rx_tail
-        if was_empty:
+        if used == 0:
             self.notifier.post(slot, EV_RX)
-        if slot.rx_stalled and received:
+        if slot.rx_stalled:
             slot.rx_stalled = False
             shared.rx_stalled.discard(slot)
         return True
 
     def unstall(self, slot: SocketSlot) -> bool:
-        """A full rx ring got credits back: receive on."""
+        """A full rx ring got credits back: receive on, once a quarter of it is free (RX_REFILL) or its
+        application has emptied it, so that a slow reader is refilled in large receives, not one per message it
+        takes.  A ring its application emptied is someone waiting (latency: no nap after this loop)."""
+        shared = self.shared
         if slot.kernel_socket is None:
-            self.shared.rx_stalled.discard(slot)
+            shared.rx_stalled.discard(slot)
             return False
-        if slot.rx_tail - slot.app.region.q[slot.control_word + C_RX_HEAD] < slot.app.geometry.rx_size:
-            slot.rx_stalled = False
-            self.shared.rx_stalled.discard(slot)
-            self.kernel_sockets.register(slot, slot.epoll_mask | EPOLL_IN)
-            return True
-        return False
+        size = slot.app.geometry.rx_size
+        free = size - (slot.rx_tail - slot.app.region.q[slot.control_word + C_RX_HEAD])
+        if free < size // RX_REFILL:
+            return False
+        slot.rx_stalled = False
+        shared.rx_stalled.discard(slot)
+        self.kernel_sockets.register(slot, slot.epoll_mask | EPOLL_IN)
+        if free >= size:  # emptied (or an impossible head, which the receive fails)
+            shared.loop_latency = True
+        fill = min(free / size, 1.0)  # how much of the ring its application took meanwhile (naps adapt to it)
+        if fill > shared.loop_fill:
+            shared.loop_fill = fill
+        return True

@@ -357,6 +357,7 @@ class KernelSockets:
             slot.app.kernel_sockets -= len(slot.backlog)
             slot.backlog.clear()
         shared.tx_active.discard(slot)
+        shared.tx_blocked.discard(slot)
         shared.rx_stalled.discard(slot)
         shared.closing.discard(slot)
 

@@ -30,6 +30,8 @@ from .notifications import Notifier
 from .polling import PollingPolicy
 from .ratelimit import PREFIXES, PeerWarningLimit
 from .state import Application, Limits, SharedState, SocketSlot
+from .trace import KERNEL_EVENT
+from .trace import from_env as trace_from_env
 from .watchdog import StrandedRingWatchdog
 
 log = logging.getLogger("isostackd")
@@ -66,7 +68,7 @@ class Dispatcher:
         self.shared = SharedState(epoll=select.epoll(), instance=instance,
                                   lock=threading.Lock() if uncontended_locks else None,
                                   membarrier=native.membarrier_supported(), stats=self.stats,
-                                  limits=limits or Limits())
+                                  limits=limits or Limits(), trace=trace_from_env())
         epoll = self.shared.epoll
         self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         epoll.register(self.kick_fd, select.EPOLLIN)
@@ -94,6 +96,8 @@ class Dispatcher:
         self.shared.epoll.close()
         self.listener.close()
         os.close(self.kick_fd)
+        if self.shared.trace is not None:
+            self.shared.trace.dump()
         try:
             os.unlink(self.path)
         except OSError:
@@ -146,10 +150,13 @@ class Dispatcher:
         did_work = False
         shared.loop_latency = False
         shared.loop_fill = 0.0
+        trace = shared.trace
         for fd, events in shared.epoll.poll(timeout):
             shared.loop_latency = True
             slot = shared.by_fd.get(fd)
             if slot is not None:
+                if trace is not None:
+                    trace(KERNEL_EVENT, slot.index)
                 did_work |= guarded(slot.app, self._kernel_event, slot, events)
             elif fd == self.kick_fd:
                 try:
@@ -178,7 +185,7 @@ class Dispatcher:
                 did_work |= guarded(slot.app, self.datapath.drain, slot)
         for slot in list(shared.rx_stalled):
             if not slot.app.detached and guarded(slot.app, self.datapath.unstall, slot):
-                did_work = shared.loop_latency = True
+                did_work = True
         if shared.closing:
             self.datapath.expire_lingering_closes()
         self.notifier.fail_bad_rings()
@@ -217,7 +224,8 @@ class Dispatcher:
 
     def run(self) -> None:
         """Busy-poll while work arrives; nap between drains of streaming rings (aggregation: one kernel send
-        takes what accumulated meanwhile); sleep in epoll after an adaptive poll window without work."""
+        takes what accumulated meanwhile) and while full rx rings wait for their readers (one receive then
+        refills much); sleep in epoll after an adaptive poll window without work."""
         policy = self.policy
         shared = self.shared
         policy.worked()
@@ -229,6 +237,12 @@ class Dispatcher:
                         break
                     policy.napped(shared.loop_fill, shared.loop_latency)
                     self.stats["nap_us"] = policy.nap_us
+            elif (shared.rx_stalled or shared.tx_blocked) and not shared.tx_active and policy.nap_max_s:
+                # the rings with work wait, for their readers (full rx rings) or for the kernel (EPOLLOUT):
+                # nap (kernel events and kicks still wake us) instead of spinning; longer while rx rings stay
+                # full (napped: fill 0), shorter when an event ends the nap
+                self.sleep_until_woken(policy.wait_s)
+                policy.waited(shared.loop_fill, shared.loop_latency)
             elif policy.should_sleep():
                 policy.sleep_starts()
                 self.sleep_until_woken()

@@ -29,10 +29,14 @@ from ..layout import (
     ST_CLOSED,
     ST_ERROR,
 )
+from . import ringio
 from .kernel import EventfdBlocked, EventfdWriter, KernelSockets
 from .state import U64, SharedState, SocketSlot
+from .trace import DOORBELL, NOTIFIED
 
 log = logging.getLogger("isostackd")
+
+NATIVE = native.load_dispatch()  # the C post (_dispatch.c), else ringio's Python reference
 
 
 class Notifier:
@@ -53,8 +57,15 @@ class Notifier:
             ring = 0
             if not slot.state & ST_ERROR:
                 self.shared.bad_ring.append(slot)
-        app.rings[ring].post(slot.index, events, words[slot.control_word + C_RES_SEQ])
+        if NATIVE is not None:
+            header, entries = app.ring_addrs[ring]
+            NATIVE.notify(header, entries, app.geometry.notif_slots, slot.index, events,
+                          words[slot.control_word + C_RES_SEQ])
+        else:
+            ringio.notify(app.rings[ring], slot.index, events, words[slot.control_word + C_RES_SEQ])
         app.rings_posted.add(ring)
+        if self.shared.trace is not None:
+            self.shared.trace(NOTIFIED, slot.index)
         if slot.index in app.readiness_fds:  # a selector/asyncio user: its eventfd, if armed, after the fence
             self.shared.watch_pending.add(slot)
 
@@ -114,6 +125,8 @@ class Notifier:
                         shared.failed_apps.append((app, "doorbell eventfd would block"))
                     words[ring_word + R_RUNG] = (words[ring_word + R_RUNG] + 1) & U64  # the application's: wraps
                     stats["rung"] += 1
+                    if shared.trace is not None:
+                        shared.trace(DOORBELL, ring)
                 else:
                     words[ring_word + R_SAVED] = (words[ring_word + R_SAVED] + 1) & U64  # the application's: wraps
                     stats["saved"] += 1

@@ -10,6 +10,9 @@ injected, nothing else is touched, so it is unit-tested on its own).
   messages in one kernel send.  The nap doubles while a drain after a nap finds its ring under NAP_LOW full
   and halves when one finds it over NAP_HIGH full or an application waits (latency); within
   [NAP_MIN_S, --nap-max-us].
+* Wait nap: when the only rings with work wait, for their readers (full rx rings) or for the kernel (EPOLLOUT),
+  the dispatcher naps the same way, with a length of its own (an event ends such a nap and halves it; rx rings
+  that stay full double it).
 * Sleep: when nothing happened for the window, block in epoll until a kick or an event.
 """
 
@@ -33,6 +36,7 @@ class PollingPolicy:
         self.adaptive = adaptive
         self.nap_max_s = max(nap_max_us, 0) / 1e6
         self.nap_s = min(NAP_MIN_S * 4, self.nap_max_s)
+        self.wait_s = self.nap_s  # the wait nap's own length (waited)
         self.idle_since = clock()
         self._sleep_started = 0.0
 
@@ -55,11 +59,21 @@ class PollingPolicy:
     def napped(self, fill: float, latency: bool) -> None:
         """After a nap: lengthen it while the rings were far from full, shorten it when they were filling up
         or someone waited."""
-        if fill > NAP_HIGH or latency:
-            self.nap_s = max(self.nap_s / 2, NAP_MIN_S)
-        elif fill < NAP_LOW:
-            self.nap_s = min(self.nap_s * 2, self.nap_max_s)
+        self.nap_s = self._adapted(self.nap_s, fill, latency)
         self.worked()
+
+    def waited(self, fill: float, latency: bool) -> None:
+        """After a wait nap (the rings with work wait for their readers or for the kernel): the same rule on its
+        own length, so that waking on an event does not shorten the coalescing naps of the tx drains."""
+        self.wait_s = self._adapted(self.wait_s, fill, latency)
+        self.worked()
+
+    def _adapted(self, nap_s: float, fill: float, latency: bool) -> float:
+        if fill > NAP_HIGH or latency:
+            return max(nap_s / 2, NAP_MIN_S)
+        if fill < NAP_LOW:
+            return min(nap_s * 2, self.nap_max_s)
+        return nap_s
 
     def should_sleep(self) -> bool:
         """After a loop without work: sleep once the poll window passed without work."""

@@ -18,6 +18,7 @@ from typing import NamedTuple
 from ..attach import AttachError
 from ..layout import C_STATE, H_MAGIC, H_PENDING, H_VERSION, MAGIC, R_DROPPED, R_HEAD, R_TAIL, VERSION, Geometry
 from ..queues import CommandQueue, NotifyRing, Region
+from .trace import Trace
 
 U64 = (1 << 64) - 1
 
@@ -37,6 +38,9 @@ class SocketSlot:
         "index",
         "control_word",
         "command_queue",
+        "control_addr",
+        "tx_addr",
+        "rx_addr",
         "kernel_socket",
         "fd",
         "state",
@@ -70,6 +74,10 @@ class SocketSlot:
                                           geometry.cmdq_slots)
         self.tx_offset = geometry.tx_off(index)
         self.rx_offset = geometry.rx_off(index)
+        base = app.region.base  # the addresses the C steps (_dispatch.c) work on
+        self.control_addr = base + self.control_word * 8
+        self.tx_addr = base + self.tx_offset
+        self.rx_addr = base + self.rx_offset
         self.reset()
         self.dead = False  # command queue corrupt: nothing more is read from it
 
@@ -120,6 +128,9 @@ class Application:
             raise AttachError("shared memory header has a bad magic/version")
         self.ring_count = geometry.notif_rings
         self.ring_words = [geometry.ring_word(r) for r in range(self.ring_count)]
+        # (header, entries) addresses of each ring, for the C post (_dispatch.c)
+        self.ring_addrs = [(self.region.base + w * 8, self.region.base + geometry.ring_off(r))
+                           for r, w in enumerate(self.ring_words)]
         self.rings = [NotifyRing(self.region, geometry.ring_off(r), geometry.notif_slots, w + R_HEAD, w + R_TAIL,
                                  w + R_DROPPED) for r, w in enumerate(self.ring_words)]
         self.sockets = [SocketSlot(self, i) for i in range(geometry.max_sockets)]
@@ -142,6 +153,7 @@ class SharedState:
     by_fd: dict[int, SocketSlot] = field(default_factory=dict)  # kernel socket fd -> its slot
     tx_active: set[SocketSlot] = field(default_factory=set)  # tx rings drained every loop
     rx_stalled: set[SocketSlot] = field(default_factory=set)  # rx rings full: polled for credits
+    tx_blocked: set[SocketSlot] = field(default_factory=set)  # tx rings waiting for EPOLLOUT (kernel buffer full)
     closing: set[SocketSlot] = field(default_factory=set)  # closes lingering until their tx ring is sent
     tx_progress: list[SocketSlot] = field(default_factory=list)  # tx head advanced this loop
     bad_ring: list[SocketSlot] = field(default_factory=list)  # named a missing notification ring: failed later
@@ -150,6 +162,7 @@ class SharedState:
     failed_apps: list[tuple[Application, str]] = field(default_factory=list)  # to detach after this loop
     loop_latency: bool = False  # this loop did work someone waits for: no coalescing nap after it
     loop_fill: float = 0.0  # the fullest tx ring drained this loop (0..1)
+    trace: Trace | None = None  # the hops' timestamps (ISOSTACKD_TRACE), else None
 
 
 @dataclass(frozen=True)
