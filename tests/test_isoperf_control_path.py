@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -102,3 +103,27 @@ def test_a_session_that_fails_after_ready_tells_the_client_why():
         d.close()
     t.join(10)
     assert out["status"] == 1
+
+
+def test_the_server_outwaits_a_client_that_joins_slow_workers_after_its_last_mark(monkeypatch):
+    """After its last mark the client may spend CONTROL_TIMEOUT joining its workers (64 senders blocked on full
+    sockets in a starved TCG guest did) before it says done; the server used to give up CONTROL_TIMEOUT after
+    the measured interval and the case failed with "timed out waiting for the peer"."""
+    monkeypatch.setattr(isoperf.server, "CONTROL_TIMEOUT", 2.0)
+    t, port, out = _server("127.0.0.1", None)
+    with socket.create_connection(("127.0.0.1", port[0])) as s:
+        ctrl = Control(s)
+        ctrl.send(type="start", version=PROTOCOL_VERSION, test="stream", stack="legacy", size=100, connections=1,
+                  duration=0.2, warmup=0.0, intervals=1, verify=False, response_size=None)
+        data_port = ctrl.expect("ready")["data_port"]
+        d = socket.create_connection(("127.0.0.1", data_port))
+        d.sendall(b"ISOP\x00\x00\x00\x00")
+        ctrl.expect("accepted")
+        ctrl.send(type="mark", phase="begin")
+        ctrl.send(type="mark", phase="end")
+        time.sleep(3.0)  # longer than the old wait (0.2 s + 2 s), shorter than the new one (0.2 s + 4 s)
+        d.close()
+        ctrl.send(type="done", sent_bytes=0)
+        result = ctrl.expect("result", timeout=10)
+    t.join(10)
+    assert "timed out" not in json.dumps(result) and out["status"] == 0

@@ -139,7 +139,9 @@ def serve_session(ctrl_sock: socket.socket, bind: str, _corrupt_byte: int | None
         marks: list[Mark] = []
         phases: list[str] = []
         while True:
-            msg = ctrl.recv(timeout=params.warmup + params.duration + CONTROL_TIMEOUT)
+            # after its last mark the client may spend CONTROL_TIMEOUT joining its workers (senders blocked on a
+            # full socket) before it says done: wait longer than that, or the server gives up first
+            msg = ctrl.recv(timeout=params.warmup + params.duration + 2 * CONTROL_TIMEOUT)
             if msg["type"] == "mark":
                 marks.append(Mark(time.monotonic(), sum(w.progress().bytes for w in workers), read_proc_stat()))
                 phases.append(str(msg.get("phase", "")))

@@ -488,8 +488,13 @@ def render(plot: Plot | CdfPlot):
         bars = ax.bar([p for p, _ in points], [v.median for _, v in points], width, label=s.label, color=c,
                       hatch=_HATCHES[s.variant % len(_HATCHES)], edgecolor="black", linewidth=0.5)
         if plot.bar_labels:
-            ax.bar_label(bars, labels=[plot.bar_labels.format(v.median) for _, v in points], label_type="center",
-                         fontsize="small", color="white", fontweight="bold")
+            # at the bar's foot, above the axis: readable on a short bar too (white in its middle vanished on
+            # a 0.5x bar) and clear of the error bar at its top
+            for bar, (_, v) in zip(bars, points, strict=True):
+                ax.annotate(plot.bar_labels.format(v.median), (bar.get_x() + bar.get_width() / 2, 0),
+                            xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                            fontsize="small", fontweight="bold", color="black",
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
         _errorbars(ax, [p for p, _ in points], [v for _, v in points])
         if plot.cpu_label and s.cpu:
             if cpu_ax is None:
