@@ -8,12 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+from harness_helpers import local_topology
+from rich.console import Console
 
-from testbed.harness import iso_traffic, isoperf_cmd, program_cmd
+from testbed.harness import iso_traffic, isoperf_cmd, placement_cmd, program_cmd, remote
 from testbed.harness.errors import HarnessError
 from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.playbook import PlaybookError, parse_playbook
 from testbed.harness.results import legacy_column, stack_column
+from testbed.harness.runner import Runner
 
 FIXTURES = Path(__file__).parent / "fixtures" / "preload"
 LAYOUT = GuestLayout()
@@ -170,9 +173,7 @@ def test_sockperf_output_under_the_shim_fills_isoperfs_keys():
 
 
 def test_iso_traffic_from_a_real_isostackd_stats_line():
-    from testbed.harness.placement_cmd import parse_stats
-
-    stats = parse_stats((FIXTURES / "isostackd-after-shim.log").read_text())
+    stats = placement_cmd.parse_stats((FIXTURES / "isostackd-after-shim.log").read_text())
     got = iso_traffic.check("the iperf3 client", "iso-a", [{"stats": stats}], "iperf3", 93397268)
     assert got == {"send_bytes": 148007831, "recv_bytes": 142058681, "apps_attached": 4,
                    "program_bytes": 93397268, "carried": True}
@@ -188,3 +189,58 @@ def test_report_columns_name_program_and_front_end_and_compare_with_the_same_pro
     rec = {"stack": "iso", "program": "iperf3", "frontend": "preload", "server_stack": "legacy"}
     assert stack_column(rec) == "iperf3 iso(preload)" and legacy_column(rec) == "iperf3 legacy"
     assert stack_column({"stack": "iso"}) == "iso"  # a record from before the axes
+
+
+class ToolShell:
+    """A guest that runs iperf3 under isostack-run as the runner asks (scripted: real iperf3 output captured
+    through the shim) and whose isostackd logs `carried` bytes."""
+
+    def __init__(self, name: str, carried: int):
+        self.name, self.carried, self.commands = name, carried, []
+
+    def run(self, command: str, timeout_s: float = 60.0):
+        self.commands.append(command)
+        if "isostack.dispatcher" in command or "iperf3 -s" in command:
+            return remote.CommandResult(0, "300\n", "")
+        if "iperf3 -c" in command:
+            return remote.CommandResult(0, (FIXTURES / "iperf3-preload-l64.json").read_text(), "")
+        if command.startswith("tail") and "isostackd" in command:
+            stats = f"{{'send_bytes': {self.carried}, 'recv_bytes': {self.carried}, 'apps_attached': 1}}"
+            return remote.CommandResult(0, f"t isostackd INFO stats: {stats}\n", "")
+        return remote.CommandResult(0, "", "")
+
+    def put(self, local, remote_path):
+        raise AssertionError("no upload in this test")
+
+    def close(self):
+        pass
+
+
+def _tool_run(tmp_path, server_carried: int):
+    client, server = ToolShell("iso-a", 10**8), ToolShell("iso-b", server_carried)
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=200)
+    runner = Runner(local_topology(), {"iso-a": client, "iso-b": server}, LAYOUT, None, console)
+    extra = "    program: iperf3\n    frontend: preload\n    server_stack: iso\n"
+    (case,) = [c for c in _cases(extra=extra) if c.stack == "iso"]
+    return runner.run_case(case), client, server
+
+
+def test_runner_runs_both_iperf3_ends_under_isostack_run_and_checks_both_isostackds(tmp_path):
+    record, client, server = _tool_run(tmp_path, 10**8)
+    assert record["status"] == "ok", record["error"]
+    assert (record["program"], record["frontend"], record["control"]) == ("iperf3", "preload", None)
+    assert record["commands"]["server"].startswith("rm -f /tmp/iperf3-server-5702.log; nohup env PYTHONPATH=/opt"
+                                                   " python3 -m isostack.run --socket /run/isostack/isostackd.sock"
+                                                   " iperf3 -s -1 -B 127.0.0.1 -p 5702 ")
+    assert "python3 -m isostack.run --socket /run/isostack/isostackd.sock iperf3 -c 127.0.0.1 -p 5702" \
+        in record["commands"]["client"]
+    assert any(c.startswith("ss -Hltn 'sport = :5702'") for c in server.commands)
+    assert record["isoperf"]["bytes"] == 93397268 and record["isoperf"]["program"] == "iperf3"
+    traffic = record["isostack_traffic"]
+    assert traffic["frontend"] == "preload" and traffic["client"]["carried"] and traffic["server"]["carried"]
+
+
+def test_runner_fails_a_case_whose_server_isostackd_saw_nothing(tmp_path):
+    record, _client, _server = _tool_run(tmp_path, 0)
+    assert record["status"] == "failed" and record["isostack_traffic"] is None
+    assert record["error"].startswith("the iperf3 server on iso-b claims IsoStack but isostackd carried 0 bytes")
