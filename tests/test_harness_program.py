@@ -134,8 +134,9 @@ def test_iperf3_output_under_the_shim_fills_isoperfs_keys():
     r = program_cmd.parse_client_output(case, 0, text, "")
     assert set(isoperf_cmd.REQUIRED_KEYS) <= set(r)
     end = json.loads(text)["end"]
-    assert r["bytes"] == end["sum_sent"]["bytes"] == 93397268 and r["messages"] == 93397268 // 64
-    assert r["duration"] == 2.013 and r["messages_per_s"] == round(93397268 // 64 / 2.013, 1)
+    assert r["bytes"] == end["sum_received"]["bytes"] == 93375552 and r["messages"] == 93375552 // 64
+    assert r["sender_bytes"] == end["sum_sent"]["bytes"] == 93397268
+    assert r["duration"] == 2.013 and r["messages_per_s"] == round(93375552 // 64 / 2.013, 1)
     assert r["throughput_bps"] == round(end["sum_received"]["bits_per_second"], 1)
     assert (r["program"], r["test"], r["stack"], r["verified"], r["errors"]) == ("iperf3", "stream", "iso", None, [])
     # the shim refuses TCP_INFO/TCP_CONGESTION: iperf3 adds an "error" per getsockopt to a complete result
@@ -235,7 +236,7 @@ def test_runner_runs_both_iperf3_ends_under_isostack_run_and_checks_both_isostac
     assert "python3 -m isostack.run --socket /run/isostack/isostackd.sock iperf3 -c 127.0.0.1 -p 5702" \
         in record["commands"]["client"]
     assert any(c.startswith("ss -Hltn 'sport = :5702'") for c in server.commands)
-    assert record["isoperf"]["bytes"] == 93397268 and record["isoperf"]["program"] == "iperf3"
+    assert record["isoperf"]["bytes"] == 93375552 and record["isoperf"]["program"] == "iperf3"
     traffic = record["isostack_traffic"]
     assert traffic["frontend"] == "preload" and traffic["client"]["carried"] and traffic["server"]["carried"]
 

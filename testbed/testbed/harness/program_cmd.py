@@ -90,8 +90,10 @@ def parse_client_output(case: Case, exit_code: int, stdout: str, stderr: str) ->
     throughput_bps, messages_per_s, cpu, verified, errors; rr adds transactions, transactions_per_s and
     latency_us), with `program` and the tool's own parse under `tool`; ProgramOutputError when there are none.
 
-    iperf3: bytes and messages are the sender's (what the program wrote, -l bytes a write), bit/s the
-    receiver's (as crosscheck). sockperf: the valid duration's round trips, one request and one reply each.
+    iperf3: bytes, messages (of -l bytes) and bit/s are the receiver's, as isoperf counts a stream at its server
+    (the sender's count, `sender_bytes`, also holds what sat in the buffers when the test ended: at 64-byte
+    writes on a slow guest, twice the received bytes). sockperf: the valid duration's round trips, one request
+    and one reply each.
     """
     warnings: list[str] = []
     if case.program == "iperf3":
@@ -109,11 +111,10 @@ def parse_client_output(case: Case, exit_code: int, stdout: str, stderr: str) ->
             "connections": case.connections, "cpu": {"client": {}, "server": {}}, "verified": None, "errors": [],
             "tool": tool}
     if case.program == "iperf3":
-        duration = tool["duration"]
-        sent = tool["sender_bytes"]
-        messages = sent // case.size
-        return {**base, "duration": duration, "bytes": sent, "messages": messages,
-                "throughput_bps": tool["throughput_bps"],
+        duration, received = tool["duration"], tool["bytes"]
+        messages = received // case.size
+        return {**base, "duration": duration, "bytes": received, "messages": messages,
+                "throughput_bps": tool["throughput_bps"], "sender_bytes": tool["sender_bytes"],
                 "messages_per_s": round(messages / duration, 1) if duration > 0 else 0.0}
     transactions, duration = tool["transactions"], tool["duration"]
     return {**base, "duration": duration, "bytes": transactions * 2 * case.size, "messages": transactions,
