@@ -92,10 +92,11 @@ tests:
 class ScriptedShell:
     """A guest that answers the runner's commands from a script and records them (stack iso, no VMs)."""
 
-    def __init__(self, name: str, result: dict, daemon_dies: bool = False):
+    def __init__(self, name: str, result: dict, daemon_dies: bool = False, carried: int | None = None):
         self.name = name
         self.result = result
         self.daemon_dies = daemon_dies
+        self.carried = result.get("bytes", 0) if carried is None else carried  # bytes isostackd says it sent
         self.commands: list[str] = []
 
     def run(self, command: str, timeout_s: float = 60.0) -> remote.CommandResult:
@@ -109,7 +110,8 @@ class ScriptedShell:
         if "-m isoperf client" in command:
             return remote.CommandResult(0, json.dumps(self.result), "")
         if command.startswith("tail") and "isostackd" in command:
-            return remote.CommandResult(0, "isostackd: CPU 1\nisostackd: stopped\n", "")
+            stats = f"t isostackd INFO stats: {{'send_bytes': {self.carried}, 'recv_bytes': 0, 'apps_attached': 1}}"
+            return remote.CommandResult(0, f"isostackd: CPU 1\nisostackd: stopped\n{stats}\n", "")
         return remote.CommandResult(0, "", "")
 
     def put(self, local: Path, remote_path: str) -> None:
@@ -212,7 +214,8 @@ class InstancesShell(ScriptedShell):
             k = int(command.split("isostackd-")[1].split(".")[0]) if "isostackd-" in command else 0
             log = (f"t isostackd INFO pinned to CPU {1 + k}\n"
                    f"t isostackd INFO placement: /proc/irq/{29 + 2 * k}/smp_affinity_list = {1 + k}\n"
-                   f"t isostackd INFO stats: {{'loops': {1000 + k}, 'sends': {10 + k}}}\n")
+                   f"t isostackd INFO stats: {{'loops': {1000 + k}, 'sends': {10 + k}, 'send_bytes': 3200,"
+                   " 'apps_attached': 1}\n")
             return remote.CommandResult(0, log, "")
         return super().run(command, timeout_s)
 

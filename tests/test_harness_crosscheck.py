@@ -95,6 +95,7 @@ def test_parse_iperf3_json():
         "throughput_bps": 4215437196.6,
         "sender_bps": 4244065282.8,
         "bytes": 528986256,
+        "sender_bytes": 530518240,
         "duration": 1.004,
         "retransmits": 7,
     }

@@ -254,3 +254,17 @@ def test_a_malformed_histogram_is_left_out_not_drawn():
     (cdf,) = [p for p in figures.plots(run) if isinstance(p, figures.CdfPlot)]
     assert {point: [(line.label, line.n) for line in lines] for point, lines in cdf.panels.items()} == {
         (64, 1): [("iso", 100)], (1024, 1): [("legacy", 1000), ("iso", 100)]}
+
+
+def test_ratio_figure_compares_a_preloaded_program_with_the_same_program_on_kernel_sockets():
+    out = []
+    for r in range(2):
+        for program, stack, frontend, mps in (("iperf3", "legacy", "kernel", 1000.0),
+                                              ("iperf3", "iso", "preload", 3000.0),
+                                              ("isoperf", "legacy", "kernel", 2000.0),
+                                              ("isoperf", "iso", "preload", 4000.0)):
+            out.append({**case(stack=stack, repeat=r, mps=mps, host_pct=90.0), "program": program,
+                        "frontend": frontend})
+    (ratio,) = [p for p in figures.plots(run_of(out)) if p.name == "per-cpu-vs-legacy"]
+    medians = {s.label: s.values[ratio.xs[0]].median for s in ratio.series}
+    assert medians == {"iperf3 iso(preload)": pytest.approx(3.0), "iso(preload)": pytest.approx(2.0)}

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from harness_helpers import (
     ISO_PB,
+    ISO_RESULT,
+    ScriptedShell,
     command_kinds,
     instances_runner,
     iso_runner,
+    local_topology,
 )
+from rich.console import Console
 
+from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.playbook import parse_playbook
+from testbed.harness.runner import Runner
 
 
 def test_stack_iso_case_runs_isostackd_around_the_pinned_client(tmp_path):
@@ -29,7 +35,22 @@ def test_stack_iso_case_runs_isostackd_around_the_pinned_client(tmp_path):
     assert kinds == ["start", "ready", "client", "stop"]
     assert "--cpu 1 " in record["commands"]["isostackd"]  # the last of iso-a's 2 vCPUs
     assert record["commands"]["client"].startswith("taskset -c 0 ")
-    assert record["isostackd_log"] == ["isostackd: CPU 1", "isostackd: stopped"]
+    assert record["isostackd_log"][:2] == ["isostackd: CPU 1", "isostackd: stopped"]
+    assert record["isostack_traffic"] == {"frontend": "python", "client": {
+        "send_bytes": 6400, "recv_bytes": 0, "apps_attached": 1, "program_bytes": 6400, "carried": True}}
+
+
+def test_stack_iso_case_whose_isostackd_carried_nothing_fails_loudly(tmp_path):
+    """The program reports figures, but isostackd's counters show no traffic: not an iso result."""
+    client = ScriptedShell("iso-a", ISO_RESULT, carried=0)
+    console = Console(file=open(tmp_path / "console.txt", "w"), width=200)
+    runner = Runner(local_topology(), {"iso-a": client, "iso-b": ScriptedShell("iso-b", ISO_RESULT)}, GuestLayout(),
+                    None, console)
+    record = runner.run_case(parse_playbook(ISO_PB).cases()[0])
+    assert record["status"] == "failed" and record["isoperf"]["bytes"] == 6400
+    assert record["error"] == ("the isoperf client on iso-a claims IsoStack but isostackd carried 0 bytes (1"
+                               " applications attached) while isoperf reported 6400: the traffic did not go"
+                               " through IsoStack")
 
 
 def test_stack_iso_case_fails_clearly_when_isostackd_dies(tmp_path):
@@ -72,7 +93,7 @@ def test_two_instances_each_on_its_vcpu_with_its_queue_pair(tmp_path):
     assert {k: inst1[k] for k in ("instance", "cpu", "queues", "socket", "pid")} == {
         "instance": 1, "cpu": 2, "queues": [1], "socket": "/run/isostack/isostackd-1.sock", "pid": 201}
     assert inst0["queues"] == [0] and inst0["pid"] == 200
-    assert inst1["stats"] == {"loops": 1001, "sends": 11}
+    assert inst1["stats"] == {"loops": 1001, "sends": 11, "send_bytes": 3200, "apps_attached": 1}
     assert inst1["placement"] == ["/proc/irq/31/smp_affinity_list = 2"]
     assert record["isostackd_log"] == inst0["log"] and inst0["log"][0] == "t isostackd INFO pinned to CPU 1"
     placement = record["placement"]
@@ -100,7 +121,8 @@ def test_one_instance_on_a_two_queue_testbed_owns_every_queue(tmp_path):
     assert " --cpu 2 " in record["commands"]["isostackd"] and "--queues" not in record["commands"]["isostackd"]
     assert "--so-busy-poll-us" not in record["commands"]["isostackd"]  # isostackd's default
     (inst,) = record["isostackd"]
-    assert inst["queues"] == "all" and inst["stats"] == {"loops": 1000, "sends": 10}
+    assert inst["queues"] == "all"
+    assert inst["stats"] == {"loops": 1000, "sends": 10, "send_bytes": 3200, "apps_attached": 1}
 
 
 def test_nap_max_and_epoll_busy_poll_reach_every_instance_and_the_record(tmp_path):

@@ -25,11 +25,13 @@ from testbed.harness import (
     detached,
     hostcpu_sample,
     instances,
+    iso_traffic,
     isoperf_cmd,
     measure,
     peer_role,
     pinning,
     placement_cmd,
+    program_cmd,
     remote,
     results,
 )
@@ -38,6 +40,7 @@ from testbed.harness.errors import HarnessError
 from testbed.harness.guestcmd import GuestLayout
 from testbed.harness.isoperf_cmd import IsoperfOutputError
 from testbed.harness.playbook import Case
+from testbed.harness.program_cmd import ProgramOutputError
 from testbed.harness.remote import RemoteError, Shell
 
 
@@ -48,6 +51,8 @@ def new_record(case: Case, client: state.GuestInfo, server: state.GuestInfo) -> 
         "test": case.spec.test,
         "stack": case.stack,
         "server_stack": case.server_stack,
+        "program": case.program,
+        "frontend": case.frontend,
         "locks": case.locks,
         "instances": case.instances,
         "placement_mode": case.placement,
@@ -75,6 +80,7 @@ def new_record(case: Case, client: state.GuestInfo, server: state.GuestInfo) -> 
         "device_model": None,
         "tcp": None,
         "crosscheck": None,
+        "isostack_traffic": None,
         "host_cpu": None,
         "placement": {},
         "control": None,
@@ -101,7 +107,7 @@ class CaseRunner:
         record = new_record(case, client, server)
         try:
             self._run(case, client, server, queue_pairs, record)
-        except (RemoteError, IsoperfOutputError, HarnessError) as e:
+        except (RemoteError, IsoperfOutputError, ProgramOutputError, HarnessError) as e:
             record["error"] = str(e)
         if crosscheck.tool(case):
             record["crosscheck"] = crosscheck_run.run(case, self.shells[client.name], self.shells[server.name],
@@ -114,12 +120,17 @@ class CaseRunner:
         cshell, sshell = self.shells[client.name], self.shells[server.name]
         port = case.spec.port
         slayout = self.layouts.get(server.name, self.layout)
-        control = control_path.choose(client, server, self.peer, port)
-        record["control"] = control.to_dict()
-        control_bind, data_bind = control_path.server_binds(server, control)
-        start = isoperf_cmd.server_start_command(slayout, control_bind, port, data_bind, case.server_stack)
-        cmd = isoperf_cmd.client_command(self.layouts.get(client.name, self.layout), case, server.data_ip,
-                                         (control.host, control.port))
+        if case.program == "isoperf":
+            control = control_path.choose(client, server, self.peer, port)
+            record["control"] = control.to_dict()
+            control_bind, data_bind = control_path.server_binds(server, control)
+            start = isoperf_cmd.server_start_command(slayout, control_bind, port, data_bind, case.server_stack,
+                                                     case.frontend)
+            cmd = isoperf_cmd.client_command(self.layouts.get(client.name, self.layout), case, server.data_ip,
+                                             (control.host, control.port))
+        else:  # iperf3 / sockperf: their control connection goes with the data, to the data address
+            start = program_cmd.server_start_command(slayout, case, server.data_ip)
+            cmd = program_cmd.client_command(self.layouts.get(client.name, self.layout), case, server.data_ip)
         record["commands"] = {"server": start, "client": cmd}
         daemons: list[instances.Daemon] = []
         plans: list[placement_cmd.InstancePlan] = []
@@ -134,8 +145,8 @@ class CaseRunner:
                 where = self._plan(pinning.iso, case.placement, tuple(p.cpu for p in server_plans), None)
                 server_daemons = instances.start(sshell, slayout, server, case, server_plans, server_commands)
                 record["commands"]["server_isostackd"] = server_commands.get("isostackd")
-            pid = detached.start(sshell, start, server.name, "the isoperf server")
-            self._wait_server(sshell, slayout, port, pid)
+            pid = detached.start(sshell, start, server.name, f"the {case.program} server")
+            self._wait_server(sshell, slayout, case, pid)
             if peer_role.is_peer(server):
                 record["placement"][server.name] = peer_role.placement_record()
             elif case.server_stack == "iso":
@@ -168,7 +179,8 @@ class CaseRunner:
                 host_cpu = self.hostcpu.start(
                     {role: g.name for role, g in (("client", client), ("server", server)) if not peer_role.is_peer(g)},
                     peer_pid=pid if peer_role.is_peer(server) else None)
-            r = cshell.run(cmd, timeout_s=isoperf_cmd.client_timeout(case))
+            timeout = (isoperf_cmd if case.program == "isoperf" else program_cmd).client_timeout(case)
+            r = cshell.run(cmd, timeout_s=timeout)
             if host_cpu:
                 host_cpu.stop()
             after = self.counters.read() if before is not None else None
@@ -183,8 +195,9 @@ class CaseRunner:
                                            entry["interrupts"]))
         finally:
             if pid is not None:
-                sshell.run(isoperf_cmd.server_stop_command(pid))
-                record["server_log"] = detached.log_tail(sshell, isoperf_cmd.server_log(slayout, port), 20)
+                sshell.run(isoperf_cmd.server_stop_command(pid) if case.program == "isoperf"
+                           else program_cmd.server_stop_command(pid))
+                record["server_log"] = detached.log_tail(sshell, self._server_log(slayout, case), 20)
             instances.stop(sshell, server_daemons)
             if server_plans:
                 record["server_isostackd"] = instances.records(sshell, slayout, server_plans, server_daemons,
@@ -193,8 +206,12 @@ class CaseRunner:
             if plans:
                 record["isostackd"] = instances.records(cshell, self.layout, plans, daemons, record["commands"])
                 record["isostackd_log"] = record["isostackd"][0]["log"] if record["isostackd"] else []
-        result = isoperf_cmd.parse_client_output(r.exit_code, r.stdout, r.stderr)
-        record["isoperf"] = result
+        if case.program == "isoperf":
+            result = isoperf_cmd.parse_client_output(r.exit_code, r.stdout, r.stderr)
+        else:
+            result = program_cmd.parse_client_output(case, r.exit_code, r.stdout, r.stderr)
+        record["isoperf"] = result  # isoperf's keys whatever the program (program_cmd), so reports compare them
+        record["isostack_traffic"] = self._iso_traffic(case, record, client, server, result)
         if host_cpu:
             record["host_cpu"] = host_cpu.record(result, client.vcpus)
         record["device_model"] = self.counters.record(before, after, client.port, server.port, result)
@@ -203,14 +220,36 @@ class CaseRunner:
         else:
             record["status"] = "ok"
 
-    def _wait_server(self, shell: Shell, layout: GuestLayout, port: int, pid: int) -> None:
-        readiness = detached.wait_ready(shell, isoperf_cmd.server_ready_command(layout, port, pid),
-                                        SERVER_READY_TIMEOUT_S)
+    def _wait_server(self, shell: Shell, layout: GuestLayout, case: Case, pid: int) -> None:
+        ready = (isoperf_cmd.server_ready_command(layout, case.spec.port, pid) if case.program == "isoperf"
+                 else program_cmd.server_ready_command(case, pid))
+        readiness = detached.wait_ready(shell, ready, SERVER_READY_TIMEOUT_S)
         if readiness is Readiness.READY:
             return
-        log = detached.log_tail(shell, isoperf_cmd.server_log(layout, port), 5)
+        log = detached.log_tail(shell, self._server_log(layout, case), 5)
         why = "exited" if readiness is Readiness.EXITED else f"is not listening after {SERVER_READY_TIMEOUT_S:.0f} s"
-        raise HarnessError(f"{shell.name}: isoperf server {why}: {' | '.join(log)}")
+        raise HarnessError(f"{shell.name}: {case.program} server {why}: {' | '.join(log)}")
+
+    @staticmethod
+    def _server_log(layout: GuestLayout, case: Case) -> str:
+        if case.program == "isoperf":
+            return isoperf_cmd.server_log(layout, case.spec.port)
+        return program_cmd.server_log(layout, case)
+
+    @staticmethod
+    def _iso_traffic(case: Case, record: dict, client: state.GuestInfo, server: state.GuestInfo,
+                     result: dict) -> dict | None:
+        """Each IsoStack end's isostackd counters against the program's bytes (iso_traffic): a case that claims
+        IsoStack without them fails (HarnessError), with the front-end it used in its record."""
+        if not case.iso_ends:
+            return None
+        records = {"client": (client, record.get("isostackd")), "server": (server, record.get("server_isostackd"))}
+        out = {"frontend": case.frontend}
+        for end in case.iso_ends:
+            guest, recs = records[end]
+            out[end] = iso_traffic.check(f"the {case.program} {end}", guest.name, recs, case.program,
+                                         int(result.get("bytes") or 0))
+        return out
 
     @staticmethod
     def _plan(make, *args) -> pinning.GuestPlacement:

@@ -103,6 +103,7 @@ def parse_iperf3(text: str) -> dict:
             "throughput_bps": round(float(received["bits_per_second"]), 1),
             "sender_bps": round(float(sent["bits_per_second"]), 1),
             "bytes": int(received["bytes"]),
+            "sender_bytes": int(sent["bytes"]),
             "duration": round(float(received["seconds"]), 3),
             "retransmits": sent.get("retransmits"),
         }

@@ -14,7 +14,7 @@ from testbed.harness.errors import HarnessError
 from testbed.harness.remote import Shell
 
 POLL_INTERVAL_S = 0.2
-SERVER_READY_TIMEOUT_S = 30.0  # how long a server (isoperf, a cross-check tool) may take to listen
+SERVER_READY_TIMEOUT_S = 90.0  # how long a server (isoperf, a cross-check tool) may take to listen
 
 
 class Readiness(enum.Enum):

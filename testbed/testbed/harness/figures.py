@@ -228,7 +228,7 @@ def ratio_plot(run: dict) -> Plot | None:
     pairs = []
     for key, cs in cases.items():
         base_key = (*key[:3], results.stack_column({**cs.records[0], "stack": "legacy", "locks": False,
-                                                    "instances": 1}))
+                                                    "instances": 1, "frontend": "kernel"}))
         if base_key != key and base_key in cases:
             pairs.append((cs, cases[base_key]))
     if not pairs:

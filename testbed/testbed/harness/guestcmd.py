@@ -17,6 +17,7 @@ GUEST_PACKAGES = ("isostack", "isoperf")  # the runtime and the tools above it, 
 
 ISOPERF = "isoperf"
 ISOSTACKD = "isostack.dispatcher"
+ISOSTACK_RUN = "isostack.run"  # the preload launcher: libisostack-preload.so travels in the isostack folder
 PLACEMENT = "isostack.placement"
 
 
@@ -42,6 +43,12 @@ class GuestLayout:
 
     def isoperf(self, **env: str) -> str:
         return self.module_command(ISOPERF, **env)
+
+    def isostack_run(self, socket: str) -> str:
+        """`isostack-run --socket SOCKET` as the guests run it (PROGRAM ARGS follow): the launcher and the shim
+        are in the uploaded isostack folder, built on the host (the guests have no compiler), and the program
+        inherits PYTHONPATH, so `python3 -m isoperf` under it finds isoperf."""
+        return f"{self.module_command(ISOSTACK_RUN)} --socket {shlex.quote(socket)}"
 
     def isostackd(self) -> str:
         return self.module_command(ISOSTACKD)

@@ -21,7 +21,7 @@ from testbed.harness.placement_cmd import InstancePlan
 from testbed.harness.playbook import Case
 from testbed.harness.remote import Shell
 
-READY_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 90.0  # a wait bound only: a TCG guest on a loaded host took > 30 s to start Python
 
 
 class Daemon(NamedTuple):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from testbed.harness.guestcmd import GuestLayout
+from testbed.harness.guestcmd import ISOPERF, GuestLayout
 from testbed.harness.isostackd_cmd import SOCKET
 from testbed.harness.playbook import Case
 
@@ -34,16 +34,19 @@ def server_log(layout: GuestLayout, port: int) -> str:
 
 
 def server_start_command(layout: GuestLayout, bind: str, port: int, data_bind: str | None = None,
-                         stack: str = "legacy") -> str:
+                         stack: str = "legacy", frontend: str = "python") -> str:
     """Start a one-session server detached from the SSH session; prints its PID. `bind` is the control port's
-    address, `data_bind` the data listener's (default `bind`); `stack` iso serves through the guest's isostackd.
+    address, `data_bind` the data listener's (default `bind`); `stack` iso serves through the guest's isostackd,
+    by the Python front-end (`--stack iso`) or, `frontend` preload, `--stack legacy` under isostack-run.
 
     The log is removed first so a "listening" line from an earlier server cannot be mistaken for this one.
     """
     log = shlex.quote(server_log(layout, port))
     data = f" --data-bind {shlex.quote(data_bind)}" if data_bind and data_bind != bind else ""
-    iso = stack == "iso"
+    iso = stack == "iso" and frontend != "preload"  # the shim serves `--stack legacy`'s kernel-socket calls
     prefix = layout.isoperf(ISOSTACK_SOCKET=SOCKET) if iso else layout.isoperf()
+    if stack == "iso" and frontend == "preload":
+        prefix = f"{layout.isostack_run(SOCKET)} {layout.python} -m {ISOPERF}"
     return (
         f"rm -f {log}; nohup env {prefix} server --bind {shlex.quote(bind)} --port {port}{data}"
         f"{' --stack iso' if iso else ''} --once > {log} 2>&1 < /dev/null & echo $!"
@@ -65,7 +68,9 @@ def server_stop_command(pid: int, grace_s: int = 5) -> str:
 
 
 def client_command(layout: GuestLayout, case: Case, server_ip: str, control: tuple[str, int] | None = None) -> str:
-    """The client's command line; `control` (host, port): the control connection's own path (control_path)."""
+    """The client's command line; `control` (host, port): the control connection's own path (control_path).
+    Stack iso with the preload front-end: `--stack legacy` under isostack-run (the shim takes its TCP sockets)."""
+    preload = case.stack == "iso" and case.frontend == "preload"
     args = [
         "client",
         "--host",
@@ -75,7 +80,7 @@ def client_command(layout: GuestLayout, case: Case, server_ip: str, control: tup
         "--test",
         case.spec.test,
         "--stack",
-        case.stack,
+        "legacy" if preload else case.stack,
         "--size",
         str(case.size),
         "--connections",
@@ -99,6 +104,8 @@ def client_command(layout: GuestLayout, case: Case, server_ip: str, control: tup
     if case.spec.sndbuf is not None:
         args += ["--sndbuf", str(case.spec.sndbuf)]
     argv = " ".join(shlex.quote(a) for a in args)
+    if preload:
+        return f"{layout.isostack_run(SOCKET)} {layout.python} -m {ISOPERF} {argv}"
     if case.stack == "iso":
         # The front-end finds isostackd by its socket; where the client runs is pinning.pinned's (case.py).
         return f"{layout.isoperf(ISOSTACK_SOCKET=SOCKET)} {argv}"

@@ -37,6 +37,14 @@ PEER = "peer"  # `server: peer` / `client: peer`: the testbed's native peer (tes
 # `spread` (the OS default: interrupts spread over all vCPUs, the application where the scheduler puts it).
 PLACEMENTS = ("apart", "irq", "spread")
 DEFAULT_PLACEMENT = "apart"
+# The program a case runs (matrix axis): isoperf, or an unmodified Debian tool for the one test it measures.
+PROGRAMS = ("isoperf", "iperf3", "sockperf")
+PROGRAM_TESTS = {"iperf3": ("stream",), "sockperf": ("rr",)}
+# How an IsoStack end reaches isostackd (matrix axis, stack/server_stack iso only): `python`, the Python
+# front-end (isoperf --stack iso); `preload`, the program on kernel-socket calls under isostack-run (the C shim,
+# libisostack-preload.so). iperf3 and sockperf have only the second. A case with no IsoStack end: `kernel`.
+FRONTENDS = ("python", "preload")
+KERNEL_FRONTEND = "kernel"
 
 
 class PlaybookError(ValueError):
@@ -75,6 +83,8 @@ class TestSpec:
     placements: tuple[str, ...] = (DEFAULT_PLACEMENT,)  # application vs NIC interrupts (matrix axis, PLACEMENTS)
     placement_line: int = 0  # where `placement` was given (the test's line when not), for topology errors
     server_stacks: tuple[str, ...] = ("legacy",)  # the server's stack (matrix axis): iso starts isostackd there
+    programs: tuple[str, ...] = ("isoperf",)  # the program run at both ends (matrix axis, PROGRAMS)
+    frontends: tuple[str, ...] = ("python",)  # how IsoStack ends reach isostackd (matrix axis, FRONTENDS)
 
 
 @dataclass(frozen=True)
@@ -91,11 +101,18 @@ class Case:
     placement: str = DEFAULT_PLACEMENT  # where the application runs relative to the NIC's interrupts
     placement_axis: bool = False  # the playbook runs more than one placement: the label names it
     server_stack: str = "legacy"  # the server's stack: "iso" receives and answers through isostackd on its guest
+    program: str = "isoperf"  # the program at both ends (PROGRAMS)
+    frontend: str = KERNEL_FRONTEND  # the IsoStack ends' front-end (FRONTENDS), `kernel` when there is none
+
+    @property
+    def iso_ends(self) -> tuple[str, ...]:
+        """The ends ("client", "server") that go through isostackd."""
+        return tuple(end for end, s in (("client", self.stack), ("server", self.server_stack)) if s == "iso")
 
     @property
     def stack_label(self) -> str:
         return stack_label(self.stack, self.locks, self.instances, self.placement if self.placement_axis else None,
-                           self.server_stack)
+                           self.server_stack, self.program, self.frontend)
 
     @property
     def label(self) -> str:
@@ -103,12 +120,15 @@ class Case:
 
 
 def stack_label(stack: str, locks: bool = False, instances: int = 1, placement: str | None = None,
-                server_stack: str = "legacy") -> str:
+                server_stack: str = "legacy", program: str = "isoperf", frontend: str | None = None) -> str:
     """"iso", "iso+locks", "iso×2", "iso×2+locks", "legacy@irq" (a placement, when the playbook runs several),
-    "legacy→iso" (the server on IsoStack: client's stack → server's): the stack column of a case."""
+    "legacy→iso" (the server on IsoStack: client's stack → server's), "iso(preload)" (IsoStack through the C
+    shim, not the Python front-end), "iperf3 legacy" (a program other than isoperf): the stack column of a case."""
     label = f"{stack}×{instances}" if instances > 1 else stack
     label = f"{label}+locks" if locks else label
     label = f"{label}→{server_stack}" if server_stack != "legacy" else label
+    label = f"{label}({frontend})" if frontend == "preload" else label
+    label = f"{program} {label}" if program != "isoperf" else label
     return f"{label}@{placement}" if placement else label
 
 
@@ -143,12 +163,21 @@ class Playbook:
                 # `locks` and `instances` say.
                 locks = spec.locks if stack == "iso" else (False,)
                 instances = spec.instances if stack == "iso" else (1,)
-                for srv, where, n, lock, size, conns in itertools.product(spec.server_stacks, spec.placements,
-                                                                          instances, locks, spec.sizes,
-                                                                          spec.connections):
-                    out.extend(Case(spec, stack, size, conns, r, lock, n, where, axis, srv)
-                               for r in range(spec.repeats))
+                for program, srv, where, n, lock, size, conns in itertools.product(
+                        spec.programs, spec.server_stacks, spec.placements, instances, locks, spec.sizes,
+                        spec.connections):
+                    for frontend in case_frontends(spec, program, stack, srv):
+                        out.extend(Case(spec, stack, size, conns, r, lock, n, where, axis, srv, program, frontend)
+                                   for r in range(spec.repeats))
         return out
+
+
+def case_frontends(spec: TestSpec, program: str, stack: str, server_stack: str) -> tuple[str, ...]:
+    """The front-ends a point of the matrix runs: `kernel` alone without an IsoStack end (the axis is
+    isostackd's, like locks); only `preload` for a program other than isoperf (it has no Python front-end)."""
+    if "iso" not in (stack, server_stack):
+        return (KERNEL_FRONTEND,)
+    return tuple(f for f in spec.frontends if program == "isoperf" or f == "preload")
 
 
 # ---------------------------------------------------------------- YAML with line numbers
@@ -223,6 +252,8 @@ _TEST_KEYS = {
     "epoll_busy_poll_us": False,
     "placement": False,
     "server_stack": False,
+    "program": False,
+    "frontend": False,
 }
 _DEFAULTS_KEYS = {k: False for k in _TEST_KEYS if k != "name"}
 
@@ -471,6 +502,10 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
     if crosscheck and PEER in (client, server):
         raise check.fail(m.key_lines["crosscheck"], where, "'crosscheck' runs iperf3/sockperf on two guests, not on"
                          " the peer")
+    programs, frontends = _programs(check, m, where, test, stacks, server_stacks, instances, sizes, conns)
+    if programs != ("isoperf",) and PEER in (client, server):
+        raise check.fail(m.key_lines["program"], where, "the peer runs isoperf only: a test with 'program' runs"
+                         " between two guests")
     return TestSpec(
         name=name,
         test=test,
@@ -498,7 +533,55 @@ def _test_spec(check: _Checker, m: _Mapping, where: str) -> TestSpec:
         placements=placements,
         placement_line=m.key_lines.get("placement", m.line),
         server_stacks=server_stacks,
+        programs=programs,
+        frontends=frontends,
     )
+
+
+def _choice(check: _Checker, m: _Mapping, key: str, where: str, allowed: tuple[str, ...],
+            default: tuple[str, ...]) -> tuple[str, ...]:
+    """A string or list of strings out of `allowed`; an unknown one is an error with a did-you-mean."""
+    values = _list_of(check, m, key, where, str, default=default)
+    for v in values:
+        if v not in allowed:
+            hint = difflib.get_close_matches(v, allowed, n=1)
+            raise check.fail(m.key_lines[key], where, f"unknown {key} {v!r} (choose from {', '.join(allowed)})"
+                             + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    return values
+
+
+def _programs(check: _Checker, m: _Mapping, where: str, test: str, stacks: tuple[str, ...],
+              server_stacks: tuple[str, ...], instances: tuple[int, ...], sizes: tuple[int, ...],
+              conns: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The `program` and `frontend` axes, checked against what the programs and the shim can run."""
+    programs = _choice(check, m, "program", where, PROGRAMS, ("isoperf",))
+    frontends = _choice(check, m, "frontend", where, FRONTENDS, ("python",))
+    iso = "iso" in stacks or "iso" in server_stacks
+    line = m.key_lines.get("program", m.line)
+    for program in programs:
+        if program == "isoperf":
+            continue
+        if test not in PROGRAM_TESTS[program]:
+            raise check.fail(line, where, f"program {program!r} runs test {' or '.join(PROGRAM_TESTS[program])},"
+                             f" not {test!r}")
+        if iso and "preload" not in frontends:
+            raise check.fail(m.key_lines.get("frontend", line), where, f"{program} reaches IsoStack only through"
+                             " the shim: give 'frontend: preload' (or a list with it)")
+        for key in ("verify", "response_size", "sndbuf", "crosscheck"):
+            if m.get(key) not in (None, False):
+                raise check.fail(m.key_lines[key], where, f"{key!r} is an isoperf option; program {program!r}"
+                                 " has none")
+        if program == "sockperf" and conns != (1,):
+            raise check.fail(m.key_lines["connections"], where, "sockperf ping-pong runs one connection")
+        if program == "sockperf" and min(sizes) < 14:
+            raise check.fail(m.key_lines["size"], where, "sockperf messages are at least 14 bytes")
+    if "frontend" in m and not iso:
+        raise check.fail(m.key_lines["frontend"], where, "'frontend' is how an IsoStack end reaches isostackd:"
+                         " it needs stack iso or server_stack iso")
+    if "preload" in frontends and max(instances) > 1:
+        raise check.fail(m.key_lines["frontend"], where, "the preload shim attaches to one isostackd instance:"
+                         " use 'frontend: preload' with instances: 1")
+    return programs, frontends
 
 
 def _placements(check: _Checker, m: _Mapping, where: str, stacks: tuple[str, ...],

@@ -122,20 +122,25 @@ class RunStore:
 
 def stack_column(case: dict) -> str:
     """"legacy", "iso", "iso+locks", "iso×2" (two isostackd instances), "legacy@irq" (the placement, when the
-    playbook ran more than one), "legacy→iso" (the server on IsoStack): the report's stack column, which also
-    groups the repeats of a case."""
+    playbook ran more than one), "legacy→iso" (the server on IsoStack), "iso(preload)" (through the C shim),
+    "iperf3 legacy" (a program other than isoperf): the report's stack column, which also groups the repeats of
+    a case. Records from before the program/frontend axes are isoperf's, through the Python front-end."""
     n = case.get("instances")
     n = n if isinstance(n, int) and not isinstance(n, bool) else 1
     mode = case.get("placement_mode") if case.get("placement_axis") is True else None
     server = case.get("server_stack")
+    program, frontend = case.get("program"), case.get("frontend")
     return stack_label(str(case.get("stack")), bool(case.get("locks")), n, mode if isinstance(mode, str) else None,
-                       server if isinstance(server, str) else "legacy")
+                       server if isinstance(server, str) else "legacy",
+                       program if isinstance(program, str) else "isoperf",
+                       frontend if isinstance(frontend, str) else None)
 
 
 def legacy_column(case: dict) -> str:
     """The stack column of the legacy case a case is compared with: both ends on kernel sockets, the same
     placement (a fair comparison keeps the application and the NIC's interrupts where they were for the stack)."""
-    return stack_column({**case, "stack": "legacy", "locks": False, "instances": 1, "server_stack": "legacy"})
+    return stack_column({**case, "stack": "legacy", "locks": False, "instances": 1, "server_stack": "legacy",
+                         "frontend": "kernel"})
 
 
 def sample_row(case: dict, cpus: int | None = None) -> dict:
