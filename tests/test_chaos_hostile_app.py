@@ -81,12 +81,13 @@ def test_a_hammering_application_is_cut_off_and_limited_while_a_good_one_streams
         isostackd_launcher.stop(daemon)
 
 
-def test_the_benchmark_runs_both_kinds_interleaved_and_prints_the_ratio(capsys):
-    """A smoke run of `python -m isoperf.hostilebench` (what it measures is reported, never asserted)."""
+def test_the_benchmark_runs_every_kind_interleaved_and_prints_the_ratios(capsys):
+    """A smoke run of `python -m isoperf.hostilebench --burner` (what it measures is reported, never asserted)."""
     from isoperf import hostilebench
 
-    assert hostilebench.main(["--duration", "0.2", "--repeats", "2", "--json"]) == 0
+    assert hostilebench.main(["--duration", "0.2", "--repeats", "2", "--burner", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert len(res["alone_mb_s"]) == len(res["hostile_mb_s"]) == 2
-    assert all(x > 0 for x in res["alone_mb_s"] + res["hostile_mb_s"])
+    assert len(res["alone_mb_s"]) == len(res["hostile_mb_s"]) == len(res["burner_mb_s"]) == 2
+    assert all(x > 0 for x in res["alone_mb_s"] + res["hostile_mb_s"] + res["burner_mb_s"])
     assert abs(res["ratio"] - res["hostile_median_mb_s"] / res["alone_median_mb_s"]) < 0.01
+    assert abs(res["ratio_to_burner"] - res["hostile_median_mb_s"] / res["burner_median_mb_s"]) < 0.01
