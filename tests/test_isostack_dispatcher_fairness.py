@@ -122,6 +122,19 @@ def test_an_application_whose_queues_ran_empty_keeps_no_credit(driven):
     assert len(driven.one_pass()) == 5
 
 
+def test_a_slow_command_that_empties_the_queue_is_no_debt(driven):
+    """A well-behaved application's one command, slow because the dispatcher was preempted in it: nothing waits
+    behind it, so nothing is deferred and nothing owed."""
+    driven.cost[driven.good_id] = 5_000_000
+    before = driven.d.stats["time_deferred"]
+    driven.post(driven.good_sock, 1)
+    assert len(driven.one_pass()) == 1
+    assert driven.app(driven.good_id).command_credit_ns == 0
+    driven.post(driven.good_sock, 1)
+    assert len(driven.one_pass()) == 1  # served in the very next pass
+    assert driven.d.stats["time_deferred"] == before
+
+
 def test_the_sockets_of_a_flooding_application_take_turns(driven):
     first, second = driven.hog_socks
     driven.post(first, 500)

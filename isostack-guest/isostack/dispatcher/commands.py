@@ -152,7 +152,7 @@ class CommandExecutor:
 
     def _socket_commands(self, slot: SocketSlot, budget: int, deadline: int) -> tuple[int, bool, int]:
         """Execute up to `budget` commands of the slot's queue, until the clock reaches `deadline`: (entries
-        taken, stopped by a budget: more may wait, the time it stopped).  A corrupt queue
+        taken, stopped by a budget with a command waiting, the time it stopped).  A corrupt queue
         counts as one entry taken."""
         taken = 0
         command_queue = slot.command_queue
@@ -161,15 +161,15 @@ class CommandExecutor:
         clock = self.clock
         now = clock()
         while not slot.dead:
-            if taken >= budget or now >= deadline:
-                return taken, True, now
             if lock:
                 lock.acquire()
             state, view = command_queue.poll()
-            if state == EMPTY:
+            if state == EMPTY or taken >= budget or now >= deadline:  # (a budget: only if a command waits)
+                if view is not None:
+                    view.release()
                 if lock:
                     lock.release()
-                return taken, False, now
+                return taken, state != EMPTY, now
             taken += 1
             if state == CORRUPT:
                 if lock:
