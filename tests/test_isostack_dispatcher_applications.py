@@ -111,3 +111,32 @@ def test_attach_refuses_unsealed_memory_and_wrong_fds(daemon):
         for fd in (efd, unsealed, small):
             os.close(fd)
     assert proc.poll() is None
+
+
+def test_a_detached_application_is_freed_at_once_not_by_a_late_gc_collection(dispatcher_thread, listener):
+    """Its socket slots point back at it: unless detach breaks that cycle, every detached application (64 slots
+    by default) waits for one of the cyclic gc's rare full collections (the soak saw RSS grow every round)."""
+    import gc
+    import weakref
+
+    from isostack.frontend import Stack
+
+    running = dispatcher_thread()
+    gc.disable()
+    try:
+        st = Stack(running.path, GEO)
+        s = st.create_connection(listener.getsockname(), timeout=5)
+        peer, _ = listener.accept()
+        s.sendall(b"x")
+        assert peer.recv(1) == b"x"
+        (app,) = running.dispatcher.shared.apps.values()
+        freed = weakref.ref(app)
+        del app
+        st.close()
+        peer.close()
+        deadline = time.monotonic() + 5
+        while freed() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert freed() is None, "the detached application is still alive (only a gc collection would free it)"
+    finally:
+        gc.enable()

@@ -42,9 +42,9 @@ def test_limit_flags_set_the_limits():
     assert limits_from(build_parser().parse_args([])) == Limits()
     args = build_parser().parse_args(["--max-apps", "2", "--max-handshakes", "3", "--handshake-timeout-ms", "250",
                                       "--max-watches", "5", "--max-kernel-sockets", "6", "--queue-budget", "7",
-                                      "--app-budget", "8"])
+                                      "--app-budget", "8", "--app-budget-us", "9"])
     assert limits_from(args) == Limits(max_apps=2, max_handshakes=3, handshake_timeout_s=0.25, max_watches=5,
-                                       max_kernel_sockets=6, queue_budget=7, app_budget=8)
+                                       max_kernel_sockets=6, queue_budget=7, app_budget=8, app_budget_us=9)
 
 
 @pytest.mark.parametrize("flag, value, why", [("--max-apps", "0", "0 is not in 1..65536"),

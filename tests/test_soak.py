@@ -9,9 +9,11 @@ per transaction), so attach/detach and connection churn are part of the load.
 
 What is checked (docs/reliability.md, "Soak"):
 - RSS of vhea and isostackd between rounds: the last within RSS_TOLERANCE (5 %) of the one after the warm-up
-  (the first fifth of the rounds, at least 2) in a soak of SOAK_ROUNDS or more; the 60 s slice is too short
-  for a warm-up (vhea's RSS rises in steps of about 2 MiB, 5 % of it, at random rounds) and only catches a
-  gross leak (SLICE_RSS_TOLERANCE); the table gives every reading and the trend after the warm-up;
+  (the first fifth of the rounds, at least 2) in a soak of SOAK_ROUNDS or more; for vhea, of the highest RSS
+  seen up to then, under load too (HIGH_WATER: its glibc heap keeps the free holes a load peak left, so its
+  idle RSS steps up to an earlier peak at random rounds while what it uses stays flat, docs/reliability.md);
+  the 60 s slice is too short for a warm-up and only catches a gross leak (SLICE_RSS_TOLERANCE); the table
+  gives every reading and the trend after the warm-up;
 - fds: isostackd's between rounds equal its idle count before the first round, vhea's do not change;
 - counters end to end: every isoperf run clean (sender's bytes = receiver's bytes), isostackd's recv_bytes = the
   responses the RR/CRR clients counted, its send_bytes = what the clients sent plus their 8-byte hellos, every
@@ -55,6 +57,10 @@ CONNECT_TIMEOUT_S = 30
 RSS_TOLERANCE = 0.05  # the soak proper (SOAK_ROUNDS or more)
 SLICE_RSS_TOLERANCE = 0.15  # the short slice: too short for a warm-up; catches a gross leak only
 SOAK_ROUNDS = 10  # rounds from which the 5 % holds (a fifth of them warm-up)
+# daemons whose idle RSS is compared with the highest RSS of the warm-up, under load too: vhea's frames are
+# malloc'd, and the brk heap keeps the holes a burst left (in use, measured with mallinfo2 in vhea: ~5.2 MiB
+# idle from the first round to the last; the heap 6.4 -> 9.7 MiB, the rest free inside it)
+HIGH_WATER = ("vhea",)
 SAMPLE_S = 1.0
 CLIENT = "10.79.0.1"
 SERVER = "10.79.0.2"
@@ -90,6 +96,14 @@ class Soak:
         mr = sum(r for _, r in points) / len(points)
         var = sum((t - mt) ** 2 for t, _ in points)
         return 60 * sum((t - mt) * (r - mr) for t, r in points) / var if var else 0.0
+
+    def baseline_kib(self, name: str) -> int:
+        """The RSS the last idle reading is compared with: the idle one after the warm-up, or (HIGH_WATER) the
+        highest reading up to it, the samples under load included."""
+        warm = self.idle[self.warmup]
+        if name not in HIGH_WATER:
+            return warm.rss_kib[name]
+        return max([s.rss_kib[name] for s in self.samples if s.t <= warm.t] + [warm.rss_kib[name]])
 
     def read(self) -> Sample:
         return Sample(time.monotonic(), {n: proc_rss_kib(p) for n, p in self.pids.items()},
@@ -302,14 +316,16 @@ def _table(soak: Soak, stats: dict, vstats: dict, sent: int, responses: int, sec
     warm, last = soak.idle[soak.warmup], soak.idle[-1]
     rows = [f"soak: {seconds:.0f} s, {len(soak.idle) - 1} rounds of {ROUND_S:.0f} s, "
             f"{sum(c for _, c, _, _ in WORKLOAD)} connections at once",
-            f"| daemon | RSS KiB idle before | after warm-up ({soak.warmup} rounds) | at the end | change | trend "
-            "| peak under load | fds idle before | after warm-up | at the end | peak under load |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            f"| daemon | RSS KiB idle before | after warm-up ({soak.warmup} rounds) | baseline | at the end | change "
+            "| trend | peak under load | fds idle before | after warm-up | at the end | peak under load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in soak.pids:
-        change = (last.rss_kib[name] - warm.rss_kib[name]) / warm.rss_kib[name] * 100
+        baseline = soak.baseline_kib(name)
+        change = (last.rss_kib[name] - baseline) / baseline * 100
         peak_rss = max((s.rss_kib[name] for s in soak.samples), default=0)
         peak_fds = max((s.fds[name] for s in soak.samples), default=0)
-        rows.append(f"| {name} | {soak.idle[0].rss_kib[name]} | {warm.rss_kib[name]} | {last.rss_kib[name]} "
+        rows.append(f"| {name} | {soak.idle[0].rss_kib[name]} | {warm.rss_kib[name]} | {baseline} "
+                    f"| {last.rss_kib[name]} "
                     f"| {change:+.1f} % | {soak.trend_kib_per_min(name):+.0f} KiB/min | {peak_rss} "
                     f"| {soak.idle[0].fds[name]} | {warm.fds[name]} "
                     f"| {last.fds[name]} | {peak_fds} |")
@@ -332,6 +348,8 @@ def _table(soak: Soak, stats: dict, vstats: dict, sent: int, responses: int, sec
              f" / {stats['apps_failed']} |",
              f"| isostackd kernel sockets / tx_stranded / bad_entries | {stats['so_busy_poll_set']} / "
              f"{stats['tx_stranded']} / {stats['bad_entries']} |",
+             f"| isostackd passes cut by the time budget (time_deferred; not a fault: a preempted loop) | "
+             f"{stats.get('time_deferred', 0)} |",
              f"| vhea tap a -> b frames / bytes | {a['from_guest_frames']} / {a['from_guest_bytes']} |",
              f"| vhea tap b -> a frames / bytes | {b['from_guest_frames']} / {b['from_guest_bytes']} |",
              f"| vhea vhost-user g1 -> g2 / g2 -> g1 frames (sent = arrived intact) | {pump.sent['g1'][0]} = "
@@ -414,12 +432,12 @@ def test_soak_mixed_load_through_isostackd_and_vhea(topology):
     assert all(not ports[p]["drops"] for p in ports), {p: ports[p]["drops"] for p in ports}
     assert all(not ports[p]["warnings_suppressed"] for p in ports)
     assert a["from_guest_bytes"] > stats["send_bytes"] and b["from_guest_bytes"] > stats["recv_bytes"]
-    # flat: fds exactly, RSS within RSS_TOLERANCE of the reading after the warm-up
+    # flat: fds exactly, RSS within RSS_TOLERANCE of the reading after the warm-up (HIGH_WATER: of the highest)
     warm = soak.idle[soak.warmup]
     for reading in soak.idle[1:]:
         assert reading.fds == warm.fds, f"fds {reading.fds}, {warm.fds} after the warm-up"
     assert soak.idle[0].fds["vhea"] == warm.fds["vhea"]
     tolerance = RSS_TOLERANCE if rounds >= SOAK_ROUNDS else SLICE_RSS_TOLERANCE
     for name in pids:
-        growth = (soak.idle[-1].rss_kib[name] - warm.rss_kib[name]) / warm.rss_kib[name]
+        growth = (soak.idle[-1].rss_kib[name] - soak.baseline_kib(name)) / soak.baseline_kib(name)
         assert growth <= tolerance, f"{name} RSS grew {growth:.1%}: {[s.rss_kib[name] for s in soak.idle]}"

@@ -1,6 +1,6 @@
 """A well-behaved application's throughput through isostackd, alone and while a hostile one hammers it.
 
-    python -m isoperf.hostilebench [--duration 2] [--repeats 5] [--size 16384] [--json]
+    python -m isoperf.hostilebench [--duration 2] [--repeats 5] [--size 16384] [--burner] [--json]
     python -m isoperf.hostilebench --hammer PATH      # only the hostile application (the chaos tests use it)
 
 It starts an isostackd and a kernel TCP sink (as stackbench does), then runs `--repeats` pairs of
@@ -11,7 +11,12 @@ each kind and their ratio (the goal of issue 12: the good application keeps >= 8
 The hostile application (`--hammer`) attaches and keeps one socket's large command queue full of valid
 commands (GETSOCKOPT), never waiting for a result, and first posts a corrupt entry on another socket, which
 isostackd must fail alone (it prints "cut-off ERRNO" once it sees that socket fail, then "pushed N" every
-second).  isostackd's per-pass budgets are what keep it from starving the others.
+second).  isostackd's per-pass budgets are what keep it from starving the others: the time its commands may
+take in one pass (--app-budget-us, a deficit round-robin) before the others' data path.
+
+`--burner` adds a third kind of run, interleaved with the two: the good application beside a process that
+only burns CPU the way the hammer does (a loop of sched_yield), not touching isostackd.  Its ratio to that
+run is the hammer's cost beyond the CPU it takes on a shared machine (the fair baseline on a small box).
 
 The machine matters: with fewer than three CPUs the three busy processes (dispatcher, good and hostile
 application) share cores, and the ratio then also measures the CPU scheduler.  `--cpus` pins them.
@@ -31,6 +36,7 @@ import time
 
 from .stackbench import SINK
 
+BURNER = "import os\nwhile True:\n    os.sched_yield()\n"
 HAMMER_GEOMETRY = {"max_sockets": 4, "cmdq_slots": 16384, "tx_size": 1 << 12, "rx_size": 1 << 12, "notif_rings": 1}
 BAD_OPCODE = 0xFFFF
 
@@ -98,7 +104,7 @@ def _stream(path: str, port: int, sink, size: int, duration: float) -> float:
         stack.close()
 
 
-def bench(duration: float, repeats: int, size: int, cpus: list[int] | None) -> dict:
+def bench(duration: float, repeats: int, size: int, cpus: list[int] | None, burner: bool = False) -> dict:
     dispatcher_cpu, app_cpu, hammer_cpu = cpus if cpus else (None, None, None)
     if app_cpu is not None:
         os.sched_setaffinity(0, {app_cpu})
@@ -111,6 +117,7 @@ def bench(duration: float, repeats: int, size: int, cpus: list[int] | None) -> d
                             env=env)
     alone: list[float] = []
     hostile: list[float] = []
+    burned: list[float] = []
     try:
         port = int(sink.stdout.readline())
         for _ in range(500):
@@ -132,6 +139,14 @@ def bench(duration: float, repeats: int, size: int, cpus: list[int] | None) -> d
                 ham.kill()
                 ham.wait()
                 ham.stdout.close()
+            if burner:
+                burn = subprocess.Popen(_pinned([sys.executable, "-c", BURNER], hammer_cpu))
+                try:
+                    time.sleep(0.3)
+                    burned.append(_stream(path, port, sink, size, duration))
+                finally:
+                    burn.kill()
+                    burn.wait()
     finally:
         disp.terminate()
         disp.wait()
@@ -142,9 +157,14 @@ def bench(duration: float, repeats: int, size: int, cpus: list[int] | None) -> d
         except OSError:
             pass
     a, h = statistics.median(alone), statistics.median(hostile)
-    return {"size": size, "duration_s": duration, "repeats": repeats, "cpus": cpus,
-            "alone_mb_s": [round(x, 1) for x in alone], "hostile_mb_s": [round(x, 1) for x in hostile],
-            "alone_median_mb_s": round(a, 1), "hostile_median_mb_s": round(h, 1), "ratio": round(h / a, 3)}
+    res = {"size": size, "duration_s": duration, "repeats": repeats, "cpus": cpus,
+           "alone_mb_s": [round(x, 1) for x in alone], "hostile_mb_s": [round(x, 1) for x in hostile],
+           "alone_median_mb_s": round(a, 1), "hostile_median_mb_s": round(h, 1), "ratio": round(h / a, 3)}
+    if burner:
+        b = statistics.median(burned)
+        res.update(burner_mb_s=[round(x, 1) for x in burned], burner_median_mb_s=round(b, 1),
+                   burner_ratio=round(b / a, 3), ratio_to_burner=round(h / b, 3))
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
                                             "while a hostile application hammers it (interleaved repeats, medians)")
     p.add_argument("--hammer", metavar="PATH", help="only run the hostile application against isostackd at PATH")
     p.add_argument("--duration", type=float, default=2.0, help="seconds per run [2]")
-    p.add_argument("--repeats", type=int, default=5, help="pairs of runs (alone, with the hostile one) [5]")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="rounds of runs (alone, with the hostile one, with the burner if asked) [5]")
     p.add_argument("--size", type=int, default=16384, help="bytes per sendall [16384]")
     p.add_argument("--cpus", default=None, metavar="D,A,H",
-                   help="pin the dispatcher, the good application (and the sink), the hostile one to these CPUs")
+                   help="pin the dispatcher, the good application (and the sink), the hostile one (and the burner) to "
+                        "these CPUs")
+    p.add_argument("--burner", action="store_true",
+                   help="also run the good application beside a process that only burns CPU (the fair baseline)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.hammer:
@@ -164,13 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else None
     if cpus is not None and len(cpus) != 3:
         p.error("--cpus takes three CPUs: dispatcher, good application, hostile application")
-    res = bench(args.duration, args.repeats, args.size, cpus)
+    res = bench(args.duration, args.repeats, args.size, cpus, args.burner)
     if args.json:
         print(json.dumps(res))
         return 0
     print(f"alone        MB/s: {res['alone_mb_s']}  median {res['alone_median_mb_s']}")
     print(f"with hostile MB/s: {res['hostile_mb_s']}  median {res['hostile_median_mb_s']}")
+    if args.burner:
+        print(f"with burner  MB/s: {res['burner_mb_s']}  median {res['burner_median_mb_s']}")
     print(f"ratio (with hostile / alone, medians): {res['ratio']:.3f}  (goal >= 0.8)")
+    if args.burner:
+        print(f"ratio (with burner / alone): {res['burner_ratio']:.3f}; "
+              f"(with hostile / with burner): {res['ratio_to_burner']:.3f}")
     return 0
 
 

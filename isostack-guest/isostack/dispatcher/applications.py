@@ -198,11 +198,16 @@ class Applications:
 
     @staticmethod
     def _release(app: Application) -> None:
+        """Close its fds and unmap its memory.  Its socket slots point back at it (slot.app): dropping them
+        breaks that cycle, so reference counting frees the application at once; else it waited for one of
+        the cyclic gc's full collections, which an idle-ish dispatcher makes every many minutes (the soak saw
+        RSS grow by ~55 KiB a round of 3 attaches)."""
         for fd in [*app.doorbells, *app.readiness_fds.values()]:
             os.close(fd)
         app.doorbells = []
         app.readiness_fds.clear()
         app.region.close()
+        app.sockets = []
 
     def close(self) -> None:
         for fd in list(self.handshakes):

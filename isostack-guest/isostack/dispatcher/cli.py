@@ -57,6 +57,8 @@ LIMIT_FLAGS = {
                              "into its backlogs)", 1 << 20),
     "--queue-budget": ("queue_budget", "commands taken from one socket's queue per pass", 1 << 20),
     "--app-budget": ("app_budget", "commands taken from one application's queues per pass", 1 << 20),
+    "--app-budget-us": ("app_budget_us", "dispatcher time (microseconds) one application's commands may take per "
+                        "pass, deficit round-robin", 1 << 20),
 }
 
 

@@ -55,6 +55,7 @@ log = logging.getLogger("isostackd")
 
 MAX_BACKLOG = 1024
 CLOSE_LINGER_S = 5.0
+MAX_DEBT_PASSES = 4  # an application's overspent time is paid in at most this many passes' credit
 
 
 def _wildcard(host: str) -> bool:
@@ -80,54 +81,96 @@ class CommandExecutor:
         self.notifier = notifier
         self.datapath = datapath
         self.unprivileged_port_start = unprivileged_port_start
+        self.clock = time.perf_counter_ns  # what a command costs (the fairness tests put a clock of their own)
 
     def take_commands(self, app: Application) -> bool:
-        """Execute the commands of every socket whose bit is set in the application's pending bitmap, at most
-        Limits.queue_budget per socket and Limits.app_budget per application in one pass: a socket (or an
-        application) with more keeps its pending bit and goes on in the next pass, after the others had
-        theirs (fairness: an application keeping its queues full does not starve the others)."""
+        """Execute the commands of the sockets whose bit is set in the application's pending bitmap.
+
+        Fairness between applications is a deficit round-robin in time: every pass, an application with
+        commands pending gets Limits.app_budget_us of credit, each command is charged the time it took (a
+        GETSOCKOPT costs a system call, a SEND almost nothing) and the application stops once its credit is
+        spent.  What it overspent it pays in the next passes (at most MAX_DEBT_PASSES of them); an application
+        whose queues ran empty keeps neither credit nor debt.  So each busy application gets about the same
+        time per pass however cheap or costly its commands are, and the data path (after the commands, every
+        pass) waits at most that long per hammering application (`time_deferred` counts the cut passes).
+        Limits.queue_budget (per socket) and Limits.app_budget (per application) bound the count of commands
+        in one pass as well (`budget_deferred`).  What is left keeps its pending bit for a later pass, and
+        the next pass starts at the socket after the last one served, so one flooding socket does not starve
+        the application's others."""
         words = app.region.q
-        did_work = False
+        pending = [word for word in range(app.pending_words) if words[H_PENDING + word]]
+        if not pending:
+            app.command_credit_ns = 0
+            return False
         limits = self.shared.limits
-        budget = limits.app_budget
-        for word in range(app.pending_words):
-            if not words[H_PENDING + word]:
-                continue
+        stats = self.shared.stats
+        quantum = limits.app_budget_us * 1000
+        credit = min(app.command_credit_ns + quantum, quantum)
+        if credit <= 0:  # still paying for an earlier pass: its bits stay set
+            app.command_credit_ns = credit
+            stats["time_deferred"] += 1
+            return False
+        indices = []
+        for word in pending:
             bits = native.xchg64(app.pending_addr + word * 8, 0)
             while bits:
                 lowest = bits & -bits
-                index = word * 64 + lowest.bit_length() - 1
-                if budget <= 0:  # the rest of this word waits for the next pass
-                    native.fetch_or64(app.pending_addr + word * 8, bits)
-                    self.shared.stats["budget_deferred"] += 1
-                    return did_work
+                indices.append(word * 64 + lowest.bit_length() - 1)
                 bits ^= lowest
-                if index < len(app.sockets):
-                    taken, more = self._socket_commands(app.sockets[index], min(budget, limits.queue_budget))
-                    budget -= taken
-                    did_work |= taken > 0
-                    if more:
-                        native.fetch_or64(app.pending_addr + word * 8, lowest)
-                        self.shared.stats["budget_deferred"] += 1
+        cursor = app.command_cursor
+        if cursor:
+            indices = [i for i in indices if i >= cursor] + [i for i in indices if i < cursor]
+        now = self.clock()
+        deadline = now + credit
+        budget = limits.app_budget
+        sockets = app.sockets
+        did_work = False
+        left = False  # commands may be waiting after this pass
+        for n, index in enumerate(indices):
+            if budget <= 0 or now >= deadline:  # the rest waits for the next pass, which starts with it
+                for rest in indices[n:]:
+                    native.fetch_or64(app.pending_addr + (rest >> 6) * 8, 1 << (rest & 63))
+                if budget <= 0:
+                    stats["budget_deferred"] += 1
+                app.command_cursor = index
+                left = True
+                break
+            if index >= len(sockets):
+                continue
+            taken, more, now = self._socket_commands(sockets[index], min(budget, limits.queue_budget), deadline)
+            budget -= taken
+            did_work |= taken > 0
+            if more:
+                native.fetch_or64(app.pending_addr + (index >> 6) * 8, 1 << (index & 63))
+                if now < deadline:  # its queue's budget
+                    stats["budget_deferred"] += 1
+                app.command_cursor = index + 1 if index + 1 < len(sockets) else 0
+                left = True
+        if left and now >= deadline:
+            stats["time_deferred"] += 1
+        app.command_credit_ns = max(deadline - now, -MAX_DEBT_PASSES * quantum) if left else 0
         return did_work
 
-    def _socket_commands(self, slot: SocketSlot, budget: int) -> tuple[int, bool]:
-        """Execute up to `budget` commands of the slot's queue: (entries taken, budget used up: more may wait).
-        A corrupt queue counts as one entry taken."""
+    def _socket_commands(self, slot: SocketSlot, budget: int, deadline: int) -> tuple[int, bool, int]:
+        """Execute up to `budget` commands of the slot's queue, until the clock reaches `deadline`: (entries
+        taken, stopped by a budget with a command waiting, the time it stopped).  A corrupt queue
+        counts as one entry taken."""
         taken = 0
         command_queue = slot.command_queue
         stats = self.shared.stats
         lock = self.shared.lock
+        clock = self.clock
+        now = clock()
         while not slot.dead:
-            if taken >= budget:
-                return taken, True
             if lock:
                 lock.acquire()
             state, view = command_queue.poll()
-            if state == EMPTY:
+            if state == EMPTY or taken >= budget or now >= deadline:  # (a budget: only if a command waits)
+                if view is not None:
+                    view.release()
                 if lock:
                     lock.release()
-                return taken, False
+                return taken, state != EMPTY, now
             taken += 1
             if state == CORRUPT:
                 if lock:
@@ -136,7 +179,7 @@ class CommandExecutor:
                 stats["bad_entries"] += 1
                 self.notifier.fail(slot, errno.EPROTO,
                                    f"command queue slot {command_queue.head} has a corrupt sequence number")
-                return taken, False
+                return taken, False, clock()
             try:
                 command = decode_command(view, command_queue.head, slot.index, slot.app.geometry)
             except BadEntry as e:
@@ -146,6 +189,7 @@ class CommandExecutor:
                     lock.release()
                 stats["bad_entries"] += 1
                 self.notifier.fail(slot, e.err, e.reason)
+                now = clock()
                 continue
             view.release()
             command_queue.release()
@@ -159,7 +203,8 @@ class CommandExecutor:
             except BadEntry as e:
                 stats["bad_entries"] += 1
                 self.notifier.fail(slot, e.err, e.reason)
-        return taken, False
+            now = clock()
+        return taken, False, now
 
     def _execute(self, slot: SocketSlot, command) -> None:
         op = command.op

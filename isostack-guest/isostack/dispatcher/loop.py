@@ -60,6 +60,7 @@ class Dispatcher:
                       "bad_messages": 0, "apps_failed": 0, "app_failures": {}, "attach_refused": 0,
                       "attach_refused_limit": 0, "attach_failed": 0, "accept_failed": 0, "handshakes_dropped": 0,
                       "handshakes_timed_out": 0, "watch_limit": 0, "app_socket_limit": 0, "budget_deferred": 0,
+                      "time_deferred": 0,
                       "eventfd_full": 0, "privileged_port_refused": 0, "reuseport_refused": 0,
                       "steering_refused": 0, "warnings_suppressed": 0}
         self.warnings = PeerWarningLimit(PREFIXES, on_suppressed=self._warning_suppressed)

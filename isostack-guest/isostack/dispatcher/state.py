@@ -138,6 +138,8 @@ class Application:
         self.pending_addr = self.region.base + H_PENDING * 8
         self.rings_posted: set[int] = set()  # rings posted to this loop: maybe ring their doorbells
         self.readiness_fds: dict[int, int] = {}  # socket slot -> the application's readiness eventfd for it
+        self.command_credit_ns = 0  # its deficit round-robin credit (< 0: overspent), commands.take_commands
+        self.command_cursor = 0  # the socket its next pass starts at, after one cut short by a budget
 
 
 @dataclass
@@ -179,3 +181,5 @@ class Limits:
     max_kernel_sockets: int = 1024  # per application: in slots + accepted, not yet taken (app_socket_limit)
     queue_budget: int = 64  # commands taken from one socket's queue per pass (budget_deferred)
     app_budget: int = 1024  # commands taken from one application's queues per pass (budget_deferred)
+    # dispatcher time (µs) one application's commands may take per pass, deficit round-robin (time_deferred)
+    app_budget_us: int = 50
