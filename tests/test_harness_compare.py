@@ -195,3 +195,35 @@ def test_the_result_serialises_with_every_verdict_and_value():
 def test_settings_out_of_range_are_refused(kw):
     with pytest.raises(ValueError):
         compare.Settings(**kw)
+
+
+def _loaded(run_dict: dict, load: float) -> dict:
+    for c in run_dict["cases"]:
+        c["host_load"] = {"before": {"1m": load}, "after": {"1m": load + 0.4}}
+    return run_dict
+
+
+def test_a_drop_measured_at_another_host_load_is_not_judged_except_per_host_cpu():
+    """Two runs of one commit at load averages 40 and 20 (2 CPUs, TCG) differed 2-30x in msgs/s: a change of a
+    figure that follows the host's load is "host load differs", not a regression; msgs/host-CPU-s (the CPU the
+    guest actually got) keeps its verdict, and the runs' comparison warns."""
+    base_values = [1e5, 1.02e5, 0.98e5]
+    base = _loaded(stream_run({"iso": base_values}), 2.0)
+    new = _loaded(stream_run({"iso": [0.6 * v for v in base_values]}), 20.0)
+    result = compare.compare(base, new)
+    verdicts = {m.metric.name: m.verdict for m in result.changes}
+    assert verdicts == {"messages_per_s": compare.LOAD_DIFFERS, "messages_per_cpu_s": compare.LOAD_DIFFERS,
+                        "messages_per_host_cpu_s": compare.REGRESSION}
+    assert result.regressed  # by the host-CPU figure alone
+    assert any("load average differed" in w and "1 case(s)" in w for w in result.warnings)
+    same = compare.compare(_loaded(stream_run({"iso": base_values}), 20.0),
+                           _loaded(stream_run({"iso": [0.6 * v for v in base_values]}), 20.6))
+    assert {m.verdict for m in same.changes} == {compare.REGRESSION}  # within 0.5 per CPU: judged as before
+    assert not any("load average" in w for w in same.warnings)
+
+
+def test_a_latency_rise_at_another_host_load_is_not_judged():
+    base = _loaded(run([record("rr-64", "iso", i, 1000.0, latency=(100.0, 200.0)) for i in range(3)]), 1.0)
+    new = _loaded(run([record("rr-64", "iso", i, 1000.0, latency=(300.0, 900.0)) for i in range(3)]), 9.0)
+    verdicts = {m.metric.name: m.verdict for m in compare.compare(base, new).changes}
+    assert verdicts["latency_p50_us"] == verdicts["latency_p99_us"] == compare.LOAD_DIFFERS

@@ -10,7 +10,15 @@ bootstrap interval of that ratio. A **regression** needs both, as asv and pyperf
 
 With 3 repeats a side both hold only when every NEW repeat is more than the threshold below every BASE
 repeat, the smallest evidence that is not a guess; with fewer repeats the verdict is "not enough repeats".
-Improvements are the mirror image. Pure: run.json dicts in, a Comparison out (comparing.py does the I/O).
+Improvements are the mirror image.
+
+On a shared host the throughput and the latency follow the host's load: two runs of the same commit at load
+averages 40 and 20 on 2 CPUs (TCG) differed by 2-30x in msgs/s, and `fab compare` called 25 "improvements".
+Where a case's host load (the 1-minute load average, mean of its repeats' ends) differs between BASE and NEW
+by more than suspects.LOAD_MOVED_PER_CPU per host CPU, a verdict on a metric that follows the load (msgs/s,
+msgs/CPU-s, latencies) is "host load differs" instead of a regression or an improvement: such a change says
+more about the host than about the code. msgs/host-CPU-s (messages per CPU-second the guest actually got)
+keeps its verdict. Pure: run.json dicts in, a Comparison out (comparing.py does the I/O).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from testbed.harness import repeats, significance
+from testbed.harness import repeats, significance, suspects
 from testbed.harness.stats import Interval
 
 REGRESSION = "regression"
@@ -30,6 +38,7 @@ UNSURE = "unsure"  # the medians differ by more than the threshold, but not sign
 NOT_ENOUGH = "not enough repeats"
 FAILED_IN_NEW = "failed in NEW"  # every repeat failed in NEW but some ran in BASE: counted as a regression
 FAILED_IN_BASE = "failed in BASE"
+LOAD_DIFFERS = "host load differs"  # beyond the threshold, but the host's load differed between the runs
 
 VERDICT_TEXT = {
     REGRESSION: "worse beyond the threshold (the whole interval) and significant (Mann–Whitney p <= alpha)",
@@ -39,6 +48,9 @@ VERDICT_TEXT = {
     NOT_ENOUGH: "fewer successful repeats than --min-repeats on a side: no verdict",
     FAILED_IN_NEW: "every repeat failed in NEW (some ran in BASE): counted as a regression",
     FAILED_IN_BASE: "every repeat failed in BASE: nothing to compare with",
+    LOAD_DIFFERS: "would be a regression or an improvement, but the host's load average differed between the runs "
+                  f"by more than {suspects.LOAD_MOVED_PER_CPU} per host CPU: a figure that follows the load "
+                  "(msgs/s, msgs/CPU-s, latency) is not judged; rerun both on a quiet host",
 }
 
 
@@ -50,6 +62,7 @@ class Metric:
     label: str
     higher_is_better: bool
     value: Callable[[dict, repeats.Figures], float | None]
+    follows_load: bool = True  # moves with the host's load (see the module's docstring)
 
 
 def _latency(pct: str) -> Callable[[dict, repeats.Figures], float | None]:
@@ -62,7 +75,7 @@ def _latency(pct: str) -> Callable[[dict, repeats.Figures], float | None]:
 METRICS = (
     Metric("messages_per_s", "msgs/s", True, lambda _, f: f.mps),
     Metric("messages_per_cpu_s", "msgs/CPU-s", True, lambda _, f: f.per_cpu),
-    Metric("messages_per_host_cpu_s", "msgs/host-CPU-s", True, lambda _, f: f.per_host_cpu),
+    Metric("messages_per_host_cpu_s", "msgs/host-CPU-s", True, lambda _, f: f.per_host_cpu, follows_load=False),
     Metric("latency_p50_us", "p50 latency µs", False, _latency("p50")),
     Metric("latency_p99_us", "p99 latency µs", False, _latency("p99")),
 )
@@ -229,6 +242,23 @@ def _verdict(metric: Metric, base: list[float], new: list[float], change: float,
     return UNCHANGED
 
 
+def host_load(records: list[dict]) -> float | None:
+    """A case's host load: the median over its repeats of the mean 1-minute load average at its two ends."""
+    loads = []
+    for c in records:
+        ends = [((c.get("host_load") or {}).get(side) or {}).get("1m") for side in ("before", "after")]
+        ends = [e for e in ends if isinstance(e, (int, float)) and not isinstance(e, bool)]
+        if ends:
+            loads.append(sum(ends) / len(ends))
+    return float(np.median(loads)) if loads else None
+
+
+def _load_differs(base: list[dict], new: list[dict], cpus: int | None) -> bool:
+    b, n = host_load(base), host_load(new)
+    limit = suspects.LOAD_MOVED_PER_CPU * (cpus or suspects.DEFAULT_CPUS)
+    return b is not None and n is not None and abs(n - b) > limit
+
+
 def _values(records: list[dict], vcpus: dict) -> list[tuple[dict, repeats.Figures]]:
     return [(c, f) for c in records if (f := repeats.figures(c, vcpus)) is not None]
 
@@ -269,6 +299,8 @@ def compare(base: dict, new: dict, settings: Settings | None = None) -> Comparis
     bgroups, ngroups = repeats.groups(base), repeats.groups(new)
     bvcpus, nvcpus = repeats.vcpus_of(base), repeats.vcpus_of(new)
     keys = list(bgroups) + [k for k in ngroups if k not in bgroups]
+    cpus = (new.get("metadata") or {}).get("host_cpu_count") or (base.get("metadata") or {}).get("host_cpu_count")
+    load_cases = []
     for index, key in enumerate(keys):
         brec, nrec = bgroups.get(key, []), ngroups.get(key, [])
         bvals, nvals = _values(brec, bvcpus), _values(nrec, nvcpus)
@@ -283,6 +315,7 @@ def compare(base: dict, new: dict, settings: Settings | None = None) -> Comparis
                                       verdict))
         if not (bvals and nvals):
             continue
+        load_differs = _load_differs(brec, nrec, cpus if isinstance(cpus, int) else None)
         for metric in METRICS:
             b = [v for c, f in bvals if (v := metric.value(c, f)) is not None]
             n = [v for c, f in nvals if (v := metric.value(c, f)) is not None]
@@ -292,6 +325,15 @@ def compare(base: dict, new: dict, settings: Settings | None = None) -> Comparis
             interval = significance.ratio_of_medians_interval(n, b, s.seed + index, s.resamples, s.confidence)
             p_lower, p_higher = significance.p_less(n, b), significance.p_less(b, n)
             p_worse, p_better = (p_lower, p_higher) if metric.higher_is_better else (p_higher, p_lower)
-            result.changes.append(MetricChange(key, metric, b, n, change, interval, p_worse, p_better,
-                                               _verdict(metric, b, n, change, interval, p_worse, p_better, s)))
+            verdict = _verdict(metric, b, n, change, interval, p_worse, p_better, s)
+            if load_differs and metric.follows_load and verdict in (REGRESSION, IMPROVEMENT):
+                verdict = LOAD_DIFFERS
+                if key not in load_cases:
+                    load_cases.append(key)
+            result.changes.append(MetricChange(key, metric, b, n, change, interval, p_worse, p_better, verdict))
+    if load_cases:
+        result.warnings.append(
+            f"the host's load average differed between the runs in {len(load_cases)} case(s) (by more than "
+            f"{suspects.LOAD_MOVED_PER_CPU} per host CPU): their msgs/s, msgs/CPU-s and latencies are not judged "
+            f"({LOAD_DIFFERS}); msgs/host-CPU-s is")
     return result

@@ -12,6 +12,7 @@ from pathlib import Path
 from testbed.harness.compare import (
     FAILED_IN_NEW,
     IMPROVEMENT,
+    LOAD_DIFFERS,
     METRICS,
     NOT_ENOUGH,
     REGRESSION,
@@ -22,7 +23,8 @@ from testbed.harness.compare import (
 )
 
 COLOURS = {REGRESSION: "#c0392b", IMPROVEMENT: "#27ae60", UNSURE: "#e69f00", UNCHANGED: "#555555",
-           NOT_ENOUGH: "#aaaaaa", FAILED_IN_NEW: "#c0392b"}
+           NOT_ENOUGH: "#aaaaaa", FAILED_IN_NEW: "#c0392b",
+           LOAD_DIFFERS: "#9467bd"}
 STEM = "compare"
 
 
@@ -62,7 +64,7 @@ def draw(c: Comparison, out_dir: Path, stem: str = STEM) -> list[Path]:
     axes[0][0].set_yticks(range(len(keys)), labels, fontsize=8)
     axes[0][0].invert_yaxis()
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=COLOURS[v], label=v)
-               for v in (REGRESSION, IMPROVEMENT, UNSURE, UNCHANGED, NOT_ENOUGH)
+               for v in (REGRESSION, IMPROVEMENT, UNSURE, LOAD_DIFFERS, UNCHANGED, NOT_ENOUGH)
                if any(ch.verdict == v for ch in c.changes)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(f"BASE {c.base_id} → NEW {c.new_id}  (grey band: ±{t:g} %, bars: "

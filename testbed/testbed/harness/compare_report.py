@@ -11,6 +11,7 @@ from rich.table import Table
 from testbed.harness.compare import (
     FAILED_IN_NEW,
     IMPROVEMENT,
+    LOAD_DIFFERS,
     REGRESSION,
     UNSURE,
     VERDICT_TEXT,
@@ -21,7 +22,8 @@ from testbed.harness.compare import (
 
 HEADERS = ["case", "metric", "BASE median (n)", "NEW median (n)", "change", "95 % CI of change", "p", "verdict"]
 _LEFT = {"case", "metric", "verdict"}
-_STYLE = {REGRESSION: "bold red", IMPROVEMENT: "green", UNSURE: "yellow", FAILED_IN_NEW: "bold red"}
+_STYLE = {REGRESSION: "bold red", IMPROVEMENT: "green", UNSURE: "yellow", FAILED_IN_NEW: "bold red",
+          LOAD_DIFFERS: "yellow"}
 
 
 def _value(v: float) -> str:
