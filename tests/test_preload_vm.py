@@ -68,7 +68,7 @@ def test_figures_of_the_unmodified_programs(benchmark):
 
 
 def test_isostack_run_in_a_guest_says_when_isostackd_is_not_running(benchmark, testbed):
-    r = testbed.ssh("iso-a", "PYTHONPATH=/opt python3 -m isostack.run --socket /run/isostack/none.sock iperf3 -v",
+    r = testbed.ssh("iso-a", "isostack-run --socket /run/isostack/none.sock iperf3 -v",  # the image's wrapper
                     check=False)
     assert r.returncode == 69, (r.stdout, r.stderr)
     assert "isostack-run: isostackd is not running: no attach socket at /run/isostack/none.sock" in r.stderr
