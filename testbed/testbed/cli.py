@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed import state as st
-from testbed.console import make_console
+from testbed.console import make_console, print_whole
+from testbed.state import uri_host
 
 
 def _add_state(p: argparse.ArgumentParser) -> None:
@@ -57,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                                  "ports, and say why not elsewhere)")
     peer_group.add_argument("--no-peer", dest="peer", action="store_const", const="off",
                             help="no native peer")
+    p_up.add_argument("--first-guest", type=int, default=1, metavar="N",
+                      help="number the guests from N: iso-<Nth letter>, data IP 10.10.0.N, ... so that the "
+                           "testbeds of several hosts share one data network (`testbed topology merge`) "
+                           "(default 1)")
+    p_up.add_argument("--ssh-bind", default="127.0.0.1", metavar="ADDR",
+                      help="the host address the guests' SSH is forwarded from, e.g. this host's address on a "
+                           "management network, so that a harness on another host reaches them (root login "
+                           "with the image's key: bind only where that is safe) (default 127.0.0.1)")
     p_up.add_argument("--recreate", action="store_true",
                       help="take down a running testbed and start afresh (default: reuse it if its options match)")
 
@@ -69,8 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
                     "socket), but only a PID whose command line shows this state dir's process.")
     _add_state(p_down)
 
-    p_status = sub.add_parser("status", help="show guests, the peer, accel, SSH ports and device-model ports")
+    p_status = sub.add_parser(
+        "status", help="show guests, the peer, accel, SSH ports and device-model ports",
+        description="Show the testbed of the state dir. Of a merged topology (`testbed topology merge`), each "
+                    "guest's host and libvirt URI and whether it answers over SSH with its own endpoint and key; "
+                    "guests on other hosts are not asked of libvirt here.")
     _add_state(p_status)
+
+    p_topo = sub.add_parser("topology", help="topology files: merge the testbeds of several hosts into one")
+    topo_sub = p_topo.add_subparsers(dest="topology_command", required=True)
+    p_merge = topo_sub.add_parser(
+        "merge", help="one topology from the topology.json files `testbed up` wrote on several hosts",
+        description="Merge the topology.json of each host's testbed into one that the harness (`fab "
+                    "run-benchmark --state-dir DIR`), `testbed ssh` and `testbed status` use across the hosts. "
+                    "FILE is a testbed on this host; FILE@HOST one on HOST: its guests get HOST in their libvirt "
+                    "URI and as their SSH host where their forward is on a loopback address. This host's "
+                    "device model, native peer and options are the merged topology's. A guest name taken "
+                    "already becomes NAME-HOST; two guests with one data IP or MAC are refused (bring the "
+                    "hosts up with `testbed up --first-guest N`). See docs/testbed.md, Guests on other hosts.")
+    p_merge.add_argument("inputs", nargs="+", metavar="FILE[@HOST]", help="a host's topology.json")
+    p_merge.add_argument("--out", required=True, metavar="DIR/topology.json",
+                         help="where to write the merged topology (its directory is the --state-dir to use)")
+    p_merge.add_argument("--ssh-key", action="append", default=[], metavar="HOST=PATH",
+                         help="the private key, on this host, for the guests of HOST (a copy of that host's "
+                              "image key); repeatable")
 
     p_rdm = sub.add_parser("restart-device-model",
                            help="stop vhea and start it again with the same arguments; the guests reconnect")
@@ -112,16 +143,27 @@ def cmd_up(args: argparse.Namespace, console: Console) -> int:
     opts = UpOptions(state_dir=st.state_dir(args.state_dir), uri=args.uri, guests=args.guests,
                      vcpus=args.vcpus, memory_mib=args.memory, queues=args.queues, accel=args.accel,
                      isolate_cpus=args.isolate_cpus, flow_control=not args.no_flow_control,
-                     pause_max_us=args.pause_max_us, peer=args.peer, icount=args.icount)
+                     pause_max_us=args.pause_max_us, peer=args.peer, icount=args.icount,
+                     first_guest=args.first_guest, ssh_bind=args.ssh_bind)
+    refuse_merged(opts.state_dir, "up")
     topo = up(opts, console, recreate=args.recreate)
     print_status(console, args.state_dir)
     console.print(f"topology: {st.topology_path(Path(topo.state_dir))}")
     return 0
 
 
+def refuse_merged(sdir: Path, what: str) -> None:
+    """`down` and `restart-device-model` act on one host's processes, never through a merged topology."""
+    path = st.topology_path(sdir)
+    if path.exists() and st.Topology.load(path).merged_from:
+        raise RuntimeError(f"{path} is a merged topology: {what} each host's own testbed there "
+                           f"(`testbed {what} --state-dir <its state dir>`); remove {path} when done")
+
+
 def cmd_down(args: argparse.Namespace, console: Console) -> int:
     from testbed.lifecycle.down import down
 
+    refuse_merged(st.state_dir(args.state_dir), "down")
     if not down(st.state_dir(args.state_dir), console):
         console.print("no testbed is up")
     return 0
@@ -131,17 +173,38 @@ def print_status(console: Console, state_dir: str | None) -> int:
     from testbed.lifecycle.status import status
 
     topo, states, counters = status(st.state_dir(state_dir))
-    table = Table(title=f"testbed: {len(topo.guests)} guests, accel {topo.accel}")
+    merged = bool(topo.merged_from)
+    table = Table(title=f"testbed: {len(topo.guests)} guests, accel {topo.accel}"
+                        + (f", merged from {len(topo.merged_from or [])} hosts" if merged else ""))
     for col in ("guest", "state", "accel", "vCPUs", "SSH", "data IP", "vhea port", "link"):
         table.add_column(col, no_wrap=True)
+    if merged:
+        from testbed.lifecycle.status import ssh_reachable
+
+        table.add_column("host", no_wrap=True)
+        table.add_column("answers over SSH", no_wrap=True)
+        with console.status("trying each guest over SSH"):
+            answers = ssh_reachable(topo)
     ports = (counters or {}).get("ports", {})
     for g in topo.guests:
+        host = topo.guest_host(g)
         link = "?" if counters is None else ("connected" if ports.get(g.port, {}).get("connected") else "down")
-        table.add_row(g.name, states[g.name], topo.accel, str(g.vcpus), f"{g.ssh_host}:{g.ssh_port}",
-                      g.data_ip, g.port, link)
-    console.print(table)
+        ssh = topo.ssh_endpoint(g)
+        row = [g.name, states[g.name], topo.accel, str(g.vcpus), f"{ssh.user}@{ssh.host}:{ssh.port}", g.data_ip,
+               g.port, link if host is None else f"(vhea on {host})"]
+        if merged:
+            row += [host or "this host", answers[g.name]]
+        table.add_row(*row)
+    print_whole(console, table)
     dm = "running" if counters is not None else "NOT ANSWERING"
-    console.print(f"libvirt: {topo.uri}")
+    if merged:
+        uris: dict[str, list[str]] = {}
+        for g in topo.guests:
+            uris.setdefault(topo.guest_uri(g), []).append(g.name)
+        for uri, names in uris.items():
+            console.print(f"libvirt of {', '.join(names)}: {uri} ({uri_host(uri) or 'this host'})")
+    else:
+        console.print(f"libvirt: {topo.uri}")
     console.print(f"icount: {icount_line(topo.icount)}")
     console.print(f"peer: {peer_line(topo, ports if counters is not None else None)}")
     console.print(f"device model: pid {topo.device_model.pid}, {dm}, sockets in {topo.device_model.socket_dir}, "
@@ -186,16 +249,44 @@ def cmd_peer(args: argparse.Namespace, console: Console) -> int:
 def cmd_restart_device_model(args: argparse.Namespace, console: Console) -> int:
     from testbed.lifecycle.restart import restart_device_model
 
+    refuse_merged(st.state_dir(args.state_dir), "restart-device-model")
     restart_device_model(st.state_dir(args.state_dir), console)
     return 0
 
 
 def cmd_ssh(args: argparse.Namespace, console: Console) -> int:
     topo = st.Topology.load(st.topology_path(st.state_dir(args.state_dir)))
-    g = topo.guest(args.guest)
-    argv = ["ssh", "-i", topo.ssh_key, "-p", str(g.ssh_port), "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"{topo.ssh_user}@{g.ssh_host}"]
-    os.execvp("ssh", argv + args.cmd)
+    os.execvp("ssh", ssh_argv(topo, topo.guest(args.guest)) + args.cmd)
+
+
+def ssh_argv(topo: st.Topology, g: st.GuestInfo) -> list[str]:
+    """The ssh(1) command line to a guest, with its own endpoint and key (a merged topology's may differ)."""
+    e = topo.ssh_endpoint(g)
+    return ["ssh", "-i", e.key, "-p", str(e.port), "-o", "StrictHostKeyChecking=no", "-o",
+            "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "--", f"{e.user}@{e.host}"]
+
+
+def cmd_topology(args: argparse.Namespace, console: Console) -> int:
+    from testbed import merge
+
+    keys = {}
+    for item in args.ssh_key:
+        host, eq, path = item.partition("=")
+        if not eq or not host or not path:
+            raise ValueError(f"--ssh-key {item!r}: expected HOST=PATH")
+        keys[host] = str(Path(path).absolute())
+    inputs = [merge.MergeInput.parse(spec) for spec in args.inputs]
+    merged, notes = merge.merge([(inp, st.Topology.load(inp.path)) for inp in inputs], keys)
+    out = Path(args.out)
+    if out.name != "topology.json":
+        raise ValueError(f"--out {out}: the file must be named topology.json (its directory is the --state-dir)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    merged.save(out)
+    for note in notes:
+        console.print(f"[yellow]note: {note}[/]")
+    console.print(f"merged {len(merged.guests)} guests of {len(inputs)} hosts into {out}; "
+                  f"`testbed status --state-dir {out.parent}` checks it")
+    return 0
 
 
 def cmd_image(args: argparse.Namespace, console: Console) -> int:
@@ -216,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = make_console()
     handlers = {"up": cmd_up, "down": cmd_down, "status": lambda a, c: print_status(c, a.state_dir),
-                "ssh": cmd_ssh, "peer": cmd_peer, "image": cmd_image,
+                "ssh": cmd_ssh, "peer": cmd_peer, "image": cmd_image, "topology": cmd_topology,
                 "restart-device-model": cmd_restart_device_model, "bench-vm": cmd_bench_vm}
     try:
         return handlers[args.command](args, console)

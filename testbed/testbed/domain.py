@@ -38,6 +38,7 @@ class GuestSpec:
     control_port: int = 0
     control_binds: tuple[str, ...] = ()
     icount: str = ""  # the value of QEMU's -icount (testbed.icount.Icount.qemu_arg); "": off
+    ssh_bind: str = "127.0.0.1"  # the host address SSH is forwarded from (another host's harness needs one)
 
     def validate(self) -> None:
         if self.accel not in ("kvm", "tcg"):
@@ -52,7 +53,7 @@ class GuestSpec:
             raise ValueError(f"guest {self.name}: memory {self.memory_mib} MiB out of range")
         if not 1 <= self.queues <= 16:
             raise ValueError(f"guest {self.name}: queue pairs must be 1..16, not {self.queues}")
-        for addr in self.control_binds:  # each goes into QEMU's -netdev option string
+        for addr in (self.ssh_bind, *self.control_binds):  # each goes into QEMU's -netdev option string
             try:
                 ipaddress.IPv4Address(addr)
             except ValueError:
@@ -89,6 +90,7 @@ def render_domain(spec: GuestSpec) -> str:
         queues=spec.queues,
         console_log=spec.console_log,
         ssh_port=spec.ssh_port,
+        ssh_bind=spec.ssh_bind,
         mgmt_mac=spec.mgmt_mac,
         control_forwards="".join(f",hostfwd=tcp:{a}:{spec.control_port}-:{GUEST_CONTROL_PORT}"
                                  for a in spec.control_binds),

@@ -88,10 +88,7 @@ def _on_testbed(playbook: Playbook, state_dir: str | Path | None, console: Conso
     except (FileNotFoundError, ValueError, TypeError, KeyError, json.JSONDecodeError) as e:
         raise HarnessError(f"cannot use the testbed in {sdir}: {e}") from None
 
-    shells: dict[str, Shell] = {
-        g.name: remote.FabricShell(g.name, g.ssh_host, g.ssh_port, topology.ssh_user, topology.ssh_key)
-        for g in topology.guests
-    }
+    shells: dict[str, Shell] = {g.name: _shell(g.name, topology.ssh_endpoint(g)) for g in topology.guests}
     socket_dir = topology.device_model.socket_dir
     runner = Runner(topology, shells, GuestLayout(), lambda: dmstats.read_stats(socket_dir), console)
     try:
@@ -100,6 +97,11 @@ def _on_testbed(playbook: Playbook, state_dir: str | Path | None, console: Conso
     finally:
         for shell in shells.values():
             shell.close()
+
+
+def _shell(name: str, ssh: state.SshEndpoint) -> Shell:
+    """A guest's shell over SSH with its own endpoint and credentials (a merged topology's may differ)."""
+    return remote.FabricShell(name, ssh.host, ssh.port, ssh.user, ssh.key)
 
 
 def execute(
@@ -157,7 +159,18 @@ def _prepare(runner: Runner, playbook: Playbook, guests: list[str], console: Con
         for name, info in guest_info.items():
             peer = runner.topology.peer if name == PEER else None
             info["tuning"] = guest_tuning.read(runner.shells[name], peer.interface if peer else DATA_INTERFACE)
+    for name, info in guest_info.items():
+        info.update(where(runner.topology, name))
     return guest_info
+
+
+def where(topology: state.Topology, name: str) -> dict:
+    """Where a guest of the run runs: its host (None: this one), libvirt URI and SSH endpoint, for run.json."""
+    if name == PEER:
+        return {"host": None, "uri": None, "ssh": None}
+    g = topology.guest(name)
+    ssh = topology.ssh_endpoint(g)
+    return {"host": topology.guest_host(g), "uri": topology.guest_uri(g), "ssh": f"{ssh.user}@{ssh.host}:{ssh.port}"}
 
 
 def _run_cases(runner: Runner, playbook: Playbook, store: results.RunStore, cases: list[Case], console: Console,

@@ -93,7 +93,8 @@ class CaseRunner:
 
     def __init__(self, shells: dict[str, Shell], layout: GuestLayout, counters: measure.DeviceModelCounters,
                  console: Console, hostcpu: hostcpu_sample.HostCpuSampler | None = None,
-                 layouts: dict[str, GuestLayout] | None = None, peer: state.PeerInfo | None = None):
+                 layouts: dict[str, GuestLayout] | None = None, peer: state.PeerInfo | None = None,
+                 hosts: dict[str, str] | None = None):
         self.shells = shells
         self.layout = layout
         self.layouts = layouts or {}  # a node's own layout by name (the native peer's), else `layout`
@@ -101,6 +102,7 @@ class CaseRunner:
         self.console = console
         self.hostcpu = hostcpu  # host CPU of the guests' vCPU threads and vhea per case; None: not sampled
         self.peer = peer  # the native peer's management link carries the control connection (control_path)
+        self.hosts = hosts or {}  # guest name -> the other host it runs on (a merged topology); else this host
 
     def run(self, case: Case, client: state.GuestInfo, server: state.GuestInfo, queue_pairs: int) -> dict:
         """The case's record; errors of the guests end up in it, not raised."""
@@ -121,7 +123,7 @@ class CaseRunner:
         port = case.spec.port
         slayout = self.layouts.get(server.name, self.layout)
         if case.program == "isoperf":
-            control = control_path.choose(client, server, self.peer, port)
+            control = control_path.choose(client, server, self.peer, port, self.hosts)
             record["control"] = control.to_dict()
             control_bind, data_bind = control_path.server_binds(server, control)
             start = isoperf_cmd.server_start_command(slayout, control_bind, port, data_bind, case.server_stack,
@@ -215,6 +217,9 @@ class CaseRunner:
         if host_cpu:
             record["host_cpu"] = host_cpu.record(result, client.vcpus)
         record["device_model"] = self.counters.record(before, after, client.port, server.port, result)
+        if remote := [g for g in (client, server) if g.name in self.hosts]:  # its port is on its host's vhea
+            record["device_model"].update(delta=None, crossed=None, error=f"{remote[0].name} runs on "
+                                          f"{self.hosts[remote[0].name]}: its vhea port is not this host's")
         if result["errors"]:
             record["error"] = "; ".join(result["errors"][:3])
         else:

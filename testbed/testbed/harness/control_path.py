@@ -9,6 +9,10 @@ management link, the guests' user-mode NICs with the control port forwarded: doc
 * guest -> guest: the server's forwarded control port at the gateway (the host's 127.0.0.1);
 * native peer -> guest: the server's forwarded control port on the host's end of the management link.
 
+Each of these paths ends on the client's own host, so a client and server on two hosts (a merged topology:
+`hosts` names the other host of each guest not on this one; the native peer is always on this one) take the
+data path, and the record says so.
+
 Where none exists (a topology from before, a playbook `port` other than the forwarded one) the control
 connection takes the data path as before, and the record says why. Pure: the choice is tested without I/O.
 """
@@ -35,13 +39,19 @@ class ControlPath:
         return asdict(self)
 
 
-def choose(client: state.GuestInfo, server: state.GuestInfo, peer: state.PeerInfo | None, port: int) -> ControlPath:
+def choose(client: state.GuestInfo, server: state.GuestInfo, peer: state.PeerInfo | None, port: int,
+           hosts: dict[str, str] | None = None) -> ControlPath:
     """The control endpoint the client connects to for a server listening on `port` (its data address is
-    server.data_ip whatever this says)."""
+    server.data_ip whatever this says); `hosts`: the other host of each guest that is not on this one."""
 
     def data(why: str) -> ControlPath:
         return ControlPath(server.data_ip, port, "data", why)
 
+    hosts = hosts or {}
+    client_host, server_host = hosts.get(client.name), hosts.get(server.name)
+    if client_host != server_host:
+        return data(f"{client.name} runs on {client_host or 'this host'} and {server.name} on "
+                    f"{server_host or 'this host'}: the management path does not join hosts")
     if server.name == PEER:
         if peer is None or not peer.mgmt_address:
             return data("the native peer has no management link (a topology from before it: `testbed up` again)")

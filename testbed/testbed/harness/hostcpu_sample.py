@@ -30,26 +30,36 @@ class _Process:
 
 
 class HostCpuSampler:
-    """Knows which host processes a topology's guests and device model are; samples them per case."""
+    """Knows which host processes a topology's guests and device model are; samples them per case.
+
+    Each guest is looked up by its own libvirt URI and domain name (`guests`: name -> (uri, domain), else
+    `uri` and its name): a guest of a merged topology on another host is recorded as null with why."""
 
     def __init__(self, uri: str, vhea_pid: int | None, proc_root: Path = hostcpu.PROC,
-                 ticks_per_s: int | None = None, clock: Callable[[], float] = time.monotonic):
+                 ticks_per_s: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 guests: dict[str, tuple[str, str]] | None = None):
         self.uri = uri
+        self.guests = dict(guests or {})
         self.vhea_pid = vhea_pid
         self.proc_root = proc_root
         self.ticks_per_s = ticks_per_s or hostcpu.clock_ticks()
         self.clock = clock
 
     @classmethod
-    def for_topology(cls, topology: state.Topology) -> HostCpuSampler:
-        return cls(topology.uri, topology.device_model.pid or None)
+    def for_topology(cls, topology: state.Topology, **kwargs) -> HostCpuSampler:
+        """The sampler of a topology's guests (each by its own URI and domain) and device model; `kwargs`: the
+        proc root, ticks and clock (tests)."""
+        return cls(topology.uri, topology.device_model.pid or None,
+                   guests={g.name: (topology.guest_uri(g), topology.domain_name(g)) for g in topology.guests},
+                   **kwargs)
 
     def start(self, guests: dict[str, str], peer_pid: int | None = None) -> HostCpuInterval:
         """Sample now; `guests` maps a role (client, server) to a guest name."""
         return HostCpuInterval(self, guests, peer_pid)
 
     def _guest(self, name: str) -> _Process:
-        pid = hostcpu.qemu_pid(self.uri, name, self.proc_root)
+        uri, domain = self.guests.get(name, (self.uri, name))
+        pid = hostcpu.qemu_pid(uri, domain, self.proc_root)
         if isinstance(pid, str):
             return _Process(None, error=pid)
         try:

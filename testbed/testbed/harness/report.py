@@ -538,7 +538,8 @@ def metadata_lines(run: dict) -> list[str]:
     for name, g in (md.get("guests") or {}).items():
         if isinstance(g, dict) and not g.get("native"):
             sha = str(g.get("package_sha256") or "?")[:12]
-            out.append(f"guest {name}: kernel {g.get('kernel', '?')}, {g.get('python', 'Python ?')}, package {sha}")
+            out.append(f"guest {name}: kernel {g.get('kernel', '?')}, {g.get('python', 'Python ?')}, package {sha}"
+                       + (f", on {g['host']} ({g.get('uri')})" if g.get("host") else ""))
         elif isinstance(g, dict):
             out.append(f"{name}: native peer in namespace {g.get('namespace', '?')} ({g.get('address', '?')})")
     return out

@@ -48,7 +48,11 @@ class Runner:
             layouts[PEER] = peer_role.layout(topology, guest_root)
         self.cases = CaseRunner(shells, layout, measure.DeviceModelCounters(stats_reader, console), console,
                                 hostcpu=hostcpu_sample.HostCpuSampler.for_topology(topology), layouts=layouts,
-                                peer=topology.peer)
+                                peer=topology.peer, hosts=self.hosts())
+
+    def hosts(self) -> dict[str, str]:
+        """The guests on another host (a merged topology) and that host, by their libvirt URIs."""
+        return {g.name: host for g in self.topology.guests if (host := self.topology.guest_host(g))}
 
     def pair(self, case: Case) -> tuple[state.GuestInfo, state.GuestInfo]:
         """(client, server) guests of a case: named in the playbook or the topology's first two; opposite the

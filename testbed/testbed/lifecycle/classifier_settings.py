@@ -38,7 +38,8 @@ def publish_classifier_settings(topo: Topology, console: Console) -> None:
             settings = json.loads(res.stdout)
             for k in ("ok", "counters"):
                 settings.pop(k, None)
-            client = connect(g.ssh_host, g.ssh_port, topo.ssh_user, Path(topo.ssh_key))
+            ssh = topo.ssh_endpoint(g)
+            client = connect(ssh.host, ssh.port, ssh.user, Path(ssh.key))
             try:
                 code, _, err = run(client, f"mkdir -p {os.path.dirname(CLASSIFIER_FILE)}", timeout_s=20)
                 if code != 0:

@@ -5,6 +5,7 @@ Kept apart from `up` so the CLI and the tests can build and check options withou
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from testbed import icount
 from testbed.image.recipe import recipe_hash
 
 PEER_CHOICES = ("auto", "on", "off")
+GUEST_LETTERS = "abcdefghijklmnop"  # guest N (from 1) is iso-<letter N> on port <letter N>, 10.10.0.N
 
 
 @dataclass
@@ -34,6 +36,11 @@ class UpOptions:
     peer: str = "auto"
     #: QEMU's instruction counting (testbed.icount), e.g. "auto" or "3,sleep=off"; "": off (guest time is real time)
     icount: str = ""
+    #: the number of this host's first guest: names, data IPs and MACs start there, so the guests of several
+    #: hosts on one data network differ (docs/testbed.md, Guests on other hosts)
+    first_guest: int = 1
+    #: the host address the guests' SSH is forwarded from: another host's harness reaches them there
+    ssh_bind: str = "127.0.0.1"
 
     def fingerprint(self) -> dict:
         """What decides whether a running testbed can be reused for these options."""
@@ -43,6 +50,10 @@ class UpOptions:
               "image": recipe_hash()}
         if self.icount:  # only when on, so a testbed started before --icount existed is still reused
             fp["icount"] = self.icount_spec().qemu_arg()
+        if self.first_guest != 1:  # likewise
+            fp["first_guest"] = self.first_guest
+        if self.ssh_bind != "127.0.0.1":
+            fp["ssh_bind"] = self.ssh_bind
         return fp
 
     def icount_spec(self) -> icount.Icount | None:
@@ -70,6 +81,10 @@ class UpOptions:
     def validate(self) -> None:
         if not 2 <= self.guests <= 8:
             raise ValueError(f"--guests must be 2..8, not {self.guests}")
+        if not 1 <= self.first_guest <= len(GUEST_LETTERS) - self.guests + 1:
+            raise ValueError(f"--first-guest must be 1..{len(GUEST_LETTERS) - self.guests + 1} with --guests "
+                             f"{self.guests} (at most {len(GUEST_LETTERS)} guests on one data network), "
+                             f"not {self.first_guest}")
         if not 1 <= self.vcpus <= 64:
             raise ValueError(f"--vcpus must be 1..64, not {self.vcpus}")
         if not 256 <= self.memory_mib <= 65536:
@@ -83,6 +98,10 @@ class UpOptions:
         if self.peer not in PEER_CHOICES:
             raise ValueError(f"peer must be one of {', '.join(PEER_CHOICES)}, not {self.peer!r}")
         self.isolated()
+        try:
+            ipaddress.IPv4Address(self.ssh_bind)
+        except ValueError:
+            raise ValueError(f"--ssh-bind must be an IPv4 address of this host, not {self.ssh_bind!r}") from None
         if self.icount_spec() is not None and self.accel == "kvm":
             raise ValueError("--icount needs TCG: QEMU counts instructions only when it translates them, so it "
                              "cannot go with --accel kvm (use --accel tcg or auto)")
@@ -108,7 +127,6 @@ def parse_cpu_list(text: str, vcpus: int) -> list[int]:
     return sorted(cpus)
 
 
-def guest_names(n: int) -> list[tuple[str, str]]:
-    """(guest name, device-model port name) pairs: iso-a on port a, iso-b on port b, ..."""
-    letters = "abcdefgh"
-    return [(f"iso-{letters[i]}", letters[i]) for i in range(n)]
+def guest_names(n: int, first: int = 1) -> list[tuple[str, str]]:
+    """(guest name, device-model port name) pairs: iso-a on port a, iso-b on port b, ... from guest `first`."""
+    return [(f"iso-{c}", c) for c in GUEST_LETTERS[first - 1:first - 1 + n]]

@@ -108,7 +108,7 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
         console.print(f"[yellow]warning: -icount {icount.qemu_arg()}: guest time counts instructions; TCG runs "
                       f"single-threaded, so all {opts.vcpus} vCPUs of a guest share one host thread[/]")
 
-    names = guest_names(opts.guests)
+    names = guest_names(opts.guests, opts.first_guest)
     sock_dir = sdir / "vhea"
     dm_log = sdir / "vhea.log"
     dm_pid = sup_pid = 0
@@ -121,7 +121,7 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
         ncpu = os.cpu_count() or 1
         guests: list[GuestInfo] = []
         domains: list[dict] = []
-        for i, (name, port) in enumerate(names):
+        for i, (name, port) in enumerate(names, start=opts.first_guest - 1):
             gdir = sdir / "guests" / name
             gdir.mkdir(parents=True, exist_ok=True)
             disk = create_overlay(img, gdir / "disk.qcow2")
@@ -144,12 +144,13 @@ def up(opts: UpOptions, console: Console, recreate: bool = False) -> Topology:
                 disk=disk, data_mac=data_mac, vhost_socket=sock_dir / f"{port}.sock",
                 queues=opts.queues, console_log=console_log, ssh_port=ssh_port, mgmt_mac=mgmt_mac,
                 control_port=control_port, control_binds=control_binds,
-                icount=icount.qemu_arg() if icount else "",
+                icount=icount.qemu_arg() if icount else "", ssh_bind=opts.ssh_bind,
             )
             (gdir / "domain.xml").write_text(xml := render_domain(spec))
             domains.append({"name": name, "xml": xml})
+            ssh_host = "127.0.0.1" if opts.ssh_bind == "0.0.0.0" else opts.ssh_bind  # where wait_for_ssh tries
             guests.append(GuestInfo(
-                name=name, ssh_host="127.0.0.1", ssh_port=ssh_port, data_ip=data_ip, data_mac=data_mac,
+                name=name, ssh_host=ssh_host, ssh_port=ssh_port, data_ip=data_ip, data_mac=data_mac,
                 port=port, vcpus=opts.vcpus, memory_mib=opts.memory_mib, mgmt_mac=mgmt_mac,
                 console_log=str(console_log), control_port=control_port))
 
