@@ -139,6 +139,39 @@ def test_ratio_figure_uses_the_guests_cpu_without_host_records_and_needs_a_legac
     assert figures.ratio_plot(legacy_only) is None
 
 
+def peer_to_guest(server_stack, size, repeat, mps, receiver_pct, receiver_busy):
+    """A peer -> iso-b receive case (rx-throughput.yaml): the peer's /proc/stat is the whole host's (busy 97 %),
+    the receiving guest's CPU is what counts."""
+    rec = case(size=size, repeat=repeat, mps=mps, busy=97.0)
+    rec.update(client="peer", server="iso-b", server_stack=server_stack)
+    rec["isoperf"]["cpu"]["server"] = {"all": receiver_busy}
+    rec["host_cpu"] = {"interval_s": 6.0, "client": None,
+                       "guests": {"iso-b": {"role": "server", "vcpu_pct": receiver_pct}},
+                       "client_messages_per_host_cpu_s": None,
+                       "server_messages_per_host_cpu_s": mps / (receiver_pct / 100)}
+    return rec
+
+
+def test_a_receive_run_draws_the_receiving_guests_cpu_and_compares_legacy_to_iso_receiving():
+    cases = [peer_to_guest(srv, size, r, mps, pct, busy) for r in range(3) for size in (64, 16384)
+             for srv, mps, pct, busy in (("legacy", 1000.0, 80.0, 30.0), ("iso", 2000.0, 40.0, 20.0))]
+    plots = {p.name: p for p in figures.plots(run_of(cases))}
+    (tput,) = [p for n, p in plots.items() if n.endswith("-throughput-vs-size")]
+    assert [s.label for s in tput.series] == ["legacy", "legacy→iso"]
+    assert tput.series[0].cpu[64].median == pytest.approx(80.0)  # iso-b's vCPU threads, not the peer's host
+    assert tput.series[1].cpu[16384].median == pytest.approx(40.0)
+    assert "receiving guest CPU" in tput.cpu_label and "receiving guest" in tput.title
+    ratio = plots["per-cpu-vs-legacy"]  # legacy→iso against legacy→legacy, per host CPU of the receiver
+    assert [s.label for s in ratio.series] == ["legacy→iso"] and len(ratio.xs) == 2
+    assert ratio.series[0].values[ratio.xs[0]].median == pytest.approx(4.0)
+    assert "receiving guest" in ratio.title
+    without_host = [{**c, "host_cpu": None} for c in cases]  # the guests' /proc/stat: iso-b's, 2 vCPUs
+    (tput,) = [p for p in figures.plots(run_of(without_host)) if p.name.endswith("-throughput-vs-size")]
+    assert tput.series[0].cpu[64].median == pytest.approx(60.0) and "guest /proc/stat" in tput.cpu_label
+    ratio = figures.ratio_plot(run_of(without_host))
+    assert ratio.series[0].values[ratio.xs[0]].median == pytest.approx(2000 / 0.4 / (1000 / 0.6))
+
+
 def test_rr_latency_is_percentile_bars_per_stack_and_size():
     cases = [case(test="rr", stack=s, size=size, repeat=r, mps=500.0,
                   latency={"p50": base * size, "p90": 2 * base * size, "p99": 5 * base * size, "max": 1e6})

@@ -88,18 +88,26 @@ def _number(value) -> float | None:
 
 
 def client_cpu(case: dict, vcpus: dict, host_cpus: int | None) -> tuple[float | None, str | None]:
-    """The client's CPU over the run as % of one core, and where it was counted: "host" (its vCPU threads on
-    the host, host_cpu) where recorded, else "guest" (its /proc/stat busy share of all vCPUs times the vCPUs)."""
+    """The CPU of the guest under test (the client, or the receiving server when the client is the native
+    peer: repeats.measured_role) over the run as % of one core, and where it was counted: "host" (its vCPU
+    threads on the host, host_cpu) where recorded, else "guest" (its /proc/stat busy share of all vCPUs times
+    the vCPUs)."""
+    role = repeats.measured_role(case)
     hc = case.get("host_cpu") or {}
-    guest = ((hc.get("guests") or {}).get(hc.get("client") or case.get("client")) or {}) if isinstance(hc, dict) \
-        else {}
+    guest = ((hc.get("guests") or {}).get(case.get(role)) or {}) if isinstance(hc, dict) else {}
     pct = _number(guest.get("vcpu_pct")) if isinstance(guest, dict) else None
     if pct is not None:
         return pct, "host"
-    busy = _number((((case.get("isoperf") or {}).get("cpu") or {}).get("client") or {}).get("all"))
+    busy = _number((((case.get("isoperf") or {}).get("cpu") or {}).get(role) or {}).get("all"))
     if busy is None:
         return None, None
-    return busy * (vcpus.get(case.get("client")) or host_cpus or 1), "guest"
+    return busy * (vcpus.get(case.get(role)) or host_cpus or 1), "guest"
+
+
+def _measured_name(cases: list[dict]) -> str:
+    """What the CPU of a figure is: the client's, or the receiving guest's (peer -> guest)."""
+    roles = {repeats.measured_role(c) for c in cases}
+    return "receiving guest" if roles == {"server"} else "client" if roles == {"client"} else "guest under test"
 
 
 def _ok(run: dict, cases: list[dict]) -> list[dict]:
@@ -173,6 +181,7 @@ def throughput_plots(run: dict) -> list[Plot]:
         if not cases:
             continue
         kind = str(cases[0].get("test"))
+        measured = _measured_name(cases)
         for axis in _sweeps(cases):
             other_axis = "connections" if axis == "size" else "size"
             xs, groups = _grouped(cases, axis)
@@ -199,15 +208,15 @@ def throughput_plots(run: dict) -> list[Plot]:
             if sources:
                 where = ("host: its vCPU threads" if sources == {"host"} else "guest /proc/stat"
                          if sources == {"guest"} else "host where recorded, else guest")
-                cpu_label = f"client CPU, % of one core ({where})"
+                cpu_label = f"{measured} CPU, % of one core ({where})"
             fixed = "" if len(xs) == 1 or any(k[1] is not None for k in groups) else \
                 f", {_x_text(other_axis, cases[0][other_axis])}"
             out.append(Plot(
                 name=f"{_slug(name)}-throughput-vs-{axis}", xs=xs, series=series, cpu_label=cpu_label,
-                title=f"{name}: {kind} throughput and client CPU{fixed}",
+                title=f"{name}: {kind} throughput and {measured} CPU{fixed}",
                 xlabel="message size" if axis == "size" else "connections",
                 ylabel="throughput, Gb/s" if gbps else "messages/s",
-                note="bars: median over the repeats, error bars: its 95 % interval; lines: client CPU"))
+                note=f"bars: median over the repeats, error bars: its 95 % interval; lines: {measured} CPU"))
     return out
 
 
@@ -221,14 +230,14 @@ def _ratio_figure(pairs: list) -> str:
 
 
 def ratio_plot(run: dict) -> Plot | None:
-    """The seed's figure of merit: messages per CPU-second of the client, each stack as a multiple of the
+    """The seed's figure of merit: messages per CPU-second of the client (of the receiving guest when the
+    client is the native peer), each stack as a multiple of the
     legacy case of the same test, size and connections (ratio of medians, paired bootstrap interval); None
     when no case has a legacy case to compare with."""
     cases = {cs.key: cs for cs in repeats.case_statistics(run) if cs.ok}
     pairs = []
     for key, cs in cases.items():
-        base_key = (*key[:3], results.stack_column({**cs.records[0], "stack": "legacy", "locks": False,
-                                                    "instances": 1, "frontend": "kernel"}))
+        base_key = (*key[:3], results.legacy_column(cs.records[0]))
         if base_key != key and base_key in cases:
             pairs.append((cs, cases[base_key]))
     if not pairs:
@@ -252,11 +261,13 @@ def ratio_plot(run: dict) -> Plot | None:
     if not series:
         return None
     host = figure == "per_host_cpu"
+    measured = _measured_name([r for cs, _ in pairs for r in cs.records])
     return Plot(
         name="per-cpu-vs-legacy", xs=xs, series=[series[k] for k in _stack_order(series)], baseline=1.0,
-        title="messages per " + ("host CPU-second" if host else "consumed CPU-second") + " of the client, × legacy",
+        title="messages per " + ("host CPU-second" if host else "consumed CPU-second") + f" of the {measured},"
+        " × legacy",
         xlabel="case", ylabel="× legacy", bar_labels="{:.1f}×",
-        note=("CPU counted on the host: the client guest's vCPU threads" if host else
+        note=(f"CPU counted on the host: the {measured}'s vCPU threads" if host else
               "CPU from the guest's /proc/stat (no host CPU record)")
         + "; error bars: paired bootstrap 95 % interval")
 

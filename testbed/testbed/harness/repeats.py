@@ -34,20 +34,24 @@ def key(case: dict) -> CaseKey:
     return (case.get("test_name"), case.get("size"), case.get("connections"), results.stack_column(case))
 
 
+def measured_role(case: dict) -> str:
+    """The role of the guest under test, whose cost counts: the client, or the server when the client is the
+    native peer (peer -> guest: the guest receives)."""
+    return "server" if case.get("client") == "peer" else "client"
+
+
 def figures(case: dict, vcpus: dict) -> Figures | None:
     """The repeat's Figures, or None for a failed repeat or one without messages/s."""
     r = case.get("isoperf") or {}
     mps = r.get("messages_per_s")
-    busy = ((r.get("cpu") or {}).get("client") or {}).get("all")
+    role = measured_role(case)
+    busy = ((r.get("cpu") or {}).get(role) or {}).get("all")
     if case.get("error") or not isinstance(mps, (int, float)) or mps <= 0:
         return None
-    n = vcpus.get(case.get("client")) or 1
+    n = vcpus.get(case.get(role)) or 1
     per_cpu = mps / (busy / 100 * n) if isinstance(busy, (int, float)) and busy > 0 else None
     retrans = ((case.get("tcp") or {}).get("client") or {}).get("retrans_pct")
-    # The cost of the guest under test: the client's, or the server's when the client is the native peer
-    # (peer -> guest: the guest receives)
-    side = "server" if case.get("client") == "peer" else "client"
-    per_host = (case.get("host_cpu") or {}).get(f"{side}_messages_per_host_cpu_s")
+    per_host = (case.get("host_cpu") or {}).get(f"{measured_role(case)}_messages_per_host_cpu_s")
     return Figures(case.get("repeat"), mps, per_cpu, retrans if isinstance(retrans, (int, float)) else None,
                    per_host if isinstance(per_host, (int, float)) and per_host > 0 else None)
 

@@ -406,7 +406,7 @@ def build_comparison(run: dict) -> Table | None:
     cmp_rows = comparison_rows(run)
     if not cmp_rows:
         return None
-    return _table("IsoStack vs legacy in this run (client guest's consumed CPU)", COMPARISON_HEADERS, cmp_rows)
+    return _table(COMPARISON_TITLE, COMPARISON_HEADERS, cmp_rows)
 
 
 def build_repeats(run: dict) -> Table | None:
@@ -417,6 +417,8 @@ def build_repeats(run: dict) -> Table | None:
 
 
 _REPEATS_TITLE = "Repeats: median, bootstrap 95 % interval of the median, CV"
+COMPARISON_TITLE = ("IsoStack vs legacy in this run (CPU of the client guest, or of the receiving guest when the"
+                    " peer sends)")
 
 
 def _has_repeats(run: dict) -> bool:
@@ -491,7 +493,7 @@ def markdown(run: dict) -> str:
         lines += ["", f"## {_REPEATS_TITLE}", ""] + _md_table(REPEATS_HEADERS, repeats_rows(run))
     cmp_rows = comparison_rows(run)
     if cmp_rows:
-        lines += ["", "## IsoStack vs legacy in this run (client guest's consumed CPU)", ""]
+        lines += ["", f"## {COMPARISON_TITLE}", ""]
         lines += _md_table(COMPARISON_HEADERS, cmp_rows)
     if cost_cells := cost_rows(run):
         lines += ["", f"## {COST_TITLE}", ""] + _md_table(COST_HEADERS, cost_cells)
