@@ -65,8 +65,10 @@ def test_events_reach_the_ring_of_the_waiting_threads_cpu(conn):
     assert s._words[s._control_word + C_NOTIF_RING] == 1  # connected from CPU 1
     for cpu in (1, 0, 1):
         before = [ring(st, r)["posted"] for r in (0, 1)]
-        send_later(peer, b"x%d" % cpu)
-        assert on_cpu(cpu, lambda: s.recv(10)) == b"x%d" % cpu  # blocks: the data comes 0.3 s later
+        # the data comes 1.5 s later, so the thread is blocked on its CPU's ring by then: with 0.5 s a thread
+        # started late on a loaded host (load ~30) found the data already posted to the previous CPU's ring
+        send_later(peer, b"x%d" % cpu, delay=1.5)
+        assert on_cpu(cpu, lambda: s.recv(10)) == b"x%d" % cpu
         after = [ring(st, r)["posted"] for r in (0, 1)]
         assert s._words[s._control_word + C_NOTIF_RING] == cpu
         assert after[cpu] > before[cpu], "the rx event went elsewhere"
