@@ -6,10 +6,13 @@ tests start as subprocesses build the same block with STREAM_SNIPPET."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import queue
 import random
+import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -185,3 +188,13 @@ class StreamReader:
             raise self.error
         self.conn.close()
         return self.checker.offset
+
+
+def isostackd_stats(daemon: subprocess.Popen, log: Lines) -> dict:
+    """The counters of a running isostackd (SIGUSR1 logs them)."""
+    daemon.send_signal(signal.SIGUSR1)
+    while True:
+        line = log.next(timeout=10)
+        assert line, "isostackd's log ended"
+        if "stats: " in line:
+            return ast.literal_eval(line.split("stats: ", 1)[1])

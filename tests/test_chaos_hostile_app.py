@@ -11,25 +11,13 @@ How much throughput the good one keeps is a speed goal, measured by `python -m i
 
 from __future__ import annotations
 
-import ast
 import errno
 import json
-import signal
 import subprocess
 import sys
 import time
 
-from chaos_helpers import STREAMER, Lines, StreamReader, kill_and_reap
-
-
-def isostackd_stats(daemon: subprocess.Popen, log: Lines) -> dict:
-    """The counters of a running isostackd (SIGUSR1 logs them)."""
-    daemon.send_signal(signal.SIGUSR1)
-    while True:
-        line = log.next(timeout=10)
-        assert line, "isostackd's log ended"
-        if "stats: " in line:
-            return ast.literal_eval(line.split("stats: ", 1)[1])
+from chaos_helpers import STREAMER, Lines, StreamReader, isostackd_stats, kill_and_reap
 
 
 def test_a_hammering_application_is_cut_off_and_limited_while_a_good_one_streams(isostackd_launcher, tmp_path,

@@ -10,8 +10,6 @@ application (an echo server through the same isostackd) keeps being served throu
 
 from __future__ import annotations
 
-import ast
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +17,8 @@ import threading
 import time
 
 import pytest
-from chaos_helpers import Lines, kill_and_reap
+from chaos_helpers import Lines, isostackd_stats, kill_and_reap
+from vhea_helpers import proc_rss_kib
 
 from isostack.layout import Geometry
 
@@ -61,24 +60,6 @@ conn, _ = srv.accept()
 while data := conn.recv(65536):
     conn.sendall(data)
 """
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def isostackd_stats(daemon: subprocess.Popen, log: Lines) -> dict:
-    """The counters of a running isostackd (SIGUSR1 logs them)."""
-    daemon.send_signal(signal.SIGUSR1)
-    while True:
-        line = log.next(timeout=10)
-        assert line, "isostackd's log ended"
-        if "stats: " in line:
-            return ast.literal_eval(line.split("stats: ", 1)[1])
 
 
 def start_app(script: str, env: dict, *args: str) -> tuple[subprocess.Popen, Lines, int]:
@@ -132,7 +113,7 @@ def test_a_reader_that_does_not_keep_up_is_held_back_by_credits(mode, isostackd_
         assert reader_lines.next() == "accepted"
         good.sendall(b"warm")
         assert good.recv(4) == b"warm"
-        rss0 = rss_bytes(daemon.pid)
+        rss0 = proc_rss_kib(daemon.pid) * 1024
         before = isostackd_stats(daemon, log)
         flooder = Flooder(peer)
         rss, sent, round_trips = [], [], 0
@@ -147,7 +128,7 @@ def test_a_reader_that_does_not_keep_up_is_held_back_by_credits(mode, isostackd_
                 got += part
             assert got == message
             round_trips += 1
-            rss.append(rss_bytes(daemon.pid))
+            rss.append(proc_rss_kib(daemon.pid) * 1024)
             sent.append((time.monotonic() - t0, flooder.sent))
             time.sleep(0.1)
         flooder.stop()
