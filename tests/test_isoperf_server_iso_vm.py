@@ -11,10 +11,8 @@ must have started no isostackd.  Then `testbed down` must leave nothing running.
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from vm_helpers import BIN, qemu_pids, run
+from vm_helpers import BIN, qemu_pids, run, run_playbook_cases
 
 from testbed.devicemodel import pid_alive
 
@@ -38,12 +36,7 @@ KNOWN_BUG = ("crr-64", "iso")
 
 @pytest.fixture(scope="module")
 def benchmark(testbed, topology):
-    results = testbed.state / "results"
-    out = run([str(BIN / "fab"), "run-benchmark", "--playbook", PLAYBOOK, "--results-dir", str(results)],
-              timeout=600, env=testbed.env, check=False)
-    run_json = next(results.glob("*/run.json"), None)
-    assert run_json is not None, f"no run stored\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    cases = {(c["test_name"], c["stack"]): c for c in json.loads(run_json.read_text())["cases"]}
+    cases, out = run_playbook_cases(PLAYBOOK, testbed.state, testbed.env)
     return topology, cases, out
 
 

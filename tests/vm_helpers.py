@@ -3,6 +3,7 @@ testbed up and down (conftest.py) use `Testbed`."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,16 @@ def run(args: list[str], timeout: float, env: dict | None = None, check: bool = 
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res
+
+
+def run_playbook_cases(playbook: str, state: Path, env: dict) -> tuple[dict, subprocess.CompletedProcess]:
+    """`fab run-benchmark` of `playbook` into <state>/results; its cases by (test name, stack) and fab's output."""
+    results = state / "results"
+    out = run([str(BIN / "fab"), "run-benchmark", "--playbook", playbook, "--results-dir", str(results)],
+              timeout=600, env=env, check=False)
+    run_json = next(results.glob("*/run.json"), None)
+    assert run_json is not None, f"no run stored\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return {(c["test_name"], c["stack"]): c for c in json.loads(run_json.read_text())["cases"]}, out
 
 
 def qemu_pids(state_dir: Path) -> list[int]:
